@@ -1,0 +1,100 @@
+import collections
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import make_rows, write_csv
+from textpipe.collate import pad_collate
+from textpipe.dataset import TextClassificationDataset, TextListDataset
+from textpipe.sources import DataError, read_examples
+from textpipe.tokenizer import Tokenizer
+from textpipe.vocab import UNK_ID, build_vocab
+
+
+@pytest.fixture
+def numbered(tmp_path):
+    """A CSV whose row i has the text 'row i' (token 'i' identifies it) and a vocab covering all rows."""
+    rows = [("pos" if i % 3 else "neg", f"row {i}") for i in range(103)]
+    path = write_csv(tmp_path / "rows.csv", rows)
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for _, t in rows)
+    return path, tok, vocab
+
+
+def row_numbers(ids_list, vocab):
+    itos = vocab.get_itos()
+    return [int(itos[int(ids[1])]) for ids in ids_list]
+
+
+def test_two_workers_yield_every_row_exactly_once(numbered):
+    path, tok, vocab = numbered
+    ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=16)
+    loader = DataLoader(ds, batch_size=8, collate_fn=pad_collate, num_workers=2)
+    seen = [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
+    assert collections.Counter(seen) == collections.Counter(range(103))
+
+
+def test_ranks_and_workers_partition_the_rows(numbered):
+    path, tok, vocab = numbered
+    seen = []
+    for rank in range(2):
+        ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], rank=rank, world_size=2)
+        loader = DataLoader(ds, batch_size=5, collate_fn=pad_collate, num_workers=2)
+        seen += [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
+    assert sorted(seen) == list(range(103))
+
+
+def test_prediction_dataset_yields_ids_without_labels(numbered):
+    path, tok, vocab = numbered
+    items = list(TextClassificationDataset(path, tok, vocab, labels=None))
+    assert all(isinstance(x, torch.Tensor) and x.dtype == torch.long for x in items)
+    assert len(items) == 103
+    batch = next(iter(DataLoader(TextClassificationDataset(path, tok, vocab), batch_size=4, collate_fn=pad_collate)))
+    assert batch.labels is None
+
+
+def test_labelled_dataset_yields_label_indices(numbered):
+    path, tok, vocab = numbered
+    items = list(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]))
+    assert [label for _, label in items[:4]] == [0, 1, 1, 0]
+
+
+def test_unknown_words_become_unk(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [("pos", "known zebra")])
+    vocab = build_vocab([["known"]])
+    (ids, _), = TextClassificationDataset(path, Tokenizer("whitespace"), vocab, labels=["pos"])
+    assert ids.tolist() == [vocab["known"], UNK_ID]
+
+
+def test_label_the_model_never_saw_names_the_line(tmp_path):
+    path = write_csv(tmp_path / "a.csv", [("pos", "fine"), ("meh", "hm")])
+    ds = TextClassificationDataset(path, Tokenizer("whitespace"), build_vocab([["fine"]]), labels=["neg", "pos"])
+    with pytest.raises(DataError, match=r"a.csv:3: label 'meh' is not one of the model's labels"):
+        list(ds)
+
+
+def test_shuffle_is_seeded_and_changes_with_the_epoch(numbered):
+    path, tok, vocab = numbered
+    ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=50, seed=7)
+    order = lambda: row_numbers([ids for ids, _ in ds], vocab)  # noqa: E731
+    first, again = order(), order()
+    ds.set_epoch(1)
+    second = order()
+    assert first == again and first != second and first != list(range(103))
+    assert sorted(first) == sorted(second) == list(range(103))
+
+
+def test_holdout_parts_split_the_file(numbered):
+    path, tok, vocab = numbered
+    parts = {p: row_numbers([ids for ids, _ in TextClassificationDataset(path, tok, vocab, ["neg", "pos"], holdout_every=10, part=p)], vocab) for p in ("train", "dev")}
+    assert parts["dev"] == list(range(9, 103, 10))
+    assert sorted(parts["train"] + parts["dev"]) == list(range(103))
+
+
+def test_map_style_dataset():
+    vocab = build_vocab([["great", "fun"]])
+    ds = TextListDataset(["great fun", "a bore"], Tokenizer("whitespace"), vocab)
+    assert len(ds) == 2
+    assert ds[0].tolist() == [vocab["great"], vocab["fun"]]
+    assert ds[1].tolist() == [UNK_ID, UNK_ID]

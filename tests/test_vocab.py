@@ -1,0 +1,48 @@
+import json
+
+import pytest
+
+from textpipe.collate import PAD_ID as COLLATE_PAD_ID
+from textpipe.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab
+
+DOCS = [["a", "good", "film"], ["a", "bad", "film"], ["a", "film"]]
+
+
+def test_specials_come_first():
+    vocab = build_vocab(DOCS)
+    assert vocab.get_itos()[:2] == ["<pad>", "<unk>"]
+    assert (vocab["<pad>"], vocab["<unk>"]) == (PAD_ID, UNK_ID) == (0, 1)
+    assert COLLATE_PAD_ID == PAD_ID
+
+
+def test_unknown_tokens_map_to_unk():
+    vocab = build_vocab(DOCS)
+    assert vocab(["a", "never-seen", "film", "zzz"]) == [vocab["a"], UNK_ID, vocab["film"], UNK_ID]
+    assert vocab["never-seen"] == UNK_ID
+
+
+def test_min_freq_and_max_size():
+    assert build_vocab(DOCS, min_freq=2).get_itos() == ["<pad>", "<unk>", "a", "film"]
+    assert build_vocab(DOCS, max_size=3).get_itos() == ["<pad>", "<unk>", "a"]
+    with pytest.raises(ValueError, match="max_size"):
+        build_vocab(DOCS, max_size=2)
+
+
+def test_save_and_load_as_plain_json(tmp_path):
+    vocab = build_vocab(DOCS)
+    path = tmp_path / "vocab.json"
+    save_vocab(vocab, path)
+    assert json.loads(path.read_text()) == vocab.get_itos()
+    loaded = load_vocab(path)
+    assert loaded.get_itos() == vocab.get_itos()
+    assert loaded(["bad", "unseen"]) == [vocab["bad"], UNK_ID]
+
+
+def test_load_rejects_a_file_that_is_not_a_vocabulary(tmp_path):
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="JSON list of strings"):
+        load_vocab(path)
+    path.write_text(json.dumps(["a", "b"]))
+    with pytest.raises(ValueError, match="starts with"):
+        load_vocab(path)

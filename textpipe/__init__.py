@@ -1,0 +1,37 @@
+"""textpipe: text classification on torchtext, one stage per module.
+
+    sources -> tokenizer -> vocab -> dataset -> collate -> models -> train -> bundle -> predict
+
+Every stage is importable from here, lazily: ``import textpipe.models`` does not
+pull in torchtext or spaCy, so the tensor core (``collate``, ``models``,
+``train``) runs wherever torch does.
+
+Example:
+    >>> from textpipe import Tokenizer, build_vocab, TextClassificationDataset, pad_collate
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DataError": "sources", "Example": "sources", "read_examples": "sources", "read_texts": "sources",
+    "Tokenizer": "tokenizer", "TokenizerConfig": "tokenizer",
+    "build_vocab": "vocab", "save_vocab": "vocab", "load_vocab": "vocab", "PAD_ID": "vocab", "UNK_ID": "vocab",
+    "rotten_tomatoes": "datasets",
+    "TextClassificationDataset": "dataset", "TextListDataset": "dataset",
+    "Batch": "collate", "pad_collate": "collate",
+    "ModelConfig": "models", "BagOfNgrams": "models", "build_model": "models", "capture_pooled": "models",
+    "TrainConfig": "train", "fit": "train", "evaluate": "train", "set_seed": "train",
+    "Bundle": "bundle", "save_bundle": "bundle", "load_bundle": "bundle",
+    "Predictor": "predict",
+    "PipelineConfig": "pipeline", "DataConfig": "pipeline", "train_files": "pipeline", "evaluate_file": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'textpipe' has no attribute {name!r}")

@@ -1,0 +1,123 @@
+"""``python -m textpipe`` (or ``textpipe``): train, evaluate, predict.
+
+Exit status: 0 success, 2 bad input or usage (the message names the file and
+line), 1 an internal error.
+
+    python -m textpipe train --dataset rotten_tomatoes --out runs/default
+    python -m textpipe train --train train.csv --test test.csv --out runs/mine
+    python -m textpipe evaluate --model runs/mine --data test.csv
+    python -m textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."
+    python -m textpipe predict --model runs/mine --input texts.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .datasets import rotten_tomatoes
+from .models import MODELS, ModelConfig
+from .pipeline import DataConfig, PipelineConfig, evaluate_file, train_files
+from .predict import Predictor
+from .sources import DataError, read_texts
+from .tokenizer import TOKENIZERS, TokenizerConfig
+from .train import TrainConfig
+
+DATASETS = {"rotten_tomatoes": rotten_tomatoes}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a classifier and save a bundle")
+    src = t.add_argument_group("data (give --dataset, or --train and --test)")
+    src.add_argument("--dataset", choices=sorted(DATASETS), help="a named dataset, fetched and cached under data/")
+    src.add_argument("--train", type=Path, help="labelled training file (.csv with label,text header, .tsv, .jsonl)")
+    src.add_argument("--test", type=Path, help="labelled test file, scored once after training")
+    src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: every 10th training row)")
+    t.add_argument("--out", type=Path, required=True, help="folder for the bundle and metrics.json")
+    t.add_argument("--model", default=ModelConfig.name, choices=sorted(MODELS), help="model architecture (default: %(default)s)")
+    t.add_argument("--tokenizer", default=TokenizerConfig.name, choices=TOKENIZERS, help="tokenizer (default: %(default)s)")
+    t.add_argument("--no-lower", action="store_true", help="keep case (spacy and whitespace tokenizers)")
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="training batch size (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default: %(default)s)")
+    t.add_argument("--num-workers", type=int, default=DataConfig.num_workers, help="DataLoader worker processes (default: %(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = sub.add_parser("evaluate", help="score a saved bundle on a labelled file")
+    e.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
+    e.add_argument("--data", type=Path, required=True, help="labelled file (.csv, .tsv, .jsonl)")
+
+    p = sub.add_parser("predict", help="label texts with a saved bundle (one JSON line per text)")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
+    p.add_argument("texts", nargs="*", help="texts to label")
+    p.add_argument("--input", type=Path, help="file of texts: .txt (one per line), or .csv/.tsv/.jsonl with a text column")
+    p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely classes in probs")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    if args.dataset:
+        if args.train or args.test:
+            raise UsageError("give either --dataset or --train/--test, not both")
+        splits = DATASETS[args.dataset]()
+        train, dev, test = splits.train, splits.dev, splits.test
+    elif args.train and args.test:
+        train, dev, test = args.train, args.dev, args.test
+    else:
+        raise UsageError("give --train and --test (or --dataset NAME)")
+    for name, value in (("epochs", args.epochs), ("batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    config = PipelineConfig(
+        tokenizer=TokenizerConfig(args.tokenizer, lower=not args.no_lower),
+        data=DataConfig(num_workers=args.num_workers),
+        model=ModelConfig(name=args.model),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+    )
+    start = time.perf_counter()
+    metrics = train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet)
+    test_metrics = metrics["test"]
+    print(
+        f"test accuracy {test_metrics['accuracy']:.4f}  macro-F1 {test_metrics['macro_f1']:.4f}  "
+        f"(n={test_metrics['n']}, best epoch {metrics['best_epoch']}, {time.perf_counter() - start:.1f}s)"
+    )
+    print(f"model bundle: {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    print(json.dumps(evaluate_file(args.model, args.data)))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    texts = list(args.texts)
+    if args.input:
+        texts += list(read_texts(args.input))
+    if not texts:
+        raise UsageError("give texts to label, or --input FILE")
+    for result in Predictor.load(args.model).predict(texts, top_k=args.top_k):
+        print(json.dumps(result, ensure_ascii=False))
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
+    try:
+        command(args)
+    except (DataError, UsageError, FileNotFoundError) as err:
+        print(f"textpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

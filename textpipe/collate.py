@@ -1,0 +1,61 @@
+"""Stage 4: a list of examples -> one padded batch.
+
+:func:`pad_collate` is the ``collate_fn`` for a ``DataLoader``. It pads every
+sequence to the longest one in the batch with ``<pad>`` (id 0), and returns the
+true lengths and a boolean mask alongside. It works with flat tensors (one
+``torch.cat`` and one masked write) rather than Python lists, because a
+per-element Python loop would cap throughput well below what a small model can
+train at. It knows tensors only: no tokenizer, no vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+PAD_ID = 0  # must agree with textpipe.vocab.PAD_ID; not imported, to keep torchtext out of this module
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``labels`` is None for prediction batches.
+
+    Example:
+        >>> batch = pad_collate([(torch.tensor([5, 6, 7]), 1), (torch.tensor([8]), 0)])
+        >>> batch.ids
+        tensor([[5, 6, 7],
+                [8, 0, 0]])
+    """
+
+    ids: torch.Tensor  # (B, T) long, PAD_ID after each sequence's end
+    lengths: torch.Tensor  # (B,) long
+    mask: torch.Tensor  # (B, T) bool, True on real tokens
+    labels: torch.Tensor | None  # (B,) long
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(move(self.ids), move(self.lengths), move(self.mask), move(self.labels))
+
+    def pin_memory(self) -> "Batch":
+        # DataLoader(pin_memory=True) calls this on custom batch types.
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return Batch(pin(self.ids), pin(self.lengths), pin(self.mask), pin(self.labels))
+
+
+def pad_collate(examples: Sequence[torch.Tensor | tuple[torch.Tensor, int]]) -> Batch:
+    """Collate ``ids`` tensors, or ``(ids, label)`` pairs, into a :class:`Batch`."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    labelled = isinstance(examples[0], tuple)
+    seqs = [ex[0] for ex in examples] if labelled else list(examples)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    mask = torch.arange(int(lengths.max())) < lengths[:, None]  # (B, T)
+    ids = torch.full(mask.shape, PAD_ID, dtype=torch.long)
+    ids[mask] = torch.cat(seqs)  # row-major order of `mask` matches the concatenation order
+    labels = torch.tensor([ex[1] for ex in examples], dtype=torch.long) if labelled else None
+    return Batch(ids, lengths, mask, labels)

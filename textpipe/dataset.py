@@ -1,0 +1,145 @@
+"""Stage 3: examples -> a stream of ``(token_ids, label_index)``.
+
+:class:`TextClassificationDataset` is an iterable-style dataset
+(``torch.utils.data.IterableDataset``): it reads its file row by row on every pass,
+so an epoch never holds the whole file in memory. Each row is given to exactly one
+DataLoader worker of exactly one distributed rank. Built without labels (for
+prediction) it yields the ids alone.
+
+:class:`TextListDataset` is the map-style counterpart (``__len__`` and
+``__getitem__``) for texts already in memory, such as a list to predict.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from .sources import DataError, Example, read_examples
+from .tokenizer import Tokenizer
+from .vocab import UNK_ID, Vocab
+
+
+def numericalize(tokenizer: Tokenizer, vocab: Vocab, text: str) -> torch.Tensor:
+    """Token ids of one text as a 1-D long tensor; a text with no tokens becomes ``[<unk>]``."""
+    return torch.tensor(vocab(tokenizer(text)) or [UNK_ID], dtype=torch.long)
+
+
+def select_part(examples: Iterable[Example], part: str, holdout_every: int) -> Iterator[Example]:
+    """Every ``holdout_every``-th example is ``"dev"``, the others ``"train"``; ``"all"`` keeps all."""
+    for i, example in enumerate(examples):
+        if part == "all" or (i % holdout_every == holdout_every - 1) == (part == "dev"):
+            yield example
+
+
+class TextClassificationDataset(IterableDataset):
+    """Streams ``(ids, label_index)`` from a CSV/TSV/JSONL file; just ``ids`` when ``labels`` is None.
+
+    ``holdout_every=k`` splits the file without writing anything: every k-th row
+    forms the ``"dev"`` part, the others the ``"train"`` part. ``shuffle_buffer=n``
+    shuffles the stream through an n-row buffer, in an order fixed by ``seed`` and
+    the epoch (:meth:`set_epoch`). ``rank`` / ``world_size`` shard across processes.
+
+    Example:
+        >>> ds = TextClassificationDataset("train.csv", Tokenizer(), vocab, labels=["fresh", "rotten"])
+        >>> loader = DataLoader(ds, batch_size=32, collate_fn=pad_collate, num_workers=2)
+        >>> batch = next(iter(loader))
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Tokenizer,
+        vocab: Vocab,
+        labels: Sequence[str] | None = None,
+        *,
+        holdout_every: int = 0,
+        part: str = "all",
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if part not in ("all", "train", "dev"):
+            raise ValueError(f"part must be 'all', 'train' or 'dev', got {part!r}")
+        if part != "all" and holdout_every < 2:
+            raise ValueError("part='train'/'dev' needs holdout_every >= 2")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.path = Path(path)
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.labels = list(labels) if labels is not None else None
+        self.label_index = {label: i for i, label in enumerate(self.labels or [])}
+        self.holdout_every, self.part = holdout_every, part
+        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the shuffle order; call before each epoch (as with ``DistributedSampler``)."""
+        self.epoch = epoch
+
+    def examples(self) -> Iterator[Example]:
+        """The raw examples of this dataset's part of the file, unsharded and unshuffled."""
+        rows = read_examples(self.path, with_labels=self.labels is not None)
+        return select_part(rows, self.part, self.holdout_every)
+
+    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, int]]:
+        worker = get_worker_info()
+        num_workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        shards = self.world_size * num_workers
+        shard = self.rank * num_workers + worker_id
+        # Shard before tokenizing, so each worker tokenizes only its own rows.
+        mine = (ex for i, ex in enumerate(self.examples()) if i % shards == shard)
+        for example in self._shuffled(mine, shard):
+            ids = numericalize(self.tokenizer, self.vocab, example.text)
+            if self.labels is None:
+                yield ids
+            else:
+                yield ids, self._label_id(example)
+
+    def _label_id(self, example: Example) -> int:
+        try:
+            return self.label_index[example.label]
+        except KeyError:
+            known = ", ".join(map(repr, self.labels))
+            raise DataError(self.path, example.line, f"label {example.label!r} is not one of the model's labels ({known})") from None
+
+    def _shuffled(self, examples: Iterator[Example], shard: int) -> Iterator[Example]:
+        if self.shuffle_buffer <= 1:
+            yield from examples
+            return
+        rng = random.Random(f"{self.seed}/{self.epoch}/{shard}")
+        buffer: list[Example] = []
+        for example in examples:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(example)
+                continue
+            i = rng.randrange(self.shuffle_buffer)
+            yield buffer[i]
+            buffer[i] = example
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+class TextListDataset(Dataset):
+    """Map-style dataset over texts in memory: ``ds[i]`` is the token ids of ``texts[i]``.
+
+    Example:
+        >>> ds = TextListDataset(["great fun", "a bore"], Tokenizer(), vocab)
+        >>> len(ds), ds[0]
+        (2, tensor([57, 311]))
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer: Tokenizer, vocab: Vocab):
+        self.texts, self.tokenizer, self.vocab = texts, tokenizer, vocab
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return numericalize(self.tokenizer, self.vocab, self.texts[index])

@@ -1,0 +1,70 @@
+"""Stage 2: tokens -> ids.
+
+A thin layer over ``torchtext.vocab``: ``<pad>`` is id 0, ``<unk>`` is id 1 and is
+the default index, so a token never seen in training maps to ``<unk>``. The
+vocabulary is saved as plain JSON (a list of tokens in id order), never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
+from torchtext.vocab import Vocab, build_vocab_from_iterator, vocab as vocab_from_ordered_dict
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+SPECIALS = [PAD, UNK]
+
+
+def build_vocab(token_lists: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None) -> Vocab:
+    """Build a vocabulary from an iterable of token lists, in one streaming pass.
+
+    ``max_size`` counts the specials; ties in frequency keep first-seen order.
+
+    Example:
+        >>> v = build_vocab([["a", "good", "film"], ["a", "bad", "film"]])
+        >>> v(["a", "film", "never-seen"])
+        [2, 3, 1]
+    """
+    if min_freq < 1:
+        raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+    if max_size is not None and max_size <= len(SPECIALS):
+        raise ValueError(f"max_size must be > {len(SPECIALS)} (it counts <pad> and <unk>), got {max_size}")
+    vocab = build_vocab_from_iterator(
+        token_lists, min_freq=min_freq, specials=SPECIALS, special_first=True, max_tokens=max_size
+    )
+    vocab.set_default_index(UNK_ID)
+    return vocab
+
+
+def vocab_from_tokens(tokens: list[str]) -> Vocab:
+    """Rebuild a vocabulary from its tokens in id order (the inverse of ``vocab.get_itos()``)."""
+    if tokens[: len(SPECIALS)] != SPECIALS:
+        raise ValueError(f"a textpipe vocabulary starts with {SPECIALS}, got {tokens[:2]}")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("vocabulary has duplicate tokens")
+    # torchtext.vocab.vocab assigns ids in the OrderedDict's order.
+    vocab = vocab_from_ordered_dict(OrderedDict((t, 1) for t in tokens), min_freq=1)
+    vocab.set_default_index(UNK_ID)
+    return vocab
+
+
+def save_vocab(vocab: Vocab, path: str | Path) -> None:
+    """Write the vocabulary as a JSON list of tokens, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(vocab.get_itos(), ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_vocab(path: str | Path) -> Vocab:
+    """Read a vocabulary written by :func:`save_vocab`."""
+    tokens = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{path}: a vocabulary file holds a JSON list of strings")
+    return vocab_from_tokens(tokens)
