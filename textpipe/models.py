@@ -28,8 +28,18 @@ class ModelConfig:
     num_classes: int = 0  # from the labels
     embed_dim: int = 64
     ngram_buckets: int = 2**18  # hashed word-bigram rows added to the table; 0 = unigrams only
-    dropout: float = 0.3  # on the pooled vector
-    token_dropout: float = 0.3  # training only: each word / bigram is left out of the mean with this probability
+    dropout: float = 0.5  # on the pooled vector
+    token_dropout: float = 0.5  # training only: each word / bigram is left out of the mean with this probability
+    # The fields below are read by the cnn, gru and transformer models only; "bag" ignores them.
+    hidden_dim: int = 128  # conv filters per width (cnn), GRU units per direction (gru), feed-forward units (transformer)
+    kernel_sizes: tuple[int, ...] = (3, 4, 5)  # cnn: widths, in tokens, of the convolution filters
+    num_layers: int = 2  # gru and transformer: stacked layers
+    num_heads: int = 4  # transformer: attention heads; must divide embed_dim
+    max_len: int = 512  # transformer: longer inputs are cut to their first max_len tokens
+
+    def __post_init__(self) -> None:
+        # JSON has no tuples: a config read back from a bundle brings kernel_sizes as a list.
+        self.kernel_sizes = tuple(int(k) for k in self.kernel_sizes)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -52,6 +62,20 @@ class MaskedMeanPool(nn.Module):
         return (x * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
 
 
+class MaskedMaxPool(nn.Module):
+    """Per-feature maximum over the positions where ``mask`` is True; zeros for a row with none."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, D), mask: (B, T)
+        pooled = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)  # (B, D)
+        return pooled.masked_fill(~mask.any(1, keepdim=True), 0.0)  # an empty row would be -inf
+
+
+def check_sizes(config: ModelConfig) -> None:
+    if config.vocab_size < 2 or config.num_classes < 2:
+        raise ValueError(f"need vocab_size >= 2 and num_classes >= 2, got {config.vocab_size}, {config.num_classes}")
+
+
 class BagOfNgrams(nn.Module):
     """fastText-style classifier: mean of word and hashed word-bigram embeddings, then a linear layer.
 
@@ -69,8 +93,7 @@ class BagOfNgrams(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.vocab_size < 2 or config.num_classes < 2:
-            raise ValueError(f"need vocab_size >= 2 and num_classes >= 2, got {config.vocab_size}, {config.num_classes}")
+        check_sizes(config)
         self.config = config
         rows = config.vocab_size + config.ngram_buckets
         self.embedding = nn.Embedding(rows, config.embed_dim, padding_idx=0, sparse=True)
@@ -100,7 +123,144 @@ class BagOfNgrams(nn.Module):
         return torch.cat([ids, bigrams], 1), torch.cat([mask, both], 1)
 
 
-MODELS: dict[str, type[nn.Module]] = {"bag": BagOfNgrams}
+class TextCNN(nn.Module):
+    """Kim-style CNN: 1-D convolutions of several widths over word embeddings, max over time, a linear layer.
+
+    Each filter is a learned n-gram detector (n = its width); the max over time
+    keeps its strongest match anywhere in the text. Convolution outputs at
+    positions past a text's length are left out of the max, so padding never
+    changes a prediction.
+
+    Example:
+        >>> model = TextCNN(ModelConfig(name="cnn", vocab_size=1000, num_classes=2))
+        >>> batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+        >>> model(batch.ids, batch.mask).shape
+        torch.Size([2, 2])
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        check_sizes(config)
+        if not config.kernel_sizes or min(config.kernel_sizes) < 1:
+            raise ValueError(f"kernel_sizes must be positive widths, got {config.kernel_sizes}")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        # padding=k//2 gives at least T outputs for every width, so position t < length always exists.
+        self.convs = nn.ModuleList(nn.Conv1d(config.embed_dim, config.hidden_dim, k, padding=k // 2) for k in config.kernel_sizes)
+        self.pool = MaskedMaxPool()
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_dim * len(config.kernel_sizes), config.num_classes)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = ids.shape[1]
+        x = self.embedding(ids.masked_fill(~mask, 0)) * mask.unsqueeze(-1)  # (B, T, D), exact zeros on padding
+        x = x.transpose(1, 2)  # (B, D, T): Conv1d wants channels first
+        features = [torch.relu(conv(x))[:, :, :T] for conv in self.convs]  # K x (B, F, T)
+        h = torch.cat(features, 1).transpose(1, 2)  # (B, T, K*F)
+        pooled = self.pool(h, mask)  # (B, K*F)
+        return self.head(self.dropout(pooled))  # (B, C)
+
+
+class BiGRU(nn.Module):
+    """Bidirectional GRU over word embeddings, mean of its outputs over the real tokens, a linear layer.
+
+    The padded batch is packed (``pack_padded_sequence``) so the GRU runs over each
+    text's real tokens only: the backward direction starts at the last word, not
+    at the padding, and padding never changes a prediction. Expects ``mask`` to be
+    True on a prefix of each row, as :func:`textpipe.collate.pad_collate` makes it.
+
+    Example:
+        >>> model = BiGRU(ModelConfig(name="gru", vocab_size=1000, num_classes=2))
+        >>> batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+        >>> model(batch.ids, batch.mask).shape
+        torch.Size([2, 2])
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        check_sizes(config)
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.gru = nn.GRU(
+            config.embed_dim,
+            config.hidden_dim,
+            num_layers=config.num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,  # nn.GRU applies it between layers only
+        )
+        self.pool = MaskedMeanPool()
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(2 * config.hidden_dim, config.num_classes)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = ids.shape[1]
+        x = self.embedding(ids.masked_fill(~mask, 0))  # (B, T, D)
+        # pack_padded_sequence wants lengths on the CPU and rejects 0; an empty row pools to zeros below anyway.
+        lengths = mask.sum(1).clamp(min=1).cpu()  # (B,)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, 2H)
+        pooled = self.pool(h, mask)  # (B, 2H)
+        return self.head(self.dropout(pooled))  # (B, C)
+
+
+class TransformerClassifier(nn.Module):
+    """Small Transformer encoder: word + learned position embeddings, self-attention layers, masked mean, a linear layer.
+
+    Padding positions are hidden from attention (``src_key_padding_mask``) and
+    left out of the mean, so padding never changes a prediction. Texts longer than
+    ``max_len`` tokens are cut to their first ``max_len``.
+
+    Example:
+        >>> model = TransformerClassifier(ModelConfig(name="transformer", vocab_size=1000, num_classes=2))
+        >>> batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+        >>> model(batch.ids, batch.mask).shape
+        torch.Size([2, 2])
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        check_sizes(config)
+        if config.embed_dim % config.num_heads != 0:
+            raise ValueError(f"embed_dim ({config.embed_dim}) must be a multiple of num_heads ({config.num_heads})")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.position = nn.Embedding(config.max_len, config.embed_dim)
+        layer = nn.TransformerEncoderLayer(
+            config.embed_dim,
+            config.num_heads,
+            dim_feedforward=config.hidden_dim,
+            dropout=0.1,  # PyTorch's default inside the layers; config.dropout is for the pooled vector
+            batch_first=True,
+            norm_first=True,  # pre-norm trains stably without a learning-rate warmup
+        )
+        # No nested tensors: they drop padded positions in eval (not with norm_first anyway, where asking only warns).
+        self.encoder = nn.TransformerEncoder(
+            layer, config.num_layers, norm=nn.LayerNorm(config.embed_dim), enable_nested_tensor=False
+        )
+        self.pool = MaskedMeanPool()
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.embed_dim, config.num_classes)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = min(ids.shape[1], self.config.max_len)
+        ids, mask = ids[:, :T], mask[:, :T]  # (B, T)
+        positions = torch.arange(T, device=ids.device)  # (T,)
+        x = self.embedding(ids.masked_fill(~mask, 0)) + self.position(positions)  # (B, T, D)
+        # A row with no real token would attend to nothing (NaN); let it attend anywhere, its mean is zeros anyway.
+        attend = mask | ~mask.any(1, keepdim=True)  # (B, T)
+        h = self.encoder(x, src_key_padding_mask=~attend)  # (B, T, D)
+        pooled = self.pool(h, mask)  # (B, D)
+        return self.head(self.dropout(pooled))  # (B, C)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "bag": BagOfNgrams,
+    "cnn": TextCNN,
+    "gru": BiGRU,
+    "transformer": TransformerClassifier,
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
