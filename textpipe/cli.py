@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=sorted(DATASETS), help="a named dataset, fetched and cached under data/")
     src.add_argument("--train", type=Path, help="labelled training file (.csv with label,text header, .tsv, .jsonl)")
     src.add_argument("--test", type=Path, help="labelled test file, scored once after training")
-    src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: every 10th training row)")
+    src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: hold out about 1 training row in 10)")
     t.add_argument("--out", type=Path, required=True, help="folder for the bundle and metrics.json")
     t.add_argument("--model", default=ModelConfig.name, choices=sorted(MODELS), help="model architecture (default: %(default)s)")
     t.add_argument("--tokenizer", default=TokenizerConfig.name, choices=TOKENIZERS, help="tokenizer (default: %(default)s)")

@@ -13,6 +13,7 @@ prediction) it yields the ids alone.
 from __future__ import annotations
 
 import random
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -29,18 +30,28 @@ def numericalize(tokenizer: Tokenizer, vocab: Vocab, text: str) -> torch.Tensor:
     return torch.tensor(vocab(tokenizer(text)) or [UNK_ID], dtype=torch.long)
 
 
+def is_held_out(row: int, holdout_every: int) -> bool:
+    """Whether row number ``row`` belongs to the held-out part: about one row in ``holdout_every``.
+
+    A hash of the row number rather than ``row % k``, so a file whose labels repeat
+    with a period (pos, neg, pos, ...) still gets a dev part with every label.
+    """
+    return zlib.crc32(row.to_bytes(8, "little")) % holdout_every == 0
+
+
 def select_part(examples: Iterable[Example], part: str, holdout_every: int) -> Iterator[Example]:
-    """Every ``holdout_every``-th example is ``"dev"``, the others ``"train"``; ``"all"`` keeps all."""
+    """The ``"dev"`` part (about one row in ``holdout_every``), the ``"train"`` rest, or ``"all"``."""
     for i, example in enumerate(examples):
-        if part == "all" or (i % holdout_every == holdout_every - 1) == (part == "dev"):
+        if part == "all" or is_held_out(i, holdout_every) == (part == "dev"):
             yield example
 
 
 class TextClassificationDataset(IterableDataset):
     """Streams ``(ids, label_index)`` from a CSV/TSV/JSONL file; just ``ids`` when ``labels`` is None.
 
-    ``holdout_every=k`` splits the file without writing anything: every k-th row
-    forms the ``"dev"`` part, the others the ``"train"`` part. ``shuffle_buffer=n``
+    ``holdout_every=k`` splits the file without writing anything: about one row in
+    k (chosen by a hash of its row number) forms the ``"dev"`` part, the others the
+    ``"train"`` part. ``shuffle_buffer=n``
     shuffles the stream through an n-row buffer, in an order fixed by ``seed`` and
     the epoch (:meth:`set_epoch`). ``rank`` / ``world_size`` shard across processes.
 

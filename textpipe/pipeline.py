@@ -33,7 +33,7 @@ METRICS = "metrics.json"
 class DataConfig:
     min_freq: int = 1
     max_size: int | None = None
-    holdout_every: int = 10  # without a dev file, every 10th training row is held out for dev
+    holdout_every: int = 10  # without a dev file, about 1 training row in 10 is held out for dev
     shuffle_buffer: int = 100_000
     num_workers: int = 0
     eval_batch_size: int = 512
@@ -105,7 +105,7 @@ def train_files(
 
 
 def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512) -> dict:
-    """Accuracy, macro-F1 and row count of a saved bundle on a labelled file."""
+    """Accuracy, macro-F1, loss and row count of a saved bundle on a labelled file."""
     bundle = load_bundle(bundle_dir)
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)

@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_csv
+from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+from textpipe.tokenizer import TokenizerConfig
+from textpipe.train import TrainConfig
+
+
+def textpipe_cli(*args, input=None):
+    return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, input=input)
+
+
+def test_same_seed_same_metrics_file(toy_files, tmp_path):
+    train, _, test = toy_files
+    config = lambda: PipelineConfig(train=TrainConfig(epochs=3, seed=5))  # noqa: E731
+    train_files(train, test, tmp_path / "run1", config=config(), quiet=True)
+    train_files(train, test, tmp_path / "run2", config=config(), quiet=True)
+    first, second = (tmp_path / "run1" / "metrics.json").read_bytes(), (tmp_path / "run2" / "metrics.json").read_bytes()
+    assert first == second
+    assert (tmp_path / "run1" / "weights.pt").read_bytes() == (tmp_path / "run2" / "weights.pt").read_bytes()
+
+
+def test_learns_the_toy_task_with_held_out_dev(toy_files, tmp_path):
+    train, _, test = toy_files
+    metrics = train_files(train, test, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=8, lr=0.02)), quiet=True)
+    assert metrics["test"]["n"] == 100
+    assert metrics["test"]["accuracy"] >= 0.95
+    assert 25 <= metrics["dev"]["n"] <= 55  # about one in 10 of the 400 training rows
+
+
+def test_cli_train_evaluate_predict(toy_files, tmp_path):
+    train, dev, test = toy_files
+    out = tmp_path / "run"
+    result = textpipe_cli("train", "--train", train, "--dev", dev, "--test", test, "--out", out, "--epochs", "5", "--lr", "0.02", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"model bundle: {out}" in result.stdout
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["test"]) >= {"accuracy", "macro_f1", "n"}
+
+    result = textpipe_cli("evaluate", "--model", out, "--data", test)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == saved["test"]
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a superb lovely film\nawful boring plot\n")
+    result = textpipe_cli("predict", "--model", out, "what a gorgeous movie", "--input", texts)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in lines] == ["what a gorgeous movie", "a superb lovely film", "awful boring plot"]
+    assert [r["label"] for r in lines] == ["pos", "pos", "neg"]
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-4 for r in lines)
+
+
+def test_cli_bad_row_is_one_clear_line_and_exit_2(toy_files, tmp_path):
+    train, _, test = toy_files
+    bad = tmp_path / "bad.csv"
+    bad.write_text(train.read_text() + "pos\n")
+    lines = bad.read_text().count("\n")
+    result = textpipe_cli("train", "--train", bad, "--test", test, "--out", tmp_path / "run", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"textpipe train: error: {bad}:{lines}: expected 2 columns, found 1"
+
+
+def test_cli_label_unseen_in_training_at_evaluate(toy_files, tmp_path):
+    train, _, test = toy_files
+    out = tmp_path / "run"
+    assert textpipe_cli("train", "--train", train, "--test", test, "--out", out, "--epochs", "1", "--quiet").returncode == 0
+    odd = write_csv(tmp_path / "odd.csv", [("pos", "good film"), ("meh", "so so")])
+    result = textpipe_cli("evaluate", "--model", out, "--data", odd)
+    assert result.returncode == 2
+    assert f"{odd}:3: label 'meh' is not one of the model's labels ('neg', 'pos')" in result.stderr
+
+
+def test_cli_usage_errors_exit_2(tmp_path):
+    assert textpipe_cli("train", "--out", tmp_path).returncode == 2
+    assert textpipe_cli("predict", "--model", tmp_path).returncode == 2
+    assert textpipe_cli("frobnicate").returncode == 2
+
+
+def test_tensor_core_imports_neither_torchtext_nor_spacy():
+    code = "import sys, textpipe.models, textpipe.collate, textpipe.train; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchtext', 'spacy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_trains_with_two_dataloader_workers(toy_files, tmp_path):
+    train, _, test = toy_files
+    config = PipelineConfig(data=DataConfig(num_workers=2), train=TrainConfig(epochs=4, lr=0.02))
+    metrics = train_files(train, test, tmp_path / "run", config=config, quiet=True)
+    assert metrics["test"]["accuracy"] >= 0.9
+
+
+@pytest.mark.slow
+def test_accuracy_floor_on_real_data(shared_dataset, tmp_path):
+    """TREC-6 question types, basic_english tokens: well above the 0.188 majority class."""
+    folder = shared_dataset("trec6")
+    config = PipelineConfig(tokenizer=TokenizerConfig("basic_english"), train=TrainConfig(epochs=20))
+    metrics = train_files(folder / "train.csv", folder / "test.csv", tmp_path / "run", config=config, quiet=True)
+    assert metrics["test"]["n"] == 500
+    assert metrics["test"]["accuracy"] >= 0.80
