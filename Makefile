@@ -24,7 +24,6 @@ venv: $(STAMP)  ## create .venv and install the pinned stack
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
@@ -37,7 +36,8 @@ endif
 
 predict: $(STAMP)  ## label TEXT="..." or INPUT=file (one text per line) with the bundle in MODEL
 	@test -n "$(TEXT)$(INPUT)" || { echo 'give TEXT="some text" or INPUT=file.txt'; exit 2; }
-	@$(PY) -m textpipe predict --model $(MODEL) $(if $(INPUT),--input $(INPUT)) $(if $(TEXT),"$(TEXT)") $(ARGS)
+	@# TEXT reaches the shell through the environment, so quotes inside it need no escaping.
+	@$(PY) -m textpipe predict --model $(MODEL) $(if $(INPUT),--input "$(INPUT)") $(if $(TEXT),"$$TEXT") $(ARGS)
 
 evaluate: $(STAMP)  ## score the bundle in MODEL on TEST=file
 	$(PY) -m textpipe evaluate --model $(MODEL) --data $(TEST)

@@ -28,8 +28,8 @@ class ModelConfig:
     num_classes: int = 0  # from the labels
     embed_dim: int = 64
     ngram_buckets: int = 2**18  # hashed word-bigram rows added to the table; 0 = unigrams only
-    dropout: float = 0.5  # on the pooled vector
-    token_dropout: float = 0.5  # training only: each word / bigram is left out of the mean with this probability
+    dropout: float = 0.3  # on the pooled vector
+    token_dropout: float = 0.3  # training only: each word / bigram is left out of the mean with this probability
     # The fields below are read by the cnn, gru and transformer models only; "bag" ignores them.
     hidden_dim: int = 128  # conv filters per width (cnn), GRU units per direction (gru), feed-forward units (transformer)
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # cnn: widths, in tokens, of the convolution filters

@@ -32,9 +32,9 @@ from .collate import Batch
 
 @dataclass
 class TrainConfig:
-    epochs: int = 15  # the learning rate decays linearly over this many epochs
+    epochs: int = 20  # the learning rate decays linearly over this many epochs
     batch_size: int = 32
-    lr: float = 3e-3  # AdamW for dense layers, SparseAdam for sparse embedding tables
+    lr: float = 1e-3  # AdamW for dense layers, SparseAdam for sparse embedding tables
     weight_decay: float = 0.0
     schedule: str = "linear"  # or "constant"
     patience: int = 3  # epochs without dev improvement before stopping
