@@ -70,12 +70,7 @@ def train_files(
     tokenizer = Tokenizer.from_config(config.tokenizer)
     train_part = "all" if dev else "train"
     holdout = 0 if dev else config.data.holdout_every
-
-    def dataset(path, part="all", labels=None, shuffle=False):
-        return TextClassificationDataset(
-            path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
-            shuffle_buffer=config.data.shuffle_buffer if shuffle else 0, seed=config.train.seed,
-        )
+    Path(out).mkdir(parents=True, exist_ok=True)  # fail on an unusable folder now, not after training
 
     counts: dict[str, int] = {}
     rows = select_part(read_examples(train), train_part, holdout)
@@ -87,16 +82,19 @@ def train_files(
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
+    def loader(path, part="all", training=False):
+        dataset = TextClassificationDataset(
+            path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
+            shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed,
+        )
+        batch_size = config.train.batch_size if training else config.data.eval_batch_size
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers)
+
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
-
-    def loader(ds, batch_size):
-        return DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers)
-
-    train_loader = loader(dataset(train, train_part, labels, shuffle=True), config.train.batch_size)
-    dev_ds = dataset(dev, "all", labels) if dev else dataset(train, "dev", labels)
-    result = fit(model, train_loader, loader(dev_ds, config.data.eval_batch_size), config.train, len(labels), num_train, quiet)
-    test_metrics = evaluate(model, loader(dataset(test, "all", labels), config.data.eval_batch_size), len(labels), config.train.device)
+    dev_loader = loader(dev) if dev else loader(train, "dev")
+    result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet)
+    test_metrics = evaluate(model, loader(test), len(labels), config.train.device)
 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
     metrics = {"test": test_metrics, "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history}
@@ -116,7 +114,7 @@ def _tokens_counting_labels(rows: Iterable[Example], tokenizer: Tokenizer, count
     """Tokens of each training row, for the vocab builder; counts the labels on the way."""
 
     def texts() -> Iterator[str]:
-        for example in tqdm(rows, desc="vocab", unit="row", disable=quiet, file=sys.stderr, leave=False):
+        for example in tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False):
             counts[example.label] = counts.get(example.label, 0) + 1
             yield example.text
 

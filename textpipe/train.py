@@ -168,6 +168,7 @@ def fit(
     """
     device = torch.device(config.device)
     model.to(device)
+    # Progress bars show on a terminal only (tqdm's disable=None); logs get one line per epoch.
     optimizers = make_optimizers(model, config)
     # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
     factor = (lambda e: 1 - e / config.epochs) if config.schedule == "linear" else (lambda e: 1.0)
@@ -177,7 +178,7 @@ def fit(
         dataset = getattr(train_loader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        bar = tqdm(total=num_train, desc=f"epoch {epoch}/{config.epochs}", unit="row", disable=quiet, file=sys.stderr, leave=False)
+        bar = tqdm(total=num_train, desc=f"epoch {epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
         with bar:
             train_stats = train_epoch(model, train_loader, optimizers, device, bar)
         for scheduler in schedulers:
