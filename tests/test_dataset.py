@@ -98,3 +98,12 @@ def test_map_style_dataset():
     assert len(ds) == 2
     assert ds[0].tolist() == [vocab["great"], vocab["fun"]]
     assert ds[1].tolist() == [UNK_ID, UNK_ID]
+
+
+def test_workers_started_with_spawn(numbered):
+    """macOS and Windows start workers with spawn: dataset, tokenizer, vocab and collate_fn must pickle."""
+    path, _, vocab = numbered
+    ds = TextClassificationDataset(path, Tokenizer("spacy"), vocab, labels=["neg", "pos"])
+    loader = DataLoader(ds, batch_size=16, collate_fn=pad_collate, num_workers=2, multiprocessing_context="spawn")
+    seen = [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
+    assert sorted(seen) == list(range(103))
