@@ -79,6 +79,8 @@ def test_cli_usage_errors_exit_2(tmp_path):
     assert textpipe_cli("train", "--out", tmp_path).returncode == 2
     assert textpipe_cli("predict", "--model", tmp_path).returncode == 2
     assert textpipe_cli("frobnicate").returncode == 2
+    result = textpipe_cli("train", "--train", "a.csv", "--test", "b.csv", "--out", tmp_path, "--epochs", "0")
+    assert result.returncode == 2 and "epochs, batch_size and patience must be >= 1" in result.stderr
 
 
 def test_tensor_core_imports_neither_torchtext_nor_spacy():

@@ -72,15 +72,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         train, dev, test = args.train, args.dev, args.test
     else:
         raise UsageError("give --train and --test (or --dataset NAME)")
-    for name, value in (("epochs", args.epochs), ("batch-size", args.batch_size)):
-        if value < 1:
-            raise UsageError(f"--{name} must be at least 1")
-    config = PipelineConfig(
-        tokenizer=TokenizerConfig(args.tokenizer, lower=not args.no_lower),
-        data=DataConfig(num_workers=args.num_workers),
-        model=ModelConfig(name=args.model),
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
-    )
+    try:
+        config = PipelineConfig(
+            tokenizer=TokenizerConfig(args.tokenizer, lower=not args.no_lower),
+            data=DataConfig(num_workers=args.num_workers),
+            model=ModelConfig(name=args.model),
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     start = time.perf_counter()
     metrics = train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet)
     test_metrics = metrics["test"]

@@ -41,6 +41,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "constant"):
+            raise ValueError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         unknown = set(d) - {f.name for f in fields(cls)}
@@ -168,7 +174,6 @@ def fit(
     """
     device = torch.device(config.device)
     model.to(device)
-    # Progress bars show on a terminal only (tqdm's disable=None); logs get one line per epoch.
     optimizers = make_optimizers(model, config)
     # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
     factor = (lambda e: 1 - e / config.epochs) if config.schedule == "linear" else (lambda e: 1.0)
@@ -178,13 +183,19 @@ def fit(
         dataset = getattr(train_loader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
+        # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
         bar = tqdm(total=num_train, desc=f"epoch {epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
         with bar:
             train_stats = train_epoch(model, train_loader, optimizers, device, bar)
         for scheduler in schedulers:
             scheduler.step()
         dev = evaluate(model, dev_loader, num_classes, device)
-        history.append({"epoch": epoch, "train_loss": round(train_stats["loss"], 6), "train_accuracy": round(train_stats["accuracy"], 6), "dev_accuracy": dev["accuracy"], "dev_macro_f1": dev["macro_f1"], "dev_loss": dev["loss"]})
+        history.append({
+            "epoch": epoch,
+            "train_loss": round(train_stats["loss"], 6),
+            "train_accuracy": round(train_stats["accuracy"], 6),
+            **{f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")},
+        })
         # Ties in accuracy go to the lower loss, so a plateau (common in the first
         # epochs on small data) does not trigger early stopping while the model still learns.
         improved = best_dev is None or (dev["accuracy"], -dev["loss"]) > (best_dev["accuracy"], -best_dev["loss"])
