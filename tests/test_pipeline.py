@@ -65,6 +65,14 @@ def test_cli_bad_row_is_one_clear_line_and_exit_2(toy_files, tmp_path):
     assert result.stderr.strip() == f"textpipe train: error: {bad}:{lines}: expected 2 columns, found 1"
 
 
+def test_cli_bad_row_read_in_a_worker_is_still_one_line(toy_files, tmp_path):
+    train, _, test = toy_files
+    bad_dev = write_csv(tmp_path / "bad_dev.csv", [("pos", "good film"), ("neg",)])
+    result = textpipe_cli("train", "--train", train, "--dev", bad_dev, "--test", test, "--out", tmp_path / "run", "--num-workers", "2", "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"textpipe train: error: {bad_dev}:3: expected 2 columns, found 1"
+
+
 def test_cli_label_unseen_in_training_at_evaluate(toy_files, tmp_path):
     train, _, test = toy_files
     out = tmp_path / "run"

@@ -31,8 +31,11 @@ class DataError(ValueError):
 
     def __init__(self, path: str | Path, line: int | None = None, problem: str | None = None):
         self.path, self.line, self.problem = str(path), line, problem
-        if problem is None:  # rebuilt from a message alone, as DataLoader workers re-raise errors
-            super().__init__(str(path))
+        if problem is None:
+            # A DataLoader worker's error is re-raised as DataError(text), the text ending
+            # in the worker's traceback; its last line is the original message.
+            last = str(path).rstrip().splitlines()[-1] if str(path).strip() else ""
+            super().__init__(last.split("DataError: ", 1)[-1])
             return
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {problem}")
