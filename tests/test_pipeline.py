@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from conftest import write_csv
+from textpipe.models import ModelConfig
 from textpipe.pipeline import DataConfig, PipelineConfig, train_files
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig
@@ -112,3 +113,13 @@ def test_accuracy_floor_on_real_data(shared_dataset, tmp_path):
     metrics = train_files(folder / "train.csv", folder / "test.csv", tmp_path / "run", config=config, quiet=True)
     assert metrics["test"]["n"] == 500
     assert metrics["test"]["accuracy"] >= 0.80
+
+
+def test_pipeline_config_round_trips_and_rejects_unknown_keys():
+    config = PipelineConfig(train=TrainConfig(epochs=3, lr=0.02), model=ModelConfig(name="cnn"))
+    assert PipelineConfig.from_dict(json.loads(json.dumps(config.to_dict()))).to_dict() == config.to_dict()
+    assert PipelineConfig.from_dict({"train": {"epochs": 2}}).train.epochs == 2
+    with pytest.raises(ValueError, match="unknown keys in \\[train\\]: epoch"):
+        PipelineConfig.from_dict({"train": {"epoch": 2}})
+    with pytest.raises(ValueError, match="unknown config sections: trian"):
+        PipelineConfig.from_dict({"trian": {}})

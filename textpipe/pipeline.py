@@ -10,7 +10,7 @@ padding ``collate_fn``, train, score the test file, and save a bundle and
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -53,6 +53,19 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        """The inverse of :meth:`to_dict`. Missing keys keep their defaults; unknown
+        sections or keys are errors, so a typo in a config file is never ignored."""
+        sections = {f.name: f.default_factory for f in fields(cls)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))} (known: {', '.join(sections)})")
+        return cls(**{name: _section_from_dict(name, kind, d.get(name, {})) for name, kind in sections.items()})
 
 
 def train_files(
@@ -108,6 +121,14 @@ def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 51
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
     return evaluate(bundle.model, loader, len(bundle.labels))
+
+
+def _section_from_dict(name: str, kind: type, d: dict):
+    known = {f.name for f in fields(kind)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown keys in [{name}]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    return kind(**d)
 
 
 def _tokens_counting_labels(rows: Iterable[Example], tokenizer: Tokenizer, counts: dict, quiet: bool) -> Iterator[list[str]]:
