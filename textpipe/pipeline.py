@@ -111,6 +111,8 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     _prepare_output(out)
     store = CheckpointStore(out / CHECKPOINTS, keep=config.train.keep_checkpoints)
     checkpoint = store.load_latest()
+    if checkpoint is not None and run["data"]["fingerprint"] != _fingerprint(run["train"]):
+        raise DataError(run["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
     if checkpoint is not None and not quiet:
         print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
     return _run(run, out, config, store, quiet, resume=checkpoint)
@@ -129,8 +131,6 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore, q
         run["data"] = {"labels": labels, "num_train": num_train, "fingerprint": _fingerprint(train)}
         write_json_atomic(out / RUN, run)
     else:  # the vocabulary and labels were saved before the first checkpoint
-        if run["data"]["fingerprint"] != _fingerprint(train):
-            raise DataError(train, None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
         vocab, labels, num_train = load_vocab(out / VOCAB), run["data"]["labels"], run["data"]["num_train"]
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)

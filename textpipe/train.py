@@ -201,9 +201,17 @@ def fit(
         >>> result = fit(model, train_loader, dev_loader, TrainConfig(epochs=5), num_classes=2)
         >>> result.best_dev["accuracy"]
     """
-    device = torch.device(config.device)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
+    try:
+        return _fit(model, train_loader, dev_loader, config, num_classes, num_train, quiet, checkpoints, resume)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int, num_train, quiet, checkpoints, resume) -> FitResult:
+    device = torch.device(config.device)
     model.to(device)
     optimizers = make_optimizers(model, config)
     # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
