@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate (default: %(default)s)")
     t.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default: %(default)s)")
     t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="N", help="also checkpoint every N steps (default: %(default)s = at each epoch's end only)")
-    t.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints, metavar="K", help="newest checkpoints to keep besides best.pt (default: %(default)s)")
+    t.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints, metavar="K", help="newest checkpoints to keep besides best.pt; 0: no checkpoints (default: %(default)s)")
     t.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True): same seed, same data -> same weights on any run")
     t.add_argument("--num-workers", type=int, default=DataConfig.num_workers, help="DataLoader worker processes (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress output")

@@ -91,8 +91,8 @@ def train_files(
     run = {"train": _absolute(train), "test": _absolute(test), "dev": _absolute(dev) if dev else None, "config": config.to_dict()}
     out = Path(out)
     _prepare_output(out)
-    store = CheckpointStore(out / CHECKPOINTS, keep=config.train.keep_checkpoints)
-    store.clear()  # a fresh run must never resume from another run's checkpoints
+    CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
+    store = _checkpoint_store(out, config)
     write_json_atomic(out / RUN, run)
     return _run(run, out, config, store, quiet, resume=None)
 
@@ -109,8 +109,8 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     run = json.loads((out / RUN).read_text(encoding="utf-8"))
     config = PipelineConfig.from_dict(run["config"])
     _prepare_output(out)
-    store = CheckpointStore(out / CHECKPOINTS, keep=config.train.keep_checkpoints)
-    checkpoint = store.load_latest()
+    store = _checkpoint_store(out, config)
+    checkpoint = store.load_latest() if store else None
     if checkpoint is not None and run["data"]["fingerprint"] != _fingerprint(run["train"]):
         raise DataError(run["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
     if checkpoint is not None and not quiet:
@@ -118,7 +118,12 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     return _run(run, out, config, store, quiet, resume=checkpoint)
 
 
-def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore, quiet: bool, resume: dict | None) -> dict:
+def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | None:
+    keep = config.train.keep_checkpoints
+    return CheckpointStore(out / CHECKPOINTS, keep) if keep else None
+
+
+def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
     train, test, dev = run["train"], run["test"], run["dev"]
     set_seed(config.train.seed)
     tokenizer = Tokenizer.from_config(config.tokenizer)
@@ -186,7 +191,7 @@ def _prepare_output(out: Path) -> None:
 def _check_free_space(out: Path, model: torch.nn.Module, keep: int) -> None:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     # Each checkpoint holds the weights and two Adam moments; then best.pt and the bundle.
-    needed = weights * (3 * keep + 2)
+    needed = weights * (3 * keep + 2) if keep else weights
     free = shutil.disk_usage(out).free
     if free < needed:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need about {needed / 1e6:.0f} MB")

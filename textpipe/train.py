@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
-    keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt
+    keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt; 0 turns checkpoints off
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
 
     def __post_init__(self) -> None:
@@ -56,8 +56,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError(f"checkpoint_every must be >= 0 and keep_checkpoints >= 1: {self}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
+            raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
