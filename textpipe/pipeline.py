@@ -4,15 +4,25 @@
 build the vocabulary and the label set, stream it through a
 :class:`~textpipe.dataset.TextClassificationDataset` into a ``DataLoader`` with the
 padding ``collate_fn``, train, score the test file, and save a bundle and
-``metrics.json``. The CLI and ``make train`` are thin wrappers over it.
+``metrics.json``, the effective config (``config.json``) and where the run came
+from (``run.json``: creation time, package versions, data files), and the report
+of :mod:`textpipe.report` on the test file. :func:`report_file` writes the same
+report for a saved bundle on any labelled file. The CLI and ``make train`` are
+thin wrappers over these.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from importlib import metadata
 from typing import Iterable, Iterator
+
+import torch
 
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -21,12 +31,14 @@ from .bundle import load_bundle, save_bundle, write_json_atomic
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, select_part
 from .models import ModelConfig, build_model
+from .report import misclassified, summarize, write_report
 from .sources import DataError, Example, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import TrainConfig, evaluate, fit, set_seed
+from .train import TrainConfig, evaluate, fit, predict_logits, set_seed
 from .vocab import build_vocab
 
-METRICS = "metrics.json"
+METRICS, CONFIG, RUN = "metrics.json", "config.json", "run.json"
+PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")
 
 
 @dataclass
@@ -95,24 +107,76 @@ def train_files(
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
-    def loader(path, part="all", training=False):
+    def loader(path, part="all", training=False, num_workers=config.data.num_workers):
         dataset = TextClassificationDataset(
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
             shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed,
         )
         batch_size = config.train.batch_size if training else config.data.eval_batch_size
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers)
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=num_workers)
 
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
     dev_loader = loader(dev) if dev else loader(train, "dev")
     result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet)
-    test_metrics = evaluate(model, loader(test), len(labels), config.train.device)
+    # No workers for the test pass: predictions then come in file order and line up with the texts.
+    summary, mistakes = score(model, loader(test, num_workers=0), labels, config.train.device, quiet)
 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
-    metrics = {"test": test_metrics, "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history}
+    write_json_atomic(Path(out) / CONFIG, config.to_dict())
+    write_json_atomic(Path(out) / RUN, run_info({"train": train, "dev": dev, "test": test}))
+    metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
     write_json_atomic(Path(out) / METRICS, metrics)
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {Path(out).name}", notes=[
+        f"Model `{config.model.name}` trained on `{train}`; best epoch {result.best_epoch} of {len(result.history)}. Scores are on the test file `{test}`.",
+    ])
     return metrics
+
+
+def report_file(bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True) -> dict:
+    """Score a saved bundle on a labelled file and write the report (``metrics.json`` and all) into ``out``.
+
+    Returns ``{"overall", "per_class", "confusion"}``; the learning curves are the
+    bundle's own, from its ``metrics.json``, when it has one.
+
+    Example:
+        >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
+    """
+    bundle = load_bundle(bundle_dir)
+    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
+    summary, mistakes = score(bundle.model, loader, bundle.labels, "cpu", quiet)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out) / METRICS, summary)
+    trained = Path(bundle_dir) / METRICS
+    history = json.loads(trained.read_text(encoding="utf-8")).get("history") if trained.is_file() else None
+    write_report(out, summary, mistakes, history, title=f"textpipe report: {Path(data).name}", notes=[
+        f"The model in `{bundle_dir}` scored on `{data}`." + (" The training curves are the model's own." if history else ""),
+    ])
+    return summary
+
+
+def score(model, loader: DataLoader, labels: list[str], device, quiet: bool = True) -> tuple[dict, list]:
+    """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers."""
+    if loader.num_workers:
+        raise ValueError("score() needs a loader without workers, so that predictions come in file order")
+    rows = _with_progress(loader, "evaluate", quiet)
+    logits, gold = predict_logits(model, rows, torch.device(device))
+    summary = summarize(logits, gold, labels)
+    texts = (example.text for example in loader.dataset.examples())
+    return summary, misclassified(texts, logits, gold, labels)
+
+
+def run_info(data: dict) -> dict:
+    """Where a run came from: creation time (UTC), package versions, the data files."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"created": created, "versions": versions, "data": {k: None if v is None else str(v) for k, v in data.items()}}
 
 
 def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512) -> dict:
@@ -121,6 +185,14 @@ def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 51
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
     return evaluate(bundle.model, loader, len(bundle.labels))
+
+
+def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:
+    """The batches, counted in rows on a tqdm bar (on a terminal, and unless quiet)."""
+    with tqdm(desc=desc, unit="row", disable=True if quiet else None, file=sys.stderr, leave=False) as bar:
+        for batch in batches:
+            bar.update(len(batch))
+            yield batch
 
 
 def _section_from_dict(name: str, kind: type, d: dict):
