@@ -176,7 +176,7 @@ def run_info(data: dict) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"created": created, "versions": versions, "data": {k: None if v is None else str(v) for k, v in data.items()}}
+    return {"created": created, "versions": versions, "data": {k: None if v is None else str(Path(v).resolve()) for k, v in data.items()}}
 
 
 def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512) -> dict:

@@ -2,7 +2,9 @@
 
 Texts are numericalized through a map-style :class:`~textpipe.dataset.TextListDataset`,
 batched by a ``DataLoader`` with the padding ``collate_fn``, and scored under
-``torch.inference_mode()``. Output order is input order.
+``torch.inference_mode()``. Output order is input order. :meth:`Predictor.embed`
+returns the model's pooled sentence vectors, captured with a forward hook
+(:func:`textpipe.models.capture_pooled`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader
 from .bundle import Bundle, load_bundle
 from .collate import pad_collate
 from .dataset import TextListDataset
+from .models import capture_pooled
 from .train import predict_logits
 
 
@@ -58,3 +61,18 @@ class Predictor:
             probs = {self.labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
             results.append({"text": text, "label": self.labels[int(indices[0])], "probs": probs})
         return results
+
+    def embed(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Sentence vectors, shape ``(len(texts), D)``: the output of ``model.pool``, caught by a forward hook.
+
+        Example:
+            >>> Predictor.load("runs/default").embed(["a gorgeous movie", "a dull one"]).shape
+            torch.Size([2, 64])
+        """
+        if not texts:
+            raise ValueError("no texts to embed")
+        dataset = TextListDataset(texts, self.bundle.tokenizer, self.bundle.vocab)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate)
+        with capture_pooled(self.bundle.model) as vectors:
+            predict_logits(self.bundle.model, loader, self.device)
+        return torch.cat(vectors).cpu()
