@@ -218,24 +218,29 @@ def test_help_of_every_subcommand_exits_0_and_shows_an_example(capsys):
     assert result.returncode == 0 and "exit status:" in result.stdout
 
 
-def test_errors_are_one_line_and_a_hint(run, tmp_path):
+def test_errors_are_one_line_and_a_hint(run, tmp_path, capsys):
     result = textpipe("predict", "--model", tmp_path, "hello")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"textpipe predict: error: {tmp_path} is not a textpipe bundle (no bundle.json)",
         "hint: give the folder that `textpipe train --out DIR` wrote",
     ]
-    assert textpipe("predict", "--model", run["out"], "x", "--top-k", "0").returncode == 2
-    assert textpipe("predict", "--model", run["out"]).returncode == 2  # no texts
+    # The rest in-process (same main(), no interpreter start-up each time).
+    assert cli.main(["predict", "--model", str(run["out"]), "x", "--top-k", "0"]) == 2
+    assert cli.main(["predict", "--model", str(run["out"])]) == 2  # no texts
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        "textpipe predict: error: no texts to label", "hint: give texts as arguments, or --input FILE, or --input - to read stdin",
+    ]
     bad = tmp_path / "bad.toml"
-    bad.write_text("[train]\nepoch = 3\n")
-    result = textpipe("train", "--config", bad, "--print-config")
-    assert result.returncode == 2 and result.stderr.startswith(f"textpipe train: error: {bad}: unknown keys in [train]: epoch")
-    bad.write_text("[train]\nepochs = \"three\"\n")
-    result = textpipe("train", "--config", bad, "--print-config")
-    assert result.returncode == 2 and f"{bad}: [train] epochs = 'three': expected int" in result.stderr
-    bad.write_text("[train\n")
-    assert "not valid TOML" in textpipe("train", "--config", bad, "--print-config").stderr
+    for content, message in [
+        ("[train]\nepoch = 3\n", f"{bad}: unknown keys in [train]: epoch"),
+        ('[train]\nepochs = "three"\n', f"{bad}: [train] epochs = 'three': expected int"),
+        ("[model]\ndropout = true\n", f"{bad}: [model] dropout = True: expected float"),
+        ("[train\n", f"{bad}: not valid TOML"),
+    ]:
+        bad.write_text(content)
+        assert cli.main(["train", "--config", str(bad), "--print-config"]) == 2
+        assert capsys.readouterr().err.startswith(f"textpipe train: error: {message}"), content
 
 
 def test_an_internal_error_exits_1_with_one_line_and_a_hint(monkeypatch, capsys):
