@@ -165,7 +165,7 @@ def add_predict(sub) -> None:
     p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
         "json: one object per line {text, label, probs}; csv: text,label,confidence,p_<label>...; "
-        "text: 'label (p)<TAB>text' (default: %(default)s)"))
+        "text: 'label (p)<TAB>text', the top label only unless --top-k (default: %(default)s)"))
     p.add_argument("--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels)")
     p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
     p.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
@@ -427,13 +427,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     predictor = Predictor.load(require_bundle(args.model))
     write_row = ROW_WRITERS[args.format]
+    top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
     with atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
         count = 0
         with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
             for chunk in chunked(texts, PREDICT_CHUNK):
-                for result in predictor.predict(chunk, top_k=args.top_k, batch_size=args.batch_size):
+                for result in predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size):
                     write_row(out, result, predictor.labels)
                 count += len(chunk)
                 bar.update(len(chunk))
@@ -674,16 +675,22 @@ def positive(value: int, flag: str) -> None:
 
 
 def input_texts(texts: list[str], source: str | None) -> Iterator[str]:
-    """The command-line texts, then those of ``source`` ('-' is stdin, one text per line)."""
-    from .sources import read_texts
+    """The command-line texts, then those of ``source`` ('-' is stdin, one text per line), streamed."""
+    from .sources import file_format, read_texts
 
-    if source is not None and source != "-" and not Path(source).is_file():
-        raise UsageError(f"{source}: no such file", hint="use --input - to read texts from stdin")
-    yield from texts
-    if source == "-":
-        yield from stdin_texts(sys.stdin)
-    elif source is not None:
-        yield from read_texts(source)
+    if source is not None and source != "-":
+        file_format(source)  # an unknown suffix is an error now, before the model loads
+        if not Path(source).is_file():
+            raise UsageError(f"{source}: no such file", hint="use --input - to read texts from stdin")
+
+    def stream() -> Iterator[str]:
+        yield from texts
+        if source == "-":
+            yield from stdin_texts(sys.stdin)
+        elif source is not None:
+            yield from read_texts(source)
+
+    return stream()
 
 
 def stdin_texts(stream: TextIO) -> Iterator[str]:
