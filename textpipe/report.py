@@ -38,6 +38,12 @@ _DPI = 100
 
 
 class Mistake(NamedTuple):
+    """One wrong prediction, as a row of ``misclassified.csv``.
+
+    Example:
+        >>> Mistake("a dull film", gold="neg", predicted="pos", confidence=0.91)
+    """
+
     text: str
     gold: str
     predicted: str
