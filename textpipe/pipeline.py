@@ -18,12 +18,11 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from importlib import metadata
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
