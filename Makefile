@@ -9,16 +9,28 @@ MODEL  ?= $(OUT)
 TRAIN  ?=
 TEST   ?=
 DEV    ?=
+CONFIG ?=
 TEXT   ?=
 INPUT  ?=
+FORMAT ?= json
+REPORT ?=
 ARGS   ?=
 
-.PHONY: help venv train predict evaluate test clean
+.PHONY: help venv train predict evaluate info test clean
 
 help:  ## list targets and variables
 	@echo "targets:"
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sed 's/^/  make /'
-	@echo "variables: TRAIN=file TEST=file [DEV=file] OUT=$(OUT) (train); TEXT=\"...\" or INPUT=file, MODEL=$(MODEL) (predict); ARGS=extra flags"
+	@echo "variables:"
+	@echo "  TRAIN=file TEST=file [DEV=file]  your labelled data (.csv/.tsv with label,text header, or .jsonl); without TRAIN: rotten_tomatoes"
+	@echo "  OUT=dir                          where train writes the bundle and the report (now: $(OUT))"
+	@echo "  CONFIG=file.toml                 a config file for train, e.g. configs/cnn.toml (flags in ARGS override it)"
+	@echo "  MODEL=dir                        the bundle predict/evaluate/info use (now: $(MODEL))"
+	@echo "  TEXT=\"...\" or INPUT=file         what predict labels; INPUT=- reads stdin"
+	@echo "  FORMAT=json|csv|text             predict's output format (now: $(FORMAT))"
+	@echo "  TEST=file REPORT=dir             evaluate's data (default: the rotten_tomatoes test split) and report folder (default: MODEL/eval-NAME)"
+	@echo "  ARGS=\"...\"                       extra flags for the textpipe command, e.g. ARGS=\"--epochs 5 --quiet\""
+	@echo "example: make train TRAIN=data/mine/train.csv TEST=data/mine/test.csv OUT=runs/mine && make predict MODEL=runs/mine TEXT=\"great fun\""
 
 venv: $(STAMP)  ## create .venv and install the pinned stack
 
@@ -27,20 +39,23 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write a bundle to OUT
+train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write the bundle and report to OUT
 ifeq ($(strip $(TRAIN)),)
-	$(PY) -m textpipe train --dataset rotten_tomatoes --out $(OUT) $(ARGS)
+	$(PY) -m textpipe train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 else
-	$(PY) -m textpipe train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(ARGS)
+	$(PY) -m textpipe train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 endif
 
-predict: $(STAMP)  ## label TEXT="..." or INPUT=file (one text per line) with the bundle in MODEL
-	@test -n "$(TEXT)$(INPUT)" || { echo 'give TEXT="some text" or INPUT=file.txt'; exit 2; }
+predict: $(STAMP)  ## label TEXT="..." or INPUT=file (INPUT=- for stdin) with the bundle in MODEL
+	@test -n "$(TEXT)$(INPUT)" || { echo 'give TEXT="some text" or INPUT=file.txt (INPUT=- reads stdin)'; exit 2; }
 	@# TEXT reaches the shell through the environment, so quotes inside it need no escaping.
-	@$(PY) -m textpipe predict --model $(MODEL) $(if $(INPUT),--input "$(INPUT)") $(if $(TEXT),"$$TEXT") $(ARGS)
+	@$(PY) -m textpipe predict --model $(MODEL) --format $(FORMAT) $(if $(INPUT),--input "$(INPUT)") $(if $(TEXT),"$$TEXT") $(ARGS)
 
-evaluate: $(STAMP)  ## score the bundle in MODEL on TEST=file
-	$(PY) -m textpipe evaluate --model $(MODEL) --data $(TEST)
+evaluate: $(STAMP)  ## score the bundle in MODEL on TEST=file; metrics JSON on stdout, report in REPORT
+	$(PY) -m textpipe evaluate --model $(MODEL) --data $(or $(TEST),data/rotten_tomatoes/test.csv) $(if $(REPORT),--out $(REPORT)) $(ARGS)
+
+info: $(STAMP)  ## describe the bundle in MODEL (labels, metrics, versions, weights sha256)
+	@$(PY) -m textpipe info $(MODEL) $(ARGS)
 
 test: $(STAMP)  ## run the test suite
 	$(PY) -m pytest -q $(ARGS)

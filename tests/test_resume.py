@@ -98,7 +98,7 @@ def test_resume_needs_no_other_flag_and_refuses_changed_data(reference, tmp_path
     data.write_bytes(train.read_bytes())
     out = tmp_path / "run"
     run(RUNNER, data, test, out, "mid-epoch", check=False)
-    assert json.loads((out / "run.json").read_text())["train"] == str(data)
+    assert json.loads((out / "run.json").read_text())["data"]["train"] == str(data)
     mixed = run("-m", "textpipe", "train", "--resume", out, "--train", data, check=False)
     assert mixed.returncode == 2 and "--resume DIR takes the data and settings from DIR/run.json" in mixed.stderr
     data.write_text(data.read_text() + "pos,one more row\n")
@@ -149,7 +149,7 @@ def test_an_unusable_output_folder_fails_before_training(toy_files, tmp_path):
     train, _, test = toy_files
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run("-m", "textpipe", "train", "--train", train, "--test", test, "--out", blocker / "run", check=False)
+    result = run("-m", "textpipe", "train", "--train", train, "--test", test, "--out", blocker / "run", "--quiet", check=False)
     assert result.returncode == 2
     assert result.stderr == f"textpipe train: error: cannot write to output folder {blocker}/run: Not a directory\n"
 

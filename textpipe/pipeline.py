@@ -3,16 +3,24 @@
 :func:`train_files` runs every stage in order: read the training file once to
 build the vocabulary and the label set, stream it through a
 :class:`~textpipe.dataset.TextClassificationDataset` into a ``DataLoader`` with the
-padding ``collate_fn``, train, score the test file, and save a bundle and
-``metrics.json``. The CLI and ``make train`` are thin wrappers over it.
+padding ``collate_fn``, train, score the test file, and save a bundle,
+``metrics.json``, the effective config (``config.json``) and the report of
+:mod:`textpipe.report` on the test file. ``run.json`` (written first: data files,
+config, creation time, package versions) and ``checkpoints/`` let
+:func:`resume_run` finish a run that was killed. :func:`report_file` writes the
+same report for a saved bundle on any labelled file. The CLI and ``make train``
+are thin wrappers over these.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field, fields
+from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,16 +30,18 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, OutputError
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, select_part
 from .models import ModelConfig, build_model
+from .report import misclassified, summarize, write_report
 from .sources import DataError, Example, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import TrainConfig, evaluate, fit, set_seed
+from .train import TrainConfig, evaluate, fit, predict_logits, set_seed
 from .vocab import build_vocab, load_vocab, save_vocab
 
-METRICS, RUN, VOCAB, CHECKPOINTS = "metrics.json", "run.json", "vocab.json", "checkpoints"
+METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
+PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")
 
 
 @dataclass
@@ -88,7 +98,7 @@ def train_files(
     ``out/checkpoints/``, so :func:`resume_run` can finish a run that was killed.
     """
     config = config or PipelineConfig()
-    run = {"train": _absolute(train), "test": _absolute(test), "dev": _absolute(dev) if dev else None, "config": config.to_dict()}
+    run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
     out = Path(out)
     _prepare_output(out)
     CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
@@ -111,8 +121,8 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     _prepare_output(out)
     store = _checkpoint_store(out, config)
     checkpoint = store.load_latest() if store else None
-    if checkpoint is not None and run["data"]["fingerprint"] != _fingerprint(run["train"]):
-        raise DataError(run["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
+    if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
+        raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
     if checkpoint is not None and not quiet:
         print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
     return _run(run, out, config, store, quiet, resume=checkpoint)
@@ -124,7 +134,7 @@ def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | No
 
 
 def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
-    train, test, dev = run["train"], run["test"], run["dev"]
+    train, test, dev = run["data"]["train"], run["data"]["test"], run["data"]["dev"]
     set_seed(config.train.seed)
     tokenizer = Tokenizer.from_config(config.tokenizer)
     train_part = "all" if dev else "train"
@@ -133,14 +143,14 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     if resume is None:
         vocab, labels, num_train = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
         save_vocab(vocab, out / VOCAB)
-        run["data"] = {"labels": labels, "num_train": num_train, "fingerprint": _fingerprint(train)}
+        run.update(labels=labels, num_train=num_train, fingerprint=_fingerprint(train))
         write_json_atomic(out / RUN, run)
     else:  # the vocabulary and labels were saved before the first checkpoint
-        vocab, labels, num_train = load_vocab(out / VOCAB), run["data"]["labels"], run["data"]["num_train"]
+        vocab, labels, num_train = load_vocab(out / VOCAB), run["labels"], run["num_train"]
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
-    def loader(path, part="all", training=False):
+    def loader(path, part="all", training=False, num_workers=config.data.num_workers):
         dataset = TextClassificationDataset(
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
             shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed,
@@ -149,7 +159,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         # Its own generator, so creating a loader's iterator never draws from torch's
         # global generator (which dropout uses): a resumed run sees the same random numbers.
         return StatefulDataLoader(
-            dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers,
+            dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=num_workers,
             generator=torch.Generator().manual_seed(config.train.seed),
         )
 
@@ -158,11 +168,16 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     _check_free_space(out, model, config.train.keep_checkpoints)
     dev_loader = loader(dev) if dev else loader(train, "dev")
     result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet, checkpoints=store, resume=resume)
-    test_metrics = evaluate(model, loader(test), len(labels), config.train.device)
+    # No workers for the test pass: predictions then come in file order and line up with the texts.
+    summary, mistakes = score(model, loader(test, num_workers=0), labels, config.train.device, quiet)
 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
-    metrics = {"test": test_metrics, "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history}
+    write_json_atomic(out / CONFIG, config.to_dict())
+    metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
     write_json_atomic(out / METRICS, metrics)
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
+        f"Model `{config.model.name}` trained on `{train}`; best epoch {result.best_epoch} of {len(result.history)}. Scores are on the test file `{test}`.",
+    ])
     return metrics
 
 
@@ -197,17 +212,55 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int) -> None:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need about {needed / 1e6:.0f} MB")
 
 
-class OutputError(OSError):
-    """The output folder cannot be written, or is too full for the run."""
-
-
-def _absolute(path: str | Path) -> str:
-    return str(Path(path).resolve())
-
-
 def _fingerprint(path: str | Path) -> dict:
     stat = Path(path).stat()
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def report_file(bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True) -> dict:
+    """Score a saved bundle on a labelled file and write the report (``metrics.json`` and all) into ``out``.
+
+    Returns ``{"overall", "per_class", "confusion"}``; the learning curves are the
+    bundle's own, from its ``metrics.json``, when it has one.
+
+    Example:
+        >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
+    """
+    bundle = load_bundle(bundle_dir)
+    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
+    loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
+    summary, mistakes = score(bundle.model, loader, bundle.labels, "cpu", quiet)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out) / METRICS, summary)
+    trained = Path(bundle_dir) / METRICS
+    history = json.loads(trained.read_text(encoding="utf-8")).get("history") if trained.is_file() else None
+    write_report(out, summary, mistakes, history, title=f"textpipe report: {Path(data).name}", notes=[
+        f"The model in `{bundle_dir}` scored on `{data}`." + (" The training curves are the model's own." if history else ""),
+    ])
+    return summary
+
+
+def score(model, loader: DataLoader, labels: list[str], device, quiet: bool = True) -> tuple[dict, list]:
+    """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers."""
+    if loader.num_workers:
+        raise ValueError("score() needs a loader without workers, so that predictions come in file order")
+    rows = _with_progress(loader, "evaluate", quiet)
+    logits, gold = predict_logits(model, rows, torch.device(device))
+    summary = summarize(logits, gold, labels)
+    texts = (example.text for example in loader.dataset.examples())
+    return summary, misclassified(texts, logits, gold, labels)
+
+
+def run_info(data: dict) -> dict:
+    """Where a run came from: creation time (UTC), package versions, the data files."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"created": created, "versions": versions, "data": {k: None if v is None else str(Path(v).resolve()) for k, v in data.items()}}
 
 
 def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512) -> dict:
@@ -216,6 +269,14 @@ def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 51
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
     return evaluate(bundle.model, loader, len(bundle.labels))
+
+
+def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:
+    """The batches, counted in rows on a tqdm bar (on a terminal, and unless quiet)."""
+    with tqdm(desc=desc, unit="row", disable=True if quiet else None, file=sys.stderr, leave=False) as bar:
+        for batch in batches:
+            bar.update(len(batch))
+            yield batch
 
 
 def _section_from_dict(name: str, kind: type, d: dict):

