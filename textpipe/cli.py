@@ -22,7 +22,7 @@ from .datasets import rotten_tomatoes
 from .models import MODELS, ModelConfig
 from .pipeline import DataConfig, PipelineConfig, evaluate_file, train_files
 from .predict import Predictor
-from .sources import DataError, read_texts
+from .sources import DataError, SourceConfig, read_texts
 from .tokenizer import TOKENIZERS, TokenizerConfig
 from .train import TrainConfig
 
@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default: %(default)s)")
     t.add_argument("--num-workers", type=int, default=DataConfig.num_workers, help="DataLoader worker processes (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    add_source_arguments(t)
 
     e = sub.add_parser("evaluate", help="score a saved bundle on a labelled file")
     e.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
     e.add_argument("--data", type=Path, required=True, help="labelled file (.csv, .tsv, .jsonl)")
+    add_source_arguments(e)
 
     p = sub.add_parser("predict", help="label texts with a saved bundle (one JSON line per text)")
     p.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
@@ -60,6 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="file of texts: .txt (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--top-k", type=int, default=None, help="keep only the k most likely classes in probs")
     return parser
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("reading the data (--train/--test/--dev/--data: a file, a folder per class, or torchtext:NAME/SPLIT)")
+    g.add_argument("--on-bad-row", choices=("error", "skip"), default="error", help="stop at the first bad row, or skip and count bad rows (default: %(default)s)")
+    g.add_argument("--text-columns", default="text", help="comma-separated text column names, or 0-based indices with --no-header; joined with a space (default: %(default)s)")
+    g.add_argument("--label-column", default="label", help="label column name, or index with --no-header (default: %(default)s)")
+    g.add_argument("--no-header", action="store_true", help="CSV/TSV files have no header row")
+    g.add_argument("--max-chars", type=int, default=SourceConfig.max_chars, help="a longer text is a bad row (default: %(default)s)")
+    g.add_argument("--data-root", default=SourceConfig.root, help="folder of torchtext:NAME datasets (default: %(default)s)")
+
+
+def source_config(args: argparse.Namespace) -> SourceConfig:
+    column = lambda c: int(c) if args.no_header and c.strip().isdigit() else c.strip()  # noqa: E731
+    try:
+        return SourceConfig(
+            text_columns=[column(c) for c in args.text_columns.split(",")], label_column=column(args.label_column),
+            header=not args.no_header, on_bad_row=args.on_bad_row, max_chars=args.max_chars, root=args.data_root,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def print_skipped(skipped: dict) -> None:
+    """One line per file, on stderr: how many rows were skipped and why."""
+    for part, reasons in skipped.items():
+        detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        print(f"skipped {sum(reasons.values())} {part} rows" + (f": {detail}" if detail else ""), file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -75,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         config = PipelineConfig(
             tokenizer=TokenizerConfig(args.tokenizer, lower=not args.no_lower),
-            data=DataConfig(num_workers=args.num_workers),
+            data=DataConfig(num_workers=args.num_workers, source=source_config(args)),
             model=ModelConfig(name=args.model),
             train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
         )
@@ -89,10 +119,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"(n={test_metrics['n']}, best epoch {metrics['best_epoch']}, {time.perf_counter() - start:.1f}s)"
     )
     print(f"model bundle: {args.out}")
+    print_skipped(metrics.get("skipped", {}))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    print(json.dumps(evaluate_file(args.model, args.data)))
+    metrics = evaluate_file(args.model, args.data, source=source_config(args))
+    print(json.dumps(metrics))
+    print_skipped({"evaluated": metrics["skipped"]} if "skipped" in metrics else {})
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
 from .collate import pad_collate
-from .dataset import TextClassificationDataset, select_part
+from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
-from .sources import DataError, Example, read_examples
+from .sources import DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import TrainConfig, evaluate, fit, set_seed
 from .vocab import build_vocab
@@ -37,6 +37,11 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     num_workers: int = 0
     eval_batch_size: int = 512
+    source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
+            self.source = SourceConfig.from_dict(self.source)
 
 
 @dataclass
@@ -85,20 +90,24 @@ def train_files(
     holdout = 0 if dev else config.data.holdout_every
     Path(out).mkdir(parents=True, exist_ok=True)  # fail on an unusable folder now, not after training
 
-    counts: dict[str, int] = {}
-    rows = select_part(read_examples(train), train_part, holdout)
-    vocab = build_vocab(_tokens_counting_labels(rows, tokenizer, counts, quiet), config.data.min_freq, config.data.max_size)
-    labels = sorted(counts)
+    source = config.data.source
+    skipping = source.on_bad_row == "skip"
+    skipped: dict[str, dict[str, int]] = {"train": {}}
+    counts: dict[str, int] = {}  # rows per label, held-out rows included
+    rows = read_examples(train, config=source, skipped=skipped["train"])
+    training_texts = _training_texts(rows, counts, train_part, holdout, quiet)
+    vocab = build_vocab(tokenizer.pipe(training_texts), config.data.min_freq, config.data.max_size)
+    labels = sorted(label for label in counts if label is not _TRAIN_ROWS)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
-    num_train = sum(counts.values())
+    num_train = counts[_TRAIN_ROWS]
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
     def loader(path, part="all", training=False):
         dataset = TextClassificationDataset(
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
-            shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed,
+            shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
         )
         batch_size = config.train.batch_size if training else config.data.eval_batch_size
         return DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers)
@@ -106,21 +115,35 @@ def train_files(
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
     dev_loader = loader(dev) if dev else loader(train, "dev")
+    # Before training, so a bad dev or test row stops the run now; in skip mode, the
+    # counts (the DataLoader's workers cannot report theirs). Train was counted above.
+    if dev:
+        skipped["dev"] = dev_loader.dataset.count_skipped()
+    skipped["test"] = loader(test).dataset.count_skipped()
     result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet)
     test_metrics = evaluate(model, loader(test), len(labels), config.train.device)
 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
     metrics = {"test": test_metrics, "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history}
+    if skipping:
+        metrics["skipped"] = skipped
     write_json_atomic(Path(out) / METRICS, metrics)
     return metrics
 
 
-def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512) -> dict:
-    """Accuracy, macro-F1, loss and row count of a saved bundle on a labelled file."""
+def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512, source: SourceConfig | None = None) -> dict:
+    """Accuracy, macro-F1, loss and row count of a saved bundle on a labelled file.
+
+    With ``source.on_bad_row == "skip"`` the result also holds ``"skipped"``: reason -> rows.
+    """
     bundle = load_bundle(bundle_dir)
-    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
+    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
+    skipped = ds.count_skipped()
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
-    return evaluate(bundle.model, loader, len(bundle.labels))
+    metrics = evaluate(bundle.model, loader, len(bundle.labels))
+    if ds.source.on_bad_row == "skip":
+        metrics["skipped"] = skipped
+    return metrics
 
 
 def _section_from_dict(name: str, kind: type, d: dict):
@@ -131,12 +154,18 @@ def _section_from_dict(name: str, kind: type, d: dict):
     return kind(**d)
 
 
-def _tokens_counting_labels(rows: Iterable[Example], tokenizer: Tokenizer, counts: dict, quiet: bool) -> Iterator[list[str]]:
-    """Tokens of each training row, for the vocab builder; counts the labels on the way."""
+_TRAIN_ROWS = None  # the key under which _training_texts counts the rows it yields (no label is None)
 
-    def texts() -> Iterator[str]:
-        for example in tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False):
-            counts[example.label] = counts.get(example.label, 0) + 1
+
+def _training_texts(rows: Iterable[Example], counts: dict, part: str, holdout_every: int, quiet: bool) -> Iterator[str]:
+    """Texts of the training part, for the vocab builder, in one pass over the whole file.
+
+    Counts the labels of every row on the way, held-out ones included, so a label
+    only held-out dev rows have is still one of the model's labels.
+    """
+    counts[_TRAIN_ROWS] = 0
+    for i, example in enumerate(tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)):
+        counts[example.label] = counts.get(example.label, 0) + 1
+        if part == "all" or not is_held_out(i, holdout_every):
+            counts[_TRAIN_ROWS] += 1
             yield example.text
-
-    return tokenizer.pipe(texts())
