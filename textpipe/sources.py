@@ -27,6 +27,7 @@ import codecs
 import csv
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Iterator, MutableMapping, NamedTuple
@@ -279,15 +280,18 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
             except StopIteration:
                 return
             except (csv.Error, _RecordTooLong) as err:
+                spans_lines = lines.line > line
                 runaway = isinstance(err, _RecordTooLong) or "unexpected end of data" in str(err)
-                if isinstance(err, _RecordTooLong):
+                if isinstance(err, _RecordTooLong) and spans_lines:
+                    problem = ("unterminated quote", f"a quote opened in this row is not closed within the {config.max_chars:,}-character limit (max_chars)")
+                elif isinstance(err, _RecordTooLong):
                     problem = _too_long(config)
                 elif runaway:
                     problem = ("unterminated quote", "a quote opened in this row is never closed")
                 else:
                     problem = ("malformed row", f"malformed {fmt.upper()} ({err})")
                 yield _Row(line, problem=problem)
-                if runaway and lines.line > line:
+                if runaway and spans_lines:
                     # The open quote swallowed the lines after it; read them again as rows.
                     lines.restart_after(line, offset)
                 reader = csv.reader(lines, delimiter=delimiter, strict=True)
@@ -354,7 +358,7 @@ def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: b
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = json.loads(raw.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 yield _Row(line, problem=("invalid JSON", f"invalid JSON ({err.msg} at column {err.colno})"))
                 continue
@@ -415,16 +419,21 @@ def _read_torchtext(path: str | Path, fmt: str, config: SourceConfig, with_label
     if name not in TORCHTEXT_DATASETS or not split:
         raise DataError(spec, None, f"use torchtext:NAME/SPLIT with NAME one of {', '.join(TORCHTEXT_DATASETS)} (for example torchtext:AG_NEWS/train)")
     from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
-    import torchtext.datasets
 
     order = TORCHTEXT_DATASETS[name].split(",")
     try:
-        rows = getattr(torchtext.datasets, name)(root=config.root, split=split)
+        with warnings.catch_warnings():  # torchdata warns on import that its datapipes are deprecated
+            warnings.filterwarnings("ignore", message="(?s).*datapipes.*deprecated", category=UserWarning)
+            import torchtext.datasets
+
+            rows = getattr(torchtext.datasets, name)(root=config.root, split=split)
         for line, item in enumerate(rows, start=1):
             fields_ = dict(zip(order, item))
             label = fields_.get("label")
             yield _Row(line, fields_.get("text"), None if label is None else str(label))
-    except (OSError, ValueError, RuntimeError, UnicodeDecodeError) as err:
-        # torchtext's own failures (no network, a bad checksum, an unknown split) in one line.
-        problem = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise DataError(spec, None, f"torchtext could not read {name} {split!r} under {config.root}: {problem}") from None
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        # torchtext's own failures (no network, a bad checksum, an unknown split), in one line.
+        first = next((s for s in str(err).splitlines() if s.strip()), "")
+        where = Path(config.root) / "datasets" / name
+        problem = f"torchtext could not read {name} {split!r} ({type(err).__name__}: {first.strip()}); offline, its downloaded files belong in {where}/"
+        raise DataError(spec, None, problem) from None
