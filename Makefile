@@ -13,11 +13,11 @@ TEXT   ?=
 INPUT  ?=
 ARGS   ?=
 
-.PHONY: help venv train predict evaluate test clean
+.PHONY: help venv train predict evaluate test clean bench-memory
 
 help:  ## list targets and variables
 	@echo "targets:"
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sed 's/^/  make /'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sed 's/^/  make /'
 	@echo "variables: TRAIN=file TEST=file [DEV=file] OUT=$(OUT) (train); TEXT=\"...\" or INPUT=file, MODEL=$(MODEL) (predict); ARGS=extra flags"
 
 venv: $(STAMP)  ## create .venv and install the pinned stack
@@ -47,3 +47,6 @@ test: $(STAMP)  ## run the test suite
 
 clean:  ## remove the venv and trained runs (keeps the data cache)
 	rm -rf $(VENV) runs
+
+bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
+	OMP_NUM_THREADS=1 $(PY) bench/memory.py
