@@ -138,3 +138,22 @@ def test_skipped_rows_do_not_break_exactly_once(tmp_path):
         seen += [int(vocab.get_itos()[int(row[1])]) for batch in DataLoader(ds, batch_size=4, collate_fn=pad_collate, num_workers=2) for row in batch.ids]
     assert sorted(seen) == [i for i in range(60) if i % 10]
     assert ds.count_skipped() == {"empty text": 6}
+
+
+def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
+    """The first example comes out after at most shuffle_buffer + 1 rows are read, not after the whole file."""
+    import textpipe.dataset
+
+    path, tok, vocab = numbered
+    read = {"rows": 0}
+
+    def counting(*args, **kwargs):
+        for example in read_examples(*args, **kwargs):
+            read["rows"] += 1
+            yield example
+
+    monkeypatch.setattr(textpipe.dataset, "read_examples", counting)
+    stream = iter(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=10))
+    next(stream)
+    assert read["rows"] == 11
+    assert 1 + sum(1 for _ in stream) == 103

@@ -179,7 +179,7 @@ def read_texts(path: str | Path, config: SourceConfig | None = None) -> Iterator
 def _row_problem(row: _Row, with_labels: bool, config: SourceConfig) -> tuple[str, str] | None:
     text, label = row.text, row.label or ""
     # The reader decodes with "surrogateescape": a byte that is not UTF-8 becomes a lone surrogate.
-    if not _is_utf8(text) or not _is_utf8(label):
+    if not (text.isascii() or _is_utf8(text)) or not (label.isascii() or _is_utf8(label)):
         return "undecodable bytes", "bytes that are not valid UTF-8 (save the file as UTF-8)"
     if "\x00" in text or "\x00" in label:
         return "NUL byte", "NUL byte in the row (a binary or UTF-16 file?)"
@@ -228,15 +228,15 @@ class _Lines:
         if not raw:
             raise StopIteration
         self.line += 1
-        if self.line == 1:
-            raw = raw.removeprefix(codecs.BOM_UTF8)
+        self.offset += len(raw)
         self.record_bytes += len(raw)
         if self.record_bytes > self.max_bytes:
             if not raw.endswith(b"\n"):
                 self._skip_rest_of_line()
-            self.offset = self.f.tell()
+                self.offset = self.f.tell()
             raise _RecordTooLong
-        self.offset = self.f.tell()
+        if self.line == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
         return raw.decode("utf-8", "surrogateescape")
 
     def start_record(self) -> tuple[int, int]:
