@@ -155,5 +155,5 @@ def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
     monkeypatch.setattr(textpipe.dataset, "read_examples", counting)
     stream = iter(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=10))
     next(stream)
-    assert read["rows"] == 11
+    assert read["rows"] <= 11
     assert 1 + sum(1 for _ in stream) == 103

@@ -5,6 +5,7 @@ line), 1 an internal error.
 
     python -m textpipe train --dataset rotten_tomatoes --out runs/default
     python -m textpipe train --train train.csv --test test.csv --out runs/mine
+    python -m textpipe train --resume runs/mine          # finish a run that was stopped or killed
     python -m textpipe evaluate --model runs/mine --data test.csv
     python -m textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."
     python -m textpipe predict --model runs/mine --input texts.txt
@@ -18,13 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from .bundle import BundleError
+from .checkpoint import CheckpointError
 from .datasets import rotten_tomatoes
 from .models import MODELS, ModelConfig
-from .pipeline import DataConfig, PipelineConfig, evaluate_file, train_files
+from .pipeline import DataConfig, OutputError, PipelineConfig, evaluate_file, resume_run, train_files
 from .predict import Predictor
 from .sources import DataError, SourceConfig, read_texts
 from .tokenizer import TOKENIZERS, TokenizerConfig
-from .train import TrainConfig
+from .train import TrainConfig, TrainingInterrupted
 
 DATASETS = {"rotten_tomatoes": rotten_tomatoes}
 
@@ -39,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--train", type=Path, help="labelled training file (.csv with label,text header, .tsv, .jsonl)")
     src.add_argument("--test", type=Path, help="labelled test file, scored once after training")
     src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: hold out about 1 training row in 10)")
-    t.add_argument("--out", type=Path, required=True, help="folder for the bundle and metrics.json")
+    t.add_argument("--out", type=Path, help="folder for the bundle, metrics.json, run.json and checkpoints/")
+    t.add_argument("--resume", type=Path, metavar="DIR", help="finish the run whose --out was DIR from its newest checkpoint (no other flag needed)")
     t.add_argument("--model", default=ModelConfig.name, choices=sorted(MODELS), help="model architecture (default: %(default)s)")
     t.add_argument("--tokenizer", default=TokenizerConfig.name, choices=TOKENIZERS, help="tokenizer (default: %(default)s)")
     t.add_argument("--no-lower", action="store_true", help="keep case (spacy and whitespace tokenizers)")
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="training batch size (default: %(default)s)")
     t.add_argument("--lr", type=float, default=TrainConfig.lr, help="learning rate (default: %(default)s)")
     t.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed (default: %(default)s)")
+    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="N", help="also checkpoint every N steps (default: %(default)s = at each epoch's end only)")
+    t.add_argument("--keep-checkpoints", type=int, default=TrainConfig.keep_checkpoints, metavar="K", help="newest checkpoints to keep besides best.pt (default: %(default)s)")
+    t.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True): same seed, same data -> same weights on any run")
     t.add_argument("--num-workers", type=int, default=DataConfig.num_workers, help="DataLoader worker processes (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     add_source_arguments(t)
@@ -93,6 +100,13 @@ def print_skipped(skipped: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume:
+        if args.dataset or args.train or args.test or args.out:
+            raise UsageError("--resume DIR takes the data and settings from DIR/run.json; give no --dataset/--train/--test/--out")
+        report_training(resume_run(args.resume, quiet=args.quiet), args.resume, time.perf_counter())
+        return
+    if not args.out:
+        raise UsageError("give --out DIR (where the bundle goes), or --resume DIR")
     if args.dataset:
         if args.train or args.test:
             raise UsageError("give either --dataset or --train/--test, not both")
@@ -107,18 +121,24 @@ def cmd_train(args: argparse.Namespace) -> None:
             tokenizer=TokenizerConfig(args.tokenizer, lower=not args.no_lower),
             data=DataConfig(num_workers=args.num_workers, source=source_config(args)),
             model=ModelConfig(name=args.model),
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+            train=TrainConfig(
+                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints, deterministic=args.deterministic,
+            ),
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
     start = time.perf_counter()
-    metrics = train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet)
+    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out, start)
+
+
+def report_training(metrics: dict, out: Path, start: float) -> None:
     test_metrics = metrics["test"]
     print(
         f"test accuracy {test_metrics['accuracy']:.4f}  macro-F1 {test_metrics['macro_f1']:.4f}  "
         f"(n={test_metrics['n']}, best epoch {metrics['best_epoch']}, {time.perf_counter() - start:.1f}s)"
     )
-    print(f"model bundle: {args.out}")
+    print(f"model bundle: {out}")
     print_skipped(metrics.get("skipped", {}))
 
 
@@ -147,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     command = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}[args.command]
     try:
         command(args)
-    except (DataError, UsageError, FileNotFoundError) as err:
+    except (DataError, UsageError, FileNotFoundError, OutputError, CheckpointError, BundleError) as err:
         print(f"textpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        out = args.resume or args.out
+        print(f"textpipe train: {err}\nresume with: textpipe train --resume {out}", file=sys.stderr)
+        return 130 if err.signal_name == "SIGINT" else 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ prediction) it yields the ids alone.
 
 from __future__ import annotations
 
+import itertools
 import random
 import zlib
 from pathlib import Path
@@ -54,8 +55,9 @@ class TextClassificationDataset(IterableDataset):
     ``holdout_every=k`` splits the file without writing anything: about one row in
     k (chosen by a hash of its row number) forms the ``"dev"`` part, the others the
     ``"train"`` part. ``shuffle_buffer=n``
-    shuffles the stream through an n-row buffer, in an order fixed by ``seed`` and
-    the epoch (:meth:`set_epoch`). ``rank`` / ``world_size`` shard across processes.
+    shuffles the stream in blocks of n rows (one block holds a whole file of up to
+    n rows), in an order fixed by ``seed`` and the epoch (:meth:`set_epoch`); the
+    pass can be saved and resumed mid-epoch (see :class:`ShardStream`). ``rank`` / ``world_size`` shard across processes.
 
     ``source`` says how to read the file (:class:`~textpipe.sources.SourceConfig`).
     With ``on_bad_row="skip"``, bad rows and rows whose label is not in ``labels``
@@ -127,35 +129,75 @@ class TextClassificationDataset(IterableDataset):
             pass
         return skipped
 
-    def __iter__(self) -> Iterator[torch.Tensor | tuple[torch.Tensor, int]]:
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+
+    def __iter__(self) -> "ShardStream":
         worker = get_worker_info()
         num_workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        shards = self.world_size * num_workers
-        shard = self.rank * num_workers + worker_id
-        # Shard before tokenizing, so each worker tokenizes only its own rows.
-        mine = (ex for i, ex in enumerate(self.examples()) if i % shards == shard)
-        for example in self._shuffled(mine, shard):
-            ids = numericalize(self.tokenizer, self.vocab, example.text)
-            if self.labels is None:
-                yield ids
-            else:
-                yield ids, self.label_index[example.label]
+        return ShardStream(self, shard=self.rank * num_workers + worker_id, shards=self.world_size * num_workers)
 
-    def _shuffled(self, examples: Iterator[Example], shard: int) -> Iterator[Example]:
-        if self.shuffle_buffer <= 1:
-            yield from examples
-            return
-        rng = random.Random(f"{self.seed}/{self.epoch}/{shard}")
-        buffer: list[Example] = []
-        for example in examples:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(example)
-                continue
-            i = rng.randrange(self.shuffle_buffer)
-            yield buffer[i]
-            buffer[i] = example
-        rng.shuffle(buffer)
-        yield from buffer
+    def encode(self, example: Example) -> torch.Tensor | tuple[torch.Tensor, int]:
+        """``(ids, label_index)`` of one example, or ``ids`` alone when the dataset has no labels."""
+        ids = numericalize(self.tokenizer, self.vocab, example.text)
+        # examples() has already stopped at, or skipped, a label the model does not know.
+        return ids if self.labels is None else (ids, self.label_index[example.label])
+
+
+class ShardStream:
+    """One shard's pass over a :class:`TextClassificationDataset`, resumable mid-epoch.
+
+    The shard's rows are read in blocks of ``shuffle_buffer`` rows; each block is
+    shuffled by a generator seeded with (seed, epoch, shard, block), then yielded.
+    So the position in the pass is three small numbers (where the block starts,
+    which block, how many of it were yielded), which is what :meth:`state_dict`
+    returns and what torchdata's ``StatefulDataLoader`` saves in a checkpoint: a
+    resume re-reads one block, not the whole epoch, and yields exactly the rows an
+    uninterrupted pass would have.
+
+    Example:
+        >>> stream = iter(dataset); first = next(stream); state = stream.state_dict()
+        >>> again = iter(dataset); again.load_state_dict(state)
+        >>> assert torch.equal(next(again)[0], next(stream)[0])
+    """
+
+    def __init__(self, dataset: TextClassificationDataset, shard: int, shards: int):
+        self.dataset, self.shard, self.shards = dataset, shard, shards
+        self.block_start, self.block, self.taken = 0, 0, 0
+        self._examples: Iterator[Example] | None = None
+
+    def state_dict(self) -> dict:
+        return {"block_start": self.block_start, "block": self.block, "taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.block_start, self.block, self.taken = state["block_start"], state["block"], state["taken"]
+        self._examples = None
+
+    def __iter__(self) -> "ShardStream":
+        return self
+
+    def __next__(self) -> torch.Tensor | tuple[torch.Tensor, int]:
+        if self._examples is None:
+            self._examples = self._blocks()
+        return self.dataset.encode(next(self._examples))
+
+    def _blocks(self) -> Iterator[Example]:
+        ds = self.dataset
+        size = max(1, ds.shuffle_buffer)
+        # Shard before tokenizing, so each worker tokenizes only its own rows.
+        rows = itertools.islice(enumerate(ds.examples()), self.block_start, None)
+        mine = ((i, ex) for i, ex in rows if i % self.shards == self.shard)
+        while block := list(itertools.islice(mine, size)):
+            next_start = block[-1][0] + 1
+            if size > 1:
+                random.Random(f"{ds.seed}/{ds.epoch}/{self.shard}/{self.block}").shuffle(block)
+            for _, example in block[self.taken :]:
+                self.taken += 1
+                yield example
+            self.block_start, self.block, self.taken = next_start, self.block + 1, 0
 
 
 class TextListDataset(Dataset):

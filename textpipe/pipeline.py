@@ -9,24 +9,29 @@ padding ``collate_fn``, train, score the test file, and save a bundle and
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
+from .checkpoint import CheckpointStore
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
-from .sources import DataError, Example, SourceConfig, read_examples
+from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import TrainConfig, evaluate, fit, set_seed
-from .vocab import build_vocab
+from .vocab import build_vocab, load_vocab, save_vocab
 
-METRICS = "metrics.json"
+METRICS, RUN, VOCAB, CHECKPOINTS = "metrics.json", "run.json", "vocab.json", "checkpoints"
 
 
 @dataclass
@@ -82,25 +87,59 @@ def train_files(
     quiet: bool = False,
 ) -> dict:
     """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
-    score ``test``, and write the bundle and ``metrics.json`` into ``out``."""
+    score ``test``, and write the bundle and ``metrics.json`` into ``out``.
+
+    The run's settings go to ``out/run.json`` first and checkpoints to
+    ``out/checkpoints/``, so :func:`resume_run` can finish a run that was killed.
+    """
     config = config or PipelineConfig()
+    run = {"train": _absolute(train), "test": _absolute(test), "dev": _absolute(dev) if dev else None, "config": config.to_dict()}
+    out = Path(out)
+    _prepare_output(out)
+    store = CheckpointStore(out / CHECKPOINTS, keep=config.train.keep_checkpoints)
+    store.clear()  # a fresh run must never resume from another run's checkpoints
+    write_json_atomic(out / RUN, run)
+    return _run(run, out, config, store, quiet, resume=None)
+
+
+def resume_run(out: str | Path, quiet: bool = False) -> dict:
+    """Finish the run in ``out`` from its newest checkpoint (from the start when it has none).
+
+    Example:
+        >>> metrics = resume_run("runs/mine")   # after the first run was killed
+    """
+    out = Path(out)
+    if not (out / RUN).is_file():
+        raise FileNotFoundError(f"{out} holds no {RUN}: is it the --out folder of a textpipe train run?")
+    run = json.loads((out / RUN).read_text(encoding="utf-8"))
+    config = PipelineConfig.from_dict(run["config"])
+    _prepare_output(out)
+    store = CheckpointStore(out / CHECKPOINTS, keep=config.train.keep_checkpoints)
+    checkpoint = store.load_latest()
+    if checkpoint is not None and run["data"]["fingerprint"] != _fingerprint(run["train"]):
+        raise DataError(run["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
+    if checkpoint is not None and not quiet:
+        print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
+    return _run(run, out, config, store, quiet, resume=checkpoint)
+
+
+def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore, quiet: bool, resume: dict | None) -> dict:
+    train, test, dev = run["train"], run["test"], run["dev"]
     set_seed(config.train.seed)
     tokenizer = Tokenizer.from_config(config.tokenizer)
     train_part = "all" if dev else "train"
     holdout = 0 if dev else config.data.holdout_every
-    Path(out).mkdir(parents=True, exist_ok=True)  # fail on an unusable folder now, not after training
 
     source = config.data.source
-    skipping = source.on_bad_row == "skip"
-    skipped: dict[str, dict[str, int]] = {"train": {}}
-    counts: dict[str, int] = {}  # rows per label, held-out rows included
-    rows = read_examples(train, config=source, skipped=skipped["train"])
-    training_texts = _training_texts(rows, counts, train_part, holdout, quiet)
-    vocab = build_vocab(tokenizer.pipe(training_texts), config.data.min_freq, config.data.max_size)
-    labels = sorted(label for label in counts if label is not _TRAIN_ROWS)
-    if len(labels) < 2:
-        raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
-    num_train = counts[_TRAIN_ROWS]
+    if resume is None:
+        vocab, labels, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
+        save_vocab(vocab, out / VOCAB)
+        run["data"] = {"labels": labels, "num_train": num_train, "skipped": train_skipped, "fingerprint": _fingerprint(train)}
+        write_json_atomic(out / RUN, run)
+    else:  # the vocabulary, labels and skip counts were saved before the first checkpoint
+        vocab, labels, num_train = load_vocab(out / VOCAB), run["data"]["labels"], run["data"]["num_train"]
+        train_skipped = run["data"].get("skipped", {})
+    skipped = {"train": train_skipped}
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
@@ -110,25 +149,79 @@ def train_files(
             shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
         )
         batch_size = config.train.batch_size if training else config.data.eval_batch_size
-        return DataLoader(dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers)
+        # Its own generator, so creating a loader's iterator never draws from torch's
+        # global generator (which dropout uses): a resumed run sees the same random numbers.
+        return StatefulDataLoader(
+            dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=config.data.num_workers,
+            generator=torch.Generator().manual_seed(config.train.seed),
+        )
 
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
+    _check_free_space(out, model, config.train.keep_checkpoints)
     dev_loader = loader(dev) if dev else loader(train, "dev")
     # Before training, so a bad dev or test row stops the run now; in skip mode, the
     # counts (the DataLoader's workers cannot report theirs). Train was counted above.
     if dev:
         skipped["dev"] = dev_loader.dataset.count_skipped()
     skipped["test"] = loader(test).dataset.count_skipped()
-    result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet)
+    result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet, checkpoints=store, resume=resume)
     test_metrics = evaluate(model, loader(test), len(labels), config.train.device)
 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
     metrics = {"test": test_metrics, "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history}
-    if skipping:
+    if source.on_bad_row == "skip":
         metrics["skipped"] = skipped
-    write_json_atomic(Path(out) / METRICS, metrics)
+    write_json_atomic(out / METRICS, metrics)
     return metrics
+
+
+def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool):
+    """One streaming pass over the training file: the vocabulary (of the training part),
+    the sorted labels, the number of training rows, and the rows skipped by reason."""
+    tally = _Tally()
+    skipped: dict[str, int] = {}
+    rows = read_examples(train, config=data.source, skipped=skipped)
+    vocab = build_vocab(tokenizer.pipe(_training_texts(rows, tally, part, holdout, quiet)), data.min_freq, data.max_size)
+    labels = sorted(tally.labels)
+    if len(labels) < 2:
+        raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
+    return vocab, labels, tally.training_rows, skipped
+
+
+def _prepare_output(out: Path) -> None:
+    """Fail now, not after hours of training, when ``out`` cannot hold the run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
+
+
+def _check_free_space(out: Path, model: torch.nn.Module, keep: int) -> None:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Each checkpoint holds the weights and two Adam moments; then best.pt and the bundle.
+    needed = weights * (3 * keep + 2)
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need about {needed / 1e6:.0f} MB")
+
+
+class OutputError(OSError):
+    """The output folder cannot be written, or is too full for the run."""
+
+
+def _absolute(path: str | Path) -> str:
+    return str(path) if str(path).startswith(TORCHTEXT_PREFIX) else str(Path(path).resolve())
+
+
+def _fingerprint(path: str | Path) -> dict:
+    if str(path).startswith(TORCHTEXT_PREFIX):
+        return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
+    stat = Path(path).stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512, source: SourceConfig | None = None) -> dict:
@@ -154,18 +247,20 @@ def _section_from_dict(name: str, kind: type, d: dict):
     return kind(**d)
 
 
-_TRAIN_ROWS = None  # the key under which _training_texts counts the rows it yields (no label is None)
+@dataclass
+class _Tally:
+    labels: dict[str, int] = field(default_factory=dict)  # rows per label, held-out rows included
+    training_rows: int = 0
 
 
-def _training_texts(rows: Iterable[Example], counts: dict, part: str, holdout_every: int, quiet: bool) -> Iterator[str]:
+def _training_texts(rows: Iterable[Example], tally: _Tally, part: str, holdout_every: int, quiet: bool) -> Iterator[str]:
     """Texts of the training part, for the vocab builder, in one pass over the whole file.
 
     Counts the labels of every row on the way, held-out ones included, so a label
     only held-out dev rows have is still one of the model's labels.
     """
-    counts[_TRAIN_ROWS] = 0
     for i, example in enumerate(tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)):
-        counts[example.label] = counts.get(example.label, 0) + 1
+        tally.labels[example.label] = tally.labels.get(example.label, 0) + 1
         if part == "all" or not is_held_out(i, holdout_every):
-            counts[_TRAIN_ROWS] += 1
+            tally.training_rows += 1
             yield example.text

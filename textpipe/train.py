@@ -13,13 +13,19 @@ Embedding tables built with ``sparse=True`` are stepped by ``torch.optim.SparseA
 After each epoch the model is scored on the dev loader; training stops when dev
 accuracy (ties broken by dev loss) has not improved for ``patience`` epochs, and
 the best weights are restored.
+
+Given a :class:`~textpipe.checkpoint.CheckpointStore`, :func:`fit` saves the whole
+training state (weights, optimizer moments, RNG states, the DataLoader's position)
+at the end of every epoch and every ``checkpoint_every`` steps, and can resume from
+it mid-epoch to bit-identical weights.
 """
 
 from __future__ import annotations
 
-import copy
 import random
+import signal
 import sys
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from typing import Iterable
 
@@ -27,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointError, CheckpointStore
 from .collate import Batch
 
 
@@ -40,12 +47,17 @@ class TrainConfig:
     patience: int = 3  # epochs without dev improvement before stopping
     seed: int = 0
     device: str = "cpu"
+    checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
+    keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "constant"):
             raise ValueError(f"schedule must be 'linear' or 'constant', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError(f"checkpoint_every must be >= 0 and keep_checkpoints >= 1: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -83,36 +95,16 @@ def make_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.O
     return optimizers
 
 
-def train_epoch(
-    model: nn.Module,
-    loader: Iterable[Batch],
-    optimizers: list[torch.optim.Optimizer],
-    device: torch.device,
-    progress: tqdm | None = None,
-) -> dict:
-    """One pass over ``loader``; returns the mean loss and training accuracy."""
-    model.train()
-    loss_fn = nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        for opt in optimizers:
-            opt.zero_grad()
-        logits = model(batch.ids, batch.mask)
-        loss = loss_fn(logits, batch.labels)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        n = len(batch)
-        total_loss += loss.item() * n
-        correct += (logits.argmax(1) == batch.labels).sum().item()
-        seen += n
-        if progress is not None:
-            progress.update(n)
-            progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
-    if seen == 0:
-        raise ValueError("the training data yielded no batches")
-    return {"loss": total_loss / seen, "accuracy": correct / seen}
+def train_step(model: nn.Module, batch: Batch, optimizers: list[torch.optim.Optimizer], loss_fn: nn.Module) -> tuple[float, int]:
+    """One optimizer step on one batch; returns the batch's summed loss and correct count."""
+    for opt in optimizers:
+        opt.zero_grad()
+    logits = model(batch.ids, batch.mask)
+    loss = loss_fn(logits, batch.labels)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return loss.item() * len(batch), (logits.argmax(1) == batch.labels).sum().item()
 
 
 @torch.inference_mode()
@@ -156,6 +148,33 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], num_classes: int, device
     return metrics
 
 
+@dataclass
+class TrainState:
+    """Where a run is: everything besides model and optimizers that a resume needs."""
+
+    epoch: int = 1  # the epoch in progress
+    step: int = 0  # optimizer steps since the start of the run
+    loss_sum: float = 0.0  # this epoch's running totals, for its train loss and accuracy
+    correct: int = 0
+    seen: int = 0
+    best_epoch: int = 0
+    best_dev: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    finished: bool = False  # early stopping fired or the last epoch ended
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
+
+    def __init__(self, signal_name: str, checkpoint: str | None):
+        self.signal_name, self.checkpoint = signal_name, checkpoint
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint (checkpoints are off)"
+        super().__init__(f"{signal_name}: training stopped, {saved}")
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Batch],
@@ -164,47 +183,175 @@ def fit(
     num_classes: int,
     num_train: int | None = None,
     quiet: bool = False,
+    checkpoints: CheckpointStore | None = None,
+    resume: dict | None = None,
 ) -> FitResult:
     """Train with early stopping on dev accuracy; the model ends with its best weights.
+
+    With ``checkpoints``, the full training state is saved at the end of every
+    epoch and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
+    by :meth:`CheckpointStore.load_latest`) continues from it, mid-epoch included,
+    to exactly the weights an uninterrupted run reaches. Mid-epoch resumes need a
+    ``train_loader`` with ``state_dict`` (torchdata's ``StatefulDataLoader``).
+    SIGINT / SIGTERM save a
+    checkpoint at the next step and raise :class:`TrainingInterrupted`.
 
     Example:
         >>> set_seed(0); model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2))
         >>> result = fit(model, train_loader, dev_loader, TrainConfig(epochs=5), num_classes=2)
         >>> result.best_dev["accuracy"]
     """
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _fit(model, train_loader, dev_loader, config, num_classes, num_train, quiet, checkpoints, resume)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int, num_train, quiet, checkpoints, resume) -> FitResult:
     device = torch.device(config.device)
     model.to(device)
     optimizers = make_optimizers(model, config)
     # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
     factor = (lambda e: 1 - e / config.epochs) if config.schedule == "linear" else (lambda e: 1.0)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
-    best_state, best_dev, best_epoch, history = None, None, 0, []
-    for epoch in range(1, config.epochs + 1):
-        dataset = getattr(train_loader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
-        bar = tqdm(total=num_train, desc=f"epoch {epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
-        with bar:
-            train_stats = train_epoch(model, train_loader, optimizers, device, bar)
-        for scheduler in schedulers:
-            scheduler.step()
-        dev = evaluate(model, dev_loader, num_classes, device)
-        history.append({
-            "epoch": epoch,
-            "train_loss": round(train_stats["loss"], 6),
-            "train_accuracy": round(train_stats["accuracy"], 6),
-            **{f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")},
-        })
-        # Ties in accuracy go to the lower loss, so a plateau (common in the first
-        # epochs on small data) does not trigger early stopping while the model still learns.
-        improved = best_dev is None or (dev["accuracy"], -dev["loss"]) > (best_dev["accuracy"], -best_dev["loss"])
-        if not quiet:
-            mark = " *" if improved else ""
-            print(f"epoch {epoch}: train loss {train_stats['loss']:.4f} acc {train_stats['accuracy']:.4f} | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{mark}", file=sys.stderr)
-        if improved:
-            best_state, best_dev, best_epoch = copy.deepcopy(model.state_dict()), dev, epoch
-        elif epoch - best_epoch >= config.patience:
-            break
-    model.load_state_dict(best_state)
-    return FitResult(best_epoch, best_dev, history)
+    state, best_state = TrainState(), None
+    if resume is not None:
+        state = _restore(resume, model, optimizers, schedulers, train_loader)
+
+    stateful_loader = hasattr(train_loader, "state_dict")
+    if config.checkpoint_every and not stateful_loader:
+        raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
+
+    def save_checkpoint(mid_epoch: bool) -> str | None:
+        if checkpoints is None or (mid_epoch and not stateful_loader):
+            return None
+        loader_state = train_loader.state_dict() if mid_epoch else None
+        return str(checkpoints.save(_snapshot(state, model, optimizers, schedulers, loader_state), state.step))
+
+    loss_fn = nn.CrossEntropyLoss(reduction="mean")
+    dataset = getattr(train_loader, "dataset", None)
+    with _StopOnSignal() as stop:
+        while not state.finished:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(state.epoch)
+            model.train()
+            # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
+            bar = tqdm(total=num_train, initial=state.seen, desc=f"epoch {state.epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
+            with bar:
+                for batch in train_loader:
+                    loss_sum, correct = train_step(model, batch.to(device), optimizers, loss_fn)
+                    state.step += 1
+                    state.loss_sum += loss_sum
+                    state.correct += correct
+                    state.seen += len(batch)
+                    bar.update(len(batch))
+                    bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
+                    if stop.signal_name:
+                        raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=True))
+                    if checkpoints is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                        save_checkpoint(mid_epoch=True)
+            if state.seen == 0:
+                raise ValueError("the training data yielded no batches")
+            for scheduler in schedulers:
+                scheduler.step()
+            if _end_epoch(state, model, dev_loader, config, num_classes, device, quiet):
+                weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                if checkpoints is None:
+                    best_state = weights
+                else:
+                    checkpoints.save_best({"epoch": state.best_epoch, "model": weights})
+            saved = save_checkpoint(mid_epoch=False)
+            if stop.signal_name:
+                raise TrainingInterrupted(stop.signal_name, saved)
+    model.load_state_dict(best_state if checkpoints is None else _best_weights(state, checkpoints))
+    return FitResult(state.best_epoch, state.best_dev, state.history)
+
+
+def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainConfig, num_classes: int, device, quiet: bool) -> bool:
+    """Score dev, record the epoch and decide whether to stop; True when dev improved."""
+    dev = evaluate(model, dev_loader, num_classes, device)
+    state.history.append({
+        "epoch": state.epoch,
+        "train_loss": round(state.loss_sum / state.seen, 6),
+        "train_accuracy": round(state.correct / state.seen, 6),
+        **{f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")},
+    })
+    # Ties in accuracy go to the lower loss, so a plateau (common in the first
+    # epochs on small data) does not trigger early stopping while the model still learns.
+    best = state.best_dev
+    improved = best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"])
+    if not quiet:
+        last = state.history[-1]
+        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}", file=sys.stderr)
+    if improved:
+        state.best_dev, state.best_epoch = dev, state.epoch
+    state.finished = state.epoch >= config.epochs or state.epoch - state.best_epoch >= config.patience
+    state.epoch += 1
+    state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+    return improved
+
+
+def _best_weights(state: TrainState, checkpoints: CheckpointStore) -> dict:
+    best = checkpoints.load_best()
+    if best is None or best["epoch"] != state.best_epoch:
+        found = None if best is None else best["epoch"]
+        raise CheckpointError(f"{checkpoints.folder}/best.pt holds epoch {found}, but the best epoch was {state.best_epoch}")
+    return best["model"]
+
+
+def _snapshot(state: TrainState, model, optimizers, schedulers, loader_state: dict | None) -> dict:
+    return {
+        "state": state.to_dict(),
+        "model": model.state_dict(),
+        "optimizers": [opt.state_dict() for opt in optimizers],
+        "schedulers": [sched.state_dict() for sched in schedulers],
+        "loader": loader_state,
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+    }
+
+
+def _restore(checkpoint: dict, model, optimizers, schedulers, train_loader) -> TrainState:
+    state = TrainState(**checkpoint["state"])
+    model.load_state_dict(checkpoint["model"])
+    for opt, saved in zip(optimizers, checkpoint["optimizers"], strict=True):
+        opt.load_state_dict(saved)
+    for sched, saved in zip(schedulers, checkpoint["schedulers"], strict=True):
+        sched.load_state_dict(saved)
+    if checkpoint["loader"] is not None:
+        train_loader.load_state_dict(checkpoint["loader"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    random.setstate(_as_random_state(checkpoint["rng"]["python"]))
+    return state
+
+
+def _as_random_state(saved) -> tuple:
+    # random.setstate wants (version, tuple of ints, gauss_next); a saved state may come back with lists.
+    version, internal, gauss = saved
+    return version, tuple(internal), gauss
+
+
+class _StopOnSignal:
+    """While active, the first SIGINT or SIGTERM is noted (training stops at the next
+    step boundary, after a checkpoint); a second one interrupts at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,182 @@
+"""Never lose a run: kill -9 at many points, resume, and get the uninterrupted run's exact bytes."""
+
+import errno
+import filecmp
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_rows, write_csv
+from kill_runner import KILL_POINTS
+from textpipe.checkpoint import CheckpointError, CheckpointStore
+from textpipe.dataset import TextClassificationDataset
+from textpipe.tokenizer import Tokenizer
+from textpipe.vocab import build_vocab
+
+RUNNER = Path(__file__).with_name("kill_runner.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def run(*args, check=True):
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=ENV)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def resume(out):
+    return run("-m", "textpipe", "train", "--resume", out, "--quiet")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The data files and an uninterrupted run to compare every resumed run with."""
+    tmp = tmp_path_factory.mktemp("resume")
+    train = write_csv(tmp / "train.csv", make_rows(400, seed=1))
+    test = write_csv(tmp / "test.csv", make_rows(100, seed=3))
+    run(RUNNER, train, test, tmp / "reference")
+    return train, test, tmp / "reference"
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in ("weights.pt", "vocab.json", "metrics.json"):
+        assert filecmp.cmp(a / name, b / name, shallow=False), f"{name} differs from the uninterrupted run"
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill_9_then_resume_gives_the_uninterrupted_result(point, reference, tmp_path):
+    train, test, ref = reference
+    out = tmp_path / "run"
+    killed = run(RUNNER, train, test, out, point, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "metrics.json").exists() or point == "during-bundle-save"
+    if point == "during-checkpoint-write":
+        assert list((out / "checkpoints").glob(".step-*.tmp")), "the kill should leave a half-written temporary file"
+    resume(out)
+    assert_same_run(ref, out)
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_says_how_to_resume(sig, reference, tmp_path):
+    train, test, ref = reference
+    out = tmp_path / "run"
+    stopped = run(RUNNER, train, test, out, "mid-epoch", sig, check=False)
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.stdout == f"{sig}: training stopped, checkpoint saved to {out}/checkpoints/step-000000017.pt\n"
+    resume(out)
+    assert_same_run(ref, out)
+
+
+def test_cli_signal_message_names_the_resume_command(tmp_path):
+    train = write_csv(tmp_path / "train.csv", make_rows(2000, seed=1))
+    test = write_csv(tmp_path / "test.csv", make_rows(50, seed=3))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "textpipe", "train", "--train", train, "--test", test, "--out", out, "--tokenizer", "whitespace", "--epochs", "50", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+    )
+    # Wait for the first end-of-epoch checkpoint, so the run is surely inside the training loop.
+    while not list((out / "checkpoints").glob("step-*.pt")):
+        assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert stderr.startswith("textpipe train: SIGTERM: training stopped, checkpoint saved to ")
+    assert stderr.endswith(f"resume with: textpipe train --resume {out}\n")
+
+
+def test_resume_needs_no_other_flag_and_refuses_changed_data(reference, tmp_path):
+    train, test, _ = reference
+    data = tmp_path / "train.csv"
+    data.write_bytes(train.read_bytes())
+    out = tmp_path / "run"
+    run(RUNNER, data, test, out, "mid-epoch", check=False)
+    assert json.loads((out / "run.json").read_text())["train"] == str(data)
+    mixed = run("-m", "textpipe", "train", "--resume", out, "--train", data, check=False)
+    assert mixed.returncode == 2 and "--resume DIR takes the data and settings from DIR/run.json" in mixed.stderr
+    data.write_text(data.read_text() + "pos,one more row\n")
+    changed = run("-m", "textpipe", "train", "--resume", out, check=False)
+    assert changed.returncode == 2
+    assert changed.stderr == f"textpipe train: error: {data}: the training file changed since the run started; a resume needs the same data (start a new run instead)\n"
+
+
+def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
+    result = run("-m", "textpipe", "train", "--resume", tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"textpipe train: error: {tmp_path} holds no run.json: is it the --out folder of a textpipe train run?\n"
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save({"weights": torch.ones(3)}, step=1)
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(CheckpointError) as err:
+        store.save({"weights": torch.zeros(3)}, step=2)
+    assert str(err.value) == f"could not write checkpoint {tmp_path}/step-000000002.pt: No space left on device; the previous checkpoint is intact"
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000000001.pt"]  # no temporary file left behind
+    assert torch.equal(store.load_latest()["weights"], torch.ones(3))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save({"weights": torch.ones(3)}, step=1)
+    newest = store.save({"weights": torch.zeros(3)}, step=2)
+    newest.write_bytes(newest.read_bytes()[:100])
+    assert store.load_latest()["path"].endswith("step-000000001.pt")
+    assert "skipping unreadable checkpoint" in capsys.readouterr().err
+
+
+def test_only_the_newest_k_checkpoints_are_kept(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for step in (5, 10, 15):
+        store.save({"step": step}, step=step)
+    assert [p.name for p in store.paths()] == ["step-000000010.pt", "step-000000015.pt"]
+
+
+def test_an_unusable_output_folder_fails_before_training(toy_files, tmp_path):
+    train, _, test = toy_files
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run("-m", "textpipe", "train", "--train", train, "--test", test, "--out", blocker / "run", check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"textpipe train: error: cannot write to output folder {blocker}/run: Not a directory\n"
+
+
+def test_a_full_disk_is_reported_before_training(toy_files, tmp_path):
+    train, _, test = toy_files
+    code = (
+        "import shutil, sys, collections; from textpipe.cli import main; "
+        "shutil.disk_usage = lambda p: collections.namedtuple('u', 'total used free')(10**9, 10**9 - 10**6, 10**6); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    result = run("-c", code, "train", "--train", train, "--test", test, "--out", tmp_path / "run", "--quiet", "--tokenizer", "whitespace", check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"textpipe train: error: output folder {tmp_path}/run has 1 MB free; this run's checkpoints and bundle need about ")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_stream_state_resumes_mid_block(tmp_path):
+    path = write_csv(tmp_path / "rows.csv", make_rows(50, seed=4))
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for _, t in make_rows(50, seed=4))
+    ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=8, seed=3)
+    ds.set_epoch(2)
+    whole = [ids.tolist() for ids, _ in ds]
+    for cut in (0, 5, 8, 13, 49, 50):
+        stream = iter(ds)
+        head = [next(stream)[0].tolist() for _ in range(cut)]
+        again = iter(ds)
+        again.load_state_dict(stream.state_dict())
+        assert head + [ids.tolist() for ids, _ in again] == whole, cut
