@@ -111,3 +111,12 @@ def test_source_section_round_trips_through_the_config_dict():
     assert again.data.source == config.data.source and isinstance(again.data.source, SourceConfig)
     with pytest.raises(ValueError, match="unknown keys in \\[data.source\\]: header_row"):
         PipelineConfig.from_dict({"data": {"source": {"header_row": False}}})
+
+
+def test_a_resumed_run_still_reports_the_training_files_skipped_rows(bad_files, tmp_path):
+    from textpipe.pipeline import resume_run
+
+    train, dev, test = bad_files
+    first = train_files(train, test, tmp_path / "run", dev=dev, config=skip_config(), quiet=True)
+    again = resume_run(tmp_path / "run", quiet=True)
+    assert again["skipped"] == first["skipped"] and first["skipped"]["train"] == REASONS
