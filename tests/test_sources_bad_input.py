@@ -25,7 +25,7 @@ CASES = {
     "empty text": ("a.csv", HEAD + GOOD1 + b"neg,   \n" + GOOD2, "a.csv:3: empty text", 2, {"empty text": 1}),
     "undecodable bytes": ("a.csv", HEAD + GOOD1 + b"neg,caf\xe9 cr\xe8me\n" + GOOD2, "a.csv:3: bytes that are not valid UTF-8 (save the file as UTF-8)", 2, {"undecodable bytes": 1}),
     "NUL byte": ("a.csv", HEAD + GOOD1 + b"neg,nul\x00here\n" + GOOD2, "a.csv:3: NUL byte in the row (a binary or UTF-16 file?)", 2, {"NUL byte": 1}),
-    "10 MB line": ("a.csv", HEAD + GOOD1 + TEN_MB + GOOD2, "a.csv:3: row over the 100,000-character limit (max_chars)", 2, {"text too long": 1}),
+    "10 MB line": ("a.csv", HEAD + GOOD1 + TEN_MB + GOOD2, "a.csv:3: row over the 100,000-character limit (max_chars, --max-chars)", 2, {"text too long": 1}),
     "BOM": ("a.csv", b"\xef\xbb\xbf" + HEAD + GOOD1 + GOOD2, None, 2, {}),
     "CRLF line endings": ("a.csv", (HEAD + GOOD1 + b'neg,"two\nlines"\n' + GOOD2).replace(b"\n", b"\r\n"), None, 3, {}),
     "empty file": ("a.csv", b"", "a.csv:1: empty file", 0, {}),
@@ -117,3 +117,12 @@ def test_label_the_model_never_saw_at_evaluate(tmp_path):
     lenient = TextClassificationDataset(path, Tokenizer("whitespace"), vocab, labels=["neg", "pos"], source=SourceConfig(on_bad_row="skip"))
     assert [label for _, label in lenient] == [1, 0]
     assert lenient.count_skipped() == {"label not seen in training": 1}
+
+
+def test_a_text_over_max_chars_but_within_the_read_bound(tmp_path):
+    path = write(tmp_path, "a.jsonl", b'{"text": "0123456789 0123456789", "label": "pos"}\n{"text": "short", "label": "neg"}\n')
+    with pytest.raises(DataError, match="a.jsonl:1: text of 21 characters is over the 10-character limit"):
+        list(read_examples(path, config=SourceConfig(max_chars=10)))
+    skipped = {}
+    assert [e.text for e in read_examples(path, config=SourceConfig(max_chars=10, on_bad_row="skip"), skipped=skipped)] == ["short"]
+    assert skipped == {"text too long": 1}

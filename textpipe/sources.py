@@ -157,7 +157,7 @@ def read_examples(
         raise ValueError("on_bad_row='skip' needs a `skipped` dict to count the skipped rows in")
     fmt = file_format(path)
     if fmt == "txt" and with_labels:
-        raise DataError(path, None, "a .txt file holds texts only; labelled data must be .csv, .tsv or .jsonl")
+        raise DataError(path, None, "a .txt file holds texts only; labelled data must be .csv, .tsv, .jsonl, a folder per class or torchtext:NAME/SPLIT")
     readers = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "txt": _read_txt,
                "folder": _read_folder, "torchtext": _read_torchtext}
     for row in readers[fmt](path, fmt, config, with_labels):
@@ -186,7 +186,7 @@ def _row_problem(row: _Row, with_labels: bool, config: SourceConfig) -> tuple[st
     if not text.strip():
         return "empty text", "empty text"
     if len(text) > config.max_chars:
-        return "text too long", f"text of {len(text):,} characters is over the {config.max_chars:,}-character limit (max_chars)"
+        return "text too long", f"text of {len(text):,} characters is over the {config.max_chars:,}-character limit (max_chars, --max-chars)"
     if with_labels and not label.strip():
         return "missing label", "missing label"
     return None
@@ -201,7 +201,7 @@ def _is_utf8(s: str) -> bool:
 
 
 def _too_long(config: SourceConfig) -> tuple[str, str]:
-    return "text too long", f"row over the {config.max_chars:,}-character limit (max_chars)"
+    return "text too long", f"row over the {config.max_chars:,}-character limit (max_chars, --max-chars)"
 
 
 class _RecordTooLong(Exception):
@@ -283,7 +283,7 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
                 spans_lines = lines.line > line
                 runaway = isinstance(err, _RecordTooLong) or "unexpected end of data" in str(err)
                 if isinstance(err, _RecordTooLong) and spans_lines:
-                    problem = ("unterminated quote", f"a quote opened in this row is not closed within the {config.max_chars:,}-character limit (max_chars)")
+                    problem = ("unterminated quote", f"a quote opened in this row is not closed within the {config.max_chars:,}-character limit (max_chars, --max-chars)")
                 elif isinstance(err, _RecordTooLong):
                     problem = _too_long(config)
                 elif runaway:
