@@ -146,3 +146,25 @@ def test_folder_without_class_folders(tmp_path):
     (tmp_path / "unsup").mkdir()
     with pytest.raises(DataError, match="no class folders"):
         list(read_examples(tmp_path))
+
+
+@pytest.mark.slow
+def test_real_data_from_a_folder_per_class_and_jsonl(shared_dataset, tmp_path):
+    """mr's training rows as aclImdb-style files, its test rows as JSONL: the same task, the same accuracy level."""
+    import csv
+
+    from textpipe.pipeline import PipelineConfig, train_files
+    from textpipe.tokenizer import TokenizerConfig
+    from textpipe.train import TrainConfig
+
+    folder = shared_dataset("mr")
+    with open(folder / "train.csv", encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            (tmp_path / "train" / row["label"]).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "train" / row["label"] / f"{i}.txt").write_text(row["text"], encoding="utf-8")
+    with open(folder / "test.csv", encoding="utf-8", newline="") as f, open(tmp_path / "test.jsonl", "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row) + "\n" for row in csv.DictReader(f))
+    config = PipelineConfig(tokenizer=TokenizerConfig("basic_english"), train=TrainConfig(epochs=5))
+    metrics = train_files(tmp_path / "train", tmp_path / "test.jsonl", tmp_path / "run", config=config, quiet=True)
+    assert metrics["test"]["n"] == 1066
+    assert metrics["test"]["accuracy"] >= 0.72  # majority class: 0.5
