@@ -22,10 +22,14 @@ from textpipe.sources import DataError, SourceConfig, read_examples
 
 @pytest.fixture
 def offline(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network blocked by the test")
+    connect = socket.socket.connect
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    def refuse_network(sock, *args, **kwargs):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise OSError("network blocked by the test")
+        return connect(sock, *args, **kwargs)  # DataLoader workers hand tensors over Unix sockets
+
+    monkeypatch.setattr(socket.socket, "connect", refuse_network)
 
 
 def md5(path):
@@ -116,13 +120,13 @@ def test_unknown_torchtext_name_or_split(tmp_path):
 
 
 def test_train_on_a_torchtext_dataset(tmp_path, monkeypatch, offline):
-    """The whole pipeline on torchtext:AG_NEWS: train split to train, the same rows as test."""
+    """The whole pipeline on torchtext:AG_NEWS, read in two DataLoader workers: train split to train, the same rows as test."""
     from textpipe.pipeline import DataConfig, PipelineConfig, train_files
     from textpipe.tokenizer import TokenizerConfig
     from textpipe.train import TrainConfig
 
     install(monkeypatch, tmp_path, "AG_NEWS")
-    config = PipelineConfig(tokenizer=TokenizerConfig("whitespace"), data=DataConfig(source=SourceConfig(root=str(tmp_path))),
+    config = PipelineConfig(tokenizer=TokenizerConfig("whitespace"), data=DataConfig(num_workers=2, source=SourceConfig(root=str(tmp_path))),
                             train=TrainConfig(epochs=1))
     spec = "torchtext:AG_NEWS/train"
     metrics = train_files(spec, spec, tmp_path / "run", dev=spec, config=config, quiet=True)
