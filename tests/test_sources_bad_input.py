@@ -126,3 +126,12 @@ def test_a_text_over_max_chars_but_within_the_read_bound(tmp_path):
     skipped = {}
     assert [e.text for e in read_examples(path, config=SourceConfig(max_chars=10, on_bad_row="skip"), skipped=skipped)] == ["short"]
     assert skipped == {"text too long": 1}
+
+
+def test_text_after_a_closing_quote_is_a_malformed_row(tmp_path):
+    path = write(tmp_path, "a.csv", HEAD + GOOD1 + b'neg,"quoted"junk\n' + GOOD2)
+    with pytest.raises(DataError, match="a.csv:3: malformed CSV \\(',' expected after '\"'\\)"):
+        list(read_examples(path))
+    skipped = {}
+    assert len(list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))) == 2
+    assert skipped == {"malformed row": 1}

@@ -281,18 +281,9 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
                 return
             except (csv.Error, _RecordTooLong) as err:
                 spans_lines = lines.line > line
-                runaway = isinstance(err, _RecordTooLong) or "unexpected end of data" in str(err)
-                if isinstance(err, _RecordTooLong) and spans_lines:
-                    problem = ("unterminated quote", f"a quote opened in this row is not closed within the {config.max_chars:,}-character limit (max_chars, --max-chars)")
-                elif isinstance(err, _RecordTooLong):
-                    problem = _too_long(config)
-                elif runaway:
-                    problem = ("unterminated quote", "a quote opened in this row is never closed")
-                else:
-                    problem = ("malformed row", f"malformed {fmt.upper()} ({err})")
-                yield _Row(line, problem=problem)
-                if runaway and spans_lines:
-                    # The open quote swallowed the lines after it; read them again as rows.
+                yield _Row(line, problem=_record_problem(err, spans_lines, fmt, config))
+                if spans_lines and (isinstance(err, _RecordTooLong) or _AT_END_OF_FILE in str(err)):
+                    # An open quote swallowed the lines after it; read them again as rows.
                     lines.restart_after(line, offset)
                 reader = csv.reader(lines, delimiter=delimiter, strict=True)
                 continue
@@ -311,6 +302,20 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
                 yield _Row(line, problem=("wrong number of columns", f"no column {max(text_at)} for the text (the row has {len(row)})"))
                 continue
             yield _Row(line, " ".join(row[i] for i in text_at), label)
+
+
+_AT_END_OF_FILE = "unexpected end of data"  # csv's error for a quote still open when the file ends
+
+
+def _record_problem(err: Exception, spans_lines: bool, fmt: str, config: SourceConfig) -> tuple[str, str]:
+    if isinstance(err, _RecordTooLong) and spans_lines:
+        limit = f"{config.max_chars:,}-character limit (max_chars, --max-chars)"
+        return "unterminated quote", f"a quote opened in this row is not closed within the {limit}"
+    if isinstance(err, _RecordTooLong):
+        return _too_long(config)
+    if _AT_END_OF_FILE in str(err):
+        return "unterminated quote", "a quote opened in this row is never closed"
+    return "malformed row", f"malformed {fmt.upper()} ({err})"
 
 
 def _columns(path, reader, config: SourceConfig, with_labels: bool) -> tuple[int | None, list[int], int | None]:
