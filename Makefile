@@ -16,11 +16,11 @@ FORMAT ?= json
 REPORT ?=
 ARGS   ?=
 
-.PHONY: help venv train predict evaluate info test clean
+.PHONY: help venv train predict evaluate info test clean bench-memory
 
 help:  ## list targets and variables
 	@echo "targets:"
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sed 's/^/  make /'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sed 's/^/  make /'
 	@echo "variables:"
 	@echo "  TRAIN=file TEST=file [DEV=file]  your labelled data (.csv/.tsv with label,text header, or .jsonl); without TRAIN: rotten_tomatoes"
 	@echo "  OUT=dir                          where train writes the bundle and the report (now: $(OUT))"
@@ -62,3 +62,6 @@ test: $(STAMP)  ## run the test suite
 
 clean:  ## remove the venv and trained runs (keeps the data cache)
 	rm -rf $(VENV) runs
+
+bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
+	OMP_NUM_THREADS=1 $(PY) bench/memory.py

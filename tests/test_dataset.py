@@ -107,3 +107,53 @@ def test_workers_started_with_spawn(numbered):
     loader = DataLoader(ds, batch_size=16, collate_fn=pad_collate, num_workers=2, multiprocessing_context="spawn")
     seen = [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
     assert sorted(seen) == list(range(103))
+
+
+def test_every_epoch_each_row_once_across_two_ranks_and_two_workers_in_a_new_order(numbered):
+    """World size 2 without a process group: each rank's dataset is told its rank; the epochs' orders differ."""
+    path, tok, vocab = numbered
+    epochs = []
+    for epoch in (1, 2):
+        seen = []
+        for rank in range(2):
+            ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=16, seed=3, rank=rank, world_size=2)
+            ds.set_epoch(epoch)
+            loader = DataLoader(ds, batch_size=7, collate_fn=pad_collate, num_workers=2)
+            seen += [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
+        assert collections.Counter(seen) == collections.Counter(range(103))
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]
+
+
+def test_skipped_rows_do_not_break_exactly_once(tmp_path):
+    from textpipe.sources import SourceConfig
+
+    rows = [("pos" if i % 3 else "neg", f"row {i}" if i % 10 else " ") for i in range(60)]  # every 10th text is empty
+    path = write_csv(tmp_path / "rows.csv", rows)
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for _, t in rows)
+    seen = []
+    for rank in range(2):  # every rank runs the same number of workers, as under DDP
+        ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], source=SourceConfig(on_bad_row="skip"), world_size=2, rank=rank)
+        seen += [int(vocab.get_itos()[int(row[1])]) for batch in DataLoader(ds, batch_size=4, collate_fn=pad_collate, num_workers=2) for row in batch.ids]
+    assert sorted(seen) == [i for i in range(60) if i % 10]
+    assert ds.count_skipped() == {"empty text": 6}
+
+
+def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
+    """The first example comes out after at most shuffle_buffer + 1 rows are read, not after the whole file."""
+    import textpipe.dataset
+
+    path, tok, vocab = numbered
+    read = {"rows": 0}
+
+    def counting(*args, **kwargs):
+        for example in read_examples(*args, **kwargs):
+            read["rows"] += 1
+            yield example
+
+    monkeypatch.setattr(textpipe.dataset, "read_examples", counting)
+    stream = iter(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=10))
+    next(stream)
+    assert read["rows"] <= 11
+    assert 1 + sum(1 for _ in stream) == 103

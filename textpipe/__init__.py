@@ -15,7 +15,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataError": "sources", "Example": "sources", "read_examples": "sources", "read_texts": "sources",
+    "DataError": "sources", "Example": "sources", "SourceConfig": "sources", "read_examples": "sources", "read_texts": "sources",
     "Tokenizer": "tokenizer", "TokenizerConfig": "tokenizer",
     "build_vocab": "vocab", "save_vocab": "vocab", "load_vocab": "vocab", "PAD_ID": "vocab", "UNK_ID": "vocab",
     "rotten_tomatoes": "datasets",

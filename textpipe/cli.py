@@ -27,14 +27,14 @@ import statistics
 import sys
 import tomllib
 from collections import Counter
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
 from .checkpoint import CheckpointError, OutputError
 from .models import MODELS, ModelConfig
-from .sources import DataError
+from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
 from .train import TrainConfig, TrainingInterrupted
 
@@ -147,6 +147,7 @@ def add_train(sub) -> None:
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
     t.add_argument("--quiet", action="store_true", help="no config, progress bars or epoch lines on stderr")
+    add_source_arguments(t)
 
 
 def add_evaluate(sub) -> None:
@@ -160,6 +161,7 @@ def add_evaluate(sub) -> None:
     e.add_argument("--out", type=Path, help="report folder (default: MODEL/eval-<data file name without suffix>)")
     e.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default: %(default)s)")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
+    add_source_arguments(e)
 
 
 def add_predict(sub) -> None:
@@ -290,6 +292,8 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     if not hasattr(defaults, key):
         return  # unknown keys are reported by PipelineConfig.from_dict, with the known ones listed
     default = getattr(defaults, key)
+    if is_dataclass(default) and isinstance(value, dict):
+        return  # a nested table such as [data.source]: its own from_dict checks it
     if default is None:  # e.g. data.max_size: optional int
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, bool):
@@ -324,13 +328,20 @@ def config_from_args(args: argparse.Namespace):
     sources = [str(args.config)] if args.config else []
     for item in args.set:
         section, key, value = parse_set(item)
-        d.setdefault(section, {})[key] = value
+        table = d.setdefault(section, {})
+        *tables, key = key.split(".")  # data.source.on_bad_row: a key of a nested table
+        for name in tables:
+            table = table.setdefault(name, {})
+        table[key] = value
         sources.append("--set")
     given = vars(args)
     for dest, (section, key) in OVERRIDES.items():
         if dest in given:
             d.setdefault(section, {})[key] = given[dest]
             sources.append("flags")
+    if source_flags(args):
+        d.setdefault("data", {}).setdefault("source", {}).update(source_flags(args))
+        sources.append("flags")
     return build_config(d, " + ".join(dict.fromkeys(sources)) or "config")
 
 
@@ -352,6 +363,8 @@ def toml_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. data.source
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     return repr(value)
@@ -376,6 +389,45 @@ def fetch_dataset(name: str, root: Path = Path("data")):
     except RuntimeError as err:  # download or checksum failure: the machine, not the input
         message, _, hint = str(err).partition("\nhint: ")
         raise CommandFailed(message, hint or None) from None
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("reading the data (a file, a folder per class, or torchtext:NAME/SPLIT); config key data.source")
+    S, d = argparse.SUPPRESS, SourceConfig()
+    g.add_argument("--on-bad-row", choices=("error", "skip"), default=S, help=f"stop at the first bad row, or skip and count bad rows (default: {d.on_bad_row})")
+    g.add_argument("--text-columns", default=S, help="comma-separated text column names, or 0-based indices with --no-header; joined with a space (default: text)")
+    g.add_argument("--label-column", default=S, help=f"label column name, or index with --no-header (default: {d.label_column})")
+    g.add_argument("--no-header", action="store_true", default=S, help="CSV/TSV files have no header row")
+    g.add_argument("--max-chars", type=int, default=S, help=f"a longer text is a bad row (default: {d.max_chars})")
+    g.add_argument("--data-root", default=S, help=f"folder of torchtext:NAME datasets (default: {d.root})")
+
+
+def source_flags(args: argparse.Namespace) -> dict:
+    """The ``data.source`` values the reading flags give (only the flags given)."""
+    given = vars(args)
+    column = lambda c: int(c) if given.get("no_header") and c.strip().isdigit() else c.strip()  # noqa: E731
+    d = {key: given[flag] for flag, key in (("on_bad_row", "on_bad_row"), ("max_chars", "max_chars"), ("data_root", "root")) if flag in given}
+    if "no_header" in given:
+        d["header"] = False
+    if "text_columns" in given:
+        d["text_columns"] = [column(c) for c in given["text_columns"].split(",")]
+    if "label_column" in given:
+        d["label_column"] = column(given["label_column"])
+    return d
+
+
+def source_config(args: argparse.Namespace) -> SourceConfig:
+    try:
+        return SourceConfig(**source_flags(args))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def print_skipped(skipped: dict) -> None:
+    """One line per file, on stderr: how many rows were skipped and why."""
+    for part, reasons in skipped.items():
+        detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        print(f"skipped {sum(reasons.values())} {part} rows" + (f": {detail}" if detail else ""), file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -421,6 +473,7 @@ def report_training(metrics: dict, out: Path) -> None:
     )
     print(f"report: {Path(out) / 'report.md'}")
     print(f"model bundle: {out}")
+    print_skipped(metrics.get("skipped", {}))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -429,8 +482,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .pipeline import report_file
 
     out = args.out or bundle_dir / f"eval-{args.data.stem}"
-    summary = report_file(bundle_dir, args.data, out, batch_size=args.batch_size, quiet=args.quiet)
-    print(json.dumps(summary["overall"]))
+    summary = report_file(bundle_dir, args.data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args))
+    skipped = {"skipped": summary["skipped"]} if "skipped" in summary else {}
+    print(json.dumps({**summary["overall"], **skipped}))
+    print_skipped({"evaluated": summary["skipped"]} if "skipped" in summary else {})
     if not args.quiet:
         o = summary["overall"]
         print(f"accuracy {o['accuracy']:.4f}  macro-F1 {o['macro_f1']:.4f}  (n={o['n']})", file=sys.stderr)

@@ -21,9 +21,11 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .sources import DataError, Example, read_examples
+from .sources import DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
+
+UNSEEN_LABEL = "label not seen in training"
 
 
 def numericalize(tokenizer: Tokenizer, vocab: Vocab, text: str) -> torch.Tensor:
@@ -57,6 +59,11 @@ class TextClassificationDataset(IterableDataset):
     n rows), in an order fixed by ``seed`` and the epoch (:meth:`set_epoch`); the
     pass can be saved and resumed mid-epoch (see :class:`ShardStream`). ``rank`` / ``world_size`` shard across processes.
 
+    ``source`` says how to read the file (:class:`~textpipe.sources.SourceConfig`).
+    With ``on_bad_row="skip"``, bad rows and rows whose label is not in ``labels``
+    are skipped; the rows are read in DataLoader workers, where a count cannot
+    reach the caller, so :meth:`count_skipped` counts them in a pass of its own.
+
     Example:
         >>> ds = TextClassificationDataset("train.csv", Tokenizer(), vocab, labels=["fresh", "rotten"])
         >>> loader = DataLoader(ds, batch_size=32, collate_fn=pad_collate, num_workers=2)
@@ -76,6 +83,7 @@ class TextClassificationDataset(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        source: SourceConfig | None = None,
     ):
         if part not in ("all", "train", "dev"):
             raise ValueError(f"part must be 'all', 'train' or 'dev', got {part!r}")
@@ -91,15 +99,35 @@ class TextClassificationDataset(IterableDataset):
         self.holdout_every, self.part = holdout_every, part
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
         self.rank, self.world_size = rank, world_size
+        self.source = source or SourceConfig()
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffle order; call before each epoch (as with ``DistributedSampler``)."""
         self.epoch = epoch
 
-    def examples(self) -> Iterator[Example]:
-        """The raw examples of this dataset's part of the file, unsharded and unshuffled."""
-        rows = read_examples(self.path, with_labels=self.labels is not None)
-        return select_part(rows, self.part, self.holdout_every)
+    def examples(self, skipped: dict[str, int] | None = None) -> Iterator[Example]:
+        """The examples of this dataset's part of the file, unsharded and unshuffled.
+
+        Bad rows are skipped and added to ``skipped`` (reason -> count) when the
+        source says ``on_bad_row="skip"``, else they raise :class:`DataError`.
+        """
+        skipped = {} if skipped is None else skipped
+        rows = read_examples(self.path, self.labels is not None, self.source, skipped)
+        for example in select_part(rows, self.part, self.holdout_every):
+            if self.labels is None or example.label in self.label_index:
+                yield example
+            elif self.source.on_bad_row == "skip":
+                skipped[UNSEEN_LABEL] = skipped.get(UNSEEN_LABEL, 0) + 1
+            else:
+                known = ", ".join(map(repr, self.labels))
+                raise DataError(example.file or self.path, example.line, f"label {example.label!r} is not one of the model's labels ({known})")
+
+    def count_skipped(self) -> dict[str, int]:
+        """Read this dataset's part once and count the rows an epoch skips, by reason."""
+        skipped: dict[str, int] = {}
+        for _ in self.examples(skipped):
+            pass
+        return skipped
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}
@@ -115,14 +143,8 @@ class TextClassificationDataset(IterableDataset):
     def encode(self, example: Example) -> torch.Tensor | tuple[torch.Tensor, int]:
         """``(ids, label_index)`` of one example, or ``ids`` alone when the dataset has no labels."""
         ids = numericalize(self.tokenizer, self.vocab, example.text)
-        return ids if self.labels is None else (ids, self._label_id(example))
-
-    def _label_id(self, example: Example) -> int:
-        try:
-            return self.label_index[example.label]
-        except KeyError:
-            known = ", ".join(map(repr, self.labels))
-            raise DataError(self.path, example.line, f"label {example.label!r} is not one of the model's labels ({known})") from None
+        # examples() has already stopped at, or skipped, a label the model does not know.
+        return ids if self.labels is None else (ids, self.label_index[example.label])
 
 
 class ShardStream:

@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from .bundle import load_bundle, save_bundle, write_json_atomic
 from .checkpoint import CheckpointStore, OutputError
 from .collate import pad_collate
-from .dataset import TextClassificationDataset, select_part
+from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
 from .report import misclassified, summarize, write_report
-from .sources import DataError, Example, read_examples
+from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import TrainConfig, evaluate, fit, predict_logits, set_seed
 from .vocab import build_vocab, load_vocab, save_vocab
@@ -52,6 +52,11 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     num_workers: int = 0
     eval_batch_size: int = 512
+    source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
+            self.source = SourceConfig.from_dict(self.source)
 
 
 @dataclass
@@ -140,20 +145,23 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     train_part = "all" if dev else "train"
     holdout = 0 if dev else config.data.holdout_every
 
+    source = config.data.source
     if resume is None:
-        vocab, labels, num_train = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
+        vocab, labels, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
         save_vocab(vocab, out / VOCAB)
-        run.update(labels=labels, num_train=num_train, fingerprint=_fingerprint(train))
+        run.update(labels=labels, num_train=num_train, skipped=train_skipped, fingerprint=_fingerprint(train))
         write_json_atomic(out / RUN, run)
-    else:  # the vocabulary and labels were saved before the first checkpoint
+    else:  # the vocabulary, labels and skip counts were saved before the first checkpoint
         vocab, labels, num_train = load_vocab(out / VOCAB), run["labels"], run["num_train"]
+        train_skipped = run.get("skipped", {})
+    skipped = {"train": train_skipped}
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
     def loader(path, part="all", training=False, num_workers=config.data.num_workers):
         dataset = TextClassificationDataset(
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
-            shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed,
+            shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
         )
         batch_size = config.train.batch_size if training else config.data.eval_batch_size
         # Its own generator, so creating a loader's iterator never draws from torch's
@@ -167,6 +175,11 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     model = build_model(model_config)
     _check_free_space(out, model, config.train.keep_checkpoints)
     dev_loader = loader(dev) if dev else loader(train, "dev")
+    # Before training, so a bad dev or test row stops the run now; in skip mode, the
+    # counts (the DataLoader's workers cannot report theirs). Train was counted above.
+    if dev:
+        skipped["dev"] = dev_loader.dataset.count_skipped()
+    skipped["test"] = loader(test).dataset.count_skipped()
     result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet, checkpoints=store, resume=resume)
     # No workers for the test pass: predictions then come in file order and line up with the texts.
     summary, mistakes = score(model, loader(test, num_workers=0), labels, config.train.device, quiet)
@@ -174,6 +187,8 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
     write_json_atomic(out / CONFIG, config.to_dict())
     metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
+    if source.on_bad_row == "skip":
+        metrics["skipped"] = skipped
     write_json_atomic(out / METRICS, metrics)
     write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
         f"Model `{config.model.name}` trained on `{train}`; best epoch {result.best_epoch} of {len(result.history)}. Scores are on the test file `{test}`.",
@@ -182,14 +197,16 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
 
 
 def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool):
-    """One streaming pass over the training rows: the vocabulary, the sorted labels and the row count."""
-    counts: dict[str, int] = {}
-    rows = select_part(read_examples(train), part, holdout)
-    vocab = build_vocab(_tokens_counting_labels(rows, tokenizer, counts, quiet), data.min_freq, data.max_size)
-    labels = sorted(counts)
+    """One streaming pass over the training file: the vocabulary (of the training part),
+    the sorted labels, the number of training rows, and the rows skipped by reason."""
+    tally = _Tally()
+    skipped: dict[str, int] = {}
+    rows = read_examples(train, config=data.source, skipped=skipped)
+    vocab = build_vocab(tokenizer.pipe(_training_texts(rows, tally, part, holdout, quiet)), data.min_freq, data.max_size)
+    labels = sorted(tally.labels)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
-    return vocab, labels, sum(counts.values())
+    return vocab, labels, tally.training_rows, skipped
 
 
 def _prepare_output(out: Path) -> None:
@@ -212,24 +229,36 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int) -> None:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need about {needed / 1e6:.0f} MB")
 
 
+def _absolute(path: str | Path) -> str:
+    return str(path) if str(path).startswith(TORCHTEXT_PREFIX) else str(Path(path).resolve())
+
+
 def _fingerprint(path: str | Path) -> dict:
+    if str(path).startswith(TORCHTEXT_PREFIX):
+        return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
     stat = Path(path).stat()
     return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def report_file(bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True) -> dict:
+def report_file(
+    bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None
+) -> dict:
     """Score a saved bundle on a labelled file and write the report (``metrics.json`` and all) into ``out``.
 
-    Returns ``{"overall", "per_class", "confusion"}``; the learning curves are the
+    Returns ``{"overall", "per_class", "confusion"}``, and ``"skipped"`` (reason ->
+    rows) when ``source.on_bad_row == "skip"``; the learning curves are the
     bundle's own, from its ``metrics.json``, when it has one.
 
     Example:
         >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
     """
     bundle = load_bundle(bundle_dir)
-    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
+    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
+    skipped = ds.count_skipped()
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
     summary, mistakes = score(bundle.model, loader, bundle.labels, "cpu", quiet)
+    if ds.source.on_bad_row == "skip":
+        summary["skipped"] = skipped
     Path(out).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(out) / METRICS, summary)
     trained = Path(bundle_dir) / METRICS
@@ -260,15 +289,22 @@ def run_info(data: dict) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"created": created, "versions": versions, "data": {k: None if v is None else str(Path(v).resolve()) for k, v in data.items()}}
+    return {"created": created, "versions": versions, "data": {k: None if v is None else _absolute(v) for k, v in data.items()}}
 
 
-def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512) -> dict:
-    """Accuracy, macro-F1, loss and row count of a saved bundle on a labelled file."""
+def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512, source: SourceConfig | None = None) -> dict:
+    """Accuracy, macro-F1, loss and row count of a saved bundle on a labelled file.
+
+    With ``source.on_bad_row == "skip"`` the result also holds ``"skipped"``: reason -> rows.
+    """
     bundle = load_bundle(bundle_dir)
-    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels)
+    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
+    skipped = ds.count_skipped()
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
-    return evaluate(bundle.model, loader, len(bundle.labels))
+    metrics = evaluate(bundle.model, loader, len(bundle.labels))
+    if ds.source.on_bad_row == "skip":
+        metrics["skipped"] = skipped
+    return metrics
 
 
 def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:
@@ -287,12 +323,20 @@ def _section_from_dict(name: str, kind: type, d: dict):
     return kind(**d)
 
 
-def _tokens_counting_labels(rows: Iterable[Example], tokenizer: Tokenizer, counts: dict, quiet: bool) -> Iterator[list[str]]:
-    """Tokens of each training row, for the vocab builder; counts the labels on the way."""
+@dataclass
+class _Tally:
+    labels: dict[str, int] = field(default_factory=dict)  # rows per label, held-out rows included
+    training_rows: int = 0
 
-    def texts() -> Iterator[str]:
-        for example in tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False):
-            counts[example.label] = counts.get(example.label, 0) + 1
+
+def _training_texts(rows: Iterable[Example], tally: _Tally, part: str, holdout_every: int, quiet: bool) -> Iterator[str]:
+    """Texts of the training part, for the vocab builder, in one pass over the whole file.
+
+    Counts the labels of every row on the way, held-out ones included, so a label
+    only held-out dev rows have is still one of the model's labels.
+    """
+    for i, example in enumerate(tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)):
+        tally.labels[example.label] = tally.labels.get(example.label, 0) + 1
+        if part == "all" or not is_held_out(i, holdout_every):
+            tally.training_rows += 1
             yield example.text
-
-    return tokenizer.pipe(texts())
