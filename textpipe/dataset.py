@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from .sources import DataError, Example, SourceConfig, read_examples
+from .sources import DataError, Example, Position, SourceConfig, read_examples
 from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
 
@@ -42,9 +42,12 @@ def is_held_out(row: int, holdout_every: int) -> bool:
     return zlib.crc32(row.to_bytes(8, "little")) % holdout_every == 0
 
 
-def select_part(examples: Iterable[Example], part: str, holdout_every: int) -> Iterator[Example]:
-    """The ``"dev"`` part (about one row in ``holdout_every``), the ``"train"`` rest, or ``"all"``."""
-    for i, example in enumerate(examples):
+def select_part(examples: Iterable[Example], part: str, holdout_every: int, first_row: int = 0) -> Iterator[Example]:
+    """The ``"dev"`` part (about one row in ``holdout_every``), the ``"train"`` rest, or ``"all"``.
+
+    ``first_row`` is the row number of the first example (not 0 when a stream resumes).
+    """
+    for i, example in enumerate(examples, start=first_row):
         if part == "all" or is_held_out(i, holdout_every) == (part == "dev"):
             yield example
 
@@ -105,15 +108,16 @@ class TextClassificationDataset(IterableDataset):
         """Change the shuffle order; call before each epoch (as with ``DistributedSampler``)."""
         self.epoch = epoch
 
-    def examples(self, skipped: dict[str, int] | None = None) -> Iterator[Example]:
+    def examples(self, skipped: dict[str, int] | None = None, start: Position | None = None) -> Iterator[Example]:
         """The examples of this dataset's part of the file, unsharded and unshuffled.
 
         Bad rows are skipped and added to ``skipped`` (reason -> count) when the
         source says ``on_bad_row="skip"``, else they raise :class:`DataError`.
+        ``start`` (an example's ``after``) continues the stream after that example.
         """
         skipped = {} if skipped is None else skipped
-        rows = read_examples(self.path, self.labels is not None, self.source, skipped)
-        for example in select_part(rows, self.part, self.holdout_every):
+        rows = read_examples(self.path, self.labels is not None, self.source, skipped, start=start)
+        for example in select_part(rows, self.part, self.holdout_every, first_row=start.index if start else 0):
             if self.labels is None or example.label in self.label_index:
                 yield example
             elif self.source.on_bad_row == "skip":
@@ -152,11 +156,12 @@ class ShardStream:
 
     The shard's rows are read in blocks of ``shuffle_buffer`` rows; each block is
     shuffled by a generator seeded with (seed, epoch, shard, block), then yielded.
-    So the position in the pass is three small numbers (where the block starts,
-    which block, how many of it were yielded), which is what :meth:`state_dict`
+    So the position in the pass is a few small numbers (where in the file the block
+    starts, which block, how many of it were yielded), which is what :meth:`state_dict`
     returns and what torchdata's ``StatefulDataLoader`` saves in a checkpoint: a
-    resume re-reads one block, not the whole epoch, and yields exactly the rows an
-    uninterrupted pass would have.
+    resume seeks to the block's start and re-reads that one block, not the epoch,
+    and yields exactly the rows an uninterrupted pass would have. (A folder or
+    torchtext source cannot seek; it reads past the rows before the block.)
 
     Example:
         >>> stream = iter(dataset); first = next(stream); state = stream.state_dict()
@@ -167,13 +172,16 @@ class ShardStream:
     def __init__(self, dataset: TextClassificationDataset, shard: int, shards: int):
         self.dataset, self.shard, self.shards = dataset, shard, shards
         self.block_start, self.block, self.taken = 0, 0, 0
+        self.reader_at: Position | None = None  # where the file reader stands before the block
         self._examples: Iterator[Example] | None = None
 
     def state_dict(self) -> dict:
-        return {"block_start": self.block_start, "block": self.block, "taken": self.taken}
+        reader_at = list(self.reader_at) if self.reader_at else None
+        return {"block_start": self.block_start, "block": self.block, "taken": self.taken, "reader_at": reader_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.block_start, self.block, self.taken = state["block_start"], state["block"], state["taken"]
+        self.reader_at = Position(*state["reader_at"]) if state["reader_at"] else None
         self._examples = None
 
     def __iter__(self) -> "ShardStream":
@@ -187,17 +195,20 @@ class ShardStream:
     def _blocks(self) -> Iterator[Example]:
         ds = self.dataset
         size = max(1, ds.shuffle_buffer)
+        if self.reader_at is not None:  # seek straight to the block
+            rows = enumerate(ds.examples(start=self.reader_at), start=self.block_start)
+        else:
+            rows = itertools.islice(enumerate(ds.examples()), self.block_start, None)
         # Shard before tokenizing, so each worker tokenizes only its own rows.
-        rows = itertools.islice(enumerate(ds.examples()), self.block_start, None)
         mine = ((i, ex) for i, ex in rows if i % self.shards == self.shard)
         while block := list(itertools.islice(mine, size)):
-            next_start = block[-1][0] + 1
+            next_start, next_reader_at = block[-1][0] + 1, block[-1][1].after
             if size > 1:
                 random.Random(f"{ds.seed}/{ds.epoch}/{self.shard}/{self.block}").shuffle(block)
             for _, example in block[self.taken :]:
                 self.taken += 1
                 yield example
-            self.block_start, self.block, self.taken = next_start, self.block + 1, 0
+            self.block_start, self.block, self.taken, self.reader_at = next_start, self.block + 1, 0, next_reader_at
 
 
 class TextListDataset(Dataset):

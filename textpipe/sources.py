@@ -106,11 +106,22 @@ class SourceConfig:
         return cls(**d)
 
 
+class Position(NamedTuple):
+    """Where a reader stands after a row: byte offset and line count in the file, and
+    how many examples it has yielded. ``read_examples(..., start=position)`` continues
+    from there without reading what came before (a resume re-reads nothing)."""
+
+    offset: int
+    line: int
+    index: int
+
+
 class Example(NamedTuple):
     text: str
     label: str | None
     line: int | None  # None when a whole file is one example (folder-per-class)
     file: str | None = None  # the file it came from, where that is not the source path itself
+    after: Position | None = None  # the reader's position after this row (CSV, TSV, JSONL, TXT)
 
 
 class _Row(NamedTuple):
@@ -121,6 +132,7 @@ class _Row(NamedTuple):
     label: str | None = None
     problem: tuple[str, str] | None = None
     file: str | None = None
+    end: tuple[int, int] | None = None  # byte offset and line count after the row
 
 
 def file_format(path: str | Path) -> str:
@@ -140,12 +152,15 @@ def read_examples(
     with_labels: bool = True,
     config: SourceConfig | None = None,
     skipped: MutableMapping[str, int] | None = None,
+    start: Position | None = None,
 ) -> Iterator[Example]:
     """Stream the examples of a source (see the module docstring for the kinds).
 
     With ``with_labels=False`` the label column may be absent and labels are ``None``.
     With ``config.on_bad_row == "skip"``, pass a dict as ``skipped``: each bad row adds
-    one to ``skipped[reason]`` instead of raising.
+    one to ``skipped[reason]`` instead of raising. ``start`` (an example's ``after``)
+    continues a stream there: files seek to it, a folder or torchtext source reads
+    past the first ``start.index`` examples.
 
     Example:
         >>> for ex in read_examples("data/rotten_tomatoes/train.csv"):
@@ -160,10 +175,19 @@ def read_examples(
         raise DataError(path, None, "a .txt file holds texts only; labelled data must be .csv, .tsv, .jsonl, a folder per class or torchtext:NAME/SPLIT")
     readers = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "txt": _read_txt,
                "folder": _read_folder, "torchtext": _read_torchtext}
-    for row in readers[fmt](path, fmt, config, with_labels):
+    seekable = fmt in ("csv", "tsv", "jsonl", "txt")
+    rows = readers[fmt](path, fmt, config, with_labels, *([start] if seekable else []))
+    index = start.index if start else 0
+    for row in rows:
         problem = row.problem or _row_problem(row, with_labels, config)
         if problem is None:
-            yield Example(row.text, row.label if with_labels else None, row.line, row.file)
+            index += 1
+            if start and not seekable and index <= start.index:
+                continue
+            after = Position(*row.end, index) if row.end else None
+            yield Example(row.text, row.label if with_labels else None, row.line, row.file, after)
+        elif start and not seekable and index < start.index:
+            continue  # counted before the resume
         elif config.on_bad_row == "skip":
             skipped[problem[0]] = skipped.get(problem[0], 0) + 1
         else:
@@ -239,6 +263,16 @@ class _Lines:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         return raw.decode("utf-8", "surrogateescape")
 
+    def seek(self, start: "Position | None") -> None:
+        """Continue at ``start`` (a position this reader reported), if given."""
+        if start is not None:
+            self.f.seek(start.offset)
+            self.offset, self.line = start.offset, start.line
+
+    @property
+    def end(self) -> tuple[int, int]:
+        return self.offset, self.line
+
     def start_record(self) -> tuple[int, int]:
         """Mark the start of a record; returns its first line number and byte offset."""
         self.record_bytes = 0
@@ -265,7 +299,7 @@ def _open_lines(path: str | Path, config: SourceConfig):
     return open(path, "rb"), 4 * config.max_chars + 4096
 
 
-def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool) -> Iterator[_Row]:
+def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start: Position | None = None) -> Iterator[_Row]:
     f, max_bytes = _open_lines(path, config)
     with f:
         lines = _Lines(f, max_bytes)
@@ -273,6 +307,7 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
         # strict=True: a quote still open at the end of the file is an error, not a field holding the rest of it.
         reader = csv.reader(lines, delimiter=delimiter, strict=True)
         width, text_at, label_at = _columns(path, reader, config, with_labels)
+        lines.seek(start)  # csv.reader pulls lines one at a time, so it holds none past the header
         while True:
             line, offset = lines.start_record()
             try:
@@ -301,7 +336,7 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
             if max(text_at) >= len(row):
                 yield _Row(line, problem=("wrong number of columns", f"no column {max(text_at)} for the text (the row has {len(row)})"))
                 continue
-            yield _Row(line, " ".join(row[i] for i in text_at), label)
+            yield _Row(line, " ".join(row[i] for i in text_at), label, end=lines.end)
 
 
 _AT_END_OF_FILE = "unexpected end of data"  # csv's error for a quote still open when the file ends
@@ -345,12 +380,13 @@ def _columns(path, reader, config: SourceConfig, with_labels: bool) -> tuple[int
     return len(names), text_at, label_at
 
 
-def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool) -> Iterator[_Row]:
+def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start: Position | None = None) -> Iterator[_Row]:
     if any(isinstance(c, int) for c in [*config.text_columns, config.label_column]):
         raise DataError(path, None, "JSONL columns are keys, not indices; set text_columns/label_column to names")
     f, max_bytes = _open_lines(path, config)
     with f:
         lines = _Lines(f, max_bytes)
+        lines.seek(start)
         while True:
             line, _ = lines.start_record()
             try:
@@ -373,13 +409,14 @@ def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: b
                 yield _Row(line, problem=("wrong columns", f"expected a JSON object with a string {keys}"))
                 continue
             label = obj.get(config.label_column)
-            yield _Row(line, " ".join(texts), None if label is None else str(label))
+            yield _Row(line, " ".join(texts), None if label is None else str(label), end=lines.end)
 
 
-def _read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool) -> Iterator[_Row]:
+def _read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start: Position | None = None) -> Iterator[_Row]:
     f, max_bytes = _open_lines(path, config)
     with f:
         lines = _Lines(f, max_bytes)
+        lines.seek(start)
         while True:
             line, _ = lines.start_record()
             try:
@@ -389,7 +426,7 @@ def _read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: boo
             except _RecordTooLong:
                 yield _Row(line, problem=_too_long(config))
                 continue
-            yield _Row(line, raw.rstrip("\r\n"))
+            yield _Row(line, raw.rstrip("\r\n"), end=lines.end)
 
 
 def _read_folder(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool) -> Iterator[_Row]:
