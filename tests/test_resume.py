@@ -235,3 +235,21 @@ def test_every_source_resumes_exactly_mid_block(kind, tmp_path):
         again = iter(ds)
         again.load_state_dict(stream.state_dict())
         assert head + [ids.tolist() for ids, _ in again] == whole, cut
+
+
+@pytest.mark.parametrize("model", ["bag", "cnn", "gru", "transformer"])
+def test_deterministic_mode_trains_every_model_to_the_same_weights(model, toy_files, tmp_path):
+    from textpipe.models import ModelConfig
+    from textpipe.pipeline import PipelineConfig, train_files
+    from textpipe.tokenizer import TokenizerConfig
+    from textpipe.train import TrainConfig
+
+    train, dev, test = toy_files
+    config = lambda deterministic: PipelineConfig(  # noqa: E731
+        tokenizer=TokenizerConfig("whitespace"), model=ModelConfig(name=model, ngram_buckets=64, embed_dim=16, hidden_dim=16, num_layers=1),
+        train=TrainConfig(epochs=2, lr=0.02, keep_checkpoints=0, deterministic=deterministic),
+    )
+    train_files(train, test, tmp_path / "plain", dev=dev, config=config(False), quiet=True)
+    train_files(train, test, tmp_path / "deterministic", dev=dev, config=config(True), quiet=True)
+    assert not torch.are_deterministic_algorithms_enabled()  # fit puts the global setting back
+    assert filecmp.cmp(tmp_path / "plain" / "weights.pt", tmp_path / "deterministic" / "weights.pt", shallow=False)
