@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
-from .checkpoint import CheckpointError, OutputError
+from .checkpoint import CheckpointError, OutputError, atomic_write
 from .models import MODELS, ModelConfig
 from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
@@ -549,7 +549,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
         buffer = io.BytesIO()
         np.save(buffer, vectors.float().numpy())
-        write_bytes_atomic(args.output, buffer.getvalue())
+        atomic_write(args.output, lambda f: f.write(buffer.getvalue()))
         return
     with atomic_output(args.output) as out:
         for text, vector in zip(texts, vectors.tolist()):
@@ -815,12 +815,6 @@ class atomic_output:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file behind
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --- entry point ---------------------------------------------------------------------------------
