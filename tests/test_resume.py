@@ -247,7 +247,7 @@ def test_deterministic_mode_trains_every_model_to_the_same_weights(model, toy_fi
     train, dev, test = toy_files
     config = lambda deterministic: PipelineConfig(  # noqa: E731
         tokenizer=TokenizerConfig("whitespace"), model=ModelConfig(name=model, ngram_buckets=64, embed_dim=16, hidden_dim=16, num_layers=1),
-        train=TrainConfig(epochs=2, lr=0.02, keep_checkpoints=0, deterministic=deterministic),
+        train=TrainConfig(epochs=1, lr=0.02, keep_checkpoints=0, deterministic=deterministic),
     )
     train_files(train, test, tmp_path / "plain", dev=dev, config=config(False), quiet=True)
     train_files(train, test, tmp_path / "deterministic", dev=dev, config=config(True), quiet=True)
