@@ -150,3 +150,13 @@ def test_predict_top_k_and_order(bundle_dir):
     for r in results:
         assert len(r["probs"]) == 2 and r["label"] == next(iter(r["probs"]))
         assert list(r["probs"].values()) == sorted(r["probs"].values(), reverse=True)
+
+
+def test_info_refuses_a_crafted_pickle_in_one_line(bundle_dir, tmp_path):
+    path, _ = bundle_dir
+    marker = tmp_path / "pwned"
+    torch.save({"embedding.weight": Boom(marker)}, path / "weights.pt")
+    forge_manifest(path)
+    result = subprocess.run([sys.executable, "-m", "textpipe", "info", str(path), "--json"], capture_output=True, text=True)
+    assert result.returncode == 2 and not marker.exists()
+    assert result.stderr == f"textpipe info: error: refusing to load {path}/weights.pt: it holds Python objects other than tensors, and unpickling them could run code\n"

@@ -108,10 +108,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels"
         )
     model = build_model(model_config)
-    try:
-        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise BundleError(f"refusing to load {path / WEIGHTS}: it holds Python objects other than tensors, and unpickling them could run code") from None
+    state = load_weights(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -120,6 +117,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model.to(device).eval()
     tokenizer = Tokenizer.from_config(TokenizerConfig(**meta["tokenizer"]))
     return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}))
+
+
+def load_weights(path: Path) -> dict:
+    """The tensors of ``weights.pt``; a file holding anything else is refused, unread."""
+    try:
+        return torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BundleError(f"refusing to load {path / WEIGHTS}: it holds Python objects other than tensors, and unpickling them could run code") from None
 
 
 def read_meta(path: Path) -> dict:

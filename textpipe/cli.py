@@ -708,9 +708,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def bundle_info(path: Path) -> dict:
     """Everything ``info`` shows, read from the bundle's files once their checksums match
     the manifest (the weights are loaded as tensors only)."""
-    import torch
-
-    from .bundle import VOCAB, WEIGHTS, check_file, read_meta
+    from .bundle import VOCAB, WEIGHTS, check_file, load_weights, read_meta
 
     def read(name: str):
         file = path / name
@@ -720,7 +718,7 @@ def bundle_info(path: Path) -> dict:
     for name in (WEIGHTS, VOCAB):
         check_file(path, name, meta["files"].get(name))
     run, metrics = read("run.json") or {}, read("metrics.json")
-    state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+    state = load_weights(path)
     if metrics:  # the summary, not the per-epoch history or the confusion matrix
         metrics = {k: metrics[k] for k in ("test", "dev", "best_epoch", "per_class") if k in metrics}
     return {
