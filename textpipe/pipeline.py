@@ -37,7 +37,7 @@ from .models import ModelConfig, build_model
 from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import TrainConfig, evaluate, fit, predict_logits, set_seed
+from .train import TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
 from .vocab import build_vocab, load_vocab, save_vocab
 
 METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
@@ -52,6 +52,8 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     num_workers: int = 0
     eval_batch_size: int = 512
+    bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
+    cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
 
     def __post_init__(self) -> None:
@@ -158,16 +160,20 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
+    device = resolve_device(config.train.device)
+
     def loader(path, part="all", training=False, num_workers=config.data.num_workers):
+        # The dataset makes whole batches (bucketed by length when training), read from the cache when there is one.
         dataset = TextClassificationDataset(
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
             shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
+            batch_size=config.train.batch_size if training else config.data.eval_batch_size,
+            bucket=config.data.bucket and training, cache_dir=config.data.cache_dir,
         )
-        batch_size = config.train.batch_size if training else config.data.eval_batch_size
         # Its own generator, so creating a loader's iterator never draws from torch's
         # global generator (which dropout uses): a resumed run sees the same random numbers.
         return StatefulDataLoader(
-            dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=num_workers,
+            dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(config.train.seed),
         )
 
@@ -182,7 +188,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     skipped["test"] = loader(test).dataset.count_skipped()
     result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet, checkpoints=store, resume=resume)
     # No workers for the test pass: predictions then come in file order and line up with the texts.
-    summary, mistakes = score(model, loader(test, num_workers=0), labels, config.train.device, quiet)
+    summary, mistakes = score(model, loader(test, num_workers=0), labels, device, quiet)
 
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
     write_json_atomic(out / CONFIG, config.to_dict())
