@@ -133,7 +133,7 @@ class TextClassificationDataset(IterableDataset):
         if cache is None:
             skipped: dict[str, int] = {}
             # write_cache reads the rows to the end before writing meta.json, so `skipped` is complete there
-            cache = write_cache(root, key, self._encoded_rows(skipped), {"file": str(self.path), **parts, "skipped": skipped})
+            cache = write_cache(root, key, self._encoded_rows(skipped), {"file": str(self.path), **parts, "vocab_size": len(self.vocab), "skipped": skipped})
         return cache
 
     def set_epoch(self, epoch: int) -> None:
