@@ -16,7 +16,7 @@ FORMAT ?= json
 REPORT ?=
 ARGS   ?=
 
-.PHONY: help venv train predict evaluate info test clean bench-memory
+.PHONY: help venv train predict evaluate info test clean bench-memory bench
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -65,3 +65,7 @@ clean:  ## remove the venv and trained runs (keeps the data cache)
 
 bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
 	OMP_NUM_THREADS=1 $(PY) bench/memory.py
+
+bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR -> bench/results/speed.json + speed.md (about 8 min)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) bench/speed.py

@@ -53,7 +53,7 @@ class DataConfig:
     num_workers: int = 0
     eval_batch_size: int = 512
     bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
-    cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None: tokenize every epoch
+    cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
 
     def __post_init__(self) -> None:
@@ -168,7 +168,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
             shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
             batch_size=config.train.batch_size if training else config.data.eval_batch_size,
-            bucket=config.data.bucket and training, cache_dir=config.data.cache_dir,
+            bucket=config.data.bucket and training, cache_dir=config.data.cache_dir or None,
         )
         # Its own generator, so creating a loader's iterator never draws from torch's
         # global generator (which dropout uses): a resumed run sees the same random numbers.
