@@ -68,4 +68,4 @@ bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/res
 
 bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR -> bench/results/speed.json + speed.md (about 8 min)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) bench/speed.py
+	OMP_NUM_THREADS=1 $(PY) bench/speed.py

@@ -7,7 +7,10 @@ from ``../shared/datasets`` (train 9,596 rows, test 1,066), and a 1,000,000-row
 file sampled (seeded, with replacement) from the mr + subj training rows as
 ``bench/memory.py`` does. Needs the ``bench`` extra (``fasttext-wheel``,
 ``scikit-learn``). Timings on a shared machine are noisy: the ratios, measured
-side by side in this one run, are what count.
+side by side in this one run, are what count. Every process runs with one
+torch thread (``OMP_NUM_THREADS=1`` unless set): on 2 shared cores, torch's
+default of one OpenMP thread per core made training 5-10x slower whenever
+another job held a core (spinning threads wait for each other).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; children inherit it
 
 import torch
 from torch.nn.utils.rnn import pad_sequence

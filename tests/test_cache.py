@@ -138,3 +138,31 @@ def test_cache_pickles_as_its_folder(toy, tmp_path):
     assert len(pickle.dumps(cache)) < 2000
     back = pickle.loads(pickle.dumps(cache))
     assert isinstance(back, NumericCache) and torch.equal(back.ids_of(3), cache.ids_of(3))
+
+
+def test_pad_fraction_counts_pad_positions():
+    batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+    assert pad_fraction([batch]) == pytest.approx(2 / 6)
+
+
+def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch):
+    from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+    from textpipe.train import TrainConfig, resolve_device
+
+    train, test, _ = toy_files
+    config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731
+    first = train_files(train, test, tmp_path / "run1", config=config(str(tmp_path / "c")), quiet=True)
+    caches = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert len(caches) == 3  # train part, held-out dev part, test
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("a warm cache must not be rebuilt")
+
+    monkeypatch.setattr(TextClassificationDataset, "_encoded_rows", no_tokenizing)
+    second = train_files(train, test, tmp_path / "run2", config=config(str(tmp_path / "c")), quiet=True)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == caches
+    assert second["test"] == first["test"]
+    monkeypatch.undo()
+    uncached = train_files(train, test, tmp_path / "run3", config=config(False), quiet=True)
+    assert uncached["test"] == first["test"]  # the cache changes where ids come from, not what they are
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
