@@ -15,6 +15,9 @@ INPUT  ?=
 FORMAT ?= json
 REPORT ?=
 ARGS   ?=
+NPROC  ?= 1
+# NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
+TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
 .PHONY: help venv train predict evaluate info test clean bench-memory bench
 
@@ -41,9 +44,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write the bundle and report to OUT
 ifeq ($(strip $(TRAIN)),)
-	$(PY) -m textpipe train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 else
-	$(PY) -m textpipe train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 endif
 
 predict: $(STAMP)  ## label TEXT="..." or INPUT=file (INPUT=- for stdin) with the bundle in MODEL

@@ -24,6 +24,7 @@ it mid-epoch to bit-identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sys
@@ -90,6 +91,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def distributed_wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when a process group is running (torchrun), else ``model`` itself."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _uneven_inputs(model: nn.Module):
+    # Ranks may get one batch more or fewer in an epoch; Join lets the ranks that ran
+    # out shadow the gradient all-reduce of the others instead of hanging.
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        from torch.distributed.algorithms.join import Join
+
+        return Join([model])
+    return contextlib.nullcontext()
 
 
 def make_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
@@ -225,6 +243,7 @@ def fit(
 def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int, num_train, quiet, checkpoints, resume) -> FitResult:
     device = resolve_device(config.device)
     model.to(device)
+    train_model = distributed_wrap(model, device)  # the same parameters; evaluation uses `model` directly
     optimizers = make_optimizers(model, config)
     # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
     factor = (lambda e: 1 - e / config.epochs) if config.schedule == "linear" else (lambda e: 1.0)
@@ -252,9 +271,9 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
             model.train()
             # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
             bar = tqdm(total=num_train, initial=state.seen, desc=f"epoch {state.epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
-            with bar:
+            with bar, _uneven_inputs(train_model):
                 for batch in train_loader:
-                    loss_sum, correct = train_step(model, batch.to(device, non_blocking=True), optimizers, loss_fn)
+                    loss_sum, correct = train_step(train_model, batch.to(device, non_blocking=True), optimizers, loss_fn)
                     state.step += 1
                     state.loss_sum += loss_sum
                     state.correct += correct
