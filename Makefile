@@ -32,6 +32,7 @@ help:  ## list targets and variables
 	@echo "  TEXT=\"...\" or INPUT=file         what predict labels; INPUT=- reads stdin"
 	@echo "  FORMAT=json|csv|text             predict's output format (now: $(FORMAT))"
 	@echo "  TEST=file REPORT=dir             evaluate's data (default: the rotten_tomatoes test split) and report folder (default: MODEL/eval-NAME)"
+	@echo "  NPROC=2                          make train: that many training processes (torchrun, DistributedDataParallel)"
 	@echo "  ARGS=\"...\"                       extra flags for the textpipe command, e.g. ARGS=\"--epochs 5 --quiet\""
 	@echo "example: make train TRAIN=data/mine/train.csv TEST=data/mine/test.csv OUT=runs/mine && make predict MODEL=runs/mine TEXT=\"great fun\""
 

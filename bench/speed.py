@@ -256,6 +256,25 @@ def end_to_end() -> dict:
     return out
 
 
+def ddp_speed() -> dict:
+    """``python -m textpipe train`` in 1 process vs ``torchrun --nproc_per_node=2`` (gloo), no checkpoints, each with a fresh cache."""
+    out = {}
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    for nproc in (1, 2):
+        run_dir, cache = WORK / f"ddp{nproc}", WORK / f"ddp-cache{nproc}"
+        shutil.rmtree(cache, ignore_errors=True)
+        launch = [sys.executable, "-m", "textpipe"] if nproc == 1 else [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "textpipe"]
+        result = run_process([*launch, "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--quiet",
+                              "--keep-checkpoints", "0", "--set", f"data.cache_dir={cache}"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        out[f"nproc_{nproc}"] = {"wall_s": result["wall_s"], "test_accuracy": metrics["test"]["accuracy"], "epochs": len(metrics["history"])}
+        log(f"ddp nproc {nproc}: {out[f'nproc_{nproc}']}")
+    one, two = out["nproc_1"], out["nproc_2"]
+    out["speedup"] = round(one["wall_s"] / two["wall_s"], 2)
+    out["accuracy_difference_points"] = round(100 * (two["test_accuracy"] - one["test_accuracy"]), 2)
+    return out
+
+
 def predict_speed(bundle_dir: Path) -> dict:
     """Bulk predict rows/s on mr test vs TF-IDF + logistic regression; single-text latency."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -310,8 +329,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| tokens/s {name} | alone {s['tokenizer_only_tokens_per_s']:,} | loader pass: 1 worker {s['loader_1_workers_tokens_per_s']:,}, 2 workers {s['loader_2_workers_tokens_per_s']:,} | |")
     per = ", ".join(f"{k} {v:,}" for k, v in t["per_model_batch_32_rows_per_s"].items())
     lines.append(f"| train rows/s per model (batch 32, warm cache) | {per} | | |")
-    if r.get("ddp"):
-        lines.append(f"| DDP | {r['ddp']} | | |")
+    d = r["ddp"]
+    lines.append(f"| `make train NPROC=2` on mr (torchrun, gloo, no checkpoints) | 2 processes: {d['nproc_2']['wall_s']} s, acc {d['nproc_2']['test_accuracy']}, {d['nproc_2']['epochs']} epochs | 1 process: {d['nproc_1']['wall_s']} s, acc {d['nproc_1']['test_accuracy']}, {d['nproc_1']['epochs']} epochs | speed-up {d['speedup']}x; accuracy {d['accuracy_difference_points']:+} points (target within 1) |")
     return "\n".join(lines) + "\n"
 
 
@@ -324,6 +343,8 @@ def main() -> None:
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     log("end to end")
     result["end_to_end"] = end_to_end()
+    log("ddp")
+    result["ddp"] = ddp_speed()
     log("predict")
     result["predict"] = predict_speed(WORK / "textpipe_default")
     texts = [ex.text for ex in read_examples(MR_TRAIN)]
