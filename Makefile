@@ -15,8 +15,11 @@ INPUT  ?=
 FORMAT ?= json
 REPORT ?=
 ARGS   ?=
+NPROC  ?= 1
+# NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
+TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train predict evaluate info test clean bench-memory
+.PHONY: help venv train predict evaluate info test clean bench-memory bench
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -29,6 +32,7 @@ help:  ## list targets and variables
 	@echo "  TEXT=\"...\" or INPUT=file         what predict labels; INPUT=- reads stdin"
 	@echo "  FORMAT=json|csv|text             predict's output format (now: $(FORMAT))"
 	@echo "  TEST=file REPORT=dir             evaluate's data (default: the rotten_tomatoes test split) and report folder (default: MODEL/eval-NAME)"
+	@echo "  NPROC=2                          make train: that many training processes (torchrun, DistributedDataParallel)"
 	@echo "  ARGS=\"...\"                       extra flags for the textpipe command, e.g. ARGS=\"--epochs 5 --quiet\""
 	@echo "example: make train TRAIN=data/mine/train.csv TEST=data/mine/test.csv OUT=runs/mine && make predict MODEL=runs/mine TEXT=\"great fun\""
 
@@ -41,9 +45,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write the bundle and report to OUT
 ifeq ($(strip $(TRAIN)),)
-	$(PY) -m textpipe train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 else
-	$(PY) -m textpipe train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 endif
 
 predict: $(STAMP)  ## label TEXT="..." or INPUT=file (INPUT=- for stdin) with the bundle in MODEL
@@ -65,3 +69,7 @@ clean:  ## remove the venv and trained runs (keeps the data cache)
 
 bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
 	OMP_NUM_THREADS=1 $(PY) bench/memory.py
+
+bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR -> bench/results/speed.json + speed.md (about 8 min)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(PY) bench/speed.py

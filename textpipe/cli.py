@@ -141,7 +141,7 @@ def add_train(sub) -> None:
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {TrainConfig.lr})")
     conf.add_argument("--patience", type=int, default=S, help=f"epochs without dev improvement before stopping (default: {TrainConfig.patience})")
     conf.add_argument("--seed", type=int, default=S, help=f"random seed (default: {TrainConfig.seed})")
-    conf.add_argument("--device", default=S, help=f"torch device, e.g. cuda (default: {TrainConfig.device})")
+    conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {TrainConfig.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")

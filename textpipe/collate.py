@@ -59,3 +59,35 @@ def pad_collate(examples: Sequence[torch.Tensor | tuple[torch.Tensor, int]]) -> 
     ids[mask] = torch.cat(seqs)  # row-major order of `mask` matches the concatenation order
     labels = torch.tensor([ex[1] for ex in examples], dtype=torch.long) if labelled else None
     return Batch(ids, lengths, mask, labels)
+
+
+def collate_flat(ids: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor | None = None) -> Batch:
+    """The :class:`Batch` of rows ``rows`` of a flat store (``ids[offsets[r]:offsets[r + 1]]`` is row ``r``).
+
+    One gather for the whole batch, no per-row Python: the fast path for a
+    numericalized cache. ``labels`` is the store's label column (indexed by ``rows``).
+
+    Example:
+        >>> flat, offsets = torch.tensor([5, 6, 7, 8]), torch.tensor([0, 3, 4])
+        >>> collate_flat(flat, offsets, torch.tensor([1, 0])).ids
+        tensor([[8, 0, 0],
+                [5, 6, 7]])
+    """
+    if len(rows) == 0:
+        raise ValueError("cannot collate an empty batch")
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    positions = torch.arange(int(lengths.max()))
+    mask = positions < lengths[:, None]  # (B, T)
+    index = (starts[:, None] + positions).masked_fill_(~mask, 0)
+    batch_ids = ids[index].long().masked_fill_(~mask, PAD_ID)
+    return Batch(batch_ids, lengths.long(), mask, None if labels is None else labels[rows].long())
+
+
+def pad_fraction(batches) -> float:
+    """The share of ``<pad>`` positions among all positions of some batches (0 = no padding)."""
+    real = total = 0
+    for batch in batches:
+        real += int(batch.lengths.sum())
+        total += batch.ids.numel()
+    return 1 - real / total if total else 0.0

@@ -15,12 +15,15 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from .cache import NumericCache, cache_key, tokens_sha256, write_cache
+from .collate import collate_flat, pad_collate
 from .sources import DataError, Example, Position, SourceConfig, read_examples
 from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
@@ -62,6 +65,14 @@ class TextClassificationDataset(IterableDataset):
     n rows), in an order fixed by ``seed`` and the epoch (:meth:`set_epoch`); the
     pass can be saved and resumed mid-epoch (see :class:`ShardStream`). ``rank`` / ``world_size`` shard across processes.
 
+    ``batch_size=b`` makes it yield whole padded batches (:class:`~textpipe.collate.Batch`)
+    (give the DataLoader ``batch_size=None``): each block is cut into batches of b
+    rows, and with ``bucket=True`` the block is first sorted by length, so a batch
+    holds rows of similar length and little padding; the batches of a block are
+    then shuffled. ``cache_dir`` tokenizes the part once into a
+    :class:`~textpipe.cache.NumericCache` there (or reuses the one that is there),
+    and every pass reads token ids from it: no text, no tokenizer.
+
     ``source`` says how to read the file (:class:`~textpipe.sources.SourceConfig`).
     With ``on_bad_row="skip"``, bad rows and rows whose label is not in ``labels``
     are skipped; the rows are read in DataLoader workers, where a count cannot
@@ -87,6 +98,9 @@ class TextClassificationDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         source: SourceConfig | None = None,
+        batch_size: int = 0,
+        bucket: bool = False,
+        cache_dir: str | Path | None = None,
     ):
         if part not in ("all", "train", "dev"):
             raise ValueError(f"part must be 'all', 'train' or 'dev', got {part!r}")
@@ -103,6 +117,27 @@ class TextClassificationDataset(IterableDataset):
         self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
         self.rank, self.world_size = rank, world_size
         self.source = source or SourceConfig()
+        if bucket and not batch_size:
+            raise ValueError("bucket=True needs batch_size (the dataset then yields whole batches)")
+        self.batch_size, self.bucket = batch_size, bucket
+        self.cache = self._load_or_build_cache(cache_dir) if cache_dir is not None and self.path.is_file() else None
+
+    def _load_or_build_cache(self, root: str | Path) -> NumericCache:
+        parts = {
+            "tokenizer": asdict(self.tokenizer.config),
+            "vocab": tokens_sha256(self.vocab.get_itos()),
+            "labels": self.labels,
+            "part": self.part,
+            "holdout_every": self.holdout_every,
+            "source": asdict(self.source),
+        }
+        key = cache_key(self.path, parts)
+        cache = NumericCache.load(root, key)
+        if cache is None:
+            skipped: dict[str, int] = {}
+            # write_cache reads the rows to the end before writing meta.json, so `skipped` is complete there
+            cache = write_cache(root, key, self._encoded_rows(skipped), {"file": str(self.path), **parts, "vocab_size": len(self.vocab), "skipped": skipped})
+        return cache
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffle order; call before each epoch (as with ``DistributedSampler``)."""
@@ -126,8 +161,18 @@ class TextClassificationDataset(IterableDataset):
                 known = ", ".join(map(repr, self.labels))
                 raise DataError(example.file or self.path, example.line, f"label {example.label!r} is not one of the model's labels ({known})")
 
+    def _encoded_rows(self, skipped: dict[str, int], chunk: int = 1000) -> Iterator[tuple[list[int], int]]:
+        """``(ids, label_index or -1)`` of every row of the part, tokenized a chunk at a time (spaCy's batched pipe)."""
+        examples = self.examples(skipped)
+        while block := list(itertools.islice(examples, chunk)):
+            for example, tokens in zip(block, self.tokenizer.pipe([ex.text for ex in block])):
+                label = self.label_index[example.label] if self.labels is not None else -1
+                yield self.vocab(tokens) or [UNK_ID], label
+
     def count_skipped(self) -> dict[str, int]:
         """Read this dataset's part once and count the rows an epoch skips, by reason."""
+        if self.cache is not None:
+            return dict(self.cache.meta["skipped"])
         skipped: dict[str, int] = {}
         for _ in self.examples(skipped):
             pass
@@ -144,6 +189,38 @@ class TextClassificationDataset(IterableDataset):
         num_workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
         return ShardStream(self, shard=self.rank * num_workers + worker_id, shards=self.world_size * num_workers)
 
+    def rows(self) -> Iterator:
+        """What a pass enumerates: row numbers of the cache, or the examples of the file."""
+        return iter(range(len(self.cache))) if self.cache is not None else self.examples()
+
+    def encode_row(self, row) -> torch.Tensor | tuple[torch.Tensor, int]:
+        """:meth:`encode` of an item of :meth:`rows`."""
+        if self.cache is None:
+            return self.encode(row)
+        ids = self.cache.ids_of(row).long()
+        return ids if self.labels is None else (ids, int(self.cache.labels[row]))
+
+    def batches_of_block(self, block: list, rng: random.Random | None) -> list:
+        """A block of :meth:`rows` items cut into batches (lists), bucketed by length and shuffled by ``rng``."""
+        if self.cache is None:
+            block = [self.encode(ex) for ex in block]
+        if self.bucket:
+            length = (lambda r: int(self.cache.offsets[r + 1] - self.cache.offsets[r])) if self.cache is not None else (lambda e: len(e[0] if isinstance(e, tuple) else e))
+            block = sorted(block, key=length)
+        elif rng is not None:
+            rng.shuffle(block)
+        batches = [block[i : i + self.batch_size] for i in range(0, len(block), self.batch_size)]
+        if self.bucket and rng is not None:
+            rng.shuffle(batches)
+        return batches
+
+    def collate(self, batch: list):
+        """One padded :class:`Batch` of a list made by :meth:`batches_of_block`."""
+        if self.cache is None:
+            return pad_collate(batch)
+        labels = self.cache.labels if self.labels is not None else None
+        return collate_flat(self.cache.ids, self.cache.offsets, torch.tensor(batch, dtype=torch.long), labels)
+
     def encode(self, example: Example) -> torch.Tensor | tuple[torch.Tensor, int]:
         """``(ids, label_index)`` of one example, or ``ids`` alone when the dataset has no labels."""
         ids = numericalize(self.tokenizer, self.vocab, example.text)
@@ -155,13 +232,14 @@ class ShardStream:
     """One shard's pass over a :class:`TextClassificationDataset`, resumable mid-epoch.
 
     The shard's rows are read in blocks of ``shuffle_buffer`` rows; each block is
-    shuffled by a generator seeded with (seed, epoch, shard, block), then yielded.
-    So the position in the pass is a few small numbers (where in the file the block
-    starts, which block, how many of it were yielded), which is what :meth:`state_dict`
+    shuffled by a generator seeded with (seed, epoch, shard, block), then yielded
+    (with ``batch_size``, cut into length-bucketed batches first). So the position
+    in the pass is a few small numbers (where the block starts in the file, which
+    block, how many of its items were yielded), which is what :meth:`state_dict`
     returns and what torchdata's ``StatefulDataLoader`` saves in a checkpoint: a
-    resume seeks to the block's start and re-reads that one block, not the epoch,
-    and yields exactly the rows an uninterrupted pass would have. (A folder or
-    torchtext source cannot seek; it reads past the rows before the block.)
+    resume seeks to the block's start (or indexes the cache) and re-reads that one
+    block, not the epoch, and yields exactly what an uninterrupted pass would have.
+    (A folder or torchtext source cannot seek; it reads past the rows before the block.)
 
     Example:
         >>> stream = iter(dataset); first = next(stream); state = stream.state_dict()
@@ -173,7 +251,7 @@ class ShardStream:
         self.dataset, self.shard, self.shards = dataset, shard, shards
         self.block_start, self.block, self.taken = 0, 0, 0
         self.reader_at: Position | None = None  # where the file reader stands before the block
-        self._examples: Iterator[Example] | None = None
+        self._examples: Iterator | None = None
 
     def state_dict(self) -> dict:
         reader_at = list(self.reader_at) if self.reader_at else None
@@ -187,27 +265,37 @@ class ShardStream:
     def __iter__(self) -> "ShardStream":
         return self
 
-    def __next__(self) -> torch.Tensor | tuple[torch.Tensor, int]:
+    def __next__(self):
         if self._examples is None:
             self._examples = self._blocks()
-        return self.dataset.encode(next(self._examples))
+        unit = next(self._examples)
+        return self.dataset.collate(unit) if self.dataset.batch_size else self.dataset.encode_row(unit)
 
-    def _blocks(self) -> Iterator[Example]:
+    def _blocks(self) -> Iterator:
+        """The shard's examples (or, with ``batch_size``, its batches), block by block."""
         ds = self.dataset
-        size = max(1, ds.shuffle_buffer)
+        size = max(1, ds.shuffle_buffer) if ds.shuffle_buffer or not ds.batch_size else ds.batch_size
         if self.reader_at is not None:  # seek straight to the block
             rows = enumerate(ds.examples(start=self.reader_at), start=self.block_start)
+        elif ds.cache is not None:  # cache row numbers: nothing to read past
+            rows = enumerate(range(self.block_start, len(ds.cache)), start=self.block_start)
         else:
-            rows = itertools.islice(enumerate(ds.examples()), self.block_start, None)
+            rows = itertools.islice(enumerate(ds.rows()), self.block_start, None)
         # Shard before tokenizing, so each worker tokenizes only its own rows.
-        mine = ((i, ex) for i, ex in rows if i % self.shards == self.shard)
+        mine = ((i, row) for i, row in rows if i % self.shards == self.shard)
         while block := list(itertools.islice(mine, size)):
-            next_start, next_reader_at = block[-1][0] + 1, block[-1][1].after
-            if size > 1:
-                random.Random(f"{ds.seed}/{ds.epoch}/{self.shard}/{self.block}").shuffle(block)
-            for _, example in block[self.taken :]:
+            next_start, next_reader_at = block[-1][0] + 1, getattr(block[-1][1], "after", None)
+            rng = random.Random(f"{ds.seed}/{ds.epoch}/{self.shard}/{self.block}") if ds.shuffle_buffer > 1 else None
+            items = [row for _, row in block]
+            if ds.batch_size:
+                units = ds.batches_of_block(items, rng)
+            else:
+                units = items
+                if rng is not None:
+                    rng.shuffle(units)
+            for unit in units[self.taken :]:
                 self.taken += 1
-                yield example
+                yield unit
             self.block_start, self.block, self.taken, self.reader_at = next_start, self.block + 1, 0, next_reader_at
 
 

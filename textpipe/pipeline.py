@@ -15,11 +15,12 @@ are thin wrappers over these.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,7 +38,7 @@ from .models import ModelConfig, build_model
 from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import TrainConfig, evaluate, fit, predict_logits, set_seed
+from .train import TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
 from .vocab import build_vocab, load_vocab, save_vocab
 
 METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
@@ -52,6 +53,8 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     num_workers: int = 0
     eval_batch_size: int = 512
+    bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
+    cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
 
     def __post_init__(self) -> None:
@@ -105,11 +108,24 @@ def train_files(
     config = config or PipelineConfig()
     run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
     out = Path(out)
-    _prepare_output(out)
-    CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
-    store = _checkpoint_store(out, config)
-    write_json_atomic(out / RUN, run)
+    rank, _ = distributed_rank(config.train.device)
+    if rank == 0:  # under torchrun only rank 0 writes files
+        _prepare_output(out)
+        CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
+        write_json_atomic(out / RUN, run)
+    store = _checkpoint_store(out, config) if rank == 0 else None
     return _run(run, out, config, store, quiet, resume=None)
+
+
+def distributed_rank(device: str) -> tuple[int, int]:
+    """``(rank, world_size)``: under ``torchrun`` (its WORLD_SIZE / RANK variables) the
+    process group is started once, gloo on cpu and nccl on cuda; ``(0, 1)`` otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if resolve_device(device).type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world
 
 
 def resume_run(out: str | Path, quiet: bool = False) -> dict:
@@ -119,6 +135,8 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
         >>> metrics = resume_run("runs/mine")   # after the first run was killed
     """
     out = Path(out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
     if not (out / RUN).is_file():
         raise FileNotFoundError(f"{out} holds no {RUN}: is it the --out folder of a textpipe train run?")
     run = json.loads((out / RUN).read_text(encoding="utf-8"))
@@ -146,11 +164,14 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     holdout = 0 if dev else config.data.holdout_every
 
     source = config.data.source
-    if resume is None:
+    rank, world = distributed_rank(config.train.device)
+    quiet = quiet or rank != 0
+    if resume is None:  # every rank builds the same vocabulary; rank 0 saves it
         vocab, labels, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
-        save_vocab(vocab, out / VOCAB)
         run.update(labels=labels, num_train=num_train, skipped=train_skipped, fingerprint=_fingerprint(train))
-        write_json_atomic(out / RUN, run)
+        if rank == 0:
+            save_vocab(vocab, out / VOCAB)
+            write_json_atomic(out / RUN, run)
     else:  # the vocabulary, labels and skip counts were saved before the first checkpoint
         vocab, labels, num_train = load_vocab(out / VOCAB), run["labels"], run["num_train"]
         train_skipped = run.get("skipped", {})
@@ -158,37 +179,48 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     if not quiet:
         print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
     def loader(path, part="all", training=False, num_workers=config.data.num_workers):
+        # The dataset makes whole batches (bucketed by length when training), read from the cache when there is one.
         dataset = TextClassificationDataset(
             path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
             shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
+            batch_size=config.train.batch_size if training else config.data.eval_batch_size,
+            bucket=config.data.bucket and training, cache_dir=config.data.cache_dir or None,
+            rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
         )
-        batch_size = config.train.batch_size if training else config.data.eval_batch_size
         # Its own generator, so creating a loader's iterator never draws from torch's
         # global generator (which dropout uses): a resumed run sees the same random numbers.
         return StatefulDataLoader(
-            dataset, batch_size=batch_size, collate_fn=pad_collate, num_workers=num_workers,
+            dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(config.train.seed),
         )
 
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
-    _check_free_space(out, model, config.train.keep_checkpoints)
+    if rank == 0:
+        _check_free_space(out, model, config.train.keep_checkpoints)
     dev_loader = loader(dev) if dev else loader(train, "dev")
     # Before training, so a bad dev or test row stops the run now; in skip mode, the
     # counts (the DataLoader's workers cannot report theirs). Train was counted above.
     if dev:
         skipped["dev"] = dev_loader.dataset.count_skipped()
     skipped["test"] = loader(test).dataset.count_skipped()
-    result = fit(model, loader(train, train_part, training=True), dev_loader, config.train, len(labels), num_train, quiet, checkpoints=store, resume=resume)
+    train_config = replace(config.train, device=str(device))
+    result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume)
     # No workers for the test pass: predictions then come in file order and line up with the texts.
-    summary, mistakes = score(model, loader(test, num_workers=0), labels, config.train.device, quiet)
+    summary, mistakes = score(model, loader(test, num_workers=0), labels, device, quiet)
 
-    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
-    write_json_atomic(out / CONFIG, config.to_dict())
     metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
     if source.on_bad_row == "skip":
         metrics["skipped"] = skipped
+    if rank != 0:
+        return metrics
+    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
+    write_json_atomic(out / CONFIG, config.to_dict())
     write_json_atomic(out / METRICS, metrics)
     write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
         f"Model `{config.model.name}` trained on `{train}`; best epoch {result.best_epoch} of {len(result.history)}. Scores are on the test file `{test}`.",

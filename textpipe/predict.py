@@ -1,10 +1,11 @@
 """Stage 8: texts -> labels and class probabilities, from a saved bundle.
 
-Texts are numericalized through a map-style :class:`~textpipe.dataset.TextListDataset`,
-batched by a ``DataLoader`` with the padding ``collate_fn``, and scored under
-``torch.inference_mode()``. A :class:`LengthSortedSampler` feeds the texts longest
-first, so each batch holds texts of similar length and carries little padding;
-the rows are put back in input order afterwards, so output order is input order. :meth:`Predictor.embed`
+The bulk path: all texts are tokenized in one batched pass (spaCy's ``pipe``),
+numericalized into one flat tensor with offsets, sorted by length (so a batch
+holds texts of similar length and carries little padding), cut into large
+batches by :func:`~textpipe.collate.collate_flat` (one gather per batch, no
+per-text Python) and scored under ``torch.inference_mode()``; the rows are put
+back in input order afterwards, so output order is input order. :meth:`Predictor.embed`
 returns the model's pooled sentence vectors, captured with a forward hook
 (:func:`textpipe.models.capture_pooled`).
 """
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from .bundle import Bundle, load_bundle
-from .collate import pad_collate
-from .dataset import TextListDataset
+from .collate import Batch, collate_flat
+from .vocab import UNK_ID
 from .models import capture_pooled
 from .train import predict_logits
 
@@ -74,17 +75,26 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle.labels
 
-    def probabilities(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def probabilities(self, texts: Sequence[str], batch_size: int = 2048) -> torch.Tensor:
         """Class probabilities, shape ``(len(texts), num_classes)``, columns in ``self.labels`` order."""
         if not texts:
             return torch.empty(0, len(self.labels))
-        dataset = TextListDataset(texts, self.bundle.tokenizer, self.bundle.vocab)
-        sampler = LengthSortedSampler(texts)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=pad_collate)
-        logits, _ = predict_logits(self.bundle.model, loader, self.device)
-        return sampler.restore(logits).softmax(-1)
+        order, batches = self.batches(texts, batch_size)
+        logits, _ = predict_logits(self.bundle.model, batches, self.device)
+        return _restore(order, logits).softmax(-1)
 
-    def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 256) -> list[dict]:
+    def batches(self, texts: Sequence[str], batch_size: int) -> tuple[torch.Tensor, Iterator[Batch]]:
+        """The texts numericalized in one pass, as batches of similar lengths, and the order they come in."""
+        tokenizer, vocab = self.bundle.tokenizer, self.bundle.vocab
+        ids = [vocab(tokens) or [UNK_ID] for tokens in tokenizer.pipe(texts)]
+        lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
+        offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        flat = torch.tensor([i for row in ids for i in row], dtype=torch.long)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        return order, (collate_flat(flat, offsets, order[i : i + batch_size]) for i in range(0, len(order), batch_size))
+
+    def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
         """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default)."""
         k = len(self.labels) if top_k is None else max(1, min(top_k, len(self.labels)))
         results = []
@@ -103,9 +113,14 @@ class Predictor:
         """
         if not texts:
             raise ValueError("no texts to embed")
-        dataset = TextListDataset(texts, self.bundle.tokenizer, self.bundle.vocab)
-        sampler = LengthSortedSampler(texts)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=pad_collate)
+        order, batches = self.batches(texts, batch_size)
         with capture_pooled(self.bundle.model) as vectors:
-            predict_logits(self.bundle.model, loader, self.device)
-        return sampler.restore(torch.cat(vectors).cpu())
+            predict_logits(self.bundle.model, batches, self.device)
+        return _restore(order, torch.cat(vectors).cpu())
+
+
+def _restore(order: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows that came out in ``order``, put back in input order."""
+    restored = torch.empty_like(rows)
+    restored[order] = rows
+    return restored

@@ -3,8 +3,10 @@
 One step is the classic five lines::
 
     optimizer.zero_grad()
-    logits = model(batch.ids, batch.mask)
-    loss = loss_fn(logits, batch.labels)
+    # Mixed precision on a GPU: bf16 needs no loss scaling; on cpu autocast stays off (exact, resumable results).
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.ids.is_cuda):
+        logits = model(batch.ids, batch.mask)
+        loss = loss_fn(logits.float(), batch.labels)
     loss.backward()
     optimizer.step()
 
@@ -22,6 +24,7 @@ it mid-epoch to bit-identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import sys
@@ -46,7 +49,7 @@ class TrainConfig:
     schedule: str = "linear"  # or "constant"
     patience: int = 3  # epochs without dev improvement before stopping
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # "auto": cuda when there is a GPU; on cuda, bf16 autocast, pinned memory, non-blocking copies
     checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
     keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt; 0 turns checkpoints off
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
@@ -83,6 +86,30 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def distributed_wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when a process group is running (torchrun), else ``model`` itself."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _uneven_inputs(model: nn.Module):
+    # Ranks may get one batch more or fewer in an epoch; Join lets the ranks that ran
+    # out shadow the gradient all-reduce of the others instead of hanging.
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        from torch.distributed.algorithms.join import Join
+
+        return Join([model])
+    return contextlib.nullcontext()
+
+
 def make_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
     sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse}
     sparse = [p for p in model.parameters() if id(p) in sparse_ids and p.requires_grad]
@@ -99,8 +126,10 @@ def train_step(model: nn.Module, batch: Batch, optimizers: list[torch.optim.Opti
     """One optimizer step on one batch; returns the batch's summed loss and correct count."""
     for opt in optimizers:
         opt.zero_grad()
-    logits = model(batch.ids, batch.mask)
-    loss = loss_fn(logits, batch.labels)
+    # Mixed precision on a GPU: bf16 needs no loss scaling; on cpu autocast stays off (exact, resumable results).
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.ids.is_cuda):
+        logits = model(batch.ids, batch.mask)
+        loss = loss_fn(logits.float(), batch.labels)
     loss.backward()
     for opt in optimizers:
         opt.step()
@@ -113,8 +142,9 @@ def predict_logits(model: nn.Module, loader: Iterable[Batch], device: torch.devi
     model.eval()
     logits, labels = [], []
     for batch in loader:
-        batch = batch.to(device)
-        logits.append(model(batch.ids, batch.mask).float().cpu())
+        batch = batch.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits.append(model(batch.ids, batch.mask).float().cpu())
         if batch.labels is not None:
             labels.append(batch.labels.cpu())
     if not logits:
@@ -211,8 +241,9 @@ def fit(
 
 
 def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int, num_train, quiet, checkpoints, resume) -> FitResult:
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     model.to(device)
+    train_model = distributed_wrap(model, device)  # the same parameters; evaluation uses `model` directly
     optimizers = make_optimizers(model, config)
     # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
     factor = (lambda e: 1 - e / config.epochs) if config.schedule == "linear" else (lambda e: 1.0)
@@ -240,9 +271,9 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
             model.train()
             # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
             bar = tqdm(total=num_train, initial=state.seen, desc=f"epoch {state.epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
-            with bar:
+            with bar, _uneven_inputs(train_model):
                 for batch in train_loader:
-                    loss_sum, correct = train_step(model, batch.to(device), optimizers, loss_fn)
+                    loss_sum, correct = train_step(train_model, batch.to(device, non_blocking=True), optimizers, loss_fn)
                     state.step += 1
                     state.loss_sum += loss_sum
                     state.correct += correct

@@ -1,0 +1,371 @@
+"""Speed of every stage, with fastText and TF-IDF + logistic regression timed in the same run.
+
+    make bench                         # or: .venv/bin/python bench/speed.py  (about 5-8 minutes on 2 cores)
+
+Writes ``bench/results/speed.json`` and ``bench/results/speed.md``. Data: ``mr``
+from ``../shared/datasets`` (train 9,596 rows, test 1,066), and a 1,000,000-row
+file sampled (seeded, with replacement) from the mr + subj training rows as
+``bench/memory.py`` does. Needs the ``bench`` extra (``fasttext-wheel``,
+``scikit-learn``). Timings on a shared machine are noisy: the ratios, measured
+side by side in this one run, are what count. Every process runs with one
+torch thread (``OMP_NUM_THREADS=1`` unless set): on 2 shared cores, torch's
+default of one OpenMP thread per core made training 5-10x slower whenever
+another job held a core (spinning threads wait for each other).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported; children inherit it
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from memory import sample_rows, write_sample  # noqa: E402
+
+from textpipe.collate import Batch, pad_fraction  # noqa: E402
+from textpipe.dataset import TextClassificationDataset  # noqa: E402
+from textpipe.models import ModelConfig, build_model  # noqa: E402
+from textpipe.predict import Predictor  # noqa: E402
+from textpipe.sources import read_examples  # noqa: E402
+from textpipe.tokenizer import Tokenizer  # noqa: E402
+from textpipe.train import TrainConfig, make_optimizers, train_step  # noqa: E402
+from textpipe.vocab import build_vocab  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "datasets"
+MR_TRAIN, MR_TEST = SHARED / "mr" / "train.csv", SHARED / "mr" / "test.csv"
+WORK = ROOT / "runs" / "bench_speed"
+DATA = ROOT / "data" / "bench"
+RESULTS = ROOT / "bench" / "results"
+BIG_ROWS = 1_000_000
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- tokenizing and loading -------------------------------------------------------
+
+
+def tokenizer_speed(texts: list[str]) -> dict:
+    """Tokens/s of each tokenizer alone (one process), and of a whole loader pass (read, tokenize, numericalize, collate) with 1 and 2 workers."""
+    result = {}
+    for name in ("spacy", "basic_english"):
+        tok = Tokenizer(name)
+        tok("warm up")
+        seconds, lists = timed(lambda: list(tok.pipe(texts)))
+        tokens = sum(map(len, lists))
+        vocab = build_vocab(lists)
+        entry = {"tokenizer_only_tokens_per_s": round(tokens / seconds)}
+        for workers in (1, 2):
+            ds = TextClassificationDataset(MR_TRAIN, tok, vocab, batch_size=256)
+            loader = DataLoader(ds, batch_size=None, num_workers=workers)
+            seconds, n = timed(lambda: sum(int(b.lengths.sum()) for b in loader))
+            entry[f"loader_{workers}_workers_tokens_per_s"] = round(n / seconds)
+        result[name] = entry
+    return result
+
+
+def loader_speed(tok: Tokenizer, vocab, labels: list[str], cache_dir: Path) -> dict:
+    """Training batches (32 rows) per second: tokenizing every epoch vs from the warm cache; pad fraction bucketed vs not."""
+    common = dict(labels=labels, shuffle_buffer=100_000, batch_size=32)
+    text = TextClassificationDataset(MR_TRAIN, tok, vocab, **common)
+    text_s, text_batches = timed(lambda: sum(1 for _ in text))
+    cached = TextClassificationDataset(MR_TRAIN, tok, vocab, bucket=True, cache_dir=cache_dir, **common)
+    cached_s, cached_batches = timed(lambda: sum(1 for _ in cached))
+    plain = TextClassificationDataset(MR_TRAIN, tok, vocab, cache_dir=cache_dir, **common)
+    return {
+        "text_path_batches_per_s": round(text_batches / text_s),
+        "warm_cache_bucketed_batches_per_s": round(cached_batches / cached_s),
+        "pad_fraction_unbucketed": round(pad_fraction(plain), 4),
+        "pad_fraction_bucketed": round(pad_fraction(cached), 4),
+    }
+
+
+# --- training ----------------------------------------------------------------------
+
+
+def train_rows_per_s(model_config: ModelConfig, batches, seconds_cap: float = 4.0) -> float:
+    """Rows/s of training steps over ``batches`` (an iterable, consumed), stopping after ``seconds_cap``."""
+    torch.manual_seed(0)
+    model = build_model(model_config)
+    model.train()
+    optimizers = make_optimizers(model, TrainConfig())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    rows, start = 0, time.perf_counter()
+    for batch in batches:
+        train_step(model, batch, optimizers, loss_fn)
+        rows += len(batch)
+        if time.perf_counter() - start > seconds_cap:
+            break
+    return rows / (time.perf_counter() - start)
+
+
+def cached_batches(tok, vocab, labels, cache_dir: Path, batch_size: int, epochs: int):
+    ds = TextClassificationDataset(MR_TRAIN, tok, vocab, labels, shuffle_buffer=100_000, batch_size=batch_size, bucket=True, cache_dir=cache_dir)
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        yield from ds
+
+
+def plain_recipe_batches(tok, vocab, labels, batch_size: int, epochs: int, pretokenized: bool):
+    """The tutorial recipe: a Python collate_fn turning each batch of (label, text) into tensors with pad_sequence."""
+    rows = [(ex.label, ex.text) for ex in read_examples(MR_TRAIN)]
+    index = {label: i for i, label in enumerate(labels)}
+    if pretokenized:
+        rows = [(label, vocab(tok(text)) or [1]) for label, text in rows]
+
+    def collate(batch):
+        seqs = [torch.tensor(x if pretokenized else (vocab(tok(x)) or [1]), dtype=torch.long) for _, x in batch]
+        ids = pad_sequence(seqs, batch_first=True, padding_value=0)
+        lengths = torch.tensor([len(s) for s in seqs])
+        mask = torch.arange(ids.shape[1]) < lengths[:, None]
+        return Batch(ids, lengths, mask, torch.tensor([index[label] for label, _ in batch]))
+
+    loader = DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0))
+    for _ in range(epochs):
+        yield from loader
+
+
+def training_speed(tok, vocab, labels, cache_dir: Path) -> dict:
+    base = dict(vocab_size=len(vocab), num_classes=len(labels))
+    per_model = {}
+    for name in ("bag", "cnn", "gru", "transformer"):
+        per_model[name] = round(train_rows_per_s(ModelConfig(name=name, **base), cached_batches(tok, vocab, labels, cache_dir, 32, 50), 3.0))
+        log(f"train rows/s {name}: {per_model[name]}")
+    default = ModelConfig(**base)
+    at_512 = {
+        "warm_cache": round(train_rows_per_s(default, cached_batches(tok, vocab, labels, cache_dir, 512, 50), 5.0)),
+        "plain_recipe_tokenizing": round(train_rows_per_s(default, plain_recipe_batches(tok, vocab, labels, 512, 50, False), 5.0)),
+        "plain_recipe_pretokenized": round(train_rows_per_s(default, plain_recipe_batches(tok, vocab, labels, 512, 50, True), 5.0)),
+    }
+    return {"per_model_batch_32_rows_per_s": per_model, "default_model_batch_512_rows_per_s": at_512}
+
+
+def big_file_epochs(tok) -> dict:
+    """First epoch (tokenizing the file into a fresh cache, then one pass) vs an epoch from the warm cache, on 1M rows."""
+    rows = sample_rows()
+    big = write_sample(DATA / f"train_{BIG_ROWS}.csv", rows, BIG_ROWS, seed=BIG_ROWS)
+    labels = sorted({label for label, _ in rows})
+    vocab = build_vocab(tok.pipe(text for _, text in rows))  # every sampled row is one of these
+    cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=WORK))
+    config = ModelConfig(vocab_size=len(vocab), num_classes=len(labels))
+
+    def epoch(seed: int) -> tuple[float, float]:
+        start = time.perf_counter()
+        ds = TextClassificationDataset(big, tok, vocab, labels, shuffle_buffer=100_000, batch_size=512, bucket=True, seed=seed, cache_dir=cache_dir)
+        built = time.perf_counter() - start
+        train_rows_per_s(config, iter(ds), seconds_cap=1e9)
+        return time.perf_counter() - start, built
+
+    first, build = epoch(0)
+    log(f"1M first epoch {first:.1f}s (cache build {build:.1f}s)")
+    warm, _ = epoch(1)
+    log(f"1M warm epoch {warm:.1f}s")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    return {"rows": BIG_ROWS, "batch_size": 512, "first_epoch_s": round(first, 1), "of_which_cache_build_s": round(build, 1),
+            "warm_epoch_s": round(warm, 1), "speedup": round(first / warm, 2)}
+
+
+# --- whole processes -------------------------------------------------------------
+
+
+def run_process(cmd: list[str], env: dict | None = None) -> dict:
+    """Wall time and peak RSS of a child process; its last stdout line is parsed as JSON when it is JSON."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=ROOT)
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - start
+    if child.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{stderr.decode()[-2000:]}")
+    out = {"wall_s": round(wall, 2)}
+    lines = stdout.decode().strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        out.update(json.loads(lines[-1]))
+    return out
+
+
+def rss_wrapper(cmd: list[str]) -> list[str]:
+    """The command run under a tiny Python parent that reports the child's peak RSS (ru_maxrss of its children)."""
+    code = (
+        "import json, resource, subprocess, sys\n"
+        "lines = subprocess.run(sys.argv[1:], check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()\n"
+        "out = json.loads(lines[-1]) if lines and lines[-1].startswith('{') else {}\n"
+        "out['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)\n"
+        "print(json.dumps(out))\n"
+    )
+    return [sys.executable, "-c", code, *cmd]
+
+
+FASTTEXT = """
+import csv, json, sys, tempfile, fasttext
+train, test = sys.argv[1], sys.argv[2]
+def rows(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return [(r["label"], r["text"].replace("\\n", " ")) for r in csv.DictReader(f)]
+with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+    f.writelines(f"__label__{label} {text}\\n" for label, text in rows(train))
+model = fasttext.train_supervised(input=f.name, wordNgrams=2, epoch=25, verbose=0)
+test_rows = rows(test)
+labels, _ = model.predict([text for _, text in test_rows])
+correct = sum(pred[0] == f"__label__{label}" for pred, (label, _) in zip(labels, test_rows))
+print(json.dumps({"test_accuracy": round(correct / len(test_rows), 4)}))
+"""
+
+
+def end_to_end() -> dict:
+    """``python -m textpipe train`` on mr (default config, cold cache) vs a Python process training and scoring fastText."""
+    out = {}
+    cache = WORK / "e2e-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    for label, extra in (("textpipe_default", []), ("textpipe_no_checkpoints_warm_cache", ["--keep-checkpoints", "0"])):
+        run_dir = WORK / label
+        cmd = [sys.executable, "-m", "textpipe", "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--quiet",
+               "--set", f"data.cache_dir={cache}", *extra]
+        result = run_process(rss_wrapper(cmd))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        result.pop("test", None)
+        out[label] = {**result, "test_accuracy": metrics["test"]["accuracy"], "epochs": len(metrics["history"])}
+        log(f"{label}: {out[label]}")
+    out["fasttext"] = run_process(rss_wrapper([sys.executable, "-c", FASTTEXT, str(MR_TRAIN), str(MR_TEST)]))
+    log(f"fasttext: {out['fasttext']}")
+    t, f = out["textpipe_default"], out["fasttext"]
+    out["wall_ratio_default_to_fasttext"] = round(t["wall_s"] / f["wall_s"], 2)
+    out["wall_ratio_no_checkpoints_to_fasttext"] = round(out["textpipe_no_checkpoints_warm_cache"]["wall_s"] / f["wall_s"], 2)
+    return out
+
+
+def ddp_speed() -> dict:
+    """``python -m textpipe train`` in 1 process vs ``torchrun --nproc_per_node=2`` (gloo), no checkpoints, each with a fresh cache."""
+    out = {}
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    for nproc in (1, 2):
+        run_dir, cache = WORK / f"ddp{nproc}", WORK / f"ddp-cache{nproc}"
+        shutil.rmtree(cache, ignore_errors=True)
+        launch = [sys.executable, "-m", "textpipe"] if nproc == 1 else [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "textpipe"]
+        result = run_process([*launch, "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--quiet",
+                              "--keep-checkpoints", "0", "--set", f"data.cache_dir={cache}"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        out[f"nproc_{nproc}"] = {"wall_s": result["wall_s"], "test_accuracy": metrics["test"]["accuracy"], "epochs": len(metrics["history"])}
+        log(f"ddp nproc {nproc}: {out[f'nproc_{nproc}']}")
+    one, two = out["nproc_1"], out["nproc_2"]
+    out["speedup"] = round(one["wall_s"] / two["wall_s"], 2)
+    out["accuracy_difference_points"] = round(100 * (two["test_accuracy"] - one["test_accuracy"]), 2)
+    return out
+
+
+def predict_speed(bundle_dir: Path) -> dict:
+    """Bulk predict rows/s on mr test vs TF-IDF + logistic regression; single-text latency."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    test = [ex.text for ex in read_examples(MR_TEST)]
+    predictor = Predictor.load(bundle_dir)
+    predictor.probabilities(test[:10])
+    bulk = min(timed(predictor.probabilities, test)[0] for _ in range(5))
+    train = list(read_examples(MR_TRAIN))
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=1)
+    lr = LogisticRegression(max_iter=1000).fit(vectorizer.fit_transform([ex.text for ex in train]), [ex.label for ex in train])
+    tfidf = min(timed(lambda: lr.predict(vectorizer.transform(test)))[0] for _ in range(5))
+    latencies = []
+    for text in test[:300]:
+        seconds, _ = timed(predictor.predict, [text])
+        latencies.append(seconds * 1000)
+    latencies.sort()
+    return {
+        "rows": len(test),
+        "bulk_rows_per_s": round(len(test) / bulk),
+        "tfidf_lr_rows_per_s": round(len(test) / tfidf),
+        "ratio": round(tfidf / bulk, 2),
+        "single_text_ms_p50": round(statistics.median(latencies), 3),
+        "single_text_ms_p99": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
+    }
+
+
+# --- report ------------------------------------------------------------------------
+
+
+def markdown(r: dict) -> str:
+    e, p, l, t, b = r["end_to_end"], r["predict"], r["loader"], r["training"], r["big_file"]
+    at512 = t["default_model_batch_512_rows_per_s"]
+    lines = [
+        "# textpipe speed (bench/speed.py, one run)",
+        "",
+        f"Machine: {r['machine']}. Shared with other jobs: absolute numbers are noisy, the ratios were measured side by side.",
+        "",
+        "| measure | textpipe | baseline | ratio / note |",
+        "|---|---|---|---|",
+        f"| whole train process on mr, default config (cold cache) | {e['textpipe_default']['wall_s']} s, acc {e['textpipe_default']['test_accuracy']}, {e['textpipe_default']['epochs']} epochs, peak RSS {e['textpipe_default']['peak_rss_mb']} MB | fastText (bigrams, 25 epochs): {e['fasttext']['wall_s']} s, acc {e['fasttext']['test_accuracy']}, peak RSS {e['fasttext']['peak_rss_mb']} MB | {e['wall_ratio_default_to_fasttext']}x (target <= 2x) |",
+        f"| same, --keep-checkpoints 0, warm cache | {e['textpipe_no_checkpoints_warm_cache']['wall_s']} s, acc {e['textpipe_no_checkpoints_warm_cache']['test_accuracy']}, peak RSS {e['textpipe_no_checkpoints_warm_cache']['peak_rss_mb']} MB | | {e['wall_ratio_no_checkpoints_to_fasttext']}x |",
+        f"| bulk predict rows/s (mr test, {p['rows']} rows) | {p['bulk_rows_per_s']} | TF-IDF + LR: {p['tfidf_lr_rows_per_s']} | {p['ratio']}x (target >= 1) |",
+        f"| single-text predict latency | p50 {p['single_text_ms_p50']} ms, p99 {p['single_text_ms_p99']} ms | | |",
+        f"| pad fraction, mr train, batch 32 | bucketed {l['pad_fraction_bucketed']} | unbucketed {l['pad_fraction_unbucketed']} | target <= 0.10 |",
+        f"| 1M-row epoch (bag, batch 512) | warm cache {b['warm_epoch_s']} s | first epoch {b['first_epoch_s']} s (cache build {b['of_which_cache_build_s']} s) | {b['speedup']}x (target >= 3x) |",
+        f"| default model train rows/s, batch 512 | warm cache {at512['warm_cache']} | plain recipe (pad_sequence collate_fn tokenizing) {at512['plain_recipe_tokenizing']}; pre-tokenized lists {at512['plain_recipe_pretokenized']} | {round(at512['warm_cache'] / at512['plain_recipe_tokenizing'], 2)}x / {round(at512['warm_cache'] / at512['plain_recipe_pretokenized'], 2)}x (target >= 2x) |",
+        f"| loader batches/s (batch 32, mr train) | warm cache, bucketed {l['warm_cache_bucketed_batches_per_s']} | tokenizing every epoch {l['text_path_batches_per_s']} | {round(l['warm_cache_bucketed_batches_per_s'] / l['text_path_batches_per_s'], 1)}x |",
+    ]
+    for name, s in r["tokenizers"].items():
+        lines.append(f"| tokens/s {name} | alone {s['tokenizer_only_tokens_per_s']:,} | loader pass: 1 worker {s['loader_1_workers_tokens_per_s']:,}, 2 workers {s['loader_2_workers_tokens_per_s']:,} | |")
+    per = ", ".join(f"{k} {v:,}" for k, v in t["per_model_batch_32_rows_per_s"].items())
+    lines.append(f"| train rows/s per model (batch 32, warm cache) | {per} | | |")
+    d = r["ddp"]
+    lines.append(f"| `make train NPROC=2` on mr (torchrun, gloo, no checkpoints) | 2 processes: {d['nproc_2']['wall_s']} s, acc {d['nproc_2']['test_accuracy']}, {d['nproc_2']['epochs']} epochs | 1 process: {d['nproc_1']['wall_s']} s, acc {d['nproc_1']['test_accuracy']}, {d['nproc_1']['epochs']} epochs | speed-up {d['speedup']}x; accuracy {d['accuracy_difference_points']:+} points (target within 1) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if not MR_TRAIN.is_file():
+        sys.exit(f"needs the benchmark datasets in {SHARED}")
+    WORK.mkdir(parents=True, exist_ok=True)
+    DATA.mkdir(parents=True, exist_ok=True)
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads",
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    log("end to end")
+    result["end_to_end"] = end_to_end()
+    log("ddp")
+    result["ddp"] = ddp_speed()
+    log("predict")
+    result["predict"] = predict_speed(WORK / "textpipe_default")
+    texts = [ex.text for ex in read_examples(MR_TRAIN)]
+    log("tokenizers")
+    result["tokenizers"] = tokenizer_speed(texts)
+    tok = Tokenizer("spacy")
+    vocab = build_vocab(tok.pipe(texts))
+    labels = sorted({ex.label for ex in read_examples(MR_TRAIN)})
+    cache_dir = WORK / "bench-cache"
+    log("loader")
+    result["loader"] = loader_speed(tok, vocab, labels, cache_dir)
+    log("training")
+    result["training"] = training_speed(tok, vocab, labels, cache_dir)
+    log("1M rows")
+    result["big_file"] = big_file_epochs(tok)
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "speed.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The numericalized cache and length-bucketed batches: same rows as the text path, less padding."""
+
+import collections
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from conftest import make_rows, write_csv
+from textpipe.cache import NumericCache
+from textpipe.collate import collate_flat, pad_collate, pad_fraction
+from textpipe.dataset import TextClassificationDataset
+from textpipe.sources import SourceConfig
+from textpipe.tokenizer import Tokenizer
+from textpipe.vocab import build_vocab
+
+
+@pytest.fixture
+def toy(tmp_path):
+    rows = make_rows(300, seed=4)
+    rows[7] = ("pos", "...")  # no word the vocabulary knows: [<unk>] on both paths
+    path = write_csv(tmp_path / "train.csv", rows)
+    tok = Tokenizer("spacy")
+    vocab = build_vocab(tok(t) for _, t in rows[:200])  # rows 200+ have unseen words too
+    return path, tok, vocab
+
+
+def pairs(items):
+    return [(ids.tolist(), label) for ids, label in items]
+
+
+@pytest.mark.parametrize("part", ["train", "dev"])
+def test_cache_gives_the_text_paths_rows(toy, tmp_path, part):
+    path, tok, vocab = toy
+    kwargs = dict(labels=["neg", "pos"], holdout_every=5, part=part)
+    text = TextClassificationDataset(path, tok, vocab, **kwargs)
+    cached = TextClassificationDataset(path, tok, vocab, cache_dir=tmp_path / "cache", **kwargs)
+    assert cached.cache is not None and len(cached.cache) > 0
+    assert pairs(cached) == pairs(text)
+
+
+def test_cache_is_reused_and_keyed_by_file_and_vocab(toy, tmp_path):
+    path, tok, vocab = toy
+    first = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+    again = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+    assert again.cache.folder == first.cache.folder
+    other_vocab = build_vocab(tok(t) for _, t in make_rows(50, seed=9))
+    other = TextClassificationDataset(path, tok, other_vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+    assert other.cache.folder != first.cache.folder
+    write_csv(path, make_rows(300, seed=5))  # the file changed: a new cache with its rows
+    changed = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+    assert changed.cache.folder != first.cache.folder
+    assert pairs(changed) == pairs(TextClassificationDataset(path, tok, vocab, ["neg", "pos"]))
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_warm_cache_reads_no_text(toy, tmp_path, monkeypatch):
+    path, tok, vocab = toy
+    TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+    warm = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c", batch_size=16, bucket=True, shuffle_buffer=64)
+
+    def no_text(*args, **kwargs):
+        raise AssertionError("a warm cache must not read or tokenize text")
+
+    monkeypatch.setattr(TextClassificationDataset, "examples", no_text)
+    monkeypatch.setattr(Tokenizer, "__call__", no_text)
+    monkeypatch.setattr(Tokenizer, "pipe", no_text)
+    assert sum(len(b) for b in warm) == 300
+
+
+def test_cache_keeps_bad_row_skipping(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("label,text\npos,good fun\nneg\nneg,a bore\nodd,what label\npos,great\n", encoding="utf-8")
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab([["good", "fun", "a", "bore", "great"]])
+    source = SourceConfig(on_bad_row="skip")
+    text = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], source=source)
+    cached = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], source=source, cache_dir=tmp_path / "c")
+    assert pairs(cached) == pairs(text) and len(pairs(text)) == 3
+    assert cached.count_skipped() == text.count_skipped() and sum(text.count_skipped().values()) == 2
+
+
+def test_collate_flat_matches_pad_collate():
+    seqs = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10])]
+    flat, offsets = torch.cat(seqs).int(), torch.tensor([0, 3, 4, 6])
+    labels = torch.tensor([1, 0, 1])
+    fast = collate_flat(flat, offsets, torch.tensor([2, 0, 1]), labels)
+    slow = pad_collate([(seqs[2], 1), (seqs[0], 1), (seqs[1], 0)])
+    for name in ("ids", "lengths", "mask", "labels"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    assert fast.ids.dtype == torch.long
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_bucketed_batches_every_row_once_across_workers_and_ranks(toy, tmp_path, cached):
+    path, tok, vocab = toy
+    seen = []
+    for rank in range(2):
+        ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=64, batch_size=16, bucket=True,
+                                       rank=rank, world_size=2, cache_dir=tmp_path / "c" if cached else None)
+        for batch in DataLoader(ds, batch_size=None, num_workers=2):
+            seen += [tuple(row[:n].tolist()) for row, n in zip(batch.ids, batch.lengths)]
+    everything = [tuple(ids.tolist()) for ids, _ in TextClassificationDataset(path, tok, vocab, ["neg", "pos"])]
+    assert collections.Counter(seen) == collections.Counter(everything)
+
+
+def test_bucketing_cuts_padding(toy, tmp_path):
+    path, tok, vocab = toy
+    common = dict(labels=["neg", "pos"], shuffle_buffer=300, batch_size=16, cache_dir=tmp_path / "c")
+    plain = pad_fraction(TextClassificationDataset(path, tok, vocab, **common))
+    bucketed = pad_fraction(TextClassificationDataset(path, tok, vocab, bucket=True, **common))
+    assert bucketed < plain / 3, (bucketed, plain)
+
+
+def test_bucketed_stream_resumes_mid_epoch(toy, tmp_path):
+    path, tok, vocab = toy
+    def loader():
+        ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=64, batch_size=8, bucket=True, seed=3, cache_dir=tmp_path / "c")
+        ds.set_epoch(2)
+        return StatefulDataLoader(ds, batch_size=None, num_workers=2)
+    full = [b.ids for b in loader()]
+    first = loader()
+    it = iter(first)
+    head = [next(it).ids for _ in range(11)]
+    state = first.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    tail = [b.ids for b in resumed]
+    assert len(head) + len(tail) == len(full)
+    assert all(torch.equal(a, b) for a, b in zip(head + tail, full))
+
+
+def test_cache_pickles_as_its_folder(toy, tmp_path):
+    import pickle
+    path, tok, vocab = toy
+    cache = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c").cache
+    assert len(pickle.dumps(cache)) < 2000
+    back = pickle.loads(pickle.dumps(cache))
+    assert isinstance(back, NumericCache) and torch.equal(back.ids_of(3), cache.ids_of(3))
+
+
+def test_pad_fraction_counts_pad_positions():
+    batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
+    assert pad_fraction([batch]) == pytest.approx(2 / 6)
+
+
+def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch):
+    from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+    from textpipe.train import TrainConfig, resolve_device
+
+    train, test, _ = toy_files
+    config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731
+    first = train_files(train, test, tmp_path / "run1", config=config(str(tmp_path / "c")), quiet=True)
+    caches = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert len(caches) == 3  # train part, held-out dev part, test
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("a warm cache must not be rebuilt")
+
+    monkeypatch.setattr(TextClassificationDataset, "_encoded_rows", no_tokenizing)
+    second = train_files(train, test, tmp_path / "run2", config=config(str(tmp_path / "c")), quiet=True)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == caches
+    assert second["test"] == first["test"]
+    monkeypatch.undo()
+    uncached = train_files(train, test, tmp_path / "run3", config=config(False), quiet=True)
+    assert uncached["test"] == first["test"]  # the cache changes where ids come from, not what they are
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

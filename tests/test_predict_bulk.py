@@ -1,0 +1,25 @@
+"""The bulk predict path gives each text the probabilities it gets alone, in input order."""
+
+import torch
+
+from conftest import make_rows
+from textpipe.bundle import save_bundle
+from textpipe.models import ModelConfig, build_model
+from textpipe.predict import Predictor
+from textpipe.tokenizer import Tokenizer
+from textpipe.vocab import build_vocab
+
+
+def test_bulk_probabilities_match_one_text_at_a_time(tmp_path):
+    texts = [text for _, text in make_rows(300, seed=6)] + ["", "zzz unseen words", "great"]
+    tok = Tokenizer("spacy")
+    vocab = build_vocab(tok(t) for t in texts[:200])
+    for name in ("bag", "cnn"):
+        config = ModelConfig(name=name, vocab_size=len(vocab), num_classes=2, ngram_buckets=64, kernel_sizes=(2, 3))
+        torch.manual_seed(0)
+        save_bundle(tmp_path / name, build_model(config), vocab, tok, ["neg", "pos"], config)
+        predictor = Predictor.load(tmp_path / name)
+        bulk = predictor.probabilities(texts, batch_size=64)
+        alone = torch.cat([predictor.probabilities([t]) for t in texts])
+        assert torch.allclose(bulk, alone, atol=1e-5), name
+        assert predictor.embed(texts, batch_size=7).shape[0] == len(texts)

@@ -1,0 +1,134 @@
+"""Tokenize once: a numericalized copy of a data file, memory-mapped from disk.
+
+A cache holds every row of one dataset part as token ids: one flat ``int32`` file
+(``ids.i32``) with all rows end to end, ``offsets.i64`` (row ``r`` is
+``ids[offsets[r]:offsets[r + 1]]``), ``labels.i64`` (label indices, -1 without
+labels) and ``meta.json`` (row count, the rows skipped by reason, the key's parts).
+Its folder is named by a key: the sha256 of the data file's bytes and of
+everything that decides the ids (tokenizer, vocabulary, labels, the part and the
+source settings), so a changed file, tokenizer or vocabulary gets a new cache
+and a stale one is never read. It is written to a temporary folder and renamed
+into place, so a killed run leaves no half-written cache. Later epochs and later
+runs read the ids through ``numpy.memmap``: no text is read and nothing is tokenized.
+This module knows arrays and files only (no tokenizer, no vocabulary).
+
+Example:
+    >>> key = cache_key("train.csv", {"tokenizer": "spacy", "vocab": vocab_hash})
+    >>> cache = NumericCache.load("data/cache", key) or write_cache("data/cache", key, rows, {})
+    >>> cache.ids_of(0), cache.labels[0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+FORMAT = 1  # bump when the layout changes, so old caches are not read
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tokens_sha256(tokens: Sequence[str]) -> str:
+    """A hash of a vocabulary's tokens in id order (what makes its ids)."""
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def cache_key(path: str | Path, parts: dict) -> str:
+    """The key of the cache of ``path`` read with the settings in ``parts`` (JSON-serializable)."""
+    described = json.dumps({"format": FORMAT, "file": file_sha256(path), **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(described.encode("utf-8")).hexdigest()[:32]
+
+
+class NumericCache:
+    """The token ids, offsets and labels of one cached dataset part, memory-mapped.
+
+    Pickles as its folder alone, so DataLoader workers map the files themselves
+    instead of receiving a copy of the arrays.
+
+    Example:
+        >>> cache = NumericCache.load("data/cache", key)
+        >>> len(cache), cache.ids_of(3)
+        (8530, tensor([  12,  907,    4], dtype=torch.int32))
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text(encoding="utf-8"))
+        self._open()
+
+    def _open(self) -> None:
+        n = self.meta["rows"]
+        # mode "c" (copy-on-write) gives writable arrays, so torch.from_numpy does not warn; nothing is written back.
+        self.offsets = torch.from_numpy(np.memmap(self.folder / "offsets.i64", dtype=np.int64, mode="c", shape=(n + 1,)))
+        self.labels = torch.from_numpy(np.memmap(self.folder / "labels.i64", dtype=np.int64, mode="c", shape=(n,))) if n else torch.empty(0, dtype=torch.long)
+        total = int(self.offsets[-1])
+        self.ids = torch.from_numpy(np.memmap(self.folder / "ids.i32", dtype=np.int32, mode="c", shape=(total,))) if total else torch.empty(0, dtype=torch.int32)
+
+    @classmethod
+    def load(cls, root: str | Path, key: str) -> "NumericCache | None":
+        folder = Path(root) / key
+        return cls(folder) if (folder / "meta.json").is_file() else None
+
+    def __len__(self) -> int:
+        return self.meta["rows"]
+
+    def ids_of(self, row: int) -> torch.Tensor:
+        return self.ids[int(self.offsets[row]) : int(self.offsets[row + 1])]
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __getstate__(self) -> dict:
+        return {"folder": self.folder, "meta": self.meta}
+
+    def __setstate__(self, state: dict) -> None:
+        self.folder, self.meta = state["folder"], state["meta"]
+        self._open()
+
+
+def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], int]], meta: dict) -> NumericCache:
+    """Write ``(ids, label_index)`` rows (label -1 when there is none) as the cache ``key`` under ``root``.
+
+    Atomic: the files go to a temporary folder that is renamed into place; when
+    another process finished the same cache first, its copy is kept.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        n, total = 0, 0
+        offsets, labels = [0], []
+        with open(tmp / "ids.i32", "wb") as ids_file:
+            for ids, label in rows:
+                array = np.asarray(ids, dtype=np.int32)
+                ids_file.write(array.tobytes())
+                total += len(array)
+                offsets.append(total)
+                labels.append(label)
+                n += 1
+        np.asarray(offsets, dtype=np.int64).tofile(tmp / "offsets.i64")
+        np.asarray(labels, dtype=np.int64).tofile(tmp / "labels.i64")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "rows": n, "tokens": total}, indent=1), encoding="utf-8")
+        try:
+            os.rename(tmp, root / key)
+        except OSError:  # the same cache appeared meanwhile (another run or rank): use that one
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return NumericCache(root / key)
