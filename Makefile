@@ -16,7 +16,7 @@ FORMAT ?= json
 REPORT ?=
 ARGS   ?=
 
-.PHONY: help venv train predict evaluate info test clean bench-memory
+.PHONY: help venv train predict evaluate info test clean bench-memory bench-accuracy
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -65,3 +65,7 @@ clean:  ## remove the venv and trained runs (keeps the data cache)
 
 bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
 	OMP_NUM_THREADS=1 $(PY) bench/memory.py
+
+bench-accuracy: $(STAMP)  ## textpipe default + best vs fastText and TF-IDF+LR on every dataset -> bench/results/accuracy.{json,md}
+	$(PY) -m pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(PY) bench/accuracy.py $(ARGS)
