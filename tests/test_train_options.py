@@ -85,7 +85,7 @@ def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
 def test_without_warmup_the_linear_schedule_still_steps_per_epoch(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(n_batches=3)
-    fit(small_bag(), batches, batches, TrainConfig(epochs=2, lr=0.01, patience=5), num_classes=2, quiet=True)
+    fit(small_bag(), batches, batches, TrainConfig(epochs=2, lr=0.01, schedule="linear", patience=5), num_classes=2, quiet=True)
     assert [s["lrs"][0] for s in seen] == pytest.approx([0.01] * 3 + [0.005] * 3)
 
 
