@@ -19,7 +19,7 @@ NPROC  ?= 1
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train predict evaluate info test clean bench-memory bench
+.PHONY: help venv train predict evaluate info test clean bench-memory bench bench-accuracy
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -62,7 +62,7 @@ info: $(STAMP)  ## describe the bundle in MODEL (labels, metrics, versions, weig
 	@$(PY) -m textpipe info $(MODEL) $(ARGS)
 
 test: $(STAMP)  ## run the test suite
-	$(PY) -m pytest -q $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
 
 clean:  ## remove the venv and trained runs (keeps the data cache)
 	rm -rf $(VENV) runs
@@ -73,3 +73,7 @@ bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/res
 bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR -> bench/results/speed.json + speed.md (about 8 min)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/speed.py
+
+bench-accuracy: $(STAMP)  ## textpipe default + best vs fastText and TF-IDF+LR on every dataset -> bench/results/accuracy.{json,md}
+	$(PY) -m pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(PY) bench/accuracy.py $(ARGS)

@@ -135,3 +135,18 @@ def test_config_rejects_bad_shapes():
         build_model(small_config("transformer", num_heads=5))
     with pytest.raises(ValueError, match="kernel_sizes"):
         build_model(small_config("cnn", kernel_sizes=()))
+
+
+def test_bag_trigrams_keep_padding_out_and_add_one_row_per_real_trigram():
+    torch.manual_seed(0)
+    model = build_model(small_config("bag", max_ngram=3)).eval()
+    batch = pad_collate([torch.tensor([5, 9, 12, 3]), torch.tensor([4, 6]), torch.tensor([7])])
+    ids, mask = model.add_ngrams(batch.ids, batch.mask)
+    assert mask.sum(1).tolist() == [4 + 3 + 2, 2 + 1 + 0, 1]  # words + bigrams + trigrams
+    assert (ids[mask] >= 0).all() and (ids[mask] < VOCAB + 256).all()
+    bigrams_only = build_model(small_config("bag", max_ngram=2)).add_ngrams(batch.ids, batch.mask)
+    assert torch.equal(ids[:, : bigrams_only[0].shape[1]], bigrams_only[0]), "the bigram rows do not move"
+    with torch.no_grad():
+        base = model(batch.ids, batch.mask)
+        for extra in (1, 3, 20):
+            torch.testing.assert_close(model(*with_padding(batch.ids, batch.mask, extra)), base, atol=1e-5, rtol=0)

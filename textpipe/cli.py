@@ -75,6 +75,11 @@ OVERRIDES = {
     "lr": ("train", "lr"),
     "patience": ("train", "patience"),
     "seed": ("train", "seed"),
+    "warmup": ("train", "warmup"),
+    "grad_clip": ("train", "grad_clip"),
+    "label_smoothing": ("train", "label_smoothing"),
+    "class_weights": ("train", "class_weights"),
+    "vectors": ("data", "vectors"),
     "device": ("train", "device"),
     "num_workers": ("data", "num_workers"),
     "checkpoint_every": ("train", "checkpoint_every"),
@@ -141,6 +146,11 @@ def add_train(sub) -> None:
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {TrainConfig.lr})")
     conf.add_argument("--patience", type=int, default=S, help=f"epochs without dev improvement before stopping (default: {TrainConfig.patience})")
     conf.add_argument("--seed", type=int, default=S, help=f"random seed (default: {TrainConfig.seed})")
+    conf.add_argument("--warmup", type=float, default=S, help="fraction of all steps with a linear lr warmup; makes the schedule per step (default: 0)")
+    conf.add_argument("--grad-clip", type=float, default=S, help="max total gradient norm, 0 = off (default: 0)")
+    conf.add_argument("--label-smoothing", type=float, default=S, help="label smoothing of the training loss (default: 0)")
+    conf.add_argument("--class-weights", choices=["none", "balanced"], default=S, help="'balanced' weighs class c by n / (k * count_c) (default: none)")
+    conf.add_argument("--vectors", default=S, help="a local GloVe / word2vec text file for the word embeddings (model.embed_dim must match)")
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {TrainConfig.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
@@ -287,6 +297,9 @@ def build_config(d: dict, source: str):
         raise UsageError(f"{source}: {err}") from None
 
 
+OPTIONAL_PATHS = {"vectors"}  # optional config values that are strings, not ints
+
+
 def check_type(section: str, key: str, value, defaults, source: str) -> None:
     """A config value must have its field's type (an int is a fine float; a bool is not an int)."""
     if not hasattr(defaults, key):
@@ -294,7 +307,9 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     default = getattr(defaults, key)
     if is_dataclass(default) and isinstance(value, dict):
         return  # a nested table such as [data.source]: its own from_dict checks it
-    if default is None:  # e.g. data.max_size: optional int
+    if default is None and key in OPTIONAL_PATHS:  # e.g. data.vectors: optional file name
+        ok = isinstance(value, str)
+    elif default is None:  # e.g. data.max_size: optional int
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -305,7 +320,7 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        expected = "a list of integers" if isinstance(default, tuple) else type(default).__name__ if default is not None else "int"
+        expected = "a list of integers" if isinstance(default, tuple) else type(default).__name__ if default is not None else "str" if key in OPTIONAL_PATHS else "int"
         raise UsageError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
 
 

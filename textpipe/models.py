@@ -27,7 +27,8 @@ class ModelConfig:
     vocab_size: int = 0  # from the vocabulary
     num_classes: int = 0  # from the labels
     embed_dim: int = 64
-    ngram_buckets: int = 2**18  # hashed word-bigram rows added to the table; 0 = unigrams only
+    ngram_buckets: int = 2**18  # hashed word-n-gram rows added to the table; 0 = unigrams only
+    max_ngram: int = 2  # bag: hashed n-grams of 2 .. max_ngram words (fastText's wordNgrams)
     dropout: float = 0.3  # on the pooled vector
     token_dropout: float = 0.3  # training only: each word / bigram is left out of the mean with this probability
     # The fields below are read by the cnn, gru and transformer models only; "bag" ignores them.
@@ -94,6 +95,8 @@ class BagOfNgrams(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         check_sizes(config)
+        if config.max_ngram < 1:
+            raise ValueError(f"max_ngram must be >= 1, got {config.max_ngram}")
         self.config = config
         rows = config.vocab_size + config.ngram_buckets
         self.embedding = nn.Embedding(rows, config.embed_dim, padding_idx=0, sparse=True)
@@ -106,21 +109,28 @@ class BagOfNgrams(nn.Module):
             self.embedding.weight[0].zero_()
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ids, mask = self.add_bigrams(ids, mask)  # (B, T') with T' = 2T - 1
+        ids, mask = self.add_ngrams(ids, mask)  # (B, T'): T words, T-1 bigrams, T-2 trigrams, ...
         if self.training and self.config.token_dropout > 0:
             mask = mask & (torch.rand(mask.shape, device=mask.device) >= self.config.token_dropout)
         x = self.embedding(ids.masked_fill(~mask, 0))  # (B, T', D)
         pooled = self.pool(x, mask)  # (B, D)
         return self.head(self.dropout(pooled))  # (B, C)
 
-    def add_bigrams(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        buckets = self.config.ngram_buckets
-        if buckets == 0 or ids.shape[1] < 2:
-            return ids, mask
-        left, right = ids[:, :-1], ids[:, 1:]
-        bigrams = self.config.vocab_size + (left * 1_000_003 + right) % buckets  # (B, T-1)
-        both = mask[:, :-1] & mask[:, 1:]
-        return torch.cat([ids, bigrams], 1), torch.cat([mask, both], 1)
+    def add_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the hashed rows of every n-gram (n = 2 .. max_ngram) whose words are all real."""
+        buckets, T = self.config.ngram_buckets, ids.shape[1]
+        all_ids, all_mask = [ids], [mask]
+        for n in range(2, self.config.max_ngram + 1) if buckets else ():
+            if T < n:
+                break
+            code, real = ids[:, : T - n + 1], mask[:, : T - n + 1]  # (B, T-n+1)
+            for k in range(1, n):
+                # int64 arithmetic wraps on overflow (n >= 4), which is harmless in a hash.
+                code = code * 1_000_003 + ids[:, k : T - n + 1 + k]
+                real = real & mask[:, k : T - n + 1 + k]
+            all_ids.append(self.config.vocab_size + code % buckets)
+            all_mask.append(real)
+        return torch.cat(all_ids, 1), torch.cat(all_mask, 1)
 
 
 class TextCNN(nn.Module):

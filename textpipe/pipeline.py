@@ -39,6 +39,7 @@ from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
+from .vectors import load_into_embedding
 from .vocab import build_vocab, load_vocab, save_vocab
 
 METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
@@ -56,6 +57,7 @@ class DataConfig:
     bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
     cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
+    vectors: str | None = None  # a GloVe / word2vec text file: initialises the embedding's word rows (no download)
 
     def __post_init__(self) -> None:
         if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
@@ -167,13 +169,15 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     rank, world = distributed_rank(config.train.device)
     quiet = quiet or rank != 0
     if resume is None:  # every rank builds the same vocabulary; rank 0 saves it
-        vocab, labels, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
-        run.update(labels=labels, num_train=num_train, skipped=train_skipped, fingerprint=_fingerprint(train))
+        vocab, label_counts, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
+        labels = sorted(label_counts)
+        run.update(labels=labels, label_counts=label_counts, num_train=num_train, skipped=train_skipped, fingerprint=_fingerprint(train))
         if rank == 0:
             save_vocab(vocab, out / VOCAB)
             write_json_atomic(out / RUN, run)
     else:  # the vocabulary, labels and skip counts were saved before the first checkpoint
         vocab, labels, num_train = load_vocab(out / VOCAB), run["labels"], run["num_train"]
+        label_counts = run.get("label_counts", {})
         train_skipped = run.get("skipped", {})
     skipped = {"train": train_skipped}
     if not quiet:
@@ -201,6 +205,13 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
 
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
+    if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
+        coverage = load_into_embedding(model.embedding, vocab, config.data.vectors)
+        run["vectors"] = coverage.to_dict()
+        if rank == 0:
+            write_json_atomic(out / RUN, run)
+        if not quiet:
+            print(coverage.describe(), file=sys.stderr)
     if rank == 0:
         _check_free_space(out, model, config.train.keep_checkpoints)
     dev_loader = loader(dev) if dev else loader(train, "dev")
@@ -210,7 +221,8 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         skipped["dev"] = dev_loader.dataset.count_skipped()
     skipped["test"] = loader(test).dataset.count_skipped()
     train_config = replace(config.train, device=str(device))
-    result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume)
+    result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
+                 class_counts=[label_counts.get(label, 0) for label in labels])
     # No workers for the test pass: predictions then come in file order and line up with the texts.
     summary, mistakes = score(model, loader(test, num_workers=0), labels, device, quiet)
 
@@ -230,7 +242,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
 
 def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool):
     """One streaming pass over the training file: the vocabulary (of the training part),
-    the sorted labels, the number of training rows, and the rows skipped by reason."""
+    the rows per label (held-out rows included), the number of training rows, and the rows skipped by reason."""
     tally = _Tally()
     skipped: dict[str, int] = {}
     rows = read_examples(train, config=data.source, skipped=skipped)
@@ -238,7 +250,7 @@ def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer
     labels = sorted(tally.labels)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
-    return vocab, labels, tally.training_rows, skipped
+    return vocab, dict(sorted(tally.labels.items())), tally.training_rows, skipped
 
 
 def _prepare_output(out: Path) -> None:

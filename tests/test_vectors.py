@@ -1,0 +1,91 @@
+"""Pretrained vectors from a local GloVe / word2vec text file (no download)."""
+
+import json
+
+import pytest
+import torch
+
+from textpipe.models import ModelConfig, build_model
+from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+from textpipe.tokenizer import TokenizerConfig
+from textpipe.train import TrainConfig
+from textpipe.vectors import load_into_embedding, load_vectors, vectors_for_vocab
+from textpipe.vocab import vocab_from_tokens
+
+WORDS = {"good": [1.0, 2.0, 3.0, 4.0], "bad": [-1.0, -2.0, -3.0, -4.0], "film": [0.5, 0.5, 0.5, 0.5]}
+
+
+def write_vectors(path, words=WORDS, header=False):
+    lines = [f"{len(words)} {len(next(iter(words.values())))}"] if header else []
+    lines += [" ".join([w, *map(str, v)]) for w, v in words.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("header", [False, True], ids=["glove", "word2vec-header"])
+def test_reads_a_local_file_and_caches_it_beside_it(tmp_path, header):
+    path = write_vectors(tmp_path / "vecs.txt", header=header)
+    vectors = load_vectors(path)
+    assert vectors.dim == 4 and sorted(vectors.itos) == sorted(WORDS)
+    assert (tmp_path / "vecs.txt.pt").is_file(), "torchtext saves its parsed table next to the file"
+    assert load_vectors(path).vectors.tolist() == vectors.vectors.tolist()
+
+
+def test_a_changed_file_is_read_again_not_served_from_a_stale_cache(tmp_path):
+    path = write_vectors(tmp_path / "vecs.txt")
+    load_vectors(path)
+    write_vectors(path, {"good": [9.0, 9.0, 9.0, 9.0], "new": [1.0, 1.0, 1.0, 1.0]})
+    import os
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert sorted(load_vectors(path).itos) == ["good", "new"]
+
+
+def test_word_rows_get_the_vectors_and_coverage_is_counted(tmp_path):
+    path = write_vectors(tmp_path / "vecs.txt")
+    vocab = vocab_from_tokens(["<pad>", "<unk>", "good", "Film", "plot", "bad"])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2, embed_dim=4, ngram_buckets=16))
+    before = model.embedding.weight.detach().clone()
+    coverage = load_into_embedding(model.embedding, vocab, path)
+    assert (coverage.found, coverage.total, coverage.dim) == (3, 4, 4)  # "Film" found lower-cased, "plot" not
+    assert "3 of 4 vocabulary tokens found (75.0 %)" in coverage.describe()
+    w = model.embedding.weight.detach()
+    assert w[vocab["good"]].tolist() == WORDS["good"]
+    assert w[vocab["Film"]].tolist() == WORDS["film"]
+    assert w[vocab["bad"]].tolist() == WORDS["bad"]
+    for untouched in (0, 1, vocab["plot"]):  # <pad>, <unk>, a word the file lacks
+        assert torch.equal(w[untouched], before[untouched])
+    assert torch.equal(w[len(vocab):], before[len(vocab):]), "hashed n-gram rows keep their initialisation"
+    table, found = vectors_for_vocab(vocab, load_vectors(path))
+    assert found.tolist() == [False, False, True, True, False, True]
+
+
+def test_a_dimension_mismatch_or_a_missing_file_is_a_clear_error(tmp_path):
+    path = write_vectors(tmp_path / "vecs.txt")
+    vocab = vocab_from_tokens(["<pad>", "<unk>", "good"])
+    model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2, embed_dim=8))
+    with pytest.raises(ValueError, match="4 dimensions but the model's embed_dim is 8"):
+        load_into_embedding(model.embedding, vocab, path)
+    with pytest.raises(FileNotFoundError, match="no such vectors file"):
+        load_vectors(tmp_path / "missing.txt")
+    (tmp_path / "ragged.txt").write_text("a 1 2 3\nb 1 2 3 4\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="ragged.txt"):
+        load_vectors(tmp_path / "ragged.txt")
+
+
+def test_training_with_vectors_reports_coverage_and_starts_from_them(toy_files, tmp_path):
+    train, dev, test = toy_files
+    words = {w: [float(i), 1.0, -1.0, 0.5] for i, w in enumerate(["good", "great", "bad", "awful", "movie"])}
+    path = write_vectors(tmp_path / "vecs.txt", words)
+    config = PipelineConfig(
+        tokenizer=TokenizerConfig("whitespace"),
+        data=DataConfig(vectors=str(path)),
+        model=ModelConfig(name="cnn", embed_dim=4, hidden_dim=8),
+        train=TrainConfig(epochs=1, keep_checkpoints=0),
+    )
+    metrics = train_files(train, test, tmp_path / "run", dev=dev, config=config, quiet=True)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["vectors"]["found"] == 5 and run["vectors"]["dim"] == 4
+    assert run["vectors"]["total"] > 5
+    assert metrics["test"]["n"] == 100
