@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
+from array import array
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,11 +75,25 @@ class NumericCache:
 
     def _open(self) -> None:
         n = self.meta["rows"]
-        # mode "c" (copy-on-write) gives writable arrays, so torch.from_numpy does not warn; nothing is written back.
-        self.offsets = torch.from_numpy(np.memmap(self.folder / "offsets.i64", dtype=np.int64, mode="c", shape=(n + 1,)))
-        self.labels = torch.from_numpy(np.memmap(self.folder / "labels.i64", dtype=np.int64, mode="c", shape=(n,))) if n else torch.empty(0, dtype=torch.long)
-        total = int(self.offsets[-1])
-        self.ids = torch.from_numpy(np.memmap(self.folder / "ids.i32", dtype=np.int32, mode="c", shape=(total,))) if total else torch.empty(0, dtype=torch.int32)
+        self._maps: list[mmap.mmap] = []
+        self.offsets = self._map("offsets.i64", np.int64, n + 1)
+        self.labels = self._map("labels.i64", np.int64, n)
+        self.ids = self._map("ids.i32", np.int32, int(self.offsets[-1]))
+
+    def _map(self, name: str, dtype, count: int) -> torch.Tensor:
+        if count == 0:
+            return torch.from_numpy(np.empty(0, dtype))
+        with open(self.folder / name, "rb") as f:
+            # ACCESS_COPY (copy-on-write) gives a writable buffer, so torch.from_numpy does not warn; nothing is written back.
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        self._maps.append(mapped)
+        return torch.from_numpy(np.frombuffer(mapped, dtype=dtype, count=count))
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process's memory (the OS keeps them
+        in its file cache), so reading a large cache does not grow the process."""
+        for mapped in self._maps:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     @classmethod
     def load(cls, root: str | Path, key: str) -> "NumericCache | None":
@@ -112,17 +128,17 @@ def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], 
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         n, total = 0, 0
-        offsets, labels = [0], []
+        offsets, labels = array("q", [0]), array("q")  # 8 bytes a row, not a Python int each
         with open(tmp / "ids.i32", "wb") as ids_file:
             for ids, label in rows:
-                array = np.asarray(ids, dtype=np.int32)
-                ids_file.write(array.tobytes())
-                total += len(array)
+                row_ids = np.asarray(ids, dtype=np.int32)
+                ids_file.write(row_ids.tobytes())
+                total += len(row_ids)
                 offsets.append(total)
                 labels.append(label)
                 n += 1
-        np.asarray(offsets, dtype=np.int64).tofile(tmp / "offsets.i64")
-        np.asarray(labels, dtype=np.int64).tofile(tmp / "labels.i64")
+        np.frombuffer(offsets, dtype=np.int64).tofile(tmp / "offsets.i64")
+        np.frombuffer(labels, dtype=np.int64).tofile(tmp / "labels.i64")
         (tmp / "meta.json").write_text(json.dumps({**meta, "rows": n, "tokens": total}, indent=1), encoding="utf-8")
         try:
             os.rename(tmp, root / key)

@@ -297,6 +297,8 @@ class ShardStream:
                 self.taken += 1
                 yield unit
             self.block_start, self.block, self.taken, self.reader_at = next_start, self.block + 1, 0, next_reader_at
+            if ds.cache is not None:
+                ds.cache.release()  # memory stays one block's worth, however long the file
 
 
 class TextListDataset(Dataset):
