@@ -102,8 +102,12 @@ def test_any_bytes_raise_nothing_but_data_error(tmp_path, data, suffix):
 @SETTINGS
 @given(text=st.text(max_size=200), name=st.sampled_from(TOKENIZERS), lower=st.booleans())
 def test_tokenizers_take_any_string(text, name, lower):
-    tokens = Tokenizer(name, lower=lower)(text)
+    tokenizer = Tokenizer(name, lower=lower)
+    tokens = tokenizer(text)
     assert isinstance(tokens, list) and all(isinstance(t, str) and t for t in tokens)
+    if name == "spacy":  # a text's tokens are its whitespace chunks' spaCy tokens, memo warm or cold
+        by_chunk = [t for chunk in text.split() for t in tokenizer.spacy_tokens(chunk)]
+        assert tokens == tokenizer(text) == by_chunk
 
 
 id_lists = st.lists(st.lists(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=30), min_size=1, max_size=16)

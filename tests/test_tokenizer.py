@@ -18,7 +18,41 @@ def test_batched_pipe_matches_single_calls():
     texts = ["Don't stop!", "U.S. films aren't bad.", "émigré café"]
     for name in ("spacy", "basic_english", "whitespace"):
         tok = Tokenizer(name)
-        assert list(tok.pipe(texts, batch_size=2)) == [tok(t) for t in texts]
+        assert list(tok.pipe(texts)) == [tok(t) for t in texts]
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_memoized_spacy_equals_spacy_on_every_benchmark_row(shared_dataset, lower):
+    import csv
+
+    tok = Tokenizer("spacy", lower=lower)
+    for name in ("mr", "subj", "trec6"):
+        for split in ("train", "test"):
+            with open(shared_dataset(name) / f"{split}.csv", newline="", encoding="utf-8") as f:
+                texts = [row["text"] for row in csv.DictReader(f)]
+            # Twice: the first pass fills the memo, the second reads from it.
+            for _ in range(2):
+                for text, tokens in zip(texts, tok.pipe(texts)):
+                    assert tokens == tok.spacy_tokens(text), text
+
+
+def test_memoized_spacy_equals_spacy_on_tricky_text():
+    tok = Tokenizer("spacy", lower=False)
+    texts = ["(can't) won't.", "U.S.A. e-mail: a@b.com http://x.org/?q=1", ":) <3 :-(", "\u00a0no\u00a0break\ttab\n",
+             "Mr. Smith's 1,000.50$ co-op", "'quoted' \"double\" …ellipsis…", "émigré café naïve", ""]
+    for text in texts * 2:
+        assert tok(text) == tok.spacy_tokens(text), text
+
+
+def test_memo_starts_over_when_full(monkeypatch):
+    import textpipe.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "CHUNK_CACHE_SIZE", 3)
+    tok = Tokenizer("spacy")
+    texts = ["one two three", "one four five six seven, eight.", "two eight. nine", "one two three"] * 2
+    assert list(tok.pipe(texts)) == [tok(t) for t in texts] == [tok.spacy_tokens(t) for t in texts]
+    assert tok("brand new words") == ["brand", "new", "words"]
+    assert sorted(tok._fn.memo) == ["brand", "new", "words"]  # it was full: only the new text's chunks remain
 
 
 def test_basic_english_and_whitespace():
