@@ -1,0 +1,80 @@
+"""Dev-split tuning: score textpipe configurations on dev data only (never on a test file).
+
+    python bench/tune.py '{"train": {"lr": 0.001}}' '{"train": {"batch_size": 64}}'
+
+Each configuration (a PipelineConfig dict, merged over the defaults) is trained
+on every dataset's training part and scored on its dev part: every 10th row of
+``../shared/datasets/*/train.csv`` (the same rows textpipe holds out for early
+stopping) and the default dataset's ``dev.csv``. The test files are not opened.
+Prints one line per run and writes ``bench/results/tune.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from textpipe.datasets import rotten_tomatoes  # noqa: E402
+from textpipe.pipeline import PipelineConfig, train_files  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "datasets"
+SPLITS = ROOT / "data" / "tune"
+
+
+def dev_splits() -> dict[str, tuple[Path, Path]]:
+    """name -> (training part, dev part); written once under data/tune/."""
+    rt = rotten_tomatoes(ROOT / "data")
+    found = {"rotten_tomatoes": (Path(rt.train), Path(rt.dev))}
+    for folder in sorted(SHARED.iterdir()) if SHARED.is_dir() else []:
+        if not (folder / "train.csv").is_file():
+            continue
+        out = SPLITS / folder.name
+        if not (out / "dev.csv").is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            with open(folder / "train.csv", encoding="utf-8", newline="") as f:
+                rows = list(csv.reader(f))
+            for name, part in (("train.csv", [r for i, r in enumerate(rows[1:]) if i % 10 != 9]), ("dev.csv", rows[10::10])):
+                with open(out / name, "w", encoding="utf-8", newline="") as f:
+                    csv.writer(f).writerows([rows[0], *part])
+        found[folder.name] = (out / "train.csv", out / "dev.csv")
+    return found
+
+
+def merged(base: dict, extra: dict) -> dict:
+    return {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v for k, v in {**base, **extra}.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="+", help="PipelineConfig dicts as JSON, e.g. '{\"train\": {\"lr\": 0.001}}'")
+    parser.add_argument("--datasets", nargs="*", help="only these datasets")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0])
+    args = parser.parse_args()
+    results = []
+    for name, (train, dev) in dev_splits().items():
+        if args.datasets and name not in args.datasets:
+            continue
+        for text in args.configs:
+            for seed in args.seeds:
+                config = PipelineConfig.from_dict(merged(json.loads(text), {"train": {"seed": seed, "keep_checkpoints": 0}}))
+                with tempfile.TemporaryDirectory() as tmp:
+                    start = time.perf_counter()
+                    metrics = train_files(train, dev, tmp, dev=dev, config=config, quiet=True)
+                    seconds = time.perf_counter() - start
+                row = {"dataset": name, "config": json.loads(text), "seed": seed, "dev_accuracy": metrics["dev"]["accuracy"],
+                       "best_epoch": metrics["best_epoch"], "epochs": len(metrics["history"]), "seconds": round(seconds, 1)}
+                print(json.dumps(row), flush=True)
+                results.append(row)
+    (ROOT / "bench" / "results" / "tune.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
