@@ -56,7 +56,7 @@ def on_call(module, name: str, nth: int, sig: int, before=None) -> None:
     setattr(module, name, wrapper)
 
 
-def half_written_checkpoint(path, write):
+def half_written_checkpoint(path, write, *_):
     """Leave what a crash mid-write leaves: half the bytes in the temporary file."""
     if Path(path).name.startswith("step-"):
         tmp = Path(path).with_name(f".{Path(path).name}.tmp")
@@ -78,6 +78,8 @@ KILL_POINTS = {
     "during-checkpoint-write": lambda sig: on_call(textpipe.checkpoint, "atomic_write", 4, sig, before=half_written_checkpoint),
     # after training, with weights.pt of the final bundle written but not bundle.json
     "during-bundle-save": lambda sig: on_call(textpipe.bundle, "save_vocab", 1, sig),
+    # an improved epoch's checkpoint: best.pt already linked to it, the step file not yet renamed
+    "after-best-link": lambda sig: on_call(textpipe.checkpoint, "_link_or_copy", 2, sig, before=textpipe.checkpoint._link_or_copy),
 }
 
 

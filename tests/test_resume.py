@@ -139,6 +139,33 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caps
     assert "skipping unreadable checkpoint" in capsys.readouterr().err
 
 
+def test_a_background_write_keeps_the_values_of_when_it_was_asked_for(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    weights = torch.ones(1000)
+    store.save_async({"weights": weights}, step=1)
+    weights.zero_()  # training goes on while the file is written
+    store.wait()
+    assert torch.equal(store.load_latest()["weights"], torch.ones(1000))
+
+
+def test_a_failed_background_write_is_raised_by_wait(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=2)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    store.save_async({"weights": torch.ones(3)}, step=1)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint is intact"):
+        store.wait()
+    store.wait()  # the error is reported once
+
+
+def test_best_is_a_link_to_the_best_checkpoint_and_outlives_it(tmp_path):
+    store = CheckpointStore(tmp_path, keep=1)
+    best = store.save({"state": {"best_epoch": 1}}, step=5, best=True)
+    assert os.path.samefile(best, tmp_path / "best.pt")  # marking it best wrote nothing more
+    store.save({"state": {"best_epoch": 1}}, step=10)
+    assert not best.exists()
+    assert store.load_best()["state"] == {"best_epoch": 1}
+
+
 def test_only_the_newest_k_checkpoints_are_kept(tmp_path):
     store = CheckpointStore(tmp_path, keep=2)
     for step in (5, 10, 15):

@@ -18,8 +18,9 @@ the best weights are restored.
 
 Given a :class:`~textpipe.checkpoint.CheckpointStore`, :func:`fit` saves the whole
 training state (weights, optimizer moments, RNG states, the DataLoader's position)
-at the end of every epoch and every ``checkpoint_every`` steps, and can resume from
-it mid-epoch to bit-identical weights.
+at the end of every epoch and every ``checkpoint_every`` steps, written in the
+background while training goes on, and can resume from it mid-epoch to
+bit-identical weights.
 """
 
 from __future__ import annotations
@@ -341,11 +342,15 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
     if config.checkpoint_every and not stateful_loader:
         raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
 
-    def save_checkpoint(mid_epoch: bool) -> str | None:
+    def save_checkpoint(mid_epoch: bool, best: bool = False, wait: bool = False) -> str | None:
+        # Written in the background while training goes on, unless `wait` (the run is about to stop).
         if checkpoints is None or (mid_epoch and not stateful_loader):
             return None
         loader_state = train_loader.state_dict() if mid_epoch else None
-        return str(checkpoints.save(_snapshot(state, model, optimizers, schedulers, loader_state), state.step))
+        path = checkpoints.save_async(_snapshot(state, model, optimizers, schedulers, loader_state), state.step, best)
+        if wait:
+            checkpoints.wait()
+        return str(path)
 
     weights = class_weight_tensor(class_counts or [], config.class_weights)
     loss_fn = nn.CrossEntropyLoss(
@@ -372,22 +377,21 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                     bar.update(len(batch))
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
                     if stop.signal_name:
-                        raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=True))
+                        raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=True, wait=True))
                     if checkpoints is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
                         save_checkpoint(mid_epoch=True)
             if state.seen == 0:
                 raise ValueError("the training data yielded no batches")
             for scheduler in schedulers if not step_each_batch else ():
                 scheduler.step()
-            if _end_epoch(state, model, dev_loader, config, num_classes, device, quiet):
-                weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if checkpoints is None:
-                    best_state = weights
-                else:
-                    checkpoints.save_best({"epoch": state.best_epoch, "model": weights})
-            saved = save_checkpoint(mid_epoch=False)
+            improved = _end_epoch(state, model, dev_loader, config, num_classes, device, quiet)
+            if improved and checkpoints is None:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            saved = save_checkpoint(mid_epoch=False, best=improved, wait=bool(stop.signal_name))
             if stop.signal_name:
                 raise TrainingInterrupted(stop.signal_name, saved)
+    if checkpoints is not None:
+        checkpoints.wait()
     model.load_state_dict(best_state if checkpoints is None else _best_weights(state, checkpoints))
     return FitResult(state.best_epoch, state.best_dev, state.history)
 
@@ -426,9 +430,9 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
 
 
 def _best_weights(state: TrainState, checkpoints: CheckpointStore) -> dict:
-    best = checkpoints.load_best()
-    if best is None or best["epoch"] != state.best_epoch:
-        found = None if best is None else best["epoch"]
+    best = checkpoints.load_best()  # the checkpoint saved at the end of the best epoch
+    if best is None or best["state"]["best_epoch"] != state.best_epoch:
+        found = None if best is None else best["state"]["best_epoch"]
         raise CheckpointError(f"{checkpoints.folder}/best.pt holds epoch {found}, but the best epoch was {state.best_epoch}")
     return best["model"]
 
