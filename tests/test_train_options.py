@@ -78,7 +78,7 @@ def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
     expected = [0.01 * lr_factor(config, 5)(s) for s in range(10)]
     assert len(seen) == 10
     for step, lrs in enumerate(s["lrs"] for s in seen):
-        assert lrs == pytest.approx([expected[step]] * 2), f"step {step}: AdamW and SparseAdam both follow the curve"
+        assert lrs == pytest.approx([expected[step]] * 2), f"step {step}: AdamW and RowAdam both follow the curve"
     assert expected[0] < expected[2] and expected[3] > expected[9], "rises, then falls"
 
 
@@ -184,3 +184,30 @@ def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactl
     resume_run(tmp_path / "crashed", quiet=True)
     for name in ("weights.pt", "metrics.json"):
         assert filecmp.cmp(tmp_path / "reference" / name, tmp_path / "crashed" / name, shallow=False), name
+
+
+def test_row_adam_matches_torch_sparse_adam():
+    from textpipe.train import RowAdam
+
+    torch.manual_seed(0)
+    tables = [torch.nn.Embedding(50, 8, sparse=True) for _ in range(2)]
+    tables[1].load_state_dict(tables[0].state_dict())
+    ours, theirs = RowAdam(tables[0].parameters(), lr=0.01), torch.optim.SparseAdam(tables[1].parameters(), lr=0.01)
+    for step in range(20):
+        ids = torch.randint(0, 50, (6, 5))  # repeated rows within a batch included
+        target = torch.randn(6, 8)
+        for table, optimizer in zip(tables, (ours, theirs)):
+            optimizer.zero_grad()
+            ((table(ids).mean(1) - target) ** 2).sum().backward()
+            optimizer.step()
+        assert torch.allclose(tables[0].weight, tables[1].weight, atol=1e-6), f"step {step}"
+
+
+def test_row_adam_refuses_dense_gradients():
+    from textpipe.train import RowAdam
+
+    layer = torch.nn.Linear(3, 1)
+    optimizer = RowAdam(layer.parameters())
+    layer(torch.ones(1, 3)).sum().backward()
+    with pytest.raises(ValueError, match="sparse gradients only"):
+        optimizer.step()

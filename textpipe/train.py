@@ -10,7 +10,7 @@ One step is the classic five lines::
     loss.backward()
     optimizer.step()
 
-Embedding tables built with ``sparse=True`` are stepped by ``torch.optim.SparseAdam``
+Embedding tables built with ``sparse=True`` are stepped by :class:`RowAdam` (lazy Adam, as ``torch.optim.SparseAdam``)
 (only the rows a batch used are touched); every other parameter by ``AdamW``.
 After each epoch the model is scored on the dev loader; training stops when dev
 accuracy (ties broken by dev loss) has not improved for ``patience`` epochs, and
@@ -26,6 +26,7 @@ bit-identical weights.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import signal
 import sys
@@ -50,7 +51,7 @@ class TrainConfig:
     # stopping train small data sets (trec6) long enough without overfitting large ones.
     epochs: int = 60  # at most; with "linear" the learning rate decays over this many epochs
     batch_size: int = 32
-    lr: float = 5e-4  # AdamW for dense layers, SparseAdam for sparse embedding tables
+    lr: float = 5e-4  # AdamW for dense layers, RowAdam for sparse embedding tables
     weight_decay: float = 0.0
     schedule: str = "constant"  # "linear" (per epoch), "constant", or "linear_steps" (per step, to 0 at the last step)
     warmup: float = 0.0  # fraction of all steps over which lr rises linearly from 0; > 0 makes the schedule per step
@@ -124,6 +125,47 @@ def _uneven_inputs(model: nn.Module):
     return contextlib.nullcontext()
 
 
+class RowAdam(torch.optim.Optimizer):
+    """Adam for ``sparse=True`` embedding tables: only the rows a batch used are updated.
+
+    The same "lazy" Adam as ``torch.optim.SparseAdam`` (each used row's moments
+    and weights step as in Adam; unused rows stay as they are), computed with
+    dense ``index_select`` / ``index_copy_`` / ``index_add_`` on the used rows
+    instead of sparse-tensor arithmetic, which made ``SparseAdam`` three quarters
+    of a batch-512 training step.
+
+    Example:
+        >>> table = nn.Embedding(1000, 16, sparse=True)
+        >>> optimizer = RowAdam(table.parameters(), lr=1e-3)
+        >>> table(torch.tensor([[1, 2, 3]])).sum().backward(); optimizer.step()
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise ValueError("RowAdam steps sparse gradients only (an nn.Embedding with sparse=True); use AdamW for the rest")
+                grad = param.grad.coalesce()  # a row used twice in the batch becomes one row, its gradients summed
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[param]
+                if not state:
+                    state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(param), torch.zeros_like(param)
+                state["step"] += 1
+                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
+                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, exp_avg)
+                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+                step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+                param.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])), alpha=-step_size)
+
+
 def make_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
     sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse}
     sparse = [p for p in model.parameters() if id(p) in sparse_ids and p.requires_grad]
@@ -132,7 +174,7 @@ def make_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.O
     if dense:
         optimizers.append(torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay))
     if sparse:
-        optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+        optimizers.append(RowAdam(sparse, lr=config.lr))
     return optimizers
 
 
@@ -160,7 +202,7 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float
 
     ``torch.nn.utils.clip_grad_norm_`` rejects sparse gradients; here a sparse
     embedding gradient counts with the norm of its coalesced rows (a row a batch
-    used twice is one row), which is what SparseAdam then applies.
+    used twice is one row), which is what RowAdam then applies.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
