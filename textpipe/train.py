@@ -31,6 +31,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterable
 
@@ -405,6 +406,7 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                 dataset.set_epoch(state.epoch)
             model.train()
             # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
+            epoch_start, seen_before = time.perf_counter(), state.seen  # for the log line's rows/s (not saved: it varies run to run)
             bar = tqdm(total=num_train, initial=state.seen, desc=f"epoch {state.epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
             with bar, _uneven_inputs(train_model):
                 for batch in train_loader:
@@ -426,7 +428,8 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                 raise ValueError("the training data yielded no batches")
             for scheduler in schedulers if not step_each_batch else ():
                 scheduler.step()
-            improved = _end_epoch(state, model, dev_loader, config, num_classes, device, quiet)
+            rows_per_s = (state.seen - seen_before) / max(time.perf_counter() - epoch_start, 1e-9)
+            improved = _end_epoch(state, model, dev_loader, config, num_classes, device, quiet, rows_per_s)
             if improved and checkpoints is None:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             saved = save_checkpoint(mid_epoch=False, best=improved, wait=bool(stop.signal_name))
@@ -447,7 +450,7 @@ def _steps_per_epoch(train_loader, num_train: int | None, config: TrainConfig) -
         raise ValueError("a per-step schedule (warmup, 'linear_steps') needs num_train or a train_loader with a length") from None
 
 
-def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainConfig, num_classes: int, device, quiet: bool) -> bool:
+def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainConfig, num_classes: int, device, quiet: bool, rows_per_s: float = 0.0) -> bool:
     """Score dev, record the epoch and decide whether to stop; True when dev improved."""
     dev = evaluate(model, dev_loader, num_classes, device)
     state.history.append({
@@ -462,7 +465,7 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
     improved = best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"])
     if not quiet:
         last = state.history[-1]
-        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}", file=sys.stderr)
+        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s) | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}", file=sys.stderr)
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
     state.finished = state.epoch >= config.epochs or state.epoch - state.best_epoch >= config.patience
