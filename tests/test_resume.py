@@ -280,3 +280,13 @@ def test_deterministic_mode_trains_every_model_to_the_same_weights(model, toy_fi
     train_files(train, test, tmp_path / "deterministic", dev=dev, config=config(True), quiet=True)
     assert not torch.are_deterministic_algorithms_enabled()  # fit puts the global setting back
     assert filecmp.cmp(tmp_path / "plain" / "weights.pt", tmp_path / "deterministic" / "weights.pt", shallow=False)
+
+
+def test_a_best_pt_written_before_it_became_a_link_still_reads(tmp_path):
+    from textpipe.train import TrainState, _best_weights
+
+    store = CheckpointStore(tmp_path, keep=2)
+    torch.save({"epoch": 3, "model": {"w": torch.ones(2)}}, tmp_path / "best.pt")  # textpipe 0.1.0's own format
+    assert torch.equal(_best_weights(TrainState(best_epoch=3), store)["w"], torch.ones(2))
+    with pytest.raises(CheckpointError, match="best.pt holds epoch 3, but the best epoch was 4"):
+        _best_weights(TrainState(best_epoch=4), store)

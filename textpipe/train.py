@@ -476,8 +476,9 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
 
 def _best_weights(state: TrainState, checkpoints: CheckpointStore) -> dict:
     best = checkpoints.load_best()  # the checkpoint saved at the end of the best epoch
-    if best is None or best["state"]["best_epoch"] != state.best_epoch:
-        found = None if best is None else best["state"]["best_epoch"]
+    # ({"epoch", "model"} in a run started by textpipe 0.1.0 before best.pt became a link to a checkpoint)
+    found = None if best is None else best["state"]["best_epoch"] if "state" in best else best["epoch"]
+    if found != state.best_epoch:
         raise CheckpointError(f"{checkpoints.folder}/best.pt holds epoch {found}, but the best epoch was {state.best_epoch}")
     return best["model"]
 
