@@ -211,3 +211,22 @@ def test_row_adam_refuses_dense_gradients():
     layer(torch.ones(1, 3)).sum().backward()
     with pytest.raises(ValueError, match="sparse gradients only"):
         optimizer.step()
+
+
+def test_row_adam_saves_used_rows_only_and_restores_exactly():
+    from textpipe.train import RowAdam
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(1000, 8, sparse=True)
+    optimizer = RowAdam(table.parameters(), lr=0.01)
+    table(torch.tensor([[3, 5, 5, 900]])).sum().backward()
+    optimizer.step()
+    saved = optimizer.state_dict()
+    assert saved["state"][0]["exp_avg"].shape == (3, 8)  # rows 3, 5 and 900 only
+    assert optimizer.state[table.weight]["exp_avg"].shape == (1000, 8)  # the live state is left whole
+    clone = torch.nn.Embedding(1000, 8, sparse=True)
+    restored = RowAdam(clone.parameters(), lr=0.01)
+    restored.load_state_dict(saved)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(restored.state[clone.weight][key], optimizer.state[table.weight][key])
+    assert restored.state[clone.weight]["step"] == 1

@@ -266,7 +266,7 @@ def _prepare_output(out: Path) -> None:
 
 def _check_free_space(out: Path, model: torch.nn.Module, keep: int) -> None:
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Each checkpoint holds the weights and two Adam moments; best.pt is one more of them
+    # Each checkpoint holds the weights and at most two Adam moments; best.pt is one more of them
     # (while its epoch's own file still exists, the two share the disk space); then the bundle.
     needed = weights * (3 * (keep + 1) + 1) if keep else weights
     free = shutil.disk_usage(out).free
