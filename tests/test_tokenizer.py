@@ -55,6 +55,18 @@ def test_memo_starts_over_when_full(monkeypatch):
     assert sorted(tok._fn.memo) == ["brand", "new", "words"]  # it was full: only the new text's chunks remain
 
 
+def test_a_full_memo_does_not_break_a_pipe_being_read(monkeypatch):
+    import textpipe.tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "CHUNK_CACHE_SIZE", 4)
+    tok = Tokenizer("spacy")
+    texts = ["a b c", "a b d"]
+    stream = tok.pipe(texts)
+    assert next(stream) == ["a", "b", "c"]
+    assert tok("x y z w") == ["x", "y", "z", "w"]  # fills the memo in between
+    assert next(stream) == ["a", "b", "d"]
+
+
 def test_basic_english_and_whitespace():
     assert Tokenizer("basic_english")("Hello, World!") == ["hello", ",", "world", "!"]
     assert Tokenizer("whitespace", lower=False)("Hello, World!") == ["Hello,", "World!"]

@@ -88,6 +88,8 @@ class Tokenizer:
 
     def spacy_tokens(self, text: str) -> list[str]:
         """spaCy's own tokens for ``text``, with no memo: the reference the memoized path is tested against."""
+        if self.name != "spacy":
+            raise ValueError(f"spacy_tokens needs the spacy tokenizer, this one is {self.name!r}")
         if self._fn is None:
             self._fn = self._build()
         return [t.lower_ if self.lower else t.text for t in self._nlp.tokenizer(text) if not t.is_space]
@@ -148,7 +150,8 @@ class _ChunkMemo:
         if not new:
             return
         if len(memo) + len(new) > CHUNK_CACHE_SIZE:
-            memo.clear()
+            # A new dict, not clear(): a batch being read from the old one keeps its chunks.
+            self.memo = memo = {}
             new = list(dict.fromkeys(chunks))  # the chunks already known are gone too
         # One Doc for all new chunks, one newline between two: the newline becomes a
         # whitespace token of its own, which marks where each chunk's tokens end.
