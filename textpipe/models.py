@@ -73,7 +73,7 @@ class MaskedMaxPool(nn.Module):
 
 
 class EmbeddingBagMean(nn.Module):
-    """Mean of the rows of ``table`` at the ids where ``mask`` is True, in one ``F.embedding_bag`` call.
+    """Mean of the rows of ``table`` at the ids where ``mask`` is True (id 0 is padding), in one ``F.embedding_bag`` call.
 
     Same result as :class:`MaskedMeanPool` over ``table[ids]``, without building the
     ``(B, T, D)`` tensor of looked-up vectors: the fused kernel sums rows straight
@@ -81,7 +81,8 @@ class EmbeddingBagMean(nn.Module):
     """
 
     def forward(self, table: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, sparse: bool) -> torch.Tensor:
-        # ids, mask: (B, T); a masked-out position weighs 0, so it adds nothing to the sum or the gradient
+        # ids, mask: (B, T); a masked-out position weighs 0, so it adds nothing to the sum or the
+        # gradient (embedding_bag's own padding_idx would also drop it, but measured slower).
         weights = mask.to(table.dtype)
         summed = nn.functional.embedding_bag(ids, table, mode="sum", per_sample_weights=weights, sparse=sparse)  # (B, D)
         return summed / weights.sum(1, keepdim=True).clamp(min=1.0)
