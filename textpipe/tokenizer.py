@@ -7,7 +7,7 @@ Three tokenizers behind one small class:
   its own, so textpipe memoizes chunk -> tokens: a chunk seen before ("movie.",
   "don't") costs one dict lookup instead of a trip through spaCy. The tokens equal
   spaCy's on every row of the benchmark data (``tests/test_tokenizer.py``); a warm
-  pass runs about ten times faster than ``nlp.tokenizer.pipe``. One known
+  pass runs eight to nine times faster than ``nlp.tokenizer.pipe``. One known
   difference: spaCy's special-case matcher can match emoticon-like punctuation
   across a space (``"(' ''s"``, ``") :)<3"``), and textpipe keeps each chunk's own tokens.
 - ``"basic_english"``: torchtext's regex tokenizer (lower-cases, splits punctuation);
