@@ -118,12 +118,7 @@ class _ChunkMemo:
         self.memo: dict[str, list[str]] = {}
 
     def __call__(self, text: str) -> list[str]:
-        chunks = text.split()
-        self.learn(chunks)
-        tokens: list[str] = []
-        for chunk in chunks:
-            tokens += self.memo[chunk]
-        return tokens
+        return next(self._join([text.split()]))
 
     def many(self, texts: Iterable[str], batch_size: int = 2048) -> Iterator[list[str]]:
         batch: list[list[str]] = []
