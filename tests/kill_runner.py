@@ -28,6 +28,7 @@ class SmallModel(ModelConfig):
 
 
 # 400 toy rows, 1 in 10 held out, batch 32: 12 steps per epoch; a checkpoint every 5 steps.
+# Dev accuracy peaks at epoch 4, so the refit then trains 4 epochs of 13 steps on all 400 rows.
 CONFIG = PipelineConfig(
     tokenizer=TokenizerConfig("whitespace"),
     data=DataConfig(shuffle_buffer=100),
@@ -80,6 +81,12 @@ KILL_POINTS = {
     "during-bundle-save": lambda sig: on_call(textpipe.bundle, "save_vocab", 1, sig),
     # an improved epoch's checkpoint: best.pt already linked to it, the step file not yet renamed
     "after-best-link": lambda sig: on_call(textpipe.checkpoint, "_link_or_copy", 2, sig, before=textpipe.checkpoint._link_or_copy),
+    # between the phases: the first phase's checkpoints cleared, run.json not yet told about the refit
+    "before-refit-recorded": lambda sig: on_call(textpipe.checkpoint.CheckpointStore, "clear", 2, sig, before=textpipe.checkpoint.CheckpointStore.clear),
+    # the refit recorded in run.json, its vocabulary not yet built
+    "refit-vocab": lambda sig: on_call(textpipe.pipeline, "_build_vocab_and_labels", 2, sig),
+    # mid-refit, two steps after its step-15 checkpoint (48 steps of the first phase before it)
+    "mid-refit": lambda sig: on_call(textpipe.train, "train_step", 48 + 17, sig),
 }
 
 

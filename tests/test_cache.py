@@ -153,7 +153,8 @@ def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monke
     config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731
     first = train_files(train, test, tmp_path / "run1", config=config(str(tmp_path / "c")), quiet=True)
     caches = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert len(caches) == 3  # train part, held-out dev part, test
+    # train part, held-out dev part and test; then, with the refit's vocabulary (all rows), the whole train file and test
+    assert len(caches) == 5
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("a warm cache must not be rebuilt")

@@ -33,6 +33,30 @@ def test_learns_the_toy_task_with_held_out_dev(toy_files, tmp_path):
     assert 25 <= metrics["dev"]["n"] <= 55  # about one in 10 of the 400 training rows
 
 
+def test_refit_ships_a_model_trained_on_every_training_row_for_the_best_epoch_count(toy_files, tmp_path):
+    train, _, test = toy_files
+    config = PipelineConfig(train=TrainConfig(epochs=4, lr=0.02))
+    metrics = train_files(train, test, tmp_path / "refit", config=config, quiet=True)
+    epochs = metrics["best_epoch"]
+    assert metrics["refit"]["rows"] == 400 and metrics["refit"]["epochs"] == epochs
+    assert [h["epoch"] for h in metrics["refit"]["history"]] == list(range(1, epochs + 1))
+    assert len(metrics["history"]) == 4 and metrics["dev"]["n"] < 400  # the first phase, scored on held-out rows
+
+    # The same model, trained by hand: all 400 rows, `epochs` epochs, no refit. (Its "dev" is the
+    # training file, so early stopping keeps the last epoch, whose training accuracy is 1.0.)
+    by_hand = PipelineConfig(train=TrainConfig(epochs=epochs, lr=0.02, refit=False))
+    manual = train_files(train, test, tmp_path / "by-hand", dev=train, config=by_hand, quiet=True)
+    assert manual["best_epoch"] == epochs and "refit" not in manual
+    assert (tmp_path / "refit" / "weights.pt").read_bytes() == (tmp_path / "by-hand" / "weights.pt").read_bytes()
+
+
+def test_no_refit_with_a_dev_file_or_when_turned_off(toy_files, tmp_path):
+    train, dev, test = toy_files
+    config = lambda refit: PipelineConfig(train=TrainConfig(epochs=2, lr=0.02, refit=refit))  # noqa: E731
+    assert "refit" not in train_files(train, test, tmp_path / "dev-file", dev=dev, config=config(True), quiet=True)
+    assert "refit" not in train_files(train, test, tmp_path / "off", config=config(False), quiet=True)
+
+
 def test_cli_train_evaluate_predict(toy_files, tmp_path):
     train, dev, test = toy_files
     out = tmp_path / "run"

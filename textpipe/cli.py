@@ -74,6 +74,7 @@ OVERRIDES = {
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "patience": ("train", "patience"),
+    "refit": ("train", "refit"),
     "seed": ("train", "seed"),
     "warmup": ("train", "warmup"),
     "grad_clip": ("train", "grad_clip"),
@@ -145,6 +146,8 @@ def add_train(sub) -> None:
     conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {TrainConfig.batch_size})")
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {TrainConfig.lr})")
     conf.add_argument("--patience", type=int, default=S, help=f"epochs without dev improvement before stopping (default: {TrainConfig.patience})")
+    conf.add_argument("--no-refit", dest="refit", action="store_false", default=S, help=(
+        "ship the early-stopped model instead of refitting on all training rows for its epoch count (faster; no effect with --dev)"))
     conf.add_argument("--seed", type=int, default=S, help=f"random seed (default: {TrainConfig.seed})")
     conf.add_argument("--warmup", type=float, default=S, help="fraction of all steps with a linear lr warmup; makes the schedule per step (default: 0)")
     conf.add_argument("--grad-clip", type=float, default=S, help="max total gradient norm, 0 = off (default: 0)")

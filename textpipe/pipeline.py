@@ -38,7 +38,7 @@ from .models import ModelConfig, build_model
 from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
+from .train import FitResult, TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
 from .vectors import load_into_embedding
 from .vocab import build_vocab, load_vocab, save_vocab
 
@@ -159,13 +159,62 @@ def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | No
 
 
 def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
+    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into ``out``.
+
+    Where a refit follows, ``run.json`` records the first phase's result before the
+    refit begins, so a resume knows which phase its checkpoints belong to.
+    """
+    rank, _ = distributed_rank(config.train.device)
+    tokenizer = Tokenizer.from_config(config.tokenizer)  # one for every phase and loader: they share its chunk memo
+    refit = config.train.refit and not run["data"]["dev"]  # a dev file's rows are not training rows: nothing to refit on
+    if "refit" not in run:
+        model, vocab, labels, result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=0)
+        if refit:
+            run["refit"] = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
+            if store is not None:
+                store.clear()  # first, so a run.json that names the refit never sits beside the first phase's checkpoints
+            if rank == 0:
+                write_json_atomic(out / RUN, run)
+            resume = None
+    if refit:
+        model, vocab, labels, refit_result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=run["refit"]["epochs"])
+        result = FitResult(run["refit"]["epochs"], run["refit"]["best_dev"], run["refit"]["history"])
+
+    device = next(model.parameters()).device
+    test = run["data"]["test"]
+    # No workers for the test pass: predictions then come in file order and line up with the texts.
+    summary, mistakes = score(model, _loader(test, config, tokenizer, vocab, labels, device), labels, device, quiet)
+    metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
+    if refit:
+        metrics["refit"] = {"epochs": result.best_epoch, "rows": run["num_train"], "history": refit_result.history}
+    if config.data.source.on_bad_row == "skip":
+        metrics["skipped"] = skipped
+    if rank != 0:
+        return metrics
+    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
+    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
+    write_json_atomic(out / CONFIG, config.to_dict())
+    write_json_atomic(out / METRICS, metrics)
+    trained = f"best epoch {result.best_epoch} of {len(result.history)}"
+    if refit:
+        trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
+        f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`.",
+    ])
+    return metrics
+
+
+def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokenizer, store: CheckpointStore | None, quiet: bool, resume: dict | None, refit_epochs: int):
+    """Build (or reload) the vocabulary and train one model: with early stopping on dev, or,
+    given ``refit_epochs``, on every training row for that many epochs.
+
+    Returns the model, the vocabulary, the labels, the ``FitResult`` and the skipped-row counts.
+    """
     train, test, dev = run["data"]["train"], run["data"]["test"], run["data"]["dev"]
     set_seed(config.train.seed)
-    tokenizer = Tokenizer.from_config(config.tokenizer)
-    train_part = "all" if dev else "train"
-    holdout = 0 if dev else config.data.holdout_every
+    train_part = "all" if dev or refit_epochs else "train"
+    holdout = 0 if train_part == "all" else config.data.holdout_every
 
-    source = config.data.source
     rank, world = distributed_rank(config.train.device)
     quiet = quiet or rank != 0
     if resume is None:  # every rank builds the same vocabulary; rank 0 saves it
@@ -181,27 +230,16 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         train_skipped = run.get("skipped", {})
     skipped = {"train": train_skipped}
     if not quiet:
-        print(f"{num_train} training rows, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
+        what = f"refit for {refit_epochs} epochs on all {num_train} training rows" if refit_epochs else f"{num_train} training rows"
+        print(f"{what}, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
 
     device = resolve_device(config.train.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
-    def loader(path, part="all", training=False, num_workers=config.data.num_workers):
-        # The dataset makes whole batches (bucketed by length when training), read from the cache when there is one.
-        dataset = TextClassificationDataset(
-            path, tokenizer, vocab, labels, holdout_every=holdout if part != "all" else 0, part=part,
-            shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=source,
-            batch_size=config.train.batch_size if training else config.data.eval_batch_size,
-            bucket=config.data.bucket and training, cache_dir=config.data.cache_dir or None,
-            rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
-        )
-        # Its own generator, so creating a loader's iterator never draws from torch's
-        # global generator (which dropout uses): a resumed run sees the same random numbers.
-        return StatefulDataLoader(
-            dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(config.train.seed),
-        )
+    def loader(path, part="all", training=False):
+        holdout_every = holdout if part != "all" else 0
+        return _loader(path, config, tokenizer, vocab, labels, device, part, holdout_every, training, rank, world, config.data.num_workers)
 
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
@@ -214,30 +252,33 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
             print(coverage.describe(), file=sys.stderr)
     if rank == 0:
         _check_free_space(out, model, config.train.keep_checkpoints)
-    dev_loader = loader(dev) if dev else loader(train, "dev")
+    dev_loader = None if refit_epochs else loader(dev) if dev else loader(train, "dev")
     # Before training, so a bad dev or test row stops the run now; in skip mode, the
     # counts (the DataLoader's workers cannot report theirs). Train was counted above.
     if dev:
         skipped["dev"] = dev_loader.dataset.count_skipped()
     skipped["test"] = loader(test).dataset.count_skipped()
-    train_config = replace(config.train, device=str(device))
+    train_config = replace(config.train, device=str(device), epochs=refit_epochs or config.train.epochs)
     result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
                  class_counts=[label_counts.get(label, 0) for label in labels])
-    # No workers for the test pass: predictions then come in file order and line up with the texts.
-    summary, mistakes = score(model, loader(test, num_workers=0), labels, device, quiet)
+    return model, vocab, labels, result, skipped
 
-    metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
-    if source.on_bad_row == "skip":
-        metrics["skipped"] = skipped
-    if rank != 0:
-        return metrics
-    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
-    write_json_atomic(out / CONFIG, config.to_dict())
-    write_json_atomic(out / METRICS, metrics)
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
-        f"Model `{config.model.name}` trained on `{train}`; best epoch {result.best_epoch} of {len(result.history)}. Scores are on the test file `{test}`.",
-    ])
-    return metrics
+
+def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, device, part="all", holdout=0, training=False, rank=0, world=1, num_workers=0) -> StatefulDataLoader:
+    # The dataset makes whole batches (bucketed by length when training), read from the cache when there is one.
+    dataset = TextClassificationDataset(
+        path, tokenizer, vocab, labels, holdout_every=holdout, part=part,
+        shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=config.data.source,
+        batch_size=config.train.batch_size if training else config.data.eval_batch_size,
+        bucket=config.data.bucket and training, cache_dir=config.data.cache_dir or None,
+        rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
+    )
+    # Its own generator, so creating a loader's iterator never draws from torch's global
+    # generator (which dropout uses): a resumed run sees the same random numbers.
+    return StatefulDataLoader(
+        dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.train.seed),
+    )
 
 
 def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool):

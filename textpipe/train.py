@@ -66,6 +66,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
     keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt; 0 turns checkpoints off
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
+    # Without a dev file: once early stopping has picked the epoch count on the held-out rows,
+    # train a fresh model on every training row for that many epochs (what the pipeline ships).
+    refit: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -371,7 +374,7 @@ class TrainingInterrupted(Exception):
 def fit(
     model: nn.Module,
     train_loader: Iterable[Batch],
-    dev_loader: Iterable[Batch],
+    dev_loader: Iterable[Batch] | None,
     config: TrainConfig,
     num_classes: int,
     num_train: int | None = None,
@@ -381,6 +384,9 @@ def fit(
     class_counts: list[int] | None = None,
 ) -> FitResult:
     """Train with early stopping on dev accuracy; the model ends with its best weights.
+
+    With ``dev_loader=None`` it trains exactly ``config.epochs`` epochs and keeps the
+    last weights (a refit, once the epoch count is known).
 
     With ``checkpoints``, the full training state is saved at the end of every
     epoch and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
@@ -474,7 +480,8 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                 raise TrainingInterrupted(stop.signal_name, saved)
     if checkpoints is not None:
         checkpoints.wait()
-    model.load_state_dict(best_state if checkpoints is None else _best_weights(state, checkpoints))
+    if dev_loader is not None:
+        model.load_state_dict(best_state if checkpoints is None else _best_weights(state, checkpoints))
     return FitResult(state.best_epoch, state.best_dev, state.history)
 
 
@@ -488,24 +495,26 @@ def _steps_per_epoch(train_loader, num_train: int | None, config: TrainConfig) -
 
 
 def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainConfig, num_classes: int, device, quiet: bool, rows_per_s: float = 0.0) -> bool:
-    """Score dev, record the epoch and decide whether to stop; True when dev improved."""
-    dev = evaluate(model, dev_loader, num_classes, device)
+    """Score dev (when there is one), record the epoch and decide whether to stop; True when dev improved."""
+    dev = evaluate(model, dev_loader, num_classes, device) if dev_loader is not None else None
     state.history.append({
         "epoch": state.epoch,
         "train_loss": round(state.loss_sum / state.seen, 6),
         "train_accuracy": round(state.correct / state.seen, 6),
-        **{f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")},
+        **({f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")} if dev else {}),
     })
     # Ties in accuracy go to the lower loss, so a plateau (common in the first
     # epochs on small data) does not trigger early stopping while the model still learns.
     best = state.best_dev
-    improved = best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"])
+    improved = dev is not None and (best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"]))
     if not quiet:
         last = state.history[-1]
-        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s) | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}", file=sys.stderr)
+        scored = f" | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}" if dev else ""
+        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){scored}", file=sys.stderr)
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
-    state.finished = state.epoch >= config.epochs or state.epoch - state.best_epoch >= config.patience
+    stalled = dev is not None and state.epoch - state.best_epoch >= config.patience
+    state.finished = state.epoch >= config.epochs or stalled
     state.epoch += 1
     state.loss_sum, state.correct, state.seen = 0.0, 0, 0
     return improved
