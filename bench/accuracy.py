@@ -2,13 +2,13 @@
 
     pip install -e .[bench] && python bench/accuracy.py      # or: make bench-accuracy
 
-Every system sees the same files: ``../shared/datasets/{mr,subj,trec6}`` (train /
-test; textpipe holds out every 10th training row as its dev split, the baselines
-train on the whole train file) and the default dataset, Rotten Tomatoes
-(``textpipe.datasets.rotten_tomatoes()``: train / dev / test; textpipe uses dev
-for early stopping, the baselines train on train). Test files are read only to
-score the finished models. Writes ``bench/results/accuracy.json`` and
-``bench/results/accuracy.md``.
+Every system sees the same rows: the train and test files of
+``../shared/datasets/{mr,subj,trec6}`` and of the default dataset, Rotten Tomatoes
+(``textpipe.datasets.rotten_tomatoes()``; its dev file is left to ``bench/tune.py``).
+The baselines train on the whole train file; textpipe holds out every 10th
+training row to pick the epoch count, then refits on the whole train file (its
+default, ``TrainConfig.refit``). Test files are read only to score the finished
+models. Writes ``bench/results/accuracy.json`` and ``bench/results/accuracy.md``.
 
 The textpipe configurations were chosen on dev splits only (see README.md, "Accuracy").
 """
@@ -51,12 +51,12 @@ FASTTEXT_TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 def datasets() -> dict[str, dict]:
-    """name -> {"train", "dev" (or None), "test"}; the default dataset first."""
+    """name -> {"train", "test"}; the default dataset first."""
     rt = rotten_tomatoes(ROOT / "data")
-    found = {"rotten_tomatoes": {"train": rt.train, "dev": rt.dev, "test": rt.test}}
+    found = {"rotten_tomatoes": {"train": rt.train, "test": rt.test}}
     for folder in sorted(SHARED.iterdir()) if SHARED.is_dir() else []:
         if (folder / "train.csv").is_file() and (folder / "test.csv").is_file():
-            found[folder.name] = {"train": folder / "train.csv", "dev": None, "test": folder / "test.csv"}
+            found[folder.name] = {"train": folder / "train.csv", "test": folder / "test.csv"}
     return found
 
 
@@ -76,7 +76,7 @@ def run_textpipe(config: dict, files: dict, out: Path) -> dict:
     cfg = PipelineConfig.from_dict(json.loads(json.dumps(config)))
     cfg.train.keep_checkpoints = 0  # a benchmark needs no resumable checkpoints
     start = time.perf_counter()
-    metrics = train_files(files["train"], files["test"], out, dev=files["dev"], config=cfg, quiet=True)
+    metrics = train_files(files["train"], files["test"], out, config=cfg, quiet=True)
     seconds = time.perf_counter() - start  # includes vocab building and scoring the test file
     test = metrics["test"]
     return {
