@@ -485,10 +485,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def report_training(metrics: dict, out: Path) -> None:
     test_metrics = metrics["test"]
-    print(
-        f"test accuracy {test_metrics['accuracy']:.4f}  macro-F1 {test_metrics['macro_f1']:.4f}  "
-        f"(n={test_metrics['n']}, best epoch {metrics['best_epoch']})"
-    )
+    refit = metrics.get("refit")
+    trained = f"best epoch {metrics['best_epoch']}" + (f", refit on {refit['rows']} rows" if refit else "")
+    print(f"test accuracy {test_metrics['accuracy']:.4f}  macro-F1 {test_metrics['macro_f1']:.4f}  (n={test_metrics['n']}, {trained})")
     print(f"report: {Path(out) / 'report.md'}")
     print(f"model bundle: {out}")
     print_skipped(metrics.get("skipped", {}))
