@@ -171,6 +171,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         model, vocab, labels, result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=0)
         if refit:
             run["refit"] = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
+            model = None  # let the first phase's weights go before the refit builds its own
             if store is not None:
                 store.clear()  # first, so a run.json that names the refit never sits beside the first phase's checkpoints
             if rank == 0:
