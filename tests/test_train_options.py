@@ -227,6 +227,6 @@ def test_row_adam_saves_used_rows_only_and_restores_exactly():
     clone = torch.nn.Embedding(1000, 8, sparse=True)
     restored = RowAdam(clone.parameters(), lr=0.01)
     restored.load_state_dict(saved)
-    for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.equal(restored.state[clone.weight][key], optimizer.state[table.weight][key])
+    for key in ("exp_avg", "exp_avg_sq", "used"):
+        assert torch.equal(restored.state[clone.weight][key], optimizer.state[table.weight][key]), key
     assert restored.state[clone.weight]["step"] == 1

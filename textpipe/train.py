@@ -177,7 +177,12 @@ class RowAdam(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(param), torch.zeros_like(param)
+                    # Marks the rows any step used, so a checkpoint finds them without scanning both
+                    # moment tables. A float, not a bool: Optimizer.load_state_dict casts state
+                    # tensors to the parameter's dtype.
+                    state["used"] = param.new_zeros(param.shape[0])
                 state["step"] += 1
+                state["used"].index_fill_(0, rows, 1.0)
                 # Each moment moves by a delta added back with index_add_, which on a CPU is about
                 # twice as fast as index_copy_ of the new rows; the same holds for an update
                 # scaled beforehand rather than through index_add_'s alpha.
@@ -194,13 +199,14 @@ class RowAdam(torch.optim.Optimizer):
 def _used_rows_only(state: dict) -> dict:
     if "exp_avg" not in state:
         return state
-    used = (state["exp_avg"].any(1) | state["exp_avg_sq"].any(1)).nonzero().squeeze(1)
-    return {**state, "rows": used, "num_rows": state["exp_avg"].shape[0],
+    used = state["used"].nonzero().squeeze(1)
+    kept = {k: v for k, v in state.items() if k != "used"}
+    return {**kept, "rows": used, "num_rows": state["exp_avg"].shape[0],
             "exp_avg": state["exp_avg"][used], "exp_avg_sq": state["exp_avg_sq"][used]}
 
 
 def _dense_moments(state: dict) -> dict:
-    """A RowAdam state saved with used rows only, back to full-size moments."""
+    """A RowAdam state saved with used rows only, back to full-size moments and the used-rows marker."""
     if "rows" not in state:
         return state
     state = dict(state)
@@ -209,6 +215,7 @@ def _dense_moments(state: dict) -> dict:
         full = state[key].new_zeros((num_rows, *state[key].shape[1:]))
         full[rows] = state[key]
         state[key] = full
+    state["used"] = state["exp_avg"].new_zeros(num_rows).index_fill_(0, rows, 1.0)
     return state
 
 
