@@ -60,7 +60,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max total gradient norm (sparse rows included); 0 = off
     label_smoothing: float = 0.0  # CrossEntropyLoss(label_smoothing=...)
     class_weights: str = "none"  # "balanced": class c weighs n / (k * count_c) in the training loss
-    patience: int = 6  # epochs without dev improvement before stopping
+    patience: int = 3  # epochs without dev improvement before stopping
     seed: int = 0
     device: str = "cpu"  # "auto": cuda when there is a GPU; on cuda, bf16 autocast, pinned memory, non-blocking copies
     checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
