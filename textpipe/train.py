@@ -191,7 +191,8 @@ class RowAdam(torch.optim.Optimizer):
                 d_avg_sq = (values * values).sub_(exp_avg_sq).mul_(1 - beta2)
                 state["exp_avg"].index_add_(0, rows, d_avg)
                 state["exp_avg_sq"].index_add_(0, rows, d_avg_sq)
-                exp_avg.add_(d_avg), exp_avg_sq.add_(d_avg_sq)
+                exp_avg.add_(d_avg)
+                exp_avg_sq.add_(d_avg_sq)
                 step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
                 param.index_add_(0, rows, exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"])).mul_(-step_size))
 
