@@ -10,6 +10,8 @@ One step is the classic five lines::
     loss.backward()
     optimizer.step()
 
+(:func:`train_step` clears the gradients with ``model.zero_grad(set_to_none=True)``,
+which does the same as the optimizers' ``zero_grad`` with less overhead per call.)
 Embedding tables built with ``sparse=True`` are stepped by :class:`RowAdam` (lazy
 Adam, as ``torch.optim.SparseAdam``: only the rows a batch used are touched);
 every other parameter by ``AdamW``.
