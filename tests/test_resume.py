@@ -14,7 +14,7 @@ import torch
 
 from conftest import make_rows, write_csv
 from kill_runner import KILL_POINTS
-from textpipe.checkpoint import CheckpointError, CheckpointStore
+from textpipe.checkpoint import CheckpointError, CheckpointStore, OutputError
 from textpipe.dataset import TextClassificationDataset
 from textpipe.sources import SourceConfig
 from textpipe.tokenizer import Tokenizer
@@ -191,8 +191,27 @@ def test_a_full_disk_is_reported_before_training(toy_files, tmp_path):
     )
     result = run("-c", code, "train", "--train", train, "--test", test, "--out", tmp_path / "run", "--quiet", "--tokenizer", "whitespace", check=False)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"textpipe train: error: output folder {tmp_path}/run has 1 MB free; this run's checkpoints and bundle need about ")
+    assert result.stderr.startswith(f"textpipe train: error: output folder {tmp_path}/run has 1 MB free; this run's checkpoints and bundle need at least ")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_free_space_below_the_worst_case_only_warns(tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    from textpipe import pipeline
+
+    model = torch.nn.Linear(250, 1000)  # about 1 MB of weights
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    usage = namedtuple("usage", "total used free")
+    for free, outcome in [(weights * 3, "error"), (weights * 5, "warning"), (weights * 13, "")]:
+        monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path, free=free: usage(10**12, 10**12 - free, free))
+        try:
+            pipeline._check_free_space(tmp_path, model, keep=2, quiet=False)
+        except OutputError as err:
+            assert outcome == "error", err
+        else:
+            assert outcome != "error"
+        assert ("warning: " in capsys.readouterr().err) == (outcome == "warning"), free
 
 
 def test_stream_state_resumes_mid_block(tmp_path):

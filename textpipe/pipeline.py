@@ -252,7 +252,7 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
         if not quiet:
             print(coverage.describe(), file=sys.stderr)
     if rank == 0:
-        _check_free_space(out, model, config.train.keep_checkpoints)
+        _check_free_space(out, model, config.train.keep_checkpoints, quiet)
     dev_loader = None if refit_epochs else loader(dev) if dev else loader(train, "dev")
     # Before training, so a bad dev or test row stops the run now; in skip mode, the
     # counts (the DataLoader's workers cannot report theirs). Train was counted above.
@@ -306,14 +306,20 @@ def _prepare_output(out: Path) -> None:
         raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
 
 
-def _check_free_space(out: Path, model: torch.nn.Module, keep: int) -> None:
+def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool) -> None:
+    """Refuse a run the disk surely cannot hold; warn when it may not."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Each checkpoint holds the weights and at most two Adam moments; best.pt is one more of them
-    # (while its epoch's own file still exists, the two share the disk space); then the bundle.
-    needed = weights * (3 * (keep + 1) + 1) if keep else weights
+    # Each checkpoint holds the weights, and Adam's two moments for the rows trained so far
+    # (none to all of them); one more is written while the kept ones exist, and best.pt
+    # may be an older one. Then the bundle: the weights once more.
+    least = weights * (keep + 2) if keep else weights
+    most = weights * (3 * (keep + 2) + 1) if keep else weights
     free = shutil.disk_usage(out).free
-    if free < needed:
-        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need about {needed / 1e6:.0f} MB")
+    if free < least:
+        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
+    if free < most and not quiet:
+        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
+              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
 
 
 def _absolute(path: str | Path) -> str:
