@@ -40,7 +40,7 @@ venv: $(STAMP)  ## create .venv and install the pinned stack
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,vectors]"
 	touch $(STAMP)
 
 train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write the bundle and report to OUT

@@ -54,6 +54,18 @@ def dev_splits() -> dict[str, tuple[Path, Path]]:
     return found
 
 
+def first_rows(train: Path, rows: int) -> Path:
+    """The first ``rows`` rows of a training part, written once beside it: a smaller data set, same dev part."""
+    out = SPLITS / f"{train.parent.name}-{rows}" / "train.csv"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(train, encoding="utf-8", newline="") as f:
+            kept = list(csv.reader(f))[: rows + 1]
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerows(kept)
+    return out
+
+
 def merged(base: dict, extra: dict) -> dict:
     return {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v for k, v in {**base, **extra}.items()}
 
@@ -64,12 +76,15 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", help="only these datasets")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--carve", action="store_true", help="early stopping on rows held out of the training part; dev is only scored")
+    parser.add_argument("--rows", type=int, help="train on the first ROWS rows of each training part only (small-data regime)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tune.json")
     args = parser.parse_args()
     results = []
     for name, (train, dev) in dev_splits().items():
         if args.datasets and name not in args.datasets:
             continue
+        if args.rows:
+            train = first_rows(train, args.rows)
         for text in args.configs:
             for seed in args.seeds:
                 config = PipelineConfig.from_dict(merged(json.loads(text), {"train": {"seed": seed, "keep_checkpoints": 0}}))
@@ -78,7 +93,7 @@ def main() -> None:
                     metrics = train_files(train, dev, tmp, dev=None if args.carve else dev, config=config, quiet=True)
                     seconds = time.perf_counter() - start
                 dev_accuracy = metrics["test"]["accuracy"] if args.carve else metrics["dev"]["accuracy"]
-                row = {"dataset": name, "config": json.loads(text), "carve": args.carve, "seed": seed, "dev_accuracy": dev_accuracy,
+                row = {"dataset": name, "rows": args.rows, "config": json.loads(text), "carve": args.carve, "seed": seed, "dev_accuracy": dev_accuracy,
                        "best_epoch": metrics["best_epoch"], "epochs": len(metrics["history"]), "seconds": round(seconds, 1)}
                 print(json.dumps(row), flush=True)
                 results.append(row)

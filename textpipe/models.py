@@ -31,6 +31,7 @@ class ModelConfig:
     max_ngram: int = 2  # bag: hashed n-grams of 2 .. max_ngram words (fastText's wordNgrams)
     dropout: float = 0.3  # on the pooled vector
     token_dropout: float = 0.3  # training only: each word / bigram is left out of the mean with this probability
+    frozen_dim: int = 0  # bag: width of a frozen table of pretrained word vectors (data.vectors) whose mean joins the pooled vector
     # The fields below are read by the cnn, gru and transformer models only; "bag" ignores them.
     hidden_dim: int = 128  # conv filters per width (cnn), GRU units per direction (gru), feed-forward units (transformer)
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # cnn: widths, in tokens, of the convolution filters
@@ -119,17 +120,25 @@ class BagOfNgrams(nn.Module):
         self.embedding = nn.Embedding(rows, config.embed_dim, padding_idx=0, sparse=True)
         self.pool = EmbeddingBagMean()
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.embed_dim, config.num_classes)
+        self.head = nn.Linear(config.embed_dim + config.frozen_dim, config.num_classes)
         bound = 1.0 / config.embed_dim  # fastText's initialization
         nn.init.uniform_(self.embedding.weight, -bound, bound)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
+        if config.frozen_dim:
+            # Pretrained word vectors, never trained (a buffer, saved with the weights); filled from
+            # data.vectors by textpipe.vectors.load_into_frozen. Words they lack stay zero.
+            self.register_buffer("frozen", torch.zeros(config.vocab_size, config.frozen_dim))
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = ids.shape[1]
         ids, mask = self.add_ngrams(ids, mask)  # (B, T'): T words, T-1 bigrams, T-2 trigrams, ...
         if self.training and self.config.token_dropout > 0:
             mask = mask & (torch.rand(mask.shape, device=mask.device) >= self.config.token_dropout)
         pooled = self.pool(self.embedding.weight, ids, mask, self.embedding.sparse)  # (B, D)
+        if self.config.frozen_dim:
+            # The mean of the same words (not the n-grams) in the frozen table, beside the learned mean.
+            pooled = torch.cat([pooled, self.pool(self.frozen, ids[:, :T], mask[:, :T], False)], 1)  # (B, D + F)
         return self.head(self.dropout(pooled))  # (B, C)
 
     def add_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import FitResult, TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
-from .vectors import load_into_embedding
+from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
 from .vocab import build_vocab, load_vocab, save_vocab
 
 METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
@@ -57,7 +57,7 @@ class DataConfig:
     bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
     cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
-    vectors: str | None = None  # a GloVe / word2vec text file: initialises the embedding's word rows (no download)
+    vectors: str | None = None  # named vectors (glove-6b-50d, fetched once) or a GloVe / word2vec text file: start of the word rows
 
     def __post_init__(self) -> None:
         if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
@@ -100,15 +100,24 @@ def train_files(
     dev: str | Path | None = None,
     config: PipelineConfig | None = None,
     quiet: bool = False,
+    search: dict | None = None,
 ) -> dict:
     """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
     score ``test``, and write the bundle and ``metrics.json`` into ``out``.
 
     The run's settings go to ``out/run.json`` first and checkpoints to
     ``out/checkpoints/``, so :func:`resume_run` can finish a run that was killed.
+    ``search`` is what :func:`textpipe.autotune.autotune_files` found (its trials, and
+    the chosen configuration's early-stopping result, which the refit then starts from).
     """
     config = config or PipelineConfig()
+    if config.model.frozen_dim and not config.data.vectors:
+        raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
     run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
+    if search is not None:
+        run["autotune"] = {k: v for k, v in search.items() if k != "first_phase"}
+        if config.train.refit and dev is None:
+            run["refit"] = search["first_phase"]
     out = Path(out)
     rank, _ = distributed_rank(config.train.device)
     if rank == 0:  # under torchrun only rank 0 writes files
@@ -117,6 +126,19 @@ def train_files(
         write_json_atomic(out / RUN, run)
     store = _checkpoint_store(out, config) if rank == 0 else None
     return _run(run, out, config, store, quiet, resume=None)
+
+
+def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> FitResult:
+    """Only the first phase of a run, quietly, nothing kept: train with early stopping on ``dev``
+    (or the held-out rows of ``train``) and return the epoch count and dev scores it reached.
+
+    Example:
+        >>> dev_result("train.csv", None, PipelineConfig(), Tokenizer(), Path("/tmp/scratch")).best_dev["accuracy"]
+    """
+    run = {"data": {"train": _absolute(train), "dev": None if dev is None else _absolute(dev), "test": None}}
+    config = replace(config, train=replace(config.train, keep_checkpoints=0))
+    _, _, _, result, _ = _train_phase(run, scratch, config, tokenizer, None, True, None, refit_epochs=0)
+    return result
 
 
 def distributed_rank(device: str) -> tuple[int, int]:
@@ -197,6 +219,8 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     write_json_atomic(out / CONFIG, config.to_dict())
     write_json_atomic(out / METRICS, metrics)
     trained = f"best epoch {result.best_epoch} of {len(result.history)}"
+    if "autotune" in run:
+        trained = f"configuration chosen by autotune ({len(run['autotune']['trials'])} tried on dev, see run.json); " + trained
     if refit:
         trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
     write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
@@ -245,7 +269,10 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
     model = build_model(model_config)
     if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
-        coverage = load_into_embedding(model.embedding, vocab, config.data.vectors)
+        if config.model.frozen_dim:
+            coverage = load_into_frozen(model, vocab, resolve_vectors(config.data.vectors))
+        else:
+            coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(config.data.vectors))
         run["vectors"] = coverage.to_dict()
         if rank == 0:
             write_json_atomic(out / RUN, run)
@@ -258,7 +285,8 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
     # counts (the DataLoader's workers cannot report theirs). Train was counted above.
     if dev:
         skipped["dev"] = dev_loader.dataset.count_skipped()
-    skipped["test"] = loader(test).dataset.count_skipped()
+    if test:
+        skipped["test"] = loader(test).dataset.count_skipped()
     train_config = replace(config.train, device=str(device), epochs=refit_epochs or config.train.epochs)
     result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
                  class_counts=[label_counts.get(label, 0) for label in labels])

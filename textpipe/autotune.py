@@ -1,0 +1,157 @@
+"""Choose a configuration on the user's own dev split, within a time budget (``textpipe train --autotune SECONDS``).
+
+fastText's ``-autotune-validation`` / ``-autotune-duration``, for textpipe. Each
+trial trains one configuration with early stopping on the dev part (the ``--dev``
+file, or the training rows textpipe holds out, one in ``data.holdout_every``) and
+is scored there; the test file is never opened during the search. The search is
+greedy coordinate ascent from the configuration given: one knob at a time
+(:data:`SPACE`, in order of how much each moved dev accuracy when we tuned the
+defaults), trying each of its values on top of the best configuration so far and
+keeping a value only when dev accuracy improves (ties: lower dev loss). The
+starting configuration is always tried first, so the search never ships a model
+that scored worse on dev than the one you would have had without it.
+
+When the budget runs out (a trial is only started when it is expected to end,
+with the final training, inside it), the winner is trained the way ``train``
+does it: without a dev file, its early-stopping result is reused and a fresh
+model trains on every training row for that many epochs (the refit). The trials
+go to ``run.json`` (``"autotune"``), the report, and a table on stderr.
+
+Example:
+    >>> metrics = autotune_files("train.csv", "test.csv", "runs/tuned", budget=120)
+    >>> metrics["autotune"]["chosen"]
+    {'train': {'lr': 0.002}}
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .pipeline import PipelineConfig, dev_result, train_files
+from .tokenizer import Tokenizer
+
+# Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
+SPACE: list[tuple[str, list[dict]]] = [
+    ("lr", [{"train": {"lr": 2e-3}}, {"train": {"lr": 5e-4}}]),
+    ("size", [{"model": {"embed_dim": 128, "ngram_buckets": 2**20}}]),
+    ("vectors", [{"model": {"frozen_dim": 50}, "data": {"vectors": "glove-6b-50d"}}]),
+    ("dropout", [{"model": {"dropout": 0.5, "token_dropout": 0.5}}, {"model": {"dropout": 0.1, "token_dropout": 0.1}}]),
+    ("batch", [{"train": {"batch_size": 64}}, {"train": {"batch_size": 16}}]),
+    ("ngrams", [{"model": {"max_ngram": 3}}]),
+]
+
+
+@dataclass
+class Trial:
+    """One configuration tried: its changes to the starting config and what dev said."""
+
+    changes: dict
+    dev_accuracy: float
+    dev_loss: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+    first_phase: dict = field(default_factory=dict, repr=False)  # the FitResult, for a refit of the winner
+
+    def beats(self, other: "Trial") -> bool:
+        return (self.dev_accuracy, -self.dev_loss) > (other.dev_accuracy, -other.dev_loss)
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` laid over it, one section deep (``{"train": {"lr": ...}}``)."""
+    merged = copy.deepcopy(base)
+    for section, values in changes.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def autotune_files(
+    train: str | Path,
+    test: str | Path,
+    out: str | Path,
+    dev: str | Path | None = None,
+    config: PipelineConfig | None = None,
+    budget: float = 120.0,
+    quiet: bool = False,
+) -> dict:
+    """Search for ``budget`` seconds on dev, then train the winner into ``out`` as :func:`train_files` does.
+
+    Returns the winner's metrics, with ``"autotune"``: the trials and the chosen changes.
+    """
+    if budget <= 0:
+        raise ValueError(f"--autotune needs a positive number of seconds, got {budget}")
+    start = time.perf_counter()
+    base = (config or PipelineConfig()).to_dict()
+    tokenizer = Tokenizer.from_config(PipelineConfig.from_dict(base).tokenizer)
+    trials: list[Trial] = []
+
+    def run(changes: dict) -> Trial:
+        began = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="textpipe-autotune-") as scratch:
+            result = dev_result(train, dev, PipelineConfig.from_dict(merge(base, changes)), tokenizer, Path(scratch))
+        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
+        trial = Trial(changes, result.best_dev["accuracy"], result.best_dev["loss"], result.best_epoch, len(result.history),
+                      round(time.perf_counter() - began, 1), first_phase)
+        trials.append(trial)
+        if not quiet:
+            print(f"autotune trial {len(trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
+                  f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)", file=sys.stderr)
+        return trial
+
+    best = run({})
+    for _, values in SPACE:
+        current = best
+        for value in values:
+            changes = merge(current.changes, value)
+            if merge(base, changes) == merge(base, current.changes) or _fits(changes, trials):
+                continue  # the value already in force, or tried before
+            if not _time_left(start, budget, trials, best):
+                break
+            try:
+                trial = run(changes)
+            except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
+                if not quiet:
+                    print(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}", file=sys.stderr)
+                continue
+            if trial.beats(best):
+                best = trial
+    chosen = PipelineConfig.from_dict(merge(base, best.changes))
+    if not quiet:
+        print(_table(trials, best), file=sys.stderr)
+    search = {
+        "budget_seconds": budget,
+        "search_seconds": round(time.perf_counter() - start, 1),
+        "chosen": best.changes,
+        "trials": [{k: v for k, v in asdict(t).items() if k != "first_phase"} for t in trials],
+        "first_phase": best.first_phase,
+    }
+    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, search=search)
+    return {**metrics, "autotune": {k: v for k, v in search.items() if k != "first_phase"}}
+
+
+def _fits(changes: dict, trials: list[Trial]) -> bool:
+    return any(t.changes == changes for t in trials)
+
+
+def _time_left(start: float, budget: float, trials: list[Trial], best: Trial) -> bool:
+    """Whether one more trial and the final training still fit in the budget (the slowest trial so far is the estimate)."""
+    final = best.seconds * (best.best_epoch + 1) / max(best.epochs, 1)  # the refit: best_epoch epochs on all rows, and the test pass
+    return time.perf_counter() - start + max(t.seconds for t in trials) + final <= budget
+
+
+def _describe(changes: dict) -> str:
+    flat = [f"{section}.{key}={value}" for section, values in changes.items() for key, value in values.items()]
+    return ", ".join(flat) or "the starting configuration"
+
+
+def _table(trials: list[Trial], best: Trial) -> str:
+    lines = ["autotune: configurations tried, scored on dev", f"  {'#':>2}  {'dev acc':>7}  {'dev loss':>8}  {'epochs':>6}  {'seconds':>7}  changes"]
+    for i, t in enumerate(trials, 1):
+        mark = "*" if t is best else " "
+        lines.append(f"{mark} {i:>2}  {t.dev_accuracy:7.4f}  {t.dev_loss:8.4f}  {t.epochs:>6}  {t.seconds:7.1f}  {_describe(t.changes)}")
+    return "\n".join(lines)

