@@ -89,3 +89,38 @@ def test_training_with_vectors_reports_coverage_and_starts_from_them(toy_files, 
     assert run["vectors"]["found"] == 5 and run["vectors"]["dim"] == 4
     assert run["vectors"]["total"] > 5
     assert metrics["test"]["n"] == 100
+
+
+def test_frozen_vectors_sit_beside_the_learned_rows_and_never_train(toy_files, tmp_path):
+    train, dev, test = toy_files
+    words = {w: [float(i), 1.0, -1.0, 0.5] for i, w in enumerate(["good", "great", "bad", "awful", "movie"])}
+    path = write_vectors(tmp_path / "vecs.txt", words)
+    config = PipelineConfig(
+        tokenizer=TokenizerConfig("whitespace"), data=DataConfig(vectors=str(path)),
+        model=ModelConfig(frozen_dim=4, ngram_buckets=64), train=TrainConfig(epochs=2, keep_checkpoints=0),
+    )
+    train_files(train, test, tmp_path / "run", dev=dev, config=config, quiet=True)
+    from textpipe.bundle import load_bundle
+
+    bundle = load_bundle(tmp_path / "run")
+    frozen, vocab = bundle.model.frozen, bundle.vocab
+    assert frozen[vocab["awful"]].tolist() == words["awful"], "trained, and still exactly the vectors"
+    assert frozen[vocab["plot"]].tolist() == [0.0] * 4 and frozen[0].tolist() == [0.0] * 4
+    assert bundle.model.head.in_features == 64 + 4 and "frozen" not in dict(bundle.model.named_parameters())
+
+
+def test_frozen_dim_without_vectors_is_refused_before_training(toy_files, tmp_path):
+    train, _, test = toy_files
+    with pytest.raises(ValueError, match="frozen_dim needs pretrained vectors"):
+        train_files(train, test, tmp_path / "run", config=PipelineConfig(model=ModelConfig(frozen_dim=50)), quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_padding_never_changes_the_frozen_mean():
+    from textpipe.collate import pad_collate
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, num_classes=3, frozen_dim=5, ngram_buckets=32)).eval()
+    model.frozen.normal_()
+    short, padded = pad_collate([torch.tensor([4, 9, 7])]), pad_collate([torch.tensor([4, 9, 7]), torch.tensor(list(range(2, 20)))])
+    assert torch.allclose(model(short.ids, short.mask)[0], model(padded.ids, padded.mask)[0], atol=1e-6)
