@@ -33,7 +33,8 @@ def test_search_scores_dev_only_then_trains_the_winner_with_a_refit(toy_files, t
     assert PipelineConfig.from_dict(run["config"]) == winner, "the bundle's config is the winner's"
     assert run["refit"]["epochs"] == best["best_epoch"], "the refit reuses the winner's early-stopping result"
     assert metrics["refit"]["epochs"] == best["best_epoch"] and metrics["test"]["n"] == 100
-    assert "autotune" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Autotune tried 4 configurations" in report and "| 2 |" in report and "`train.lr = 0.05`" in report
     assert len(trials) == 1 + 2 + 1
 
 

@@ -35,7 +35,7 @@ from .checkpoint import CheckpointStore, OutputError
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
-from .report import misclassified, summarize, write_report
+from .report import misclassified, search_notes, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import FitResult, TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
@@ -223,9 +223,8 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         trained = f"configuration chosen by autotune ({len(run['autotune']['trials'])} tried on dev, see run.json); " + trained
     if refit:
         trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
-        f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`.",
-    ])
+    notes = [f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`."]
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=notes + search_notes(run.get("autotune")))
     return metrics
 
 

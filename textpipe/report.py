@@ -247,3 +247,17 @@ def _cell(text: str) -> str:
 
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def search_notes(search: dict | None) -> list[str]:
+    """The report's table of an autotune search (``run.json``'s ``"autotune"``); nothing without one."""
+    if not search:
+        return []
+    lines = ["", f"Autotune tried {len(search['trials'])} configurations in {search['search_seconds']} s (budget "
+             f"{search['budget_seconds']} s), scored on dev only; the chosen one is in bold.", "",
+             "| # | dev accuracy | dev loss | epochs | seconds | changes to the starting configuration |", "|---|---|---|---|---|---|"]
+    for i, trial in enumerate(search["trials"], 1):
+        changes = ", ".join(f"`{section}.{key} = {value}`" for section, values in trial["changes"].items() for key, value in values.items()) or "none"
+        row = f"| {i} | {trial['dev_accuracy']:.4f} | {trial['dev_loss']:.4f} | {trial['epochs']} | {trial['seconds']} | {changes} |"
+        lines.append(row.replace(f"| {i} |", f"| **{i}** |") if trial["changes"] == search["chosen"] else row)
+    return lines
