@@ -155,6 +155,7 @@ def used_rows(model: nn.Module, seed: int, checkpoints: Path | None = None) -> t
     table = model.embedding.weight.detach()
     marked = _rows_from_checkpoint(table, checkpoints) if checkpoints is not None else None
     if marked is not None:
+        marked[0] = True  # <pad>: never stepped, but a padded position must still look up zeros
         return marked, "checkpoint (RowAdam's record of stepped rows)"
     from .models import build_model
     from .train import set_seed
@@ -165,10 +166,10 @@ def used_rows(model: nn.Module, seed: int, checkpoints: Path | None = None) -> t
         initial = build_model(model.config).embedding.weight.detach()
     finally:
         torch.set_rng_state(rng)
-    changed = (initial != table).any(1)
-    if changed.all():
-        return changed, "none found (every row kept)"
-    return changed, "rows that differ from the seeded initial table"
+    same = (initial == table).all(1) & (table != 0).any(1)  # an all-zero row (<pad>) is no evidence either way
+    if not same.any():
+        return torch.ones(len(table), dtype=torch.bool), "none found (every row kept)"
+    return ~same, "rows that differ from the seeded initial table"
 
 
 def _rows_from_checkpoint(table: torch.Tensor, folder: Path) -> torch.Tensor | None:
