@@ -174,6 +174,9 @@ class Handler(BaseHTTPRequestHandler):
     """The three routes; every answer is JSON except the page."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: a client sends many requests over one connection
+    # Headers and body leave in two writes; with Nagle's algorithm on, the body waited for the
+    # client's delayed ACK of the headers: 40 ms added to every answer (measured: p50 44 ms -> see README).
+    disable_nagle_algorithm = True
     server: "TextpipeServer"
 
     def setup(self) -> None:
