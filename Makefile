@@ -21,7 +21,7 @@ NPROC  ?= 1
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train predict evaluate info quantize serve test clean bench-memory bench bench-serve bench-accuracy
+.PHONY: help venv train predict evaluate info quantize serve test clean bench-memory bench bench-quantize bench-serve bench-accuracy
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -83,6 +83,9 @@ bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR, and the serv
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/speed.py
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py
+
+bench-quantize: $(STAMP)  ## default model on rotten_tomatoes, mr, trec6: size and test accuracy before/after quantize -> bench/results/quantize.json
+	OMP_NUM_THREADS=1 $(PY) bench/quantize.py
 
 bench-serve: $(STAMP)  ## textpipe serve under load: 8 clients x 2 rounds of 2,000 requests -> bench/results/serve.json (p50/p99, memory)
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py $(ARGS)
