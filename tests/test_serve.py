@@ -2,6 +2,10 @@
 
 import http.client
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -190,3 +194,22 @@ def test_the_page_in_headless_chromium(served):
     label_is_pos = expected["label"] == "pos"
     assert colours["gorgeous"].startswith("rgba(34, 160, 80" if label_is_pos else "rgba(215, 50, 50")  # green: toward the label
     assert colours["dull"].startswith("rgba(215, 50, 50" if label_is_pos else "rgba(34, 160, 80")
+
+
+def test_the_command_serves_and_a_taken_port_is_one_clear_error(served):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "textpipe", "serve", "--model", str(served["model"]), "--quiet"]
+    process = subprocess.Popen([*command, "--port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = next(line for line in process.stderr if line.startswith("serving "))
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        status, health = request(port, "GET", "/healthz")
+        assert status == 200 and health["model"] == str(served["model"])
+    finally:
+        process.terminate()
+        process.wait(20)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run([*command, "--port", str(taken.getsockname()[1])], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr and "Traceback" not in result.stderr

@@ -252,6 +252,7 @@ class TextpipeServer(ThreadingHTTPServer):
     def __init__(self, predictor: Predictor, config: ServeConfig, quiet: bool = False, model: str = ""):
         self.config, self.quiet, self.model = config, quiet, model
         self.labels = predictor.labels
+        self.batcher: Batcher | None = None  # a failed bind calls server_close before there is one
         super().__init__((config.host, config.port), Handler)  # binds first: a taken port leaves no worker thread behind
         self.batcher = Batcher(predictor, config.max_batch, config.max_queue)
 
@@ -262,7 +263,9 @@ class TextpipeServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.batcher.close()
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
 
 
 def make_server(predictor: Predictor, config: ServeConfig | None = None, quiet: bool = False, model: str = "") -> TextpipeServer:
