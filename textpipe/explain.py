@@ -20,8 +20,8 @@ Example:
     >>> [e] = explain(load_bundle("runs/default"), ["a gorgeous, witty, seductive movie."])
     >>> e.method
     'exact'
-    >>> e.to_dict(e.logits.argmax().item(), top=2)["top"]
-    [{'feature': 'gorgeous', 'kind': 'token', 'weight': 0.41}, {'feature': 'witty', 'kind': 'token', 'weight': 0.33}]
+    >>> e.to_dict(e.logits.argmax().item(), top=2)["top"][0]
+    {'feature': 'witty', 'kind': 'token', 'weight': 1.311967}
 """
 
 from __future__ import annotations
