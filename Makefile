@@ -15,11 +15,13 @@ INPUT  ?=
 FORMAT ?= json
 REPORT ?=
 ARGS   ?=
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
 NPROC  ?= 1
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train predict evaluate info test clean bench-memory bench bench-accuracy
+.PHONY: help venv train predict evaluate info quantize serve test clean bench-memory bench bench-quantize bench-serve bench-accuracy
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -31,6 +33,7 @@ help:  ## list targets and variables
 	@echo "  MODEL=dir                        the bundle predict/evaluate/info use (now: $(MODEL))"
 	@echo "  TEXT=\"...\" or INPUT=file         what predict labels; INPUT=- reads stdin"
 	@echo "  FORMAT=json|csv|text             predict's output format (now: $(FORMAT))"
+	@echo "  HOST=addr PORT=n                 make serve: where to listen (now: $(HOST):$(PORT))"
 	@echo "  TEST=file REPORT=dir             evaluate's data (default: the rotten_tomatoes test split) and report folder (default: MODEL/eval-NAME)"
 	@echo "  NPROC=2                          make train: that many training processes (torchrun, DistributedDataParallel)"
 	@echo "  ARGS=\"...\"                       extra flags for the textpipe command, e.g. ARGS=\"--epochs 5 --quiet\""
@@ -61,6 +64,12 @@ evaluate: $(STAMP)  ## score the bundle in MODEL on TEST=file; metrics JSON on s
 info: $(STAMP)  ## describe the bundle in MODEL (labels, metrics, versions, weights sha256)
 	@$(PY) -m textpipe info $(MODEL) $(ARGS)
 
+quantize: $(STAMP)  ## write a compact copy of the bundle in MODEL to MODEL-quantized (about 4% of the size)
+	$(PY) -m textpipe quantize --model $(MODEL) --out $(MODEL)-quantized $(ARGS)
+
+serve: $(STAMP)  ## serve the bundle in MODEL at http://HOST:PORT/ (a page; POST /predict; GET /healthz)
+	$(PY) -m textpipe serve --model $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+
 test: $(STAMP)  ## run the test suite
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
 
@@ -70,9 +79,16 @@ clean:  ## remove the venv and trained runs (keeps the data cache)
 bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
 	OMP_NUM_THREADS=1 $(PY) bench/memory.py
 
-bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR -> bench/results/speed.json + speed.md (about 8 min)
+bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR, and the server under load -> bench/results/speed.{json,md}, serve.json (about 9 min)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/speed.py
+	OMP_NUM_THREADS=1 $(PY) bench/serve.py
+
+bench-quantize: $(STAMP)  ## default model on rotten_tomatoes, mr, trec6: size and test accuracy before/after quantize -> bench/results/quantize.json
+	OMP_NUM_THREADS=1 $(PY) bench/quantize.py
+
+bench-serve: $(STAMP)  ## textpipe serve under load: 8 clients x 2 rounds of 2,000 requests -> bench/results/serve.json (p50/p99, memory)
+	OMP_NUM_THREADS=1 $(PY) bench/serve.py $(ARGS)
 
 bench-accuracy: $(STAMP)  ## textpipe default + best vs fastText and TF-IDF+LR on every dataset -> bench/results/accuracy.{json,md}
 	$(PY) -m pip install --quiet -e ".[bench]"

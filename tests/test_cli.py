@@ -19,7 +19,7 @@ from textpipe.report import PNG_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["embed"], ["vocab"], ["vocab", "build"], ["vocab", "show"],
-               ["datasets"], ["datasets", "list"], ["datasets", "fetch"], ["datasets", "stats"], ["info"]]
+               ["datasets"], ["datasets", "list"], ["datasets", "fetch"], ["datasets", "stats"], ["info"], ["quantize"], ["serve"]]
 
 
 def textpipe(*args, input=None, cwd=None):

@@ -29,6 +29,7 @@ from torch import nn
 
 from .checkpoint import atomic_write
 from .models import ModelConfig, build_model
+from .quantize import dequantize_state
 from .tokenizer import Tokenizer, TokenizerConfig
 from .vocab import Vocab, load_vocab, save_vocab
 
@@ -62,11 +63,18 @@ def save_bundle(
     labels: list[str],
     model_config: ModelConfig,
     train_config: dict | None = None,
+    *,
+    state: dict[str, torch.Tensor] | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write a bundle into folder ``out`` (created if needed); returns the folder."""
+    """Write a bundle into folder ``out`` (created if needed); returns the folder.
+
+    ``state`` replaces ``model.state_dict()`` (a quantized table, see :mod:`textpipe.quantize`);
+    ``extra`` adds keys to ``bundle.json``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     atomic_write(out / WEIGHTS, lambda f: torch.save(state, f))
     save_vocab(vocab, out / VOCAB)
     meta = {
@@ -76,6 +84,7 @@ def save_bundle(
         "labels": list(labels),
         "train": train_config or {},
         "files": {name: file_digest(out / name) for name in (WEIGHTS, VOCAB)},
+        **(extra or {}),
     }
     write_json_atomic(out / META, meta)
     return out
@@ -108,7 +117,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels"
         )
     model = build_model(model_config)
-    state = load_weights(path)
+    state = dequantize_state(load_weights(path))  # a quantized table becomes a float table again
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

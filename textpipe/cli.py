@@ -1,4 +1,4 @@
-"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, info.
+"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, info, quantize, serve.
 
     textpipe train --train train.csv --test test.csv --out runs/mine
     textpipe train --config configs/cnn.toml --dataset rotten_tomatoes --out runs/cnn --epochs 5
@@ -12,6 +12,8 @@
     textpipe datasets list
     textpipe vectors fetch glove-6b-50d
     textpipe info runs/mine --json
+    textpipe quantize --model runs/mine --out runs/mine-q          # a bundle of about 4% of the size
+    textpipe serve --model runs/mine --port 8000                    # POST /predict, GET /healthz, GET / (a page)
 
 The CLI only composes the stages; each command's work is a function of
 textpipe's modules (see docs/concepts.md).
@@ -44,6 +46,7 @@ EXIT_STATUS = """exit status:
   1  internal error (a bug, or the machine: disk full, download failed); one line and a hint
   2  bad input or usage: the message names the file (and line) and the problem"""
 
+QUANTIZE_CUTOFF = 80_000  # textpipe.quantize.QuantizeConfig's default, here so --help needs no torch import
 PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
 
 
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_datasets(sub)
     add_vectors(sub)
     add_info(sub)
+    add_quantize(sub)
+    add_serve(sub)
     return parser
 
 
@@ -199,6 +204,9 @@ def add_predict(sub) -> None:
     p.add_argument("--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels)")
     p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
     p.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
+    p.add_argument("--explain", action="store_true", help=(
+        "add why: each token's and n-gram's contribution to the label, exact for the bag model, approximate "
+        "(gradient x input) for cnn/gru/transformer (json: an \"explanation\" object; text: a line of top features)"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -289,6 +297,34 @@ def add_info(sub) -> None:
     i.set_defaults(run=cmd_info)
     i.add_argument("model", type=Path, help="bundle folder written by train")
     i.add_argument("--json", action="store_true", help="print one JSON object (includes weights_sha256)")
+
+
+def add_quantize(sub) -> None:
+    q = command_parser(sub, "quantize", "write a compact copy of a bundle: unused embedding rows dropped, the rest as 4-bit integers", (
+        "  textpipe quantize --model runs/mine --out runs/mine-q\n"
+        "  textpipe quantize --model runs/mine --out runs/mine-q --cutoff 0      # keep every used row"
+    ))
+    q.set_defaults(run=cmd_quantize)
+    q.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
+    q.add_argument("--out", type=Path, required=True, help="folder for the quantized bundle (not --model itself)")
+    q.add_argument("--cutoff", type=int, default=QUANTIZE_CUTOFF, help=(
+        "keep only the N embedding rows that move the logits most (default: %(default)s; 0: every row training used)"))
+    q.add_argument("--bits", type=int, choices=(4, 8), default=4, help="bits per stored value, with one scale per row (default: %(default)s)")
+    q.add_argument("--keep-unused", action="store_true", help="keep rows training never stepped (they are dropped by default)")
+
+
+def add_serve(sub) -> None:
+    s = command_parser(sub, "serve", "serve a bundle over HTTP: POST /predict (JSON), GET /healthz, GET / (a page to try it)", (
+        "  textpipe serve --model runs/mine                         # http://127.0.0.1:8000/\n"
+        "  curl -s localhost:8000/predict -d '{\"texts\": [\"a gorgeous movie\"], \"explain\": true}'"
+    ))
+    s.set_defaults(run=cmd_serve)
+    s.add_argument("--model", type=Path, required=True, help="bundle folder written by train (or quantize)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port, printed on stderr)")
+    s.add_argument("--max-texts", type=int, default=64, help="texts per request (default: %(default)s)")
+    s.add_argument("--max-body", type=int, default=1 << 20, help="bytes per request body (default: %(default)s)")
+    s.add_argument("--quiet", action="store_true", help="no line per request on stderr")
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -542,6 +578,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.explain and args.format == "csv":
+        raise UsageError("--explain works with --format json or text", hint="json gives every token's weight; text the top features")
     positive(args.batch_size, "--batch-size")
     texts = input_texts(args.texts, args.input)
     from tqdm.auto import tqdm
@@ -557,7 +595,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
         count = 0
         with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
             for chunk in chunked(texts, PREDICT_CHUNK):
-                for result in predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size):
+                results = predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size)
+                if args.explain:
+                    from .explain import add_explanations
+
+                    add_explanations(results, predictor.explain(chunk), predictor.labels)
+                for result in results:
                     write_row(out, result, predictor.labels)
                 count += len(chunk)
                 bar.update(len(chunk))
@@ -578,6 +621,10 @@ def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
 def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
     ranked = ", ".join(f"{label} ({p:.3f})" for label, p in result["probs"].items())
     out.write(f"{ranked}\t{result['text']}\n")
+    if "explanation" in result:
+        e = result["explanation"]
+        features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
+        out.write(f"  why ({e['method']}, toward {result['label']}): {features}\n")
 
 
 ROW_WRITERS = {"json": write_json_row, "csv": write_csv_row, "text": write_text_row}
@@ -769,12 +816,40 @@ def cmd_info(args: argparse.Namespace) -> None:
     if info["versions"]:
         print("versions    " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     print(f"weights     {info['weights_bytes']:,} bytes, sha256 {info['weights_sha256']}")
+    if info.get("quantized"):
+        from .quantize import describe
+
+        print(f"quantized   {describe(info['quantized'])}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    if args.cutoff < 0:
+        raise UsageError(f"--cutoff must be >= 0, got {args.cutoff}")
+    from .quantize import QuantizeConfig, quantize_bundle
+
+    config = QuantizeConfig(cutoff=args.cutoff or None, bits=args.bits, drop_unused=not args.keep_unused)
+    summary = quantize_bundle(require_bundle(args.model), args.out, config)
+    print(f"{args.out}: {summary['bytes']:,} bytes, {summary['ratio']:.1%} of {args.model} ({summary['original_bytes']:,} bytes)")
+    print(f"kept {summary['kept_rows']:,} of {summary['rows']:,} embedding rows as int{args.bits} ({summary['used_rows']:,} used in training, "
+          f"found from {summary['used_rows_from']})")
+    print(f"check it: textpipe evaluate --model {args.out} --data TEST_FILE")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import ServeConfig, serve
+
+    try:
+        config = ServeConfig(host=args.host, port=args.port, max_texts=args.max_texts, max_body=args.max_body)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    serve(require_bundle(args.model), config, quiet=args.quiet)
 
 
 def bundle_info(path: Path) -> dict:
     """Everything ``info`` shows, read from the bundle's files once their checksums match
     the manifest (the weights are loaded as tensors only)."""
     from .bundle import VOCAB, WEIGHTS, check_file, load_weights, read_meta
+    from .quantize import dequantize_state
 
     def read(name: str):
         file = path / name
@@ -784,7 +859,7 @@ def bundle_info(path: Path) -> dict:
     for name in (WEIGHTS, VOCAB):
         check_file(path, name, meta["files"].get(name))
     run, metrics = read("run.json") or {}, read("metrics.json")
-    state = load_weights(path)
+    state = dequantize_state(load_weights(path))  # parameters of the model, not of its compact storage
     if metrics:  # the summary, not the per-epoch history or the confusion matrix
         metrics = {k: metrics[k] for k in ("test", "dev", "best_epoch", "per_class") if k in metrics}
     return {
@@ -803,6 +878,7 @@ def bundle_info(path: Path) -> dict:
         "data": run.get("data"),
         "weights_sha256": meta["files"][WEIGHTS]["sha256"],
         "weights_bytes": meta["files"][WEIGHTS]["bytes"],
+        "quantized": meta.get("quantized"),
     }
 
 

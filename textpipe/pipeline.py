@@ -31,6 +31,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
+from .explain import strongest_features
 from .checkpoint import CheckpointStore, OutputError
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
@@ -224,7 +225,9 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     if refit:
         trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
     notes = [f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`."]
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=notes + search_notes(run.get("autotune")))
+    features = strongest_features(model, vocab, labels)
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", features=features,
+                 notes=notes + search_notes(run.get("autotune")))
     return metrics
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import Sampler
 
 from .bundle import Bundle, load_bundle
 from .collate import Batch, collate_flat
+from .explain import Explanation, explain
 from .vocab import UNK_ID
 from .models import capture_pooled
 from .train import predict_logits
@@ -96,13 +97,16 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
         """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default)."""
-        k = len(self.labels) if top_k is None else max(1, min(top_k, len(self.labels)))
-        results = []
-        for text, row in zip(texts, self.probabilities(texts, batch_size)):
-            values, indices = row.topk(k)
-            probs = {self.labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
-            results.append({"text": text, "label": self.labels[int(indices[0])], "probs": probs})
-        return results
+        return top_labels(texts, self.probabilities(texts, batch_size), self.labels, top_k)
+
+    def explain(self, texts: Sequence[str]) -> list[Explanation]:
+        """Why each text got its label: per-feature contributions (exact for the bag model), see :mod:`textpipe.explain`.
+
+        Example:
+            >>> predictor.explain(["a dull film"])[0].method
+            'exact'
+        """
+        return explain(self.bundle, texts)
 
     def embed(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Sentence vectors, shape ``(len(texts), D)``: the output of ``model.pool``, caught by a forward hook.
@@ -117,6 +121,17 @@ class Predictor:
         with capture_pooled(self.bundle.model) as vectors:
             predict_logits(self.bundle.model, batches, self.device)
         return _restore(order, torch.cat(vectors).cpu())
+
+
+def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
+    """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default)."""
+    k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
+    results = []
+    for text, row in zip(texts, probs):
+        values, indices = row.topk(k)
+        ranked = {labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
+        results.append({"text": text, "label": labels[int(indices[0])], "probs": ranked})
+    return results
 
 
 def _restore(order: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,10 @@ from torch import nn
 from .train import classification_metrics
 
 REPORT, CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED = "report.md", "confusion_matrix.png", "learning_curves.png", "misclassified.csv"
+FEATURES_NOTE = ("The words of the training vocabulary that push hardest toward each label: the logit of the word alone "
+                 "over an empty text's, relative to the mean over labels. For the bag model that is exactly the word's "
+                 "coefficient (its row seen through the classifier head); for cnn, gru and transformer it is the word "
+                 "out of context, an approximation.")
 PNG_SIZE = (800, 600)  # pixels, width x height: both plots are saved at exactly this size
 _DPI = 100
 
@@ -110,11 +114,13 @@ def write_report(
     history: Sequence[dict] | None = None,
     title: str = "textpipe report",
     notes: Sequence[str] = (),
+    features: dict[str, list[tuple[str, float]]] | None = None,
 ) -> list[Path]:
     """Write ``report.md``, the two PNG plots and ``misclassified.csv`` into ``out``; return their paths.
 
     ``history`` is the per-epoch list of :func:`textpipe.train.fit` (``metrics.json``'s
-    ``"history"``); without it there is no learning-curve plot.
+    ``"history"``); without it there is no learning-curve plot. ``features`` (label ->
+    ``[(word, score)]``, from :func:`textpipe.explain.strongest_features`) adds a section.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,7 @@ def write_report(
     written.append(plot_confusion(summary["confusion"]["matrix"], summary["confusion"]["labels"], out / CONFUSION_PNG))
     if history:
         written.append(plot_learning_curves(history, out / CURVES_PNG))
-    markdown = report_markdown(summary, mistakes, history, title, notes, has_curves=bool(history))
+    markdown = report_markdown(summary, mistakes, history, title, notes, has_curves=bool(history), features=features)
     _write_text_atomic(out / REPORT, markdown)
     return [out / REPORT, *written]
 
@@ -135,6 +141,7 @@ def report_markdown(
     notes: Sequence[str] = (),
     has_curves: bool = False,
     show_mistakes: int = 10,
+    features: dict[str, list[tuple[str, float]]] | None = None,
 ) -> str:
     """The report as Markdown: overall numbers, per-class table, confusion matrix, history, worst mistakes."""
     o = summary["overall"]
@@ -154,6 +161,9 @@ def report_markdown(
         lines += _table(["epoch", *keys], [[h["epoch"], *(f"{h[k]:.4f}" for k in keys)] for h in history])
         if has_curves:
             lines += ["", f"![learning curves]({CURVES_PNG})"]
+    if features:
+        lines += ["", "## Strongest features", "", FEATURES_NOTE, ""]
+        lines += _table(["label", "words (score)"], [[_cell(label), _cell(", ".join(f"{w} ({s:.2f})" for w, s in words))] for label, words in features.items()])
     lines += ["", "## Mistakes", "", f"{len(mistakes)} of {o['n']} rows are misclassified; all are in `{MISCLASSIFIED}`, the most confident first."]
     if mistakes:
         lines += ["", *_table(["confidence", "gold", "predicted", "text"], [

@@ -1,0 +1,108 @@
+"""Quantized bundles: compact on disk, loaded unchanged everywhere, predicting as the original does."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from test_explain import TEXTS, textpipe, train_tiny
+from textpipe.bundle import load_bundle, load_weights
+from textpipe.pipeline import evaluate_file
+from textpipe.predict import Predictor
+from textpipe.quantize import QuantizeConfig, dequantize_table, pack_mask, quantize_bundle, quantize_table, unpack_mask, used_rows
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("width", [6, 7])
+def test_table_round_trip(bits, width):
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(50, width, generator=g)
+    table[3] = 0.0
+    keep = torch.rand(50, generator=g) < 0.6
+    parts = quantize_table(table, keep, bits)
+    back = dequantize_table(parts)
+    assert back.shape == table.shape and back.dtype == torch.float32
+    step = table.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+    assert ((back - table)[keep].abs() <= step[keep] / 2 + 1e-3 * step[keep]).all()  # half a step (float16 scale)
+    shared = table[~keep].mean(0)
+    assert torch.allclose(back[~keep], shared.expand_as(back[~keep]), atol=float(shared.abs().max()) / 2 ** (bits - 1))
+    assert (back[3] == 0).all() or not keep[3]
+
+
+def test_mask_packs_eight_rows_a_byte():
+    mask = torch.rand(77, generator=torch.Generator().manual_seed(1)) < 0.5
+    packed = pack_mask(mask)
+    assert packed.dtype == torch.uint8 and packed.shape == (10,)
+    assert torch.equal(unpack_mask(packed, 77), mask)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("quantize"), embed_dim=32, ngram_buckets=4096)
+
+
+def test_quantized_bundle_predicts_like_the_original_and_loads_everywhere(trained, tmp_path):
+    model_dir, test = trained
+    summary = quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=None))
+    assert summary["used_rows_from"].startswith("checkpoint") and summary["kept_rows"] == summary["used_rows"] < summary["rows"]
+    original, quantized = Predictor.load(model_dir), Predictor.load(tmp_path / "q")
+    clear = [t for t, p in zip(TEXTS, original.probabilities(TEXTS)) if p.max() > 0.6]  # near ties may flip
+    assert len(clear) >= 3
+    assert [r["label"] for r in quantized.predict(clear)] == [r["label"] for r in original.predict(clear)]
+    torch.testing.assert_close(quantized.probabilities(TEXTS), original.probabilities(TEXTS), atol=0.05, rtol=0)
+    assert abs(evaluate_file(tmp_path / "q", test)["accuracy"] - evaluate_file(model_dir, test)["accuracy"]) <= 0.02
+    assert not any(name.endswith("embedding.weight") for name in load_weights(tmp_path / "q"))  # stored compact
+    weights = lambda d: (d / "weights.pt").stat().st_size  # noqa: E731
+    assert weights(tmp_path / "q") < weights(model_dir) / 5
+    # The Python API's bundle is an ordinary float model again.
+    assert load_bundle(tmp_path / "q").model.embedding.weight.dtype == torch.float32
+
+
+def test_unused_rows_are_found_without_checkpoints_too(trained, tmp_path):
+    model_dir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    bundle = load_bundle(model_dir)
+    from_checkpoint, how = used_rows(bundle.model, seed=0, checkpoints=model_dir / "checkpoints")
+    from_seed, how_seed = used_rows(bundle.model, seed=0, checkpoints=copy / "checkpoints")
+    assert how.startswith("checkpoint") and how_seed.startswith("rows that differ")
+    assert torch.equal(from_checkpoint, from_seed) and 0 < int(from_seed.sum()) < len(from_seed)
+    _, unknown = used_rows(bundle.model, seed=12345)  # another seed's initial table: nothing matches, all kept
+    assert unknown.startswith("none found")
+
+
+def test_cutoff_keeps_the_words_first(trained, tmp_path):
+    model_dir, _ = trained
+    vocab_size = load_bundle(model_dir).model_config.vocab_size
+    summary = quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=vocab_size + 10, bits=8))
+    assert summary["kept_rows"] == vocab_size + 10 and summary["method"].startswith("int8")
+    table = load_bundle(tmp_path / "q").model.embedding.weight
+    shared = table[-1]  # the last bucket row: dropped, like most of them
+    kept = ~(table == shared).all(1)
+    # Every word is kept; <unk> never occurs in training (the vocabulary comes from it), so a bucket gets its place.
+    assert kept[2:vocab_size].all() and 1 <= int(kept[vocab_size:].sum()) <= 11
+
+
+def test_cli_quantize_info_predict_evaluate(trained, tmp_path):
+    model_dir, test = trained
+    out = tmp_path / "q"
+    result = textpipe("quantize", "--model", model_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "% of" in result.stdout and "as int4" in result.stdout
+    info = textpipe("info", out)
+    assert info.returncode == 0 and "quantized   int4 rows, one float16 scale per row" in info.stdout
+    meta = json.loads(textpipe("info", out, "--json").stdout)
+    assert meta["quantized"]["cutoff"] == 80000 and meta["parameters"] == json.loads(textpipe("info", model_dir, "--json").stdout)["parameters"]
+    predicted = textpipe("predict", "--model", out, TEXTS[0])
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)["label"] == Predictor.load(model_dir).predict(TEXTS[:1])[0]["label"]
+    assert textpipe("evaluate", "--model", out, "--data", test, "--quiet").returncode == 0
+    same = textpipe("quantize", "--model", model_dir, "--out", model_dir)
+    assert same.returncode == 2 and "new folder" in same.stderr
+
+
+def test_cnn_bundle_quantizes_too(tmp_path):
+    model_dir, _ = train_tiny(tmp_path, "cnn")
+    quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(bits=8))
+    original, quantized = Predictor.load(model_dir), Predictor.load(tmp_path / "q")
+    torch.testing.assert_close(quantized.probabilities(TEXTS), original.probabilities(TEXTS), atol=0.02, rtol=0)
