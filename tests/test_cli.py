@@ -200,7 +200,7 @@ def test_info_human_and_json(run):
     result = textpipe("info", run["out"], "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["weights_sha256"] == hashlib.sha256((run["out"] / "weights.pt").read_bytes()).hexdigest()
+    assert info["weights_sha256"] == hashlib.sha256((run["out"] / "weights.safetensors").read_bytes()).hexdigest()
     assert info["labels"] == ["neg", "pos"] and info["model"]["name"] == "bag" and info["vocab_size"] > 10
     assert info["created"].endswith("Z") and info["versions"]["torch"].startswith("2.3")
     assert info["metrics"]["test"]["n"] == 120 and info["config"]["train"]["epochs"] == 3

@@ -25,6 +25,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import tomllib
 from collections import Counter
 from dataclasses import fields, is_dataclass
@@ -85,6 +86,8 @@ OVERRIDES = {
     "num_workers": ("data", "num_workers"),
     "checkpoint_every": ("train", "checkpoint_every"),
     "keep_checkpoints": ("train", "keep_checkpoints"),
+    "checkpoint_seconds": ("train", "checkpoint_seconds"),
+    "keep_checkpoints_after": ("train", "keep_checkpoints_after"),
     "deterministic": ("train", "deterministic"),
 }
 
@@ -133,6 +136,7 @@ def add_train(sub) -> None:
     src.add_argument("--test", type=Path, help="labelled test file, scored once after training; the report is on it")
     src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: hold out about 1 training row in 10)")
     t.add_argument("--out", type=Path, help="folder for the bundle, metrics.json, the report, run.json and checkpoints/ (required to train)")
+    t.add_argument("--overwrite", action="store_true", help="--out may hold an earlier run: replace its bundle and report once this run has finished (other files are left alone)")
     t.add_argument("--resume", type=Path, metavar="DIR", help="finish the run whose --out was DIR from its newest checkpoint; takes no other data or config flag")
     conf = t.add_argument_group("configuration (defaults < --config file < --set < the flags below)")
     conf.add_argument("--config", type=Path, help="a TOML file with [tokenizer] [data] [model] [train] sections (or a bundle's config.json)")
@@ -157,7 +161,9 @@ def add_train(sub) -> None:
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {TrainConfig.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
-    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {TrainConfig.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
+    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
     t.add_argument("--quiet", action="store_true", help="no config, progress bars or epoch lines on stderr")
     add_source_arguments(t)
@@ -450,7 +456,7 @@ def print_skipped(skipped: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config") if getattr(args, k, None)]
+        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config", "overwrite") if getattr(args, k, None)]
         given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
         if given:
             raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
@@ -480,7 +486,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         for section, values in config.to_dict().items():
             shown = (f"{k}={toml_value(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
             print(f"  [{section}] {' '.join(shown)}", file=sys.stderr)
-    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out)
+    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet, overwrite=args.overwrite), args.out)
 
 
 def report_training(metrics: dict, out: Path) -> None:
@@ -761,6 +767,10 @@ def bundle_info(path: Path) -> dict:
 
 
 def require_bundle(path: Path) -> Path:
+    from .runfolder import unfinished
+
+    if not (path / "bundle.json").is_file() and unfinished(path):
+        raise UsageError(f"{path} holds an unfinished training run, not yet a bundle", hint=f"finish it with: textpipe train --resume {path}")
     if not (path / "bundle.json").is_file():
         raise UsageError(f"{path} is not a textpipe bundle (no bundle.json)", hint="give the folder that `textpipe train --out DIR` wrote")
     return path
@@ -810,16 +820,19 @@ def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 class atomic_output:
-    """``with atomic_output(path) as f``: a text file written to ``path.tmp`` and renamed on success; stdout if path is None."""
+    """``with atomic_output(path) as f``: a text file written to a temporary file of a unique name
+    beside ``path`` and renamed on success (so two runs never mix their rows); stdout if path is None."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.tmp = None if path is None else path.with_name(path.name + ".tmp")
+        self.tmp: Path | None = None
 
     def __enter__(self) -> TextIO:
-        if self.tmp is None:
+        if self.path is None:
             return sys.stdout
-        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(name)
+        self.file = open(fd, "w", encoding="utf-8", newline="")
         return self.file
 
     def __exit__(self, kind, error, traceback) -> None:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
 from .checkpoint import CheckpointStore, OutputError
+from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
@@ -100,23 +101,28 @@ def train_files(
     dev: str | Path | None = None,
     config: PipelineConfig | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
     score ``test``, and write the bundle and ``metrics.json`` into ``out``.
 
-    The run's settings go to ``out/run.json`` first and checkpoints to
-    ``out/checkpoints/``, so :func:`resume_run` can finish a run that was killed.
+    Everything is written into ``out/.textpipe-run/`` first (``run.json``, then
+    checkpoints, so :func:`resume_run` can finish a run that was killed) and moved into
+    ``out`` once the run has finished. A non-empty ``out`` is refused unless ``overwrite``.
     """
     config = config or PipelineConfig()
     run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
     out = Path(out)
     rank, _ = distributed_rank(config.train.device)
-    if rank == 0:  # under torchrun only rank 0 writes files
-        _prepare_output(out)
-        CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
-        write_json_atomic(out / RUN, run)
-    store = _checkpoint_store(out, config) if rank == 0 else None
-    return _run(run, out, config, store, quiet, resume=None)
+    if rank != 0:  # under torchrun only rank 0 writes files
+        return _run(run, stage_of(out), out, config, None, quiet, resume=None)
+    _prepare_output(out)
+    with RunLock(out):
+        stage = start_fresh(out, overwrite)
+        write_json_atomic(stage / RUN, run)
+        metrics = _run(run, stage, out, config, _checkpoint_store(stage, config), quiet, resume=None)
+        commit(stage, out, config.train.keep_checkpoints_after)
+    return metrics
 
 
 def distributed_rank(device: str) -> tuple[int, int]:
@@ -139,18 +145,26 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     out = Path(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
-    if not (out / RUN).is_file():
-        raise FileNotFoundError(f"{out} holds no {RUN}: is it the --out folder of a textpipe train run?")
-    run = json.loads((out / RUN).read_text(encoding="utf-8"))
-    config = PipelineConfig.from_dict(run["config"])
-    _prepare_output(out)
-    store = _checkpoint_store(out, config)
-    checkpoint = store.load_latest() if store else None
-    if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
-        raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
-    if checkpoint is not None and not quiet:
-        print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
-    return _run(run, out, config, store, quiet, resume=checkpoint)
+    with RunLock(out):
+        stage = unfinished(out)
+        if stage is not None and is_complete(stage):  # killed while moving the finished files into place
+            run = json.loads(((stage if (stage / RUN).is_file() else out) / RUN).read_text(encoding="utf-8"))
+            commit(stage, out, run["config"]["train"].get("keep_checkpoints_after", False))
+            return json.loads((out / METRICS).read_text(encoding="utf-8"))
+        if stage is None or not (stage / RUN).is_file():
+            done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
+            raise FileNotFoundError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+        run = json.loads((stage / RUN).read_text(encoding="utf-8"))
+        config = PipelineConfig.from_dict(run["config"])
+        store = _checkpoint_store(stage, config)
+        checkpoint = store.load_latest() if store else None
+        if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
+            raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
+        if checkpoint is not None and not quiet:
+            print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
+        metrics = _run(run, stage, out, config, store, quiet, resume=checkpoint)
+        commit(stage, out, config.train.keep_checkpoints_after)
+    return metrics
 
 
 def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | None:
@@ -158,8 +172,9 @@ def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | No
     return CheckpointStore(out / CHECKPOINTS, keep) if keep else None
 
 
-def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
-    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into ``out``.
+def _run(run: dict, out: Path, final: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
+    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into
+    ``out``, the staging folder of the run whose outputs go to ``final``.
 
     Where a refit follows, ``run.json`` records the first phase's result before the
     refit begins, so a resume knows which phase its checkpoints belong to.
@@ -199,7 +214,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
     trained = f"best epoch {result.best_epoch} of {len(result.history)}"
     if refit:
         trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", notes=[
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {final.name}", notes=[
         f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`.",
     ])
     return metrics
@@ -315,6 +330,7 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool)
     least = weights * (keep + 2) if keep else weights
     most = weights * (3 * (keep + 2) + 1) if keep else weights
     free = shutil.disk_usage(out).free
+    out = out.parent if out.name == STAGE else out  # the folder the user named
     if free < least:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
     if free < most and not quiet:

@@ -1,0 +1,127 @@
+"""Nothing lost: a failed or concurrent run never damages a user's model or files (issue 15)."""
+
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_rows, write_csv
+from textpipe.cli import atomic_output
+from textpipe.runfolder import LOCK, STAGE, RunLock
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+SMALL = ["--tokenizer", "whitespace", "--epochs", "2", "--set", "model.ngram_buckets=1024", "--quiet"]
+BUNDLE_AND_REPORT = {"bundle.json", "vocab.json", "weights.safetensors", "config.json", "metrics.json", "run.json", "report.md",
+                     "misclassified.csv", "confusion_matrix.png", "learning_curves.png"}
+
+
+def textpipe(*args):
+    return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("safety")
+    train = write_csv(tmp / "train.csv", make_rows(200, seed=1))
+    test = write_csv(tmp / "test.csv", make_rows(50, seed=3))
+    bad = write_csv(tmp / "bad_labels.csv", make_rows(10, seed=3) + [("maybe", "a label the model never saw")])
+    model = tmp / "model"
+    result = textpipe("train", "--train", train, "--test", test, "--out", model, *SMALL)
+    assert result.returncode == 0, result.stderr
+    return train, test, bad, model
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_finished_run_folder_is_the_bundle_and_its_report(data):
+    _, _, _, model = data
+    assert {p.name for p in model.iterdir()} == BUNDLE_AND_REPORT  # no checkpoints, staging folder or lock left
+
+
+def test_a_failed_retrain_leaves_the_previous_model_as_it_was(data, tmp_path):
+    train, _, bad, model = data
+    out = tmp_path / "M"
+    shutil.copytree(model, out)
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    result = textpipe("train", "--train", train, "--test", bad, "--out", out, "--overwrite", *SMALL)
+    assert result.returncode == 2 and "bad_labels.csv:12" in result.stderr, result.stderr
+    assert snapshot(out) == before  # every file byte for byte, the user's own included
+    assert textpipe("info", out).returncode == 0
+
+
+def test_a_folder_holding_anything_is_refused_without_overwrite(data, tmp_path):
+    train, test, _, model = data
+    out = tmp_path / "M"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    refused = textpipe("train", "--train", train, "--test", test, "--out", out, *SMALL)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"textpipe train: error: output folder {out} is not empty (notes.txt); give --overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    done = textpipe("train", "--train", train, "--test", test, "--out", out, "--overwrite", *SMALL)
+    assert done.returncode == 0, done.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    assert filecmp.cmp(out / "weights.safetensors", model / "weights.safetensors", shallow=False)  # same seed, same weights
+    again = textpipe("train", "--train", train, "--test", test, "--out", out, *SMALL)
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_a_second_run_on_a_locked_folder_names_the_holder(data, tmp_path):
+    train, test, _, _ = data
+    out = tmp_path / "M"
+    with RunLock(out):
+        result = textpipe("train", "--train", train, "--test", test, "--out", out, *SMALL)
+        resumed = textpipe("train", "--resume", out, "--quiet")
+    message = f"output folder {out} is in use by another textpipe run (pid {os.getpid()})"
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert resumed.returncode == 2 and message in resumed.stderr, resumed.stderr
+    assert not (out / LOCK).exists()  # the holder removes it when it is done
+
+
+def test_a_failed_run_is_an_unfinished_run_to_info_and_predict(data, tmp_path):
+    train, _, bad, _ = data
+    out = tmp_path / "new"
+    assert textpipe("train", "--train", train, "--test", bad, "--out", out, *SMALL).returncode == 2
+    assert (out / STAGE).is_dir()
+    info = textpipe("info", out)
+    assert info.returncode == 2
+    assert info.stderr == f"textpipe info: error: {out} holds an unfinished training run, not yet a bundle\nhint: finish it with: textpipe train --resume {out}\n"
+
+
+def test_temporary_output_names_are_unique(tmp_path):
+    target = tmp_path / "out.txt"
+    with atomic_output(target) as first, atomic_output(target) as second:
+        first.write("json\n" * 1000)
+        second.write("csv\n" * 1000)
+        assert len(list(tmp_path.iterdir())) == 2
+    assert target.read_text() in ("json\n" * 1000, "csv\n" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_diverging_run_stops_with_exit_2_and_keeps_its_last_checkpoint(data, tmp_path):
+    train, test, _, _ = data
+    out = tmp_path / "M"
+    result = textpipe("train", "--train", train, "--test", test, "--out", out, "--lr", "1e30", "--checkpoint-seconds", "0.001", *SMALL)
+    assert result.returncode == 2
+    assert "training diverged: the loss became nan at step 2 (epoch 1) with lr 1e+30; the last good checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+    checkpoints = out / STAGE / "checkpoints"
+    assert [p.name for p in checkpoints.glob("step-*.pt")] == ["step-000000001.pt"]
+    assert not (out / "bundle.json").exists()
+
+
+def test_checkpoint_timing_never_changes_the_weights(data, tmp_path):
+    train, test, _, model = data
+    out = tmp_path / "often"
+    result = textpipe("train", "--train", train, "--test", test, "--out", out, "--checkpoint-seconds", "0.001", "--keep-checkpoints-after", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert filecmp.cmp(out / "weights.safetensors", model / "weights.safetensors", shallow=False)
+    assert list((out / "checkpoints").glob("step-*.pt"))  # kept, as asked
+    assert {p.name for p in out.iterdir()} == BUNDLE_AND_REPORT | {"checkpoints"}
