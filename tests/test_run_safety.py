@@ -125,3 +125,35 @@ def test_checkpoint_timing_never_changes_the_weights(data, tmp_path):
     assert filecmp.cmp(out / "weights.safetensors", model / "weights.safetensors", shallow=False)
     assert list((out / "checkpoints").glob("step-*.pt"))  # kept, as asked
     assert {p.name for p in out.iterdir()} == BUNDLE_AND_REPORT | {"checkpoints"}
+
+
+DISK_FULL = """
+import errno, sys
+import textpipe.{module} as target
+from textpipe.cli import main
+
+def fail(*args, **kwargs):
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 448 vs 342")  # what torch.save raises
+
+target.{name} = fail
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "bundle"])
+def test_a_full_disk_says_so_with_the_resume_hint_and_loses_nothing(where, data, tmp_path):
+    train, test, _, model = data
+    out = tmp_path / "M"
+    module, name = ("checkpoint", "torch.save") if where == "checkpoint" else ("bundle", "safetensors_bytes")
+    code = DISK_FULL.format(module=module, name=name)
+    result = subprocess.run([sys.executable, "-c", code, "train", "--train", train, "--test", test, "--out", out, "--checkpoint-seconds", "0.001", *SMALL],
+                            capture_output=True, text=True, env=ENV)
+    assert result.returncode == 2, result.stderr
+    assert "No space left on device" in result.stderr and "internal error" not in result.stderr
+    assert result.stderr.endswith(f"hint: free some space, then: textpipe train --resume {out}\n")
+    resumed = textpipe("train", "--resume", out, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert filecmp.cmp(out / "weights.safetensors", model / "weights.safetensors", shallow=False)

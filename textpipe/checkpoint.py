@@ -78,11 +78,17 @@ def atomic_write(path: str | Path, write, before_rename=None) -> None:
         raise
 
 
-def is_disk_full(err: BaseException) -> bool:
-    """True for a full disk or quota, also as torch reports it (a RuntimeError from its zip writer)."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(err, RuntimeError) and ("file write failed" in str(err) or "No space left" in str(err))
+def is_disk_full(err: BaseException | None) -> bool:
+    """True for a full disk or quota, also as torch reports it: a RuntimeError of its zip
+    writer ("unexpected pos ..."), whose context is the OSError of the failed write."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, RuntimeError) and ("file write failed" in str(err) or "No space left" in str(err)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
-from .checkpoint import CheckpointError, OutputError, atomic_write
+from .checkpoint import CheckpointError, OutputError, atomic_write, is_disk_full
 from .models import MODELS, ModelConfig
 from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
@@ -41,8 +41,8 @@ from .train import TrainConfig, TrainingInterrupted
 
 EXIT_STATUS = """exit status:
   0  success
-  1  internal error (a bug, or the machine: disk full, download failed); one line and a hint
-  2  bad input or usage: the message names the file (and line) and the problem"""
+  1  internal error (a bug, or the machine: download failed); one line and a hint
+  2  bad input or usage: the message names the file (and line) and the problem; a full disk (with how to resume)"""
 
 PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
 
@@ -845,6 +845,14 @@ class atomic_output:
             self.tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file behind
 
 
+def report_disk_full(name: str, args: argparse.Namespace, err: BaseException) -> int:
+    """The one line and the hint for a full disk; exit status 2 (the user can fix it)."""
+    print(f"textpipe {name}: error: the disk is full (No space left on device): {err}", file=sys.stderr)
+    run = getattr(args, "resume", None) or (getattr(args, "out", None) if args.command == "train" else None)
+    print(f"hint: free some space, then: textpipe train --resume {run}" if run else "hint: free some space and run the command again", file=sys.stderr)
+    return 2
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -869,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"textpipe {name}: error: {err}", file=sys.stderr)
         print(f"hint: free some space, then: textpipe train --resume {args.resume or args.out}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -877,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except Exception as err:  # noqa: BLE001  (the last resort: one line, not a traceback)
+        if is_disk_full(err):  # torch reports it as a RuntimeError: the machine, not a bug
+            return report_disk_full(name, args, err)
         if os.environ.get("TEXTPIPE_DEBUG"):
             raise
         print(f"textpipe {name}: internal error: {type(err).__name__}: {err}", file=sys.stderr)
