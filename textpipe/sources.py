@@ -317,8 +317,8 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
             except (csv.Error, _RecordTooLong) as err:
                 spans_lines = lines.line > line
                 yield _Row(line, problem=_record_problem(err, spans_lines, fmt, config))
-                if spans_lines and (isinstance(err, _RecordTooLong) or _AT_END_OF_FILE in str(err)):
-                    # An open quote swallowed the lines after it; read them again as rows.
+                if spans_lines:
+                    # A stray quote swallowed the lines after it, whatever csv then said: read them again as rows.
                     lines.restart_after(line, offset)
                 reader = csv.reader(lines, delimiter=delimiter, strict=True)
                 continue
@@ -328,6 +328,9 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
                 width = len(row)  # without a header, the first row sets the number of columns
             if len(row) != width:
                 yield _Row(line, problem=("wrong number of columns", f"expected {width} columns, found {len(row)}"))
+                if lines.line > line:  # a quote spread this bad row over the lines after it: they are rows of their own
+                    lines.restart_after(line, offset)
+                    reader = csv.reader(lines, delimiter=delimiter, strict=True)
                 continue
             label = row[label_at] if label_at is not None and label_at < len(row) else None
             if label_at is not None and label_at >= len(row) and with_labels:
