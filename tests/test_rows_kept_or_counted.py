@@ -24,3 +24,56 @@ def test_a_stray_quote_skips_its_row_and_keeps_the_rows_it_swallowed(kind, tmp_p
     used = list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))
     assert len(used) + sum(skipped.values()) == 300, skipped
     assert 8 not in [ex.line for ex in used] and 9 in [ex.line for ex in used]  # lines[7] is line 8 of the file
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from textpipe.bundle import save_bundle
+    from textpipe.models import ModelConfig, build_model
+    from textpipe.tokenizer import Tokenizer
+    from textpipe.vocab import build_vocab
+
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab([["great", "fun"], ["awful"]])
+    config = ModelConfig(vocab_size=len(vocab), num_classes=2, ngram_buckets=16)
+    return save_bundle(tmp_path_factory.mktemp("b") / "bundle", build_model(config), vocab, tok, ["neg", "pos"], config)
+
+
+def predict(bundle, *args, stdin=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "textpipe", "predict", "--model", str(bundle), *map(str, args)],
+                          input=stdin, capture_output=True, text=True, env=env)
+
+
+def test_a_blank_line_gets_an_output_line_of_its_own(bundle, tmp_path):
+    import json
+
+    texts = ["great fun"] * 1500 + [""] + ["awful"] * 600
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(texts) + "\n")
+    for source in (["--input", path], ["--input", "-"]):
+        result = predict(bundle, *source, stdin=path.read_text())
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(rows) == len(texts)
+        assert rows[1500] == {"text": "", "label": None, "probs": {}}
+        assert rows[1501]["text"] == "awful" and rows[1501]["label"] in ("neg", "pos")
+    csv_rows = predict(bundle, "--input", path, "--format", "csv").stdout.splitlines()
+    assert csv_rows[1501] == ",,,," and len(csv_rows) == len(texts) + 1
+
+
+def test_stdin_has_the_same_line_limit_as_a_file_and_on_bad_row_skip_works(bundle):
+    stdin = "great fun\n" + "x" * 2000 + "\nawful\n"
+    stopped = predict(bundle, "--input", "-", "--max-chars", "1000", stdin=stdin)
+    assert stopped.returncode == 2
+    assert stopped.stderr == "textpipe predict: error: <stdin>:2: text of 2,000 characters is over the 1,000-character limit (max_chars, --max-chars)\n"
+    skipped = predict(bundle, "--input", "-", "--max-chars", "1000", "--on-bad-row", "skip", stdin=stdin)
+    assert skipped.returncode == 0, skipped.stderr
+    lines = skipped.stdout.splitlines()
+    assert len(lines) == 3 and lines[1] == '{"text": "", "label": null, "probs": {}, "skipped": "text too long"}'
+    assert skipped.stderr == "skipped 1 predicted rows: text too long 1\n"

@@ -200,6 +200,7 @@ def add_predict(sub) -> None:
     p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
     p.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_source_arguments(p)
 
 
 def add_embed(sub) -> None:
@@ -519,7 +520,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     positive(args.batch_size, "--batch-size")
-    texts = input_texts(args.texts, args.input)
+    source = source_config(args)
+    rows = input_rows(args.texts, args.input, source)
     from tqdm.auto import tqdm
 
     from .predict import Predictor
@@ -527,28 +529,47 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor.load(require_bundle(args.model))
     write_row = ROW_WRITERS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
+    skipped: dict[str, int] = {}
     with atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
         count = 0
         with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
-            for chunk in chunked(texts, PREDICT_CHUNK):
-                for result in predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size):
+            for chunk in chunked(rows, PREDICT_CHUNK):
+                for result in predict_rows(predictor, chunk, top_k, args.batch_size, source.on_bad_row, skipped):
                     write_row(out, result, predictor.labels)
                 count += len(chunk)
                 bar.update(len(chunk))
         if count == 0:
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+    print_skipped({"predicted": skipped} if skipped else {})
+
+
+def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_bad_row: str, skipped: dict) -> Iterator[dict]:
+    """One result per input row, in order: a blank row gets ``label: null``; another bad row
+    stops the command (``on_bad_row="error"``) or gets ``label: null`` and its reason in ``skipped``."""
+    results = iter(predictor.predict([row.text for row in chunk if row.problem is None], top_k=top_k, batch_size=batch_size))
+    for row in chunk:
+        if row.problem is None:
+            yield next(results)
+        elif row.problem[0] == "empty text":
+            yield {"text": "", "label": None, "probs": {}}
+        elif on_bad_row == "skip":
+            skipped[row.problem[0]] = skipped.get(row.problem[0], 0) + 1
+            yield {"text": "", "label": None, "probs": {}, "skipped": row.problem[0]}
+        else:
+            raise DataError(row.file, row.line, row.problem[1])
 
 
 def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")  # NaN is not JSON: never written
 
 
 def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
     probs = result["probs"]
     cells = [probs.get(label, "") for label in labels]
-    csv.writer(out).writerow([result["text"], result["label"], probs[result["label"]], *cells])
+    confidence = probs[result["label"]] if result["label"] is not None else ""
+    csv.writer(out).writerow([result["text"], result["label"] or "", confidence, *cells])
 
 
 def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
@@ -796,6 +817,24 @@ def input_texts(texts: list[str], source: str | None) -> Iterator[str]:
             yield from stdin_texts(sys.stdin)
         elif source is not None:
             yield from read_texts(source)
+
+    return stream()
+
+
+def input_rows(texts: list[str], source: str | None, config: SourceConfig) -> Iterator:
+    """The command-line texts, then the rows of ``source`` ('-' is stdin), bad ones included, streamed."""
+    from .sources import InputRow, file_format, read_input_rows
+
+    if source is not None and source != "-":
+        file_format(source)  # an unknown suffix is an error now, before the model loads
+        if not Path(source).exists():
+            raise UsageError(f"{source}: no such file", hint="use --input - to read texts from stdin")
+
+    def stream() -> Iterator:
+        for i, text in enumerate(texts, start=1):
+            yield InputRow(i, text, None if text.strip() else ("empty text", "empty text"), "<argument>")
+        if source is not None:
+            yield from read_input_rows(None if source == "-" else source, config)
 
     return stream()
 

@@ -200,6 +200,37 @@ def read_texts(path: str | Path, config: SourceConfig | None = None) -> Iterator
         yield example.text
 
 
+class InputRow(NamedTuple):
+    """One row of prediction input: its ``text``, or ``problem`` (reason, message) and an empty text."""
+
+    line: int | None
+    text: str
+    problem: tuple[str, str] | None
+    file: str
+
+
+def read_input_rows(path: str | Path | None, config: SourceConfig | None = None) -> Iterator[InputRow]:
+    """Every row of unlabelled input in order, bad ones included, so each can get an output line.
+
+    ``path=None`` reads stdin, one text per line, under the same ``max_chars`` limit as a file.
+
+    Example:
+        >>> [row.problem for row in read_input_rows("texts.txt")][:2]
+        [None, ('empty text', 'empty text')]
+    """
+    config = config or SourceConfig()
+    if path is None:
+        rows, name = _txt_rows(sys.stdin.buffer, 4 * config.max_chars + 4096, config), "<stdin>"
+    else:
+        fmt = file_format(path)
+        readers = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "txt": _read_txt,
+                   "folder": _read_folder, "torchtext": _read_torchtext}
+        rows, name = readers[fmt](path, fmt, config, False), str(path)
+    for row in rows:
+        problem = row.problem or _row_problem(row, False, config)
+        yield InputRow(row.line, "" if problem else row.text, problem, row.file or name)
+
+
 def _row_problem(row: _Row, with_labels: bool, config: SourceConfig) -> tuple[str, str] | None:
     text, label = row.text, row.label or ""
     # The reader decodes with "surrogateescape": a byte that is not UTF-8 becomes a lone surrogate.
@@ -256,8 +287,7 @@ class _Lines:
         self.record_bytes += len(raw)
         if self.record_bytes > self.max_bytes:
             if not raw.endswith(b"\n"):
-                self._skip_rest_of_line()
-                self.offset = self.f.tell()
+                self.offset += self._skip_rest_of_line()  # counted, not told: stdin cannot tell
             raise _RecordTooLong
         if self.line == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
@@ -284,10 +314,13 @@ class _Lines:
         self._skip_rest_of_line()
         self.line, self.offset = line, self.f.tell()
 
-    def _skip_rest_of_line(self) -> None:
+    def _skip_rest_of_line(self) -> int:
+        skipped = 0
         while chunk := self.f.readline(1 << 20):
+            skipped += len(chunk)
             if chunk.endswith(b"\n"):
                 break
+        return skipped
 
 
 def _open_lines(path: str | Path, config: SourceConfig):
@@ -418,18 +451,22 @@ def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: b
 def _read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start: Position | None = None) -> Iterator[_Row]:
     f, max_bytes = _open_lines(path, config)
     with f:
-        lines = _Lines(f, max_bytes)
-        lines.seek(start)
-        while True:
-            line, _ = lines.start_record()
-            try:
-                raw = next(lines)
-            except StopIteration:
-                return
-            except _RecordTooLong:
-                yield _Row(line, problem=_too_long(config))
-                continue
-            yield _Row(line, raw.rstrip("\r\n"), end=lines.end)
+        yield from _txt_rows(f, max_bytes, config, start)
+
+
+def _txt_rows(f: IO[bytes], max_bytes: int, config: SourceConfig, start: Position | None = None) -> Iterator[_Row]:
+    lines = _Lines(f, max_bytes)
+    lines.seek(start)
+    while True:
+        line, _ = lines.start_record()
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except _RecordTooLong:
+            yield _Row(line, problem=_too_long(config))
+            continue
+        yield _Row(line, raw.rstrip("\r\n"), end=lines.end)
 
 
 def _read_folder(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool) -> Iterator[_Row]:
