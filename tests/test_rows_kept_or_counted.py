@@ -77,3 +77,31 @@ def test_stdin_has_the_same_line_limit_as_a_file_and_on_bad_row_skip_works(bundl
     lines = skipped.stdout.splitlines()
     assert len(lines) == 3 and lines[1] == '{"text": "", "label": null, "probs": {}, "skipped": "text too long"}'
     assert skipped.stderr == "skipped 1 predicted rows: text too long 1\n"
+
+
+def test_labels_are_stripped_and_json_labels_are_strings_or_integers(tmp_path):
+    import json
+
+    csv_path = tmp_path / "spaced.csv"
+    csv_path.write_text("label,text\nDESC,what is it\n DESC ,what is that\nNUM,how many\n")
+    assert [ex.label for ex in read_examples(csv_path)] == ["DESC", "DESC", "NUM"]
+    lines = [{"label": 1, "text": "a"}, {"label": 1.0, "text": "b"}, {"label": " 1", "text": "c"}, {"label": {"a": 1}, "text": "d"},
+             {"label": True, "text": "e"}, {"label": 1.5, "text": "f"}]
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_text("".join(json.dumps(obj) + "\n" for obj in lines))
+    skipped: dict = {}
+    assert [ex.label for ex in read_examples(jsonl, config=SourceConfig(on_bad_row="skip"), skipped=skipped)] == ["1", "1", "1"]
+    assert skipped == {"bad label": 3}
+    with pytest.raises(ValueError, match=r"labels.jsonl:4: the label 'label' must be a string or an integer, got \{\"a\": 1\}"):
+        list(read_examples(jsonl))
+
+
+def test_swapped_columns_stop_with_a_hint(tmp_path):
+    from textpipe.pipeline import DataConfig, _build_vocab_and_labels
+    from textpipe.sources import DataError
+    from textpipe.tokenizer import Tokenizer
+
+    path = tmp_path / "swapped.csv"
+    path.write_text("text,label\n" + "".join(f"pos,this is review number {i} and it is a long one\n" for i in range(50)))
+    with pytest.raises(DataError, match="50 different labels, .*the label column looks like text; are the label and text columns swapped"):
+        _build_vocab_and_labels(path, "all", 0, Tokenizer("whitespace"), DataConfig(max_labels=40), quiet=True)

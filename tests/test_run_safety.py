@@ -1,6 +1,7 @@
 """Nothing lost: a failed or concurrent run never damages a user's model or files (issue 15)."""
 
 import filecmp
+import json
 import os
 import shutil
 import subprocess
@@ -157,3 +158,31 @@ def test_a_full_disk_says_so_with_the_resume_hint_and_loses_nothing(where, data,
     resumed = textpipe("train", "--resume", out, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert filecmp.cmp(out / "weights.safetensors", model / "weights.safetensors", shallow=False)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--set", "data.holdout_every=0"], "data.holdout_every must be an integer >= 2, got 0"),
+    (["--seed", "12345678901234567890"], "seed must be between 0 and 2**63 - 1, got 12345678901234567890"),
+    (["--set", "model.embed_dim=0"], "model.embed_dim must be an integer from 1 to 2**40, got 0"),
+    (["--device", "cuda:9"], "device 'cuda:9': no CUDA GPU is available here") if not __import__("torch").cuda.is_available() else
+    (["--set", "model.ngram_buckets=-1"], "model.ngram_buckets must be an integer from 0 to 2**40, got -1"),
+    (["--test", "HEADER_ONLY"], "the test file holds no usable row (only a header?)"),
+    (["--test", "MISSING"], "no such file"),
+])
+def test_inputs_and_settings_are_checked_before_the_first_token(flags, message, data, tmp_path):
+    train, test, _, _ = data
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("label,text\n")
+    flags = [str(header_only) if f == "HEADER_ONLY" else str(tmp_path / "missing.csv") if f == "MISSING" else f for f in flags]
+    test_flag = [] if "--test" in flags else ["--test", test]
+    out = tmp_path / "M"
+    result = textpipe("train", "--train", train, *test_flag, "--out", out, *SMALL, *flags)
+    assert result.returncode == 2 and message in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert not out.exists()  # nothing was read, nothing written
+
+
+def test_cache_dir_false_turns_the_cache_off(data, tmp_path):
+    train, test, _, _ = data
+    result = textpipe("train", "--train", train, "--test", test, "--out", tmp_path / "M", "--set", "data.cache_dir=false", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "M" / "config.json").read_text())["data"]["cache_dir"] is None

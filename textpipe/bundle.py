@@ -223,11 +223,26 @@ def check_fields(meta: dict, meta_path: Path) -> None:
         raise bad("model", f"has unknown keys: {', '.join(sorted(unknown))}")
 
 
+def check_model_config(model: dict, where: str = "model") -> None:
+    """Raise ValueError naming the first field of a model config with a wrong type or range.
+
+    Example:
+        >>> check_model_config({"embed_dim": 0})
+        Traceback (most recent call last):
+        ValueError: model.embed_dim must be an integer from 1 to 2**40, got 0
+    """
+    for f in fields(ModelConfig):
+        if f.name in model and not (f.name in ("vocab_size", "num_classes") and model[f.name] == 0):  # 0: set from the data
+            problem = _model_field_problem(f.name, model[f.name], f.default)
+            if problem:
+                raise ValueError(f"{where}.{f.name} {problem}")
+
+
 def _model_field_problem(name: str, value, default) -> str | None:
     if name == "name":
         return None if value in MODELS else f"must be one of {', '.join(MODELS)}, got {value!r}"
     if name == "kernel_sizes":
-        ok = isinstance(value, list) and value and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in value)
+        ok = isinstance(value, (list, tuple)) and value and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in value)
         return None if ok else "must be a non-empty list of integers from 1 to 1000"
     if isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value < 1

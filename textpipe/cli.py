@@ -308,6 +308,7 @@ def build_config(d: dict, source: str):
 
 
 OPTIONAL_PATHS = {"vectors"}  # optional config values that are strings, not ints
+OFF_SWITCHES = {"cache_dir"}  # string settings that `false` turns off (data.cache_dir=false: no cache)
 
 
 def check_type(section: str, key: str, value, defaults, source: str) -> None:
@@ -328,7 +329,7 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     elif isinstance(default, tuple):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     else:
-        ok = isinstance(value, type(default))
+        ok = isinstance(value, type(default)) or (key in OFF_SWITCHES and value is False)
     if not ok:
         expected = "a list of integers" if isinstance(default, tuple) else type(default).__name__ if default is not None else "str" if key in OPTIONAL_PATHS else "int"
         raise UsageError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")

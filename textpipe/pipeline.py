@@ -59,10 +59,19 @@ class DataConfig:
     cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
     vectors: str | None = None  # a GloVe / word2vec text file: initialises the embedding's word rows (no download)
+    max_labels: int = 1000  # more labels than this (or one over 100 characters) looks like swapped columns: an error
 
     def __post_init__(self) -> None:
         if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
             self.source = SourceConfig.from_dict(self.source)
+        if self.cache_dir is False:  # `--set data.cache_dir=false`, as the README says
+            self.cache_dir = None
+        for name, least in (("holdout_every", 2), ("min_freq", 1), ("eval_batch_size", 1), ("shuffle_buffer", 0), ("num_workers", 0), ("max_labels", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"data.{name} must be an integer >= {least}, got {value!r}")
+        if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 3):
+            raise ValueError(f"data.max_size must be an integer >= 3 (<pad>, <unk> and a token) or unset, got {self.max_size!r}")
 
 
 @dataclass
@@ -111,6 +120,7 @@ def train_files(
     ``out`` once the run has finished. A non-empty ``out`` is refused unless ``overwrite``.
     """
     config = config or PipelineConfig()
+    check_settings(config, {"train": train, "dev": dev, "test": test})
     run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
     out = Path(out)
     rank, _ = distributed_rank(config.train.device)
@@ -123,6 +133,24 @@ def train_files(
         metrics = _run(run, stage, out, config, _checkpoint_store(stage, config), quiet, resume=None)
         commit(stage, out, config.train.keep_checkpoints_after)
     return metrics
+
+
+def check_settings(config: PipelineConfig, data: dict) -> None:
+    """Everything that can be checked before the first token is read: the model config,
+    the device, and that each data file exists and holds a row."""
+    from .bundle import check_model_config
+
+    check_model_config(config.model.to_dict())
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.train.device!r}: no CUDA GPU is available here (use --device cpu, or auto)")
+    for part, path in data.items():
+        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
+            continue
+        skipped: dict[str, int] = {}
+        source = replace(config.data.source, on_bad_row="skip")  # the first good row; bad ones are found later, with their lines
+        if next(read_examples(path, config=source, skipped=skipped), None) is None:
+            raise DataError(path, None, f"the {part} file holds no usable row" + (f" ({sum(skipped.values())} bad)" if skipped else " (only a header?)"))
 
 
 def distributed_rank(device: str) -> tuple[int, int]:
@@ -307,7 +335,17 @@ def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer
     labels = sorted(tally.labels)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
+    _check_labels_look_like_labels(train, labels, data.max_labels)
     return vocab, dict(sorted(tally.labels.items())), tally.training_rows, skipped
+
+
+def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) -> None:
+    longest = max(labels, key=len)
+    if len(labels) > max_labels or len(longest) > 100:
+        raise DataError(train, None, (
+            f"{len(labels):,} different labels, the longest {len(longest):,} characters ({longest[:40]!r}...): the label column looks like text; "
+            f"are the label and text columns swapped? (--label-column, --text-columns; data.max_labels={max_labels} allows more labels)"
+        ))
 
 
 def _prepare_output(out: Path) -> None:

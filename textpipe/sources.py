@@ -185,7 +185,8 @@ def read_examples(
             if start and not seekable and index <= start.index:
                 continue
             after = Position(*row.end, index) if row.end else None
-            yield Example(row.text, row.label if with_labels else None, row.line, row.file, after)
+            # " DESC" and "DESC" are one class: labels are stripped (texts keep their spaces)
+            yield Example(row.text, row.label.strip() if with_labels else None, row.line, row.file, after)
         elif start and not seekable and index < start.index:
             continue  # counted before the resume
         elif config.on_bad_row == "skip":
@@ -444,8 +445,25 @@ def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: b
                 keys = " and ".join(repr(c) for c in config.text_columns)
                 yield _Row(line, problem=("wrong columns", f"expected a JSON object with a string {keys}"))
                 continue
-            label = obj.get(config.label_column)
-            yield _Row(line, " ".join(texts), None if label is None else str(label), end=lines.end)
+            label = _json_label(obj.get(config.label_column))
+            if label is _NOT_A_LABEL:
+                yield _Row(line, problem=("bad label", f"the label {config.label_column!r} must be a string or an integer, got {json.dumps(obj.get(config.label_column))[:60]}"))
+                continue
+            yield _Row(line, " ".join(texts), label, end=lines.end)
+
+
+_NOT_A_LABEL = object()
+
+
+def _json_label(value):
+    """A JSON label as a string: ``1`` and ``1.0`` are both ``"1"``; a bool, a fraction, a list or an object is not a label."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _NOT_A_LABEL
+    if isinstance(value, float) and not value.is_integer():
+        return _NOT_A_LABEL
+    return str(int(value))
 
 
 def _read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start: Position | None = None) -> Iterator[_Row]:
