@@ -105,3 +105,29 @@ def test_swapped_columns_stop_with_a_hint(tmp_path):
     path.write_text("text,label\n" + "".join(f"pos,this is review number {i} and it is a long one\n" for i in range(50)))
     with pytest.raises(DataError, match="50 different labels, .*the label column looks like text; are the label and text columns swapped"):
         _build_vocab_and_labels(path, "all", 0, Tokenizer("whitespace"), DataConfig(max_labels=40), quiet=True)
+
+
+def test_spacys_vocabulary_stays_bounded_on_a_stream_of_unique_tokens(monkeypatch):
+    import textpipe.tokenizer
+    from textpipe.tokenizer import Tokenizer
+
+    monkeypatch.setattr(textpipe.tokenizer, "CHUNK_CACHE_SIZE", 1000)
+    tok = Tokenizer("spacy")
+    texts = [f"word{i} other{i}" for i in range(20_000)]
+    tokens = list(tok.pipe(texts))
+    assert tokens[-1] == ["word19999", "other19999"]
+    assert len(tok._nlp.vocab) < 5_000  # not one lexeme per token ever seen (40,000)
+
+
+def test_a_fifo_in_a_class_folder_is_a_bad_row_not_a_hang(tmp_path):
+    import os
+
+    for label, text in [("pos", "good"), ("neg", "bad")]:
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "a.txt").write_text(text)
+    os.mkfifo(tmp_path / "pos" / "b.txt")
+    skipped: dict = {}
+    rows = list(read_examples(tmp_path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))
+    assert [ex.label for ex in rows] == ["neg", "pos"] and skipped == {"not a regular file": 1}
+    with pytest.raises(ValueError, match="b.txt: not a regular file"):
+        list(read_examples(tmp_path))

@@ -186,3 +186,36 @@ def test_cache_dir_false_turns_the_cache_off(data, tmp_path):
     result = textpipe("train", "--train", train, "--test", test, "--out", tmp_path / "M", "--set", "data.cache_dir=false", *SMALL)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "M" / "config.json").read_text())["data"]["cache_dir"] is None
+
+
+def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
+    import textpipe.train
+    from textpipe.pipeline import PipelineConfig, resume_run, train_files
+    from textpipe.sources import DataError
+    from textpipe.tokenizer import TokenizerConfig
+    from textpipe.train import TrainConfig
+
+    train = write_csv(tmp_path / "train.csv", make_rows(200, seed=1))
+    test = write_csv(tmp_path / "test.csv", make_rows(50, seed=3))
+    config = PipelineConfig(tokenizer=TokenizerConfig("whitespace"), train=TrainConfig(epochs=1, checkpoint_every=1))
+    config.model.ngram_buckets = 64
+    real_step, calls = textpipe.train.train_step, []
+
+    def crash_at_the_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    textpipe.train.train_step = crash_at_the_third_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_files(train, test, tmp_path / "run", config=config, quiet=True)
+    finally:
+        textpipe.train.train_step = real_step
+    before = train.stat()
+    data = train.read_bytes()
+    train.write_bytes(data.replace(b"pos,", b"neg,", 1))  # same size
+    os.utime(train, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(DataError, match="the training file changed since the run started"):
+        resume_run(tmp_path / "run", quiet=True)

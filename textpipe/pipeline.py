@@ -14,6 +14,7 @@ are thin wrappers over these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
-from .checkpoint import CheckpointStore, OutputError
+from .checkpoint import CheckpointStore, OutputError, sha256_of
 from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
@@ -381,10 +382,16 @@ def _absolute(path: str | Path) -> str:
 
 
 def _fingerprint(path: str | Path) -> dict:
+    """What a resume compares: the content's sha256 (a same-size edit with an old mtime is still caught)."""
     if str(path).startswith(TORCHTEXT_PREFIX):
         return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
-    stat = Path(path).stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
+        digest.update(sha256_of(file).encode())
+    return {"sha256": digest.hexdigest()}
 
 
 def report_file(

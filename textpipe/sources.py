@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import stat
 import sys
 import warnings
 from dataclasses import dataclass, field, fields
@@ -507,9 +508,15 @@ def _read_folder(path: str | Path, fmt: str, config: SourceConfig, with_labels: 
 
 
 def _read_one_file(file: Path, label: str, max_bytes: int, config: SourceConfig) -> _Row:
-    if file.stat().st_size > max_bytes:
-        return _Row(None, problem=_too_long(config), file=str(file))
-    text = file.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
+    try:
+        if not stat.S_ISREG(file.stat().st_mode):  # a FIFO or a device would block the read forever
+            return _Row(None, problem=("not a regular file", "not a regular file (a pipe, device or socket)"), file=str(file))
+        if file.stat().st_size > max_bytes:
+            return _Row(None, problem=_too_long(config), file=str(file))
+        data = file.read_bytes()
+    except OSError as err:  # a dangling link, no permission
+        return _Row(None, problem=("unreadable file", f"unreadable ({err.strerror or err})"), file=str(file))
+    text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     return _Row(None, text.strip(), label, file=str(file))
 
 
