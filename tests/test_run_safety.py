@@ -219,3 +219,29 @@ def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
     os.utime(train, ns=(before.st_atime_ns, before.st_mtime_ns))
     with pytest.raises(DataError, match="the training file changed since the run started"):
         resume_run(tmp_path / "run", quiet=True)
+
+
+def test_resume_never_loads_a_checkpoint_the_run_did_not_record(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from textpipe.checkpoint import CheckpointStore
+
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save({"weights": torch.ones(3)}, step=1)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "step-000000009.pt", _use_new_zipfile_serialization=False)  # planted, legacy format
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kw: loads.append(str(path)) or real_load(path, **kw))
+    assert torch.equal(store.load_latest()["weights"], torch.ones(3))
+    assert loads == [str(tmp_path / "step-000000001.pt")]
+    assert "step-000000009.pt (not recorded as written by this run)" in capsys.readouterr().err
+
+
+def test_written_files_get_the_usual_permissions(data, tmp_path):
+    _, _, _, model = data
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {oct((model / name).stat().st_mode & 0o777) for name in BUNDLE_AND_REPORT} == {oct(0o666 & ~umask)}
+    with atomic_output(tmp_path / "out.txt") as f:
+        f.write("x")
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -61,9 +61,7 @@ def atomic_write(path: str | Path, write, before_rename=None) -> None:
     was at ``path`` before is left untouched.
     """
     path = Path(path)
-    # A unique name: two processes writing the same file never write into one temporary file.
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -76,6 +74,18 @@ def atomic_write(path: str | Path, write, before_rename=None) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_file_beside(path: Path) -> tuple[int, Path]:
+    """An open new file of a unique name in ``path``'s folder, so two processes writing the
+    same file never share a temporary file; its mode is what ``open`` would give (umask applied)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, Path(name)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def is_disk_full(err: BaseException | None) -> bool:

@@ -25,7 +25,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import tomllib
 from collections import Counter
 from dataclasses import fields, is_dataclass
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
-from .checkpoint import CheckpointError, OutputError, atomic_write, is_disk_full
+from .checkpoint import CheckpointError, OutputError, atomic_write, is_disk_full, temp_file_beside
 from .models import MODELS, ModelConfig
 from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
@@ -870,8 +869,7 @@ class atomic_output:
     def __enter__(self) -> TextIO:
         if self.path is None:
             return sys.stdout
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self.tmp = Path(name)
+        fd, self.tmp = temp_file_beside(self.path)
         self.file = open(fd, "w", encoding="utf-8", newline="")
         return self.file
 
