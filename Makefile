@@ -48,9 +48,9 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write the bundle and report to OUT
 ifeq ($(strip $(TRAIN)),)
-	$(TEXTPIPE) train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --dataset rotten_tomatoes --out $(OUT) --overwrite $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 else
-	$(TEXTPIPE) train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) --overwrite $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 endif
 
 predict: $(STAMP)  ## label TEXT="..." or INPUT=file (INPUT=- for stdin) with the bundle in MODEL

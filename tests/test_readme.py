@@ -27,5 +27,5 @@ def test_readme_snippets_run(toy_files, tmp_path, capsys, monkeypatch):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert re.search(r"'accuracy': \d", out) and "'label': 'pos'" in out
-    assert (work / "runs" / "mine" / "weights.pt").is_file()
+    assert (work / "runs" / "mine" / "weights.safetensors").is_file()
     assert os.path.isfile(work / "runs" / "mine" / "metrics.json")

@@ -32,7 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .pipeline import PipelineConfig, dev_result, train_files
+from .pipeline import PipelineConfig, check_settings, dev_result, train_files
+from .runfolder import refuse_occupied
 from .tokenizer import Tokenizer
 
 # Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
@@ -79,6 +80,7 @@ def autotune_files(
     config: PipelineConfig | None = None,
     budget: float = 120.0,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Search for ``budget`` seconds on dev, then train the winner into ``out`` as :func:`train_files` does.
 
@@ -86,8 +88,11 @@ def autotune_files(
     """
     if budget <= 0:
         raise ValueError(f"--autotune needs a positive number of seconds, got {budget}")
+    config = config or PipelineConfig()
+    check_settings(config, {"train": train, "dev": dev, "test": test})  # not after minutes of search
+    refuse_occupied(out, overwrite)
     start = time.perf_counter()
-    base = (config or PipelineConfig()).to_dict()
+    base = config.to_dict()
     tokenizer = Tokenizer.from_config(PipelineConfig.from_dict(base).tokenizer)
     trials: list[Trial] = []
 
@@ -131,7 +136,7 @@ def autotune_files(
         "trials": [{k: v for k, v in asdict(t).items() if k != "first_phase"} for t in trials],
         "first_phase": best.first_phase,
     }
-    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, search=search)
+    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, overwrite=overwrite, search=search)
     return {**metrics, "autotune": {k: v for k, v in search.items() if k != "first_phase"}}
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
-from .checkpoint import CheckpointError, OutputError, atomic_write
+from .checkpoint import CheckpointError, OutputError, atomic_write, is_disk_full, temp_file_beside
 from .models import MODELS, ModelConfig
 from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
@@ -43,8 +43,8 @@ from .train import TrainConfig, TrainingInterrupted
 
 EXIT_STATUS = """exit status:
   0  success
-  1  internal error (a bug, or the machine: disk full, download failed); one line and a hint
-  2  bad input or usage: the message names the file (and line) and the problem"""
+  1  internal error (a bug, or the machine: download failed); one line and a hint
+  2  bad input or usage: the message names the file (and line) and the problem; a full disk (with how to resume)"""
 
 QUANTIZE_CUTOFF = 80_000  # textpipe.quantize.QuantizeConfig's default, here so --help needs no torch import
 PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
@@ -89,6 +89,8 @@ OVERRIDES = {
     "num_workers": ("data", "num_workers"),
     "checkpoint_every": ("train", "checkpoint_every"),
     "keep_checkpoints": ("train", "keep_checkpoints"),
+    "checkpoint_seconds": ("train", "checkpoint_seconds"),
+    "keep_checkpoints_after": ("train", "keep_checkpoints_after"),
     "deterministic": ("train", "deterministic"),
 }
 
@@ -140,6 +142,7 @@ def add_train(sub) -> None:
     src.add_argument("--test", type=Path, help="labelled test file, scored once after training; the report is on it")
     src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: hold out about 1 training row in 10)")
     t.add_argument("--out", type=Path, help="folder for the bundle, metrics.json, the report, run.json and checkpoints/ (required to train)")
+    t.add_argument("--overwrite", action="store_true", help="--out may hold an earlier run: replace its bundle and report once this run has finished (other files are left alone)")
     t.add_argument("--resume", type=Path, metavar="DIR", help="finish the run whose --out was DIR from its newest checkpoint; takes no other data or config flag")
     conf = t.add_argument_group("configuration (defaults < --config file < --set < the flags below)")
     conf.add_argument("--config", type=Path, help="a TOML file with [tokenizer] [data] [model] [train] sections (or a bundle's config.json)")
@@ -166,7 +169,9 @@ def add_train(sub) -> None:
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {TrainConfig.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
-    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {TrainConfig.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
+    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
     t.add_argument("--autotune", type=float, metavar="SECONDS", help=(
         "first search model settings for about SECONDS on dev (--dev, or the held-out rows), then train the best as usual; see README"))
@@ -208,6 +213,7 @@ def add_predict(sub) -> None:
         "add why: each token's and n-gram's contribution to the label, exact for the bag model, approximate "
         "(gradient x input) for cnn/gru/transformer (json: an \"explanation\" object; text: a line of top features)"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_source_arguments(p)
 
 
 def add_embed(sub) -> None:
@@ -360,6 +366,7 @@ def build_config(d: dict, source: str):
 
 
 OPTIONAL_PATHS = {"vectors"}  # optional config values that are strings, not ints
+OFF_SWITCHES = {"cache_dir"}  # string settings that `false` turns off (data.cache_dir=false: no cache)
 
 
 def check_type(section: str, key: str, value, defaults, source: str) -> None:
@@ -381,7 +388,7 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     elif isinstance(default, tuple):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     else:
-        ok = isinstance(value, type(default))
+        ok = isinstance(value, type(default)) or (key in OFF_SWITCHES and value is False)
     if not ok:
         expected = "a list of integers" if isinstance(default, tuple) else type(default).__name__ if default is not None else "str" if key in OPTIONAL_PATHS else "int"
         raise UsageError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
@@ -511,7 +518,7 @@ def print_skipped(skipped: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config") if getattr(args, k, None)]
+        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config", "overwrite") if getattr(args, k, None)]
         given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
         if given:
             raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
@@ -544,9 +551,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.autotune is not None:
         from .autotune import autotune_files
 
-        report_training(autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet), args.out)
+        metrics = autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet, overwrite=args.overwrite)
+        report_training(metrics, args.out)
         return
-    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out)
+    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet, overwrite=args.overwrite), args.out)
 
 
 def report_training(metrics: dict, out: Path) -> None:
@@ -581,7 +589,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.explain and args.format == "csv":
         raise UsageError("--explain works with --format json or text", hint="json gives every token's weight; text the top features")
     positive(args.batch_size, "--batch-size")
-    texts = input_texts(args.texts, args.input)
+    source = source_config(args)
+    rows = input_rows(args.texts, args.input, source)
     from tqdm.auto import tqdm
 
     from .predict import Predictor
@@ -589,33 +598,53 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor.load(require_bundle(args.model))
     write_row = ROW_WRITERS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
+    skipped: dict[str, int] = {}
     with atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
         count = 0
         with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
-            for chunk in chunked(texts, PREDICT_CHUNK):
-                results = predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size)
+            for chunk in chunked(rows, PREDICT_CHUNK):
+                results = list(predict_rows(predictor, chunk, top_k, args.batch_size, source.on_bad_row, skipped))
                 if args.explain:
                     from .explain import add_explanations
 
-                    add_explanations(results, predictor.explain(chunk), predictor.labels)
+                    scored = [result for result in results if result["label"] is not None]
+                    add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
                 for result in results:
                     write_row(out, result, predictor.labels)
                 count += len(chunk)
                 bar.update(len(chunk))
         if count == 0:
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+    print_skipped({"predicted": skipped} if skipped else {})
+
+
+def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_bad_row: str, skipped: dict) -> Iterator[dict]:
+    """One result per input row, in order: a blank row gets ``label: null``; another bad row
+    stops the command (``on_bad_row="error"``) or gets ``label: null`` and its reason in ``skipped``."""
+    results = iter(predictor.predict([row.text for row in chunk if row.problem is None], top_k=top_k, batch_size=batch_size))
+    for row in chunk:
+        if row.problem is None:
+            yield next(results)
+        elif row.problem[0] == "empty text":
+            yield {"text": "", "label": None, "probs": {}}
+        elif on_bad_row == "skip":
+            skipped[row.problem[0]] = skipped.get(row.problem[0], 0) + 1
+            yield {"text": "", "label": None, "probs": {}, "skipped": row.problem[0]}
+        else:
+            raise DataError(row.file, row.line, row.problem[1])
 
 
 def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")  # NaN is not JSON: never written
 
 
 def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
     probs = result["probs"]
     cells = [probs.get(label, "") for label in labels]
-    csv.writer(out).writerow([result["text"], result["label"], probs[result["label"]], *cells])
+    confidence = probs[result["label"]] if result["label"] is not None else ""
+    csv.writer(out).writerow([result["text"], result["label"] or "", confidence, *cells])
 
 
 def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
@@ -886,6 +915,10 @@ def bundle_info(path: Path) -> dict:
 
 
 def require_bundle(path: Path) -> Path:
+    from .runfolder import unfinished
+
+    if not (path / "bundle.json").is_file() and unfinished(path):
+        raise UsageError(f"{path} holds an unfinished training run, not yet a bundle", hint=f"finish it with: textpipe train --resume {path}")
     if not (path / "bundle.json").is_file():
         raise UsageError(f"{path} is not a textpipe bundle (no bundle.json)", hint="give the folder that `textpipe train --out DIR` wrote")
     return path
@@ -915,6 +948,24 @@ def input_texts(texts: list[str], source: str | None) -> Iterator[str]:
     return stream()
 
 
+def input_rows(texts: list[str], source: str | None, config: SourceConfig) -> Iterator:
+    """The command-line texts, then the rows of ``source`` ('-' is stdin), bad ones included, streamed."""
+    from .sources import InputRow, file_format, read_input_rows
+
+    if source is not None and source != "-":
+        file_format(source)  # an unknown suffix is an error now, before the model loads
+        if not Path(source).exists():
+            raise UsageError(f"{source}: no such file", hint="use --input - to read texts from stdin")
+
+    def stream() -> Iterator:
+        for i, text in enumerate(texts, start=1):
+            yield InputRow(i, text, None if text.strip() else ("empty text", "empty text"), "<argument>")
+        if source is not None:
+            yield from read_input_rows(None if source == "-" else source, config)
+
+    return stream()
+
+
 def stdin_texts(stream: TextIO) -> Iterator[str]:
     for line_number, line in enumerate(stream, start=1):
         text = line.rstrip("\r\n")
@@ -935,16 +986,18 @@ def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 class atomic_output:
-    """``with atomic_output(path) as f``: a text file written to ``path.tmp`` and renamed on success; stdout if path is None."""
+    """``with atomic_output(path) as f``: a text file written to a temporary file of a unique name
+    beside ``path`` and renamed on success (so two runs never mix their rows); stdout if path is None."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.tmp = None if path is None else path.with_name(path.name + ".tmp")
+        self.tmp: Path | None = None
 
     def __enter__(self) -> TextIO:
-        if self.tmp is None:
+        if self.path is None:
             return sys.stdout
-        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        fd, self.tmp = temp_file_beside(self.path)
+        self.file = open(fd, "w", encoding="utf-8", newline="")
         return self.file
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -955,6 +1008,14 @@ class atomic_output:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file behind
+
+
+def report_disk_full(name: str, args: argparse.Namespace, err: BaseException) -> int:
+    """The one line and the hint for a full disk; exit status 2 (the user can fix it)."""
+    print(f"textpipe {name}: error: the disk is full (No space left on device): {err}", file=sys.stderr)
+    run = getattr(args, "resume", None) or (getattr(args, "out", None) if args.command == "train" else None)
+    print(f"hint: free some space, then: textpipe train --resume {run}" if run else "hint: free some space and run the command again", file=sys.stderr)
+    return 2
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -981,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"textpipe {name}: error: {err}", file=sys.stderr)
         print(f"hint: free some space, then: textpipe train --resume {args.resume or args.out}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -989,6 +1050,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except Exception as err:  # noqa: BLE001  (the last resort: one line, not a traceback)
+        if is_disk_full(err):  # torch reports it as a RuntimeError: the machine, not a bug
+            return report_disk_full(name, args, err)
         if os.environ.get("TEXTPIPE_DEBUG"):
             raise
         print(f"textpipe {name}: internal error: {type(err).__name__}: {err}", file=sys.stderr)

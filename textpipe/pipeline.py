@@ -14,6 +14,7 @@ are thin wrappers over these.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -31,8 +32,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
+from .checkpoint import CheckpointStore, OutputError, sha256_of
 from .explain import strongest_features
-from .checkpoint import CheckpointStore, OutputError
+from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
@@ -59,10 +61,19 @@ class DataConfig:
     cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
     vectors: str | None = None  # named vectors (glove-6b-50d, fetched once) or a GloVe / word2vec text file: start of the word rows
+    max_labels: int = 1000  # more labels than this (or one over 100 characters) looks like swapped columns: an error
 
     def __post_init__(self) -> None:
         if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
             self.source = SourceConfig.from_dict(self.source)
+        if self.cache_dir is False:  # `--set data.cache_dir=false`, as the README says
+            self.cache_dir = None
+        for name, least in (("holdout_every", 2), ("min_freq", 1), ("eval_batch_size", 1), ("shuffle_buffer", 0), ("num_workers", 0), ("max_labels", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"data.{name} must be an integer >= {least}, got {value!r}")
+        if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 3):
+            raise ValueError(f"data.max_size must be an integer >= 3 (<pad>, <unk> and a token) or unset, got {self.max_size!r}")
 
 
 @dataclass
@@ -101,19 +112,20 @@ def train_files(
     dev: str | Path | None = None,
     config: PipelineConfig | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
     search: dict | None = None,
 ) -> dict:
     """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
     score ``test``, and write the bundle and ``metrics.json`` into ``out``.
 
-    The run's settings go to ``out/run.json`` first and checkpoints to
-    ``out/checkpoints/``, so :func:`resume_run` can finish a run that was killed.
+    Everything is written into ``out/.textpipe-run/`` first (``run.json``, then
+    checkpoints, so :func:`resume_run` can finish a run that was killed) and moved into
+    ``out`` once the run has finished. A non-empty ``out`` is refused unless ``overwrite``.
     ``search`` is what :func:`textpipe.autotune.autotune_files` found (its trials, and
     the chosen configuration's early-stopping result, which the refit then starts from).
     """
     config = config or PipelineConfig()
-    if config.model.frozen_dim and not config.data.vectors:
-        raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
+    check_settings(config, {"train": train, "dev": dev, "test": test})
     run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
     if search is not None:
         run["autotune"] = {k: v for k, v in search.items() if k != "first_phase"}
@@ -121,12 +133,35 @@ def train_files(
             run["refit"] = search["first_phase"]
     out = Path(out)
     rank, _ = distributed_rank(config.train.device)
-    if rank == 0:  # under torchrun only rank 0 writes files
-        _prepare_output(out)
-        CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
-        write_json_atomic(out / RUN, run)
-    store = _checkpoint_store(out, config) if rank == 0 else None
-    return _run(run, out, config, store, quiet, resume=None)
+    if rank != 0:  # under torchrun only rank 0 writes files
+        return _run(run, stage_of(out), out, config, None, quiet, resume=None)
+    _prepare_output(out)
+    with RunLock(out):
+        stage = start_fresh(out, overwrite)
+        write_json_atomic(stage / RUN, run)
+        metrics = _run(run, stage, out, config, _checkpoint_store(stage, config), quiet, resume=None)
+        commit(stage, out, config.train.keep_checkpoints_after)
+    return metrics
+
+
+def check_settings(config: PipelineConfig, data: dict) -> None:
+    """Everything that can be checked before the first token is read: the model config,
+    the device, and that each data file exists and holds a row."""
+    from .bundle import check_model_config
+
+    check_model_config(config.model.to_dict())
+    if config.model.frozen_dim and not config.data.vectors:
+        raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.train.device!r}: no CUDA GPU is available here (use --device cpu, or auto)")
+    for part, path in data.items():
+        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
+            continue
+        skipped: dict[str, int] = {}
+        source = replace(config.data.source, on_bad_row="skip")  # the first good row; bad ones are found later, with their lines
+        if next(read_examples(path, config=source, skipped=skipped), None) is None:
+            raise DataError(path, None, f"the {part} file holds no usable row" + (f" ({sum(skipped.values())} bad)" if skipped else " (only a header?)"))
 
 
 def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> FitResult:
@@ -162,18 +197,26 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     out = Path(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
-    if not (out / RUN).is_file():
-        raise FileNotFoundError(f"{out} holds no {RUN}: is it the --out folder of a textpipe train run?")
-    run = json.loads((out / RUN).read_text(encoding="utf-8"))
-    config = PipelineConfig.from_dict(run["config"])
-    _prepare_output(out)
-    store = _checkpoint_store(out, config)
-    checkpoint = store.load_latest() if store else None
-    if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
-        raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
-    if checkpoint is not None and not quiet:
-        print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
-    return _run(run, out, config, store, quiet, resume=checkpoint)
+    with RunLock(out):
+        stage = unfinished(out)
+        if stage is not None and is_complete(stage):  # killed while moving the finished files into place
+            run = json.loads(((stage if (stage / RUN).is_file() else out) / RUN).read_text(encoding="utf-8"))
+            commit(stage, out, run["config"]["train"].get("keep_checkpoints_after", False))
+            return json.loads((out / METRICS).read_text(encoding="utf-8"))
+        if stage is None or not (stage / RUN).is_file():
+            done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
+            raise FileNotFoundError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+        run = json.loads((stage / RUN).read_text(encoding="utf-8"))
+        config = PipelineConfig.from_dict(run["config"])
+        store = _checkpoint_store(stage, config)
+        checkpoint = store.load_latest() if store else None
+        if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
+            raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
+        if checkpoint is not None and not quiet:
+            print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
+        metrics = _run(run, stage, out, config, store, quiet, resume=checkpoint)
+        commit(stage, out, config.train.keep_checkpoints_after)
+    return metrics
 
 
 def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | None:
@@ -181,8 +224,9 @@ def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | No
     return CheckpointStore(out / CHECKPOINTS, keep) if keep else None
 
 
-def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
-    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into ``out``.
+def _run(run: dict, out: Path, final: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
+    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into
+    ``out``, the staging folder of the run whose outputs go to ``final``.
 
     Where a refit follows, ``run.json`` records the first phase's result before the
     refit begins, so a resume knows which phase its checkpoints belong to.
@@ -226,7 +270,7 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
     notes = [f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`."]
     features = strongest_features(model, vocab, labels)
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", features=features,
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {final.name}", features=features,
                  notes=notes + search_notes(run.get("autotune")))
     return metrics
 
@@ -322,7 +366,17 @@ def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer
     labels = sorted(tally.labels)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
+    _check_labels_look_like_labels(train, labels, data.max_labels)
     return vocab, dict(sorted(tally.labels.items())), tally.training_rows, skipped
+
+
+def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) -> None:
+    longest = max(labels, key=len)
+    if len(labels) > max_labels or len(longest) > 100:
+        raise DataError(train, None, (
+            f"{len(labels):,} different labels, the longest {len(longest):,} characters ({longest[:40]!r}...): the label column looks like text; "
+            f"are the label and text columns swapped? (--label-column, --text-columns; data.max_labels={max_labels} allows more labels)"
+        ))
 
 
 def _prepare_output(out: Path) -> None:
@@ -345,6 +399,7 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool)
     least = weights * (keep + 2) if keep else weights
     most = weights * (3 * (keep + 2) + 1) if keep else weights
     free = shutil.disk_usage(out).free
+    out = out.parent if out.name == STAGE else out  # the folder the user named
     if free < least:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
     if free < most and not quiet:
@@ -357,10 +412,16 @@ def _absolute(path: str | Path) -> str:
 
 
 def _fingerprint(path: str | Path) -> dict:
+    """What a resume compares: the content's sha256 (a same-size edit with an old mtime is still caught)."""
     if str(path).startswith(TORCHTEXT_PREFIX):
         return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
-    stat = Path(path).stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
+        digest.update(sha256_of(file).encode())
+    return {"sha256": digest.hexdigest()}
 
 
 def report_file(

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, CheckpointStore
+from .checkpoint import CheckpointStore
 from .collate import Batch
 
 
@@ -65,8 +65,10 @@ class TrainConfig:
     patience: int = 3  # epochs without dev improvement before stopping
     seed: int = 0
     device: str = "cpu"  # "auto": cuda when there is a GPU; on cuda, bf16 autocast, pinned memory, non-blocking copies
-    checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
-    keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt; 0 turns checkpoints off
+    checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: by time only)
+    checkpoint_seconds: float = 60.0  # with a checkpoint folder: save when this long has passed since the last save (and on SIGINT/SIGTERM)
+    keep_checkpoints: int = 2  # newest checkpoints kept while the run goes on; 0 turns checkpoints off
+    keep_checkpoints_after: bool = False  # keep the checkpoints once the run has finished (default: delete them)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
     # Without a dev file: once early stopping has picked the epoch count on the held-out rows,
     # train a fresh model on every training row for that many epochs (what the pipeline ships).
@@ -83,6 +85,12 @@ class TrainConfig:
             raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
             raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0: {self}")
+        if not self.checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
+            raise ValueError(f"lr and weight_decay must be finite numbers: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -378,6 +386,10 @@ class TrainState:
         return asdict(self)
 
 
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite; the weights are unusable from that step on."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
 
@@ -404,14 +416,15 @@ def fit(
     With ``dev_loader=None`` it trains exactly ``config.epochs`` epochs and keeps the
     last weights (a refit, once the epoch count is known).
 
-    With ``checkpoints``, the full training state is saved at the end of every
-    epoch and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
+    With ``checkpoints``, the full training state is saved every ``config.checkpoint_seconds``
+    seconds and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
     by :meth:`CheckpointStore.load_latest`) continues from it, mid-epoch included,
     to exactly the weights an uninterrupted run reaches. ``class_counts`` (training
     rows per class, in label order) is needed for ``config.class_weights="balanced"``. Mid-epoch resumes need a
     ``train_loader`` with ``state_dict`` (torchdata's ``StatefulDataLoader``).
     SIGINT / SIGTERM save a
-    checkpoint at the next step and raise :class:`TrainingInterrupted`.
+    checkpoint at the next step and raise :class:`TrainingInterrupted`. A NaN or infinite
+    loss raises :class:`TrainingDiverged` before the step's weights reach any checkpoint.
 
     Example:
         >>> set_seed(0); model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2))
@@ -439,20 +452,32 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
     state, best_state = TrainState(), None
     if resume is not None:
         state = _restore(resume, model, optimizers, schedulers, train_loader)
+        best_state = resume.get("best_model")
 
     stateful_loader = hasattr(train_loader, "state_dict")
     if config.checkpoint_every and not stateful_loader:
         raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
 
-    def save_checkpoint(mid_epoch: bool, best: bool = False, wait: bool = False) -> str | None:
+    last_save = time.monotonic()
+
+    def save_checkpoint(mid_epoch: bool, wait: bool = False) -> str | None:
         # Written in the background while training goes on, unless `wait` (the run is about to stop).
+        nonlocal last_save
         if checkpoints is None or (mid_epoch and not stateful_loader):
             return None
         loader_state = train_loader.state_dict() if mid_epoch else None
-        path = checkpoints.save_async(_snapshot(state, model, optimizers, schedulers, loader_state), state.step, best)
+        path = checkpoints.save_async(_snapshot(state, model, optimizers, schedulers, loader_state, best_state), state.step)
+        last_save = time.monotonic()
         if wait:
             checkpoints.wait()
         return str(path)
+
+    def checkpoint_due() -> bool:
+        # By time, not by epoch: a checkpoint costs the same whatever the epoch's length.
+        if checkpoints is None:
+            return False
+        by_steps = config.checkpoint_every and state.step % config.checkpoint_every == 0
+        return bool(by_steps) or time.monotonic() - last_save >= config.checkpoint_seconds
 
     weights = class_weight_tensor(class_counts or [], config.class_weights)
     loss_fn = nn.CrossEntropyLoss(
@@ -470,6 +495,8 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
             with bar, _uneven_inputs(train_model):
                 for batch in train_loader:
                     loss_sum, correct = train_step(train_model, batch.to(device, non_blocking=True), optimizers, loss_fn, config.grad_clip)
+                    if not math.isfinite(loss_sum):
+                        raise _diverged(state, config, loss_sum, checkpoints)
                     if step_each_batch:
                         for scheduler in schedulers:
                             scheduler.step()
@@ -481,7 +508,7 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
                     if stop.signal_name:
                         raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=True, wait=True))
-                    if checkpoints is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    if checkpoint_due():
                         save_checkpoint(mid_epoch=True)
             if state.seen == 0:
                 raise ValueError("the training data yielded no batches")
@@ -489,15 +516,14 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                 scheduler.step()
             rows_per_s = (state.seen - seen_before) / max(time.perf_counter() - epoch_start, 1e-9)
             improved = _end_epoch(state, model, dev_loader, config, num_classes, device, quiet, rows_per_s)
-            if improved and checkpoints is None:
+            if improved:  # in memory, and in every later checkpoint, so a resumed run ends with the same weights
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            saved = save_checkpoint(mid_epoch=False, best=improved, wait=bool(stop.signal_name))
             if stop.signal_name:
-                raise TrainingInterrupted(stop.signal_name, saved)
+                raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=False, wait=True))
     if checkpoints is not None:
         checkpoints.wait()
     if dev_loader is not None:
-        model.load_state_dict(best_state if checkpoints is None else _best_weights(state, checkpoints))
+        model.load_state_dict(best_state)
     return FitResult(state.best_epoch, state.best_dev, state.history)
 
 
@@ -536,19 +562,22 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
     return improved
 
 
-def _best_weights(state: TrainState, checkpoints: CheckpointStore) -> dict:
-    best = checkpoints.load_best()  # the checkpoint saved at the end of the best epoch
-    # ({"epoch", "model"} in a run started by textpipe 0.1.0 before best.pt became a link to a checkpoint)
-    found = None if best is None else best["state"]["best_epoch"] if "state" in best else best["epoch"]
-    if found != state.best_epoch:
-        raise CheckpointError(f"{checkpoints.folder}/best.pt holds epoch {found}, but the best epoch was {state.best_epoch}")
-    return best["model"]
+def _diverged(state: TrainState, config: TrainConfig, loss: float, checkpoints: CheckpointStore | None) -> TrainingDiverged:
+    if checkpoints is not None:
+        checkpoints.wait()
+    kept = checkpoints.paths()[-1:] if checkpoints is not None else []
+    where = f"; the last good checkpoint, {kept[0]}, is kept" if kept else ""
+    return TrainingDiverged(
+        f"training diverged: the loss became {loss} at step {state.step + 1} (epoch {state.epoch}) with lr {config.lr}{where}; "
+        "try a smaller --lr (or --grad-clip 1.0)"
+    )
 
 
-def _snapshot(state: TrainState, model, optimizers, schedulers, loader_state: dict | None) -> dict:
+def _snapshot(state: TrainState, model, optimizers, schedulers, loader_state: dict | None, best_model: dict | None = None) -> dict:
     return {
         "state": state.to_dict(),
         "model": model.state_dict(),
+        "best_model": best_model,
         "optimizers": [opt.state_dict() for opt in optimizers],
         "schedulers": [sched.state_dict() for sched in schedulers],
         "loader": loader_state,
