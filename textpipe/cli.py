@@ -598,7 +598,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 count += len(chunk)
                 bar.update(len(chunk))
         if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
-            raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or - to read stdin")
+            raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
 
 
 def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
@@ -624,7 +624,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     check_output_folder(args.output)
     texts = list(input_texts(args.texts, args.input, source_config(args, require_bundle(args.model))))
     if not texts:
-        raise UsageError("no texts to embed", hint="give texts as arguments, or --input FILE, or - to read stdin")
+        raise UsageError("no texts to embed", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
     from .predict import Predictor
 
     vectors = Predictor.load(require_bundle(args.model)).embed(texts, batch_size=args.batch_size)
