@@ -526,12 +526,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError("give --train FILE (and --test FILE), or --dataset NAME", hint="textpipe train --train my_train.csv --test my_test.csv --out runs/mine")
     from .pipeline import train_files
 
-    check_readable((train, dev, test), config)
-    if not args.quiet:
-        print("effective config (saved as config.json in the bundle):", file=sys.stderr)
-        for section, values in config.to_dict().items():
-            shown = (f"{k}={toml_value(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
-            print(f"  [{section}] {' '.join(shown)}", file=sys.stderr)
+    check_readable((train, dev, test), config)  # the pipeline logs the effective config once all the data has been read
     report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out)
 
 
@@ -922,7 +917,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (0 ok, 1 internal error, 2 bad input or usage)."""
     args = parse_args(build_parser(), argv)  # a usage error exits 2 here, with the command's usage line
     name = " ".join(filter(None, (args.command, getattr(args, "action", None))))
-    log_to_stderr(quiet=getattr(args, "quiet", False))
+    handler = log_to_stderr(quiet=getattr(args, "quiet", False))
+    try:
+        return run_command(args, name)
+    finally:
+        stop_logging(handler)
+
+
+def run_command(args: argparse.Namespace, name: str) -> int:
     try:
         args.run(args)
     except (UsageError, CommandFailed) as err:
@@ -992,15 +994,24 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def log_to_stderr(quiet: bool) -> None:
+def log_to_stderr(quiet: bool) -> logging.Handler:
     """The library logs progress on the ``textpipe`` logger and prints nothing; the CLI shows it on stderr."""
     logger = logging.getLogger("textpipe")
-    logger.handlers = [h for h in logger.handlers if not isinstance(h, _StderrHandler)]
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
+    return handler
+
+
+def stop_logging(handler: logging.Handler) -> None:
+    """Leave the logger as it was, for a program that calls ``main()`` and then the library."""
+    logger = logging.getLogger("textpipe")
+    logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
 
 
 def resume_command(out: Path) -> str:

@@ -276,6 +276,8 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
         skipped["dev"] = dev_loader.dataset.count_skipped()
     if test:
         skipped["test"] = loader(test).dataset.count_skipped()
+    if not quiet and not refit_epochs and resume is None:
+        log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
     train_config = replace(config.train, device=str(device), epochs=refit_epochs or config.train.epochs)
     result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
                  class_counts=[label_counts.get(label, 0) for label in labels])
@@ -337,6 +339,25 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool)
     if free < most and not quiet:
         log.warning(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
                     f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)")
+
+
+def config_summary(config: PipelineConfig) -> str:
+    """The effective config, one line per section (``key=value`` as in TOML)."""
+    lines = ["effective config (saved as config.json in the bundle):"]
+    for section, values in config.to_dict().items():
+        shown = (f"{k}={_toml(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
+        lines.append(f"  [{section}] {' '.join(shown)}")
+    return "\n".join(lines)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def label_order(labels: Iterable[str]) -> list[str]:
