@@ -265,3 +265,14 @@ def make(*args):
     stamp = Path(tempfile.gettempdir()) / "textpipe-make-stamp"  # an up-to-date prerequisite instead of the real .venv
     stamp.touch()
     return subprocess.run(["make", "--no-print-directory", f"STAMP={stamp}", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp_path):
+    jsonl = write_reviews(tmp_path / "train.jsonl", reviews(30, seed=6))
+    result = textpipe("train", "--train", jsonl, "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1] == "hint: name the columns: --text-columns review --label-column stars"
+    missing = textpipe("train", "--train", jsonl, "--test", tmp_path / "nope.csv", "--out", tmp_path / "r",
+                       "--text-columns", "review", "--label-column", "stars")
+    assert missing.returncode == 2
+    assert missing.stderr == f"textpipe train: error: {tmp_path / 'nope.csv'}: no such file\n"  # nothing trained or logged first

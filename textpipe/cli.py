@@ -22,6 +22,7 @@ import argparse
 import csv
 import difflib
 import io
+import itertools
 import json
 import logging
 import os
@@ -485,11 +486,14 @@ def bundle_source(bundle: Path | None) -> dict:
 
 def check_readable(paths: Iterable[Path | str | None], config) -> None:
     """Read each file's header and first row now, so a wrong column or path fails before the config dump and training."""
-    from .sources import read_examples
+    from .sources import TORCHTEXT_PREFIX, read_examples
 
     for path in paths:
-        if path is not None and Path(path).is_file():
-            next(read_examples(path, config=config.data.source, skipped={}), None)
+        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
+            continue  # torchtext: would download here; it is read (and checked) by the pipeline
+        if not Path(path).exists():
+            raise DataError(path, None, "no such file")
+        next(read_examples(path, config=config.data.source, skipped={}), None)
 
 
 def print_skipped(skipped: dict) -> None:
@@ -1032,9 +1036,22 @@ def data_hint(err: DataError, args: argparse.Namespace) -> str | None:
     found = re.search(r"\(found: (.*)\)$", problem)
     if problem.startswith("header has no") and found:
         return column_hint([name.strip() for name in found.group(1).split(",")], with_label=args.command not in ("predict", "embed", "vocab"))
+    if problem.startswith("expected a JSON object with a string") and err.line:
+        keys = jsonl_keys(Path(err.path), err.line)
+        return column_hint(keys, with_label=args.command not in ("predict", "embed", "vocab")) if keys else None
     if problem == "empty text" and args.command in ("train", "evaluate"):
         return "--on-bad-row skip skips such rows and counts them"
     return None
+
+
+def jsonl_keys(path: Path, line: int) -> list[str]:
+    """The keys of the JSON object on ``line`` of ``path`` ([] when it is not one)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            row = json.loads(next(itertools.islice(f, line - 1, None)))
+    except (OSError, StopIteration, json.JSONDecodeError):
+        return []
+    return [str(key) for key in row] if isinstance(row, dict) else []
 
 
 def column_hint(names: list[str], with_label: bool) -> str:
