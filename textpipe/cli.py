@@ -480,8 +480,9 @@ def bundle_source(bundle: Path | None) -> dict:
     if config is None or not config.is_file():
         return {}
     source = json.loads(config.read_text(encoding="utf-8")).get("data", {}).get("source", {})
-    # Where the named datasets live is this machine's business, not the bundle's.
-    return {k: v for k, v in source.items() if k != "root"}
+    # Columns, header and length limit describe the files; what to do with a bad row, and
+    # where the named datasets live, are this command's business.
+    return {k: v for k, v in source.items() if k not in ("root", "on_bad_row")}
 
 
 def check_readable(paths: Iterable[Path | str | None], config) -> None:

@@ -337,8 +337,8 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool)
     if free < least:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
     if free < most and not quiet:
-        log.warning(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
-                    f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)")
+        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
+              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
 
 
 def config_summary(config: PipelineConfig) -> str:
