@@ -259,6 +259,8 @@ def test_train_files_prints_nothing_and_writes_no_cache_in_the_working_folder(tm
     assert not (tmp_path / "data").exists()
     assert "epoch 1:" in caplog.text  # the progress is on the logger, for a caller who wants it
     assert any(Path(os.environ["TEXTPIPE_CACHE"]).iterdir())  # "auto": the user's cache folder (here the tests')
+    off = textpipe("train", "--set", "data.cache_dir=false", "--print-config")  # as the README says
+    assert off.returncode == 0 and "cache_dir = false" in off.stdout
 
 
 def make(*args):

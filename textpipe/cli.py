@@ -339,7 +339,9 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     default = getattr(defaults, key)
     if is_dataclass(default) and isinstance(value, dict):
         return  # a nested table such as [data.source]: its own from_dict checks it
-    if default is None and key in OPTIONAL_PATHS:  # e.g. data.vectors: optional file name
+    if key == "cache_dir":  # a folder, "auto", or false for no cache
+        ok = isinstance(value, str) or value is False
+    elif default is None and key in OPTIONAL_PATHS:  # e.g. data.vectors: optional file name
         ok = isinstance(value, str)
     elif default is None:  # e.g. data.max_size: optional int
         ok = isinstance(value, int) and not isinstance(value, bool)
