@@ -1,4 +1,5 @@
 import csv
+import os
 import random
 from pathlib import Path
 
@@ -29,6 +30,18 @@ def write_csv(path: Path, rows) -> Path:
         writer.writerow(["label", "text"])
         writer.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_cache(tmp_path_factory):
+    """Token-id caches of test runs go to a temporary folder, not the user's cache folder (subprocesses inherit it)."""
+    previous = os.environ.get("TEXTPIPE_CACHE")
+    os.environ["TEXTPIPE_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TEXTPIPE_CACHE", None)
+    else:
+        os.environ["TEXTPIPE_CACHE"] = previous
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ def test_a_full_disk_says_so_with_the_resume_hint_and_loses_nothing(where, data,
                             capture_output=True, text=True, env=ENV)
     assert result.returncode == 2, result.stderr
     assert "No space left on device" in result.stderr and "internal error" not in result.stderr
-    assert result.stderr.endswith(f"hint: free some space, then: textpipe train --resume {out}\n")
+    assert f"hint: free some space, then: {sys.executable} -m textpipe train --resume {out}" in result.stderr.splitlines()[-1]
     resumed = textpipe("train", "--resume", out, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert filecmp.cmp(out / "weights.safetensors", model / "weights.safetensors", shallow=False)

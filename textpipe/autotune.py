@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +35,8 @@ from pathlib import Path
 from .pipeline import PipelineConfig, check_settings, dev_result, train_files
 from .runfolder import refuse_occupied
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 
 # Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
 SPACE: list[tuple[str, list[dict]]] = [
@@ -105,8 +107,8 @@ def autotune_files(
                       round(time.perf_counter() - began, 1), first_phase)
         trials.append(trial)
         if not quiet:
-            print(f"autotune trial {len(trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
-                  f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)", file=sys.stderr)
+            log.info(f"autotune trial {len(trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
+                     f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)")
         return trial
 
     best = run({})
@@ -122,13 +124,13 @@ def autotune_files(
                 trial = run(changes)
             except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
                 if not quiet:
-                    print(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}", file=sys.stderr)
+                    log.info(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}")
                 continue
             if trial.beats(best):
                 best = trial
     chosen = PipelineConfig.from_dict(merge(base, best.changes))
     if not quiet:
-        print(_table(trials, best), file=sys.stderr)
+        log.info(_table(trials, best))
     search = {
         "budget_seconds": budget,
         "search_seconds": round(time.perf_counter() - start, 1),

@@ -15,9 +15,14 @@ which does the same as the optimizers' ``zero_grad`` with less overhead per call
 Embedding tables built with ``sparse=True`` are stepped by :class:`RowAdam` (lazy
 Adam, as ``torch.optim.SparseAdam``: only the rows a batch used are touched);
 every other parameter by ``AdamW``.
-After each epoch the model is scored on the dev loader; training stops when dev
-accuracy (ties broken by dev loss) has not improved for ``patience`` epochs, and
-the best weights are restored.
+After each epoch the model is scored on the dev loader and the best weights so far
+are kept: the best epoch has the highest dev accuracy, ties going to the lower dev
+loss. Training stops (and the best weights are restored) when either
+
+- the best epoch is ``patience`` epochs old, or
+- dev accuracy has not risen by more than ``min_delta`` for ``2 * patience`` epochs:
+  a falling dev loss alone (accuracy tied) keeps training going for at most
+  ``patience`` epochs more, so a plateau, e.g. at 1.0 on easy data, stops it.
 
 Given a :class:`~textpipe.checkpoint.CheckpointStore`, :func:`fit` saves the whole
 training state (weights, optimizer moments, RNG states, the DataLoader's position)
@@ -29,6 +34,7 @@ bit-identical weights.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -44,6 +50,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointStore
 from .collate import Batch
+
+log = logging.getLogger("textpipe")  # the CLI sends it to stderr; a library caller decides for itself
 
 
 SCHEDULES = ("linear", "constant", "linear_steps")
@@ -62,7 +70,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max total gradient norm (sparse rows included); 0 = off
     label_smoothing: float = 0.0  # CrossEntropyLoss(label_smoothing=...)
     class_weights: str = "none"  # "balanced": class c weighs n / (k * count_c) in the training loss
-    patience: int = 3  # epochs without dev improvement before stopping
+    patience: int = 3  # epochs without a new best dev epoch before stopping (see the module docstring)
+    min_delta: float = 0.0  # dev accuracy must rise by more than this to count as progress
     seed: int = 0
     device: str = "cpu"  # "auto": cuda when there is a GPU; on cuda, bf16 autocast, pinned memory, non-blocking copies
     checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: by time only)
@@ -83,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
             raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0: {self}")
         if not self.checkpoint_seconds > 0:
@@ -379,6 +390,8 @@ class TrainState:
     seen: int = 0
     best_epoch: int = 0
     best_dev: dict | None = None
+    progress_epoch: int = 0  # the last epoch whose dev accuracy rose by more than min_delta ...
+    progress_accuracy: float = -1.0  # ... to this
     history: list[dict] = field(default_factory=list)
     finished: bool = False  # early stopping fired or the last epoch ended
 
@@ -545,17 +558,21 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
         "train_accuracy": round(state.correct / state.seen, 6),
         **({f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")} if dev else {}),
     })
-    # Ties in accuracy go to the lower loss, so a plateau (common in the first
-    # epochs on small data) does not trigger early stopping while the model still learns.
+    # Ties in accuracy go to the lower loss, so a plateau in the first epochs on small data
+    # does not stop a model that still learns; but only for `patience` extra epochs.
     best = state.best_dev
     improved = dev is not None and (best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"]))
+    if dev is not None and dev["accuracy"] > state.progress_accuracy + config.min_delta:
+        state.progress_epoch, state.progress_accuracy = state.epoch, dev["accuracy"]
     if not quiet:
         last = state.history[-1]
-        scored = f" | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}" if dev else ""
-        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){scored}", file=sys.stderr)
+        scored = f" | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f} loss {dev['loss']:.4f}{' *' if improved else ''}" if dev else ""
+        log.info(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){scored}")
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
-    stalled = dev is not None and state.epoch - state.best_epoch >= config.patience
+    stalled = dev is not None and (
+        state.epoch - state.best_epoch >= config.patience or state.epoch - state.progress_epoch >= 2 * config.patience
+    )
     state.finished = state.epoch >= config.epochs or stalled
     state.epoch += 1
     state.loss_sum, state.correct, state.seen = 0.0, 0, 0
