@@ -1,6 +1,8 @@
 import csv
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,16 +34,16 @@ def write_csv(path: Path, rows) -> Path:
     return path
 
 
+# Token-id caches of test runs go to a temporary folder, not the user's cache folder. Set at
+# import, before any test module copies os.environ into a subprocess's environment.
+TOKEN_CACHE = tempfile.mkdtemp(prefix="textpipe-test-cache-")
+os.environ["TEXTPIPE_CACHE"] = TOKEN_CACHE
+
+
 @pytest.fixture(scope="session", autouse=True)
-def token_cache(tmp_path_factory):
-    """Token-id caches of test runs go to a temporary folder, not the user's cache folder (subprocesses inherit it)."""
-    previous = os.environ.get("TEXTPIPE_CACHE")
-    os.environ["TEXTPIPE_CACHE"] = str(tmp_path_factory.mktemp("token-cache"))
-    yield
-    if previous is None:
-        os.environ.pop("TEXTPIPE_CACHE", None)
-    else:
-        os.environ["TEXTPIPE_CACHE"] = previous
+def token_cache():
+    yield TOKEN_CACHE
+    shutil.rmtree(TOKEN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
