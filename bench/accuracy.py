@@ -86,7 +86,7 @@ def run_textpipe(config: dict, files: dict, out: Path) -> dict:
     cfg = PipelineConfig.from_dict(json.loads(json.dumps(config)))
     cfg.train.keep_checkpoints = 0  # a benchmark needs no resumable checkpoints
     start = time.perf_counter()
-    metrics = train_files(files["train"], files["test"], out, config=cfg, quiet=True)
+    metrics = train_files(files["train"], files["test"], out, config=cfg, quiet=True, overwrite=True)
     seconds = time.perf_counter() - start  # includes vocab building and scoring the test file
     test = metrics["test"]
     return {
