@@ -245,3 +245,10 @@ def test_written_files_get_the_usual_permissions(data, tmp_path):
     with atomic_output(tmp_path / "out.txt") as f:
         f.write("x")
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_predict_into_a_missing_folder_is_a_usage_error(data, tmp_path):
+    _, _, _, model = data
+    result = textpipe("predict", "--model", model, "great", "--output", tmp_path / "nope" / "out.jsonl")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"textpipe predict: error: {tmp_path}/nope/out.jsonl: its folder {tmp_path}/nope does not exist\n")

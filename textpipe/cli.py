@@ -1082,6 +1082,8 @@ class atomic_output:
     def __enter__(self) -> TextIO:
         if self.path is None:
             return sys.stdout
+        if not self.path.parent.is_dir():
+            raise UsageError(f"{self.path}: its folder {self.path.parent} does not exist", hint="create it, or give another --output")
         fd, self.tmp = temp_file_beside(self.path)
         self.file = open(fd, "w", encoding="utf-8", newline="")
         return self.file

@@ -408,11 +408,11 @@ def _prepare_output(out: Path) -> None:
 def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool) -> None:
     """Refuse a run the disk surely cannot hold; warn when it may not."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Each checkpoint holds the weights, and Adam's two moments for the rows trained so far
-    # (none to all of them); one more is written while the kept ones exist, and best.pt
-    # may be an older one. Then the bundle: the weights once more.
+    # Each checkpoint holds the weights, the best epoch's weights once there is one, and Adam's
+    # two moments for the rows trained so far (none to all of them); one more is written while
+    # the kept ones exist. Then the bundle: the weights once more.
     least = weights * (keep + 2) if keep else weights
-    most = weights * (3 * (keep + 2) + 1) if keep else weights
+    most = weights * (4 * (keep + 1) + 1) if keep else weights
     free = shutil.disk_usage(out).free
     out = out.parent if out.name == STAGE else out  # the folder the user named
     if free < least:
