@@ -48,7 +48,7 @@ def test_save_writes_the_cli_bundle_and_load_reads_it_back(fitted, tmp_path):
     clf, test = fitted
     texts = [text for _, text in test]
     clf.save(tmp_path / "model")
-    assert {"bundle.json", "weights.pt", "vocab.json", "config.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"bundle.json", "weights.safetensors", "vocab.json", "config.json"} <= {p.name for p in (tmp_path / "model").iterdir()}
     again = TextClassifier.load(tmp_path / "model")
     assert np.array_equal(again.predict_proba(texts), clf.predict_proba(texts)) and again.labels_ == clf.labels_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

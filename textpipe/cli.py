@@ -1,4 +1,4 @@
-"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, info, quantize, serve.
+"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, vectors, info, quantize, serve.
 
     textpipe train --train train.csv --test test.csv --out runs/mine
     textpipe train --config configs/cnn.toml --dataset rotten_tomatoes --out runs/cnn --epochs 5
