@@ -185,7 +185,7 @@ def test_cache_dir_false_turns_the_cache_off(data, tmp_path):
     train, test, _, _ = data
     result = textpipe("train", "--train", train, "--test", test, "--out", tmp_path / "M", "--set", "data.cache_dir=false", *SMALL)
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "M" / "config.json").read_text())["data"]["cache_dir"] is None
+    assert json.loads((tmp_path / "M" / "config.json").read_text())["data"]["cache_dir"] is False
 
 
 def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
@@ -251,4 +251,4 @@ def test_predict_into_a_missing_folder_is_a_usage_error(data, tmp_path):
     _, _, _, model = data
     result = textpipe("predict", "--model", model, "great", "--output", tmp_path / "nope" / "out.jsonl")
     assert result.returncode == 2
-    assert result.stderr.startswith(f"textpipe predict: error: {tmp_path}/nope/out.jsonl: its folder {tmp_path}/nope does not exist\n")
+    assert result.stderr.startswith(f"textpipe predict: error: --output {tmp_path}/nope/out.jsonl: folder {tmp_path}/nope does not exist\n")

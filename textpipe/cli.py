@@ -1102,7 +1102,7 @@ def report_disk_full(name: str, args: argparse.Namespace, err: BaseException) ->
     """The one line and the hint for a full disk; exit status 2 (the user can fix it)."""
     print(f"textpipe {name}: error: the disk is full (No space left on device): {err}", file=sys.stderr)
     run = getattr(args, "resume", None) or (getattr(args, "out", None) if args.command == "train" else None)
-    print(f"hint: free some space, then: textpipe train --resume {run}" if run else "hint: free some space and run the command again", file=sys.stderr)
+    print(f"hint: free some space, then: {resume_command(run)}" if run else "hint: free some space and run the command again", file=sys.stderr)
     return 2
 
 
