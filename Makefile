@@ -21,23 +21,24 @@ NPROC  ?= 1
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train predict evaluate info quantize serve test clean bench-memory bench bench-quantize bench-serve bench-accuracy
+.PHONY: help venv train resume predict evaluate info quantize serve test clean bench-memory bench bench-quantize bench-serve bench-accuracy
 
 help:  ## list targets and variables
 	@echo "targets:"
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sed 's/^/  make /'
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables:"
-	@echo "  TRAIN=file TEST=file [DEV=file]  your labelled data (.csv/.tsv with label,text header, or .jsonl); without TRAIN: rotten_tomatoes"
-	@echo "  OUT=dir                          where train writes the bundle and the report (now: $(OUT))"
-	@echo "  CONFIG=file.toml                 a config file for train, e.g. configs/cnn.toml (flags in ARGS override it)"
-	@echo "  MODEL=dir                        the bundle predict/evaluate/info use (now: $(MODEL))"
-	@echo "  TEXT=\"...\" or INPUT=file         what predict labels; INPUT=- reads stdin"
-	@echo "  FORMAT=json|csv|text             predict's output format (now: $(FORMAT))"
-	@echo "  HOST=addr PORT=n                 make serve: where to listen (now: $(HOST):$(PORT))"
-	@echo "  TEST=file REPORT=dir             evaluate's data (default: the rotten_tomatoes test split) and report folder (default: MODEL/eval-NAME)"
-	@echo "  NPROC=2                          make train: that many training processes (torchrun, DistributedDataParallel)"
-	@echo "  ARGS=\"...\"                       extra flags for the textpipe command, e.g. ARGS=\"--epochs 5 --quiet\""
-	@echo "example: make train TRAIN=data/mine/train.csv TEST=data/mine/test.csv OUT=runs/mine && make predict MODEL=runs/mine TEXT=\"great fun\""
+	@printf '  %-34s %s\n' \
+	  'TRAIN=file [TEST=file] [DEV=file]' 'your labelled data (.csv/.tsv with label,text header, or .jsonl); without TRAIN: rotten_tomatoes' \
+	  'OUT=dir' 'where train writes (and resume finishes) the bundle and the report (now: $(OUT))' \
+	  'CONFIG=file.toml' 'a config file for train, e.g. configs/cnn.toml (flags in ARGS override it)' \
+	  'MODEL=dir' 'the bundle predict/evaluate/info/quantize/serve use (now: $(MODEL))' \
+	  'TEXT="..." or INPUT=file' 'what predict labels; INPUT=- reads stdin' \
+	  'FORMAT=json|csv|text' "predict's output format (now: $(FORMAT))" \
+	  'HOST=addr PORT=n' 'make serve: where to listen (now: $(HOST):$(PORT))' \
+	  'TEST=file REPORT=dir' "evaluate's data (default: the test file MODEL was trained with) and report folder (default: MODEL/eval-NAME)" \
+	  'NPROC=2' 'make train: that many training processes (torchrun, DistributedDataParallel)' \
+	  'ARGS="..."' 'extra flags for the textpipe command, e.g. ARGS="--epochs 5 --quiet"; columns: ARGS="--text-columns review --label-column stars"'
+	@echo 'example: make train TRAIN=data/mine/train.csv TEST=data/mine/test.csv OUT=runs/mine && make predict MODEL=runs/mine TEXT="great fun"'
 
 venv: $(STAMP)  ## create .venv and install the pinned stack
 
@@ -48,18 +49,22 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)  ## train (default dataset, or TRAIN=... TEST=...) and write the bundle and report to OUT
 ifeq ($(strip $(TRAIN)),)
-	$(TEXTPIPE) train --dataset rotten_tomatoes --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --dataset rotten_tomatoes --out $(OUT) --overwrite $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 else
-	$(TEXTPIPE) train --train $(TRAIN) --test $(TEST) $(if $(DEV),--dev $(DEV)) --out $(OUT) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+	$(TEXTPIPE) train --train $(TRAIN) $(if $(TEST),--test $(TEST)) $(if $(DEV),--dev $(DEV)) --out $(OUT) --overwrite $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 endif
 
-predict: $(STAMP)  ## label TEXT="..." or INPUT=file (INPUT=- for stdin) with the bundle in MODEL
-	@test -n "$(TEXT)$(INPUT)" || { echo 'give TEXT="some text" or INPUT=file.txt (INPUT=- reads stdin)'; exit 2; }
-	@# TEXT reaches the shell through the environment, so quotes inside it need no escaping.
-	@$(PY) -m textpipe predict --model $(MODEL) --format $(FORMAT) $(if $(INPUT),--input "$(INPUT)") $(if $(TEXT),"$$TEXT") $(ARGS)
+resume: $(STAMP)  ## finish the stopped or killed training run in OUT from its newest checkpoint
+	$(PY) -m textpipe train --resume $(OUT) $(ARGS)
 
-evaluate: $(STAMP)  ## score the bundle in MODEL on TEST=file; metrics JSON on stdout, report in REPORT
-	$(PY) -m textpipe evaluate --model $(MODEL) --data $(or $(TEST),data/rotten_tomatoes/test.csv) $(if $(REPORT),--out $(REPORT)) $(ARGS)
+# TEXT reaches the shell through the environment, unexpanded, so neither quotes nor $ inside it need escaping.
+predict: export TEXTPIPE_TEXT := $(value TEXT)
+predict: $(STAMP)  ## label TEXT="..." or INPUT=file (INPUT=- for stdin) with the bundle in MODEL
+	@$(if $(value TEXT)$(INPUT),,echo 'give TEXT="some text" or INPUT=file.txt (INPUT=- reads stdin)' >&2; exit 2)
+	@$(PY) -m textpipe predict --model $(MODEL) --format $(FORMAT) $(if $(INPUT),--input "$(INPUT)") $(if $(value TEXT),"$$TEXTPIPE_TEXT") $(ARGS)
+
+evaluate: $(STAMP)  ## score the bundle in MODEL on TEST=file (default: its own test file); metrics JSON on stdout
+	$(PY) -m textpipe evaluate --model $(MODEL) $(if $(TEST),--data $(TEST)) $(if $(REPORT),--out $(REPORT)) $(ARGS)
 
 info: $(STAMP)  ## describe the bundle in MODEL (labels, metrics, versions, weights sha256)
 	@$(PY) -m textpipe info $(MODEL) $(ARGS)

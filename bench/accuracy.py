@@ -90,9 +90,9 @@ def run_textpipe(config: dict, budget: float | None, files: dict, out: Path) -> 
     cfg = PipelineConfig.from_dict(json.loads(json.dumps(config)))
     start = time.perf_counter()
     if budget is None:
-        metrics = train_files(files["train"], files["test"], out, config=cfg, quiet=True)
+        metrics = train_files(files["train"], files["test"], out, config=cfg, quiet=True, overwrite=True)
     else:
-        metrics = autotune_files(files["train"], files["test"], out, config=cfg, budget=budget, quiet=True)
+        metrics = autotune_files(files["train"], files["test"], out, config=cfg, budget=budget, quiet=True, overwrite=True)
     seconds = time.perf_counter() - start  # includes vocab building and scoring the test file
     test = metrics["test"]
     result = {

@@ -99,7 +99,7 @@ def train_one_epoch(train: str, test: str, out: str) -> None:
         tokenizer=TokenizerConfig("whitespace"), data=DataConfig(cache_dir=str(Path(out) / "cache")),
         train=TrainConfig(epochs=1, batch_size=BATCH_SIZE),
     )
-    metrics = train_files(train, test, out, dev=test, config=config, quiet=True)
+    metrics = train_files(train, test, out, dev=test, config=config, quiet=True, overwrite=True)  # out holds the cache folder
     during = sorted(samples[len(samples) // 4:])  # after the first quarter of the run: imports and the vocab pass
     print(json.dumps({
         "rss_median_mb": round(statistics.median(during) / 1024, 1), "rss_p95_mb": round(during[int(0.95 * (len(during) - 1))] / 1024, 1),

@@ -4,7 +4,7 @@
 
 For rotten_tomatoes (the default dataset), mr and trec6 (``../shared/datasets``):
 train the default model, quantize it with the default settings, and score both on
-the test split. Writes ``bench/results/quantize.json``: bundle bytes (weights.pt +
+the test split. Writes ``bench/results/quantize.json``: bundle bytes (weights.safetensors +
 vocab.json + bundle.json) before and after, their ratio, the rows kept, and test
 accuracy before and after. Models are kept under ``data/bench/quantize/`` and
 reused by the next run.

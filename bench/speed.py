@@ -277,7 +277,7 @@ def end_to_end() -> dict:
     variants = (("textpipe_default", []), ("textpipe_no_checkpoints_warm_cache", ["--keep-checkpoints", "0"]), ("textpipe_no_refit_warm_cache", ["--no-refit"]))
     for label, extra in variants:
         run_dir = WORK / label
-        cmd = [sys.executable, "-m", "textpipe", "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--quiet",
+        cmd = [sys.executable, "-m", "textpipe", "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--overwrite", "--quiet",
                "--set", f"data.cache_dir={cache}", *extra]
         result = run_process(rss_wrapper(cmd))
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -308,7 +308,7 @@ def ddp_speed() -> dict:
             run_dir, cache = WORK / f"ddp{nproc}", WORK / f"ddp-cache{nproc}"
             shutil.rmtree(cache, ignore_errors=True)
             launch = [sys.executable, "-m", "textpipe"] if nproc == 1 else [torchrun, "--standalone", f"--nproc_per_node={nproc}", "-m", "textpipe"]
-            result = run_process([*launch, "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--quiet",
+            result = run_process([*launch, "train", "--train", str(MR_TRAIN), "--test", str(MR_TEST), "--out", str(run_dir), "--overwrite", "--quiet",
                                   "--keep-checkpoints", "0", "--seed", str(seed), "--set", f"data.cache_dir={cache}"])
             metrics = json.loads((run_dir / "metrics.json").read_text())
             runs.append({"seed": seed, "wall_s": result["wall_s"], "test_accuracy": metrics["test"]["accuracy"], "epochs": len(metrics["history"])})

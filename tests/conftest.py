@@ -1,5 +1,8 @@
 import csv
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,18 @@ def write_csv(path: Path, rows) -> Path:
         writer.writerow(["label", "text"])
         writer.writerows(rows)
     return path
+
+
+# Token-id caches of test runs go to a temporary folder, not the user's cache folder. Set at
+# import, before any test module copies os.environ into a subprocess's environment.
+TOKEN_CACHE = tempfile.mkdtemp(prefix="textpipe-test-cache-")
+os.environ["TEXTPIPE_CACHE"] = TOKEN_CACHE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_cache():
+    yield TOKEN_CACHE
+    shutil.rmtree(TOKEN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from pathlib import Path
 import textpipe.bundle
 import textpipe.checkpoint
 import textpipe.pipeline
+import textpipe.runfolder
 import textpipe.train
 from textpipe.models import ModelConfig
 from textpipe.pipeline import DataConfig, PipelineConfig, train_files
@@ -71,18 +72,20 @@ KILL_POINTS = {
     "early": lambda sig: on_call(textpipe.train, "train_step", 3, sig),
     # mid-epoch, two steps after the step-15 checkpoint (epoch 2 of 4)
     "mid-epoch": lambda sig: on_call(textpipe.train, "train_step", 17, sig),
-    # between epochs: after epoch 2's end-of-epoch checkpoint, before epoch 3's first step
+    # between epochs: at epoch 3's first step (the newest checkpoint is step 20's, in epoch 2)
     "between-epochs": lambda sig: on_call(textpipe.train, "train_step", 25, sig),
     # while dev is scored at the end of epoch 3
     "during-evaluation": lambda sig: on_call(textpipe.train, "evaluate", 3, sig),
     # during the write of the third step checkpoint: a half-written temporary file
-    "during-checkpoint-write": lambda sig: on_call(textpipe.checkpoint, "atomic_write", 4, sig, before=half_written_checkpoint),
-    # after training, with weights.pt of the final bundle written but not bundle.json
+    "during-checkpoint-write": lambda sig: on_call(textpipe.checkpoint, "atomic_write", 5, sig, before=half_written_checkpoint),  # each checkpoint: its file, then digests.json
+    # after training, with the weights of the final bundle written but not its vocabulary or bundle.json
     "during-bundle-save": lambda sig: on_call(textpipe.bundle, "save_vocab", 1, sig),
-    # an improved epoch's checkpoint: best.pt already linked to it, the step file not yet renamed
-    "after-best-link": lambda sig: on_call(textpipe.checkpoint, "_link_or_copy", 2, sig, before=textpipe.checkpoint._link_or_copy),
+    # every output in the staging folder, the move into OUT not begun
+    "before-commit": lambda sig: on_call(textpipe.runfolder, "atomic_write", 1, sig),
+    # every output moved into OUT, the staging folder not yet removed
+    "during-commit": lambda sig: on_call(textpipe.runfolder.shutil, "rmtree", 1, sig),
     # between the phases: the first phase's checkpoints cleared, run.json not yet told about the refit
-    "before-refit-recorded": lambda sig: on_call(textpipe.checkpoint.CheckpointStore, "clear", 2, sig, before=textpipe.checkpoint.CheckpointStore.clear),
+    "before-refit-recorded": lambda sig: on_call(textpipe.checkpoint.CheckpointStore, "clear", 1, sig, before=textpipe.checkpoint.CheckpointStore.clear),
     # the refit recorded in run.json, its vocabulary not yet built
     "refit-vocab": lambda sig: on_call(textpipe.pipeline, "_build_vocab_and_labels", 2, sig),
     # mid-refit, two steps after its step-15 checkpoint (48 steps of the first phase before it)

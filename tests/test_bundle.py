@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
-from textpipe.bundle import BundleError, file_digest, load_bundle, save_bundle
+from safetensors.torch import save_file
+
+from textpipe.bundle import BundleError, fields_digest, file_digest, load_bundle, save_bundle
 from textpipe.models import ModelConfig, build_model
 from textpipe.predict import Predictor
 from textpipe.tokenizer import Tokenizer
@@ -28,7 +30,7 @@ def bundle_dir(tmp_path):
 
 def test_bundle_files_are_json_and_tensors(bundle_dir):
     path, _ = bundle_dir
-    assert sorted(p.name for p in path.iterdir()) == ["bundle.json", "vocab.json", "weights.pt"]
+    assert sorted(p.name for p in path.iterdir()) == ["bundle.json", "vocab.json", "weights.safetensors"]
     meta = json.loads((path / "bundle.json").read_text())
     assert meta["labels"] == ["neg", "neutral", "pos"] and meta["tokenizer"] == {"name": "spacy", "lower": True}
 
@@ -51,24 +53,25 @@ def test_fresh_process_predicts_the_same_probabilities(bundle_dir):
 def forge_manifest(path):
     """What an attacker who can edit files does: make bundle.json's checksums match again."""
     meta = json.loads((path / "bundle.json").read_text())
-    meta["files"] = {name: file_digest(path / name) for name in meta["files"]}
+    meta["files"] = {name: file_digest(path / name) for name in ("weights.safetensors", "vocab.json")}
+    meta["files"]["bundle.json"] = {"fields": ["model", "tokenizer", "labels"], "sha256": fields_digest(meta)}
     (path / "bundle.json").write_text(json.dumps(meta))
 
 
 def test_bundle_json_lists_size_and_sha256_of_each_file(bundle_dir):
     path, _ = bundle_dir
     files = json.loads((path / "bundle.json").read_text())["files"]
-    assert files["weights.pt"] == {"bytes": (path / "weights.pt").stat().st_size, "sha256": hashlib.sha256((path / "weights.pt").read_bytes()).hexdigest()}
-    assert set(files) == {"weights.pt", "vocab.json"}
+    assert files["weights.safetensors"] == {"bytes": (path / "weights.safetensors").stat().st_size, "sha256": hashlib.sha256((path / "weights.safetensors").read_bytes()).hexdigest()}
+    assert set(files) == {"weights.safetensors", "vocab.json", "bundle.json"}
 
 
 def test_a_truncated_weights_file_is_refused(bundle_dir):
     path, _ = bundle_dir
-    data = (path / "weights.pt").read_bytes()
-    (path / "weights.pt").write_bytes(data[: len(data) // 2])
+    data = (path / "weights.safetensors").read_bytes()
+    (path / "weights.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(BundleError) as err:
         load_bundle(path)
-    assert str(err.value) == f"{path}/weights.pt is {len(data) // 2} bytes but bundle.json says {len(data)}: the file is truncated or was replaced"
+    assert str(err.value) == f"{path}/weights.safetensors is {len(data) // 2} bytes but bundle.json says {len(data)}: the file is truncated or was replaced"
 
 
 def test_an_altered_file_is_refused(bundle_dir):
@@ -92,11 +95,11 @@ class Boom:
 def test_a_weights_file_holding_code_is_refused_even_with_a_forged_manifest(bundle_dir, tmp_path):
     path, _ = bundle_dir
     marker = tmp_path / "pwned"
-    torch.save({"embedding.weight": Boom(marker)}, path / "weights.pt")
+    torch.save({"embedding.weight": Boom(marker)}, path / "weights.safetensors")
     forge_manifest(path)
     with pytest.raises(BundleError) as err:
         load_bundle(path)
-    assert str(err.value) == f"refusing to load {path}/weights.pt: it holds Python objects other than tensors, and unpickling them could run code"
+    assert str(err.value).startswith(f"{path}/weights.safetensors is not a safetensors weights file (")
     assert not marker.exists()
 
 
@@ -115,12 +118,13 @@ def test_weights_of_another_embedding_size_are_caught(bundle_dir):
     path, _ = bundle_dir
     meta = json.loads((path / "bundle.json").read_text())
     other = build_model(ModelConfig(**{**meta["model"], "embed_dim": 32}))
-    torch.save(other.state_dict(), path / "weights.pt")
+    save_file(other.state_dict(), path / "weights.safetensors")
     forge_manifest(path)
     with pytest.raises(BundleError) as err:
         load_bundle(path)
-    assert str(err.value).startswith(f"{path}/weights.pt does not fit the model described in bundle.json: size mismatch for embedding")
-    assert "torch.Size([" in str(err.value) and "\n" not in str(err.value)
+    rows = meta["model"]["vocab_size"] + 64
+    assert str(err.value) == (f"{path}/bundle.json field model does not fit {path}/weights.safetensors: tensor embedding.weight is [{rows}, 32] "
+                              f"in the weights file but the model config makes it [{rows}, 64]")
 
 
 def test_a_damaged_or_newer_bundle_json_is_refused(bundle_dir):
@@ -129,18 +133,18 @@ def test_a_damaged_or_newer_bundle_json_is_refused(bundle_dir):
     (path / "bundle.json").write_text(meta[:-40])
     with pytest.raises(BundleError, match="bundle.json is damaged: not valid JSON"):
         load_bundle(path)
-    (path / "bundle.json").write_text(meta.replace('"format_version": 1', '"format_version": 99'))
-    with pytest.raises(BundleError, match="bundle format 99, this textpipe reads format 1"):
+    (path / "bundle.json").write_text(meta.replace('"format_version": 2', '"format_version": 99'))
+    with pytest.raises(BundleError, match="bundle format 99, this textpipe reads format 2"):
         load_bundle(path)
 
 
 def test_the_cli_reports_a_tampered_bundle_in_one_line(bundle_dir):
     path, _ = bundle_dir
-    data = (path / "weights.pt").read_bytes()
-    (path / "weights.pt").write_bytes(data[:-10])
+    data = (path / "weights.safetensors").read_bytes()
+    (path / "weights.safetensors").write_bytes(data[:-10])
     result = subprocess.run([sys.executable, "-m", "textpipe", "predict", "--model", str(path), "great"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr == f"textpipe predict: error: {path}/weights.pt is {len(data) - 10} bytes but bundle.json says {len(data)}: the file is truncated or was replaced\n"
+    assert result.stderr == f"textpipe predict: error: {path}/weights.safetensors is {len(data) - 10} bytes but bundle.json says {len(data)}: the file is truncated or was replaced\n"
 
 
 def test_predict_top_k_and_order(bundle_dir):
@@ -155,8 +159,115 @@ def test_predict_top_k_and_order(bundle_dir):
 def test_info_refuses_a_crafted_pickle_in_one_line(bundle_dir, tmp_path):
     path, _ = bundle_dir
     marker = tmp_path / "pwned"
-    torch.save({"embedding.weight": Boom(marker)}, path / "weights.pt")
+    torch.save({"embedding.weight": Boom(marker)}, path / "weights.safetensors")
     forge_manifest(path)
     result = subprocess.run([sys.executable, "-m", "textpipe", "info", str(path), "--json"], capture_output=True, text=True)
     assert result.returncode == 2 and not marker.exists()
-    assert result.stderr == f"textpipe info: error: refusing to load {path}/weights.pt: it holds Python objects other than tensors, and unpickling them could run code\n"
+    assert result.stderr.startswith(f"textpipe info: error: {path}/weights.safetensors is not a safetensors weights file (")
+    assert result.stderr.count("\n") == 1
+
+
+def edit_meta(path, forge=True, **changes):
+    meta = json.loads((path / "bundle.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            meta[section][field] = value
+        else:
+            meta[section] = value
+    (path / "bundle.json").write_text(json.dumps(meta))
+    if forge:
+        forge_manifest(path)
+
+
+def test_relabelled_bundle_json_is_refused(bundle_dir):
+    path, _ = bundle_dir
+    edit_meta(path, forge=False, labels=["pos", "neutral", "neg"])  # every prediction would change its name
+    with pytest.raises(BundleError) as err:
+        load_bundle(path)
+    assert str(err.value) == f"{path}/bundle.json: the fields model, tokenizer, labels do not match their sha256 in the manifest: the file was altered after saving"
+
+
+@pytest.mark.parametrize("buckets", [2**24, 2**39])
+def test_a_crafted_size_is_refused_before_anything_is_allocated(bundle_dir, buckets, monkeypatch):
+    path, _ = bundle_dir
+    edit_meta(path, model__ngram_buckets=buckets)
+    monkeypatch.setattr("textpipe.bundle.build_model", _only_on_meta(__import__("textpipe.bundle").bundle.build_model))
+    with pytest.raises(BundleError) as err:
+        load_bundle(path)
+    assert str(err.value).startswith(f"{path}/bundle.json field model does not fit {path}/weights.safetensors: tensor embedding.weight is [")
+
+
+def _only_on_meta(build):
+    def wrapper(config):
+        assert torch.empty(0).device.type == "meta", "a model was built for real before its shapes were checked"
+        return build(config)
+    return wrapper
+
+
+CRAFTED = {
+    "labels are not strings": (dict(labels=[1, 2, 3]), "bundle.json: field labels must be a list of at least 2 distinct strings"),
+    "embed_dim 0": (dict(model__embed_dim=0), "bundle.json: field model.embed_dim must be an integer from 1 to 2**40, got 0"),
+    "a 2**64 size": (dict(model__ngram_buckets=2**64), "bundle.json: field model.ngram_buckets must be an integer from 0 to 2**40"),
+    "a string size": (dict(model__vocab_size="12"), "bundle.json: field model.vocab_size must be an integer"),
+    "an unknown tokenizer": (dict(tokenizer={"name": "x"}), "bundle.json: field tokenizer must be an object"),
+    "dropout 5": (dict(model__dropout=5), "bundle.json: field model.dropout must be a number from 0 to 1"),
+    "no manifest": (dict(files=None), "bundle.json has no complete manifest of files (field files)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_fields_end_in_exit_2_naming_the_field(bundle_dir, case):
+    path, _ = bundle_dir
+    changes, message = CRAFTED[case]
+    edit_meta(path, forge=case != "no manifest", **changes)
+    for command in (["predict", "--model", str(path), "great"], ["info", str(path)]):
+        result = subprocess.run([sys.executable, "-m", "textpipe", *command], capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert f"{path}/{message}" in result.stderr and "internal error" not in result.stderr, result.stderr
+
+
+def test_a_vocab_that_is_a_dict_is_refused(bundle_dir):
+    path, _ = bundle_dir
+    (path / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1}))
+    forge_manifest(path)
+    result = subprocess.run([sys.executable, "-m", "textpipe", "predict", "--model", str(path), "great"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == f"textpipe predict: error: {path}/vocab.json: a vocabulary file holds a JSON list of strings\n"
+
+
+def test_weights_that_are_a_symlink_to_a_text_file_are_refused(bundle_dir, tmp_path):
+    path, _ = bundle_dir
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights at all\n" * 10)
+    (path / "weights.safetensors").unlink()
+    (path / "weights.safetensors").symlink_to(text)
+    forge_manifest(path)
+    result = subprocess.run([sys.executable, "-m", "textpipe", "info", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"textpipe info: error: {path}/weights.safetensors is not a safetensors weights file (")
+
+
+def test_weights_never_go_through_torch_load(bundle_dir, monkeypatch):
+    path, _ = bundle_dir
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called on a bundle file"))
+    assert load_bundle(path).labels == ["neg", "neutral", "pos"]
+    torch.save({"embedding.weight": torch.ones(2)}, path / "weights.safetensors", _use_new_zipfile_serialization=False)  # the legacy format
+    forge_manifest(path)
+    with pytest.raises(BundleError, match="is not a safetensors weights file"):
+        load_bundle(path)
+
+
+def test_non_finite_weights_are_never_saved_nor_loaded(bundle_dir, tmp_path):
+    path, model = bundle_dir
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    meta = json.loads((path / "bundle.json").read_text())
+    with pytest.raises(BundleError, match="tensor head.weight holds NaN or infinite values"):
+        save_bundle(tmp_path / "nan", model, load_bundle(path).vocab, Tokenizer("spacy"), meta["labels"], ModelConfig(**meta["model"]))
+    state = load_bundle(path).model.state_dict()
+    state["head.weight"][0, 0] = float("inf")
+    save_file(state, path / "weights.safetensors")
+    forge_manifest(path)
+    with pytest.raises(BundleError, match="tensor head.weight holds NaN or infinite values"):
+        load_bundle(path)

@@ -167,3 +167,20 @@ def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monke
     uncached = train_files(train, test, tmp_path / "run3", config=config(False), quiet=True)
     assert uncached["test"] == first["test"]  # the cache changes where ids come from, not what they are
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_cache_folder_keeps_only_the_most_recently_used_entries(tmp_path):
+    import os
+    import time
+
+    from textpipe import cache
+
+    for i in range(6):
+        cache.write_cache(tmp_path, f"{i:032d}", [([1, 2, 3], 0)], {})
+        old = time.time() - 3600 * (10 - i)  # used i hours ago, oldest first
+        os.utime(tmp_path / f"{i:032d}" / "meta.json", (old, old))
+    assert cache.NumericCache.load(tmp_path, f"{0:032d}") is not None  # a use makes the oldest the newest
+    removed = cache.prune(tmp_path, max_entries=3)
+    assert sorted(p.name for p in removed) == [f"{i:032d}" for i in (1, 2, 3)]
+    cache.write_cache(tmp_path, "f" * 32, [([4], 1)], {})  # a new entry, and the default bounds
+    assert (tmp_path / ("f" * 32)).is_dir() and len(list(tmp_path.iterdir())) == 4

@@ -126,9 +126,9 @@ def test_predict_formats_stdin_and_atomic_output(run, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
     # A failure halfway leaves the old output untouched and no temporary file behind.
-    result = textpipe("predict", "--model", model, "--input", "-", "--output", out, input="good\n\nbad\n")
-    assert result.returncode == 2 and result.stderr.strip() == "textpipe predict: error: <stdin>:2: empty text"
-    assert len(out.read_text().splitlines()) == 3 and not list(tmp_path.glob("*.tmp"))
+    result = textpipe("predict", "--model", model, "--input", "-", "--output", out, "--max-chars", "10", input="good\nfar too long a text\nbad\n")
+    assert result.returncode == 2 and result.stderr.strip() == "textpipe predict: error: <stdin>:2: text of 19 characters is over the 10-character limit (max_chars, --max-chars)"
+    assert len(out.read_text().splitlines()) == 3 and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_embed_gives_the_pooled_vectors(run, tmp_path):
@@ -200,7 +200,7 @@ def test_info_human_and_json(run):
     result = textpipe("info", run["out"], "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["weights_sha256"] == hashlib.sha256((run["out"] / "weights.pt").read_bytes()).hexdigest()
+    assert info["weights_sha256"] == hashlib.sha256((run["out"] / "weights.safetensors").read_bytes()).hexdigest()
     assert info["labels"] == ["neg", "pos"] and info["model"]["name"] == "bag" and info["vocab_size"] > 10
     assert info["created"].endswith("Z") and info["versions"]["torch"].startswith("2.3")
     assert info["metrics"]["test"]["n"] == 120 and info["config"]["train"]["epochs"] == 3

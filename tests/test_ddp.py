@@ -28,7 +28,7 @@ def test_two_processes_train_the_toy_task(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.9
-    assert (out / "weights.pt").is_file() and not (out / "checkpoints").exists()
+    assert (out / "weights.safetensors").is_file() and not (out / "checkpoints").exists()
 
 
 def _ranks_agree(rank: int, port: int, results) -> None:

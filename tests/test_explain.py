@@ -32,7 +32,7 @@ def train_tiny(folder, model: str = "bag", **model_overrides):
     test = write_csv(folder / "test.csv", make_rows(60, seed=3))
     sizes = dict(embed_dim=16, hidden_dim=16, ngram_buckets=512) | model_overrides
     config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(name=model, **sizes),
-                            train=TrainConfig(epochs=3, lr=0.02, refit=False, keep_checkpoints=1))
+                            train=TrainConfig(epochs=3, lr=0.02, refit=False, keep_checkpoints=1, checkpoint_seconds=1e-9, keep_checkpoints_after=True))
     train_files(train, test, folder / "run", config=config, quiet=True)
     return folder / "run", test
 

@@ -22,7 +22,7 @@ def test_same_seed_same_metrics_file(toy_files, tmp_path):
     train_files(train, test, tmp_path / "run2", config=config(), quiet=True)
     first, second = (tmp_path / "run1" / "metrics.json").read_bytes(), (tmp_path / "run2" / "metrics.json").read_bytes()
     assert first == second
-    assert (tmp_path / "run1" / "weights.pt").read_bytes() == (tmp_path / "run2" / "weights.pt").read_bytes()
+    assert (tmp_path / "run1" / "weights.safetensors").read_bytes() == (tmp_path / "run2" / "weights.safetensors").read_bytes()
 
 
 def test_learns_the_toy_task_with_held_out_dev(toy_files, tmp_path):
@@ -47,7 +47,7 @@ def test_refit_ships_a_model_trained_on_every_training_row_for_the_best_epoch_co
     by_hand = PipelineConfig(train=TrainConfig(epochs=epochs, lr=0.02, refit=False))
     manual = train_files(train, test, tmp_path / "by-hand", dev=train, config=by_hand, quiet=True)
     assert manual["best_epoch"] == epochs and "refit" not in manual
-    assert (tmp_path / "refit" / "weights.pt").read_bytes() == (tmp_path / "by-hand" / "weights.pt").read_bytes()
+    assert (tmp_path / "refit" / "weights.safetensors").read_bytes() == (tmp_path / "by-hand" / "weights.safetensors").read_bytes()
 
 
 def test_no_refit_with_a_dev_file_or_when_turned_off(toy_files, tmp_path):

@@ -1,13 +1,12 @@
 """Quantized bundles: compact on disk, loaded unchanged everywhere, predicting as the original does."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from test_explain import TEXTS, textpipe, train_tiny
-from textpipe.bundle import load_bundle, load_weights
+from textpipe.bundle import WEIGHTS, load_bundle, load_weights
 from textpipe.pipeline import evaluate_file
 from textpipe.predict import Predictor
 from textpipe.quantize import QuantizeConfig, dequantize_table, pack_mask, quantize_bundle, quantize_table, unpack_mask, used_rows
@@ -45,7 +44,7 @@ def trained(tmp_path_factory):
 def test_quantized_bundle_predicts_like_the_original_and_loads_everywhere(trained, tmp_path):
     model_dir, test = trained
     summary = quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=None))
-    assert summary["used_rows_from"].startswith("checkpoint") and summary["kept_rows"] == summary["used_rows"] < summary["rows"]
+    assert summary["used_rows_from"].startswith("rows that differ") and summary["kept_rows"] == summary["used_rows"] < summary["rows"]
     original, quantized = Predictor.load(model_dir), Predictor.load(tmp_path / "q")
     clear = [t for t, p in zip(TEXTS, original.probabilities(TEXTS)) if p.max() > 0.6]  # near ties may flip
     assert len(clear) >= 3
@@ -53,21 +52,24 @@ def test_quantized_bundle_predicts_like_the_original_and_loads_everywhere(traine
     torch.testing.assert_close(quantized.probabilities(TEXTS), original.probabilities(TEXTS), atol=0.05, rtol=0)
     assert abs(evaluate_file(tmp_path / "q", test)["accuracy"] - evaluate_file(model_dir, test)["accuracy"]) <= 0.02
     assert not any(name.endswith("embedding.weight") for name in load_weights(tmp_path / "q"))  # stored compact
-    weights = lambda d: (d / "weights.pt").stat().st_size  # noqa: E731
+    weights = lambda d: (d / WEIGHTS).stat().st_size  # noqa: E731
     assert weights(tmp_path / "q") < weights(model_dir) / 5
     # The Python API's bundle is an ordinary float model again.
     assert load_bundle(tmp_path / "q").model.embedding.weight.dtype == torch.float32
 
 
-def test_unused_rows_are_found_without_checkpoints_too(trained, tmp_path):
+def test_unused_rows_are_the_rows_still_at_their_seeded_start(trained):
     model_dir, _ = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
     bundle = load_bundle(model_dir)
-    from_checkpoint, how = used_rows(bundle.model, seed=0, checkpoints=model_dir / "checkpoints")
-    from_seed, how_seed = used_rows(bundle.model, seed=0, checkpoints=copy / "checkpoints")
-    assert how.startswith("checkpoint") and how_seed.startswith("rows that differ")
-    assert torch.equal(from_checkpoint, from_seed) and 0 < int(from_seed.sum()) < len(from_seed)
+    used, how = used_rows(bundle.model, seed=0)
+    assert how.startswith("rows that differ") and 0 < int(used.sum()) < len(used)
+    # RowAdam's own record of the rows it stepped (the run kept its checkpoint) says the same.
+    saved = [torch.load(path, weights_only=True) for path in sorted((model_dir / "checkpoints").glob("step-*.pt"))]  # the test run's own files
+    checkpoint = next(c for c in saved if torch.equal(c["model"]["embedding.weight"], bundle.model.embedding.weight))
+    stepped = torch.zeros(len(used), dtype=torch.bool)
+    stepped[next(s["rows"] for opt in checkpoint["optimizers"] for s in opt["state"].values() if "rows" in s)] = True
+    stepped[0] = True  # <pad>: never stepped, all zeros, kept
+    assert torch.equal(used, stepped)
     _, unknown = used_rows(bundle.model, seed=12345)  # another seed's initial table: nothing matches, all kept
     assert unknown.startswith("none found")
 
@@ -106,3 +108,17 @@ def test_cnn_bundle_quantizes_too(tmp_path):
     quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(bits=8))
     original, quantized = Predictor.load(model_dir), Predictor.load(tmp_path / "q")
     torch.testing.assert_close(quantized.probabilities(TEXTS), original.probabilities(TEXTS), atol=0.02, rtol=0)
+
+
+def test_quantized_parts_must_fit_the_models_table_before_anything_is_allocated():
+    from textpipe.quantize import fold_quantized_shapes
+
+    expected = {"embedding.weight": [1000, 16], "head.weight": [2, 16]}
+    parts = {"embedding.weight.q_values": [101, 8], "embedding.weight.q_scale": [101], "embedding.weight.q_kept": [125], "embedding.weight.q_shape": [3]}
+    assert fold_quantized_shapes({**parts, "head.weight": [2, 16]}, expected) == expected
+    for name, crafted in [("q_values", [2**40, 8]), ("q_kept", [2**37]), ("q_scale", [7]), ("q_values", [101, 64])]:
+        with pytest.raises(ValueError, match="do not fit the model's 1000 x 16 table"):
+            fold_quantized_shapes({**parts, f"embedding.weight.{name}": crafted}, expected)
+    with pytest.raises(ValueError, match="does not fit its parts"):
+        dequantize_table({"q_values": torch.zeros(2, 8, dtype=torch.uint8), "q_scale": torch.ones(2, dtype=torch.float16),
+                          "q_kept": torch.zeros(2, dtype=torch.uint8), "q_shape": torch.tensor([2**40, 16, 4])})

@@ -12,8 +12,10 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
-def test_readme_has_the_two_snippets():
-    assert len(python_blocks()) == 2
+def test_readme_has_the_three_snippets_the_five_line_api_first():
+    blocks = python_blocks()
+    assert len(blocks) == 3 and "TextClassifier" in blocks[0]
+    assert len([line for line in blocks[0].splitlines() if line.strip()]) == 5
 
 
 def test_readme_snippets_run(toy_files, tmp_path, capsys, monkeypatch):
@@ -27,5 +29,7 @@ def test_readme_snippets_run(toy_files, tmp_path, capsys, monkeypatch):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
     assert re.search(r"'accuracy': \d", out) and "'label': 'pos'" in out
-    assert (work / "runs" / "mine" / "weights.pt").is_file()
+    assert out.startswith("['pos'] ['neg', 'pos'] [[")  # the five-line API's predict, labels_, predict_proba
+    assert (work / "runs" / "api" / "bundle.json").is_file()
+    assert (work / "runs" / "mine" / "weights.safetensors").is_file()
     assert os.path.isfile(work / "runs" / "mine" / "metrics.json")

@@ -77,7 +77,7 @@ def test_cli_skip_reports_counts_and_default_stops(bad_files, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"textpipe train: error: {train}:52: expected 2 columns, found 1"
 
-    result = textpipe_cli("train", *common, "--on-bad-row", "skip")
+    result = textpipe_cli("train", *common, "--on-bad-row", "skip", "--overwrite")  # the folder holds the failed run
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "skipped 5 train rows: NUL byte 1, empty text 1, missing label 1, undecodable bytes 1, wrong number of columns 1"
@@ -116,7 +116,25 @@ def test_source_section_round_trips_through_the_config_dict():
 def test_a_resumed_run_still_reports_the_training_files_skipped_rows(bad_files, tmp_path):
     from textpipe.pipeline import resume_run
 
+    import textpipe.train
+
     train, dev, test = bad_files
-    first = train_files(train, test, tmp_path / "run", dev=dev, config=skip_config(), quiet=True)
+    first = train_files(train, test, tmp_path / "first", dev=dev, config=skip_config(), quiet=True)
+    config = skip_config()
+    config.train.checkpoint_every = 1
+    real_step, calls = textpipe.train.train_step, []
+
+    def crash_at_the_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a crash after the first step's checkpoint
+        return real_step(*args, **kwargs)
+
+    textpipe.train.train_step = crash_at_the_second_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_files(train, test, tmp_path / "run", dev=dev, config=config, quiet=True)
+    finally:
+        textpipe.train.train_step = real_step
     again = resume_run(tmp_path / "run", quiet=True)
     assert again["skipped"] == first["skipped"] and first["skipped"]["train"] == REASONS

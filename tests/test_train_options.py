@@ -182,7 +182,7 @@ def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactl
         train_files(train, test, tmp_path / "crashed", config=config, quiet=True)
     monkeypatch.setattr(textpipe.train, "train_step", real)
     resume_run(tmp_path / "crashed", quiet=True)
-    for name in ("weights.pt", "metrics.json"):
+    for name in ("weights.safetensors", "metrics.json"):
         assert filecmp.cmp(tmp_path / "reference" / name, tmp_path / "crashed" / name, shallow=False), name
 
 

@@ -7,7 +7,10 @@ pull in torchtext or spaCy, so the tensor core (``collate``, ``models``,
 ``train``) runs wherever torch does.
 
 Example:
-    >>> from textpipe import Tokenizer, build_vocab, TextClassificationDataset, pad_collate
+    >>> from textpipe import TextClassifier
+    >>> clf = TextClassifier().fit(texts, labels)       # lists (or any iterables) of str
+    >>> clf.predict(["a gorgeous, witty, seductive movie."])
+    >>> from textpipe import Tokenizer, build_vocab, TextClassificationDataset, pad_collate   # the stages
 """
 
 from importlib import import_module
@@ -32,6 +35,7 @@ _EXPORTS = {
     "summarize": "report", "misclassified": "report", "write_report": "report",
     "PipelineConfig": "pipeline", "DataConfig": "pipeline", "train_files": "pipeline", "evaluate_file": "pipeline",
     "report_file": "pipeline",
+    "TextClassifier": "estimator",
 }
 
 __all__ = sorted(_EXPORTS)

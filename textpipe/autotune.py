@@ -26,14 +26,17 @@ Example:
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .pipeline import PipelineConfig, dev_result, train_files
+from .pipeline import PipelineConfig, check_settings, dev_result, train_files
+from .runfolder import refuse_occupied
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 
 # Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
 SPACE: list[tuple[str, list[dict]]] = [
@@ -79,6 +82,7 @@ def autotune_files(
     config: PipelineConfig | None = None,
     budget: float = 120.0,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Search for ``budget`` seconds on dev, then train the winner into ``out`` as :func:`train_files` does.
 
@@ -86,8 +90,11 @@ def autotune_files(
     """
     if budget <= 0:
         raise ValueError(f"--autotune needs a positive number of seconds, got {budget}")
+    config = config or PipelineConfig()
+    check_settings(config, {"train": train, "dev": dev, "test": test})  # not after minutes of search
+    refuse_occupied(out, overwrite)
     start = time.perf_counter()
-    base = (config or PipelineConfig()).to_dict()
+    base = config.to_dict()
     tokenizer = Tokenizer.from_config(PipelineConfig.from_dict(base).tokenizer)
     trials: list[Trial] = []
 
@@ -100,8 +107,8 @@ def autotune_files(
                       round(time.perf_counter() - began, 1), first_phase)
         trials.append(trial)
         if not quiet:
-            print(f"autotune trial {len(trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
-                  f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)", file=sys.stderr)
+            log.info(f"autotune trial {len(trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
+                     f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)")
         return trial
 
     best = run({})
@@ -117,13 +124,13 @@ def autotune_files(
                 trial = run(changes)
             except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
                 if not quiet:
-                    print(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}", file=sys.stderr)
+                    log.info(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}")
                 continue
             if trial.beats(best):
                 best = trial
     chosen = PipelineConfig.from_dict(merge(base, best.changes))
     if not quiet:
-        print(_table(trials, best), file=sys.stderr)
+        log.info(_table(trials, best))
     search = {
         "budget_seconds": budget,
         "search_seconds": round(time.perf_counter() - start, 1),
@@ -131,7 +138,7 @@ def autotune_files(
         "trials": [{k: v for k, v in asdict(t).items() if k != "first_phase"} for t in trials],
         "first_phase": best.first_phase,
     }
-    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, search=search)
+    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, overwrite=overwrite, search=search)
     return {**metrics, "autotune": {k: v for k, v in search.items() if k != "first_phase"}}
 
 

@@ -2,16 +2,21 @@
 
 A bundle is a folder of three files:
 
-- ``weights.pt``: the model's ``state_dict``, read back with ``torch.load(weights_only=True)``,
-  which refuses anything but tensors and plain containers (no code is unpickled);
+- ``weights.safetensors``: the model's ``state_dict`` in the safetensors format:
+  tensors only, no pickle, so loading it can never run code (torch 2.3's
+  ``torch.load``, even with ``weights_only=True``, still reaches legacy loaders);
 - ``vocab.json``: the vocabulary's tokens in id order;
 - ``bundle.json``: format version, model config, tokenizer config, labels, the
-  training config, and a manifest: the size and sha256 of the two other files.
+  training config, and a manifest: the size and sha256 of the two other files, and
+  the sha256 of bundle.json's own fields that change a prediction (model,
+  tokenizer, labels).
 
 Loading checks the manifest before reading anything else, so a truncated or
-altered file is refused with a message saying which; a ``weights.pt`` holding
-anything but tensors is refused by ``weights_only=True`` even when its hash was
-forged; a vocabulary or weights that do not fit the model config are refused.
+altered file, or relabelled ``labels``, is refused with a message saying which.
+Every field is type-checked, and the model config's tensor shapes are compared with
+the shapes in the weights file's header before a single weight is allocated, so a
+crafted size (``ngram_buckets = 2**40``) is refused, not attempted. Weights that are
+not finite (a diverged run) are never saved nor loaded.
 Each file is written to a temporary name, fsync-ed and renamed into place, so a
 crash mid-save never leaves a half-written file under the real name.
 """
@@ -20,21 +25,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .checkpoint import atomic_write
-from .models import ModelConfig, build_model
-from .quantize import dequantize_state
-from .tokenizer import Tokenizer, TokenizerConfig
+from .models import MODELS, ModelConfig, build_model
+from .quantize import dequantize_state, fold_quantized_shapes
+from .tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
 from .vocab import Vocab, load_vocab, save_vocab
 
-FORMAT_VERSION = 1
-WEIGHTS, VOCAB, META = "weights.pt", "vocab.json", "bundle.json"
+FORMAT_VERSION = 2
+WEIGHTS, VOCAB, META = "weights.safetensors", "vocab.json", "bundle.json"
+PREDICTION_FIELDS = ("model", "tokenizer", "labels")  # the fields of bundle.json that change what a model predicts
 
 
 @dataclass
@@ -74,8 +82,12 @@ def save_bundle(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in (model.state_dict() if state is None else state).items()}
-    atomic_write(out / WEIGHTS, lambda f: torch.save(state, f))
+    state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BundleError(f"refusing to save {out / WEIGHTS}: tensor {name} holds NaN or infinite values (training diverged)")
+    data = safetensors_bytes(state)
+    atomic_write(out / WEIGHTS, lambda f: f.write(data))
     save_vocab(vocab, out / VOCAB)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -83,9 +95,10 @@ def save_bundle(
         "tokenizer": asdict(tokenizer.config),
         "labels": list(labels),
         "train": train_config or {},
-        "files": {name: file_digest(out / name) for name in (WEIGHTS, VOCAB)},
         **(extra or {}),
     }
+    meta["files"] = {name: file_digest(out / name) for name in (WEIGHTS, VOCAB)}
+    meta["files"][META] = {"fields": list(PREDICTION_FIELDS), "sha256": fields_digest(meta)}
     write_json_atomic(out / META, meta)
     return out
 
@@ -99,6 +112,12 @@ def file_digest(path: str | Path) -> dict:
     return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
 
 
+def fields_digest(meta: dict) -> str:
+    """sha256 of the prediction fields of ``bundle.json``, as canonical JSON."""
+    canonical = json.dumps({k: meta.get(k) for k in PREDICTION_FIELDS}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Read and check a bundle written by :func:`save_bundle`; the model is in eval mode on ``device``."""
     path = Path(path)
@@ -108,14 +127,15 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model_config = ModelConfig.from_dict(meta["model"])
     try:
         vocab = load_vocab(path / VOCAB)
-    except ValueError as err:
-        raise BundleError(f"{path / VOCAB}: {err}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(str(err) if str(err).startswith(str(path / VOCAB)) else f"{path / VOCAB}: {err}") from None
     labels = meta["labels"]
     if len(vocab) != model_config.vocab_size or len(labels) != model_config.num_classes:
         raise BundleError(
             f"{path}: vocab.json has {len(vocab)} tokens and bundle.json {len(labels)} labels, "
             f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels"
         )
+    check_shapes(path, model_config)
     model = build_model(model_config)
     state = dequantize_state(load_weights(path))  # a quantized table becomes a float table again
     try:
@@ -129,15 +149,48 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
 
 
 def load_weights(path: Path) -> dict:
-    """The tensors of ``weights.pt``; a file holding anything else is refused, unread."""
+    """The tensors of the weights file, read by safetensors (no pickle); non-finite values are refused."""
+    file = path / WEIGHTS
     try:
-        return torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise BundleError(f"refusing to load {path / WEIGHTS}: it holds Python objects other than tensors, and unpickling them could run code") from None
+        with safe_open(file, framework="pt") as f:
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise BundleError(f"{file} is not a safetensors weights file ({err})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BundleError(f"{file}: tensor {name} holds NaN or infinite values")
+    return state
+
+
+def weight_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from the weights file's header only (nothing is allocated)."""
+    file = path / WEIGHTS
+    try:
+        with safe_open(file, framework="pt") as f:
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise BundleError(f"{file} is not a safetensors weights file ({err})") from None
+
+
+def check_shapes(path: Path, config: ModelConfig) -> None:
+    """Refuse a model config whose tensors differ from the weights file's, before allocating any."""
+    with torch.device("meta"):  # shapes only: a crafted size costs nothing here
+        expected = {k: list(v.shape) for k, v in build_model(config).state_dict().items()}
+    found = weight_shapes(path)
+    try:  # a quantized table is stored as parts (textpipe.quantize): their shapes must fit the table's
+        found = fold_quantized_shapes(found, expected)
+    except ValueError as err:
+        raise BundleError(f"{path / WEIGHTS}: {err}") from None
+    for name in sorted(set(expected) | set(found)):
+        if expected.get(name) != found.get(name):
+            raise BundleError(
+                f"{path / META} field model does not fit {path / WEIGHTS}: tensor {name} is {found.get(name)} in the weights file "
+                f"but the model config makes it {expected.get(name)}"
+            )
 
 
 def read_meta(path: Path) -> dict:
-    """``bundle.json`` of the bundle in folder ``path``, with its format version checked."""
+    """``bundle.json`` of the bundle in folder ``path``, with its format, field types and manifest checked."""
     meta_path = path / META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not a textpipe bundle (no {META})")
@@ -147,17 +200,77 @@ def read_meta(path: Path) -> dict:
         raise BundleError(f"{meta_path} is damaged: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise BundleError(f"{meta_path}: bundle format {version!r}, this textpipe reads format {FORMAT_VERSION}")
-    if not isinstance(meta.get("files"), dict):
-        raise BundleError(f"{meta_path} has no manifest of files")
+        hint = " (weights.pt, read with torch.load: retrain the model with this textpipe)" if version == 1 else ""
+        raise BundleError(f"{meta_path}: bundle format {version!r}{hint}, this textpipe reads format {FORMAT_VERSION}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(files.get(name), dict) for name in (WEIGHTS, VOCAB, META)):
+        raise BundleError(f"{meta_path} has no complete manifest of files (field files)")
+    if files[META].get("sha256") != fields_digest(meta):
+        raise BundleError(f"{meta_path}: the fields {', '.join(PREDICTION_FIELDS)} do not match their sha256 in the manifest: the file was altered after saving")
+    check_fields(meta, meta_path)
     return meta
+
+
+def check_fields(meta: dict, meta_path: Path) -> None:
+    """Every field a load reads has the type and range it must have; the message names the field."""
+    def bad(field: str, why: str) -> BundleError:
+        return BundleError(f"{meta_path}: field {field} {why}")
+
+    labels = meta.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
+        raise bad("labels", "must be a list of at least 2 distinct strings")
+    tokenizer = meta.get("tokenizer")
+    known = {f.name for f in fields(TokenizerConfig)}
+    if not isinstance(tokenizer, dict) or set(tokenizer) - known or tokenizer.get("name") not in TOKENIZERS or not isinstance(tokenizer.get("lower", True), bool):
+        raise bad("tokenizer", f"must be an object with name (one of {', '.join(TOKENIZERS)}) and lower (true or false)")
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise bad("model", "must be an object")
+    for f in fields(ModelConfig):
+        if f.name in model:
+            problem = _model_field_problem(f.name, model[f.name], f.default)
+            if problem:
+                raise bad(f"model.{f.name}", problem)
+    unknown = set(model) - {f.name for f in fields(ModelConfig)}
+    if unknown:
+        raise bad("model", f"has unknown keys: {', '.join(sorted(unknown))}")
+
+
+def check_model_config(model: dict, where: str = "model") -> None:
+    """Raise ValueError naming the first field of a model config with a wrong type or range.
+
+    Example:
+        >>> check_model_config({"embed_dim": 0})
+        Traceback (most recent call last):
+        ValueError: model.embed_dim must be an integer from 1 to 2**40, got 0
+    """
+    for f in fields(ModelConfig):
+        if f.name in model and not (f.name in ("vocab_size", "num_classes") and model[f.name] == 0):  # 0: set from the data
+            problem = _model_field_problem(f.name, model[f.name], f.default)
+            if problem:
+                raise ValueError(f"{where}.{f.name} {problem}")
+
+
+def _model_field_problem(name: str, value, default) -> str | None:
+    if name == "name":
+        return None if value in MODELS else f"must be one of {', '.join(MODELS)}, got {value!r}"
+    if name == "kernel_sizes":
+        ok = isinstance(value, (list, tuple)) and value and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in value)
+        return None if ok else "must be a non-empty list of integers from 1 to 1000"
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value < 1
+        return None if ok else f"must be a number from 0 to 1 (1 excluded), got {value!r}"
+    least = 0 if name in ("ngram_buckets", "frozen_dim") else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not least <= value < 2**40:
+        return f"must be an integer from {least} to 2**40, got {value!r}"
+    return None
 
 
 def check_file(path: Path, name: str, expected: dict | None) -> None:
     """Compare a bundle file with its manifest entry; a mismatch names the file and how it differs."""
     file = path / name
-    if expected is None:
-        raise BundleError(f"{path / META} lists no checksum for {name}")
+    if not isinstance(expected, dict) or not isinstance(expected.get("bytes"), int) or not isinstance(expected.get("sha256"), str):
+        raise BundleError(f"{path / META} lists no size and checksum for {name} (field files.{name})")
     if not file.is_file():
         raise BundleError(f"{file} is missing")
     actual = file_digest(file)

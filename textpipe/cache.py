@@ -34,6 +34,9 @@ import numpy as np
 import torch
 
 FORMAT = 1  # bump when the layout changes, so old caches are not read
+# The cache folder keeps the most recently used entries within these bounds; older ones are
+# deleted when a new one is written (never one used in the last RECENT_S seconds: a run may hold it).
+MAX_ENTRIES, MAX_BYTES, RECENT_S = 32, 2 << 30, 600
 _CHUNK = 1 << 20
 
 
@@ -98,7 +101,10 @@ class NumericCache:
     @classmethod
     def load(cls, root: str | Path, key: str) -> "NumericCache | None":
         folder = Path(root) / key
-        return cls(folder) if (folder / "meta.json").is_file() else None
+        if not (folder / "meta.json").is_file():
+            return None
+        os.utime(folder / "meta.json")  # last use, for prune()
+        return cls(folder)
 
     def __len__(self) -> int:
         return self.meta["rows"]
@@ -147,4 +153,29 @@ def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune(root)
     return NumericCache(root / key)
+
+
+def prune(root: str | Path, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> list[Path]:
+    """Delete the least recently used caches under ``root`` beyond ``max_entries`` or ``max_bytes``; returns them.
+
+    Example:
+        >>> prune("data/cache", max_entries=4)   # keep the 4 most recently used
+    """
+    import time
+
+    entries = []
+    for folder in Path(root).iterdir():
+        meta = folder / "meta.json"
+        if len(folder.name) == 32 and meta.is_file():
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            entries.append((meta.stat().st_mtime, size, folder))
+    entries.sort(reverse=True)  # newest first
+    removed, total, now = [], 0, time.time()
+    for i, (used, size, folder) in enumerate(entries):
+        total += size
+        if (i >= max_entries or total > max_bytes) and now - used > RECENT_S:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed

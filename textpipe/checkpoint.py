@@ -2,40 +2,47 @@
 
 A checkpoint is one ``torch.save`` file holding tensors and plain Python values
 only (model and optimizer state, RNG states, the DataLoader's position, the
-early-stopping record), so it loads with ``torch.load(weights_only=True)``.
+early-stopping record and the best epoch's weights). The store records each
+file's sha256 in ``digests.json`` as it writes it, and loads only a zip-format
+file whose hash it recorded: a file the run did not write itself never reaches
+``torch.load`` (whose legacy loaders are not safe on torch 2.3).
 
-Every write goes to a temporary file in the same folder, is flushed and
-``fsync``-ed, then renamed over the real name (and the folder is ``fsync``-ed),
-so a reader sees either the previous file or the new one, never half of one.
-Old checkpoints are deleted only after the new one is safely in place.
+Every write goes to a temporary file of a unique name in the same folder, is
+flushed and ``fsync``-ed, then renamed over the real name (and the folder is
+``fsync``-ed), so a reader sees either the previous file or the new one, never
+half of one. Old checkpoints are deleted only after the new one is safely in place.
 
 Training need not wait for the disk: :meth:`CheckpointStore.save_async` copies the
 state's tensors (a memory copy, fast) and writes the copy from a background thread
 while the next steps run; :meth:`CheckpointStore.wait` blocks until it is on disk
-and raises its error, if any. ``best.pt`` is the checkpoint of the best epoch
-itself, a hard link to its file, so marking an epoch best writes nothing.
+and raises its error, if any.
 
 Part of the tensor core: imports torch only.
 
 Example:
-    >>> store = CheckpointStore("runs/mine/checkpoints", keep=3)
+    >>> store = CheckpointStore("runs/mine/.textpipe-run/checkpoints", keep=3)
     >>> store.save({"model": model.state_dict(), "step": 120}, step=120)
     >>> state = store.load_latest()
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import re
-import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+DIGESTS = "digests.json"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6; the legacy tar and raw-pickle formats are refused
 
 
 class CheckpointError(OSError):
@@ -54,11 +61,9 @@ def atomic_write(path: str | Path, write, before_rename=None) -> None:
     was at ``path`` before is left untouched.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, tmp = temp_file_beside(path)
     try:
-        # A new file, not the old one truncated: a leftover temp file may share its data with best.pt (a hard link).
-        tmp.unlink(missing_ok=True)
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -69,6 +74,31 @@ def atomic_write(path: str | Path, write, before_rename=None) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_file_beside(path: Path) -> tuple[int, Path]:
+    """An open new file of a unique name in ``path``'s folder, so two processes writing the
+    same file never share a temporary file; its mode is what ``open`` would give (umask applied)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, Path(name)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """True for a full disk or quota, also as torch reports it: a RuntimeError of its zip
+    writer ("unexpected pos ..."), whose context is the OSError of the failed write."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, RuntimeError) and ("file write failed" in str(err) or "No space left" in str(err)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -84,7 +114,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class CheckpointStore:
-    """A folder of ``step-NNNNNNNNN.pt`` files; keeps the newest ``keep`` and a ``best.pt``.
+    """A folder of ``step-NNNNNNNNN.pt`` files; keeps the newest ``keep``, each recorded with its sha256.
 
     Example:
         >>> store = CheckpointStore("runs/mine/checkpoints", keep=2)
@@ -107,18 +137,19 @@ class CheckpointStore:
         return sorted(p for p in self.folder.iterdir() if _NAME.match(p.name))
 
     def clear(self) -> None:
-        """Delete every checkpoint and ``best.pt`` (a new run starts)."""
-        for path in [*self.paths(), self.folder / "best.pt"]:
+        """Delete every checkpoint (a new phase starts); the digests go last."""
+        for path in self.paths():
             path.unlink(missing_ok=True)
+        (self.folder / DIGESTS).unlink(missing_ok=True)
 
-    def save(self, state: dict, step: int, best: bool = False) -> Path:
-        """Write ``state`` as the checkpoint of ``step`` (and as ``best.pt`` when ``best``),
-        then drop all but the newest ``keep``; returns once the file is on disk."""
-        path = self.save_async(state, step, best)
+    def save(self, state: dict, step: int) -> Path:
+        """Write ``state`` as the checkpoint of ``step``, then drop all but the newest ``keep``;
+        returns once the file is on disk."""
+        path = self.save_async(state, step)
         self.wait()
         return path
 
-    def save_async(self, state: dict, step: int, best: bool = False) -> Path:
+    def save_async(self, state: dict, step: int) -> Path:
         """Like :meth:`save`, but the write runs in a background thread; call :meth:`wait` to finish it.
 
         The tensors are copied first, so training may change its weights at once. Only
@@ -127,7 +158,7 @@ class CheckpointStore:
         self.wait()
         path = self.folder / f"step-{step:09d}.pt"
         snapshot = _copy_tensors({"checkpoint_version": CHECKPOINT_VERSION, **state})
-        self._writer = threading.Thread(target=self._write_in_background, args=(path, snapshot, best), name="checkpoint-writer")
+        self._writer = threading.Thread(target=self._write_in_background, args=(path, snapshot), name="checkpoint-writer")
         self._writer.start()
         return path
 
@@ -140,35 +171,29 @@ class CheckpointStore:
         if error is not None:
             raise error
 
-    def _write_in_background(self, path: Path, snapshot: dict, best: bool) -> None:
+    def _write_in_background(self, path: Path, snapshot: dict) -> None:
         try:
-            self._write(path, snapshot, best)
-            for old in self.paths()[: -self.keep]:
-                old.unlink(missing_ok=True)
+            self._write(path, snapshot)
         except Exception as err:  # raised in the training thread by wait()
             self._error = err
 
-    def load_best(self) -> dict | None:
-        """The checkpoint last saved with ``best=True``, or None."""
-        path = self.folder / "best.pt"
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
-
     def load_latest(self) -> dict | None:
-        """The newest checkpoint that reads back whole, or None when there is none.
+        """The newest checkpoint that reads back whole and is the file this store wrote, or None.
 
-        A file that fails to load is reported and skipped in favour of the one before
-        it, so one damaged file costs a few steps, not the run.
+        A file that fails to load, or whose sha256 is not the one recorded when it was
+        written, is reported and skipped in favour of the one before it, so one damaged
+        file costs a few steps, not the run.
         """
+        recorded = self._digests()
         for path in reversed(self.paths()):
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # a damaged file: fall back to an older one
-                print(f"warning: skipping unreadable checkpoint {path} ({type(err).__name__}: {err})", file=sys.stderr)
+            problem = _unrecorded(path, recorded.get(path.name))
+            if problem is None:
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception as err:  # noqa: BLE001  (a damaged file: fall back to an older one)
+                    problem = f"{type(err).__name__}: {err}"
+            if problem is not None:
+                print(f"warning: skipping checkpoint {path} ({problem})", file=sys.stderr)
                 continue
             if state.get("checkpoint_version") != CHECKPOINT_VERSION:
                 raise CheckpointError(f"{path}: checkpoint version {state.get('checkpoint_version')!r}, this textpipe reads {CHECKPOINT_VERSION}")
@@ -176,31 +201,59 @@ class CheckpointStore:
             return state
         return None
 
-    def _write(self, path: Path, obj, best: bool = False) -> None:
-        # best.pt is linked before the step file takes its name: a crash in between
-        # leaves a best.pt one epoch ahead of the newest checkpoint, and the resumed
-        # run, being exact, reaches that epoch again and marks the same weights best.
-        def before_rename(tmp: Path) -> None:
-            if best:
-                _link_or_copy(tmp, self.folder / "best.pt")
+    def _digests(self) -> dict:
+        try:
+            digests = json.loads((self.folder / DIGESTS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return digests if isinstance(digests, dict) else {}
+
+    def _write(self, path: Path, obj) -> None:
+        # The digest is recorded after the rename and old files go after that: a crash in
+        # between leaves an unrecorded newest file, skipped in favour of the recorded one before it.
+        digest = {}
+
+        def hash_it(tmp: Path) -> None:
+            digest["sha256"] = sha256_of(tmp)
 
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: torch.save(obj, f), before_rename)
-        except OSError as err:
-            raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err}; the previous checkpoint is intact") from err
+            atomic_write(path, lambda f: torch.save(obj, f), hash_it)
+            kept = {p.name for p in self.paths()[-self.keep:]}
+            recorded = {**self._digests(), path.name: digest["sha256"]}
+            _write_json(self.folder / DIGESTS, {name: h for name, h in recorded.items() if name in kept})
+            for old in self.paths()[: -self.keep]:
+                old.unlink(missing_ok=True)
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not is_disk_full(err):
+                raise
+            reason = "No space left on device" if is_disk_full(err) else getattr(err, "strerror", None) or err
+            raise CheckpointError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is intact") from err
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Make ``target`` the same file as ``source`` (a copy where hard links are not supported), atomically."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-    tmp.unlink(missing_ok=True)  # rename leaves both names when they already were one file
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unrecorded(path: Path, recorded: str | None) -> str | None:
+    """Why ``path`` must not be loaded, or None: it is a zip file with the recorded sha256."""
+    if recorded is None:
+        return "not recorded as written by this run"
+    with open(path, "rb") as f:
+        if f.read(4) != _ZIP_MAGIC:
+            return "not a zip-format torch file"
+    if sha256_of(path) != recorded:
+        return "its sha256 is not the one recorded when it was written"
+    return None
+
+
+def _write_json(path: Path, obj) -> None:
+    data = json.dumps(obj, indent=1, sort_keys=True).encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _copy_tensors(obj):

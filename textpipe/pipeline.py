@@ -14,7 +14,9 @@ are thin wrappers over these.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -31,8 +33,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle, write_json_atomic
+from .checkpoint import CheckpointStore, OutputError, sha256_of
 from .explain import strongest_features
-from .checkpoint import CheckpointStore, OutputError
+from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
@@ -46,6 +49,8 @@ from .vocab import build_vocab, load_vocab, save_vocab
 METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
 PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")
 
+log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
+
 
 @dataclass
 class DataConfig:
@@ -56,13 +61,22 @@ class DataConfig:
     num_workers: int = 0
     eval_batch_size: int = 512
     bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
-    cache_dir: str | None = "data/cache"  # tokenize each file once into a memory-mapped cache there; None or false: tokenize every epoch
+    # Tokenize each file once into a memory-mapped cache there; "auto": the user's cache folder
+    # (see cache_folder); false (`--set data.cache_dir=false`), None or "": tokenize every epoch.
+    cache_dir: str | bool | None = "auto"
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
     vectors: str | None = None  # named vectors (glove-6b-50d, fetched once) or a GloVe / word2vec text file: start of the word rows
+    max_labels: int = 1000  # more labels than this (or one over 100 characters) looks like swapped columns: an error
 
     def __post_init__(self) -> None:
         if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
             self.source = SourceConfig.from_dict(self.source)
+        for name, least in (("holdout_every", 2), ("min_freq", 1), ("eval_batch_size", 1), ("shuffle_buffer", 0), ("num_workers", 0), ("max_labels", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"data.{name} must be an integer >= {least}, got {value!r}")
+        if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 3):
+            raise ValueError(f"data.max_size must be an integer >= 3 (<pad>, <unk> and a token) or unset, got {self.max_size!r}")
 
 
 @dataclass
@@ -96,24 +110,28 @@ class PipelineConfig:
 
 def train_files(
     train: str | Path,
-    test: str | Path,
+    test: str | Path | None,
     out: str | Path,
     dev: str | Path | None = None,
     config: PipelineConfig | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
     search: dict | None = None,
 ) -> dict:
     """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
     score ``test``, and write the bundle and ``metrics.json`` into ``out``.
 
-    The run's settings go to ``out/run.json`` first and checkpoints to
-    ``out/checkpoints/``, so :func:`resume_run` can finish a run that was killed.
+    Everything is written into ``out/.textpipe-run/`` first (``run.json``, then
+    checkpoints, so :func:`resume_run` can finish a run that was killed) and moved into
+    ``out`` once the run has finished. A non-empty ``out`` is refused unless ``overwrite``.
+    Without ``test`` the report and ``metrics["scored_on"]`` are on the dev data; then
+    no refit follows, so the shipped model has never seen the rows it is scored on.
+    Progress goes to the ``textpipe`` logger (silent unless the caller configures logging).
     ``search`` is what :func:`textpipe.autotune.autotune_files` found (its trials, and
     the chosen configuration's early-stopping result, which the refit then starts from).
     """
     config = config or PipelineConfig()
-    if config.model.frozen_dim and not config.data.vectors:
-        raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
+    check_settings(config, {"train": train, "dev": dev, "test": test})
     run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
     if search is not None:
         run["autotune"] = {k: v for k, v in search.items() if k != "first_phase"}
@@ -121,12 +139,35 @@ def train_files(
             run["refit"] = search["first_phase"]
     out = Path(out)
     rank, _ = distributed_rank(config.train.device)
-    if rank == 0:  # under torchrun only rank 0 writes files
-        _prepare_output(out)
-        CheckpointStore(out / CHECKPOINTS).clear()  # a fresh run must never resume from another run's checkpoints
-        write_json_atomic(out / RUN, run)
-    store = _checkpoint_store(out, config) if rank == 0 else None
-    return _run(run, out, config, store, quiet, resume=None)
+    if rank != 0:  # under torchrun only rank 0 writes files
+        return _run(run, stage_of(out), out, config, None, quiet, resume=None)
+    _prepare_output(out)
+    with RunLock(out):
+        stage = start_fresh(out, overwrite)
+        write_json_atomic(stage / RUN, run)
+        metrics = _run(run, stage, out, config, _checkpoint_store(stage, config), quiet, resume=None)
+        commit(stage, out, config.train.keep_checkpoints_after)
+    return metrics
+
+
+def check_settings(config: PipelineConfig, data: dict) -> None:
+    """Everything that can be checked before the first token is read: the model config,
+    the device, and that each data file exists and holds a row."""
+    from .bundle import check_model_config
+
+    check_model_config(config.model.to_dict())
+    if config.model.frozen_dim and not config.data.vectors:
+        raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {config.train.device!r}: no CUDA GPU is available here (use --device cpu, or auto)")
+    for part, path in data.items():
+        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
+            continue
+        skipped: dict[str, int] = {}
+        source = replace(config.data.source, on_bad_row="skip")  # the first good row; bad ones are found later, with their lines
+        if next(read_examples(path, config=source, skipped=skipped), None) is None:
+            raise DataError(path, None, f"the {part} file holds no usable row" + (f" ({sum(skipped.values())} bad)" if skipped else " (only a header?)"))
 
 
 def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> FitResult:
@@ -162,18 +203,26 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     out = Path(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
-    if not (out / RUN).is_file():
-        raise FileNotFoundError(f"{out} holds no {RUN}: is it the --out folder of a textpipe train run?")
-    run = json.loads((out / RUN).read_text(encoding="utf-8"))
-    config = PipelineConfig.from_dict(run["config"])
-    _prepare_output(out)
-    store = _checkpoint_store(out, config)
-    checkpoint = store.load_latest() if store else None
-    if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
-        raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
-    if checkpoint is not None and not quiet:
-        print(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})", file=sys.stderr)
-    return _run(run, out, config, store, quiet, resume=checkpoint)
+    with RunLock(out):
+        stage = unfinished(out)
+        if stage is not None and is_complete(stage):  # killed while moving the finished files into place
+            run = json.loads(((stage if (stage / RUN).is_file() else out) / RUN).read_text(encoding="utf-8"))
+            commit(stage, out, run["config"]["train"].get("keep_checkpoints_after", False))
+            return json.loads((out / METRICS).read_text(encoding="utf-8"))
+        if stage is None or not (stage / RUN).is_file():
+            done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
+            raise FileNotFoundError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+        run = json.loads((stage / RUN).read_text(encoding="utf-8"))
+        config = PipelineConfig.from_dict(run["config"])
+        store = _checkpoint_store(stage, config)
+        checkpoint = store.load_latest() if store else None
+        if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
+            raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
+        if checkpoint is not None and not quiet:
+            log.info(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})")
+        metrics = _run(run, stage, out, config, store, quiet, resume=checkpoint)
+        commit(stage, out, config.train.keep_checkpoints_after)
+    return metrics
 
 
 def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | None:
@@ -181,15 +230,18 @@ def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | No
     return CheckpointStore(out / CHECKPOINTS, keep) if keep else None
 
 
-def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
-    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into ``out``.
+def _run(run: dict, out: Path, final: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
+    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into
+    ``out``, the staging folder of the run whose outputs go to ``final``.
 
     Where a refit follows, ``run.json`` records the first phase's result before the
     refit begins, so a resume knows which phase its checkpoints belong to.
     """
     rank, _ = distributed_rank(config.train.device)
     tokenizer = Tokenizer.from_config(config.tokenizer)  # one for every phase and loader: they share its chunk memo
-    refit = config.train.refit and not run["data"]["dev"]  # a dev file's rows are not training rows: nothing to refit on
+    # A dev file's rows are not training rows: nothing to refit on. Without a test file the
+    # held-out rows are the only honest score, so they must stay out of training.
+    refit = config.train.refit and not run["data"]["dev"] and run["data"]["test"] is not None
     if "refit" not in run:
         model, vocab, labels, result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=0)
         if refit:
@@ -205,10 +257,14 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         result = FitResult(run["refit"]["epochs"], run["refit"]["best_dev"], run["refit"]["history"])
 
     device = next(model.parameters()).device
-    test = run["data"]["test"]
-    # No workers for the test pass: predictions then come in file order and line up with the texts.
-    summary, mistakes = score(model, _loader(test, config, tokenizer, vocab, labels, device), labels, device, quiet)
-    metrics = {"test": summary["overall"], "dev": result.best_dev, "best_epoch": result.best_epoch, "history": result.history, **summary}
+    test, dev = run["data"]["test"], run["data"]["dev"]
+    scored_on = f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {run['data']['train']} (1 in {config.data.holdout_every})"
+    # No workers for the scoring pass: predictions then come in file order and line up with the texts.
+    holdout = 0 if test or dev else config.data.holdout_every
+    rows = _loader(test or dev or run["data"]["train"], config, tokenizer, vocab, labels, device, "all" if holdout == 0 else "dev", holdout)
+    summary, mistakes = score(model, rows, labels, device, quiet)
+    metrics = {"test": summary["overall"] if test else None, "dev": result.best_dev, "scored_on": scored_on,
+               "best_epoch": result.best_epoch, "history": result.history, **summary}
     if refit:
         metrics["refit"] = {"epochs": result.best_epoch, "rows": run["num_train"], "history": refit_result.history}
     if config.data.source.on_bad_row == "skip":
@@ -224,9 +280,10 @@ def _run(run: dict, out: Path, config: PipelineConfig, store: CheckpointStore | 
         trained = f"configuration chosen by autotune ({len(run['autotune']['trials'])} tried on dev, see run.json); " + trained
     if refit:
         trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
-    notes = [f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the test file `{test}`."]
+    notes = [f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the {scored_on}.",
+             *([] if test else ["There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic."])]
     features = strongest_features(model, vocab, labels)
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {out.name}", features=features,
+    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {final.name}", features=features,
                  notes=notes + search_notes(run.get("autotune")))
     return metrics
 
@@ -246,7 +303,7 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
     quiet = quiet or rank != 0
     if resume is None:  # every rank builds the same vocabulary; rank 0 saves it
         vocab, label_counts, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
-        labels = sorted(label_counts)
+        labels = label_order(label_counts)
         run.update(labels=labels, label_counts=label_counts, num_train=num_train, skipped=train_skipped, fingerprint=_fingerprint(train))
         if rank == 0:
             save_vocab(vocab, out / VOCAB)
@@ -258,7 +315,7 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
     skipped = {"train": train_skipped}
     if not quiet:
         what = f"refit for {refit_epochs} epochs on all {num_train} training rows" if refit_epochs else f"{num_train} training rows"
-        print(f"{what}, {len(labels)} labels, vocabulary of {len(vocab)} tokens", file=sys.stderr)
+        log.info(f"{what}, {len(labels)} labels, vocabulary of {len(vocab)} tokens")
 
     device = resolve_device(config.train.device)
     if device.type == "cuda" and world > 1:
@@ -279,7 +336,7 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
         if rank == 0:
             write_json_atomic(out / RUN, run)
         if not quiet:
-            print(coverage.describe(), file=sys.stderr)
+            log.info(coverage.describe())
     if rank == 0:
         _check_free_space(out, model, config.train.keep_checkpoints, quiet)
     dev_loader = None if refit_epochs else loader(dev) if dev else loader(train, "dev")
@@ -289,6 +346,8 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
         skipped["dev"] = dev_loader.dataset.count_skipped()
     if test:
         skipped["test"] = loader(test).dataset.count_skipped()
+    if not quiet and not refit_epochs and resume is None:
+        log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
     train_config = replace(config.train, device=str(device), epochs=refit_epochs or config.train.epochs)
     result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
                  class_counts=[label_counts.get(label, 0) for label in labels])
@@ -301,7 +360,7 @@ def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, d
         path, tokenizer, vocab, labels, holdout_every=holdout, part=part,
         shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=config.data.source,
         batch_size=config.train.batch_size if training else config.data.eval_batch_size,
-        bucket=config.data.bucket and training, cache_dir=config.data.cache_dir or None,
+        bucket=config.data.bucket and training, cache_dir=cache_folder(config.data.cache_dir),
         rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
     )
     # Its own generator, so creating a loader's iterator never draws from torch's global
@@ -319,10 +378,20 @@ def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer
     skipped: dict[str, int] = {}
     rows = read_examples(train, config=data.source, skipped=skipped)
     vocab = build_vocab(tokenizer.pipe(_training_texts(rows, tally, part, holdout, quiet)), data.min_freq, data.max_size)
-    labels = sorted(tally.labels)
+    labels = label_order(tally.labels)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
-    return vocab, dict(sorted(tally.labels.items())), tally.training_rows, skipped
+    _check_labels_look_like_labels(train, labels, data.max_labels)
+    return vocab, {label: tally.labels[label] for label in labels}, tally.training_rows, skipped
+
+
+def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) -> None:
+    longest = max(labels, key=len)
+    if len(labels) > max_labels or len(longest) > 100:
+        raise DataError(train, None, (
+            f"{len(labels):,} different labels, the longest {len(longest):,} characters ({longest[:40]!r}...): the label column looks like text; "
+            f"are the label and text columns swapped? (--label-column, --text-columns; data.max_labels={max_labels} allows more labels)"
+        ))
 
 
 def _prepare_output(out: Path) -> None:
@@ -339,12 +408,13 @@ def _prepare_output(out: Path) -> None:
 def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool) -> None:
     """Refuse a run the disk surely cannot hold; warn when it may not."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Each checkpoint holds the weights, and Adam's two moments for the rows trained so far
-    # (none to all of them); one more is written while the kept ones exist, and best.pt
-    # may be an older one. Then the bundle: the weights once more.
+    # Each checkpoint holds the weights, the best epoch's weights once there is one, and Adam's
+    # two moments for the rows trained so far (none to all of them); one more is written while
+    # the kept ones exist. Then the bundle: the weights once more.
     least = weights * (keep + 2) if keep else weights
-    most = weights * (3 * (keep + 2) + 1) if keep else weights
+    most = weights * (4 * (keep + 1) + 1) if keep else weights
     free = shutil.disk_usage(out).free
+    out = out.parent if out.name == STAGE else out  # the folder the user named
     if free < least:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
     if free < most and not quiet:
@@ -352,15 +422,60 @@ def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool)
               f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
 
 
+def config_summary(config: PipelineConfig) -> str:
+    """The effective config, one line per section (``key=value`` as in TOML)."""
+    lines = ["effective config (saved as config.json in the bundle):"]
+    for section, values in config.to_dict().items():
+        shown = (f"{k}={_toml(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
+        lines.append(f"  [{section}] {' '.join(shown)}")
+    return "\n".join(lines)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def label_order(labels: Iterable[str]) -> list[str]:
+    """The labels sorted as numbers when all of them are integers ("2" before "10"), else as strings."""
+    labels = list(labels)
+    if labels and all(label.strip().lstrip("+-").isdigit() for label in labels):
+        return sorted(labels, key=lambda label: (int(label), label))
+    return sorted(labels)
+
+
+def cache_folder(setting: str | None) -> Path | None:
+    """Where the token-id caches go: ``"auto"`` is ``$TEXTPIPE_CACHE``, else ``$XDG_CACHE_HOME/textpipe``,
+    else ``~/.cache/textpipe``; any other path is used as given; None or "" turns caching off."""
+    if not setting:
+        return None
+    if setting != "auto":
+        return Path(setting)
+    if os.environ.get("TEXTPIPE_CACHE"):
+        return Path(os.environ["TEXTPIPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textpipe"
+
+
 def _absolute(path: str | Path) -> str:
     return str(path) if str(path).startswith(TORCHTEXT_PREFIX) else str(Path(path).resolve())
 
 
 def _fingerprint(path: str | Path) -> dict:
+    """What a resume compares: the content's sha256 (a same-size edit with an old mtime is still caught)."""
     if str(path).startswith(TORCHTEXT_PREFIX):
         return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
-    stat = Path(path).stat()
-    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
+        digest.update(sha256_of(file).encode())
+    return {"sha256": digest.hexdigest()}
 
 
 def report_file(

@@ -118,11 +118,31 @@ def quantize_table(table: torch.Tensor, keep: torch.Tensor, bits: int = 4) -> di
 def dequantize_table(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     """The full ``(N, D)`` float32 table back from :func:`quantize_table`'s tensors."""
     n, width, bits = parts["q_shape"].tolist()
+    values = parts["q_values"]
+    if bits not in (4, 8) or (n + 7) // 8 != len(parts["q_kept"]) or values.shape[1] != (width if bits == 8 else (width + 1) // 2):
+        raise ValueError(f"quantized table: q_shape {[n, width, bits]} does not fit its parts")
     rows = unpack_values(parts["q_values"], width, bits) * parts["q_scale"].float()[:, None]  # (K+1, D)
     kept = unpack_mask(parts["q_kept"], n)
     index = torch.full((n,), len(rows) - 1, dtype=torch.long)  # every id -> the shared row ...
     index[kept] = torch.arange(len(rows) - 1)  # ... but the kept ones
     return rows[index]
+
+
+def fold_quantized_shapes(found: dict[str, list[int]], expected: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Weights-file shapes with each quantized table's parts replaced by the table's own ``(N, D)``,
+    once the parts' shapes fit the ``(N, D)`` that ``expected`` (the model config's) says; ValueError otherwise.
+    Read from the file's header, before anything is allocated: a crafted part cannot ask for more memory than the model."""
+    folded = dict(found)
+    for name in [key[: -len(".q_values")] for key in found if key.endswith(".q_values")]:
+        parts = {p: folded.pop(f"{name}.{p}", None) for p in PARTS}
+        n, d = expected.get(name, (0, 0))
+        values = parts["q_values"] or [0, 0]
+        fits = (len(values) == 2 and 1 <= values[0] <= n + 1 and values[1] in (d, (d + 1) // 2) and parts["q_scale"] == [values[0]]
+                and parts["q_kept"] == [(n + 7) // 8] and parts["q_shape"] == [3])
+        if not fits:
+            raise ValueError(f"quantized table {name}: parts of shapes {parts} do not fit the model's {n} x {d} table")
+        folded[name] = [n, d]
+    return folded
 
 
 def is_quantized(state: dict[str, torch.Tensor]) -> bool:
@@ -143,20 +163,16 @@ def dequantize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def used_rows(model: nn.Module, seed: int, checkpoints: Path | None = None) -> tuple[torch.Tensor, str]:
+def used_rows(model: nn.Module, seed: int) -> tuple[torch.Tensor, str]:
     """Which rows of ``model.embedding`` training stepped, ``(N,)`` bool, and how that was found.
 
-    First from the training checkpoint, whose RowAdam state lists the rows it
-    stepped (only if that checkpoint holds these very weights); else by
-    rebuilding the seeded initial table: a row still equal, bit for bit, to its
-    initial value was never stepped. If neither works, every row counts as used,
+    By rebuilding the seeded initial table: a row still equal, bit for bit, to its
+    initial value was never stepped. (Not from the run's checkpoints: a bundle may come
+    from someone else, and no file a user may receive goes through ``torch.load``.)
+    If no row matches (another seed, or pretrained rows), every row counts as used,
     which only costs size, never accuracy.
     """
     table = model.embedding.weight.detach()
-    marked = _rows_from_checkpoint(table, checkpoints) if checkpoints is not None else None
-    if marked is not None:
-        marked[0] = True  # <pad>: never stepped, but a padded position must still look up zeros
-        return marked, "checkpoint (RowAdam's record of stepped rows)"
     from .models import build_model
     from .train import set_seed
 
@@ -170,22 +186,6 @@ def used_rows(model: nn.Module, seed: int, checkpoints: Path | None = None) -> t
     if not same.any():
         return torch.ones(len(table), dtype=torch.bool), "none found (every row kept)"
     return ~same, "rows that differ from the seeded initial table"
-
-
-def _rows_from_checkpoint(table: torch.Tensor, folder: Path) -> torch.Tensor | None:
-    for path in [folder / "best.pt", *sorted(folder.glob("step-*.pt"), reverse=True)]:
-        if not path.is_file():
-            continue
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not torch.equal(state.get("model", {}).get(TABLE, torch.empty(0)), table):
-            continue
-        for optimizer in state.get("optimizers", []):
-            for param_state in optimizer.get("state", {}).values():
-                if "rows" in param_state and param_state.get("num_rows") == len(table):
-                    used = torch.zeros(len(table), dtype=torch.bool)
-                    used[param_state["rows"]] = True
-                    return used
-    return None
 
 
 def row_importance(model: nn.Module) -> torch.Tensor:
@@ -223,7 +223,7 @@ def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConf
         raise ValueError(f"{model_dir}: model {bundle.model_config.name!r} has no embedding table to quantize")
     table = model.embedding.weight.detach()
     if config.drop_unused:
-        used, source = used_rows(model, int(bundle.train_config.get("seed", 0)), model_dir / "checkpoints")
+        used, source = used_rows(model, int(bundle.train_config.get("seed", 0)))
     else:
         used, source = torch.ones(len(table), dtype=torch.bool), "not looked for (--keep-unused)"
     keep = choose_rows(model, used, config.cutoff)

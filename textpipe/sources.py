@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import stat
 import sys
 import warnings
 from dataclasses import dataclass, field, fields
@@ -185,7 +186,8 @@ def read_examples(
             if start and not seekable and index <= start.index:
                 continue
             after = Position(*row.end, index) if row.end else None
-            yield Example(row.text, row.label if with_labels else None, row.line, row.file, after)
+            # " DESC" and "DESC" are one class: labels are stripped (texts keep their spaces)
+            yield Example(row.text, row.label.strip() if with_labels else None, row.line, row.file, after)
         elif start and not seekable and index < start.index:
             continue  # counted before the resume
         elif config.on_bad_row == "skip":
@@ -198,6 +200,37 @@ def read_texts(path: str | Path, config: SourceConfig | None = None) -> Iterator
     """Stream just the texts of a source (labels, if any, are ignored)."""
     for example in read_examples(path, with_labels=False, config=config):
         yield example.text
+
+
+class InputRow(NamedTuple):
+    """One row of prediction input: its ``text``, or ``problem`` (reason, message) and an empty text."""
+
+    line: int | None
+    text: str
+    problem: tuple[str, str] | None
+    file: str
+
+
+def read_input_rows(path: str | Path | None, config: SourceConfig | None = None) -> Iterator[InputRow]:
+    """Every row of unlabelled input in order, bad ones included, so each can get an output line.
+
+    ``path=None`` reads stdin, one text per line, under the same ``max_chars`` limit as a file.
+
+    Example:
+        >>> [row.problem for row in read_input_rows("texts.txt")][:2]
+        [None, ('empty text', 'empty text')]
+    """
+    config = config or SourceConfig()
+    if path is None:
+        rows, name = _txt_rows(sys.stdin.buffer, 4 * config.max_chars + 4096, config), "<stdin>"
+    else:
+        fmt = file_format(path)
+        readers = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "txt": _read_txt,
+                   "folder": _read_folder, "torchtext": _read_torchtext}
+        rows, name = readers[fmt](path, fmt, config, False), str(path)
+    for row in rows:
+        problem = row.problem or _row_problem(row, False, config)
+        yield InputRow(row.line, "" if problem else row.text, problem, row.file or name)
 
 
 def _row_problem(row: _Row, with_labels: bool, config: SourceConfig) -> tuple[str, str] | None:
@@ -256,8 +289,7 @@ class _Lines:
         self.record_bytes += len(raw)
         if self.record_bytes > self.max_bytes:
             if not raw.endswith(b"\n"):
-                self._skip_rest_of_line()
-                self.offset = self.f.tell()
+                self.offset += self._skip_rest_of_line()  # counted, not told: stdin cannot tell
             raise _RecordTooLong
         if self.line == 1:
             raw = raw.removeprefix(codecs.BOM_UTF8)
@@ -284,10 +316,13 @@ class _Lines:
         self._skip_rest_of_line()
         self.line, self.offset = line, self.f.tell()
 
-    def _skip_rest_of_line(self) -> None:
+    def _skip_rest_of_line(self) -> int:
+        skipped = 0
         while chunk := self.f.readline(1 << 20):
+            skipped += len(chunk)
             if chunk.endswith(b"\n"):
                 break
+        return skipped
 
 
 def _open_lines(path: str | Path, config: SourceConfig):
@@ -317,8 +352,8 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
             except (csv.Error, _RecordTooLong) as err:
                 spans_lines = lines.line > line
                 yield _Row(line, problem=_record_problem(err, spans_lines, fmt, config))
-                if spans_lines and (isinstance(err, _RecordTooLong) or _AT_END_OF_FILE in str(err)):
-                    # An open quote swallowed the lines after it; read them again as rows.
+                if spans_lines:
+                    # A stray quote swallowed the lines after it, whatever csv then said: read them again as rows.
                     lines.restart_after(line, offset)
                 reader = csv.reader(lines, delimiter=delimiter, strict=True)
                 continue
@@ -328,6 +363,9 @@ def _read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_label
                 width = len(row)  # without a header, the first row sets the number of columns
             if len(row) != width:
                 yield _Row(line, problem=("wrong number of columns", f"expected {width} columns, found {len(row)}"))
+                if lines.line > line:  # a quote spread this bad row over the lines after it: they are rows of their own
+                    lines.restart_after(line, offset)
+                    reader = csv.reader(lines, delimiter=delimiter, strict=True)
                 continue
             label = row[label_at] if label_at is not None and label_at < len(row) else None
             if label_at is not None and label_at >= len(row) and with_labels:
@@ -408,25 +446,46 @@ def _read_jsonl(path: str | Path, fmt: str, config: SourceConfig, with_labels: b
                 keys = " and ".join(repr(c) for c in config.text_columns)
                 yield _Row(line, problem=("wrong columns", f"expected a JSON object with a string {keys}"))
                 continue
-            label = obj.get(config.label_column)
-            yield _Row(line, " ".join(texts), None if label is None else str(label), end=lines.end)
+            label = _json_label(obj.get(config.label_column))
+            if label is _NOT_A_LABEL:
+                yield _Row(line, problem=("bad label", f"the label {config.label_column!r} must be a string or an integer, got {json.dumps(obj.get(config.label_column))[:60]}"))
+                continue
+            yield _Row(line, " ".join(texts), label, end=lines.end)
+
+
+_NOT_A_LABEL = object()
+
+
+def _json_label(value):
+    """A JSON label as a string: ``1`` and ``1.0`` are both ``"1"``; a bool, a fraction, a list or an object is not a label."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _NOT_A_LABEL
+    if isinstance(value, float) and not value.is_integer():
+        return _NOT_A_LABEL
+    return str(int(value))
 
 
 def _read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start: Position | None = None) -> Iterator[_Row]:
     f, max_bytes = _open_lines(path, config)
     with f:
-        lines = _Lines(f, max_bytes)
-        lines.seek(start)
-        while True:
-            line, _ = lines.start_record()
-            try:
-                raw = next(lines)
-            except StopIteration:
-                return
-            except _RecordTooLong:
-                yield _Row(line, problem=_too_long(config))
-                continue
-            yield _Row(line, raw.rstrip("\r\n"), end=lines.end)
+        yield from _txt_rows(f, max_bytes, config, start)
+
+
+def _txt_rows(f: IO[bytes], max_bytes: int, config: SourceConfig, start: Position | None = None) -> Iterator[_Row]:
+    lines = _Lines(f, max_bytes)
+    lines.seek(start)
+    while True:
+        line, _ = lines.start_record()
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except _RecordTooLong:
+            yield _Row(line, problem=_too_long(config))
+            continue
+        yield _Row(line, raw.rstrip("\r\n"), end=lines.end)
 
 
 def _read_folder(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool) -> Iterator[_Row]:
@@ -449,9 +508,15 @@ def _read_folder(path: str | Path, fmt: str, config: SourceConfig, with_labels: 
 
 
 def _read_one_file(file: Path, label: str, max_bytes: int, config: SourceConfig) -> _Row:
-    if file.stat().st_size > max_bytes:
-        return _Row(None, problem=_too_long(config), file=str(file))
-    text = file.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
+    try:
+        if not stat.S_ISREG(file.stat().st_mode):  # a FIFO or a device would block the read forever
+            return _Row(None, problem=("not a regular file", "not a regular file (a pipe, device or socket)"), file=str(file))
+        if file.stat().st_size > max_bytes:
+            return _Row(None, problem=_too_long(config), file=str(file))
+        data = file.read_bytes()
+    except OSError as err:  # a dangling link, no permission
+        return _Row(None, problem=("unreadable file", f"unreadable ({err.strerror or err})"), file=str(file))
+    text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     return _Row(None, text.strip(), label, file=str(file))
 
 

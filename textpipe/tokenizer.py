@@ -77,7 +77,7 @@ class Tokenizer:
             import spacy
 
             self._nlp = spacy.blank("en")
-            return _ChunkMemo(self._nlp.tokenizer, self.lower)
+            return _ChunkMemo(self._nlp.tokenizer, self.lower, renew=self._renew_spacy)
         if self.name == "basic_english":
             from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
             from torchtext.data.utils import get_tokenizer
@@ -85,6 +85,14 @@ class Tokenizer:
             # basic_english always lower-cases; `lower=False` cannot undo that.
             return get_tokenizer("basic_english")
         return (lambda text: text.lower().split()) if self.lower else str.split
+
+    def _renew_spacy(self):
+        # spaCy's vocabulary keeps every lexeme it has seen: over a long prediction stream
+        # of unique tokens it grows without bound. A new one each time the memo starts over.
+        import spacy
+
+        self._nlp = spacy.blank("en")
+        return self._nlp.tokenizer
 
     def spacy_tokens(self, text: str) -> list[str]:
         """spaCy's own tokens for ``text``, with no memo: the reference the memoized path is tested against."""
@@ -113,8 +121,8 @@ class _ChunkMemo:
     of its chunks' tokens. Whitespace tokens are dropped.
     """
 
-    def __init__(self, spacy_tokenizer, lower: bool):
-        self.spacy_tokenizer, self.lower = spacy_tokenizer, lower
+    def __init__(self, spacy_tokenizer, lower: bool, renew=None):
+        self.spacy_tokenizer, self.lower, self.renew = spacy_tokenizer, lower, renew
         self.memo: dict[str, list[str]] = {}
 
     def __call__(self, text: str) -> list[str]:
@@ -148,6 +156,8 @@ class _ChunkMemo:
             # A new dict, not clear(): a batch being read from the old one keeps its chunks.
             self.memo = memo = {}
             new = list(dict.fromkeys(chunks))  # the chunks already known are gone too
+            if self.renew is not None:
+                self.spacy_tokenizer = self.renew()
         # One Doc for all new chunks, one newline between two: the newline becomes a
         # whitespace token of its own, which marks where each chunk's tokens end.
         doc = self.spacy_tokenizer("\n".join(new))

@@ -15,9 +15,14 @@ which does the same as the optimizers' ``zero_grad`` with less overhead per call
 Embedding tables built with ``sparse=True`` are stepped by :class:`RowAdam` (lazy
 Adam, as ``torch.optim.SparseAdam``: only the rows a batch used are touched);
 every other parameter by ``AdamW``.
-After each epoch the model is scored on the dev loader; training stops when dev
-accuracy (ties broken by dev loss) has not improved for ``patience`` epochs, and
-the best weights are restored.
+After each epoch the model is scored on the dev loader and the best weights so far
+are kept: the best epoch has the highest dev accuracy, ties going to the lower dev
+loss. Training stops (and the best weights are restored) when either
+
+- the best epoch is ``patience`` epochs old, or
+- dev accuracy has not risen by more than ``min_delta`` for ``2 * patience`` epochs:
+  a falling dev loss alone (accuracy tied) keeps training going for at most
+  ``patience`` epochs more, so a plateau, e.g. at 1.0 on easy data, stops it.
 
 Given a :class:`~textpipe.checkpoint.CheckpointStore`, :func:`fit` saves the whole
 training state (weights, optimizer moments, RNG states, the DataLoader's position)
@@ -29,6 +34,7 @@ bit-identical weights.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -42,8 +48,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, CheckpointStore
+from .checkpoint import CheckpointStore
 from .collate import Batch
+
+log = logging.getLogger("textpipe")  # the CLI sends it to stderr; a library caller decides for itself
 
 
 SCHEDULES = ("linear", "constant", "linear_steps")
@@ -62,11 +70,14 @@ class TrainConfig:
     grad_clip: float = 0.0  # max total gradient norm (sparse rows included); 0 = off
     label_smoothing: float = 0.0  # CrossEntropyLoss(label_smoothing=...)
     class_weights: str = "none"  # "balanced": class c weighs n / (k * count_c) in the training loss
-    patience: int = 3  # epochs without dev improvement before stopping
+    patience: int = 3  # epochs without a new best dev epoch before stopping (see the module docstring)
+    min_delta: float = 0.0  # dev accuracy must rise by more than this to count as progress
     seed: int = 0
     device: str = "cpu"  # "auto": cuda when there is a GPU; on cuda, bf16 autocast, pinned memory, non-blocking copies
-    checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: at each epoch's end only)
-    keep_checkpoints: int = 2  # newest checkpoints kept, besides best.pt; 0 turns checkpoints off
+    checkpoint_every: int = 0  # with a checkpoint folder: also save every N steps (0: by time only)
+    checkpoint_seconds: float = 60.0  # with a checkpoint folder: save when this long has passed since the last save (and on SIGINT/SIGTERM)
+    keep_checkpoints: int = 2  # newest checkpoints kept while the run goes on; 0 turns checkpoints off
+    keep_checkpoints_after: bool = False  # keep the checkpoints once the run has finished (default: delete them)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
     # Without a dev file: once early stopping has picked the epoch count on the held-out rows,
     # train a fresh model on every training row for that many epochs (what the pipeline ships).
@@ -81,8 +92,16 @@ class TrainConfig:
             raise ValueError(f"class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
             raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0: {self}")
+        if not self.checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
+            raise ValueError(f"lr and weight_decay must be finite numbers: {self}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -410,11 +429,17 @@ class TrainState:
     seen: int = 0
     best_epoch: int = 0
     best_dev: dict | None = None
+    progress_epoch: int = 0  # the last epoch whose dev accuracy rose by more than min_delta ...
+    progress_accuracy: float = -1.0  # ... to this
     history: list[dict] = field(default_factory=list)
     finished: bool = False  # early stopping fired or the last epoch ended
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite; the weights are unusable from that step on."""
 
 
 class TrainingInterrupted(Exception):
@@ -443,14 +468,15 @@ def fit(
     With ``dev_loader=None`` it trains exactly ``config.epochs`` epochs and keeps the
     last weights (a refit, once the epoch count is known).
 
-    With ``checkpoints``, the full training state is saved at the end of every
-    epoch and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
+    With ``checkpoints``, the full training state is saved every ``config.checkpoint_seconds``
+    seconds and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
     by :meth:`CheckpointStore.load_latest`) continues from it, mid-epoch included,
     to exactly the weights an uninterrupted run reaches. ``class_counts`` (training
     rows per class, in label order) is needed for ``config.class_weights="balanced"``. Mid-epoch resumes need a
     ``train_loader`` with ``state_dict`` (torchdata's ``StatefulDataLoader``).
     SIGINT / SIGTERM save a
-    checkpoint at the next step and raise :class:`TrainingInterrupted`.
+    checkpoint at the next step and raise :class:`TrainingInterrupted`. A NaN or infinite
+    loss raises :class:`TrainingDiverged` before the step's weights reach any checkpoint.
 
     Example:
         >>> set_seed(0); model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2))
@@ -478,20 +504,32 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
     state, best_state = TrainState(), None
     if resume is not None:
         state = _restore(resume, model, optimizers, schedulers, train_loader)
+        best_state = resume.get("best_model")
 
     stateful_loader = hasattr(train_loader, "state_dict")
     if config.checkpoint_every and not stateful_loader:
         raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
 
-    def save_checkpoint(mid_epoch: bool, best: bool = False, wait: bool = False) -> str | None:
+    last_save = time.monotonic()
+
+    def save_checkpoint(mid_epoch: bool, wait: bool = False) -> str | None:
         # Written in the background while training goes on, unless `wait` (the run is about to stop).
+        nonlocal last_save
         if checkpoints is None or (mid_epoch and not stateful_loader):
             return None
         loader_state = train_loader.state_dict() if mid_epoch else None
-        path = checkpoints.save_async(_snapshot(state, model, optimizers, schedulers, loader_state), state.step, best)
+        path = checkpoints.save_async(_snapshot(state, model, optimizers, schedulers, loader_state, best_state), state.step)
+        last_save = time.monotonic()
         if wait:
             checkpoints.wait()
         return str(path)
+
+    def checkpoint_due() -> bool:
+        # By time, not by epoch: a checkpoint costs the same whatever the epoch's length.
+        if checkpoints is None:
+            return False
+        by_steps = config.checkpoint_every and state.step % config.checkpoint_every == 0
+        return bool(by_steps) or time.monotonic() - last_save >= config.checkpoint_seconds
 
     weights = class_weight_tensor(class_counts or [], config.class_weights)
     loss_fn = nn.CrossEntropyLoss(
@@ -509,6 +547,8 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
             with bar, _uneven_inputs(train_model):
                 for batch in train_loader:
                     loss_sum, correct = train_step(train_model, batch.to(device, non_blocking=True), optimizers, loss_fn, config.grad_clip)
+                    if not math.isfinite(loss_sum):
+                        raise _diverged(state, config, loss_sum, checkpoints)
                     if step_each_batch:
                         for scheduler in schedulers:
                             scheduler.step()
@@ -520,7 +560,7 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
                     if stop.signal_name:
                         raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=True, wait=True))
-                    if checkpoints is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    if checkpoint_due():
                         save_checkpoint(mid_epoch=True)
             if state.seen == 0:
                 raise ValueError("the training data yielded no batches")
@@ -528,15 +568,14 @@ def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int,
                 scheduler.step()
             rows_per_s = (state.seen - seen_before) / max(time.perf_counter() - epoch_start, 1e-9)
             improved = _end_epoch(state, model, dev_loader, config, num_classes, device, quiet, rows_per_s)
-            if improved and checkpoints is None:
+            if improved:  # in memory, and in every later checkpoint, so a resumed run ends with the same weights
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            saved = save_checkpoint(mid_epoch=False, best=improved, wait=bool(stop.signal_name))
             if stop.signal_name:
-                raise TrainingInterrupted(stop.signal_name, saved)
+                raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=False, wait=True))
     if checkpoints is not None:
         checkpoints.wait()
     if dev_loader is not None:
-        model.load_state_dict(best_state if checkpoints is None else _best_weights(state, checkpoints))
+        model.load_state_dict(best_state)
     return FitResult(state.best_epoch, state.best_dev, state.history)
 
 
@@ -558,36 +597,43 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
         "train_accuracy": round(state.correct / state.seen, 6),
         **({f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")} if dev else {}),
     })
-    # Ties in accuracy go to the lower loss, so a plateau (common in the first
-    # epochs on small data) does not trigger early stopping while the model still learns.
+    # Ties in accuracy go to the lower loss, so a plateau in the first epochs on small data
+    # does not stop a model that still learns; but only for `patience` extra epochs.
     best = state.best_dev
     improved = dev is not None and (best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"]))
+    if dev is not None and dev["accuracy"] > state.progress_accuracy + config.min_delta:
+        state.progress_epoch, state.progress_accuracy = state.epoch, dev["accuracy"]
     if not quiet:
         last = state.history[-1]
-        scored = f" | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f}{' *' if improved else ''}" if dev else ""
-        print(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){scored}", file=sys.stderr)
+        scored = f" | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f} loss {dev['loss']:.4f}{' *' if improved else ''}" if dev else ""
+        log.info(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){scored}")
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
-    stalled = dev is not None and state.epoch - state.best_epoch >= config.patience
+    stalled = dev is not None and (
+        state.epoch - state.best_epoch >= config.patience or state.epoch - state.progress_epoch >= 2 * config.patience
+    )
     state.finished = state.epoch >= config.epochs or stalled
     state.epoch += 1
     state.loss_sum, state.correct, state.seen = 0.0, 0, 0
     return improved
 
 
-def _best_weights(state: TrainState, checkpoints: CheckpointStore) -> dict:
-    best = checkpoints.load_best()  # the checkpoint saved at the end of the best epoch
-    # ({"epoch", "model"} in a run started by textpipe 0.1.0 before best.pt became a link to a checkpoint)
-    found = None if best is None else best["state"]["best_epoch"] if "state" in best else best["epoch"]
-    if found != state.best_epoch:
-        raise CheckpointError(f"{checkpoints.folder}/best.pt holds epoch {found}, but the best epoch was {state.best_epoch}")
-    return best["model"]
+def _diverged(state: TrainState, config: TrainConfig, loss: float, checkpoints: CheckpointStore | None) -> TrainingDiverged:
+    if checkpoints is not None:
+        checkpoints.wait()
+    kept = checkpoints.paths()[-1:] if checkpoints is not None else []
+    where = f"; the last good checkpoint, {kept[0]}, is kept" if kept else ""
+    return TrainingDiverged(
+        f"training diverged: the loss became {loss} at step {state.step + 1} (epoch {state.epoch}) with lr {config.lr}{where}; "
+        "try a smaller --lr (or --grad-clip 1.0)"
+    )
 
 
-def _snapshot(state: TrainState, model, optimizers, schedulers, loader_state: dict | None) -> dict:
+def _snapshot(state: TrainState, model, optimizers, schedulers, loader_state: dict | None, best_model: dict | None = None) -> dict:
     return {
         "state": state.to_dict(),
         "model": model.state_dict(),
+        "best_model": best_model,
         "optimizers": [opt.state_dict() for opt in optimizers],
         "schedulers": [sched.state_dict() for sched in schedulers],
         "loader": loader_state,

@@ -8,13 +8,14 @@ vocabulary is saved as plain JSON (a list of tokens in id order), never pickled.
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
 
 from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
 from torchtext.vocab import Vocab, build_vocab_from_iterator, vocab as vocab_from_ordered_dict
+
+from .checkpoint import atomic_write
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -56,10 +57,8 @@ def vocab_from_tokens(tokens: list[str]) -> Vocab:
 
 def save_vocab(vocab: Vocab, path: str | Path) -> None:
     """Write the vocabulary as a JSON list of tokens, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(vocab.get_itos(), ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    data = json.dumps(vocab.get_itos(), ensure_ascii=False).encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))  # a temporary file of a unique name, then a rename
 
 
 def load_vocab(path: str | Path) -> Vocab:

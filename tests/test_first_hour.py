@@ -1,0 +1,280 @@
+"""A new user's first hour (issue 16): own files with other column names and integer labels,
+no test file, stdin, wrong flags, hints, resume, the Makefile, and library calls without side effects."""
+
+import csv
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from textpipe import cli
+from textpipe.pipeline import PipelineConfig, label_order, train_files
+from textpipe.train import TrainConfig, TrainState, _end_epoch
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = {1: "awful dull boring tedious", 2: "fine okay average decent", 10: "superb gorgeous witty great"}
+
+
+def textpipe(*args, input=None, cwd=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, input=input, cwd=cwd, env=env)
+
+
+def reviews(n: int, seed: int) -> list[tuple[int, str, int]]:
+    """(id, review, stars) rows: stars 1, 2 or 10 decide the words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        stars = (1, 2, 10)[i % 3]
+        words = rng.choices(WORDS[stars].split(), k=3) + rng.choices("the a movie film plot it was".split(), k=3)
+        rng.shuffle(words)
+        rows.append((i, " ".join(words), stars))
+    return rows
+
+
+def write_reviews(path: Path, rows, delimiter=",") -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"id": i, "review": t, "stars": s}) + "\n" for i, t, s in rows), encoding="utf-8")
+        return path
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(["id", "review", "stars"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A bundle trained through the CLI on a review,stars CSV, without --test."""
+    folder = tmp_path_factory.mktemp("first-hour")
+    train = write_reviews(folder / "train.csv", reviews(240, seed=1))
+    out = folder / "run"
+    result = textpipe("train", "--train", train, "--out", out, "--text-columns", "review", "--label-column", "stars",
+                      "--tokenizer", "whitespace", "--keep-checkpoints", "0", "--epochs", "60")
+    assert result.returncode == 0, result.stderr
+    return {"folder": folder, "train": train, "out": out, "result": result}
+
+
+# 1. Columns everywhere; the bundle remembers how its training file was read.
+
+
+def test_every_command_reads_other_columns_and_the_bundle_remembers_them(bundle, tmp_path):
+    out, rows = bundle["out"], reviews(30, seed=5)
+    tsv, jsonl = write_reviews(tmp_path / "test.tsv", rows, "\t"), write_reviews(tmp_path / "test.jsonl", rows)
+    predicted = textpipe("predict", "--model", out, "--input", tsv, "--format", "csv")
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(predicted.stdout.splitlines()) == 31
+    evaluated = textpipe("evaluate", "--model", out, "--data", jsonl, "--quiet")  # no column flags: the bundle's
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] > 0.9
+    assert textpipe("embed", "--model", out, "--input", jsonl).stdout.count("\n") == 30
+    shown = textpipe("vocab", "show", out, "--data", tsv, "--json")
+    assert json.loads(shown.stdout)["coverage"] == 1.0
+    stats = textpipe("datasets", "stats", tsv, "--text-columns", "review", "--label-column", "stars", "--json")
+    assert json.loads(stats.stdout)["test.tsv"]["labels"] == {"1": 10, "2": 10, "10": 10}
+    built = textpipe("vocab", "build", jsonl, "--text-columns", "review", "--out", tmp_path / "v.json", "--tokenizer", "whitespace")
+    assert built.returncode == 0, built.stderr
+
+
+# 2. Training without a test file.
+
+
+def test_train_without_test_scores_the_held_out_dev_rows_and_says_so(bundle):
+    stdout = bundle["result"].stdout
+    assert stdout.startswith("dev accuracy ")
+    assert "no --test file: scored on the dev rows held out of" in stdout
+    metrics = json.loads((bundle["out"] / "metrics.json").read_text())
+    assert metrics["test"] is None and metrics["scored_on"].startswith("dev rows held out of")
+    assert "refit" not in metrics  # the rows it is scored on stayed out of training
+    held_out = 240 - json.loads((bundle["out"] / "run.json").read_text())["num_train"]
+    assert 10 < held_out < 40 and metrics["overall"]["n"] == held_out  # about 1 row in 10
+    assert "There was no test file" in (bundle["out"] / "report.md").read_text()
+
+
+# 3. fastText's habits: a lone '-' reads stdin; empty stdin is no error.
+
+
+def test_a_lone_dash_reads_stdin_and_empty_stdin_prints_nothing(bundle):
+    result = textpipe("predict", "--model", bundle["out"], "-", "--format", "text", input="superb gorgeous film\nawful dull plot\n")
+    assert result.returncode == 0, result.stderr
+    assert [line.split(" ")[0] for line in result.stdout.splitlines()] == ["10", "1"]
+    for args in (["-"], ["--input", "-"]):
+        empty = textpipe("predict", "--model", bundle["out"], *args, input="")
+        assert (empty.returncode, empty.stdout, empty.stderr) == (0, "", "")
+    assert cli.main(["predict", "--model", str(bundle["out"])]) == 2  # no texts at all is still an error
+
+
+# 4. A wrong flag on a subcommand.
+
+
+def test_an_unknown_flag_gets_the_subcommands_usage_and_a_suggestion():
+    result = textpipe("train", "--input", "a.csv", "--output", "runs/b")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: textpipe train ")
+    assert result.stderr.rstrip().endswith("did you mean --train / --out?")
+    typo = textpipe("predict", "--model", "m", "--fromat", "csv")
+    assert typo.stderr.startswith("usage: textpipe predict ") and "did you mean --format?" in typo.stderr
+
+
+# 5. One meaning per flag: --arch in train; --model there is a deprecated alias.
+
+
+def test_train_takes_arch_and_still_accepts_model_with_a_warning():
+    arch = textpipe("train", "--arch", "cnn", "--print-config")
+    assert arch.returncode == 0 and '\nname = "cnn"' in arch.stdout and arch.stderr == ""
+    old = textpipe("train", "--model", "gru", "--print-config")
+    assert old.returncode == 0 and '\nname = "gru"' in old.stdout
+    assert "--model is deprecated, use --arch" in old.stderr
+
+
+# 6. Hints where they help; errors before the config dump.
+
+
+def test_wrong_header_hints_the_headers_own_names_before_any_config_dump(bundle, tmp_path):
+    result = textpipe("train", "--train", bundle["train"], "--out", tmp_path / "r")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"textpipe train: error: {bundle['train']}:1: header has no 'text' column (found: id, review, stars)"
+    assert lines[1] == "hint: name the columns: --text-columns review --label-column stars"
+    assert "effective config" not in result.stderr
+
+
+def test_an_empty_text_hints_on_bad_row_skip(tmp_path):
+    train = tmp_path / "t.csv"
+    train.write_text("label,text\npos,good\nneg,\n", encoding="utf-8")
+    result = textpipe("train", "--train", train, "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"textpipe train: error: {train}:3: empty text", "hint: --on-bad-row skip skips such rows and counts them"]
+
+
+# 7. Resume for make users.
+
+
+def test_the_resume_hint_works_as_printed_and_make_resume_exists(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    hint = cli.resume_command(Path("runs/x"))
+    assert hint.startswith(f"{sys.executable} -m textpipe train --resume runs/x")
+    assert "(or: make resume OUT=runs/x)" in hint
+    dry = make("-n", "resume", "OUT=runs/x")
+    assert dry.stdout.strip().endswith("-m textpipe train --resume runs/x")
+
+
+# 8. Early stopping stops on a plateau.
+
+
+def test_a_plateau_stops_training_even_while_dev_loss_falls(monkeypatch):
+    losses = iter([0.9, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05])
+    monkeypatch.setattr("textpipe.train.evaluate", lambda *a: {"accuracy": 1.0, "macro_f1": 1.0, "loss": next(losses)})
+    state, config = TrainState(seen=1), TrainConfig(epochs=60, patience=2)
+    marks = []
+    while not state.finished:
+        state.seen = 1  # one row trained this epoch
+        marks.append(_end_epoch(state, None, object(), config, 2, "cpu", quiet=True))
+    assert len(marks) == 5  # progress at epoch 1, then at most 2 * patience epochs of ties
+    assert all(marks) and state.best_epoch == 5  # the best weights are still the lowest-loss tie
+
+
+def test_min_delta_and_the_epoch_line_shows_dev_loss(monkeypatch, caplog):
+    accuracies = iter([0.80, 0.805, 0.81, 0.812, 0.813, 0.814, 0.815])
+    monkeypatch.setattr("textpipe.train.evaluate", lambda *a: {"accuracy": next(accuracies), "macro_f1": 0.5, "loss": 0.5})
+    state, config = TrainState(seen=1), TrainConfig(epochs=60, patience=3, min_delta=0.02)
+    caplog.set_level(logging.INFO, logger="textpipe")
+    while not state.finished:
+        state.seen = 1
+        _end_epoch(state, None, object(), config, 2, "cpu", quiet=False)
+    # Each epoch is a new best (higher accuracy), but rises under 0.02 are no progress:
+    # 2 * patience epochs after the progress at epoch 1 it stops.
+    assert (state.epoch - 1, state.best_epoch) == (7, 7)
+    assert "dev acc 0.8000 f1 0.5000 loss 0.5000 *" in caplog.text
+
+
+# 9. make evaluate without TEST: the model's own test file.
+
+
+def test_evaluate_without_data_uses_the_recorded_test_file(bundle, tmp_path):
+    no_test = textpipe("evaluate", "--model", bundle["out"])
+    assert no_test.returncode == 2
+    assert "records no test file of its own" in no_test.stderr and "hint: give the labelled file" in no_test.stderr
+    run = json.loads((bundle["out"] / "run.json").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle["out"], copy)
+    run["data"]["test"] = str(write_reviews(tmp_path / "own_test.csv", reviews(30, seed=8)))
+    (copy / "run.json").write_text(json.dumps(run))
+    result = textpipe("evaluate", "--model", copy, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 30 and (copy / "eval-own_test" / "report.md").is_file()
+    assert "--data" not in make("-n", "evaluate", "MODEL=runs/x").stdout
+
+
+# 10. Integer labels, a missing output folder, $ in make predict, --help, make help.
+
+
+def test_integer_labels_sort_as_numbers(bundle):
+    assert json.loads((bundle["out"] / "bundle.json").read_text())["labels"] == ["1", "2", "10"]
+    assert label_order(["10", "2", "1"]) == ["1", "2", "10"]
+    assert label_order(["b", "10", "a"]) == ["10", "a", "b"]
+
+
+def test_output_into_a_missing_folder_names_the_folder_not_a_temp_file(bundle, tmp_path):
+    result = textpipe("predict", "--model", bundle["out"], "good", "--output", tmp_path / "no" / "x.csv")
+    assert result.returncode == 2
+    assert f"folder {tmp_path / 'no'} does not exist" in result.stderr and ".tmp" not in result.stderr
+
+
+def test_make_predict_passes_text_with_dollar_and_quotes_untouched():
+    result = make("-s", "predict", "PY=echo", """TEXT=costs $HOME "a" it's""")
+    assert result.stdout.strip().endswith("""costs $HOME "a" it's""")
+
+
+def test_help_has_no_rst_markup_and_make_help_lines_up():
+    assert "``" not in textpipe("--help").stdout
+    lines = make("-s", "help").stdout.splitlines()
+    targets = [line for line in lines if line.startswith("  make ")]
+    variables = lines[lines.index("variables:") + 1 : -1]
+    column = lambda line: re.match(r"^  (\S.*?)\s{2,}\S", line).end() - 1  # noqa: E731  where the description starts
+    assert len({column(line) for line in targets}) == 1 and len(targets) > 8
+    assert len({column(line) for line in variables}) == 1 and len(variables) > 8
+
+
+# 12. Library calls: no prints, no ./data/cache.
+
+
+def test_train_files_prints_nothing_and_writes_no_cache_in_the_working_folder(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.chdir(tmp_path)
+    train = write_reviews(tmp_path / "train.csv", reviews(60, seed=3))
+    config = PipelineConfig.from_dict({"data": {"source": {"text_columns": ["review"], "label_column": "stars"}},
+                                       "tokenizer": {"name": "whitespace"}, "train": {"epochs": 2, "keep_checkpoints": 0}})
+    caplog.set_level(logging.INFO, logger="textpipe")
+    assert logging.getLogger("textpipe").handlers == []  # cli.main() leaves no handler behind
+    train_files(train, None, tmp_path / "run", config=config)
+    assert capsys.readouterr().err == ""
+    assert not (tmp_path / "data").exists()
+    assert "epoch 1:" in caplog.text  # the progress is on the logger, for a caller who wants it
+    assert any(Path(os.environ["TEXTPIPE_CACHE"]).iterdir())  # "auto": the user's cache folder (here the tests')
+    off = textpipe("train", "--set", "data.cache_dir=false", "--print-config")  # as the README says
+    assert off.returncode == 0 and "cache_dir = false" in off.stdout
+
+
+def make(*args):
+    stamp = Path(tempfile.gettempdir()) / "textpipe-make-stamp"  # an up-to-date prerequisite instead of the real .venv
+    stamp.touch()
+    return subprocess.run(["make", "--no-print-directory", f"STAMP={stamp}", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp_path):
+    jsonl = write_reviews(tmp_path / "train.jsonl", reviews(30, seed=6))
+    result = textpipe("train", "--train", jsonl, "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1] == "hint: name the columns: --text-columns review --label-column stars"
+    missing = textpipe("train", "--train", jsonl, "--test", tmp_path / "nope.csv", "--out", tmp_path / "r",
+                       "--text-columns", "review", "--label-column", "stars")
+    assert missing.returncode == 2
+    assert missing.stderr == f"textpipe train: error: {tmp_path / 'nope.csv'}: no such file\n"  # nothing trained or logged first
