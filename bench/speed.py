@@ -113,11 +113,16 @@ def loader_speed(tok: Tokenizer, vocab, labels: list[str], cache_dir: Path) -> d
 # --- training ----------------------------------------------------------------------
 
 
-def train_rows_per_s(model_config: ModelConfig, batches, seconds_cap: float = 4.0) -> float:
-    """Rows/s of training steps over ``batches`` (an iterable, consumed), stopping after ``seconds_cap``."""
+def train_rows_per_s(model_config: ModelConfig, batches, seconds_cap: float = 4.0, closed_form: bool = True) -> float:
+    """Rows/s of training steps over ``batches`` (an iterable, consumed), stopping after ``seconds_cap``.
+
+    ``closed_form=False`` trains the bag model with autograd's own sparse gradient instead of its closed-form backward.
+    """
     torch.manual_seed(0)
     model = build_model(model_config)
     model.train()
+    if hasattr(model.pool, "closed_form"):
+        model.pool.closed_form = closed_form
     optimizers = make_optimizers(model, TrainConfig())
     loss_fn = torch.nn.CrossEntropyLoss()
     rows, start = 0, time.perf_counter()
@@ -168,6 +173,27 @@ def training_speed(tok, vocab, labels, cache_dir: Path) -> dict:
         "plain_recipe_pretokenized": round(train_rows_per_s(default, plain_recipe_batches(tok, vocab, labels, 512, 50, True), 5.0)),
     }
     return {"per_model_batch_32_rows_per_s": per_model, "default_model_batch_512_rows_per_s": at_512}
+
+
+BAG_STEP_ROUNDS = 3
+
+
+def bag_step_speed(tok, vocab, labels, cache_dir: Path) -> dict:
+    """Bag model train rows/s with the closed-form table backward vs autograd's sparse gradient
+    (the backward before issue 18; same optimizer), warm cache, alternated ``BAG_STEP_ROUNDS`` times; medians."""
+    config = ModelConfig(vocab_size=len(vocab), num_classes=len(labels))
+    out = {}
+    for batch_size in (512, 32):
+        runs: dict[str, list[float]] = {"closed_form": [], "autograd": []}
+        for _ in range(BAG_STEP_ROUNDS):
+            for name in runs:
+                batches = cached_batches(tok, vocab, labels, cache_dir, batch_size, 50)
+                runs[name].append(train_rows_per_s(config, batches, 3.0, closed_form=name == "closed_form"))
+        medians = {name: round(statistics.median(v)) for name, v in runs.items()}
+        out[f"batch_{batch_size}"] = {**medians, "ratio": round(medians["closed_form"] / medians["autograd"], 2),
+                                      "runs": {name: [round(x) for x in v] for name, v in runs.items()}}
+        log(f"bag step batch {batch_size}: {out[f'batch_{batch_size}']}")
+    return out
 
 
 def big_file_epochs(tok) -> dict:
@@ -356,6 +382,8 @@ def markdown(r: dict) -> str:
             alone = f"alone, first pass {s['tokenizer_only_tokens_per_s']:,}; second pass (chunk memo warm) {s['second_pass_tokens_per_s']:,}"
             note = f"spaCy's own `nlp.tokenizer.pipe`: {reference:,}"
         lines.append(f"| tokens/s {name} | {alone} | loader pass: 1 worker {s['loader_1_workers_tokens_per_s']:,}, 2 workers {s['loader_2_workers_tokens_per_s']:,} | {note} |")
+    s512, s32 = r["bag_step"]["batch_512"], r["bag_step"]["batch_32"]
+    lines.append(f"| bag train rows/s, closed-form table backward (warm cache; median of {BAG_STEP_ROUNDS}, alternated) | batch 512: {s512['closed_form']:,}; batch 32: {s32['closed_form']:,} | autograd's sparse gradient (same optimizer): {s512['autograd']:,}; {s32['autograd']:,} | {s512['ratio']}x; {s32['ratio']}x (issue 18 target: batch 512 >= 2x the 59-66k measured before) |")
     per = ", ".join(f"{k} {v:,}" for k, v in t["per_model_batch_32_rows_per_s"].items())
     lines.append(f"| train rows/s per model (batch 32, warm cache) | {per} | | |")
     d = r["ddp"]
@@ -388,6 +416,8 @@ def main() -> None:
     result["loader"] = loader_speed(tok, vocab, labels, cache_dir)
     log("training")
     result["training"] = training_speed(tok, vocab, labels, cache_dir)
+    log("bag step")
+    result["bag_step"] = bag_step_speed(tok, vocab, labels, cache_dir)
     log("1M rows")
     result["big_file"] = big_file_epochs(tok)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -78,16 +78,69 @@ class EmbeddingBagMean(nn.Module):
 
     Same result as :class:`MaskedMeanPool` over ``table[ids]``, without building the
     ``(B, T, D)`` tensor of looked-up vectors: the fused kernel sums rows straight
-    into the output, and its gradient is sparse when ``sparse=True``.
+    into the output. With ``sparse=True`` the table's gradient is sparse, and with
+    ``closed_form`` (the default) it is :func:`bag_mean_table_grad`'s, which holds
+    each used row once, in sorted order, rather than autograd's one entry per id
+    that the optimizer must then sort and sum.
+
+    Example:
+        >>> pool = EmbeddingBagMean()
+        >>> table = nn.Parameter(torch.randn(10, 4))
+        >>> pool(table, torch.tensor([[1, 2, 2]]), torch.tensor([[True, True, True]]), sparse=True).sum().backward()
+        >>> table.grad._indices()  # rows 1 and 2, each once
+        tensor([[1, 2]])
     """
+
+    def __init__(self, closed_form: bool = True):
+        super().__init__()
+        self.closed_form = closed_form  # False: autograd's own sparse gradient (the reference the tests compare with)
 
     def forward(self, table: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, sparse: bool) -> torch.Tensor:
         # ids, mask: (B, T). Only the real ids go in, as one flat list cut into bags by offsets:
-        # padding and dropped tokens then add no entries to the sparse gradient, which the
-        # optimizer must sort (a quarter less work at the default token dropout).
+        # padding and dropped tokens then add nothing to the sparse gradient.
         lengths = mask.sum(1)
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
+        if sparse and self.closed_form and table.requires_grad and torch.is_grad_enabled():
+            return _BagMean.apply(table, ids[mask], offsets, lengths)  # (B, D)
         return nn.functional.embedding_bag(ids[mask], table, offsets, mode="mean", sparse=sparse)  # (B, D); an empty bag is 0
+
+
+class _BagMean(torch.autograd.Function):
+    """``embedding_bag(mode="mean")`` forward; :func:`bag_mean_table_grad` backward (table only)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, flat_ids: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat_ids, lengths)
+        ctx.table_shape, ctx.table_dtype = table.shape, table.dtype
+        return nn.functional.embedding_bag(flat_ids, table, offsets, mode="mean")
+
+    @staticmethod
+    def backward(ctx, grad_pooled: torch.Tensor):
+        flat_ids, lengths = ctx.saved_tensors
+        grad = bag_mean_table_grad(flat_ids, lengths, grad_pooled.to(ctx.table_dtype), ctx.table_shape[0])
+        return grad, None, None, None
+
+
+def bag_mean_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pooled: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The gradient of mean-pooled bags w.r.t. their table: a coalesced sparse ``(num_rows, D)`` tensor.
+
+    Bag ``i`` holds ``lengths[i]`` consecutive ids of ``flat_ids``; each of them receives
+    ``grad_pooled[i] / lengths[i]``, and a row used several times the sum of its shares.
+    The ids are sorted once (stably, so the sums add in the same order every run);
+    each used row's sum is then one bag of an ``embedding_bag(mode="sum")`` over the
+    per-bag shares, which never builds autograd's ``(N, D)`` tensor of per-id gradients.
+
+    Example:
+        >>> g = bag_mean_table_grad(torch.tensor([3, 5, 3]), torch.tensor([2, 1]), torch.ones(2, 1), 8)
+        >>> g._indices(), g._values().squeeze(1)  # row 3: 1/2 from bag 0 + 1/1 from bag 1; row 5: 1/2
+        (tensor([[3, 5]]), tensor([1.5000, 0.5000]))
+    """
+    share = grad_pooled / lengths.clamp(min=1).unsqueeze(1).to(grad_pooled.dtype)  # (B, D)
+    bag_of_id = torch.arange(len(lengths), device=flat_ids.device).repeat_interleave(lengths, output_size=flat_ids.numel())  # (N,)
+    sorted_ids, order = flat_ids.sort(stable=True)
+    rows, uses = torch.unique_consecutive(sorted_ids, return_counts=True)  # (U,)
+    values = nn.functional.embedding_bag(bag_of_id[order], share, uses.cumsum(0) - uses, mode="sum")  # (U, D)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, share.shape[1]), is_coalesced=True)
 
 
 def check_sizes(config: ModelConfig) -> None:
