@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .checkpoint import atomic_write
+from .files import atomic_write, file_sha256, write_json_atomic
 from .models import MODELS, ModelConfig, build_model
 from .quantize import dequantize_state, fold_quantized_shapes
 from .tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
@@ -105,11 +105,7 @@ def save_bundle(
 
 def file_digest(path: str | Path) -> dict:
     """``{"bytes": size, "sha256": hex digest}`` of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"bytes": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
 
 
 def fields_digest(meta: dict) -> str:
@@ -282,8 +278,3 @@ def check_file(path: Path, name: str, expected: dict | None) -> None:
 
 class BundleError(ValueError):
     """A bundle that cannot be trusted or does not fit together; the message says which file and why."""
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))

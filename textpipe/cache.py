@@ -33,19 +33,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .files import file_sha256
+
 FORMAT = 1  # bump when the layout changes, so old caches are not read
 # The cache folder keeps the most recently used entries within these bounds; older ones are
 # deleted when a new one is written (never one used in the last RECENT_S seconds: a run may hold it).
 MAX_ENTRIES, MAX_BYTES, RECENT_S = 32, 2 << 30, 600
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tokens_sha256(tokens: Sequence[str]) -> str:

@@ -7,10 +7,8 @@ file's sha256 in ``digests.json`` as it writes it, and loads only a zip-format
 file whose hash it recorded: a file the run did not write itself never reaches
 ``torch.load`` (whose legacy loaders are not safe on torch 2.3).
 
-Every write goes to a temporary file of a unique name in the same folder, is
-flushed and ``fsync``-ed, then renamed over the real name (and the folder is
-``fsync``-ed), so a reader sees either the previous file or the new one, never
-half of one. Old checkpoints are deleted only after the new one is safely in place.
+Every write goes through :func:`textpipe.files.atomic_write` (temporary file, fsync,
+rename), so a reader sees either the previous file or the new one, never half of one. Old checkpoints are deleted only after the new one is safely in place.
 
 Training need not wait for the disk: :meth:`CheckpointStore.save_async` copies the
 state's tensors (a memory copy, fast) and writes the copy from a background thread
@@ -27,17 +25,15 @@ Example:
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write, file_sha256, is_disk_full, write_json_atomic
 
 CHECKPOINT_VERSION = 2
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
@@ -51,66 +47,6 @@ class CheckpointError(OSError):
 
 class OutputError(OSError):
     """The output folder cannot be written, or is too full for the run."""
-
-
-def atomic_write(path: str | Path, write, before_rename=None) -> None:
-    """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path``.
-
-    ``before_rename(tmp_path)``, if given, runs on the complete temporary file just
-    before the rename. If anything fails, the temporary file is removed and whatever
-    was at ``path`` before is left untouched.
-    """
-    path = Path(path)
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def temp_file_beside(path: Path) -> tuple[int, Path]:
-    """An open new file of a unique name in ``path``'s folder, so two processes writing the
-    same file never share a temporary file; its mode is what ``open`` would give (umask applied)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    return fd, Path(name)
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def is_disk_full(err: BaseException | None) -> bool:
-    """True for a full disk or quota, also as torch reports it: a RuntimeError of its zip
-    writer ("unexpected pos ..."), whose context is the OSError of the failed write."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(err, RuntimeError) and ("file write failed" in str(err) or "No space left" in str(err)):
-            return True
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return False
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a folder.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointStore:
@@ -214,14 +150,14 @@ class CheckpointStore:
         digest = {}
 
         def hash_it(tmp: Path) -> None:
-            digest["sha256"] = sha256_of(tmp)
+            digest["sha256"] = file_sha256(tmp)
 
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: torch.save(obj, f), hash_it)
             kept = {p.name for p in self.paths()[-self.keep:]}
             recorded = {**self._digests(), path.name: digest["sha256"]}
-            _write_json(self.folder / DIGESTS, {name: h for name, h in recorded.items() if name in kept})
+            write_json_atomic(self.folder / DIGESTS, {name: h for name, h in recorded.items() if name in kept}, indent=1, sort_keys=True)
             for old in self.paths()[: -self.keep]:
                 old.unlink(missing_ok=True)
         except (OSError, RuntimeError) as err:
@@ -231,14 +167,6 @@ class CheckpointStore:
             raise CheckpointError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is intact") from err
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _unrecorded(path: Path, recorded: str | None) -> str | None:
     """Why ``path`` must not be loaded, or None: it is a zip file with the recorded sha256."""
     if recorded is None:
@@ -246,14 +174,9 @@ def _unrecorded(path: Path, recorded: str | None) -> str | None:
     with open(path, "rb") as f:
         if f.read(4) != _ZIP_MAGIC:
             return "not a zip-format torch file"
-    if sha256_of(path) != recorded:
+    if file_sha256(path) != recorded:
         return "its sha256 is not the one recorded when it was written"
     return None
-
-
-def _write_json(path: Path, obj) -> None:
-    data = json.dumps(obj, indent=1, sort_keys=True).encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
 
 
 def _copy_tensors(obj):

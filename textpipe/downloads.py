@@ -20,7 +20,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .cache import file_sha256
+from .files import file_sha256
 
 log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 

@@ -23,7 +23,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle, save_bundle, write_json_atomic
+from .bundle import Bundle, load_bundle, save_bundle
+from .files import write_json_atomic
 from .models import ModelConfig
 from .pipeline import CONFIG, METRICS, DataConfig, PipelineConfig, train_files
 from .predict import Predictor

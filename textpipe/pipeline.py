@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from .bundle import load_bundle, save_bundle, write_json_atomic
-from .checkpoint import CheckpointStore, OutputError, sha256_of
+from .bundle import load_bundle, save_bundle
+from .checkpoint import CheckpointStore, OutputError
+from .files import file_sha256, write_json_atomic
 from .explain import strongest_features
 from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
@@ -474,7 +475,7 @@ def _fingerprint(path: str | Path) -> dict:
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
-        digest.update(sha256_of(file).encode())
+        digest.update(file_sha256(file).encode())
     return {"sha256": digest.hexdigest()}
 
 

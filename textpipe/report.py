@@ -23,13 +23,14 @@ Example:
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
+from .files import atomic_write, atomic_write_text
 from .train import classification_metrics
 
 REPORT, CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED = "report.md", "confusion_matrix.png", "learning_curves.png", "misclassified.csv"
@@ -129,7 +130,7 @@ def write_report(
     if history:
         written.append(plot_learning_curves(history, out / CURVES_PNG))
     markdown = report_markdown(summary, mistakes, history, title, notes, has_curves=bool(history), features=features)
-    _write_text_atomic(out / REPORT, markdown)
+    atomic_write_text(out / REPORT, markdown)
     return [out / REPORT, *written]
 
 
@@ -213,12 +214,11 @@ def plot_learning_curves(history: Sequence[dict], path: str | Path) -> Path:
 def write_misclassified(path: str | Path, mistakes: Sequence[Mistake]) -> Path:
     """``text,gold,predicted,confidence``, one row per mistake, written atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(Mistake._fields)
-        writer.writerows(mistakes)
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(Mistake._fields)
+    writer.writerows(mistakes)
+    atomic_write_text(path, buffer.getvalue())
     return path
 
 
@@ -232,17 +232,9 @@ def _figure():
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     fig.tight_layout()  # moves the axes inside the figure; the figure's pixel size stays PNG_SIZE
-    fig.savefig(tmp, format="png", dpi=_DPI)  # no bbox_inches="tight": it would change the size
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=_DPI))  # no bbox_inches="tight": it would change the size
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _table(header: list, rows: list[list]) -> list[str]:

@@ -25,7 +25,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import OutputError, atomic_write
+from .checkpoint import OutputError
+from .files import atomic_write
 
 STAGE, LOCK, COMPLETE = ".textpipe-run", ".textpipe.lock", "COMPLETE"
 CHECKPOINTS = "checkpoints"

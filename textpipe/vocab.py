@@ -15,7 +15,7 @@ from typing import Iterable
 from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
 from torchtext.vocab import Vocab, build_vocab_from_iterator, vocab as vocab_from_ordered_dict
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1

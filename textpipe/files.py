@@ -1,0 +1,106 @@
+"""Files that matter, written so that no crash leaves half of one: the one atomic write and the one file digest.
+
+Every write goes to a temporary file of a unique name in the same folder, is flushed and
+``fsync``-ed, then renamed over the real name (and the folder is ``fsync``-ed): a reader sees
+the previous file or the new one, never half of one. Checkpoints, bundles, vocabularies,
+reports, caches and downloads all write through :func:`atomic_write`.
+
+Imports the standard library only, so every stage, the tensor core included, may use it.
+
+Example:
+    >>> atomic_write_text("runs/mine/notes.txt", "trained on data/mine/train.csv\\n")
+    >>> write_json_atomic("runs/mine/extra.json", {"epochs": 5})
+    >>> file_sha256("runs/mine/notes.txt")[:12]
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+_CHUNK = 1 << 20
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], before_rename: Callable[[Path], object] | None = None) -> None:
+    """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path``.
+
+    ``before_rename(tmp_path)``, if given, runs on the complete temporary file just
+    before the rename. If anything fails, the temporary file is removed and whatever
+    was at ``path`` before is left untouched.
+    """
+    path = Path(path)
+    fd, tmp = temp_file_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path: str | Path, obj, indent: int = 2, sort_keys: bool = False) -> None:
+    """Write ``obj`` as JSON (UTF-8, a newline at the end) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def temp_file_beside(path: Path) -> tuple[int, Path]:
+    """An open new file of a unique name in ``path``'s folder, so two processes writing the
+    same file never share a temporary file; its mode is what ``open`` would give (umask applied)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return fd, Path(name)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_disk_full(err: BaseException | None) -> bool:
+    """True for a full disk or quota, also as torch reports it: a RuntimeError of its zip
+    writer ("unexpected pos ..."), whose context is the OSError of the failed write."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(err, RuntimeError) and ("file write failed" in str(err) or "No space left" in str(err)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
