@@ -75,8 +75,8 @@ quantize: $(STAMP)  ## write a compact copy of the bundle in MODEL to MODEL-quan
 serve: $(STAMP)  ## serve the bundle in MODEL at http://HOST:PORT/ (a page; POST /predict; GET /healthz)
 	$(PY) -m textpipe serve --model $(MODEL) --host $(HOST) --port $(PORT) $(ARGS)
 
-test: $(STAMP)  ## run the test suite
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(ARGS)
+test: $(STAMP)  ## run the test suite, one pytest-xdist worker per core (ARGS="-n 0": in one process)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal $(ARGS)
 
 clean:  ## remove the venv and trained runs (keeps the data cache)
 	rm -rf $(VENV) runs
