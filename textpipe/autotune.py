@@ -32,7 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .pipeline import PipelineConfig, check_settings, dev_result, train_files
+from .pipeline import PipelineConfig, check_settings
+from .run import dev_result, train_files
 from .runfolder import refuse_occupied
 from .tokenizer import Tokenizer
 
