@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -34,14 +33,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle
-from .checkpoint import OutputError
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
 from .files import write_json_atomic
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
-from .runfolder import STAGE
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
 from .train import TrainConfig, predict_logits, resolve_device
@@ -167,34 +164,6 @@ def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) ->
             f"{len(labels):,} different labels, the longest {len(longest):,} characters ({longest[:40]!r}...): the label column looks like text; "
             f"are the label and text columns swapped? (--label-column, --text-columns; data.max_labels={max_labels} allows more labels)"
         ))
-
-
-def _prepare_output(out: Path) -> None:
-    """Fail now, not after hours of training, when ``out`` cannot hold the run."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as err:
-        raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
-
-
-def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool) -> None:
-    """Refuse a run the disk surely cannot hold; warn when it may not."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Each checkpoint holds the weights, the best epoch's weights once there is one, and Adam's
-    # two moments for the rows trained so far (none to all of them); one more is written while
-    # the kept ones exist. Then the bundle: the weights once more.
-    least = weights * (keep + 2) if keep else weights
-    most = weights * (4 * (keep + 1) + 1) if keep else weights
-    free = shutil.disk_usage(out).free
-    out = out.parent if out.name == STAGE else out  # the folder the user named
-    if free < least:
-        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
-    if free < most and not quiet:
-        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
-              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
 
 
 def config_summary(config: PipelineConfig) -> str:

@@ -34,12 +34,15 @@ import torch
 from .checkpoint import CheckpointStore
 from .events import emit
 from .models import ModelConfig, build_model
-from .report import search_notes
 from .pipeline import (
-    METRICS, VOCAB, PipelineConfig, _build_vocab_and_labels, _check_free_space, _loader, _prepare_output,
-    check_settings, config_summary, label_order, save_outputs, score_and_list_mistakes,
+    METRICS, VOCAB, PipelineConfig, _build_vocab_and_labels, _loader, check_settings, config_summary, label_order, save_outputs,
+    score_and_list_mistakes,
 )
-from .runfolder import CHECKPOINTS, RUN, Phase, RunLock, RunState, commit, data_fingerprint, is_complete, stage_of, start_fresh, unfinished
+from .report import search_notes
+from .runfolder import (
+    CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, commit, data_fingerprint, is_complete, prepare_output, stage_of,
+    start_fresh, unfinished,
+)
 from .sources import DataError
 from .tokenizer import Tokenizer
 from .train import FitResult, fit, resolve_device, set_seed
@@ -130,7 +133,7 @@ def train_files(
     placement = start_distributed(config.train.device)
     if not placement.writes:  # under torchrun only rank 0 writes files
         return _run_phases(state, stage_of(out), out, config, None, placement, quiet, resume=None)
-    _prepare_output(out)
+    prepare_output(out)
     with RunLock(out):
         stage = start_fresh(out, overwrite)
         _save_state(state, stage, placement)
@@ -248,7 +251,7 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
         _save_state(state, stage, placement)
     if placement.writes:
-        _check_free_space(stage, model, config.train.keep_checkpoints, quiet)
+        check_free_space(stage, model, config.train.keep_checkpoints, quiet)
     dev_loader = None if refit_epochs else loader(dev) if dev else loader(train, "dev")
     # Before training, so a bad dev or test row stops the run now; in skip mode, the
     # counts (the DataLoader's workers cannot report theirs). Train was counted with the vocabulary.

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -81,6 +82,34 @@ class RunLock:
             (self.out / LOCK).unlink(missing_ok=True)  # while still held: no other run can be inside
             os.close(self._fd)
             self._fd = None
+
+
+def prepare_output(out: Path) -> None:
+    """Fail now, not after hours of training, when ``out`` cannot hold the run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
+
+
+def check_free_space(out: Path, model, keep: int, quiet: bool) -> None:
+    """Refuse a run the disk surely cannot hold; warn when it may not (``model``: the ``nn.Module`` to train)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Each checkpoint holds the weights, the best epoch's weights once there is one, and Adam's
+    # two moments for the rows trained so far (none to all of them); one more is written while
+    # the kept ones exist. Then the bundle: the weights once more.
+    least = weights * (keep + 2) if keep else weights
+    most = weights * (4 * (keep + 1) + 1) if keep else weights
+    free = shutil.disk_usage(out).free
+    out = out.parent if out.name == STAGE else out  # the folder the user named
+    if free < least:
+        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
+    if free < most and not quiet:
+        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
+              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
 
 
 def stage_of(out: str | Path) -> Path:
