@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from textpipe.datasets import rotten_tomatoes  # noqa: E402
-from textpipe.pipeline import evaluate_file, train_files  # noqa: E402
+from textpipe.pipeline import report_file, train_files  # noqa: E402
 from textpipe.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -47,7 +47,8 @@ def measure(name: str, train: Path, test: Path, dev: Path | None) -> dict:
     if not (model / "bundle.json").is_file():
         train_files(train, test, model, dev=dev, quiet=True)
     summary = quantize_bundle(model, WORK / f"{name}-quantized", QuantizeConfig())
-    before, after = evaluate_file(model, test)["accuracy"], evaluate_file(WORK / f"{name}-quantized", test)["accuracy"]
+    accuracy = lambda bundle: report_file(bundle, test, WORK / f"eval-{bundle.name}")["overall"]["accuracy"]  # noqa: E731
+    before, after = accuracy(model), accuracy(WORK / f"{name}-quantized")
     return {
         "bytes": summary["original_bytes"], "quantized_bytes": summary["bytes"], "ratio": summary["ratio"],
         "rows": summary["rows"], "used_rows": summary["used_rows"], "kept_rows": summary["kept_rows"],

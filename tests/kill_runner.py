@@ -14,9 +14,9 @@ from pathlib import Path
 
 import textpipe.bundle
 import textpipe.checkpoint
-import textpipe.pipeline
 import textpipe.runfolder
 import textpipe.train
+from textpipe.events import listen
 from textpipe.models import ModelConfig
 from textpipe.pipeline import DataConfig, PipelineConfig, train_files
 from textpipe.tokenizer import TokenizerConfig
@@ -58,6 +58,11 @@ def on_call(module, name: str, nth: int, sig: int, before=None) -> None:
     setattr(module, name, wrapper)
 
 
+def on_event(name: str, sig: int, **match) -> None:
+    """Signal at the first ``emit(name, ...)`` whose info includes ``match``."""
+    listen(name, lambda **info: die(sig) if match.items() <= info.items() else None)
+
+
 def half_written_checkpoint(path, write, *_):
     """Leave what a crash mid-write leaves: half the bytes in the temporary file."""
     if Path(path).name.startswith("step-"):
@@ -81,13 +86,13 @@ KILL_POINTS = {
     # after training, with the weights of the final bundle written but not its vocabulary or bundle.json
     "during-bundle-save": lambda sig: on_call(textpipe.bundle, "save_vocab", 1, sig),
     # every output in the staging folder, the move into OUT not begun
-    "before-commit": lambda sig: on_call(textpipe.runfolder, "atomic_write", 1, sig),
+    "before-commit": lambda sig: on_event("commit_start", sig),
     # every output moved into OUT, the staging folder not yet removed
     "during-commit": lambda sig: on_call(textpipe.runfolder.shutil, "rmtree", 1, sig),
     # between the phases: the first phase's checkpoints cleared, run.json not yet told about the refit
-    "before-refit-recorded": lambda sig: on_call(textpipe.checkpoint.CheckpointStore, "clear", 1, sig, before=textpipe.checkpoint.CheckpointStore.clear),
+    "before-refit-recorded": lambda sig: on_event("phase_end", sig, phase="train"),
     # the refit recorded in run.json, its vocabulary not yet built
-    "refit-vocab": lambda sig: on_call(textpipe.pipeline, "_build_vocab_and_labels", 2, sig),
+    "refit-vocab": lambda sig: on_event("phase_start", sig, phase="refit"),
     # mid-refit, two steps after its step-15 checkpoint (48 steps of the first phase before it)
     "mid-refit": lambda sig: on_call(textpipe.train, "train_step", 48 + 17, sig),
 }

@@ -7,7 +7,7 @@ import torch
 
 from test_explain import TEXTS, textpipe, train_tiny
 from textpipe.bundle import WEIGHTS, load_bundle, load_weights
-from textpipe.pipeline import evaluate_file
+from textpipe.pipeline import report_file
 from textpipe.predict import Predictor
 from textpipe.quantize import QuantizeConfig, dequantize_table, pack_mask, quantize_bundle, quantize_table, unpack_mask, used_rows
 
@@ -50,7 +50,8 @@ def test_quantized_bundle_predicts_like_the_original_and_loads_everywhere(traine
     assert len(clear) >= 3
     assert [r["label"] for r in quantized.predict(clear)] == [r["label"] for r in original.predict(clear)]
     torch.testing.assert_close(quantized.probabilities(TEXTS), original.probabilities(TEXTS), atol=0.05, rtol=0)
-    assert abs(evaluate_file(tmp_path / "q", test)["accuracy"] - evaluate_file(model_dir, test)["accuracy"]) <= 0.02
+    accuracy = lambda model: report_file(model, test, tmp_path / f"eval-{model.name}")["overall"]["accuracy"]  # noqa: E731
+    assert abs(accuracy(tmp_path / "q") - accuracy(model_dir)) <= 0.02
     assert not any(name.endswith("embedding.weight") for name in load_weights(tmp_path / "q"))  # stored compact
     weights = lambda d: (d / WEIGHTS).stat().st_size  # noqa: E731
     assert weights(tmp_path / "q") < weights(model_dir) / 5

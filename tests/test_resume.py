@@ -191,15 +191,15 @@ def test_a_full_disk_is_reported_before_training(toy_files, tmp_path):
 def test_free_space_below_the_worst_case_only_warns(tmp_path, monkeypatch, capsys):
     from collections import namedtuple
 
-    from textpipe import pipeline
+    from textpipe import runfolder
 
     model = torch.nn.Linear(250, 1000)  # about 1 MB of weights
     weights = sum(p.numel() * 4 for p in model.parameters())
     usage = namedtuple("usage", "total used free")
     for free, outcome in [(weights * 3, "error"), (weights * 5, "warning"), (weights * 20, "")]:
-        monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path, free=free: usage(10**12, 10**12 - free, free))
+        monkeypatch.setattr(runfolder.shutil, "disk_usage", lambda path, free=free: usage(10**12, 10**12 - free, free))
         try:
-            pipeline._check_free_space(tmp_path, model, keep=2, quiet=False)
+            runfolder.check_free_space(tmp_path, model, keep=2, quiet=False)
         except OutputError as err:
             assert outcome == "error", err
         else:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import make_rows, write_csv
-from textpipe.pipeline import DataConfig, PipelineConfig, evaluate_file, train_files
+from textpipe.pipeline import DataConfig, PipelineConfig, report_file, train_files
 from textpipe.sources import SourceConfig
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig
@@ -58,11 +58,11 @@ def test_held_out_dev_rows_are_counted_with_the_training_file(bad_files, tmp_pat
     assert 15 <= metrics["dev"]["n"] <= 50  # about one in 10 of the 300 good rows
 
 
-def test_evaluate_file_counts_skipped_rows(bad_files, tmp_path):
+def test_report_file_counts_skipped_rows(bad_files, tmp_path):
     train, dev, test = bad_files
     train_files(train, test, tmp_path / "run", dev=dev, config=skip_config(), quiet=True)
-    metrics = evaluate_file(tmp_path / "run", test, source=SourceConfig(on_bad_row="skip"))
-    assert metrics["n"] == 80 and metrics["skipped"] == {**REASONS, "label not seen in training": 1}
+    summary = report_file(tmp_path / "run", test, tmp_path / "eval", source=SourceConfig(on_bad_row="skip"))
+    assert summary["overall"]["n"] == 80 and summary["skipped"] == {**REASONS, "label not seen in training": 1}
 
 
 def textpipe_cli(*args):

@@ -33,7 +33,7 @@ _EXPORTS = {
     "QuantizeConfig": "quantize", "quantize_bundle": "quantize",
     "ServeConfig": "serve", "make_server": "serve",
     "summarize": "report", "misclassified": "report", "write_report": "report",
-    "PipelineConfig": "pipeline", "DataConfig": "pipeline", "train_files": "pipeline", "evaluate_file": "pipeline",
+    "PipelineConfig": "pipeline", "DataConfig": "pipeline", "train_files": "run", "resume_run": "run",
     "report_file": "pipeline",
     "TextClassifier": "estimator",
 }

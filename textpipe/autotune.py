@@ -32,7 +32,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .pipeline import PipelineConfig, check_settings, dev_result, train_files
+from .pipeline import PipelineConfig, check_settings
+from .run import dev_result, train_files
 from .runfolder import refuse_occupied
 from .tokenizer import Tokenizer
 
@@ -93,53 +94,75 @@ def autotune_files(
     config = config or PipelineConfig()
     check_settings(config, {"train": train, "dev": dev, "test": test})  # not after minutes of search
     refuse_occupied(out, overwrite)
-    start = time.perf_counter()
-    base = config.to_dict()
-    tokenizer = Tokenizer.from_config(PipelineConfig.from_dict(base).tokenizer)
-    trials: list[Trial] = []
+    search = _Search(train, dev, config.to_dict(), budget, quiet)
+    best = search.ascend()
+    if not quiet:
+        log.info(_table(search.trials, best))
+    found = search.outcome(best)
+    chosen = PipelineConfig.from_dict(merge(search.base, best.changes))
+    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, overwrite=overwrite, search=found)
+    return {**metrics, "autotune": {k: v for k, v in found.items() if k != "first_phase"}}
 
-    def run(changes: dict) -> Trial:
+
+@dataclass
+class _Search:
+    """The greedy coordinate ascent over :data:`SPACE` from the configuration ``base``, one trial at a time."""
+
+    train: str | Path
+    dev: str | Path | None
+    base: dict
+    budget: float
+    quiet: bool
+    start: float = field(default_factory=time.perf_counter)
+    trials: list[Trial] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokenizer = Tokenizer.from_config(PipelineConfig.from_dict(self.base).tokenizer)  # one for every trial
+
+    def ascend(self) -> Trial:
+        """Try the starting configuration, then each knob's values on top of the best so far, while time is left."""
+        best = self.try_changes({})
+        for _, values in SPACE:
+            current = best
+            for value in values:
+                changes = merge(current.changes, value)
+                if merge(self.base, changes) == merge(self.base, current.changes) or _fits(changes, self.trials):
+                    continue  # the value already in force, or tried before
+                if not _time_left(self.start, self.budget, self.trials, best):
+                    break
+                try:
+                    trial = self.try_changes(changes)
+                except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
+                    if not self.quiet:
+                        log.info(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}")
+                    continue
+                if trial.beats(best):
+                    best = trial
+        return best
+
+    def try_changes(self, changes: dict) -> Trial:
+        """Train ``base`` with ``changes`` with early stopping on dev, in a scratch folder; the trial is recorded."""
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="textpipe-autotune-") as scratch:
-            result = dev_result(train, dev, PipelineConfig.from_dict(merge(base, changes)), tokenizer, Path(scratch))
+            result = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
         first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
         trial = Trial(changes, result.best_dev["accuracy"], result.best_dev["loss"], result.best_epoch, len(result.history),
                       round(time.perf_counter() - began, 1), first_phase)
-        trials.append(trial)
-        if not quiet:
-            log.info(f"autotune trial {len(trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
+        self.trials.append(trial)
+        if not self.quiet:
+            log.info(f"autotune trial {len(self.trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
                      f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)")
         return trial
 
-    best = run({})
-    for _, values in SPACE:
-        current = best
-        for value in values:
-            changes = merge(current.changes, value)
-            if merge(base, changes) == merge(base, current.changes) or _fits(changes, trials):
-                continue  # the value already in force, or tried before
-            if not _time_left(start, budget, trials, best):
-                break
-            try:
-                trial = run(changes)
-            except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
-                if not quiet:
-                    log.info(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}")
-                continue
-            if trial.beats(best):
-                best = trial
-    chosen = PipelineConfig.from_dict(merge(base, best.changes))
-    if not quiet:
-        log.info(_table(trials, best))
-    search = {
-        "budget_seconds": budget,
-        "search_seconds": round(time.perf_counter() - start, 1),
-        "chosen": best.changes,
-        "trials": [{k: v for k, v in asdict(t).items() if k != "first_phase"} for t in trials],
-        "first_phase": best.first_phase,
-    }
-    metrics = train_files(train, test, out, dev=dev, config=chosen, quiet=quiet, overwrite=overwrite, search=search)
-    return {**metrics, "autotune": {k: v for k, v in search.items() if k != "first_phase"}}
+    def outcome(self, best: Trial) -> dict:
+        """What :func:`train_files` records of the search (``run.json``'s ``"autotune"``) and the winner's train phase, for its refit."""
+        return {
+            "budget_seconds": self.budget,
+            "search_seconds": round(time.perf_counter() - self.start, 1),
+            "chosen": best.changes,
+            "trials": [{k: v for k, v in asdict(t).items() if k != "first_phase"} for t in self.trials],
+            "first_phase": best.first_phase,
+        }
 
 
 def _fits(changes: dict, trials: list[Trial]) -> bool:

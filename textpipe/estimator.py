@@ -1,7 +1,7 @@
 """A scikit-learn-style estimator over the pipeline: lists of strings in, labels out.
 
 :class:`TextClassifier` is the five-line way in. ``fit`` streams the texts and
-labels into a temporary JSONL file and runs :func:`textpipe.pipeline.train_files`
+labels into a temporary JSONL file and runs :func:`textpipe.run.train_files`
 on it (so every stage, default and rule is the command line's), then keeps the
 trained bundle in memory; ``save`` writes the same bundle folder ``textpipe train``
 writes, which ``textpipe predict`` and :meth:`TextClassifier.load` read.
@@ -26,7 +26,8 @@ import numpy as np
 from .bundle import Bundle, load_bundle, save_bundle
 from .files import write_json_atomic
 from .models import ModelConfig
-from .pipeline import CONFIG, METRICS, DataConfig, PipelineConfig, train_files
+from .pipeline import CONFIG, METRICS, DataConfig, PipelineConfig
+from .run import train_files
 from .predict import Predictor
 from .sources import SourceConfig
 from .tokenizer import TokenizerConfig

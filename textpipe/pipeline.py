@@ -1,29 +1,29 @@
-"""Where the text stages meet the tensor core: a labelled file in, a trained bundle out.
+"""Where the text stages meet the tensor core: the pieces that compose files into a trained bundle.
 
-:func:`train_files` runs every stage in order: read the training file once to
-build the vocabulary and the label set, stream it through a
-:class:`~textpipe.dataset.TextClassificationDataset` into a ``DataLoader`` with the
-padding ``collate_fn``, train, score the test file, and save a bundle,
-``metrics.json``, the effective config (``config.json``) and the report of
-:mod:`textpipe.report` on the test file. ``run.json`` (written first: data files,
-config, creation time, package versions) and ``checkpoints/`` let
-:func:`resume_run` finish a run that was killed. :func:`report_file` writes the
-same report for a saved bundle on any labelled file. The CLI and ``make train``
-are thin wrappers over these.
+The configuration of a run (:class:`PipelineConfig`, one section per stage), the checks
+made before the first token is read (:func:`check_settings`), the loaders over a file
+(:func:`_loader`), the vocabulary and label set from one pass over the training file,
+scoring a model on a labelled file and writing the bundle, ``metrics.json``, the
+effective config (``config.json``) and the report of :mod:`textpipe.report`
+(:func:`save_outputs`). :func:`report_file` writes the same report for a saved bundle
+on any labelled file.
+
+A training run's phases, its ``run.json`` and its resume live in :mod:`textpipe.run`;
+``train_files``, ``resume_run`` and ``dev_result`` stay importable from here too.
+
+Example:
+    >>> from textpipe.pipeline import PipelineConfig, train_files
+    >>> metrics = train_files("train.csv", "test.csv", "runs/mine", config=PipelineConfig())
+    >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import platform
-import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -33,22 +33,19 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle
-from .checkpoint import CheckpointStore, OutputError
-from .files import file_sha256, write_json_atomic
-from .explain import strongest_features
-from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
-from .models import ModelConfig, build_model
-from .report import misclassified, search_notes, summarize, write_report
+from .explain import strongest_features
+from .files import write_json_atomic
+from .models import ModelConfig
+from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import FitResult, TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
-from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
-from .vocab import build_vocab, load_vocab, save_vocab
+from .train import TrainConfig, predict_logits, resolve_device
+from .vocab import build_vocab
 
-METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.json", "vocab.json", "checkpoints"
-PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")
+METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
+_RUN_NAMES = ("train_files", "resume_run", "dev_result")  # defined in textpipe.run, which imports this module
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
 
@@ -109,48 +106,6 @@ class PipelineConfig:
         return cls(**{name: _section_from_dict(name, kind, d.get(name, {})) for name, kind in sections.items()})
 
 
-def train_files(
-    train: str | Path,
-    test: str | Path | None,
-    out: str | Path,
-    dev: str | Path | None = None,
-    config: PipelineConfig | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-    search: dict | None = None,
-) -> dict:
-    """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
-    score ``test``, and write the bundle and ``metrics.json`` into ``out``.
-
-    Everything is written into ``out/.textpipe-run/`` first (``run.json``, then
-    checkpoints, so :func:`resume_run` can finish a run that was killed) and moved into
-    ``out`` once the run has finished. A non-empty ``out`` is refused unless ``overwrite``.
-    Without ``test`` the report and ``metrics["scored_on"]`` are on the dev data; then
-    no refit follows, so the shipped model has never seen the rows it is scored on.
-    Progress goes to the ``textpipe`` logger (silent unless the caller configures logging).
-    ``search`` is what :func:`textpipe.autotune.autotune_files` found (its trials, and
-    the chosen configuration's early-stopping result, which the refit then starts from).
-    """
-    config = config or PipelineConfig()
-    check_settings(config, {"train": train, "dev": dev, "test": test})
-    run = {**run_info({"train": train, "dev": dev, "test": test}), "config": config.to_dict()}
-    if search is not None:
-        run["autotune"] = {k: v for k, v in search.items() if k != "first_phase"}
-        if config.train.refit and dev is None:
-            run["refit"] = search["first_phase"]
-    out = Path(out)
-    rank, _ = distributed_rank(config.train.device)
-    if rank != 0:  # under torchrun only rank 0 writes files
-        return _run(run, stage_of(out), out, config, None, quiet, resume=None)
-    _prepare_output(out)
-    with RunLock(out):
-        stage = start_fresh(out, overwrite)
-        write_json_atomic(stage / RUN, run)
-        metrics = _run(run, stage, out, config, _checkpoint_store(stage, config), quiet, resume=None)
-        commit(stage, out, config.train.keep_checkpoints_after)
-    return metrics
-
-
 def check_settings(config: PipelineConfig, data: dict) -> None:
     """Everything that can be checked before the first token is read: the model config,
     the device, and that each data file exists and holds a row."""
@@ -169,190 +124,6 @@ def check_settings(config: PipelineConfig, data: dict) -> None:
         source = replace(config.data.source, on_bad_row="skip")  # the first good row; bad ones are found later, with their lines
         if next(read_examples(path, config=source, skipped=skipped), None) is None:
             raise DataError(path, None, f"the {part} file holds no usable row" + (f" ({sum(skipped.values())} bad)" if skipped else " (only a header?)"))
-
-
-def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> FitResult:
-    """Only the first phase of a run, quietly, nothing kept: train with early stopping on ``dev``
-    (or the held-out rows of ``train``) and return the epoch count and dev scores it reached.
-
-    Example:
-        >>> dev_result("train.csv", None, PipelineConfig(), Tokenizer(), Path("/tmp/scratch")).best_dev["accuracy"]
-    """
-    run = {"data": {"train": _absolute(train), "dev": None if dev is None else _absolute(dev), "test": None}}
-    config = replace(config, train=replace(config.train, keep_checkpoints=0))
-    _, _, _, result, _ = _train_phase(run, scratch, config, tokenizer, None, True, None, refit_epochs=0)
-    return result
-
-
-def distributed_rank(device: str) -> tuple[int, int]:
-    """``(rank, world_size)``: under ``torchrun`` (its WORLD_SIZE / RANK variables) the
-    process group is started once, gloo on cpu and nccl on cuda; ``(0, 1)`` otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if resolve_device(device).type == "cuda" else "gloo")
-    return torch.distributed.get_rank(), world
-
-
-def resume_run(out: str | Path, quiet: bool = False) -> dict:
-    """Finish the run in ``out`` from its newest checkpoint (from the start when it has none).
-
-    Example:
-        >>> metrics = resume_run("runs/mine")   # after the first run was killed
-    """
-    out = Path(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
-    with RunLock(out):
-        stage = unfinished(out)
-        if stage is not None and is_complete(stage):  # killed while moving the finished files into place
-            run = json.loads(((stage if (stage / RUN).is_file() else out) / RUN).read_text(encoding="utf-8"))
-            commit(stage, out, run["config"]["train"].get("keep_checkpoints_after", False))
-            return json.loads((out / METRICS).read_text(encoding="utf-8"))
-        if stage is None or not (stage / RUN).is_file():
-            done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
-            raise FileNotFoundError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
-        run = json.loads((stage / RUN).read_text(encoding="utf-8"))
-        config = PipelineConfig.from_dict(run["config"])
-        store = _checkpoint_store(stage, config)
-        checkpoint = store.load_latest() if store else None
-        if checkpoint is not None and run["fingerprint"] != _fingerprint(run["data"]["train"]):
-            raise DataError(run["data"]["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
-        if checkpoint is not None and not quiet:
-            log.info(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})")
-        metrics = _run(run, stage, out, config, store, quiet, resume=checkpoint)
-        commit(stage, out, config.train.keep_checkpoints_after)
-    return metrics
-
-
-def _checkpoint_store(out: Path, config: PipelineConfig) -> CheckpointStore | None:
-    keep = config.train.keep_checkpoints
-    return CheckpointStore(out / CHECKPOINTS, keep) if keep else None
-
-
-def _run(run: dict, out: Path, final: Path, config: PipelineConfig, store: CheckpointStore | None, quiet: bool, resume: dict | None) -> dict:
-    """Train (and refit, see ``TrainConfig.refit``), score the test file and save everything into
-    ``out``, the staging folder of the run whose outputs go to ``final``.
-
-    Where a refit follows, ``run.json`` records the first phase's result before the
-    refit begins, so a resume knows which phase its checkpoints belong to.
-    """
-    rank, _ = distributed_rank(config.train.device)
-    tokenizer = Tokenizer.from_config(config.tokenizer)  # one for every phase and loader: they share its chunk memo
-    # A dev file's rows are not training rows: nothing to refit on. Without a test file the
-    # held-out rows are the only honest score, so they must stay out of training.
-    refit = config.train.refit and not run["data"]["dev"] and run["data"]["test"] is not None
-    if "refit" not in run:
-        model, vocab, labels, result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=0)
-        if refit:
-            run["refit"] = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
-            model = None  # let the first phase's weights go before the refit builds its own
-            if store is not None:
-                store.clear()  # first, so a run.json that names the refit never sits beside the first phase's checkpoints
-            if rank == 0:
-                write_json_atomic(out / RUN, run)
-            resume = None
-    if refit:
-        model, vocab, labels, refit_result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=run["refit"]["epochs"])
-        result = FitResult(run["refit"]["epochs"], run["refit"]["best_dev"], run["refit"]["history"])
-
-    device = next(model.parameters()).device
-    test, dev = run["data"]["test"], run["data"]["dev"]
-    scored_on = f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {run['data']['train']} (1 in {config.data.holdout_every})"
-    # No workers for the scoring pass: predictions then come in file order and line up with the texts.
-    holdout = 0 if test or dev else config.data.holdout_every
-    rows = _loader(test or dev or run["data"]["train"], config, tokenizer, vocab, labels, device, "all" if holdout == 0 else "dev", holdout)
-    summary, mistakes = score(model, rows, labels, device, quiet)
-    metrics = {"test": summary["overall"] if test else None, "dev": result.best_dev, "scored_on": scored_on,
-               "best_epoch": result.best_epoch, "history": result.history, **summary}
-    if refit:
-        metrics["refit"] = {"epochs": result.best_epoch, "rows": run["num_train"], "history": refit_result.history}
-    if config.data.source.on_bad_row == "skip":
-        metrics["skipped"] = skipped
-    if rank != 0:
-        return metrics
-    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
-    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
-    write_json_atomic(out / CONFIG, config.to_dict())
-    write_json_atomic(out / METRICS, metrics)
-    trained = f"best epoch {result.best_epoch} of {len(result.history)}"
-    if "autotune" in run:
-        trained = f"configuration chosen by autotune ({len(run['autotune']['trials'])} tried on dev, see run.json); " + trained
-    if refit:
-        trained += f", then refit on all {run['num_train']} training rows for {result.best_epoch} epochs"
-    notes = [f"Model `{config.model.name}` trained on `{run['data']['train']}`; {trained}. Scores are on the {scored_on}.",
-             *([] if test else ["There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic."])]
-    features = strongest_features(model, vocab, labels)
-    write_report(out, summary, mistakes, result.history, title=f"textpipe report: {final.name}", features=features,
-                 notes=notes + search_notes(run.get("autotune")))
-    return metrics
-
-
-def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokenizer, store: CheckpointStore | None, quiet: bool, resume: dict | None, refit_epochs: int):
-    """Build (or reload) the vocabulary and train one model: with early stopping on dev, or,
-    given ``refit_epochs``, on every training row for that many epochs.
-
-    Returns the model, the vocabulary, the labels, the ``FitResult`` and the skipped-row counts.
-    """
-    train, test, dev = run["data"]["train"], run["data"]["test"], run["data"]["dev"]
-    set_seed(config.train.seed)
-    train_part = "all" if dev or refit_epochs else "train"
-    holdout = 0 if train_part == "all" else config.data.holdout_every
-
-    rank, world = distributed_rank(config.train.device)
-    quiet = quiet or rank != 0
-    if resume is None:  # every rank builds the same vocabulary; rank 0 saves it
-        vocab, label_counts, num_train, train_skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
-        labels = label_order(label_counts)
-        run.update(labels=labels, label_counts=label_counts, num_train=num_train, skipped=train_skipped, fingerprint=_fingerprint(train))
-        if rank == 0:
-            save_vocab(vocab, out / VOCAB)
-            write_json_atomic(out / RUN, run)
-    else:  # the vocabulary, labels and skip counts were saved before the first checkpoint
-        vocab, labels, num_train = load_vocab(out / VOCAB), run["labels"], run["num_train"]
-        label_counts = run.get("label_counts", {})
-        train_skipped = run.get("skipped", {})
-    skipped = {"train": train_skipped}
-    if not quiet:
-        what = f"refit for {refit_epochs} epochs on all {num_train} training rows" if refit_epochs else f"{num_train} training rows"
-        log.info(f"{what}, {len(labels)} labels, vocabulary of {len(vocab)} tokens")
-
-    device = resolve_device(config.train.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-    def loader(path, part="all", training=False):
-        holdout_every = holdout if part != "all" else 0
-        return _loader(path, config, tokenizer, vocab, labels, device, part, holdout_every, training, rank, world, config.data.num_workers)
-
-    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
-    model = build_model(model_config)
-    if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
-        if config.model.frozen_dim:
-            coverage = load_into_frozen(model, vocab, resolve_vectors(config.data.vectors))
-        else:
-            coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(config.data.vectors))
-        run["vectors"] = coverage.to_dict()
-        if rank == 0:
-            write_json_atomic(out / RUN, run)
-        if not quiet:
-            log.info(coverage.describe())
-    if rank == 0:
-        _check_free_space(out, model, config.train.keep_checkpoints, quiet)
-    dev_loader = None if refit_epochs else loader(dev) if dev else loader(train, "dev")
-    # Before training, so a bad dev or test row stops the run now; in skip mode, the
-    # counts (the DataLoader's workers cannot report theirs). Train was counted above.
-    if dev:
-        skipped["dev"] = dev_loader.dataset.count_skipped()
-    if test:
-        skipped["test"] = loader(test).dataset.count_skipped()
-    if not quiet and not refit_epochs and resume is None:
-        log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
-    train_config = replace(config.train, device=str(device), epochs=refit_epochs or config.train.epochs)
-    result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
-                 class_counts=[label_counts.get(label, 0) for label in labels])
-    return model, vocab, labels, result, skipped
 
 
 def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, device, part="all", holdout=0, training=False, rank=0, world=1, num_workers=0) -> StatefulDataLoader:
@@ -395,34 +166,6 @@ def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) ->
         ))
 
 
-def _prepare_output(out: Path) -> None:
-    """Fail now, not after hours of training, when ``out`` cannot hold the run."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as err:
-        raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
-
-
-def _check_free_space(out: Path, model: torch.nn.Module, keep: int, quiet: bool) -> None:
-    """Refuse a run the disk surely cannot hold; warn when it may not."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Each checkpoint holds the weights, the best epoch's weights once there is one, and Adam's
-    # two moments for the rows trained so far (none to all of them); one more is written while
-    # the kept ones exist. Then the bundle: the weights once more.
-    least = weights * (keep + 2) if keep else weights
-    most = weights * (4 * (keep + 1) + 1) if keep else weights
-    free = shutil.disk_usage(out).free
-    out = out.parent if out.name == STAGE else out  # the folder the user named
-    if free < least:
-        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
-    if free < most and not quiet:
-        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
-              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
-
-
 def config_summary(config: PipelineConfig) -> str:
     """The effective config, one line per section (``key=value`` as in TOML)."""
     lines = ["effective config (saved as config.json in the bundle):"]
@@ -462,23 +205,6 @@ def cache_folder(setting: str | None) -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textpipe"
 
 
-def _absolute(path: str | Path) -> str:
-    return str(path) if str(path).startswith(TORCHTEXT_PREFIX) else str(Path(path).resolve())
-
-
-def _fingerprint(path: str | Path) -> dict:
-    """What a resume compares: the content's sha256 (a same-size edit with an old mtime is still caught)."""
-    if str(path).startswith(TORCHTEXT_PREFIX):
-        return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
-        digest.update(file_sha256(file).encode())
-    return {"sha256": digest.hexdigest()}
-
-
 def report_file(
     bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None
 ) -> dict:
@@ -495,7 +221,7 @@ def report_file(
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
-    summary, mistakes = score(bundle.model, loader, bundle.labels, "cpu", quiet)
+    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet)
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -508,10 +234,10 @@ def report_file(
     return summary
 
 
-def score(model, loader: DataLoader, labels: list[str], device, quiet: bool = True) -> tuple[dict, list]:
+def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, quiet: bool = True) -> tuple[dict, list]:
     """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers."""
     if loader.num_workers:
-        raise ValueError("score() needs a loader without workers, so that predictions come in file order")
+        raise ValueError("score_and_list_mistakes() needs a loader without workers, so that predictions come in file order")
     rows = _with_progress(loader, "evaluate", quiet)
     logits, gold = predict_logits(model, rows, torch.device(device))
     summary = summarize(logits, gold, labels)
@@ -519,31 +245,15 @@ def score(model, loader: DataLoader, labels: list[str], device, quiet: bool = Tr
     return summary, misclassified(texts, logits, gold, labels)
 
 
-def run_info(data: dict) -> dict:
-    """Where a run came from: creation time (UTC), package versions, the data files."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return {"created": created, "versions": versions, "data": {k: None if v is None else _absolute(v) for k, v in data.items()}}
-
-
-def evaluate_file(bundle_dir: str | Path, data: str | Path, batch_size: int = 512, source: SourceConfig | None = None) -> dict:
-    """Accuracy, macro-F1, loss and row count of a saved bundle on a labelled file.
-
-    With ``source.on_bad_row == "skip"`` the result also holds ``"skipped"``: reason -> rows.
-    """
-    bundle = load_bundle(bundle_dir)
-    ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
-    skipped = ds.count_skipped()
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
-    metrics = evaluate(bundle.model, loader, len(bundle.labels))
-    if ds.source.on_bad_row == "skip":
-        metrics["skipped"] = skipped
-    return metrics
+def save_outputs(out: Path, model: torch.nn.Module, vocab, tokenizer: Tokenizer, labels: list[str], config: PipelineConfig, metrics: dict,
+                 summary: dict, mistakes: list, history: list[dict], title: str, notes: list[str]) -> None:
+    """Write a trained model's bundle, ``config.json``, ``metrics.json`` and report into ``out``."""
+    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
+    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
+    write_json_atomic(out / CONFIG, config.to_dict())
+    write_json_atomic(out / METRICS, metrics)
+    features = strongest_features(model, vocab, labels)
+    write_report(out, summary, mistakes, history, title=title, features=features, notes=notes)
 
 
 def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:
@@ -579,3 +289,13 @@ def _training_texts(rows: Iterable[Example], tally: _Tally, part: str, holdout_e
         if part == "all" or not is_held_out(i, holdout_every):
             tally.training_rows += 1
             yield example.text
+
+
+def __getattr__(name: str):
+    """``from textpipe.pipeline import train_files`` (the documented path) keeps working: the run's entry points
+    live in :mod:`textpipe.run`, which builds on this module, so they are looked up there when first asked for."""
+    if name in _RUN_NAMES:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

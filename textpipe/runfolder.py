@@ -7,6 +7,9 @@ run that fails or is killed leaves the previous bundle in ``OUT`` loadable, and
 ``--resume OUT`` finds the unfinished run where it stopped. Files that are not the
 run's own are never touched.
 
+``run.json`` in the staging folder holds the run's :class:`RunState`: its data files,
+config and provenance, its :class:`Phase`, and what a resume must not redo.
+
 :class:`RunLock` holds an exclusive ``flock`` on ``OUT/.textpipe.lock`` for the whole
 run: a second run on the same folder is refused with the first one's pid. The kernel
 drops the lock when its process dies, even by ``kill -9``.
@@ -21,15 +24,26 @@ Example:
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
+import platform
 import shutil
+import sys
+import time
+from dataclasses import dataclass, fields
+from enum import Enum
+from importlib import metadata
 from pathlib import Path
 
 from .checkpoint import OutputError
-from .files import atomic_write
+from .events import emit
+from .files import atomic_write, file_sha256, write_json_atomic
+from .sources import TORCHTEXT_PREFIX
 
 STAGE, LOCK, COMPLETE = ".textpipe-run", ".textpipe.lock", "COMPLETE"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS, RUN = "checkpoints", "run.json"
+PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")  # their versions go into run.json
 META = "bundle.json"  # moved last: until then OUT holds the previous bundle's manifest
 
 
@@ -68,6 +82,34 @@ class RunLock:
             (self.out / LOCK).unlink(missing_ok=True)  # while still held: no other run can be inside
             os.close(self._fd)
             self._fd = None
+
+
+def prepare_output(out: Path) -> None:
+    """Fail now, not after hours of training, when ``out`` cannot hold the run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
+
+
+def check_free_space(out: Path, model, keep: int, quiet: bool) -> None:
+    """Refuse a run the disk surely cannot hold; warn when it may not (``model``: the ``nn.Module`` to train)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # Each checkpoint holds the weights, the best epoch's weights once there is one, and Adam's
+    # two moments for the rows trained so far (none to all of them); one more is written while
+    # the kept ones exist. Then the bundle: the weights once more.
+    least = weights * (keep + 2) if keep else weights
+    most = weights * (4 * (keep + 1) + 1) if keep else weights
+    free = shutil.disk_usage(out).free
+    out = out.parent if out.name == STAGE else out  # the folder the user named
+    if free < least:
+        raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
+    if free < most and not quiet:
+        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
+              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
 
 
 def stage_of(out: str | Path) -> Path:
@@ -118,6 +160,7 @@ def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -
     Safe to repeat after a crash: files already moved are not in ``stage`` any more.
     """
     stage, out = Path(stage), Path(out)
+    emit("commit_start", stage=stage, out=out)
     if not is_complete(stage):
         atomic_write(stage / COMPLETE, lambda f: f.write(b"every output of the run is here; only the move into the folder above is left\n"))
     files = sorted(p for p in stage.iterdir() if p.is_file() and p.name not in (COMPLETE, META) and not p.name.startswith("."))
@@ -129,3 +172,88 @@ def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -
             shutil.rmtree(out / CHECKPOINTS)
         os.replace(stage / CHECKPOINTS, out / CHECKPOINTS)
     shutil.rmtree(stage)
+
+
+class Phase(str, Enum):
+    """Where a run is; ``run.json`` records it, so a resume continues the right phase."""
+
+    TRAIN = "train"  # early stopping on dev picks the epoch count
+    REFIT = "refit"  # a fresh model on every training row for the chosen epoch count
+    DONE = "done"  # every output is in the staging folder; only the commit is left
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Everything ``run.json`` holds: where the run came from, and what a resume must not redo.
+
+    Never changed in place: each step of a run (:mod:`textpipe.run`) makes a new one with
+    :func:`dataclasses.replace` and saves it.
+
+    Example:
+        >>> state = RunState.start({"train": "train.csv", "dev": None, "test": "test.csv"}, {"train": {"epochs": 5}})
+        >>> RunState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+        True
+    """
+
+    phase: Phase
+    created: str  # UTC, ISO 8601
+    versions: dict  # package -> version, python included
+    data: dict  # "train", "dev", "test" -> absolute path (or torchtext:NAME), None when absent
+    config: dict  # PipelineConfig.to_dict()
+    autotune: dict | None = None  # the search that chose the config: its trials and the chosen changes
+    refit: dict | None = None  # what the refit starts from: the train phase's "epochs", "best_dev" and "history"
+    labels: list[str] | None = None  # from here on: the current phase's vocabulary pass over the training file
+    label_counts: dict[str, int] | None = None
+    num_train: int | None = None
+    skipped: dict[str, int] | None = None
+    fingerprint: dict | None = None  # the training file's content digest: a resume refuses a changed file
+    vectors: dict | None = None  # pretrained vectors' coverage of the vocabulary
+
+    @classmethod
+    def start(cls, data: dict, config: dict) -> "RunState":
+        """A new run's state, in the train phase: its data files (made absolute), config and provenance."""
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return cls(Phase.TRAIN, created, _versions(), {k: None if v is None else _absolute(v) for k, v in data.items()}, config)
+
+    def to_dict(self) -> dict:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "phase"}
+        return {"phase": self.phase.value, **{k: v for k, v in values.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**{**d, "phase": Phase(d["phase"])})
+
+    @classmethod
+    def load(cls, folder: Path) -> "RunState":
+        """The state in ``folder``'s ``run.json``."""
+        return cls.from_dict(json.loads((folder / RUN).read_text(encoding="utf-8")))
+
+    def save(self, folder: Path) -> None:
+        write_json_atomic(folder / RUN, self.to_dict())
+
+
+def _versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _absolute(path: str | Path) -> str:
+    return str(path) if str(path).startswith(TORCHTEXT_PREFIX) else str(Path(path).resolve())
+
+
+def data_fingerprint(path: str | Path) -> dict:
+    """What a resume compares: the content's sha256 (a same-size edit with an old mtime is still caught)."""
+    if str(path).startswith(TORCHTEXT_PREFIX):
+        return {"torchtext": str(path)}  # torchtext checks its files' MD5 itself
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
+        digest.update(file_sha256(file).encode())
+    return {"sha256": digest.hexdigest()}

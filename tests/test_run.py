@@ -1,0 +1,95 @@
+"""textpipe.run: a run's explicit phases, the state run.json holds, and the events at each phase change."""
+
+import json
+
+import pytest
+
+from textpipe.events import listen
+from textpipe.pipeline import PipelineConfig
+from textpipe.run import Placement, resume_run, start_distributed, train_files
+from textpipe.runfolder import RUN, STAGE, Phase, RunState
+from textpipe.tokenizer import TokenizerConfig
+from textpipe.train import TrainConfig
+
+SMALL = dict(tokenizer=TokenizerConfig("whitespace"), train=TrainConfig(epochs=2, lr=0.02, keep_checkpoints=1))
+
+
+@pytest.fixture
+def events():
+    """The (name, phase) of every run event, with the phase run.json held at that moment."""
+    seen, stops = [], []
+
+    def record(name):
+        def listener(phase=None, stage=None, **_):
+            seen.append((name, phase))
+        return listener
+
+    for name in ("phase_start", "phase_end", "commit_start"):
+        stops.append(listen(name, record(name)))
+    yield seen
+    for stop in stops:
+        stop()
+
+
+def run_json_phase_at_each_phase_start(out):
+    phases = []
+    stop = listen("phase_start", lambda phase, **_: phases.append((phase, json.loads((out / STAGE / RUN).read_text())["phase"])))
+    return phases, stop
+
+
+def test_a_refitting_run_goes_train_refit_done_and_run_json_says_so_first(toy_files, tmp_path, events):
+    train, _, test = toy_files
+    out = tmp_path / "run"
+    recorded, stop = run_json_phase_at_each_phase_start(out)
+    try:
+        metrics = train_files(train, test, out, config=PipelineConfig(**SMALL), quiet=True)
+    finally:
+        stop()
+    assert events == [("phase_start", "train"), ("phase_end", "train"), ("phase_start", "refit"), ("phase_end", "refit"),
+                      ("phase_start", "done"), ("commit_start", None)]
+    assert recorded == [("train", "train"), ("refit", "refit"), ("done", "done")], "an event comes after run.json records the phase"
+    state = RunState.load(out)
+    assert state.phase is Phase.DONE and state.refit["epochs"] == metrics["best_epoch"] == metrics["refit"]["epochs"]
+    assert state.num_train == 400 and state.labels == ["neg", "pos"]  # the refit's pass over every training row
+
+
+def test_with_a_dev_file_the_run_has_no_refit_phase(toy_files, tmp_path, events):
+    train, dev, test = toy_files
+    metrics = train_files(train, test, tmp_path / "run", dev=dev, config=PipelineConfig(**SMALL), quiet=True)
+    assert events == [("phase_start", "train"), ("phase_end", "train"), ("phase_start", "done"), ("commit_start", None)]
+    assert "refit" not in metrics and RunState.load(tmp_path / "run").refit is None
+
+
+def test_a_run_stopped_once_done_is_only_committed_by_resume(toy_files, tmp_path, events):
+    train, _, test = toy_files
+    out = tmp_path / "run"
+
+    def crash(**_):
+        raise RuntimeError("stopped before the commit")
+
+    stop = listen("commit_start", crash)
+    try:
+        with pytest.raises(RuntimeError, match="stopped before the commit"):
+            train_files(train, test, out, config=PipelineConfig(**SMALL), quiet=True)
+    finally:
+        stop()
+    assert RunState.load(out / STAGE).phase is Phase.DONE and not (out / "metrics.json").exists()
+    events.clear()
+    metrics = resume_run(out, quiet=True)
+    assert events == [("commit_start", None)], "nothing is trained again"
+    assert metrics == json.loads((out / "metrics.json").read_text()) and not (out / STAGE).exists()
+
+
+def test_run_state_round_trips_through_json_and_names_its_phase():
+    state = RunState.start({"train": "train.csv", "dev": None, "test": "torchtext:AG_NEWS"}, PipelineConfig().to_dict())
+    saved = json.loads(json.dumps(state.to_dict()))
+    assert saved["phase"] == "train" and "refit" not in saved and saved["data"]["test"] == "torchtext:AG_NEWS"
+    assert RunState.from_dict(saved).to_dict() == saved and RunState.from_dict(saved).phase is Phase.TRAIN
+    with pytest.raises(ValueError, match="'finished' is not a valid Phase"):
+        RunState.from_dict({**saved, "phase": "finished"})
+
+
+def test_outside_torchrun_the_process_is_rank_0_of_1(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    placement = start_distributed("cpu")
+    assert placement == Placement(0, 1) and placement.writes
