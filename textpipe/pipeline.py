@@ -39,6 +39,7 @@ from .explain import strongest_features
 from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
+from .loader import make_loader
 from .models import ModelConfig, build_model
 from .report import misclassified, search_notes, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
@@ -356,19 +357,14 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
 
 
 def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, device, part="all", holdout=0, training=False, rank=0, world=1, num_workers=0) -> StatefulDataLoader:
-    # The dataset makes whole batches (bucketed by length when training), read from the cache when there is one.
-    dataset = TextClassificationDataset(
-        path, tokenizer, vocab, labels, holdout_every=holdout, part=part,
-        shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=config.data.source,
-        batch_size=config.train.batch_size if training else config.data.eval_batch_size,
-        bucket=config.data.bucket and training, cache_dir=cache_folder(config.data.cache_dir),
+    # Batches bucketed by length when training, read from the cache when there is one.
+    dataset = TextClassificationDataset(path, tokenizer, vocab, labels, holdout_every=holdout, part=part, source=config.data.source,
+                                        cache_dir=cache_folder(config.data.cache_dir))
+    return make_loader(
+        dataset, config.train.batch_size if training else config.data.eval_batch_size,
+        shuffle_buffer=config.data.shuffle_buffer if training else 0, bucket=config.data.bucket and training, seed=config.train.seed,
         rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
-    )
-    # Its own generator, so creating a loader's iterator never draws from torch's global
-    # generator (which dropout uses): a resumed run sees the same random numbers.
-    return StatefulDataLoader(
-        dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.train.seed),
+        num_workers=num_workers, pin_memory=device.type == "cuda",
     )
 
 
