@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from .reading import DataError, Lines, RecordTooLong, Row, open_lines, too_long
+from .reading import DataError, Lines, RecordTooLong, Row, open_lines, records, too_long
 
 if TYPE_CHECKING:
     from .sources import SourceConfig
@@ -45,13 +45,8 @@ def read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels
         reader = new_reader()
         width, text_at, label_at = _columns(path, reader, config, with_labels)
         lines.seek(start)  # csv.reader pulls lines one at a time, so it holds none past the header
-        while True:
-            line, offset = lines.start_record()
-            try:
-                row = _parse(reader)
-            except StopIteration:
-                return
-            except (csv.Error, RecordTooLong) as err:
+        for line, offset, row, err in records(lines, lambda: _parse(reader), (csv.Error, RecordTooLong)):
+            if err is not None:
                 spans_lines = lines.line > line
                 yield Row(line, problem=_record_problem(err, spans_lines, fmt, config.max_chars))
                 if spans_lines:

@@ -3,8 +3,8 @@
 :class:`Lines` reads a file opened in binary mode line by line, never more than
 ``max_bytes`` of one record (a runaway quote or a gigabyte line cannot fill
 memory), and counts lines and bytes so a row can name its line and a stream can
-restart after it. :func:`line_records` is the loop of the one-record-per-line
-formats (JSONL, TXT). The public face of the readers is :mod:`textpipe.sources`.
+restart after it. :func:`records` is the record loop of every line-based reader
+(CSV, TSV, JSONL, TXT). The public face of the readers is :mod:`textpipe.sources`.
 
 Example:
     >>> with open("texts.txt", "rb") as f:
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import codecs
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple
+from typing import IO, Callable, Iterator, NamedTuple, TypeVar
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -134,15 +136,22 @@ def open_lines(path: str | Path, max_chars: int) -> tuple[IO[bytes], int]:
     return open(path, "rb"), 4 * max_chars + 4096
 
 
-def line_records(lines: Lines) -> Iterator[tuple[int, str | None]]:
-    """``(line number, line)`` of each line; the line is None when it runs past the byte limit."""
+def records(lines: Lines, parse: Callable[[], T], errors: tuple[type[Exception], ...] = (RecordTooLong,)) -> Iterator[tuple[int, int, T | None, Exception | None]]:
+    """Each record ``parse`` reads from ``lines``, with where it starts: ``(first line, byte offset, record, None)``,
+    or ``(first line, byte offset, None, error)`` when ``parse`` raised one of ``errors``; ends when it raises StopIteration."""
     while True:
-        line, _ = lines.start_record()
+        line, offset = lines.start_record()
         try:
-            raw = next(lines)
+            record = parse()
         except StopIteration:
             return
-        except RecordTooLong:
-            yield line, None
+        except errors as err:
+            yield line, offset, None, err
             continue
+        yield line, offset, record, None
+
+
+def line_records(lines: Lines) -> Iterator[tuple[int, str | None]]:
+    """``(line number, line)`` of each line; the line is None when it runs past the byte limit."""
+    for line, _, raw, _ in records(lines, lines.__next__):
         yield line, raw
