@@ -187,11 +187,12 @@ class TextClassificationDataset(IterableDataset):
         """A block of rows ready to be ordered and grouped: encoded, unless they come from the cache."""
         return rows if self.cache is not None else [self.encode(row) for row in rows]
 
-    def length(self, item) -> int:
-        """Tokens in a prepared item (the bucketing key)."""
-        if self.cache is not None:
-            return int(self.cache.offsets[item + 1] - self.cache.offsets[item])
-        return len(item[0] if isinstance(item, tuple) else item)
+    def lengths(self, items: list) -> list[int]:
+        """Tokens in each prepared item (the bucketing key)."""
+        if self.cache is not None:  # one vectorized lookup for the block
+            rows = torch.tensor(items, dtype=torch.long)
+            return (self.cache.offsets[rows + 1] - self.cache.offsets[rows]).tolist()
+        return [len(item[0] if isinstance(item, tuple) else item) for item in items]
 
     def example(self, item) -> torch.Tensor | tuple[torch.Tensor, int]:
         """One prepared item as an example."""
