@@ -158,3 +158,31 @@ def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
     next(stream)
     assert read["rows"] <= 11
     assert 1 + sum(1 for _ in stream) == 103
+
+
+def test_make_loader_pads_with_its_collate_fn_and_the_cache_changes_nothing(numbered, tmp_path):
+    """Training batches from the file and from the token-id cache are the same tensors, padded by pad_collate."""
+    from textpipe.loader import make_loader
+
+    path, tok, vocab = numbered
+    loaders = [make_loader(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=cache), 8, shuffle_buffer=40, bucket=True, seed=5)
+               for cache in (None, tmp_path / "c")]
+    assert all(loader.collate_fn is pad_collate for loader in loaders)
+    text, cached = ([(b.ids, b.labels, b.mask) for b in loader] for loader in loaders)
+    assert len(text) == len(cached) == 13  # blocks of 40 + 40 + 23 rows: 5 + 5 + 3 groups of up to 8
+    assert all(torch.equal(a, b) for one, other in zip(text, cached) for a, b in zip(one, other))
+
+
+def test_make_loader_batches_texts_in_memory_longest_first():
+    from textpipe.batching import LengthSortedSampler
+    from textpipe.loader import make_loader
+
+    texts = ["a", "a b c", "a b", "a b c d", "b"]
+    ds = TextListDataset(texts, Tokenizer("whitespace"), build_vocab([["a", "b", "c", "d"]]))
+    loader = make_loader(ds, 2)
+    assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
+    batches = list(loader)
+    assert [b.ids.shape[1] for b in batches] == [4, 2, 1]  # the last, smaller batch included
+    assert loader.sampler.restore(torch.cat([b.lengths for b in batches])).tolist() == [1, 3, 2, 4, 1]
+    with pytest.raises(ValueError, match="longest first"):
+        make_loader(ds, 2, shuffle_buffer=10)
