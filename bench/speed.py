@@ -40,6 +40,7 @@ from memory import sample_rows, write_sample  # noqa: E402
 
 from textpipe.collate import Batch, pad_fraction  # noqa: E402
 from textpipe.dataset import TextClassificationDataset  # noqa: E402
+from textpipe.loader import make_loader  # noqa: E402
 from textpipe.models import ModelConfig, build_model  # noqa: E402
 from textpipe.predict import Predictor  # noqa: E402
 from textpipe.sources import read_examples  # noqa: E402
@@ -86,8 +87,7 @@ def tokenizer_speed(texts: list[str]) -> dict:
         if name == "spacy":  # the first pass filled the chunk memo; a second pass reads it
             entry["second_pass_tokens_per_s"] = round(tokens / timed(lambda: list(tok.pipe(texts)))[0])
         for workers in (1, 2):
-            ds = TextClassificationDataset(MR_TRAIN, tok, vocab, batch_size=256)
-            loader = DataLoader(ds, batch_size=None, num_workers=workers)
+            loader = make_loader(TextClassificationDataset(MR_TRAIN, tok, vocab), 256, num_workers=workers)
             seconds, n = timed(lambda: sum(int(b.lengths.sum()) for b in loader))
             entry[f"loader_{workers}_workers_tokens_per_s"] = round(n / seconds)
         result[name] = entry
@@ -96,12 +96,12 @@ def tokenizer_speed(texts: list[str]) -> dict:
 
 def loader_speed(tok: Tokenizer, vocab, labels: list[str], cache_dir: Path) -> dict:
     """Training batches (32 rows) per second: tokenizing every epoch vs from the warm cache; pad fraction bucketed vs not."""
-    common = dict(labels=labels, shuffle_buffer=100_000, batch_size=32)
-    text = TextClassificationDataset(MR_TRAIN, tok, vocab, **common)
+    text = make_loader(TextClassificationDataset(MR_TRAIN, tok, vocab, labels), 32, shuffle_buffer=100_000)
     text_s, text_batches = timed(lambda: sum(1 for _ in text))
-    cached = TextClassificationDataset(MR_TRAIN, tok, vocab, bucket=True, cache_dir=cache_dir, **common)
+    warm = TextClassificationDataset(MR_TRAIN, tok, vocab, labels, cache_dir=cache_dir)
+    cached = make_loader(warm, 32, shuffle_buffer=100_000, bucket=True)
     cached_s, cached_batches = timed(lambda: sum(1 for _ in cached))
-    plain = TextClassificationDataset(MR_TRAIN, tok, vocab, cache_dir=cache_dir, **common)
+    plain = make_loader(warm, 32, shuffle_buffer=100_000)
     return {
         "text_path_batches_per_s": round(text_batches / text_s),
         "warm_cache_bucketed_batches_per_s": round(cached_batches / cached_s),
@@ -135,10 +135,11 @@ def train_rows_per_s(model_config: ModelConfig, batches, seconds_cap: float = 4.
 
 
 def cached_batches(tok, vocab, labels, cache_dir: Path, batch_size: int, epochs: int):
-    ds = TextClassificationDataset(MR_TRAIN, tok, vocab, labels, shuffle_buffer=100_000, batch_size=batch_size, bucket=True, cache_dir=cache_dir)
+    ds = TextClassificationDataset(MR_TRAIN, tok, vocab, labels, cache_dir=cache_dir)
+    loader = make_loader(ds, batch_size, shuffle_buffer=100_000, bucket=True)  # what `make train` iterates
     for epoch in range(epochs):
-        ds.set_epoch(epoch)
-        yield from ds
+        loader.dataset.set_epoch(epoch)
+        yield from loader
 
 
 def plain_recipe_batches(tok, vocab, labels, batch_size: int, epochs: int, pretokenized: bool):
@@ -209,9 +210,9 @@ def big_file_epochs(tok) -> dict:
         start = time.perf_counter()
         # A fresh tokenizer: its chunk memo starts empty, as in a new process.
         fresh = Tokenizer(tok.name, tok.lower)
-        ds = TextClassificationDataset(big, fresh, vocab, labels, shuffle_buffer=100_000, batch_size=512, bucket=True, seed=seed, cache_dir=cache_dir)
+        ds = TextClassificationDataset(big, fresh, vocab, labels, cache_dir=cache_dir)
         built = time.perf_counter() - start
-        train_rows_per_s(config, iter(ds), seconds_cap=1e9)
+        train_rows_per_s(config, iter(make_loader(ds, 512, shuffle_buffer=100_000, bucket=True, seed=seed)), seconds_cap=1e9)
         return time.perf_counter() - start, built
 
     first, build = epoch(0)

@@ -1,4 +1,5 @@
 import csv
+import functools
 import os
 import random
 import shutil
@@ -38,6 +39,18 @@ def write_csv(path: Path, rows) -> Path:
 # import, before any test module copies os.environ into a subprocess's environment.
 TOKEN_CACHE = tempfile.mkdtemp(prefix="textpipe-test-cache-")
 os.environ["TEXTPIPE_CACHE"] = TOKEN_CACHE
+
+
+@functools.cache
+def _blank_english():
+    import spacy
+
+    return spacy.blank("en")
+
+
+def spacy_reference(tokenizer, text: str) -> list[str]:
+    """spaCy's own tokens for ``text``, with no memo: what the memoized ``Tokenizer("spacy")`` must give."""
+    return [t.lower_ if tokenizer.lower else t.text for t in _blank_english().tokenizer(text) if not t.is_space]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,13 +4,12 @@ import collections
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from conftest import make_rows, write_csv
 from textpipe.cache import NumericCache
-from textpipe.collate import collate_flat, pad_collate, pad_fraction
+from textpipe.collate import FlatRows, collate_flat, pad_collate, pad_fraction
 from textpipe.dataset import TextClassificationDataset
+from textpipe.loader import make_loader
 from textpipe.sources import SourceConfig
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
@@ -58,7 +57,7 @@ def test_cache_is_reused_and_keyed_by_file_and_vocab(toy, tmp_path):
 def test_a_warm_cache_reads_no_text(toy, tmp_path, monkeypatch):
     path, tok, vocab = toy
     TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
-    warm = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c", batch_size=16, bucket=True, shuffle_buffer=64)
+    warm = make_loader(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c"), 16, bucket=True, shuffle_buffer=64)
 
     def no_text(*args, **kwargs):
         raise AssertionError("a warm cache must not read or tokenize text")
@@ -86,10 +85,11 @@ def test_collate_flat_matches_pad_collate():
     flat, offsets = torch.cat(seqs).int(), torch.tensor([0, 3, 4, 6])
     labels = torch.tensor([1, 0, 1])
     fast = collate_flat(flat, offsets, torch.tensor([2, 0, 1]), labels)
+    group = pad_collate(FlatRows(flat, offsets, torch.tensor([2, 0, 1]), labels))  # what a DataLoader's collate_fn gets from the cache
     slow = pad_collate([(seqs[2], 1), (seqs[0], 1), (seqs[1], 0)])
     for name in ("ids", "lengths", "mask", "labels"):
-        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
-    assert fast.ids.dtype == torch.long
+        assert torch.equal(getattr(fast, name), getattr(slow, name)) and torch.equal(getattr(group, name), getattr(slow, name)), name
+    assert fast.ids.dtype == torch.long == group.ids.dtype
 
 
 @pytest.mark.parametrize("cached", [False, True])
@@ -97,9 +97,8 @@ def test_bucketed_batches_every_row_once_across_workers_and_ranks(toy, tmp_path,
     path, tok, vocab = toy
     seen = []
     for rank in range(2):
-        ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=64, batch_size=16, bucket=True,
-                                       rank=rank, world_size=2, cache_dir=tmp_path / "c" if cached else None)
-        for batch in DataLoader(ds, batch_size=None, num_workers=2):
+        ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c" if cached else None)
+        for batch in make_loader(ds, 16, shuffle_buffer=64, bucket=True, rank=rank, world_size=2, num_workers=2):
             seen += [tuple(row[:n].tolist()) for row, n in zip(batch.ids, batch.lengths)]
     everything = [tuple(ids.tolist()) for ids, _ in TextClassificationDataset(path, tok, vocab, ["neg", "pos"])]
     assert collections.Counter(seen) == collections.Counter(everything)
@@ -107,18 +106,19 @@ def test_bucketed_batches_every_row_once_across_workers_and_ranks(toy, tmp_path,
 
 def test_bucketing_cuts_padding(toy, tmp_path):
     path, tok, vocab = toy
-    common = dict(labels=["neg", "pos"], shuffle_buffer=300, batch_size=16, cache_dir=tmp_path / "c")
-    plain = pad_fraction(TextClassificationDataset(path, tok, vocab, **common))
-    bucketed = pad_fraction(TextClassificationDataset(path, tok, vocab, bucket=True, **common))
+    ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+    plain = pad_fraction(make_loader(ds, 16, shuffle_buffer=300))
+    bucketed = pad_fraction(make_loader(ds, 16, shuffle_buffer=300, bucket=True))
     assert bucketed < plain / 3, (bucketed, plain)
 
 
 def test_bucketed_stream_resumes_mid_epoch(toy, tmp_path):
     path, tok, vocab = toy
     def loader():
-        ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=64, batch_size=8, bucket=True, seed=3, cache_dir=tmp_path / "c")
-        ds.set_epoch(2)
-        return StatefulDataLoader(ds, batch_size=None, num_workers=2)
+        ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c")
+        loader = make_loader(ds, 8, shuffle_buffer=64, bucket=True, seed=3, num_workers=2)
+        loader.dataset.set_epoch(2)
+        return loader
     full = [b.ids for b in loader()]
     first = loader()
     it = iter(first)

@@ -34,7 +34,7 @@ def test_map_style_dataset_with_shuffle_true():
 
 def test_length_sorted_sampler_batches_similar_lengths_and_restores_order():
     ds = dataset()
-    sampler = LengthSortedSampler(TEXTS)
+    sampler = LengthSortedSampler(ds.lengths)  # tokens per text
     assert list(sampler) == [4, 3, 2, 1, 0, 5] and len(sampler) == 6
     batches = list(DataLoader(ds, batch_size=2, sampler=sampler, collate_fn=pad_collate))
     assert [b.ids.shape[1] for b in batches] == [5, 3, 1]  # little padding: each batch is of one length

@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import make_rows, write_csv
+from textpipe.batching import Batches
 from textpipe.collate import pad_collate
 from textpipe.dataset import TextClassificationDataset, TextListDataset
 from textpipe.sources import DataError, read_examples
@@ -29,7 +30,7 @@ def row_numbers(ids_list, vocab):
 
 def test_two_workers_yield_every_row_exactly_once(numbered):
     path, tok, vocab = numbered
-    ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=16)
+    ds = Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]), shuffle_buffer=16)
     loader = DataLoader(ds, batch_size=8, collate_fn=pad_collate, num_workers=2)
     seen = [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
     assert collections.Counter(seen) == collections.Counter(range(103))
@@ -39,7 +40,7 @@ def test_ranks_and_workers_partition_the_rows(numbered):
     path, tok, vocab = numbered
     seen = []
     for rank in range(2):
-        ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], rank=rank, world_size=2)
+        ds = Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]), rank=rank, world_size=2)
         loader = DataLoader(ds, batch_size=5, collate_fn=pad_collate, num_workers=2)
         seen += [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
     assert sorted(seen) == list(range(103))
@@ -76,7 +77,7 @@ def test_label_the_model_never_saw_names_the_line(tmp_path):
 
 def test_shuffle_is_seeded_and_changes_with_the_epoch(numbered):
     path, tok, vocab = numbered
-    ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=50, seed=7)
+    ds = Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]), shuffle_buffer=50, seed=7)
     order = lambda: row_numbers([ids for ids, _ in ds], vocab)  # noqa: E731
     first, again = order(), order()
     ds.set_epoch(1)
@@ -116,7 +117,7 @@ def test_every_epoch_each_row_once_across_two_ranks_and_two_workers_in_a_new_ord
     for epoch in (1, 2):
         seen = []
         for rank in range(2):
-            ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=16, seed=3, rank=rank, world_size=2)
+            ds = Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]), shuffle_buffer=16, seed=3, rank=rank, world_size=2)
             ds.set_epoch(epoch)
             loader = DataLoader(ds, batch_size=7, collate_fn=pad_collate, num_workers=2)
             seen += [int(vocab.get_itos()[int(row[1])]) for batch in loader for row in batch.ids]
@@ -134,7 +135,7 @@ def test_skipped_rows_do_not_break_exactly_once(tmp_path):
     vocab = build_vocab(tok(t) for _, t in rows)
     seen = []
     for rank in range(2):  # every rank runs the same number of workers, as under DDP
-        ds = TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], source=SourceConfig(on_bad_row="skip"), world_size=2, rank=rank)
+        ds = Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], source=SourceConfig(on_bad_row="skip")), world_size=2, rank=rank)
         seen += [int(vocab.get_itos()[int(row[1])]) for batch in DataLoader(ds, batch_size=4, collate_fn=pad_collate, num_workers=2) for row in batch.ids]
     assert sorted(seen) == [i for i in range(60) if i % 10]
     assert ds.count_skipped() == {"empty text": 6}
@@ -153,7 +154,35 @@ def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
             yield example
 
     monkeypatch.setattr(textpipe.dataset, "read_examples", counting)
-    stream = iter(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"], shuffle_buffer=10))
+    stream = iter(Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]), shuffle_buffer=10))
     next(stream)
     assert read["rows"] <= 11
     assert 1 + sum(1 for _ in stream) == 103
+
+
+def test_make_loader_pads_with_its_collate_fn_and_the_cache_changes_nothing(numbered, tmp_path):
+    """Training batches from the file and from the token-id cache are the same tensors, padded by pad_collate."""
+    from textpipe.loader import make_loader
+
+    path, tok, vocab = numbered
+    loaders = [make_loader(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=cache), 8, shuffle_buffer=40, bucket=True, seed=5)
+               for cache in (None, tmp_path / "c")]
+    assert all(loader.collate_fn is pad_collate for loader in loaders)
+    text, cached = ([(b.ids, b.labels, b.mask) for b in loader] for loader in loaders)
+    assert len(text) == len(cached) == 13  # blocks of 40 + 40 + 23 rows: 5 + 5 + 3 groups of up to 8
+    assert all(torch.equal(a, b) for one, other in zip(text, cached) for a, b in zip(one, other))
+
+
+def test_make_loader_batches_texts_in_memory_longest_first():
+    from textpipe.batching import LengthSortedSampler
+    from textpipe.loader import make_loader
+
+    texts = ["a", "a b c", "a b", "a b c d", "b"]
+    ds = TextListDataset(texts, Tokenizer("whitespace"), build_vocab([["a", "b", "c", "d"]]))
+    loader = make_loader(ds, 2)
+    assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
+    batches = list(loader)
+    assert [b.ids.shape[1] for b in batches] == [4, 2, 1]  # the last, smaller batch included
+    assert loader.sampler.restore(torch.cat([b.lengths for b in batches])).tolist() == [1, 3, 2, 4, 1]
+    with pytest.raises(ValueError, match="longest first"):
+        make_loader(ds, 2, shuffle_buffer=10)

@@ -23,3 +23,17 @@ def test_bulk_probabilities_match_one_text_at_a_time(tmp_path):
         alone = torch.cat([predictor.probabilities([t]) for t in texts])
         assert torch.allclose(bulk, alone, atol=1e-5), name
         assert predictor.embed(texts, batch_size=7).shape[0] == len(texts)
+
+
+def test_predictor_batches_through_a_dataloader_with_a_length_sorted_sampler(tmp_path):
+    from textpipe.batching import LengthSortedSampler
+    from textpipe.collate import pad_collate
+
+    texts = ["a fine film", "bad", "a long and quite dull film indeed", "good fun"]
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for t in texts)
+    config = ModelConfig(vocab_size=len(vocab), num_classes=2, ngram_buckets=16)
+    save_bundle(tmp_path / "b", build_model(config), vocab, tok, ["neg", "pos"], config)
+    loader = Predictor.load(tmp_path / "b").batches(texts, batch_size=3)
+    assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
+    assert [b.lengths.tolist() for b in loader] == [[7, 3, 2], [1]]  # longest first, little padding

@@ -15,6 +15,7 @@ import torch
 from conftest import make_rows, write_csv
 from kill_runner import KILL_POINTS
 from textpipe.checkpoint import CheckpointError, CheckpointStore, OutputError
+from textpipe.batching import Batches
 from textpipe.dataset import TextClassificationDataset
 from textpipe.runfolder import STAGE
 from textpipe.sources import SourceConfig
@@ -211,7 +212,7 @@ def test_stream_state_resumes_mid_block(tmp_path):
     path = write_csv(tmp_path / "rows.csv", make_rows(50, seed=4))
     tok = Tokenizer("whitespace")
     vocab = build_vocab(tok(t) for _, t in make_rows(50, seed=4))
-    ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=8, seed=3)
+    ds = Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"]), shuffle_buffer=8, seed=3)
     ds.set_epoch(2)
     whole = [ids.tolist() for ids, _ in ds]
     for cut in (0, 5, 8, 13, 49, 50):
@@ -226,7 +227,7 @@ def test_a_resumed_stream_seeks_instead_of_rereading(tmp_path):
     path = write_csv(tmp_path / "rows.csv", make_rows(60, seed=5))
     tok = Tokenizer("whitespace")
     vocab = build_vocab(tok(t) for _, t in make_rows(60, seed=5))
-    ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], holdout_every=10, part="train", shuffle_buffer=8, seed=1)
+    ds = Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], holdout_every=10, part="train"), shuffle_buffer=8, seed=1)
     whole = [ids.tolist() for ids, _ in ds]
     stream = iter(ds)
     head = [next(stream)[0].tolist() for _ in range(21)]  # into the third block
@@ -265,7 +266,7 @@ def test_every_source_resumes_exactly_mid_block(kind, tmp_path):
     tok = Tokenizer("whitespace")
     vocab = build_vocab(tok(t) for _, t in rows)
     source = SourceConfig(on_bad_row="skip")
-    ds = TextClassificationDataset(path, tok, vocab, ["neg", "pos"], shuffle_buffer=6, seed=2, source=source)
+    ds = Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], source=source), shuffle_buffer=6, seed=2)
     whole = [ids.tolist() for ids, _ in ds]
     assert len(whole) == 40
     for cut in (3, 6, 17, 39):

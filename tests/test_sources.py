@@ -168,3 +168,19 @@ def test_real_data_from_a_folder_per_class_and_jsonl(shared_dataset, tmp_path):
     metrics = train_files(tmp_path / "train", tmp_path / "test.jsonl", tmp_path / "run", config=config, quiet=True)
     assert metrics["test"]["n"] == 1066
     assert metrics["test"]["accuracy"] >= 0.72  # majority class: 0.5
+
+
+def test_csv_field_limit_is_raised_only_while_a_row_is_parsed(tmp_path):
+    """A text far over csv's default field limit (131,072 characters) reads, and the process's limit is untouched."""
+    import csv
+
+    before = csv.field_size_limit()
+    assert before == 131_072  # importing textpipe.sources did not raise it
+    long_text = "word " * 40_000  # 200,000 characters
+    path = tmp_path / "long.csv"
+    path.write_text(f'label,text\npos,"{long_text}"\nneg,short\n', encoding="utf-8")
+    reading = read_examples(path, config=SourceConfig(max_chars=300_000))
+    first = next(reading)
+    assert csv.field_size_limit() == before  # not even while the reader is suspended between rows
+    assert first.text == long_text and [ex.label for ex in reading] == ["neg"]
+    assert csv.field_size_limit() == before

@@ -2,6 +2,7 @@ import pickle
 
 import pytest
 
+from conftest import spacy_reference
 from textpipe.tokenizer import Tokenizer
 
 
@@ -33,7 +34,7 @@ def test_memoized_spacy_equals_spacy_on_every_benchmark_row(shared_dataset, lowe
             # Twice: the first pass fills the memo, the second reads from it.
             for _ in range(2):
                 for text, tokens in zip(texts, tok.pipe(texts)):
-                    assert tokens == tok.spacy_tokens(text), text
+                    assert tokens == spacy_reference(tok, text), text
 
 
 def test_memoized_spacy_equals_spacy_on_tricky_text():
@@ -41,7 +42,7 @@ def test_memoized_spacy_equals_spacy_on_tricky_text():
     texts = ["(can't) won't.", "U.S.A. e-mail: a@b.com http://x.org/?q=1", ":) <3 :-(", "\u00a0no\u00a0break\ttab\n",
              "Mr. Smith's 1,000.50$ co-op", "'quoted' \"double\" …ellipsis…", "émigré café naïve", ""]
     for text in texts * 2:
-        assert tok(text) == tok.spacy_tokens(text), text
+        assert tok(text) == spacy_reference(tok, text), text
 
 
 def test_memo_starts_over_when_full(monkeypatch):
@@ -50,7 +51,7 @@ def test_memo_starts_over_when_full(monkeypatch):
     monkeypatch.setattr(tokenizer_module, "CHUNK_CACHE_SIZE", 3)
     tok = Tokenizer("spacy")
     texts = ["one two three", "one four five six seven, eight.", "two eight. nine", "one two three"] * 2
-    assert list(tok.pipe(texts)) == [tok(t) for t in texts] == [tok.spacy_tokens(t) for t in texts]
+    assert list(tok.pipe(texts)) == [tok(t) for t in texts] == [spacy_reference(tok, t) for t in texts]
     assert tok("brand new words") == ["brand", "new", "words"]
     assert sorted(tok._fn.memo) == ["brand", "new", "words"]  # it was full: only the new text's chunks remain
 

@@ -1,8 +1,9 @@
 import json
 
 import pytest
+import torch
 
-from textpipe.collate import PAD_ID as COLLATE_PAD_ID
+from textpipe.collate import pad_collate
 from textpipe.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab
 
 DOCS = [["a", "good", "film"], ["a", "bad", "film"], ["a", "film"]]
@@ -12,7 +13,7 @@ def test_specials_come_first():
     vocab = build_vocab(DOCS)
     assert vocab.get_itos()[:2] == ["<pad>", "<unk>"]
     assert (vocab["<pad>"], vocab["<unk>"]) == (PAD_ID, UNK_ID) == (0, 1)
-    assert COLLATE_PAD_ID == PAD_ID
+    assert pad_collate([torch.tensor([5]), torch.tensor([5, 6])]).ids[0, 1] == vocab["<pad>"]  # collate pads with the vocabulary's <pad>
 
 
 def test_unknown_tokens_map_to_unk():

@@ -105,9 +105,6 @@ class NumericCache:
     def ids_of(self, row: int) -> torch.Tensor:
         return self.ids[int(self.offsets[row]) : int(self.offsets[row + 1])]
 
-    def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
-
     def __getstate__(self) -> dict:
         return {"folder": self.folder, "meta": self.meta}
 

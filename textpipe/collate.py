@@ -1,8 +1,11 @@
-"""Stage 4: a list of examples -> one padded batch.
+"""Stage 4: a group of examples -> one padded batch.
 
-:func:`pad_collate` is the ``collate_fn`` for a ``DataLoader``. It pads every
-sequence to the longest one in the batch with ``<pad>`` (id 0), and returns the
-true lengths and a boolean mask alongside. It works with flat tensors (one
+:func:`pad_collate` is the ``collate_fn`` of every ``DataLoader`` textpipe makes
+(training, evaluation, prediction). It pads every sequence to the longest one in
+the batch with ``<pad>`` (:data:`~textpipe.specials.PAD_ID`), and returns the
+true lengths and a boolean mask alongside. A group is a list of examples, or
+:class:`FlatRows` (rows of a flat id store: the token-id cache, or texts
+numericalized in one pass), which it pads with one gather. It works with flat tensors (one
 ``torch.cat`` and one masked write) rather than Python lists, because a
 per-element Python loop would cap throughput well below what a small model can
 train at. It knows tensors only: no tokenizer, no vocabulary.
@@ -11,11 +14,11 @@ train at. It knows tensors only: no tokenizer, no vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
-PAD_ID = 0  # must agree with textpipe.vocab.PAD_ID; not imported, to keep torchtext out of this module
+from .specials import PAD_ID
 
 
 @dataclass
@@ -47,8 +50,25 @@ class Batch:
         return Batch(pin(self.ids), pin(self.lengths), pin(self.mask), pin(self.labels))
 
 
-def pad_collate(examples: Sequence[torch.Tensor | tuple[torch.Tensor, int]]) -> Batch:
-    """Collate ``ids`` tensors, or ``(ids, label)`` pairs, into a :class:`Batch`."""
+class FlatRows(NamedTuple):
+    """A group of rows of a flat id store, for :func:`pad_collate`: row ``r`` is ``ids[offsets[r]:offsets[r + 1]]``.
+
+    Example:
+        >>> group = FlatRows(torch.tensor([5, 6, 7, 8]), torch.tensor([0, 3, 4]), torch.tensor([1, 0]), None)
+        >>> pad_collate(group).lengths
+        tensor([1, 3])
+    """
+
+    ids: torch.Tensor  # (N,) every row's ids, end to end
+    offsets: torch.Tensor  # (rows + 1,) long
+    rows: torch.Tensor  # (B,) long: the group's rows, in batch order
+    labels: torch.Tensor | None  # (rows,) the store's label column, or None
+
+
+def pad_collate(examples: Sequence[torch.Tensor | tuple[torch.Tensor, int]] | FlatRows) -> Batch:
+    """Collate ``ids`` tensors, or ``(ids, label)`` pairs, or a :class:`FlatRows` group, into a :class:`Batch`."""
+    if isinstance(examples, FlatRows):
+        return collate_flat(*examples)
     if not examples:
         raise ValueError("cannot collate an empty batch")
     labelled = isinstance(examples[0], tuple)

@@ -1,10 +1,12 @@
-"""Stage 3: examples -> a stream of ``(token_ids, label_index)``.
+"""Stage 3: rows -> token ids: ``(ids, label_index)``, or ``ids`` alone without labels.
 
 :class:`TextClassificationDataset` is an iterable-style dataset
-(``torch.utils.data.IterableDataset``): it reads its file row by row on every pass,
-so an epoch never holds the whole file in memory. Each row is given to exactly one
-DataLoader worker of exactly one distributed rank. Built without labels (for
-prediction) it yields the ids alone.
+(``torch.utils.data.IterableDataset``): it reads its file row by row on every pass
+(or the file's token-id cache, :mod:`textpipe.cache`), so an epoch never holds the
+whole file in memory. It checks labels and picks its part of the file (train or
+held-out dev); the order, the sharding and the grouping into batches are the
+batching unit's (:class:`~textpipe.batching.Batches`). Iterated alone (or by a
+``DataLoader`` with workers), it yields each example of its part once, in file order.
 
 :class:`TextListDataset` is the map-style counterpart (``__len__`` and
 ``__getitem__``) for texts already in memory, such as a list to predict.
@@ -13,17 +15,17 @@ prediction) it yields the ids alone.
 from __future__ import annotations
 
 import itertools
-import random
 import zlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
+from .batching import Batches, BatchStream
 from .cache import NumericCache, cache_key, tokens_sha256, write_cache
-from .collate import collate_flat, pad_collate
+from .collate import FlatRows
 from .sources import DataError, Example, Position, SourceConfig, read_examples
 from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
@@ -56,20 +58,11 @@ def select_part(examples: Iterable[Example], part: str, holdout_every: int, firs
 
 
 class TextClassificationDataset(IterableDataset):
-    """Streams ``(ids, label_index)`` from a CSV/TSV/JSONL file; just ``ids`` when ``labels`` is None.
+    """Streams ``(ids, label_index)`` from a CSV/TSV/JSONL/folder source; just ``ids`` when ``labels`` is None.
 
     ``holdout_every=k`` splits the file without writing anything: about one row in
     k (chosen by a hash of its row number) forms the ``"dev"`` part, the others the
-    ``"train"`` part. ``shuffle_buffer=n``
-    shuffles the stream in blocks of n rows (one block holds a whole file of up to
-    n rows), in an order fixed by ``seed`` and the epoch (:meth:`set_epoch`); the
-    pass can be saved and resumed mid-epoch (see :class:`ShardStream`). ``rank`` / ``world_size`` shard across processes.
-
-    ``batch_size=b`` makes it yield whole padded batches (:class:`~textpipe.collate.Batch`)
-    (give the DataLoader ``batch_size=None``): each block is cut into batches of b
-    rows, and with ``bucket=True`` the block is first sorted by length, so a batch
-    holds rows of similar length and little padding; the batches of a block are
-    then shuffled. ``cache_dir`` tokenizes the part once into a
+    ``"train"`` part. ``cache_dir`` tokenizes the part once into a
     :class:`~textpipe.cache.NumericCache` there (or reuses the one that is there),
     and every pass reads token ids from it: no text, no tokenizer.
 
@@ -77,6 +70,9 @@ class TextClassificationDataset(IterableDataset):
     With ``on_bad_row="skip"``, bad rows and rows whose label is not in ``labels``
     are skipped; the rows are read in DataLoader workers, where a count cannot
     reach the caller, so :meth:`count_skipped` counts them in a pass of its own.
+
+    For shuffled, sharded, length-bucketed training batches wrap it in
+    :class:`~textpipe.batching.Batches`, or let :func:`textpipe.loader.make_loader` do it.
 
     Example:
         >>> ds = TextClassificationDataset("train.csv", Tokenizer(), vocab, labels=["fresh", "rotten"])
@@ -93,33 +89,20 @@ class TextClassificationDataset(IterableDataset):
         *,
         holdout_every: int = 0,
         part: str = "all",
-        shuffle_buffer: int = 0,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
         source: SourceConfig | None = None,
-        batch_size: int = 0,
-        bucket: bool = False,
         cache_dir: str | Path | None = None,
     ):
         if part not in ("all", "train", "dev"):
             raise ValueError(f"part must be 'all', 'train' or 'dev', got {part!r}")
         if part != "all" and holdout_every < 2:
             raise ValueError("part='train'/'dev' needs holdout_every >= 2")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.path = Path(path)
         self.tokenizer = tokenizer
         self.vocab = vocab
         self.labels = list(labels) if labels is not None else None
         self.label_index = {label: i for i, label in enumerate(self.labels or [])}
         self.holdout_every, self.part = holdout_every, part
-        self.shuffle_buffer, self.seed, self.epoch = shuffle_buffer, seed, 0
-        self.rank, self.world_size = rank, world_size
         self.source = source or SourceConfig()
-        if bucket and not batch_size:
-            raise ValueError("bucket=True needs batch_size (the dataset then yields whole batches)")
-        self.batch_size, self.bucket = batch_size, bucket
         self.cache = self._load_or_build_cache(cache_dir) if cache_dir is not None and self.path.is_file() else None
 
     def _load_or_build_cache(self, root: str | Path) -> NumericCache:
@@ -138,10 +121,6 @@ class TextClassificationDataset(IterableDataset):
             # write_cache reads the rows to the end before writing meta.json, so `skipped` is complete there
             cache = write_cache(root, key, self._encoded_rows(skipped), {"file": str(self.path), **parts, "vocab_size": len(self.vocab), "skipped": skipped})
         return cache
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the shuffle order; call before each epoch (as with ``DistributedSampler``)."""
-        self.epoch = epoch
 
     def examples(self, skipped: dict[str, int] | None = None, start: Position | None = None) -> Iterator[Example]:
         """The examples of this dataset's part of the file, unsharded and unshuffled.
@@ -178,48 +157,9 @@ class TextClassificationDataset(IterableDataset):
             pass
         return skipped
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = state["epoch"]
-
-    def __iter__(self) -> "ShardStream":
-        worker = get_worker_info()
-        num_workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        return ShardStream(self, shard=self.rank * num_workers + worker_id, shards=self.world_size * num_workers)
-
-    def rows(self) -> Iterator:
-        """What a pass enumerates: row numbers of the cache, or the examples of the file."""
-        return iter(range(len(self.cache))) if self.cache is not None else self.examples()
-
-    def encode_row(self, row) -> torch.Tensor | tuple[torch.Tensor, int]:
-        """:meth:`encode` of an item of :meth:`rows`."""
-        if self.cache is None:
-            return self.encode(row)
-        ids = self.cache.ids_of(row).long()
-        return ids if self.labels is None else (ids, int(self.cache.labels[row]))
-
-    def batches_of_block(self, block: list, rng: random.Random | None) -> list:
-        """A block of :meth:`rows` items cut into batches (lists), bucketed by length and shuffled by ``rng``."""
-        if self.cache is None:
-            block = [self.encode(ex) for ex in block]
-        if self.bucket:
-            length = (lambda r: int(self.cache.offsets[r + 1] - self.cache.offsets[r])) if self.cache is not None else (lambda e: len(e[0] if isinstance(e, tuple) else e))
-            block = sorted(block, key=length)
-        elif rng is not None:
-            rng.shuffle(block)
-        batches = [block[i : i + self.batch_size] for i in range(0, len(block), self.batch_size)]
-        if self.bucket and rng is not None:
-            rng.shuffle(batches)
-        return batches
-
-    def collate(self, batch: list):
-        """One padded :class:`Batch` of a list made by :meth:`batches_of_block`."""
-        if self.cache is None:
-            return pad_collate(batch)
-        labels = self.cache.labels if self.labels is not None else None
-        return collate_flat(self.cache.ids, self.cache.offsets, torch.tensor(batch, dtype=torch.long), labels)
+    def __iter__(self) -> BatchStream:
+        """Each example of the part once, in file order, split among the DataLoader's workers."""
+        return iter(Batches(self))
 
     def encode(self, example: Example) -> torch.Tensor | tuple[torch.Tensor, int]:
         """``(ids, label_index)`` of one example, or ``ids`` alone when the dataset has no labels."""
@@ -227,82 +167,62 @@ class TextClassificationDataset(IterableDataset):
         # examples() has already stopped at, or skipped, a label the model does not know.
         return ids if self.labels is None else (ids, self.label_index[example.label])
 
+    # What the batching unit (textpipe.batching.RowSource) asks of a dataset. A row is an
+    # Example of the file, or a row number of the cache; a prepared item is an encoded
+    # example, or still a cache row number (its ids are gathered a whole group at a time).
 
-class ShardStream:
-    """One shard's pass over a :class:`TextClassificationDataset`, resumable mid-epoch.
+    def rows(self, start: int = 0, after: Sequence[int] | None = None) -> Iterator[tuple[int, Example | int]]:
+        """``(row number, row)`` from row number ``start`` on; ``after`` (the reader's position
+        before that row, from :meth:`position_after`) seeks there instead of reading past."""
+        if after is not None:
+            return enumerate(self.examples(start=Position(*after)), start=start)
+        if self.cache is not None:  # cache row numbers: nothing to read past
+            return enumerate(range(start, len(self.cache)), start=start)
+        return itertools.islice(enumerate(self.examples()), start, None)
 
-    The shard's rows are read in blocks of ``shuffle_buffer`` rows; each block is
-    shuffled by a generator seeded with (seed, epoch, shard, block), then yielded
-    (with ``batch_size``, cut into length-bucketed batches first). So the position
-    in the pass is a few small numbers (where the block starts in the file, which
-    block, how many of its items were yielded), which is what :meth:`state_dict`
-    returns and what torchdata's ``StatefulDataLoader`` saves in a checkpoint: a
-    resume seeks to the block's start (or indexes the cache) and re-reads that one
-    block, not the epoch, and yields exactly what an uninterrupted pass would have.
-    (A folder or torchtext source cannot seek; it reads past the rows before the block.)
+    def position_after(self, row: Example | int) -> Position | None:
+        return row.after if isinstance(row, Example) else None
 
-    Example:
-        >>> stream = iter(dataset); first = next(stream); state = stream.state_dict()
-        >>> again = iter(dataset); again.load_state_dict(state)
-        >>> assert torch.equal(next(again)[0], next(stream)[0])
-    """
+    def prepare(self, rows: list) -> list:
+        """A block of rows ready to be ordered and grouped: encoded, unless they come from the cache."""
+        return rows if self.cache is not None else [self.encode(row) for row in rows]
 
-    def __init__(self, dataset: TextClassificationDataset, shard: int, shards: int):
-        self.dataset, self.shard, self.shards = dataset, shard, shards
-        self.block_start, self.block, self.taken = 0, 0, 0
-        self.reader_at: Position | None = None  # where the file reader stands before the block
-        self._examples: Iterator | None = None
+    def lengths(self, items: list) -> list[int]:
+        """Tokens in each prepared item (the bucketing key)."""
+        if self.cache is not None:  # one vectorized lookup for the block
+            rows = torch.tensor(items, dtype=torch.long)
+            return (self.cache.offsets[rows + 1] - self.cache.offsets[rows]).tolist()
+        return [len(item[0] if isinstance(item, tuple) else item) for item in items]
 
-    def state_dict(self) -> dict:
-        reader_at = list(self.reader_at) if self.reader_at else None
-        return {"block_start": self.block_start, "block": self.block, "taken": self.taken, "reader_at": reader_at}
+    def example(self, item) -> torch.Tensor | tuple[torch.Tensor, int]:
+        """One prepared item as an example."""
+        if self.cache is None:
+            return item
+        ids = self.cache.ids_of(item).long()
+        return ids if self.labels is None else (ids, int(self.cache.labels[item]))
 
-    def load_state_dict(self, state: dict) -> None:
-        self.block_start, self.block, self.taken = state["block_start"], state["block"], state["taken"]
-        self.reader_at = Position(*state["reader_at"]) if state["reader_at"] else None
-        self._examples = None
+    def group(self, items: list) -> list | FlatRows:
+        """Prepared items as one group for :func:`~textpipe.collate.pad_collate`."""
+        if self.cache is None:
+            return items
+        labels = self.cache.labels if self.labels is not None else None
+        return FlatRows(self.cache.ids, self.cache.offsets, torch.tensor(items, dtype=torch.long), labels)
 
-    def __iter__(self) -> "ShardStream":
-        return self
-
-    def __next__(self):
-        if self._examples is None:
-            self._examples = self._blocks()
-        unit = next(self._examples)
-        return self.dataset.collate(unit) if self.dataset.batch_size else self.dataset.encode_row(unit)
-
-    def _blocks(self) -> Iterator:
-        """The shard's examples (or, with ``batch_size``, its batches), block by block."""
-        ds = self.dataset
-        size = max(1, ds.shuffle_buffer) if ds.shuffle_buffer or not ds.batch_size else ds.batch_size
-        if self.reader_at is not None:  # seek straight to the block
-            rows = enumerate(ds.examples(start=self.reader_at), start=self.block_start)
-        elif ds.cache is not None:  # cache row numbers: nothing to read past
-            rows = enumerate(range(self.block_start, len(ds.cache)), start=self.block_start)
-        else:
-            rows = itertools.islice(enumerate(ds.rows()), self.block_start, None)
-        # Shard before tokenizing, so each worker tokenizes only its own rows.
-        mine = ((i, row) for i, row in rows if i % self.shards == self.shard)
-        while block := list(itertools.islice(mine, size)):
-            next_start, next_reader_at = block[-1][0] + 1, getattr(block[-1][1], "after", None)
-            rng = random.Random(f"{ds.seed}/{ds.epoch}/{self.shard}/{self.block}") if ds.shuffle_buffer > 1 else None
-            items = [row for _, row in block]
-            if ds.batch_size:
-                units = ds.batches_of_block(items, rng)
-            else:
-                units = items
-                if rng is not None:
-                    rng.shuffle(units)
-            for unit in units[self.taken :]:
-                self.taken += 1
-                yield unit
-            self.block_start, self.block, self.taken, self.reader_at = next_start, self.block + 1, 0, next_reader_at
-            if ds.cache is not None:
-                ds.cache.release()  # memory stays one block's worth, however long the file
+    def release(self) -> None:
+        """Drop the cache pages a finished block read (the OS keeps them in its file cache)."""
+        if self.cache is not None:
+            self.cache.release()
 
 
 class TextListDataset(Dataset):
     """Map-style dataset over texts in memory: ``ds[i]`` is the token ids of ``texts[i]``.
+
+    The texts are tokenized in one batched pass (spaCy's ``pipe``) into one flat
+    tensor with offsets; ``lengths`` holds each text's token count, for a
+    :class:`~textpipe.batching.LengthSortedSampler`. A ``DataLoader`` fetching a
+    batch asks :meth:`__getitems__`, which hands the batch's rows to
+    :func:`~textpipe.collate.pad_collate` as one :class:`~textpipe.collate.FlatRows`
+    group: one gather per batch, no per-text Python.
 
     Example:
         >>> ds = TextListDataset(["great fun", "a bore"], Tokenizer(), vocab)
@@ -311,10 +231,18 @@ class TextListDataset(Dataset):
     """
 
     def __init__(self, texts: Sequence[str], tokenizer: Tokenizer, vocab: Vocab):
-        self.texts, self.tokenizer, self.vocab = texts, tokenizer, vocab
+        self.texts = texts
+        ids = [vocab(tokens) or [UNK_ID] for tokens in tokenizer.pipe(texts)]
+        self.lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
+        self.offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
+        torch.cumsum(self.lengths, 0, out=self.offsets[1:])
+        self.ids = torch.tensor([i for row in ids for i in row], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return numericalize(self.tokenizer, self.vocab, self.texts[index])
+        return self.ids[int(self.offsets[index]) : int(self.offsets[index + 1])]
+
+    def __getitems__(self, indices: list[int]) -> FlatRows:
+        return FlatRows(self.ids, self.offsets, torch.tensor(indices, dtype=torch.long), None)

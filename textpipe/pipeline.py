@@ -33,10 +33,10 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle
-from .collate import pad_collate
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
 from .files import write_json_atomic
+from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
@@ -127,19 +127,14 @@ def check_settings(config: PipelineConfig, data: dict) -> None:
 
 
 def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, device, part="all", holdout=0, training=False, rank=0, world=1, num_workers=0) -> StatefulDataLoader:
-    # The dataset makes whole batches (bucketed by length when training), read from the cache when there is one.
-    dataset = TextClassificationDataset(
-        path, tokenizer, vocab, labels, holdout_every=holdout, part=part,
-        shuffle_buffer=config.data.shuffle_buffer if training else 0, seed=config.train.seed, source=config.data.source,
-        batch_size=config.train.batch_size if training else config.data.eval_batch_size,
-        bucket=config.data.bucket and training, cache_dir=cache_folder(config.data.cache_dir),
+    # Batches bucketed by length when training, read from the cache when there is one.
+    dataset = TextClassificationDataset(path, tokenizer, vocab, labels, holdout_every=holdout, part=part, source=config.data.source,
+                                        cache_dir=cache_folder(config.data.cache_dir))
+    return make_loader(
+        dataset, config.train.batch_size if training else config.data.eval_batch_size,
+        shuffle_buffer=config.data.shuffle_buffer if training else 0, bucket=config.data.bucket and training, seed=config.train.seed,
         rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
-    )
-    # Its own generator, so creating a loader's iterator never draws from torch's global
-    # generator (which dropout uses): a resumed run sees the same random numbers.
-    return StatefulDataLoader(
-        dataset, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(config.train.seed),
+        num_workers=num_workers, pin_memory=device.type == "cuda",
     )
 
 
@@ -220,7 +215,7 @@ def report_file(
     bundle = load_bundle(bundle_dir)
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=pad_collate)
+    loader = make_loader(ds, batch_size)
     summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet)
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped

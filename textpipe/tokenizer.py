@@ -7,11 +7,11 @@ Three tokenizers behind one small class:
   its own, so textpipe memoizes chunk -> tokens: a chunk seen before ("movie.",
   "don't") costs one dict lookup instead of a trip through spaCy. The tokens equal
   spaCy's on every row of the benchmark data (``tests/test_tokenizer.py``); a warm
-  pass runs eight to nine times faster than ``nlp.tokenizer.pipe``. One known
+  pass is much faster than ``nlp.tokenizer.pipe`` (``make bench`` measures it). One known
   difference: spaCy's special-case matcher can match emoticon-like punctuation
   across a space (``"(' ''s"``, ``") :)<3"``), and textpipe keeps each chunk's own tokens.
 - ``"basic_english"``: torchtext's regex tokenizer (lower-cases, splits punctuation);
-  about five times faster than spaCy.
+  faster than spaCy.
 - ``"whitespace"``: ``str.split``; for text that is already tokenized.
 
 The heavy tokenizer object is built lazily and dropped when pickled, so a
@@ -93,14 +93,6 @@ class Tokenizer:
 
         self._nlp = spacy.blank("en")
         return self._nlp.tokenizer
-
-    def spacy_tokens(self, text: str) -> list[str]:
-        """spaCy's own tokens for ``text``, with no memo: the reference the memoized path is tested against."""
-        if self.name != "spacy":
-            raise ValueError(f"spacy_tokens needs the spacy tokenizer, this one is {self.name!r}")
-        if self._fn is None:
-            self._fn = self._build()
-        return [t.lower_ if self.lower else t.text for t in self._nlp.tokenizer(text) if not t.is_space]
 
     def __getstate__(self) -> dict:
         return {"name": self.name, "lower": self.lower}

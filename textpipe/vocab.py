@@ -16,10 +16,7 @@ from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
 from torchtext.vocab import Vocab, build_vocab_from_iterator, vocab as vocab_from_ordered_dict
 
 from .files import atomic_write
-
-PAD, UNK = "<pad>", "<unk>"
-PAD_ID, UNK_ID = 0, 1
-SPECIALS = [PAD, UNK]
+from .specials import PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401  (re-exported: the vocabulary's specials)
 
 
 def build_vocab(token_lists: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None) -> Vocab:
@@ -37,7 +34,7 @@ def build_vocab(token_lists: Iterable[list[str]], min_freq: int = 1, max_size: i
     if max_size is not None and max_size <= len(SPECIALS):
         raise ValueError(f"max_size must be > {len(SPECIALS)} (it counts <pad> and <unk>), got {max_size}")
     vocab = build_vocab_from_iterator(
-        token_lists, min_freq=min_freq, specials=SPECIALS, special_first=True, max_tokens=max_size
+        token_lists, min_freq=min_freq, specials=list(SPECIALS), special_first=True, max_tokens=max_size
     )
     vocab.set_default_index(UNK_ID)
     return vocab
@@ -45,8 +42,8 @@ def build_vocab(token_lists: Iterable[list[str]], min_freq: int = 1, max_size: i
 
 def vocab_from_tokens(tokens: list[str]) -> Vocab:
     """Rebuild a vocabulary from its tokens in id order (the inverse of ``vocab.get_itos()``)."""
-    if tokens[: len(SPECIALS)] != SPECIALS:
-        raise ValueError(f"a textpipe vocabulary starts with {SPECIALS}, got {tokens[:2]}")
+    if tuple(tokens[: len(SPECIALS)]) != SPECIALS:
+        raise ValueError(f"a textpipe vocabulary starts with {list(SPECIALS)}, got {tokens[:2]}")
     if len(set(tokens)) != len(tokens):
         raise ValueError("vocabulary has duplicate tokens")
     # torchtext.vocab.vocab assigns ids in the OrderedDict's order.
