@@ -38,6 +38,7 @@ from .files import file_sha256, write_json_atomic
 from .explain import strongest_features
 from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
+from .config import DataConfig, PipelineConfig
 from .dataset import TextClassificationDataset, is_held_out
 from .models import ModelConfig, build_model
 from .report import misclassified, search_notes, summarize, write_report
@@ -51,62 +52,6 @@ METRICS, CONFIG, RUN, VOCAB, CHECKPOINTS = "metrics.json", "config.json", "run.j
 PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
-
-
-@dataclass
-class DataConfig:
-    min_freq: int = 1
-    max_size: int | None = None
-    holdout_every: int = 10  # without a dev file, about 1 training row in 10 is held out for dev
-    shuffle_buffer: int = 100_000
-    num_workers: int = 0
-    eval_batch_size: int = 512
-    bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
-    # Tokenize each file once into a memory-mapped cache there; "auto": the user's cache folder
-    # (see cache_folder); false (`--set data.cache_dir=false`), None or "": tokenize every epoch.
-    cache_dir: str | bool | None = "auto"
-    source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
-    vectors: str | None = None  # named vectors (glove-6b-50d, fetched once) or a GloVe / word2vec text file: start of the word rows
-    max_labels: int = 1000  # more labels than this (or one over 100 characters) looks like swapped columns: an error
-
-    def __post_init__(self) -> None:
-        if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
-            self.source = SourceConfig.from_dict(self.source)
-        for name, least in (("holdout_every", 2), ("min_freq", 1), ("eval_batch_size", 1), ("shuffle_buffer", 0), ("num_workers", 0), ("max_labels", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"data.{name} must be an integer >= {least}, got {value!r}")
-        if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 3):
-            raise ValueError(f"data.max_size must be an integer >= 3 (<pad>, <unk> and a token) or unset, got {self.max_size!r}")
-
-
-@dataclass
-class PipelineConfig:
-    """All the knobs of one training run, grouped by stage.
-
-    Example:
-        >>> config = PipelineConfig(train=TrainConfig(epochs=5, seed=1))
-        >>> metrics = train_files("train.csv", "test.csv", "runs/mine", config=config)
-        >>> metrics["test"]["accuracy"]
-    """
-
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
-        """The inverse of :meth:`to_dict`. Missing keys keep their defaults; unknown
-        sections or keys are errors, so a typo in a config file is never ignored."""
-        sections = {f.name: f.default_factory for f in fields(cls)}
-        unknown = set(d) - set(sections)
-        if unknown:
-            raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))} (known: {', '.join(sections)})")
-        return cls(**{name: _section_from_dict(name, kind, d.get(name, {})) for name, kind in sections.items()})
 
 
 def train_files(
