@@ -30,8 +30,8 @@ def fake_wheel(folder, n_fresh=60, n_rotten=40):
 
 def test_default_dataset_from_a_local_wheel_without_network(tmp_path, monkeypatch):
     wheel_sha, member_sha = fake_wheel(tmp_path / "downloads")
-    monkeypatch.setattr(datasets, "WHEEL_SHA256", wheel_sha)
-    monkeypatch.setattr(datasets, "MEMBER_SHA256", member_sha)
+    monkeypatch.setattr(catalogue, "WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(catalogue, "MEMBER_SHA256", member_sha)
     monkeypatch.setattr(downloads.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
     splits = catalogue.rotten_tomatoes(tmp_path)
     parts = {name: list(read_examples(getattr(splits, name))) for name in ("train", "dev", "test")}
