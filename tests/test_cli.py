@@ -318,3 +318,23 @@ def test_the_config_loader_checks_types_and_keys_everywhere(tmp_path):
     config = load(PipelineConfig, {"data": {"max_size": None, "cache_dir": False, "source": {"text_columns": [1], "label_column": 0, "header": False}}, "train": {"lr": 1}})
     assert (config.data.max_size, config.data.cache_dir, config.data.source.label_column, config.train.lr) == (None, False, 0, 1)
     assert PipelineConfig.from_dict(config.to_dict()) == config  # a bundle's config.json reads back
+
+
+def test_help_shows_the_defaults_the_config_dataclasses_hold():
+    """Every config flag's '(default: X)' is the dataclass default, never a number written twice."""
+    import re
+
+    from textpipe.cli.options import OVERRIDES
+    from textpipe.cli.parser import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    defaults = PipelineConfig().to_dict()
+    shown = 0
+    for action in train._actions:
+        found = re.search(r"\(default: ([^);:]+)", action.help or "")
+        if action.dest in OVERRIDES and found and action.dest != "keep_checkpoints_after":
+            section, key = OVERRIDES[action.dest]
+            value = defaults[section][key]
+            assert found.group(1) in (str(value), f"{value:g}" if isinstance(value, float) else str(value)), action.dest
+            shown += 1
+    assert shown >= 15

@@ -21,7 +21,7 @@ _EXPORTS = {
     "DataError": "sources", "Example": "sources", "SourceConfig": "sources", "read_examples": "sources", "read_texts": "sources",
     "Tokenizer": "tokenizer", "TokenizerConfig": "tokenizer",
     "build_vocab": "vocab", "save_vocab": "vocab", "load_vocab": "vocab", "PAD_ID": "vocab", "UNK_ID": "vocab",
-    "rotten_tomatoes": "catalogue",
+    "rotten_tomatoes": "catalogue", "DATASETS": "catalogue",
     "TextClassificationDataset": "dataset", "TextListDataset": "dataset",
     "Batch": "collate", "pad_collate": "collate",
     "ModelConfig": "models", "BagOfNgrams": "models", "TextCNN": "models", "BiGRU": "models",
@@ -33,7 +33,7 @@ _EXPORTS = {
     "QuantizeConfig": "quantize", "quantize_bundle": "quantize",
     "ServeConfig": "serve", "make_server": "serve",
     "summarize": "report", "misclassified": "report", "write_report": "report",
-    "PipelineConfig": "config", "DataConfig": "config", "train_files": "pipeline", "evaluate_file": "pipeline",
+    "PipelineConfig": "config", "DataConfig": "config", "ConfigError": "config", "train_files": "pipeline", "evaluate_file": "pipeline",
     "report_file": "pipeline",
     "TextClassifier": "estimator",
 }

@@ -40,7 +40,13 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that cannot be used: an unknown section or key, a value of the wrong type,
-    or one its stage refuses. The message names the source (a file, ``--set``, flags)."""
+    or one its stage refuses. The message names the source (a file, ``--set``, flags).
+
+    Example:
+        >>> load(PipelineConfig, {"train": {"epoch": 3}}, "my.toml")
+        Traceback (most recent call last):
+        ConfigError: my.toml: unknown keys in [train]: epoch (known: ...)
+    """
 
 
 @dataclass

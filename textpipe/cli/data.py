@@ -36,7 +36,12 @@ def fetch_dataset(name: str, root: Path = Path("data")) -> Splits:
 
 @dataclass(frozen=True)
 class Catalogue:
-    """A family of named things fetched once into a cache folder: what ``list`` and ``fetch`` need to know."""
+    """A family of named things fetched once into a cache folder: what ``list`` and ``fetch`` need to know.
+
+    Example:
+        >>> CATALOGUES["vectors"].cached("glove-6b-50d", Path("data"))   # None until fetched
+        'cached as data/vectors/glove-6b-50d.txt'
+    """
 
     about: Callable[[], dict[str, str]]  # name -> one line about it
     cached: Callable[[str, Path], str | None]  # name, root -> where it is cached ("cached in data/x"), None if not yet

@@ -15,7 +15,13 @@ from ..sources import DataError
 
 
 class CommandError(Exception):
-    """A command's own error: a one-line message and a ``hint`` saying what to do instead."""
+    """A command's own error: a one-line message and a ``hint`` saying what to do instead.
+
+    Example:
+        >>> err = UsageError("give --out DIR", hint="e.g. --out runs/mine")
+        >>> err.hint
+        'e.g. --out runs/mine'
+    """
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)

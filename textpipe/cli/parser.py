@@ -150,7 +150,7 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
         "(model.embed_dim must match), or none"))
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {T.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help=f"DataLoader worker processes for tokenizing (default: {D.num_workers})")
-    conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {T.checkpoint_every} = at each epoch's end only)")
+    conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {T.checkpoint_every}: by time only, see --checkpoint-seconds)")
     conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {T.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {T.keep_checkpoints})")
     conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
