@@ -23,6 +23,7 @@ from ..bundle import BundleError
 from ..checkpoint import CheckpointError, OutputError
 from ..config import ConfigError
 from ..files import is_disk_full
+from ..serve import ServeError
 from ..sources import DataError
 from ..train import TrainingDiverged, TrainingInterrupted
 from .errors import CommandFailed, UsageError, data_hint, free_space_hint, resume_command
@@ -44,6 +45,7 @@ EXIT_CODES: dict[type[Exception], tuple[int, Hint]] = {
     BundleError: (2, no_hint),
     OutputError: (2, no_hint),
     TrainingDiverged: (2, no_hint),
+    ServeError: (2, no_hint),
     CheckpointError: (2, lambda err, args: free_space_hint(args)),
     CommandFailed: (1, own_hint),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 
 from .errors import UsageError
@@ -60,9 +59,4 @@ def cmd_serve(args: argparse.Namespace) -> None:
         config = ServeConfig(host=args.host, port=args.port, max_texts=args.max_texts, max_body=args.max_body)
     except ValueError as err:  # the flags' values, refused by the config's own checks
         raise UsageError(str(err)) from None
-    try:
-        serve(require_bundle(args.model), config, quiet=args.quiet)
-    except OSError as err:
-        if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-            raise
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {err.strerror}", hint="choose another --port (0: any free port) or --host") from None
+    serve(require_bundle(args.model), config, quiet=args.quiet)

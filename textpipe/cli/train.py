@@ -45,14 +45,24 @@ def resume(args: argparse.Namespace) -> None:
     if given:
         raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
     from ..pipeline import resume_run
-    from ..runfolder import unfinished
 
-    if unfinished(args.resume) is None:
-        done = " (its run has finished)" if (args.resume / "bundle.json").is_file() else ""
-        raise UsageError(f"{args.resume} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+    check_resumable(args.resume)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("--resume runs in one process: a checkpoint holds one rank's place in the data", hint="run it without torchrun")
     report_training(resume_run(args.resume, quiet=args.quiet), args.resume)
+
+
+def check_resumable(out: Path) -> None:
+    """``out`` holds a run to resume, or a usage error (before resume_run, whose own errors there are builtin)."""
+    from ..runfolder import RunLock, unfinished
+
+    if unfinished(out) is not None:
+        return
+    if out.is_dir():
+        with RunLock(out):  # another run holding the folder is the better message (an OutputError)
+            pass
+    done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
+    raise UsageError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
 
 
 def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
