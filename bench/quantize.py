@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textpipe.datasets import rotten_tomatoes  # noqa: E402
+from textpipe.catalogue import rotten_tomatoes  # noqa: E402
 from textpipe.pipeline import report_file, train_files  # noqa: E402
 from textpipe.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
 

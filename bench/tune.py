@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textpipe.datasets import rotten_tomatoes  # noqa: E402
+from textpipe.catalogue import rotten_tomatoes  # noqa: E402
 from textpipe.pipeline import PipelineConfig, train_files  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -15,6 +15,8 @@ import pytest
 from conftest import make_rows, write_csv
 from test_report import png_size
 from textpipe import cli
+from textpipe.cli import bundles
+from textpipe.config import PipelineConfig, default_toml, load, read_file
 from textpipe.report import PNG_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,22 +245,35 @@ def test_errors_are_one_line_and_a_hint(run, tmp_path, capsys):
         assert capsys.readouterr().err.startswith(f"textpipe train: error: {message}"), content
 
 
-def test_an_internal_error_exits_1_with_one_line_and_a_hint(monkeypatch, capsys):
+def test_a_bug_inside_textpipe_is_not_blamed_on_the_input(monkeypatch):
+    """Only textpipe's own errors (cli.EXIT_CODES) are bad input; a plain ValueError from inside is a bug: it propagates."""
     def broken(args):
-        raise RuntimeError("something inside broke")
+        raise ValueError("something inside broke")
 
-    monkeypatch.setattr(cli, "cmd_info", broken)
-    monkeypatch.delenv("TEXTPIPE_DEBUG", raising=False)
-    assert cli.main(["info", "anywhere"]) == 1
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "textpipe info: internal error: RuntimeError: something inside broke" and lines[1].startswith("hint: ")
+    monkeypatch.setattr(bundles, "cmd_info", broken)
+    with pytest.raises(ValueError, match="something inside broke"):
+        cli.main(["info", "anywhere"])
+    script = ("import sys; from textpipe import cli; from textpipe.cli import bundles\n"
+              "def broken(args): raise ValueError('something inside broke')\n"
+              "bundles.cmd_info = broken; sys.exit(cli.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "info", "anywhere"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ValueError: something inside broke" in result.stderr
+    assert "error: something inside broke" not in result.stderr
+
+
+def test_every_exit_code_is_for_one_of_textpipes_own_errors():
+    from textpipe.sources import DataError
+
+    assert ValueError not in cli.EXIT_CODES and Exception not in cli.EXIT_CODES
+    assert all(kind.__module__.startswith("textpipe.") for kind in cli.EXIT_CODES)
+    assert cli.EXIT_CODES[DataError][0] == 2 and cli.EXIT_CODES[cli.CommandFailed][0] == 1
 
 
 def test_print_config_round_trips_through_a_file(tmp_path):
     result = textpipe("train", "--config", REPO / "configs" / "cnn.toml", "--set", "model.embed_dim=96", "--set", "tokenizer.name=whitespace", "--seed", "7", "--print-config")
     assert result.returncode == 0, result.stderr
     (tmp_path / "printed.toml").write_text(result.stdout)
-    config = cli.build_config(cli.read_config_file(tmp_path / "printed.toml"), "printed.toml")
+    config = load(PipelineConfig, read_file(tmp_path / "printed.toml"), "printed.toml")
     assert (config.model.name, config.model.embed_dim, config.tokenizer.name, config.train.seed) == ("cnn", 96, "whitespace", 7)
 
 
@@ -269,7 +284,57 @@ def test_every_shipped_config_file_validates(path):
     from textpipe.collate import pad_collate
     from textpipe.models import ModelConfig, build_model
 
-    config = cli.build_config(cli.read_config_file(path), str(path))
+    config = load(PipelineConfig, read_file(path), str(path))
     model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": 50, "num_classes": 3}))
     batch = pad_collate([torch.tensor([5, 6, 7]), torch.tensor([8])])
     assert model(batch.ids, batch.mask).shape == (2, 3)
+
+
+def test_default_toml_is_generated_from_the_dataclasses():
+    """configs/default.toml holds every default, as the code has it (regenerate: python -m textpipe.config > configs/default.toml)."""
+    text = (REPO / "configs" / "default.toml").read_text(encoding="utf-8")
+    assert text == default_toml()
+    assert load(PipelineConfig, read_file(REPO / "configs" / "default.toml")) == PipelineConfig()
+    for key in ("bucket", "cache_dir", "refit", "keep_checkpoints", "hidden_dim", "max_labels", "on_bad_row"):
+        assert f"\n{key} = " in text, key
+
+
+def test_the_config_loader_checks_types_and_keys_everywhere(tmp_path):
+    """One loader: every section and [data.source] get the same unknown-key and type checks, naming the source."""
+    from textpipe.config import ConfigError
+
+    for data, message in [
+        ({"data": {"source": {"colums": ["x"]}}}, "f.toml: unknown keys in [data.source]: colums"),
+        ({"data": {"source": {"header": "yes"}}}, "f.toml: [data.source] header = 'yes': expected bool"),
+        ({"data": {"cache_dir": True}}, "f.toml: [data] cache_dir = True: expected str or false"),
+        ({"model": {"kernel_sizes": [3, "4"]}}, "f.toml: [model] kernel_sizes = [3, '4']: expected a list of integers"),
+        ({"train": {"epochs": 0}}, "f.toml: epochs, batch_size and patience must be >= 1"),
+        ({"trian": {}}, "f.toml: unknown config sections: trian"),
+        ({"train": 3}, "f.toml: [train] must be a table"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            load(PipelineConfig, data, "f.toml")
+        assert str(error.value).startswith(message), data
+    config = load(PipelineConfig, {"data": {"max_size": None, "cache_dir": False, "source": {"text_columns": [1], "label_column": 0, "header": False}}, "train": {"lr": 1}})
+    assert (config.data.max_size, config.data.cache_dir, config.data.source.label_column, config.train.lr) == (None, False, 0, 1)
+    assert PipelineConfig.from_dict(config.to_dict()) == config  # a bundle's config.json reads back
+
+
+def test_help_shows_the_defaults_the_config_dataclasses_hold():
+    """Every config flag's '(default: X)' is the dataclass default, never a number written twice."""
+    import re
+
+    from textpipe.cli.options import OVERRIDES
+    from textpipe.cli.parser import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    defaults = PipelineConfig().to_dict()
+    shown = 0
+    for action in train._actions:
+        found = re.search(r"\(default: ([^);:]+)", action.help or "")
+        if action.dest in OVERRIDES and found and action.dest != "keep_checkpoints_after":
+            section, key = OVERRIDES[action.dest]
+            value = defaults[section][key]
+            assert found.group(1) in (str(value), f"{value:g}" if isinstance(value, float) else str(value)), action.dest
+            shown += 1
+    assert shown >= 15

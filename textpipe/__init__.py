@@ -21,7 +21,7 @@ _EXPORTS = {
     "DataError": "sources", "Example": "sources", "SourceConfig": "sources", "read_examples": "sources", "read_texts": "sources",
     "Tokenizer": "tokenizer", "TokenizerConfig": "tokenizer",
     "build_vocab": "vocab", "save_vocab": "vocab", "load_vocab": "vocab", "PAD_ID": "vocab", "UNK_ID": "vocab",
-    "rotten_tomatoes": "datasets",
+    "rotten_tomatoes": "catalogue", "DATASETS": "catalogue",
     "TextClassificationDataset": "dataset", "TextListDataset": "dataset",
     "Batches": "batching", "LengthSortedSampler": "batching", "make_loader": "loader",
     "Batch": "collate", "pad_collate": "collate", "FlatRows": "collate",
@@ -34,7 +34,7 @@ _EXPORTS = {
     "QuantizeConfig": "quantize", "quantize_bundle": "quantize",
     "ServeConfig": "serve", "make_server": "serve",
     "summarize": "report", "misclassified": "report", "write_report": "report",
-    "PipelineConfig": "pipeline", "DataConfig": "pipeline", "train_files": "run", "resume_run": "run",
+    "PipelineConfig": "config", "DataConfig": "config", "ConfigError": "config", "train_files": "run", "resume_run": "run",
     "report_file": "pipeline",
     "TextClassifier": "estimator",
 }

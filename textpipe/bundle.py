@@ -276,5 +276,50 @@ def check_file(path: Path, name: str, expected: dict | None) -> None:
         raise BundleError(f"{file} does not match its sha256 in bundle.json: the file was altered after saving")
 
 
+def saved_config(path: str | Path) -> dict:
+    """The training config a bundle folder carries (``config.json``, as plain data); ``{}`` without one."""
+    file = Path(path) / "config.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def bundle_info(path: str | Path) -> dict:
+    """Everything ``textpipe info`` shows about a bundle, read once its files match the manifest
+    (the weights are loaded as tensors only).
+
+    Example:
+        >>> bundle_info("runs/mine")["weights_sha256"]
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    for name in (WEIGHTS, VOCAB):
+        check_file(path, name, meta["files"].get(name))
+    run, metrics = _read_json(path / "run.json") or {}, _read_json(path / "metrics.json")
+    state = dequantize_state(load_weights(path))  # parameters of the model, not of its compact storage
+    if metrics:  # the summary, not the per-epoch history or the confusion matrix
+        metrics = {k: metrics[k] for k in ("test", "dev", "best_epoch", "per_class") if k in metrics}
+    return {
+        "path": str(path),
+        "format_version": meta["format_version"],
+        "model": meta["model"],
+        "tokenizer": meta["tokenizer"],
+        "labels": meta["labels"],
+        "vocab_size": len(_read_json(path / VOCAB)),
+        "parameters": sum(t.numel() for t in state.values()),
+        "train": meta.get("train", {}),
+        "config": _read_json(path / "config.json"),
+        "metrics": metrics,
+        "created": run.get("created"),
+        "versions": run.get("versions"),
+        "data": run.get("data"),
+        "weights_sha256": meta["files"][WEIGHTS]["sha256"],
+        "weights_bytes": meta["files"][WEIGHTS]["bytes"],
+        "quantized": meta.get("quantized"),
+    }
+
+
+def _read_json(file: Path):
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
 class BundleError(ValueError):
     """A bundle that cannot be trusted or does not fit together; the message says which file and why."""

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -33,6 +33,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle
+from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
 from .files import write_json_atomic
@@ -48,62 +49,6 @@ METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
 _RUN_NAMES = ("train_files", "resume_run", "dev_result")  # defined in textpipe.run, which imports this module
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
-
-
-@dataclass
-class DataConfig:
-    min_freq: int = 1
-    max_size: int | None = None
-    holdout_every: int = 10  # without a dev file, about 1 training row in 10 is held out for dev
-    shuffle_buffer: int = 100_000
-    num_workers: int = 0
-    eval_batch_size: int = 512
-    bucket: bool = True  # training batches of rows of similar length (sorted inside each shuffle block), so less padding
-    # Tokenize each file once into a memory-mapped cache there; "auto": the user's cache folder
-    # (see cache_folder); false (`--set data.cache_dir=false`), None or "": tokenize every epoch.
-    cache_dir: str | bool | None = "auto"
-    source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
-    vectors: str | None = None  # named vectors (glove-6b-50d, fetched once) or a GloVe / word2vec text file: start of the word rows
-    max_labels: int = 1000  # more labels than this (or one over 100 characters) looks like swapped columns: an error
-
-    def __post_init__(self) -> None:
-        if isinstance(self.source, dict):  # from PipelineConfig.from_dict or a config file
-            self.source = SourceConfig.from_dict(self.source)
-        for name, least in (("holdout_every", 2), ("min_freq", 1), ("eval_batch_size", 1), ("shuffle_buffer", 0), ("num_workers", 0), ("max_labels", 2)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"data.{name} must be an integer >= {least}, got {value!r}")
-        if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 3):
-            raise ValueError(f"data.max_size must be an integer >= 3 (<pad>, <unk> and a token) or unset, got {self.max_size!r}")
-
-
-@dataclass
-class PipelineConfig:
-    """All the knobs of one training run, grouped by stage.
-
-    Example:
-        >>> config = PipelineConfig(train=TrainConfig(epochs=5, seed=1))
-        >>> metrics = train_files("train.csv", "test.csv", "runs/mine", config=config)
-        >>> metrics["test"]["accuracy"]
-    """
-
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PipelineConfig":
-        """The inverse of :meth:`to_dict`. Missing keys keep their defaults; unknown
-        sections or keys are errors, so a typo in a config file is never ignored."""
-        sections = {f.name: f.default_factory for f in fields(cls)}
-        unknown = set(d) - set(sections)
-        if unknown:
-            raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))} (known: {', '.join(sections)})")
-        return cls(**{name: _section_from_dict(name, kind, d.get(name, {})) for name, kind in sections.items()})
 
 
 def check_settings(config: PipelineConfig, data: dict) -> None:
@@ -165,19 +110,9 @@ def config_summary(config: PipelineConfig) -> str:
     """The effective config, one line per section (``key=value`` as in TOML)."""
     lines = ["effective config (saved as config.json in the bundle):"]
     for section, values in config.to_dict().items():
-        shown = (f"{k}={_toml(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
+        shown = (f"{k}={toml_value(v)}" for k, v in values.items() if v is not None and k not in ("vocab_size", "num_classes"))
         lines.append(f"  [{section}] {' '.join(shown)}")
     return "\n".join(lines)
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(map(_toml, value)) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def label_order(labels: Iterable[str]) -> list[str]:
@@ -257,14 +192,6 @@ def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:
         for batch in batches:
             bar.update(len(batch))
             yield batch
-
-
-def _section_from_dict(name: str, kind: type, d: dict):
-    known = {f.name for f in fields(kind)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown keys in [{name}]: {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    return kind(**d)
 
 
 @dataclass

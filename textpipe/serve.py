@@ -61,6 +61,14 @@ class ServeConfig:
             raise ValueError(f"serve limits must be positive: {self}")
 
 
+class ServeError(OSError):
+    """The server cannot start: the port is taken, or the address is not this machine's.
+
+    Example:
+        >>> serve("runs/mine", ServeConfig(port=80))   # ServeError: cannot listen on 127.0.0.1:80: Permission denied; ...
+    """
+
+
 class BadRequest(ValueError):
     """The client's fault: answered with status 400 and the message."""
 
@@ -280,7 +288,7 @@ def serve(model_dir: str | Path, config: ServeConfig | None = None, quiet: bool 
     try:
         server = make_server(predictor, config, quiet, model=str(model_dir))
     except OSError as err:  # the port is taken, or the address is not this machine's
-        raise ValueError(f"cannot listen on {config.host}:{config.port}: {err.strerror or err}; choose another --port (0: any free one)") from None
+        raise ServeError(f"cannot listen on {config.host}:{config.port}: {err.strerror or err}; choose another --port (0: any free one)") from None
     host, port = server.server_address[:2]
     print(f"serving {model_dir} on http://{host}:{port}/  (POST /predict, GET /healthz; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:

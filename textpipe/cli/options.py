@@ -1,0 +1,100 @@
+"""Flags -> config: defaults < the ``--config`` file < ``--set`` items < explicit flags, read by
+:func:`textpipe.config.load` (the one loader) into a :class:`~textpipe.config.PipelineConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+
+from ..config import PipelineConfig, SourceConfig, load, read_file
+from .errors import UsageError
+
+# Flags that override one config value: flag dest -> (section, key). Their argparse default is
+# SUPPRESS (parser.add_config_arguments), so a flag the user did not give is absent.
+OVERRIDES = {
+    "model": ("model", "name"),
+    "tokenizer": ("tokenizer", "name"),
+    "lower": ("tokenizer", "lower"),
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "patience": ("train", "patience"),
+    "min_delta": ("train", "min_delta"),
+    "refit": ("train", "refit"),
+    "seed": ("train", "seed"),
+    "warmup": ("train", "warmup"),
+    "grad_clip": ("train", "grad_clip"),
+    "label_smoothing": ("train", "label_smoothing"),
+    "class_weights": ("train", "class_weights"),
+    "vectors": ("data", "vectors"),
+    "device": ("train", "device"),
+    "num_workers": ("data", "num_workers"),
+    "checkpoint_every": ("train", "checkpoint_every"),
+    "keep_checkpoints": ("train", "keep_checkpoints"),
+    "checkpoint_seconds": ("train", "checkpoint_seconds"),
+    "keep_checkpoints_after": ("train", "keep_checkpoints_after"),
+    "deterministic": ("train", "deterministic"),
+}
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """defaults < the --config file < --set items < explicit flags."""
+    d = read_file(args.config) if args.config else {}
+    sources = [str(args.config)] if args.config else []
+    for item in args.set:
+        section, key, value = parse_set(item)
+        table = d.setdefault(section, {})
+        *tables, key = key.split(".")  # data.source.on_bad_row: a key of a nested table
+        for name in tables:
+            table = table.setdefault(name, {})
+        table[key] = value
+        sources.append("--set")
+    given = vars(args)
+    for dest, (section, key) in OVERRIDES.items():
+        if dest in given:
+            none = dest == "vectors" and given[dest].lower() == "none"  # --vectors none: train without the default's vectors
+            d.setdefault(section, {})[key] = None if none else given[dest]
+            sources.append("flags")
+    if source_flags(args):
+        d.setdefault("data", {}).setdefault("source", {}).update(source_flags(args))
+        sources.append("flags")
+    return load(PipelineConfig, d, " + ".join(dict.fromkeys(sources)) or "config")
+
+
+def parse_set(item: str) -> tuple[str, str, object]:
+    """``"model.embed_dim=128"`` -> ``("model", "embed_dim", 128)``; the value is read as TOML, else as a string."""
+    name, eq, raw = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not eq or not dot or not key:
+        raise UsageError(f"--set {item!r}: expected SECTION.KEY=VALUE", hint="e.g. --set train.patience=5 or --set tokenizer.name=\"whitespace\"")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: --set model.name=cnn
+    return section, key.strip(), value
+
+
+def source_flags(args: argparse.Namespace) -> dict:
+    """The ``data.source`` values the reading flags give (only the flags given)."""
+    given = vars(args)
+    column = lambda c: int(c) if given.get("no_header") and c.strip().isdigit() else c.strip()  # noqa: E731
+    d = {key: given[flag] for flag, key in (("on_bad_row", "on_bad_row"), ("max_chars", "max_chars"), ("data_root", "root")) if flag in given}
+    if "no_header" in given:
+        d["header"] = False
+    if "text_columns" in given:
+        d["text_columns"] = [column(c) for c in given["text_columns"].split(",")]
+    if "label_column" in given:
+        d["label_column"] = column(given["label_column"])
+    return d
+
+
+def source_config(args: argparse.Namespace, bundle: Path | None = None) -> SourceConfig:
+    """The reading flags given, over the bundle's own ``data.source`` (how its training file was read)."""
+    from ..bundle import saved_config
+
+    saved = saved_config(bundle).get("data", {}).get("source", {}) if bundle is not None else {}
+    # Columns, header and length limit describe the files; what to do with a bad row, and
+    # where the named datasets live, are this command's business.
+    kept = {k: v for k, v in saved.items() if k not in ("root", "on_bad_row")}
+    return load(SourceConfig, {**kept, **source_flags(args)}, "flags", "data.source")

@@ -1,0 +1,149 @@
+"""``textpipe predict``, ``embed`` and ``evaluate``: a bundle applied to texts or to a labelled file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from ..files import atomic_write
+from ..sources import DataError
+from .errors import UsageError
+from .options import source_config
+from .streams import atomic_output, check_output_folder, chunked, input_rows, input_texts, positive, print_skipped, reads_stdin, require_bundle
+
+PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    bundle_dir = require_bundle(args.model)
+    positive(args.batch_size, "--batch-size")
+    from ..pipeline import report_file
+
+    data = args.data or recorded_test_file(bundle_dir)
+    out = args.out or bundle_dir / f"eval-{Path(str(data).replace(':', '-')).stem}"
+    summary = report_file(bundle_dir, data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args, bundle_dir))
+    skipped = {"skipped": summary["skipped"]} if "skipped" in summary else {}
+    print(json.dumps({**summary["overall"], **skipped}))
+    print_skipped({"evaluated": summary["skipped"]} if "skipped" in summary else {})
+    if not args.quiet:
+        o = summary["overall"]
+        print(f"accuracy {o['accuracy']:.4f}  macro-F1 {o['macro_f1']:.4f}  (n={o['n']})", file=sys.stderr)
+        print(f"report: {Path(out) / 'report.md'}", file=sys.stderr)
+
+
+def recorded_test_file(bundle_dir: Path) -> str:
+    """The test file of the run that trained this bundle (from its run.json), or a usage error saying what to give."""
+    run = bundle_dir / "run.json"
+    test = json.loads(run.read_text(encoding="utf-8")).get("data", {}).get("test") if run.is_file() else None
+    if not test:
+        raise UsageError(f"{bundle_dir} records no test file of its own (trained without --test?)", hint="give the labelled file to score: --data FILE (make evaluate TEST=FILE)")
+    return test
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.explain and args.format == "csv":
+        raise UsageError("--explain works with --format json or text", hint="json gives every token's weight; text the top features")
+    positive(args.batch_size, "--batch-size")
+    check_output_folder(args.output)
+    source = source_config(args, require_bundle(args.model))
+    rows = input_rows(args.texts, args.input, source)
+    from ..predict import Predictor
+
+    predictor = Predictor.load(require_bundle(args.model))
+    skipped: dict[str, int] = {}
+    with atomic_output(args.output) as out:
+        if args.format == "csv":
+            csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
+        count = write_predictions(out, predictor, rows, args, source.on_bad_row, skipped)
+        if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
+            raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+    print_skipped({"predicted": skipped} if skipped else {})
+
+
+def write_predictions(out: TextIO, predictor, rows: Iterator, args: argparse.Namespace, on_bad_row: str, skipped: dict) -> int:
+    """Score ``rows`` a chunk at a time and write one line each, in input order; return how many."""
+    from tqdm.auto import tqdm
+
+    write_row = ROW_WRITERS[args.format]
+    top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
+    count = 0
+    with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
+        for chunk in chunked(rows, PREDICT_CHUNK):
+            results = list(predict_rows(predictor, chunk, top_k, args.batch_size, on_bad_row, skipped))
+            if args.explain:
+                from ..explain import add_explanations
+
+                scored = [result for result in results if result["label"] is not None]
+                add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
+            for result in results:
+                write_row(out, result, predictor.labels)
+            count += len(chunk)
+            bar.update(len(chunk))
+    return count
+
+
+def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_bad_row: str, skipped: dict) -> Iterator[dict]:
+    """One result per input row, in order: a blank row gets ``label: null``; another bad row
+    stops the command (``on_bad_row="error"``) or gets ``label: null`` and its reason in ``skipped``."""
+    results = iter(predictor.predict([row.text for row in chunk if row.problem is None], top_k=top_k, batch_size=batch_size))
+    for row in chunk:
+        if row.problem is None:
+            yield next(results)
+        elif row.problem[0] == "empty text":
+            yield {"text": "", "label": None, "probs": {}}
+        elif on_bad_row == "skip":
+            skipped[row.problem[0]] = skipped.get(row.problem[0], 0) + 1
+            yield {"text": "", "label": None, "probs": {}, "skipped": row.problem[0]}
+        else:
+            raise DataError(row.file, row.line, row.problem[1])
+
+
+def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
+    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")  # NaN is not JSON: never written
+
+
+def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
+    probs = result["probs"]
+    cells = [probs.get(label, "") for label in labels]
+    confidence = probs[result["label"]] if result["label"] is not None else ""
+    csv.writer(out).writerow([result["text"], result["label"] or "", confidence, *cells])
+
+
+def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
+    ranked = ", ".join(f"{label} ({p:.3f})" for label, p in result["probs"].items())
+    out.write(f"{ranked}\t{result['text']}\n")
+    if "explanation" in result:
+        e = result["explanation"]
+        features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
+        out.write(f"  why ({e['method']}, toward {result['label']}): {features}\n")
+
+
+ROW_WRITERS = {"json": write_json_row, "csv": write_csv_row, "text": write_text_row}
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    positive(args.batch_size, "--batch-size")
+    check_output_folder(args.output)
+    texts = list(input_texts(args.texts, args.input, source_config(args, require_bundle(args.model))))
+    if not texts:
+        raise UsageError("no texts to embed", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
+    from ..predict import Predictor
+
+    vectors = Predictor.load(require_bundle(args.model)).embed(texts, batch_size=args.batch_size)
+    if args.output and args.output.suffix.lower() == ".npy":
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, vectors.float().numpy())
+        atomic_write(args.output, lambda f: f.write(buffer.getvalue()))
+        return
+    with atomic_output(args.output) as out:
+        for text, vector in zip(texts, vectors.tolist()):
+            out.write(json.dumps({"text": text, "vector": [round(v, 6) for v in vector]}, ensure_ascii=False) + "\n")

@@ -1,0 +1,117 @@
+"""``textpipe train``: flags -> config -> :func:`textpipe.pipeline.train_files` (or ``resume_run``, ``autotune_files``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Iterable
+
+from ..config import PipelineConfig, config_toml
+from ..sources import DataError
+from .data import fetch_dataset
+from .errors import UsageError
+from .options import OVERRIDES, config_from_args
+from .streams import print_skipped
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume:
+        return resume(args)
+    config = config_from_args(args)
+    if args.print_config:
+        print(config_toml(config), end="")
+        return
+    if not args.out:
+        raise UsageError("give --out DIR, the folder for the bundle and the report", hint="e.g. --out runs/mine")
+    train, dev, test = data_files(args)
+    check_runnable(config, args)
+    check_readable((train, dev, test), config)  # the pipeline logs the effective config once all the data has been read
+    if args.autotune is not None:
+        from ..autotune import autotune_files
+
+        metrics = autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet, overwrite=args.overwrite)
+    else:
+        from ..pipeline import train_files
+
+        metrics = train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet, overwrite=args.overwrite)
+    report_training(metrics, args.out)
+
+
+def resume(args: argparse.Namespace) -> None:
+    """``--resume DIR``: the data and settings come from DIR/run.json, so no other may be given."""
+    given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config", "overwrite") if getattr(args, k, None)]
+    given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
+    if given:
+        raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
+    from ..pipeline import resume_run
+
+    check_resumable(args.resume)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--resume runs in one process: a checkpoint holds one rank's place in the data", hint="run it without torchrun")
+    report_training(resume_run(args.resume, quiet=args.quiet), args.resume)
+
+
+def check_resumable(out: Path) -> None:
+    """``out`` holds a run to resume, or a usage error (before resume_run, whose own errors there are builtin)."""
+    from ..runfolder import RunLock, unfinished
+
+    if unfinished(out) is not None:
+        return
+    if out.is_dir():
+        with RunLock(out):  # another run holding the folder is the better message (an OutputError)
+            pass
+    done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
+    raise UsageError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+
+
+def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
+    """What the config asks of this machine and of the flags, checked before any data is read."""
+    import torch
+
+    if config.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {config.train.device!r}: no CUDA GPU is available here", hint="use --device cpu, or auto")
+    if config.data.vectors:
+        from ..vectors import NAMED_VECTORS
+
+        if config.data.vectors not in NAMED_VECTORS and not Path(config.data.vectors).is_file():
+            raise UsageError(f"vectors {config.data.vectors!r}: neither named vectors nor a file", hint=f"named vectors: {', '.join(NAMED_VECTORS)} (textpipe vectors list)")
+    if args.autotune is not None and args.autotune <= 0:
+        raise UsageError(f"--autotune needs a positive number of seconds, got {args.autotune}")
+
+
+def data_files(args: argparse.Namespace) -> tuple:
+    """``(train, dev, test)``: the splits of ``--dataset``, or ``--train`` / ``--dev`` / ``--test``."""
+    if args.dataset:
+        if args.train or args.test:
+            raise UsageError("give either --dataset or --train/--test, not both")
+        splits = fetch_dataset(args.dataset)
+        return splits.train, splits.dev, splits.test
+    if args.train:
+        return args.train, args.dev, args.test
+    raise UsageError("give --train FILE (and --test FILE), or --dataset NAME", hint="textpipe train --train my_train.csv --test my_test.csv --out runs/mine")
+
+
+def check_readable(paths: Iterable[Path | str | None], config: PipelineConfig) -> None:
+    """Read each file's header and first row now, so a wrong column or path fails before the config dump and training."""
+    from ..sources import TORCHTEXT_PREFIX, read_examples
+
+    for path in paths:
+        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
+            continue  # torchtext: would download here; it is read (and checked) by the pipeline
+        if not Path(path).exists():
+            raise DataError(path, None, "no such file")
+        next(read_examples(path, config=config.data.source, skipped={}), None)
+
+
+def report_training(metrics: dict, out: Path) -> None:
+    scored = metrics["overall"]
+    refit = metrics.get("refit")
+    trained = f"best epoch {metrics['best_epoch']}" + (f", refit on {refit['rows']} rows" if refit else "")
+    what = "test" if metrics.get("test") else "dev"
+    print(f"{what} accuracy {scored['accuracy']:.4f}  macro-F1 {scored['macro_f1']:.4f}  (n={scored['n']}, {trained})")
+    if what == "dev":
+        print(f"no --test file: scored on the {metrics.get('scored_on', 'dev data')}, which chose the epoch (a little optimistic)")
+    print(f"report: {Path(out) / 'report.md'}")
+    print(f"model bundle: {out}")
+    print_skipped(metrics.get("skipped", {}))
