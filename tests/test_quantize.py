@@ -9,7 +9,8 @@ from test_explain import TEXTS, textpipe, train_tiny
 from textpipe.bundle import WEIGHTS, load_bundle, load_weights
 from textpipe.pipeline import report_file
 from textpipe.predict import Predictor
-from textpipe.quantize import QuantizeConfig, dequantize_table, pack_mask, quantize_bundle, quantize_table, unpack_mask, used_rows
+from textpipe.compact import dequantize_table, pack_mask, quantize_table, unpack_mask
+from textpipe.quantize import QuantizeConfig, quantize_bundle, used_rows
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -112,7 +113,7 @@ def test_cnn_bundle_quantizes_too(tmp_path):
 
 
 def test_quantized_parts_must_fit_the_models_table_before_anything_is_allocated():
-    from textpipe.quantize import fold_quantized_shapes
+    from textpipe.compact import fold_quantized_shapes
 
     expected = {"embedding.weight": [1000, 16], "head.weight": [2, 16]}
     parts = {"embedding.weight.q_values": [101, 8], "embedding.weight.q_scale": [101], "embedding.weight.q_kept": [125], "embedding.weight.q_shape": [3]}

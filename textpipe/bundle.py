@@ -36,7 +36,7 @@ from torch import nn
 
 from .files import atomic_write, file_sha256, write_json_atomic
 from .models import MODELS, ModelConfig, build_model
-from .quantize import dequantize_state, fold_quantized_shapes
+from .compact import dequantize_state, fold_quantized_shapes
 from .tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
 from .vocab import Vocab, load_vocab, save_vocab
 

@@ -21,13 +21,8 @@ The result is a normal bundle: the table is saved as ordinary tensors through
 full float table, so ``predict``, ``evaluate``, ``serve`` and the Python API load it
 unchanged. ``bundle.json`` says how it was made under ``"quantized"``.
 
-Tensors stored for a table ``NAME`` (e.g. ``embedding.weight``) of ``N x D``, ``K`` rows kept:
-
-- ``NAME.q_values`` uint8: the kept rows in id order, then the shared row, each value
-  offset to be non-negative; ``(K+1, D)`` at 8 bits, ``(K+1, ceil(D/2))`` at 4;
-- ``NAME.q_scale`` ``(K+1,)`` float16: each row's scale;
-- ``NAME.q_kept`` ``(ceil(N/8),)`` uint8: one bit per original row, set where it was kept;
-- ``NAME.q_shape`` ``(3,)`` int64: ``N, D, bits``.
+The stored format (and :func:`~textpipe.compact.dequantize_state`, which reads it) is
+:mod:`textpipe.compact`.
 
 Example:
     >>> summary = quantize_bundle("runs/default", "runs/default-q", QuantizeConfig(cutoff=80_000))
@@ -44,9 +39,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-TABLE = "embedding.weight"
-PARTS = ("q_values", "q_scale", "q_kept", "q_shape")
-_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+from .bundle import META, VOCAB, WEIGHTS, load_bundle, save_bundle
+from .compact import TABLE, quantize_table
+from .models import build_model
+from .train import set_seed
+
 COPIED = ("config.json", "run.json")  # provenance travels with the compact bundle; metrics do not (re-run evaluate)
 
 
@@ -71,98 +68,6 @@ class QuantizeConfig:
             raise ValueError(f"bits must be 4 or 8, got {self.bits}")
 
 
-def quantize_rows(rows: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(R, D)`` float rows -> ``(R, D)`` integers in ``[-L, L]`` (``L = 2^(bits-1) - 1``) and ``(R,)`` float16 scales."""
-    levels = 2 ** (bits - 1) - 1
-    scale = (rows.abs().amax(1).float() / levels).half()  # (R,); rounded to float16 before use, so q matches it
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row (e.g. <pad>) stays zero
-    q = torch.round(rows.float() / scale.float()[:, None]).clamp(-levels, levels).to(torch.int16)
-    return q, scale
-
-
-def pack_values(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Signed integers -> uint8, offset by ``2^(bits-1)``; at 4 bits two per byte (high nibble first)."""
-    u = (q + 2 ** (bits - 1)).to(torch.uint8)  # (R, D)
-    if bits == 8:
-        return u
-    if u.shape[1] % 2:
-        u = torch.cat([u, u.new_full((len(u), 1), 8)], 1)  # an odd width gets a zero value
-    return (u[:, 0::2] << 4) | u[:, 1::2]  # (R, ceil(D/2))
-
-
-def unpack_values(packed: torch.Tensor, width: int, bits: int) -> torch.Tensor:
-    """The inverse of :func:`pack_values`: ``(R, width)`` float32."""
-    if bits == 4:
-        packed = torch.stack([packed >> 4, packed & 15], -1).flatten(1)[:, :width]
-    return packed.float() - 2 ** (bits - 1)
-
-
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` bool -> ``(ceil(N/8),)`` uint8, eight rows a byte (like ``numpy.packbits``)."""
-    padded = torch.cat([mask, mask.new_zeros(-len(mask) % 8)]).view(-1, 8)
-    return (padded.to(torch.uint8) * _BITS).sum(1, dtype=torch.uint8)
-
-
-def unpack_mask(packed: torch.Tensor, n: int) -> torch.Tensor:
-    return (packed[:, None] & _BITS).bool().flatten()[:n]
-
-
-def quantize_table(table: torch.Tensor, keep: torch.Tensor, bits: int = 4) -> dict[str, torch.Tensor]:
-    """The four tensors (see the module doc) of ``table`` ``(N, D)`` keeping the rows where ``keep`` ``(N,)`` is True."""
-    dropped = ~keep
-    shared = table[dropped].mean(0, keepdim=True) if dropped.any() else table.new_zeros(1, table.shape[1])
-    q, scale = quantize_rows(torch.cat([table[keep], shared]), bits)
-    return {"q_values": pack_values(q, bits), "q_scale": scale, "q_kept": pack_mask(keep), "q_shape": torch.tensor([*table.shape, bits])}
-
-
-def dequantize_table(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The full ``(N, D)`` float32 table back from :func:`quantize_table`'s tensors."""
-    n, width, bits = parts["q_shape"].tolist()
-    values = parts["q_values"]
-    if bits not in (4, 8) or (n + 7) // 8 != len(parts["q_kept"]) or values.shape[1] != (width if bits == 8 else (width + 1) // 2):
-        raise ValueError(f"quantized table: q_shape {[n, width, bits]} does not fit its parts")
-    rows = unpack_values(parts["q_values"], width, bits) * parts["q_scale"].float()[:, None]  # (K+1, D)
-    kept = unpack_mask(parts["q_kept"], n)
-    index = torch.full((n,), len(rows) - 1, dtype=torch.long)  # every id -> the shared row ...
-    index[kept] = torch.arange(len(rows) - 1)  # ... but the kept ones
-    return rows[index]
-
-
-def fold_quantized_shapes(found: dict[str, list[int]], expected: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Weights-file shapes with each quantized table's parts replaced by the table's own ``(N, D)``,
-    once the parts' shapes fit the ``(N, D)`` that ``expected`` (the model config's) says; ValueError otherwise.
-    Read from the file's header, before anything is allocated: a crafted part cannot ask for more memory than the model."""
-    folded = dict(found)
-    for name in [key[: -len(".q_values")] for key in found if key.endswith(".q_values")]:
-        parts = {p: folded.pop(f"{name}.{p}", None) for p in PARTS}
-        n, d = expected.get(name, (0, 0))
-        values = parts["q_values"] or [0, 0]
-        fits = (len(values) == 2 and 1 <= values[0] <= n + 1 and values[1] in (d, (d + 1) // 2) and parts["q_scale"] == [values[0]]
-                and parts["q_kept"] == [(n + 7) // 8] and parts["q_shape"] == [3])
-        if not fits:
-            raise ValueError(f"quantized table {name}: parts of shapes {parts} do not fit the model's {n} x {d} table")
-        folded[name] = [n, d]
-    return folded
-
-
-def is_quantized(state: dict[str, torch.Tensor]) -> bool:
-    return any(key.endswith(".q_values") for key in state)
-
-
-def dequantize_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict with every quantized table turned back into a float tensor; others pass through."""
-    if not is_quantized(state):
-        return state
-    tables = {key[: -len(".q_values")] for key in state if key.endswith(".q_values")}
-    out = {k: v for k, v in state.items() if k.rpartition(".")[0] not in tables or k.rpartition(".")[2] not in PARTS}
-    for name in tables:
-        missing = [p for p in PARTS if f"{name}.{p}" not in state]
-        if missing:
-            raise ValueError(f"quantized table {name} lacks {', '.join(missing)}")
-        out[name] = dequantize_table({p: state[f"{name}.{p}"] for p in PARTS})
-    return out
-
-
 def used_rows(model: nn.Module, seed: int) -> tuple[torch.Tensor, str]:
     """Which rows of ``model.embedding`` training stepped, ``(N,)`` bool, and how that was found.
 
@@ -173,9 +78,6 @@ def used_rows(model: nn.Module, seed: int) -> tuple[torch.Tensor, str]:
     which only costs size, never accuracy.
     """
     table = model.embedding.weight.detach()
-    from .models import build_model
-    from .train import set_seed
-
     rng = torch.get_rng_state()
     try:
         set_seed(seed)
@@ -211,8 +113,6 @@ def choose_rows(model: nn.Module, used: torch.Tensor, cutoff: int | None) -> tor
 
 def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConfig | None = None) -> dict:
     """Write a quantized copy of the bundle in ``model_dir`` into ``out``; return what was done (also in bundle.json)."""
-    from .bundle import META, VOCAB, WEIGHTS, load_bundle, save_bundle
-
     config = config or QuantizeConfig()
     model_dir, out = Path(model_dir), Path(out)
     if model_dir.resolve() == out.resolve():
