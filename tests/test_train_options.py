@@ -2,6 +2,7 @@
 
 import filecmp
 import json
+import threading
 
 import pytest
 import torch
@@ -10,10 +11,15 @@ from torch import nn
 import textpipe.train
 from conftest import make_rows, write_csv
 from textpipe.collate import pad_collate
+from textpipe.events import listen
 from textpipe.models import ModelConfig, build_model
+from textpipe.optim import RowAdam, clip_grad_norm, lr_factor
 from textpipe.pipeline import DataConfig, PipelineConfig, resume_run, train_files
+from textpipe.runtime import RunContext
 from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig, class_weight_tensor, clip_grad_norm, fit, lr_factor
+from textpipe.train import TrainConfig, class_weight_tensor, fit
+
+QUIET = RunContext(quiet=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,7 +80,7 @@ def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(n_batches=5)
     config = TrainConfig(epochs=2, batch_size=8, lr=0.01, warmup=0.3, schedule="linear_steps", patience=5)
-    fit(small_bag(), batches, batches, config, num_classes=2, num_train=40, quiet=True)
+    fit(small_bag(), batches, batches, config, num_classes=2, num_train=40, context=QUIET)
     expected = [0.01 * lr_factor(config, 5)(s) for s in range(10)]
     assert len(seen) == 10
     for step, lrs in enumerate(s["lrs"] for s in seen):
@@ -85,7 +91,7 @@ def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
 def test_without_warmup_the_linear_schedule_still_steps_per_epoch(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(n_batches=3)
-    fit(small_bag(), batches, batches, TrainConfig(epochs=2, lr=0.01, schedule="linear", patience=5), num_classes=2, quiet=True)
+    fit(small_bag(), batches, batches, TrainConfig(epochs=2, lr=0.01, schedule="linear", patience=5), num_classes=2, context=QUIET)
     assert [s["lrs"][0] for s in seen] == pytest.approx([0.01] * 3 + [0.005] * 3)
 
 
@@ -116,7 +122,7 @@ def test_fit_clips_when_asked(monkeypatch):
 
     monkeypatch.setattr(textpipe.train, "clip_grad_norm", record)
     batches = toy_batches(4)
-    fit(small_bag(), batches, batches, TrainConfig(epochs=1, lr=0.01, grad_clip=1e-3), num_classes=2, quiet=True)
+    fit(small_bag(), batches, batches, TrainConfig(epochs=1, lr=0.01, grad_clip=1e-3), num_classes=2, context=QUIET)
     assert len(norms) == 4 and max(norms) <= 1e-3 * 1.0001
 
 
@@ -132,7 +138,7 @@ def test_fit_builds_the_loss_from_the_options(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(2)
     config = TrainConfig(epochs=1, label_smoothing=0.1, class_weights="balanced")
-    fit(small_bag(), batches, batches, config, num_classes=2, quiet=True, class_counts=[30, 10])
+    fit(small_bag(), batches, batches, config, num_classes=2, class_counts=[30, 10], context=QUIET)
     loss_fn = seen[0]["loss_fn"]
     assert loss_fn.label_smoothing == 0.1
     assert loss_fn.weight.tolist() == pytest.approx([40 / 60, 40 / 20])
@@ -157,8 +163,8 @@ def pipeline_config(**train) -> PipelineConfig:
     )
 
 
-def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactly(tmp_path, monkeypatch):
-    """Every option on, killed mid-epoch (after the step-15 checkpoint, epoch 2): the resumed run
+def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactly(tmp_path):
+    """Every option on, crashed mid-epoch (after step 17, the step-15 checkpoint on disk, epoch 2): the resumed run
     ends with the uninterrupted run's exact weights, so the per-step scheduler's state
     travels in the checkpoint."""
     rows = make_rows(300, seed=1) + [("neg", "dull and boring film .")] * 60  # imbalanced on purpose
@@ -169,26 +175,27 @@ def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactl
     run = json.loads((tmp_path / "reference" / "run.json").read_text())
     assert run["label_counts"] == {"neg": 210, "pos": 150}
 
-    real, calls = textpipe.train.train_step, [0]
+    saved = threading.Event()
+    stops = [listen("checkpoint_saved", lambda step, **_: step == 15 and saved.set())]
 
-    def crash_at_step_18(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 18:
+    def crash_after_step_17(step, **_):
+        if step == 17:
+            assert saved.wait(60), "the step-15 checkpoint reaches the disk"  # so the crash cannot race its write
             raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(textpipe.train, "train_step", crash_at_step_18)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_files(train, test, tmp_path / "crashed", config=config, quiet=True)
-    monkeypatch.setattr(textpipe.train, "train_step", real)
+    stops.append(listen("step_done", crash_after_step_17))
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_files(train, test, tmp_path / "crashed", config=config, quiet=True)
+    finally:
+        for stop in stops:
+            stop()
     resume_run(tmp_path / "crashed", quiet=True)
     for name in ("weights.safetensors", "metrics.json"):
         assert filecmp.cmp(tmp_path / "reference" / name, tmp_path / "crashed" / name, shallow=False), name
 
 
 def test_row_adam_matches_torch_sparse_adam():
-    from textpipe.train import RowAdam
-
     torch.manual_seed(0)
     tables = [torch.nn.Embedding(50, 8, sparse=True) for _ in range(2)]
     tables[1].load_state_dict(tables[0].state_dict())
@@ -204,8 +211,6 @@ def test_row_adam_matches_torch_sparse_adam():
 
 
 def test_row_adam_refuses_dense_gradients():
-    from textpipe.train import RowAdam
-
     layer = torch.nn.Linear(3, 1)
     optimizer = RowAdam(layer.parameters())
     layer(torch.ones(1, 3)).sum().backward()
@@ -214,8 +219,6 @@ def test_row_adam_refuses_dense_gradients():
 
 
 def test_row_adam_saves_used_rows_only_and_restores_exactly():
-    from textpipe.train import RowAdam
-
     torch.manual_seed(0)
     table = torch.nn.Embedding(1000, 8, sparse=True)
     optimizer = RowAdam(table.parameters(), lr=0.01)

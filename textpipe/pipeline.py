@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .bundle import load_bundle, save_bundle
 from .checkpoint import CheckpointStore, OutputError
 from .files import file_sha256, write_json_atomic
+from .events import emit
 from .explain import strongest_features
 from .runfolder import STAGE, RunLock, commit, is_complete, stage_of, start_fresh, unfinished
 from .collate import pad_collate
@@ -43,7 +44,9 @@ from .models import ModelConfig, build_model
 from .report import misclassified, search_notes, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer, TokenizerConfig
-from .train import FitResult, TrainConfig, evaluate, fit, predict_logits, resolve_device, set_seed
+from .metrics import evaluate, predict_logits
+from .runtime import RunContext, resolve_device, run_scope, set_seed
+from .train import FitResult, TrainConfig, fit
 from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
 from .vocab import build_vocab, load_vocab, save_vocab
 
@@ -252,6 +255,7 @@ def _run(run: dict, out: Path, final: Path, config: PipelineConfig, store: Check
                 store.clear()  # first, so a run.json that names the refit never sits beside the first phase's checkpoints
             if rank == 0:
                 write_json_atomic(out / RUN, run)
+            emit("refit_recorded")
             resume = None
     if refit:
         model, vocab, labels, refit_result, skipped = _train_phase(run, out, config, tokenizer, store, quiet, resume, refit_epochs=run["refit"]["epochs"])
@@ -350,8 +354,10 @@ def _train_phase(run: dict, out: Path, config: PipelineConfig, tokenizer: Tokeni
     if not quiet and not refit_epochs and resume is None:
         log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
     train_config = replace(config.train, device=str(device), epochs=refit_epochs or config.train.epochs)
-    result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train, quiet, checkpoints=store, resume=resume,
-                 class_counts=[label_counts.get(label, 0) for label in labels])
+    with run_scope(train_config.deterministic) as stop:
+        context = RunContext(device, rank, world, quiet, checkpoints=store, resume=resume, stop=stop)
+        result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(labels), num_train=num_train,
+                     class_counts=[label_counts.get(label, 0) for label in labels], context=context)
     return model, vocab, labels, result, skipped
 
 

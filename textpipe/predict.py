@@ -23,7 +23,7 @@ from .collate import Batch, collate_flat
 from .explain import Explanation, explain
 from .vocab import UNK_ID
 from .models import capture_pooled
-from .train import predict_logits
+from .metrics import predict_logits
 
 
 class LengthSortedSampler(Sampler[int]):

@@ -174,7 +174,7 @@ def used_rows(model: nn.Module, seed: int) -> tuple[torch.Tensor, str]:
     """
     table = model.embedding.weight.detach()
     from .models import build_model
-    from .train import set_seed
+    from .runtime import set_seed
 
     rng = torch.get_rng_state()
     try:

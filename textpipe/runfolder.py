@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import OutputError
+from .events import emit
 from .files import atomic_write
 
 STAGE, LOCK, COMPLETE = ".textpipe-run", ".textpipe.lock", "COMPLETE"
@@ -118,6 +119,7 @@ def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -
     Safe to repeat after a crash: files already moved are not in ``stage`` any more.
     """
     stage, out = Path(stage), Path(out)
+    emit("commit_start")
     if not is_complete(stage):
         atomic_write(stage / COMPLETE, lambda f: f.write(b"every output of the run is here; only the move into the folder above is left\n"))
     files = sorted(p for p in stage.iterdir() if p.is_file() and p.name not in (COMPLETE, META) and not p.name.startswith("."))
@@ -128,4 +130,5 @@ def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -
         if (out / CHECKPOINTS).is_dir():
             shutil.rmtree(out / CHECKPOINTS)
         os.replace(stage / CHECKPOINTS, out / CHECKPOINTS)
+    emit("commit_files_moved")
     shutil.rmtree(stage)
