@@ -13,9 +13,9 @@ by a background thread, and a kill that raced the write would resume from an old
 import os
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 
+from conftest import when
 from textpipe.events import listen
 from textpipe.models import ModelConfig
 from textpipe.pipeline import DataConfig, PipelineConfig, train_files
@@ -36,7 +36,6 @@ CONFIG = PipelineConfig(
     model=SmallModel(),
     train=TrainConfig(epochs=4, lr=0.02, checkpoint_every=5),
 )
-SAVE_TIMEOUT = 120  # seconds to wait for a checkpoint the point comes after
 
 
 def die(sig: int) -> None:
@@ -45,21 +44,8 @@ def die(sig: int) -> None:
 
 
 def at(event: str, sig: int, after_checkpoint: int | None = None, **match) -> None:
-    """Send ``sig`` at the first ``event`` whose info has the values of ``match``, once the
-    checkpoint of step ``after_checkpoint`` (if given) is on disk."""
-    saved = threading.Event()
-    if after_checkpoint is None:
-        saved.set()
-    else:
-        listen("checkpoint_saved", lambda step, **_: step == after_checkpoint and saved.set())
-
-    def maybe_die(**info) -> None:
-        if all(info.get(k) == v for k, v in match.items()):
-            if not saved.wait(SAVE_TIMEOUT):
-                raise RuntimeError(f"checkpoint {after_checkpoint} was never saved")
-            die(sig)
-
-    listen(event, maybe_die)
+    """Send ``sig`` at the first ``event`` whose info holds ``match``, after checkpoint ``after_checkpoint``."""
+    when(event, lambda: die(sig), after_checkpoint, **match)
 
 
 def half_written_checkpoint(sig: int, step: int) -> None:

@@ -1,23 +1,30 @@
-"""Training options: warmup + per-step schedule, gradient clipping, label smoothing, class weights."""
+"""Training options (warmup + per-step schedule, gradient clipping, label smoothing, class weights)
+and the loop's contract: its named events, its process-wide settings, its stop on a signal."""
 
+import ast
 import filecmp
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import textpipe.train
-from conftest import make_rows, write_csv
+from conftest import crash_after_step, make_rows, write_csv
+from textpipe.checkpoint import CheckpointStore
 from textpipe.collate import pad_collate
 from textpipe.events import listen
 from textpipe.models import ModelConfig, build_model
 from textpipe.optim import RowAdam, clip_grad_norm, lr_factor
 from textpipe.pipeline import DataConfig, PipelineConfig, resume_run, train_files
-from textpipe.runtime import RunContext
+from textpipe.runtime import RunContext, run_scope
 from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig, class_weight_tensor, fit
+from textpipe.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit
 
 QUIET = RunContext(quiet=True)
 
@@ -175,21 +182,8 @@ def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactl
     run = json.loads((tmp_path / "reference" / "run.json").read_text())
     assert run["label_counts"] == {"neg": 210, "pos": 150}
 
-    saved = threading.Event()
-    stops = [listen("checkpoint_saved", lambda step, **_: step == 15 and saved.set())]
-
-    def crash_after_step_17(step, **_):
-        if step == 17:
-            assert saved.wait(60), "the step-15 checkpoint reaches the disk"  # so the crash cannot race its write
-            raise RuntimeError("simulated crash")
-
-    stops.append(listen("step_done", crash_after_step_17))
-    try:
-        with pytest.raises(RuntimeError, match="simulated crash"):
-            train_files(train, test, tmp_path / "crashed", config=config, quiet=True)
-    finally:
-        for stop in stops:
-            stop()
+    with crash_after_step(17, RuntimeError("simulated crash"), after_checkpoint=15), pytest.raises(RuntimeError, match="simulated crash"):
+        train_files(train, test, tmp_path / "crashed", config=config, quiet=True)
     resume_run(tmp_path / "crashed", quiet=True)
     for name in ("weights.safetensors", "metrics.json"):
         assert filecmp.cmp(tmp_path / "reference" / name, tmp_path / "crashed" / name, shallow=False), name
@@ -233,3 +227,73 @@ def test_row_adam_saves_used_rows_only_and_restores_exactly():
     for key in ("exp_avg", "exp_avg_sq", "used"):
         assert torch.equal(restored.state[clone.weight][key], optimizer.state[table.weight][key]), key
     assert restored.state[clone.weight]["step"] == 1
+
+
+class ResumableList(list):
+    """Batches with the ``state_dict`` of a resumable loader, so fit may checkpoint mid-epoch."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def test_the_loop_announces_each_step_epoch_and_checkpoint_by_number(tmp_path):
+    announced, saved = [], []
+    stops = [listen(name, lambda name=name, **info: announced.append((name, info.get("step", info.get("epoch")))))
+             for name in ("step_done", "evaluated", "epoch_done")]
+    stops.append(listen("checkpoint_saved", lambda step, path, **_: saved.append((step, path.name))))  # from the writer thread
+    batches = ResumableList(toy_batches(3))
+    try:
+        context = RunContext(quiet=True, checkpoints=CheckpointStore(tmp_path, keep=5))
+        fit(small_bag(), batches, batches, TrainConfig(epochs=2, patience=5, checkpoint_every=2), num_classes=2, context=context)
+    finally:
+        for stop in stops:
+            stop()
+    epoch = lambda e, steps: [("step_done", s) for s in steps] + [("evaluated", e), ("epoch_done", e)]  # noqa: E731
+    assert announced == epoch(1, [1, 2, 3]) + epoch(2, [4, 5, 6])
+    assert saved == [(2, "step-000000002.pt"), (4, "step-000000004.pt"), (6, "step-000000006.pt")]  # all on disk when fit returns
+
+
+def process_settings() -> tuple:
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), torch.are_deterministic_algorithms_enabled()
+
+
+def test_fit_changes_no_process_wide_setting_and_run_scope_puts_them_back():
+    before, during = process_settings(), []
+    stop_listening = listen("step_done", lambda **_: during.append(process_settings()))
+    batches = toy_batches(2)
+    config = TrainConfig(epochs=1, deterministic=True)
+    try:
+        fit(small_bag(), batches, batches, config, num_classes=2, context=QUIET)  # from a notebook, say
+        assert during == [before] * 2, "fit alone installs no handler and leaves deterministic mode as it was"
+        with run_scope(config.deterministic) as stop:
+            fit(small_bag(), batches, batches, config, num_classes=2, context=RunContext(quiet=True, stop=stop))
+        assert during[-1] == (stop._handle, stop._handle, True)
+    finally:
+        stop_listening()
+    assert process_settings() == before
+
+
+def test_a_signal_inside_run_scope_stops_at_the_next_step_with_a_checkpoint(tmp_path):
+    batches = ResumableList(toy_batches(4))
+    stop_listening = listen("step_done", lambda step, **_: step == 2 and os.kill(os.getpid(), signal.SIGINT))
+    try:
+        with run_scope() as stop, pytest.raises(TrainingInterrupted) as stopped:
+            context = RunContext(quiet=True, checkpoints=CheckpointStore(tmp_path, keep=2), stop=stop)
+            fit(small_bag(), batches, batches, TrainConfig(epochs=1), num_classes=2, context=context)
+    finally:
+        stop_listening()
+    assert (stopped.value.signal_name, stopped.value.checkpoint) == ("SIGINT", str(tmp_path / "step-000000003.pt"))
+    assert CheckpointStore(tmp_path).load_latest()["state"]["step"] == 3
+
+
+LOOP = ("train", "optim", "metrics", "runtime", "checkpoint")
+TENSOR_CORE = {*LOOP, "collate", "models", "events", "files"}
+
+
+def test_the_loop_stays_inside_the_tensor_core_wall():
+    for name in LOOP:
+        tree = ast.parse((Path(textpipe.train.__file__).parent / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert imported <= TENSOR_CORE, f"{name}.py imports {imported - TENSOR_CORE}"
+    code = f"import sys, {', '.join('textpipe.' + name for name in LOOP)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchtext', 'spacy')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -205,7 +205,8 @@ def fit(
     """
     context = context or RunContext.resolve(config.device)
     loop = _Loop(model, train_loader, dev_loader, config, num_classes, context, _steps_per_epoch(train_loader, num_train, config))
-    loss_fn = _loss_function(config, class_counts, context.device)
+    weights = class_weight_tensor(class_counts or [], config.class_weights)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(context.device), label_smoothing=config.label_smoothing)
     while not loop.state.finished:
         loop.train_one_epoch(loss_fn, num_train)
         loop.end_epoch()
@@ -218,7 +219,8 @@ class _Loop:
     def __init__(self, model, train_loader, dev_loader, config: TrainConfig, num_classes: int, context: RunContext, steps_per_epoch: int):
         self.model, self.train_loader, self.dev_loader = model.to(context.device), train_loader, dev_loader
         self.config, self.num_classes, self.context = config, num_classes, context
-        self.train_model = distributed_wrap(model, context.device)  # the same parameters; evaluation uses `model` directly
+        # DDP under torchrun: the same parameters; evaluation uses `model` directly.
+        self.train_model = distributed_wrap(model, context.device) if context.world_size > 1 else model
         self.optimizers = make_optimizers(model, config)
         self.schedulers = make_schedulers(self.optimizers, config, steps_per_epoch)
         self.per_step = per_step_schedule(config)
@@ -246,7 +248,10 @@ class _Loop:
                     raise self._diverged(loss_sum)
                 for scheduler in self.schedulers if self.per_step else ():
                     scheduler.step()
-                state.step, state.loss_sum, state.correct, state.seen = state.step + 1, state.loss_sum + loss_sum, state.correct + correct, state.seen + len(batch)
+                state.step += 1
+                state.loss_sum += loss_sum
+                state.correct += correct
+                state.seen += len(batch)
                 bar.update(len(batch))
                 bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
                 self._stop_if_signalled(mid_epoch=True)
@@ -377,11 +382,6 @@ def epoch_line(record: dict, improved: bool, rows_per_s: float = 0.0) -> str:
     """The log line of one epoch's ``history`` record; `` *`` marks a new best dev epoch."""
     dev = f" | dev acc {record['dev_accuracy']:.4f} f1 {record['dev_macro_f1']:.4f} loss {record['dev_loss']:.4f}{' *' if improved else ''}" if "dev_accuracy" in record else ""
     return f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){dev}"
-
-
-def _loss_function(config: TrainConfig, class_counts: list[int] | None, device: torch.device) -> nn.Module:
-    weights = class_weight_tensor(class_counts or [], config.class_weights)
-    return nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), reduction="mean", label_smoothing=config.label_smoothing)
 
 
 def _steps_per_epoch(train_loader, num_train: int | None, config: TrainConfig) -> int:
