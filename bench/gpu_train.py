@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from textpipe.collate import collate_flat  # noqa: E402
 from textpipe.models import ModelConfig, build_model  # noqa: E402
-from textpipe.train import TrainConfig, make_optimizers, train_step  # noqa: E402
+from textpipe.optim import make_optimizers  # noqa: E402
+from textpipe.train import TrainConfig, train_step  # noqa: E402
 
 
 def write_tensor_file(out: str | Path, cache_folder: str | Path) -> None:

@@ -45,7 +45,8 @@ from textpipe.models import ModelConfig, build_model  # noqa: E402
 from textpipe.predict import Predictor  # noqa: E402
 from textpipe.sources import read_examples  # noqa: E402
 from textpipe.tokenizer import Tokenizer  # noqa: E402
-from textpipe.train import TrainConfig, make_optimizers, train_step  # noqa: E402
+from textpipe.optim import make_optimizers  # noqa: E402
+from textpipe.train import TrainConfig, train_step  # noqa: E402
 from textpipe.vocab import build_vocab  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"

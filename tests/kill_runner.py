@@ -4,23 +4,23 @@
 
 KILL_POINT is one of KILL_POINTS below; the process sends itself SIGNAL there
 (default SIGKILL: no handler, no cleanup, exactly what a crash or `kill -9` does).
+Each point is a named event of the run (textpipe.events), matched by step, epoch or
+checkpoint number, never by counting calls of an internal function. A point meant
+"after checkpoint N" waits until that checkpoint is on disk: checkpoints are written
+by a background thread, and a kill that raced the write would resume from an older one.
 """
 
 import os
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-import textpipe.bundle
-import textpipe.checkpoint
-import textpipe.runfolder
-import textpipe.train
+from conftest import when
 from textpipe.events import listen
 from textpipe.models import ModelConfig
 from textpipe.pipeline import DataConfig, PipelineConfig, train_files
 from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig
+from textpipe.train import TrainConfig, TrainingInterrupted
 
 
 @dataclass
@@ -43,58 +43,51 @@ def die(sig: int) -> None:
     os.kill(os.getpid(), sig)
 
 
-def on_call(module, name: str, nth: int, sig: int, before=None) -> None:
-    """Replace ``module.name`` with a wrapper that signals on its ``nth`` call (after running ``before``)."""
-    real, calls = getattr(module, name), [0]
+def at(event: str, sig: int, after_checkpoint: int | None = None, **match) -> None:
+    """Send ``sig`` at the first ``event`` whose info holds ``match``, after checkpoint ``after_checkpoint``."""
+    when(event, lambda: die(sig), after_checkpoint, **match)
 
-    def wrapper(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == nth:
-            if before:
-                before(*args, **kwargs)
+
+def half_written_checkpoint(sig: int, step: int) -> None:
+    """While checkpoint ``step`` is written: leave half its bytes in the temporary file, then send ``sig``."""
+
+    def cut_and_die(file, **info) -> None:
+        if info["step"] == step:
+            file.flush()
+            os.ftruncate(file.fileno(), file.tell() // 2)
             die(sig)
-        return real(*args, **kwargs)
 
-    setattr(module, name, wrapper)
-
-
-def on_event(name: str, sig: int, **match) -> None:
-    """Signal at the first ``emit(name, ...)`` whose info includes ``match``."""
-    listen(name, lambda **info: die(sig) if match.items() <= info.items() else None)
+    listen("checkpoint_temp_written", cut_and_die)
 
 
-def half_written_checkpoint(path, write, *_):
-    """Leave what a crash mid-write leaves: half the bytes in the temporary file."""
-    if Path(path).name.startswith("step-"):
-        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-        with open(tmp, "wb") as f:
-            write(f)
-        tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
+def in_refit(point):
+    """``point``, armed only once run.json has recorded the refit (the second training phase)."""
+    return lambda sig: listen("phase_start", lambda phase, **_: point(sig) if phase == "refit" else None)
 
 
 KILL_POINTS = {
     # before any checkpoint: the resume starts the run from the beginning
-    "early": lambda sig: on_call(textpipe.train, "train_step", 3, sig),
-    # mid-epoch, two steps after the step-15 checkpoint (epoch 2 of 4)
-    "mid-epoch": lambda sig: on_call(textpipe.train, "train_step", 17, sig),
-    # between epochs: at epoch 3's first step (the newest checkpoint is step 20's, in epoch 2)
-    "between-epochs": lambda sig: on_call(textpipe.train, "train_step", 25, sig),
-    # while dev is scored at the end of epoch 3
-    "during-evaluation": lambda sig: on_call(textpipe.train, "evaluate", 3, sig),
-    # during the write of the third step checkpoint: a half-written temporary file
-    "during-checkpoint-write": lambda sig: on_call(textpipe.checkpoint, "atomic_write", 5, sig, before=half_written_checkpoint),  # each checkpoint: its file, then digests.json
+    "early": lambda sig: at("step_done", sig, step=2),
+    # mid-epoch, one step after the step-15 checkpoint (epoch 2 of 4)
+    "mid-epoch": lambda sig: at("step_done", sig, after_checkpoint=15, step=16),
+    # between epochs: epoch 2 recorded, epoch 3 not begun (the newest checkpoint is step 20's, in epoch 2)
+    "between-epochs": lambda sig: at("epoch_done", sig, after_checkpoint=20, epoch=2),
+    # dev of epoch 3 scored, the score not yet recorded
+    "dev-scored": lambda sig: at("evaluated", sig, after_checkpoint=35, epoch=3),
+    # during the write of the step-15 checkpoint: a half-written temporary file
+    "during-checkpoint-write": lambda sig: half_written_checkpoint(sig, step=15),
     # after training, with the weights of the final bundle written but not its vocabulary or bundle.json
-    "during-bundle-save": lambda sig: on_call(textpipe.bundle, "save_vocab", 1, sig),
+    "during-bundle-save": lambda sig: at("bundle_weights_written", sig),
     # every output in the staging folder, the move into OUT not begun
-    "before-commit": lambda sig: on_event("commit_start", sig),
+    "before-commit": lambda sig: at("commit_start", sig),
     # every output moved into OUT, the staging folder not yet removed
-    "during-commit": lambda sig: on_call(textpipe.runfolder.shutil, "rmtree", 1, sig),
+    "during-commit": lambda sig: at("commit_files_moved", sig),
     # between the phases: the first phase's checkpoints cleared, run.json not yet told about the refit
-    "before-refit-recorded": lambda sig: on_event("phase_end", sig, phase="train"),
+    "before-refit-recorded": lambda sig: at("phase_end", sig, phase="train"),
     # the refit recorded in run.json, its vocabulary not yet built
-    "refit-vocab": lambda sig: on_event("phase_start", sig, phase="refit"),
-    # mid-refit, two steps after its step-15 checkpoint (48 steps of the first phase before it)
-    "mid-refit": lambda sig: on_call(textpipe.train, "train_step", 48 + 17, sig),
+    "refit-vocab": lambda sig: at("phase_start", sig, phase="refit"),
+    # mid-refit, one step after its step-15 checkpoint
+    "mid-refit": in_refit(lambda sig: at("step_done", sig, after_checkpoint=15, step=16)),
 }
 
 
@@ -105,6 +98,6 @@ if __name__ == "__main__":
         KILL_POINTS[rest[0]](sig)
     try:
         train_files(train, test, out, config=CONFIG, quiet=True)
-    except textpipe.train.TrainingInterrupted as err:
+    except TrainingInterrupted as err:
         print(err)
         sys.exit(130)

@@ -6,7 +6,8 @@ from torch import nn
 
 from textpipe.collate import pad_collate
 from textpipe.models import BagOfNgrams, ModelConfig, bag_mean_table_grad
-from textpipe.train import RowAdam, TrainConfig, _sqrt_floor, make_optimizers, train_step
+from textpipe.optim import RowAdam, _sqrt_floor, make_optimizers
+from textpipe.train import TrainConfig, train_step
 
 
 def autograd_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pooled: torch.Tensor, num_rows: int) -> torch.Tensor:

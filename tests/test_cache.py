@@ -147,7 +147,8 @@ def test_pad_fraction_counts_pad_positions():
 
 def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch):
     from textpipe.pipeline import DataConfig, PipelineConfig, train_files
-    from textpipe.train import TrainConfig, resolve_device
+    from textpipe.runtime import resolve_device
+    from textpipe.train import TrainConfig
 
     train, test, _ = toy_files
     config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_rows, write_csv
-from test_report import png_size
+from conftest import make_rows, png_size, write_csv
 from textpipe import cli
 from textpipe.cli import bundles
 from textpipe.config import PipelineConfig, default_toml, load, read_file

@@ -37,7 +37,9 @@ def _ranks_agree(rank: int, port: int, results) -> None:
 
     from textpipe.collate import pad_collate
     from textpipe.models import ModelConfig, build_model
-    from textpipe.train import TrainConfig, _uneven_inputs, distributed_wrap, make_optimizers, train_step
+    from textpipe.optim import make_optimizers
+    from textpipe.runtime import distributed_wrap, join_uneven_inputs
+    from textpipe.train import TrainConfig, train_step
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -46,7 +48,7 @@ def _ranks_agree(rank: int, port: int, results) -> None:
     ddp = distributed_wrap(model, torch.device("cpu"))
     optimizers, loss_fn = make_optimizers(model, TrainConfig(lr=0.05)), torch.nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(100 + rank)
-    with _uneven_inputs(ddp):
+    with join_uneven_inputs(ddp):
         for _ in range(5 + 2 * rank):  # rank 1 runs two batches more
             rows = [(torch.randint(2, 50, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g), int(torch.randint(0, 2, (1,), generator=g))) for _ in range(8)]
             train_step(ddp, pad_collate(rows), optimizers, loss_fn)

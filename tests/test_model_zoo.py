@@ -8,7 +8,8 @@ from torch import nn
 
 from textpipe.collate import pad_collate
 from textpipe.models import MODELS, ModelConfig, build_model, capture_pooled
-from textpipe.train import TrainConfig, make_optimizers
+from textpipe.optim import make_optimizers
+from textpipe.train import TrainConfig
 
 NAMES = ["bag", "cnn", "gru", "transformer"]
 VOCAB, CLASSES = 40, 3

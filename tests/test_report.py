@@ -5,11 +5,9 @@ import csv
 import pytest
 import torch
 
-from textpipe.report import (
-    CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED, PNG_SIZE, REPORT, confusion_matrix, misclassified, per_class_metrics,
-    summarize, write_report,
-)
-from textpipe.train import evaluate
+from conftest import png_size
+from textpipe.metrics import confusion_matrix, evaluate, per_class_metrics
+from textpipe.report import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED, PNG_SIZE, REPORT, misclassified, summarize, write_report
 
 LABELS = ["neg", "neutral", "pos"]
 GOLD = torch.tensor([0, 0, 0, 1, 1, 2])
@@ -18,13 +16,6 @@ HISTORY = [
     {"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 0.5 / e, "dev_loss": 1.2 / e, "dev_accuracy": 1 - 0.6 / e, "dev_macro_f1": 1 - 0.7 / e}
     for e in (1, 2, 3)
 ]
-
-
-def png_size(path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk, which the format puts first."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def logits_for(predicted: torch.Tensor, confidence: list[float]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_rows, write_csv
+from conftest import crash_after_step, make_rows, write_csv
 from textpipe.cli import atomic_output
 from textpipe.runfolder import LOCK, STAGE, RunLock
 
@@ -189,7 +189,6 @@ def test_cache_dir_false_turns_the_cache_off(data, tmp_path):
 
 
 def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
-    import textpipe.train
     from textpipe.pipeline import PipelineConfig, resume_run, train_files
     from textpipe.sources import DataError
     from textpipe.tokenizer import TokenizerConfig
@@ -199,20 +198,8 @@ def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
     test = write_csv(tmp_path / "test.csv", make_rows(50, seed=3))
     config = PipelineConfig(tokenizer=TokenizerConfig("whitespace"), train=TrainConfig(epochs=1, checkpoint_every=1))
     config.model.ngram_buckets = 64
-    real_step, calls = textpipe.train.train_step, []
-
-    def crash_at_the_third_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    textpipe.train.train_step = crash_at_the_third_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_files(train, test, tmp_path / "run", config=config, quiet=True)
-    finally:
-        textpipe.train.train_step = real_step
+    with crash_after_step(2, KeyboardInterrupt(), after_checkpoint=2), pytest.raises(KeyboardInterrupt):
+        train_files(train, test, tmp_path / "run", config=config, quiet=True)
     before = train.stat()
     data = train.read_bytes()
     train.write_bytes(data.replace(b"pos,", b"neg,", 1))  # same size

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import make_rows, write_csv
+from conftest import crash_after_step, make_rows, write_csv
 from textpipe.pipeline import DataConfig, PipelineConfig, report_file, train_files
 from textpipe.sources import SourceConfig
 from textpipe.tokenizer import TokenizerConfig
@@ -116,25 +116,11 @@ def test_source_section_round_trips_through_the_config_dict():
 def test_a_resumed_run_still_reports_the_training_files_skipped_rows(bad_files, tmp_path):
     from textpipe.pipeline import resume_run
 
-    import textpipe.train
-
     train, dev, test = bad_files
     first = train_files(train, test, tmp_path / "first", dev=dev, config=skip_config(), quiet=True)
     config = skip_config()
     config.train.checkpoint_every = 1
-    real_step, calls = textpipe.train.train_step, []
-
-    def crash_at_the_second_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # a crash after the first step's checkpoint
-        return real_step(*args, **kwargs)
-
-    textpipe.train.train_step = crash_at_the_second_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train_files(train, test, tmp_path / "run", dev=dev, config=config, quiet=True)
-    finally:
-        textpipe.train.train_step = real_step
+    with crash_after_step(1, KeyboardInterrupt(), after_checkpoint=1), pytest.raises(KeyboardInterrupt):  # a crash after the first step's checkpoint
+        train_files(train, test, tmp_path / "run", dev=dev, config=config, quiet=True)
     again = resume_run(tmp_path / "run", quiet=True)
     assert again["skipped"] == first["skipped"] and first["skipped"]["train"] == REASONS

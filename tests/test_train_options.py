@@ -1,19 +1,32 @@
-"""Training options: warmup + per-step schedule, gradient clipping, label smoothing, class weights."""
+"""Training options (warmup + per-step schedule, gradient clipping, label smoothing, class weights)
+and the loop's contract: its named events, its process-wide settings, its stop on a signal."""
 
+import ast
 import filecmp
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import textpipe.train
-from conftest import make_rows, write_csv
+from conftest import crash_after_step, make_rows, write_csv
+from textpipe.checkpoint import CheckpointStore
 from textpipe.collate import pad_collate
+from textpipe.events import listen
 from textpipe.models import ModelConfig, build_model
+from textpipe.optim import RowAdam, clip_grad_norm, lr_factor
 from textpipe.pipeline import DataConfig, PipelineConfig, resume_run, train_files
+from textpipe.runtime import RunContext, run_scope
 from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig, class_weight_tensor, clip_grad_norm, fit, lr_factor
+from textpipe.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit
+
+QUIET = RunContext(quiet=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,7 +87,7 @@ def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(n_batches=5)
     config = TrainConfig(epochs=2, batch_size=8, lr=0.01, warmup=0.3, schedule="linear_steps", patience=5)
-    fit(small_bag(), batches, batches, config, num_classes=2, num_train=40, quiet=True)
+    fit(small_bag(), batches, batches, config, num_classes=2, num_train=40, context=QUIET)
     expected = [0.01 * lr_factor(config, 5)(s) for s in range(10)]
     assert len(seen) == 10
     for step, lrs in enumerate(s["lrs"] for s in seen):
@@ -85,7 +98,7 @@ def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
 def test_without_warmup_the_linear_schedule_still_steps_per_epoch(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(n_batches=3)
-    fit(small_bag(), batches, batches, TrainConfig(epochs=2, lr=0.01, schedule="linear", patience=5), num_classes=2, quiet=True)
+    fit(small_bag(), batches, batches, TrainConfig(epochs=2, lr=0.01, schedule="linear", patience=5), num_classes=2, context=QUIET)
     assert [s["lrs"][0] for s in seen] == pytest.approx([0.01] * 3 + [0.005] * 3)
 
 
@@ -116,7 +129,7 @@ def test_fit_clips_when_asked(monkeypatch):
 
     monkeypatch.setattr(textpipe.train, "clip_grad_norm", record)
     batches = toy_batches(4)
-    fit(small_bag(), batches, batches, TrainConfig(epochs=1, lr=0.01, grad_clip=1e-3), num_classes=2, quiet=True)
+    fit(small_bag(), batches, batches, TrainConfig(epochs=1, lr=0.01, grad_clip=1e-3), num_classes=2, context=QUIET)
     assert len(norms) == 4 and max(norms) <= 1e-3 * 1.0001
 
 
@@ -132,7 +145,7 @@ def test_fit_builds_the_loss_from_the_options(monkeypatch):
     seen = spy_train_step(monkeypatch)
     batches = toy_batches(2)
     config = TrainConfig(epochs=1, label_smoothing=0.1, class_weights="balanced")
-    fit(small_bag(), batches, batches, config, num_classes=2, quiet=True, class_counts=[30, 10])
+    fit(small_bag(), batches, batches, config, num_classes=2, class_counts=[30, 10], context=QUIET)
     loss_fn = seen[0]["loss_fn"]
     assert loss_fn.label_smoothing == 0.1
     assert loss_fn.weight.tolist() == pytest.approx([40 / 60, 40 / 20])
@@ -157,8 +170,8 @@ def pipeline_config(**train) -> PipelineConfig:
     )
 
 
-def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactly(tmp_path, monkeypatch):
-    """Every option on, killed mid-epoch (after the step-15 checkpoint, epoch 2): the resumed run
+def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactly(tmp_path):
+    """Every option on, crashed mid-epoch (after step 17, the step-15 checkpoint on disk, epoch 2): the resumed run
     ends with the uninterrupted run's exact weights, so the per-step scheduler's state
     travels in the checkpoint."""
     rows = make_rows(300, seed=1) + [("neg", "dull and boring film .")] * 60  # imbalanced on purpose
@@ -169,26 +182,14 @@ def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactl
     run = json.loads((tmp_path / "reference" / "run.json").read_text())
     assert run["label_counts"] == {"neg": 210, "pos": 150}
 
-    real, calls = textpipe.train.train_step, [0]
-
-    def crash_at_step_18(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 18:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(textpipe.train, "train_step", crash_at_step_18)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_after_step(17, RuntimeError("simulated crash"), after_checkpoint=15), pytest.raises(RuntimeError, match="simulated crash"):
         train_files(train, test, tmp_path / "crashed", config=config, quiet=True)
-    monkeypatch.setattr(textpipe.train, "train_step", real)
     resume_run(tmp_path / "crashed", quiet=True)
     for name in ("weights.safetensors", "metrics.json"):
         assert filecmp.cmp(tmp_path / "reference" / name, tmp_path / "crashed" / name, shallow=False), name
 
 
 def test_row_adam_matches_torch_sparse_adam():
-    from textpipe.train import RowAdam
-
     torch.manual_seed(0)
     tables = [torch.nn.Embedding(50, 8, sparse=True) for _ in range(2)]
     tables[1].load_state_dict(tables[0].state_dict())
@@ -204,8 +205,6 @@ def test_row_adam_matches_torch_sparse_adam():
 
 
 def test_row_adam_refuses_dense_gradients():
-    from textpipe.train import RowAdam
-
     layer = torch.nn.Linear(3, 1)
     optimizer = RowAdam(layer.parameters())
     layer(torch.ones(1, 3)).sum().backward()
@@ -214,8 +213,6 @@ def test_row_adam_refuses_dense_gradients():
 
 
 def test_row_adam_saves_used_rows_only_and_restores_exactly():
-    from textpipe.train import RowAdam
-
     torch.manual_seed(0)
     table = torch.nn.Embedding(1000, 8, sparse=True)
     optimizer = RowAdam(table.parameters(), lr=0.01)
@@ -230,3 +227,73 @@ def test_row_adam_saves_used_rows_only_and_restores_exactly():
     for key in ("exp_avg", "exp_avg_sq", "used"):
         assert torch.equal(restored.state[clone.weight][key], optimizer.state[table.weight][key]), key
     assert restored.state[clone.weight]["step"] == 1
+
+
+class ResumableList(list):
+    """Batches with the ``state_dict`` of a resumable loader, so fit may checkpoint mid-epoch."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def test_the_loop_announces_each_step_epoch_and_checkpoint_by_number(tmp_path):
+    announced, saved = [], []
+    stops = [listen(name, lambda name=name, **info: announced.append((name, info.get("step", info.get("epoch")))))
+             for name in ("step_done", "evaluated", "epoch_done")]
+    stops.append(listen("checkpoint_saved", lambda step, path, **_: saved.append((step, path.name))))  # from the writer thread
+    batches = ResumableList(toy_batches(3))
+    try:
+        context = RunContext(quiet=True, checkpoints=CheckpointStore(tmp_path, keep=5))
+        fit(small_bag(), batches, batches, TrainConfig(epochs=2, patience=5, checkpoint_every=2), num_classes=2, context=context)
+    finally:
+        for stop in stops:
+            stop()
+    epoch = lambda e, steps: [("step_done", s) for s in steps] + [("evaluated", e), ("epoch_done", e)]  # noqa: E731
+    assert announced == epoch(1, [1, 2, 3]) + epoch(2, [4, 5, 6])
+    assert saved == [(2, "step-000000002.pt"), (4, "step-000000004.pt"), (6, "step-000000006.pt")]  # all on disk when fit returns
+
+
+def process_settings() -> tuple:
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), torch.are_deterministic_algorithms_enabled()
+
+
+def test_fit_changes_no_process_wide_setting_and_run_scope_puts_them_back():
+    before, during = process_settings(), []
+    stop_listening = listen("step_done", lambda **_: during.append(process_settings()))
+    batches = toy_batches(2)
+    config = TrainConfig(epochs=1, deterministic=True)
+    try:
+        fit(small_bag(), batches, batches, config, num_classes=2, context=QUIET)  # from a notebook, say
+        assert during == [before] * 2, "fit alone installs no handler and leaves deterministic mode as it was"
+        with run_scope(config.deterministic) as stop:
+            fit(small_bag(), batches, batches, config, num_classes=2, context=RunContext(quiet=True, stop=stop))
+        assert during[-1] == (stop._handle, stop._handle, True)
+    finally:
+        stop_listening()
+    assert process_settings() == before
+
+
+def test_a_signal_inside_run_scope_stops_at_the_next_step_with_a_checkpoint(tmp_path):
+    batches = ResumableList(toy_batches(4))
+    stop_listening = listen("step_done", lambda step, **_: step == 2 and os.kill(os.getpid(), signal.SIGINT))
+    try:
+        with run_scope() as stop, pytest.raises(TrainingInterrupted) as stopped:
+            context = RunContext(quiet=True, checkpoints=CheckpointStore(tmp_path, keep=2), stop=stop)
+            fit(small_bag(), batches, batches, TrainConfig(epochs=1), num_classes=2, context=context)
+    finally:
+        stop_listening()
+    assert (stopped.value.signal_name, stopped.value.checkpoint) == ("SIGINT", str(tmp_path / "step-000000003.pt"))
+    assert CheckpointStore(tmp_path).load_latest()["state"]["step"] == 3
+
+
+LOOP = ("train", "optim", "metrics", "runtime", "checkpoint")
+TENSOR_CORE = {*LOOP, "collate", "models", "events", "files"}
+
+
+def test_the_loop_stays_inside_the_tensor_core_wall():
+    for name in LOOP:
+        tree = ast.parse((Path(textpipe.train.__file__).parent / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert imported <= TENSOR_CORE, f"{name}.py imports {imported - TENSOR_CORE}"
+    code = f"import sys, {', '.join('textpipe.' + name for name in LOOP)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchtext', 'spacy')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -4,7 +4,7 @@
 
 Every stage is importable from here, lazily: ``import textpipe.models`` does not
 pull in torchtext or spaCy, so the tensor core (``collate``, ``models``,
-``train``) runs wherever torch does.
+``train`` and the ``optim``, ``metrics``, ``runtime``, ``checkpoint`` it uses) runs wherever torch does.
 
 Example:
     >>> from textpipe import TextClassifier
@@ -27,7 +27,7 @@ _EXPORTS = {
     "Batch": "collate", "pad_collate": "collate", "FlatRows": "collate",
     "ModelConfig": "models", "BagOfNgrams": "models", "TextCNN": "models", "BiGRU": "models",
     "TransformerClassifier": "models", "MODELS": "models", "build_model": "models", "capture_pooled": "models",
-    "TrainConfig": "train", "fit": "train", "evaluate": "train", "set_seed": "train",
+    "TrainConfig": "train", "fit": "train", "evaluate": "metrics", "set_seed": "runtime", "RunContext": "runtime", "run_scope": "runtime",
     "Bundle": "bundle", "save_bundle": "bundle", "load_bundle": "bundle",
     "Predictor": "predict",
     "Explanation": "explain", "explain": "explain", "strongest_features": "explain",

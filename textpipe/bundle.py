@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .events import emit
 from .files import atomic_write, file_sha256, write_json_atomic
 from .models import MODELS, ModelConfig, build_model
 from .compact import dequantize_state, fold_quantized_shapes
@@ -88,6 +89,7 @@ def save_bundle(
             raise BundleError(f"refusing to save {out / WEIGHTS}: tensor {name} holds NaN or infinite values (training diverged)")
     data = safetensors_bytes(state)
     atomic_write(out / WEIGHTS, lambda f: f.write(data))
+    emit("bundle_weights_written")
     save_vocab(vocab, out / VOCAB)
     meta = {
         "format_version": FORMAT_VERSION,

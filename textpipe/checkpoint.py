@@ -15,7 +15,12 @@ state's tensors (a memory copy, fast) and writes the copy from a background thre
 while the next steps run; :meth:`CheckpointStore.wait` blocks until it is on disk
 and raises its error, if any.
 
-Part of the tensor core: imports torch only.
+Named points (:mod:`textpipe.events`) that the kill tests hook into: ``checkpoint_temp_written``
+(``step``, ``path``, ``file``: the bytes are in the open temporary file, not yet renamed),
+``checkpoint_saved`` (``step``, ``path``: on disk and recorded) and ``checkpoints_cleared``.
+The first two are announced from the background writer thread.
+
+Part of the tensor core: imports torch and the standard library only.
 
 Example:
     >>> store = CheckpointStore("runs/mine/.textpipe-run/checkpoints", keep=3)
@@ -33,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from .events import emit
 from .files import atomic_write, file_sha256, is_disk_full, write_json_atomic
 
 CHECKPOINT_VERSION = 2
@@ -77,6 +83,7 @@ class CheckpointStore:
         for path in self.paths():
             path.unlink(missing_ok=True)
         (self.folder / DIGESTS).unlink(missing_ok=True)
+        emit("checkpoints_cleared")
 
     def save(self, state: dict, step: int) -> Path:
         """Write ``state`` as the checkpoint of ``step``, then drop all but the newest ``keep``;
@@ -94,7 +101,7 @@ class CheckpointStore:
         self.wait()
         path = self.folder / f"step-{step:09d}.pt"
         snapshot = _copy_tensors({"checkpoint_version": CHECKPOINT_VERSION, **state})
-        self._writer = threading.Thread(target=self._write_in_background, args=(path, snapshot), name="checkpoint-writer")
+        self._writer = threading.Thread(target=self._write_in_background, args=(path, snapshot, step), name="checkpoint-writer")
         self._writer.start()
         return path
 
@@ -107,9 +114,9 @@ class CheckpointStore:
         if error is not None:
             raise error
 
-    def _write_in_background(self, path: Path, snapshot: dict) -> None:
+    def _write_in_background(self, path: Path, snapshot: dict, step: int) -> None:
         try:
-            self._write(path, snapshot)
+            self._write(path, snapshot, step)
         except Exception as err:  # raised in the training thread by wait()
             self._error = err
 
@@ -144,17 +151,21 @@ class CheckpointStore:
             return {}
         return digests if isinstance(digests, dict) else {}
 
-    def _write(self, path: Path, obj) -> None:
+    def _write(self, path: Path, obj, step: int) -> None:
         # The digest is recorded after the rename and old files go after that: a crash in
         # between leaves an unrecorded newest file, skipped in favour of the recorded one before it.
         digest = {}
+
+        def write(f) -> None:
+            torch.save(obj, f)
+            emit("checkpoint_temp_written", step=step, path=path, file=f)
 
         def hash_it(tmp: Path) -> None:
             digest["sha256"] = file_sha256(tmp)
 
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: torch.save(obj, f), hash_it)
+            atomic_write(path, write, hash_it)
             kept = {p.name for p in self.paths()[-self.keep:]}
             recorded = {**self._digests(), path.name: digest["sha256"]}
             write_json_atomic(self.folder / DIGESTS, {name: h for name, h in recorded.items() if name in kept}, indent=1, sort_keys=True)
@@ -165,6 +176,7 @@ class CheckpointStore:
                 raise
             reason = "No space left on device" if is_disk_full(err) else getattr(err, "strerror", None) or err
             raise CheckpointError(f"could not write checkpoint {path}: {reason}; the previous checkpoint is intact") from err
+        emit("checkpoint_saved", step=step, path=path)
 
 
 def _unrecorded(path: Path, recorded: str | None) -> str | None:

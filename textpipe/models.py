@@ -154,7 +154,7 @@ class BagOfNgrams(nn.Module):
     Bigram ``(a, b)`` of token ids is hashed into one of ``ngram_buckets`` extra rows
     of the embedding table, so the table's size does not grow with the data. The
     table is sparse: only the rows a batch touches get a gradient, which is what
-    makes a 2^18-row table cheap to train (pair it with ``textpipe.train.RowAdam``).
+    makes a 2^18-row table cheap to train (pair it with ``textpipe.optim.RowAdam``).
 
     Example:
         >>> model = BagOfNgrams(ModelConfig(vocab_size=1000, num_classes=2))

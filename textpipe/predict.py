@@ -26,7 +26,7 @@ from .dataset import TextListDataset
 from .explain import Explanation, explain
 from .loader import make_loader
 from .models import capture_pooled
-from .train import predict_logits
+from .metrics import predict_logits
 
 
 class Predictor:

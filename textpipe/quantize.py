@@ -42,7 +42,7 @@ from torch import nn
 from .bundle import META, VOCAB, WEIGHTS, load_bundle, save_bundle
 from .compact import TABLE, quantize_table
 from .models import build_model
-from .train import set_seed
+from .runtime import set_seed
 
 COPIED = ("config.json", "run.json")  # provenance travels with the compact bundle; metrics do not (re-run evaluate)
 

@@ -2,7 +2,7 @@
 
 :func:`summarize` turns the logits of a labelled set into the report's numbers:
 ``overall`` (accuracy, macro-F1, loss, n: the same numbers as
-:func:`textpipe.train.evaluate`), ``per_class`` precision / recall / F1 / support,
+:func:`textpipe.metrics.evaluate`), ``per_class`` precision / recall / F1 / support,
 and the ``confusion`` matrix (rows are the gold labels, columns the predictions).
 :func:`write_report` writes them into a folder as
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write, atomic_write_text
-from .train import classification_metrics
+from .metrics import confusion_matrix, overall_metrics, per_class_metrics
 
 REPORT, CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED = "report.md", "confusion_matrix.png", "learning_curves.png", "misclassified.csv"
 FEATURES_NOTE = ("The words of the training vocabulary that push hardest toward each label: the logit of the word alone "
@@ -55,32 +55,12 @@ class Mistake(NamedTuple):
     confidence: float  # the model's probability for the label it (wrongly) predicted
 
 
-def confusion_matrix(predicted: torch.Tensor, gold: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``(C, C)`` counts: row = gold label index, column = predicted label index."""
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((gold, predicted), torch.ones_like(gold), accumulate=True)
-    return confusion
-
-
-def per_class_metrics(confusion: torch.Tensor, labels: Sequence[str]) -> dict[str, dict]:
-    """Precision, recall, F1 and support (gold count) of each label; 0.0 where undefined."""
-    tp = confusion.diag().double()
-    predicted, support = confusion.sum(0), confusion.sum(1)
-    precision = tp / predicted.double().clamp(min=1)
-    recall = tp / support.double().clamp(min=1)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
-    return {
-        label: {"precision": round(p, 6), "recall": round(r, 6), "f1": round(f, 6), "support": int(s)}
-        for label, p, r, f, s in zip(labels, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())
-    }
-
-
 def summarize(logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str]) -> dict:
     """``{"overall", "per_class", "confusion"}`` of ``logits`` ``(N, C)`` against gold label indices ``(N,)``."""
     predicted = logits.argmax(1)
-    overall = classification_metrics(predicted, gold, len(labels))
-    overall["loss"] = round(nn.functional.cross_entropy(logits, gold).item(), 6)  # as train.evaluate computes it
     confusion = confusion_matrix(predicted, gold, len(labels))
+    overall = overall_metrics(confusion)
+    overall["loss"] = round(nn.functional.cross_entropy(logits, gold).item(), 6)  # as metrics.evaluate computes it
     return {
         "overall": overall,
         "per_class": per_class_metrics(confusion, labels),

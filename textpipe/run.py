@@ -45,7 +45,8 @@ from .runfolder import (
 )
 from .sources import DataError
 from .tokenizer import Tokenizer
-from .train import FitResult, fit, resolve_device, set_seed
+from .runtime import RunContext, resolve_device, run_scope, set_seed
+from .train import FitResult, fit
 from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
 from .vocab import load_vocab, save_vocab
 
@@ -263,8 +264,10 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if not quiet and not refit_epochs and resume is None:
         log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
     train_config = replace(config.train, device=str(placement.device), epochs=refit_epochs or config.train.epochs)
-    result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), state.num_train, quiet,
-                 checkpoints=store, resume=resume, class_counts=[state.label_counts.get(label, 0) for label in state.labels])
+    with run_scope(train_config.deterministic) as stop:
+        context = RunContext(placement.device, placement.rank, placement.world, quiet, checkpoints=store, resume=resume, stop=stop)
+        result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
+                     class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
     return state, PhaseResult(model, vocab, state.labels, result, skipped)
 
 

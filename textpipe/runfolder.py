@@ -171,6 +171,7 @@ def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -
         if (out / CHECKPOINTS).is_dir():
             shutil.rmtree(out / CHECKPOINTS)
         os.replace(stage / CHECKPOINTS, out / CHECKPOINTS)
+    emit("commit_files_moved")
     shutil.rmtree(stage)
 
 

@@ -1,60 +1,53 @@
-"""Stage 6: the training loop and evaluation, on padded batches only (no text, no torchtext).
+"""Stage 6: the training loop, on padded batches only (no text, no torchtext).
 
-One step is the classic five lines::
-
-    optimizer.zero_grad()
-    # Mixed precision on a GPU: bf16 needs no loss scaling; on cpu autocast stays off (exact, resumable results).
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.ids.is_cuda):
-        logits = model(batch.ids, batch.mask)
-        loss = loss_fn(logits.float(), batch.labels)
-    loss.backward()
-    optimizer.step()
-
-(:func:`train_step` clears the gradients with ``model.zero_grad(set_to_none=True)``,
-which does the same as the optimizers' ``zero_grad`` with less overhead per call.)
-Embedding tables built with ``sparse=True`` are stepped by :class:`RowAdam` (lazy
-Adam, as ``torch.optim.SparseAdam``: only the rows a batch used are touched);
-every other parameter by ``AdamW``.
-After each epoch the model is scored on the dev loader and the best weights so far
-are kept: the best epoch has the highest dev accuracy, ties going to the lower dev
-loss. Training stops (and the best weights are restored) when either
+One step (:func:`train_step`) is the classic ``zero_grad`` -> forward -> loss ->
+``backward`` -> ``step``, with AdamW and, for sparse embedding tables, RowAdam
+(:mod:`textpipe.optim`). :func:`fit` runs epochs of steps; after each epoch the model
+is scored on dev (:func:`textpipe.metrics.evaluate`) and the best weights so far are
+kept: the best epoch has the highest dev accuracy, ties going to the lower dev loss.
+Training stops (and the best weights are restored) when either
 
 - the best epoch is ``patience`` epochs old, or
 - dev accuracy has not risen by more than ``min_delta`` for ``2 * patience`` epochs:
   a falling dev loss alone (accuracy tied) keeps training going for at most
   ``patience`` epochs more, so a plateau, e.g. at 1.0 on easy data, stops it.
 
-Given a :class:`~textpipe.checkpoint.CheckpointStore`, :func:`fit` saves the whole
-training state (weights, optimizer moments, RNG states, the DataLoader's position)
-at the end of every epoch and every ``checkpoint_every`` steps, written in the
-background while training goes on, and can resume from it mid-epoch to
-bit-identical weights.
+How the run runs comes in once, as a :class:`~textpipe.runtime.RunContext`. With its
+checkpoint store, the whole training state (weights, optimizer moments, RNG states, the
+DataLoader's position) is saved every ``checkpoint_seconds`` and every ``checkpoint_every``
+steps, in the background, and a resume from it reaches bit-identical weights. :func:`fit`
+changes no process-wide setting; the caller enters :func:`~textpipe.runtime.run_scope`.
+Named points (:mod:`textpipe.events`): ``step_done`` (``step``, ``epoch``; that step's
+checkpoint, if due, begun), ``evaluated`` (``epoch``, ``dev``: scored, not yet recorded),
+``epoch_done`` (``epoch``: recorded, the next not begun).
+
+Example::
+
+    python -m textpipe train --train train.csv --test test.csv --out runs/mine
+    torchrun --standalone --nproc_per_node=2 -m textpipe train --train train.csv --test test.csv --out runs/ddp
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-import signal
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointStore
 from .collate import Batch
+from .events import emit
+from .metrics import evaluate
+from .optim import SCHEDULES, clip_grad_norm, make_optimizers, make_schedulers, per_step_schedule
+from .runtime import RunContext, distributed_wrap, join_uneven_inputs
 
 log = logging.getLogger("textpipe")  # the CLI sends it to stderr; a library caller decides for itself
-
-
-SCHEDULES = ("linear", "constant", "linear_steps")
 
 
 @dataclass
@@ -78,7 +71,7 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0  # with a checkpoint folder: save when this long has passed since the last save (and on SIGINT/SIGTERM)
     keep_checkpoints: int = 2  # newest checkpoints kept while the run goes on; 0 turns checkpoints off
     keep_checkpoints_after: bool = False  # keep the checkpoints once the run has finished (default: delete them)
-    deterministic: bool = False  # torch.use_deterministic_algorithms(True): error on an op with no deterministic kernel
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) (runtime.run_scope): error on an op with no deterministic kernel
     # Without a dev file: once early stopping has picked the epoch count on the held-out rows,
     # train a fresh model on every training row for that many epochs (what the pipeline ships).
     refit: bool = True
@@ -103,13 +96,6 @@ class TrainConfig:
         if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
             raise ValueError(f"lr and weight_decay must be finite numbers: {self}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown train config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -119,303 +105,6 @@ class FitResult:
     best_epoch: int
     best_dev: dict
     history: list[dict] = field(default_factory=list)
-
-
-def set_seed(seed: int) -> None:
-    """Seed Python's and torch's generators (the DataLoader order is seeded by the dataset)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; any other name as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def distributed_wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` in ``DistributedDataParallel`` when a process group is running (torchrun), else ``model`` itself."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _uneven_inputs(model: nn.Module):
-    # Ranks may get one batch more or fewer in an epoch; Join lets the ranks that ran
-    # out shadow the gradient all-reduce of the others instead of hanging.
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        from torch.distributed.algorithms.join import Join
-
-        return Join([model])
-    return contextlib.nullcontext()
-
-
-class RowAdam(torch.optim.Optimizer):
-    """Adam for ``sparse=True`` embedding tables: only the rows a batch used are updated.
-
-    The same "lazy" Adam as ``torch.optim.SparseAdam`` (each used row's moments
-    and weights step as in Adam; unused rows stay as they are), computed with
-    dense ``index_select`` / ``index_copy_`` / ``index_add_`` on the used rows
-    instead of sparse-tensor arithmetic, which made ``SparseAdam`` three quarters
-    of a batch-512 training step.
-
-    Example:
-        >>> table = nn.Embedding(1000, 16, sparse=True)
-        >>> optimizer = RowAdam(table.parameters(), lr=1e-3)
-        >>> table(torch.tensor([[1, 2, 3]])).sum().backward(); optimizer.step()
-    """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-        self._scratch: dict[torch.Tensor, torch.Tensor] = {}
-
-    def state_dict(self) -> dict:
-        """The optimizer state with each table's moments kept for its used rows only.
-
-        A row no batch has used has zero moments; a checkpoint need not store them.
-        On ``mr`` that is over half the table, so the default model's checkpoint
-        shrinks from 215 MB to 121 MB. :meth:`load_state_dict` puts the zeros back.
-        """
-        saved = super().state_dict()  # its per-parameter dicts are the live ones: build new ones
-        saved["state"] = {k: _used_rows_only(v) for k, v in saved["state"].items()}
-        return saved
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = {**state_dict, "state": {k: _dense_moments(v) for k, v in state_dict["state"].items()}}
-        super().load_state_dict(state_dict)
-
-    @staticmethod
-    def coalesced(grad: torch.Tensor) -> torch.Tensor:
-        """``grad.coalesce()``, free when its rows already come sorted and unique.
-
-        The bag model's closed-form backward (``textpipe.models.bag_mean_table_grad``)
-        builds its gradient that way, but autograd's accumulation into ``.grad`` drops
-        the tensor's coalesced flag; checking the order, O(rows), spares a sort.
-        """
-        if not grad.is_coalesced() and grad.sparse_dim() == 1:
-            rows = grad._indices()[0]
-            if bool((rows[1:] > rows[:-1]).all()):
-                grad._coalesced_(True)
-        return grad.coalesce()
-
-    @torch.no_grad()
-    def step(self, closure=None) -> None:
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if not param.grad.is_sparse:
-                    raise ValueError("RowAdam steps sparse gradients only (an nn.Embedding with sparse=True); use AdamW for the rest")
-                grad = self.coalesced(param.grad)  # a row used twice in the batch becomes one row, its gradients summed
-                rows, values = grad.indices()[0], grad.values()
-                state = self.state[param]
-                if not state:
-                    state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(param), torch.zeros_like(param)
-                    # Marks the rows any step used, so a checkpoint finds them without scanning both
-                    # moment tables. A float, not a bool: Optimizer.load_state_dict casts state
-                    # tensors to the parameter's dtype.
-                    state["used"] = param.new_zeros(param.shape[0])
-                state["step"] += 1
-                state["used"].index_fill_(0, rows, 1.0)
-                # Each moment moves by a delta added back with index_add_, which on a CPU is about
-                # twice as fast as index_copy_ of the new rows; the same holds for an update
-                # scaled beforehand rather than through index_add_'s alpha.
-                exp_avg, exp_avg_sq, d_avg, d_avg_sq = self._workspace(param, len(rows))
-                torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
-                torch.index_select(state["exp_avg_sq"], 0, rows, out=exp_avg_sq)
-                torch.sub(values, exp_avg, out=d_avg).mul_(1 - beta1)
-                torch.mul(values, values, out=d_avg_sq).sub_(exp_avg_sq).mul_(1 - beta2)
-                state["exp_avg"].index_add_(0, rows, d_avg)
-                state["exp_avg_sq"].index_add_(0, rows, d_avg_sq)
-                exp_avg.add_(d_avg)
-                exp_avg_sq.add_(d_avg_sq)
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-                denominator = exp_avg_sq.clamp_(min=_sqrt_floor(group["eps"], param.dtype)).sqrt_().add_(group["eps"])
-                param.index_add_(0, rows, exp_avg.div_(denominator).mul_(-step_size))
-
-    def _workspace(self, param: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, ...]:
-        # Four (rows, D) scratch tensors kept from step to step: fresh megabyte-sized tensors
-        # each step cost the allocator about 2,000 page faults a step at batch 512, more
-        # than the arithmetic done in them. Not optimizer state: never saved.
-        held = self._scratch.get(param)
-        if held is None or held.shape[1] < num_rows:
-            size = min(max(num_rows, 2 * (0 if held is None else held.shape[1])), param.shape[0])
-            held = self._scratch[param] = param.new_empty((4, size, *param.shape[1:]))
-        return tuple(held[:, :num_rows].unbind(0))
-
-
-def _sqrt_floor(eps: float, dtype: torch.dtype) -> float:
-    """A floor for ``exp_avg_sq`` that leaves every ``sqrt(exp_avg_sq) + eps`` bit for bit as it was.
-
-    ``torch.sqrt`` on a CPU (MKL's vsSqrt) is 7-8x slower on exact zeros than on other
-    values, and a quarter of a batch's moment entries are zeros (dimensions dropout
-    zeroed in every step so far). The square root of anything up to ``(eps / 2**26)**2``
-    is under half a float32 ulp of ``eps``, so adding ``eps`` rounds it away either way.
-    """
-    return (eps / 2**26) ** 2 if dtype == torch.float32 else 0.0
-
-
-def _used_rows_only(state: dict) -> dict:
-    if "exp_avg" not in state:
-        return state
-    used = state["used"].nonzero().squeeze(1)
-    kept = {k: v for k, v in state.items() if k != "used"}
-    return {**kept, "rows": used, "num_rows": state["exp_avg"].shape[0],
-            "exp_avg": state["exp_avg"][used], "exp_avg_sq": state["exp_avg_sq"][used]}
-
-
-def _dense_moments(state: dict) -> dict:
-    """A RowAdam state saved with used rows only, back to full-size moments and the used-rows marker."""
-    if "rows" not in state:
-        return state
-    state = dict(state)
-    rows, num_rows = state.pop("rows"), state.pop("num_rows")
-    for key in ("exp_avg", "exp_avg_sq"):
-        full = state[key].new_zeros((num_rows, *state[key].shape[1:]))
-        full[rows] = state[key]
-        state[key] = full
-    state["used"] = state["exp_avg"].new_zeros(num_rows).index_fill_(0, rows, 1.0)
-    return state
-
-
-def make_optimizers(model: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse}
-    sparse = [p for p in model.parameters() if id(p) in sparse_ids and p.requires_grad]
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids and p.requires_grad]
-    optimizers: list[torch.optim.Optimizer] = []
-    if dense:
-        optimizers.append(torch.optim.AdamW(dense, lr=config.lr, weight_decay=config.weight_decay))
-    if sparse:
-        optimizers.append(RowAdam(sparse, lr=config.lr))
-    return optimizers
-
-
-def train_step(
-    model: nn.Module, batch: Batch, optimizers: list[torch.optim.Optimizer], loss_fn: nn.Module, grad_clip: float = 0.0
-) -> tuple[float, int]:
-    """One optimizer step on one batch; returns the batch's summed loss and correct count."""
-    # The module's zero_grad, not each optimizer's: torch.optim wraps its zero_grad in a
-    # torch._dynamo guard that costs about a tenth of a batch-32 step on a CPU.
-    model.zero_grad(set_to_none=True)
-    # Mixed precision on a GPU: bf16 needs no loss scaling; on cpu autocast stays off (exact, resumable results).
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.ids.is_cuda):
-        logits = model(batch.ids, batch.mask)
-        loss = loss_fn(logits.float(), batch.labels)
-    loss.backward()
-    if grad_clip > 0:
-        clip_grad_norm(model.parameters(), grad_clip)
-    for opt in optimizers:
-        opt.step()
-    return loss.item() * len(batch), (logits.argmax(1) == batch.labels).sum().item()
-
-
-@torch.no_grad()
-def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float:
-    """Scale all gradients so that their total L2 norm is at most ``max_norm``; returns the norm before.
-
-    ``torch.nn.utils.clip_grad_norm_`` rejects sparse gradients; here a sparse
-    embedding gradient counts with the norm of its coalesced rows (a row a batch
-    used twice is one row), which is what RowAdam then applies.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return 0.0
-    norms = [(RowAdam.coalesced(g).values() if g.is_sparse else g).norm() for g in grads]
-    total = torch.stack(norms).norm().item()
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
-        for p_grad in grads:
-            if p_grad.is_sparse:
-                p_grad.copy_(RowAdam.coalesced(p_grad) * scale)
-            else:
-                p_grad.mul_(scale)
-    return total
-
-
-def lr_factor(config: TrainConfig, steps_per_epoch: int) -> "Callable[[int], float]":
-    """The multiplier of the base lr as a function of the scheduler's count.
-
-    Without warmup and for "linear" / "constant" the count is epochs (the scheduler
-    steps once per epoch); with ``warmup > 0`` or "linear_steps" it is optimizer
-    steps: a linear rise over the first ``warmup`` fraction of all steps, then
-    "linear" / "linear_steps" fall linearly to 0 at the last step.
-    """
-    if not per_step_schedule(config):
-        return (lambda e: 1 - e / config.epochs) if config.schedule == "linear" else (lambda e: 1.0)
-    total = config.epochs * steps_per_epoch
-    warm = int(config.warmup * total)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if config.schedule == "constant":
-            return 1.0
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    return factor
-
-
-def per_step_schedule(config: TrainConfig) -> bool:
-    return config.warmup > 0 or config.schedule == "linear_steps"
-
-
-def class_weight_tensor(counts: list[int], mode: str) -> torch.Tensor | None:
-    """"balanced": weight ``n / (k * count_c)`` per class (sklearn's rule), None for "none".
-
-    Example:
-        >>> class_weight_tensor([30, 10], "balanced")
-        tensor([0.6667, 2.0000])
-    """
-    if mode == "none":
-        return None
-    if not counts or min(counts) < 1:
-        raise ValueError(f"balanced class weights need every class in the training data, got counts {counts}")
-    n, k = sum(counts), len(counts)
-    return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, loader: Iterable[Batch], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits for every example of ``loader`` in order, and the labels if the batches have them."""
-    model.eval()
-    logits, labels = [], []
-    for batch in loader:
-        batch = batch.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits.append(model(batch.ids, batch.mask).float().cpu())
-        if batch.labels is not None:
-            labels.append(batch.labels.cpu())
-    if not logits:
-        raise ValueError("the evaluation data yielded no batches")
-    return torch.cat(logits), (torch.cat(labels) if labels else None)
-
-
-def classification_metrics(predicted: torch.Tensor, gold: torch.Tensor, num_classes: int) -> dict:
-    """Accuracy and macro-F1 (classes absent from both gold and predictions are left out of the mean)."""
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((gold, predicted), torch.ones_like(gold), accumulate=True)
-    tp = confusion.diag().double()
-    precision = tp / confusion.sum(0).double().clamp(min=1)
-    recall = tp / confusion.sum(1).double().clamp(min=1)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp))
-    present = (confusion.sum(0) + confusion.sum(1)) > 0
-    return {
-        "accuracy": round(tp.sum().item() / max(len(gold), 1), 6),
-        "macro_f1": round(f1[present].mean().item(), 6),
-        "n": len(gold),
-    }
-
-
-def evaluate(model: nn.Module, loader: Iterable[Batch], num_classes: int, device: torch.device | str = "cpu") -> dict:
-    """Accuracy, macro-F1, mean cross-entropy and row count of ``model`` on a labelled loader."""
-    logits, labels = predict_logits(model, loader, torch.device(device))
-    if labels is None:
-        raise ValueError("evaluate needs labelled batches")
-    metrics = classification_metrics(logits.argmax(1), labels, num_classes)
-    metrics["loss"] = round(nn.functional.cross_entropy(logits, labels).item(), 6)
-    return metrics
 
 
 @dataclass
@@ -451,146 +140,221 @@ class TrainingInterrupted(Exception):
         super().__init__(f"{signal_name}: training stopped, {saved}")
 
 
+def class_weight_tensor(counts: list[int], mode: str) -> torch.Tensor | None:
+    """"balanced": weight ``n / (k * count_c)`` per class (sklearn's rule), None for "none".
+
+    Example:
+        >>> class_weight_tensor([30, 10], "balanced")
+        tensor([0.6667, 2.0000])
+    """
+    if mode == "none":
+        return None
+    if not counts or min(counts) < 1:
+        raise ValueError(f"balanced class weights need every class in the training data, got counts {counts}")
+    n, k = sum(counts), len(counts)
+    return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
+
+
+def train_step(
+    model: nn.Module, batch: Batch, optimizers: list[torch.optim.Optimizer], loss_fn: nn.Module, grad_clip: float = 0.0
+) -> tuple[float, int]:
+    """One optimizer step on one batch; returns the batch's summed loss and correct count."""
+    # The module's zero_grad, not each optimizer's: torch.optim wraps its zero_grad in a
+    # torch._dynamo guard whose cost shows on small CPU steps.
+    model.zero_grad(set_to_none=True)
+    # Mixed precision on a GPU: bf16 needs no loss scaling; on cpu autocast stays off (exact, resumable results).
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=batch.ids.is_cuda):
+        logits = model(batch.ids, batch.mask)
+        loss = loss_fn(logits.float(), batch.labels)
+    loss.backward()
+    if grad_clip > 0:
+        clip_grad_norm(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+    return loss.item() * len(batch), (logits.argmax(1) == batch.labels).sum().item()
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Batch],
     dev_loader: Iterable[Batch] | None,
     config: TrainConfig,
     num_classes: int,
+    *,
     num_train: int | None = None,
-    quiet: bool = False,
-    checkpoints: CheckpointStore | None = None,
-    resume: dict | None = None,
     class_counts: list[int] | None = None,
+    context: RunContext | None = None,
 ) -> FitResult:
     """Train with early stopping on dev accuracy; the model ends with its best weights.
 
     With ``dev_loader=None`` it trains exactly ``config.epochs`` epochs and keeps the
-    last weights (a refit, once the epoch count is known).
-
-    With ``checkpoints``, the full training state is saved every ``config.checkpoint_seconds``
-    seconds and every ``config.checkpoint_every`` steps; ``resume`` (a state read back
-    by :meth:`CheckpointStore.load_latest`) continues from it, mid-epoch included,
-    to exactly the weights an uninterrupted run reaches. ``class_counts`` (training
-    rows per class, in label order) is needed for ``config.class_weights="balanced"``. Mid-epoch resumes need a
-    ``train_loader`` with ``state_dict`` (torchdata's ``StatefulDataLoader``).
-    SIGINT / SIGTERM save a
-    checkpoint at the next step and raise :class:`TrainingInterrupted`. A NaN or infinite
-    loss raises :class:`TrainingDiverged` before the step's weights reach any checkpoint.
+    last weights (a refit, once the epoch count is known). ``num_train`` (training rows)
+    sizes the progress bar and per-step schedules; ``class_counts`` (rows per class, in
+    label order) is needed for ``config.class_weights="balanced"``. ``context``
+    (:class:`~textpipe.runtime.RunContext`, by default ``RunContext.resolve(config.device)``)
+    brings the checkpoint store and the checkpoint to resume from (mid-epoch needs a
+    ``train_loader`` with ``state_dict``, torchdata's ``StatefulDataLoader``); with its
+    ``stop``, a SIGINT / SIGTERM saves a checkpoint at the next step and raises
+    :class:`TrainingInterrupted`. A NaN or infinite loss raises :class:`TrainingDiverged`
+    before the step's weights reach any checkpoint.
 
     Example:
         >>> set_seed(0); model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2))
         >>> result = fit(model, train_loader, dev_loader, TrainConfig(epochs=5), num_classes=2)
         >>> result.best_dev["accuracy"]
     """
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-    try:
-        return _fit(model, train_loader, dev_loader, config, num_classes, num_train, quiet, checkpoints, resume, class_counts)
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
+    context = context or RunContext.resolve(config.device)
+    loop = _Loop(model, train_loader, dev_loader, config, num_classes, context, _steps_per_epoch(train_loader, num_train, config))
+    weights = class_weight_tensor(class_counts or [], config.class_weights)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(context.device), label_smoothing=config.label_smoothing)
+    while not loop.state.finished:
+        loop.train_one_epoch(loss_fn, num_train)
+        loop.end_epoch()
+    return loop.finish()
 
 
-def _fit(model, train_loader, dev_loader, config: TrainConfig, num_classes: int, num_train, quiet, checkpoints, resume, class_counts) -> FitResult:
-    device = resolve_device(config.device)
-    model.to(device)
-    train_model = distributed_wrap(model, device)  # the same parameters; evaluation uses `model` directly
-    optimizers = make_optimizers(model, config)
-    # "linear": decay per epoch from lr to lr / epochs, large steps early and fine ones late.
-    factor = lr_factor(config, _steps_per_epoch(train_loader, num_train, config) if per_step_schedule(config) else 0)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
-    step_each_batch = per_step_schedule(config)
-    state, best_state = TrainState(), None
-    if resume is not None:
-        state = _restore(resume, model, optimizers, schedulers, train_loader)
-        best_state = resume.get("best_model")
+class _Loop:
+    """The model, its optimizers and the run's state, between the steps of :func:`fit`."""
 
-    stateful_loader = hasattr(train_loader, "state_dict")
-    if config.checkpoint_every and not stateful_loader:
-        raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
+    def __init__(self, model, train_loader, dev_loader, config: TrainConfig, num_classes: int, context: RunContext, steps_per_epoch: int):
+        self.model, self.train_loader, self.dev_loader = model.to(context.device), train_loader, dev_loader
+        self.config, self.num_classes, self.context = config, num_classes, context
+        # DDP under torchrun: the same parameters; evaluation uses `model` directly.
+        self.train_model = distributed_wrap(model, context.device) if context.world_size > 1 else model
+        self.optimizers = make_optimizers(model, config)
+        self.schedulers = make_schedulers(self.optimizers, config, steps_per_epoch)
+        self.per_step = per_step_schedule(config)
+        self.state, self.best_weights = TrainState(), None
+        if context.resume is not None:
+            self.state = self._resume_from(context.resume)
+        self.stateful_loader = hasattr(train_loader, "state_dict")
+        if config.checkpoint_every and not self.stateful_loader:
+            raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
+        self.last_save = time.monotonic()
 
-    last_save = time.monotonic()
+    def train_one_epoch(self, loss_fn: nn.Module, num_train: int | None) -> None:
+        state, config, device = self.state, self.config, self.context.device
+        if hasattr(getattr(self.train_loader, "dataset", None), "set_epoch"):
+            self.train_loader.dataset.set_epoch(state.epoch)
+        self.model.train()
+        # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch of end_epoch.
+        self.epoch_start, self.seen_before = time.perf_counter(), state.seen  # for the rows/s of the log line (never saved)
+        bar = tqdm(total=num_train, initial=state.seen, desc=f"epoch {state.epoch}/{config.epochs}", unit="row",
+                   disable=True if self.context.quiet else None, file=sys.stderr, leave=False)
+        with bar, join_uneven_inputs(self.train_model):
+            for batch in self.train_loader:
+                loss_sum, correct = train_step(self.train_model, batch.to(device, non_blocking=True), self.optimizers, loss_fn, config.grad_clip)
+                if not math.isfinite(loss_sum):
+                    raise self._diverged(loss_sum)
+                for scheduler in self.schedulers if self.per_step else ():
+                    scheduler.step()
+                state.step += 1
+                state.loss_sum += loss_sum
+                state.correct += correct
+                state.seen += len(batch)
+                bar.update(len(batch))
+                bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
+                self._stop_if_signalled(mid_epoch=True)
+                if self._checkpoint_due():
+                    self._save_checkpoint(mid_epoch=True)
+                emit("step_done", step=state.step, epoch=state.epoch)
+        if state.seen == 0:
+            raise ValueError("the training data yielded no batches")
 
-    def save_checkpoint(mid_epoch: bool, wait: bool = False) -> str | None:
+    def end_epoch(self) -> None:
+        """Step a per-epoch schedule, score dev, record the epoch, keep the best weights; stop on a signal."""
+        state = self.state
+        for scheduler in self.schedulers if not self.per_step else ():
+            scheduler.step()
+        rows_per_s = (state.seen - self.seen_before) / max(time.perf_counter() - self.epoch_start, 1e-9)
+        dev = evaluate(self.model, self.dev_loader, self.num_classes, self.context.device) if self.dev_loader is not None else None
+        if dev is not None:
+            emit("evaluated", epoch=state.epoch, dev=dev)
+        epoch, improved = state.epoch, record_epoch(state, dev, self.config)
+        if not self.context.quiet:
+            log.info(epoch_line(state.history[-1], improved, rows_per_s))
+        if improved:  # in memory, and in every later checkpoint, so a resumed run ends with the same weights
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        emit("epoch_done", epoch=epoch)
+        self._stop_if_signalled(mid_epoch=False)
+
+    def finish(self) -> FitResult:
+        if self.context.checkpoints is not None:
+            self.context.checkpoints.wait()
+        if self.dev_loader is not None:
+            self.model.load_state_dict(self.best_weights)
+        return FitResult(self.state.best_epoch, self.state.best_dev, self.state.history)
+
+    def _stop_if_signalled(self, mid_epoch: bool) -> None:
+        stop = self.context.stop
+        if stop is not None and stop.signal_name:
+            raise TrainingInterrupted(stop.signal_name, self._save_checkpoint(mid_epoch, wait=True))
+
+    def _checkpoint_due(self) -> bool:
+        # By time, not by epoch: a checkpoint costs the same whatever the epoch's length.
+        if self.context.checkpoints is None:
+            return False
+        by_steps = self.config.checkpoint_every and self.state.step % self.config.checkpoint_every == 0
+        return bool(by_steps) or time.monotonic() - self.last_save >= self.config.checkpoint_seconds
+
+    def _save_checkpoint(self, mid_epoch: bool, wait: bool = False) -> str | None:
         # Written in the background while training goes on, unless `wait` (the run is about to stop).
-        nonlocal last_save
-        if checkpoints is None or (mid_epoch and not stateful_loader):
+        store = self.context.checkpoints
+        if store is None or (mid_epoch and not self.stateful_loader):
             return None
-        loader_state = train_loader.state_dict() if mid_epoch else None
-        path = checkpoints.save_async(_snapshot(state, model, optimizers, schedulers, loader_state, best_state), state.step)
-        last_save = time.monotonic()
+        loader_state = self.train_loader.state_dict() if mid_epoch else None
+        path = store.save_async(self._snapshot(loader_state), self.state.step)
+        self.last_save = time.monotonic()
         if wait:
-            checkpoints.wait()
+            store.wait()
         return str(path)
 
-    def checkpoint_due() -> bool:
-        # By time, not by epoch: a checkpoint costs the same whatever the epoch's length.
-        if checkpoints is None:
-            return False
-        by_steps = config.checkpoint_every and state.step % config.checkpoint_every == 0
-        return bool(by_steps) or time.monotonic() - last_save >= config.checkpoint_seconds
+    def _snapshot(self, loader_state: dict | None) -> dict:
+        return {
+            "state": self.state.to_dict(),
+            "model": self.model.state_dict(),
+            "best_model": self.best_weights,
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedulers": [sched.state_dict() for sched in self.schedulers],
+            "loader": loader_state,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }
 
-    weights = class_weight_tensor(class_counts or [], config.class_weights)
-    loss_fn = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), reduction="mean", label_smoothing=config.label_smoothing
-    )
-    dataset = getattr(train_loader, "dataset", None)
-    with _StopOnSignal() as stop:
-        while not state.finished:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(state.epoch)
-            model.train()
-            # A bar on a terminal only (tqdm's disable=None); logs get the one line per epoch below.
-            epoch_start, seen_before = time.perf_counter(), state.seen  # for the log line's rows/s (not saved: it varies run to run)
-            bar = tqdm(total=num_train, initial=state.seen, desc=f"epoch {state.epoch}/{config.epochs}", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
-            with bar, _uneven_inputs(train_model):
-                for batch in train_loader:
-                    loss_sum, correct = train_step(train_model, batch.to(device, non_blocking=True), optimizers, loss_fn, config.grad_clip)
-                    if not math.isfinite(loss_sum):
-                        raise _diverged(state, config, loss_sum, checkpoints)
-                    if step_each_batch:
-                        for scheduler in schedulers:
-                            scheduler.step()
-                    state.step += 1
-                    state.loss_sum += loss_sum
-                    state.correct += correct
-                    state.seen += len(batch)
-                    bar.update(len(batch))
-                    bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", acc=f"{state.correct / state.seen:.3f}", refresh=False)
-                    if stop.signal_name:
-                        raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=True, wait=True))
-                    if checkpoint_due():
-                        save_checkpoint(mid_epoch=True)
-            if state.seen == 0:
-                raise ValueError("the training data yielded no batches")
-            for scheduler in schedulers if not step_each_batch else ():
-                scheduler.step()
-            rows_per_s = (state.seen - seen_before) / max(time.perf_counter() - epoch_start, 1e-9)
-            improved = _end_epoch(state, model, dev_loader, config, num_classes, device, quiet, rows_per_s)
-            if improved:  # in memory, and in every later checkpoint, so a resumed run ends with the same weights
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            if stop.signal_name:
-                raise TrainingInterrupted(stop.signal_name, save_checkpoint(mid_epoch=False, wait=True))
-    if checkpoints is not None:
-        checkpoints.wait()
-    if dev_loader is not None:
-        model.load_state_dict(best_state)
-    return FitResult(state.best_epoch, state.best_dev, state.history)
+    def _resume_from(self, checkpoint: dict) -> TrainState:
+        """Put the model, optimizers, schedulers, loader position and RNGs back as ``checkpoint`` holds them."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.best_weights = checkpoint["best_model"]
+        for opt, saved in zip(self.optimizers, checkpoint["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        for sched, saved in zip(self.schedulers, checkpoint["schedulers"], strict=True):
+            sched.load_state_dict(saved)
+        if checkpoint["loader"] is not None:
+            self.train_loader.load_state_dict(checkpoint["loader"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        random.setstate(checkpoint["rng"]["python"])
+        return TrainState(**checkpoint["state"])
+
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        store = self.context.checkpoints
+        if store is not None:
+            store.wait()
+        kept = store.paths()[-1:] if store is not None else []
+        where = f"; the last good checkpoint, {kept[0]}, is kept" if kept else ""
+        return TrainingDiverged(
+            f"training diverged: the loss became {loss} at step {self.state.step + 1} (epoch {self.state.epoch}) with lr {self.config.lr}{where}; "
+            "try a smaller --lr (or --grad-clip 1.0)"
+        )
 
 
-def _steps_per_epoch(train_loader, num_train: int | None, config: TrainConfig) -> int:
-    if num_train:
-        return -(-num_train // config.batch_size)
-    try:
-        return len(train_loader)
-    except TypeError:
-        raise ValueError("a per-step schedule (warmup, 'linear_steps') needs num_train or a train_loader with a length") from None
+def record_epoch(state: TrainState, dev: dict | None, config: TrainConfig) -> bool:
+    """Record the finished epoch (its dev scores, if any) in ``state``, decide whether to stop,
+    and move ``state`` to the next epoch; True when dev improved on the best epoch so far.
 
-
-def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainConfig, num_classes: int, device, quiet: bool, rows_per_s: float = 0.0) -> bool:
-    """Score dev (when there is one), record the epoch and decide whether to stop; True when dev improved."""
-    dev = evaluate(model, dev_loader, num_classes, device) if dev_loader is not None else None
+    Example:
+        >>> state = TrainState(loss_sum=3.0, correct=20, seen=32)
+        >>> record_epoch(state, {"accuracy": 0.8, "macro_f1": 0.79, "loss": 0.45}, TrainConfig())
+        True
+    """
     state.history.append({
         "epoch": state.epoch,
         "train_loss": round(state.loss_sum / state.seen, 6),
@@ -603,10 +367,6 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
     improved = dev is not None and (best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"]))
     if dev is not None and dev["accuracy"] > state.progress_accuracy + config.min_delta:
         state.progress_epoch, state.progress_accuracy = state.epoch, dev["accuracy"]
-    if not quiet:
-        last = state.history[-1]
-        scored = f" | dev acc {dev['accuracy']:.4f} f1 {dev['macro_f1']:.4f} loss {dev['loss']:.4f}{' *' if improved else ''}" if dev else ""
-        log.info(f"epoch {state.epoch}: train loss {last['train_loss']:.4f} acc {last['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){scored}")
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
     stalled = dev is not None and (
@@ -618,68 +378,19 @@ def _end_epoch(state: TrainState, model: nn.Module, dev_loader, config: TrainCon
     return improved
 
 
-def _diverged(state: TrainState, config: TrainConfig, loss: float, checkpoints: CheckpointStore | None) -> TrainingDiverged:
-    if checkpoints is not None:
-        checkpoints.wait()
-    kept = checkpoints.paths()[-1:] if checkpoints is not None else []
-    where = f"; the last good checkpoint, {kept[0]}, is kept" if kept else ""
-    return TrainingDiverged(
-        f"training diverged: the loss became {loss} at step {state.step + 1} (epoch {state.epoch}) with lr {config.lr}{where}; "
-        "try a smaller --lr (or --grad-clip 1.0)"
-    )
+def epoch_line(record: dict, improved: bool, rows_per_s: float = 0.0) -> str:
+    """The log line of one epoch's ``history`` record; `` *`` marks a new best dev epoch."""
+    dev = f" | dev acc {record['dev_accuracy']:.4f} f1 {record['dev_macro_f1']:.4f} loss {record['dev_loss']:.4f}{' *' if improved else ''}" if "dev_accuracy" in record else ""
+    return f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){dev}"
 
 
-def _snapshot(state: TrainState, model, optimizers, schedulers, loader_state: dict | None, best_model: dict | None = None) -> dict:
-    return {
-        "state": state.to_dict(),
-        "model": model.state_dict(),
-        "best_model": best_model,
-        "optimizers": [opt.state_dict() for opt in optimizers],
-        "schedulers": [sched.state_dict() for sched in schedulers],
-        "loader": loader_state,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
-    }
-
-
-def _restore(checkpoint: dict, model, optimizers, schedulers, train_loader) -> TrainState:
-    state = TrainState(**checkpoint["state"])
-    model.load_state_dict(checkpoint["model"])
-    for opt, saved in zip(optimizers, checkpoint["optimizers"], strict=True):
-        opt.load_state_dict(saved)
-    for sched, saved in zip(schedulers, checkpoint["schedulers"], strict=True):
-        sched.load_state_dict(saved)
-    if checkpoint["loader"] is not None:
-        train_loader.load_state_dict(checkpoint["loader"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    random.setstate(_as_random_state(checkpoint["rng"]["python"]))
-    return state
-
-
-def _as_random_state(saved) -> tuple:
-    # random.setstate wants (version, tuple of ints, gauss_next); a saved state may come back with lists.
-    version, internal, gauss = saved
-    return version, tuple(internal), gauss
-
-
-class _StopOnSignal:
-    """While active, the first SIGINT or SIGTERM is noted (training stops at the next
-    step boundary, after a checkpoint); a second one interrupts at once."""
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-
-    def __enter__(self) -> "_StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+def _steps_per_epoch(train_loader, num_train: int | None, config: TrainConfig) -> int:
+    """Optimizer steps in one epoch, for a per-step schedule (0 when the schedule steps per epoch)."""
+    if not per_step_schedule(config):
+        return 0
+    if num_train:
+        return -(-num_train // config.batch_size)
+    try:
+        return len(train_loader)
+    except TypeError:
+        raise ValueError("a per-step schedule (warmup, 'linear_steps') needs num_train or a train_loader with a length") from None
