@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from textpipe.catalogue import rotten_tomatoes  # noqa: E402
 from textpipe.autotune import autotune_files  # noqa: E402
-from textpipe.pipeline import PipelineConfig, train_files  # noqa: E402
+from textpipe.config import PipelineConfig  # noqa: E402
+from textpipe.run import train_files  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 RESULTS = ROOT / "bench" / "results"

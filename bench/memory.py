@@ -86,7 +86,8 @@ def train_one_epoch(train: str, test: str, out: str) -> None:
     """Runs in the child process: one epoch with the benchmark's config."""
     import torch
 
-    from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+    from textpipe.config import DataConfig, PipelineConfig
+    from textpipe.run import train_files
     from textpipe.tokenizer import TokenizerConfig
     from textpipe.train import TrainConfig
 

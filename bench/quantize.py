@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from textpipe.catalogue import rotten_tomatoes  # noqa: E402
-from textpipe.pipeline import report_file, train_files  # noqa: E402
+from textpipe.pipeline import report_file  # noqa: E402
+from textpipe.run import train_files  # noqa: E402
 from textpipe.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from textpipe.catalogue import rotten_tomatoes  # noqa: E402
-from textpipe.pipeline import PipelineConfig, train_files  # noqa: E402
+from textpipe.config import PipelineConfig  # noqa: E402
+from textpipe.run import train_files  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
 SPLITS = ROOT / "data" / "tune"

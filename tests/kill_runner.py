@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from conftest import when
 from textpipe.events import listen
 from textpipe.models import ModelConfig
-from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.run import train_files
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig, TrainingInterrupted
 

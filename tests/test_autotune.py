@@ -6,7 +6,7 @@ import pytest
 
 from textpipe import autotune
 from textpipe.autotune import Trial, autotune_files, merge
-from textpipe.pipeline import PipelineConfig
+from textpipe.config import PipelineConfig
 
 SMALL = {"tokenizer": {"name": "whitespace"}, "model": {"ngram_buckets": 1024}, "train": {"epochs": 4, "patience": 2, "keep_checkpoints": 0}}
 

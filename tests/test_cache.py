@@ -146,7 +146,8 @@ def test_pad_fraction_counts_pad_positions():
 
 
 def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch):
-    from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+    from textpipe.config import DataConfig, PipelineConfig
+    from textpipe.run import train_files
     from textpipe.runtime import resolve_device
     from textpipe.train import TrainConfig
 

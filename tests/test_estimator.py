@@ -59,7 +59,7 @@ def test_save_writes_the_cli_bundle_and_load_reads_it_back(fitted, tmp_path):
 
 
 def test_a_cli_bundle_loads_into_the_estimator(tmp_path):
-    from textpipe.pipeline import train_files
+    from textpipe.run import train_files
     from conftest import write_csv
 
     train = write_csv(tmp_path / "train.csv", make_rows(200, seed=3))

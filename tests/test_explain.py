@@ -13,7 +13,8 @@ from textpipe.bundle import load_bundle
 from textpipe.collate import pad_collate
 from textpipe.explain import APPROXIMATE, EXACT, explain, strongest_features
 from textpipe.models import ModelConfig
-from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.run import train_files
 from textpipe.predict import Predictor
 from textpipe.train import TrainConfig
 

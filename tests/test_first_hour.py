@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from textpipe import cli
-from textpipe.pipeline import PipelineConfig, label_order, train_files
+from textpipe.config import PipelineConfig
+from textpipe.pipeline import label_order
+from textpipe.run import train_files
 from textpipe.train import TrainConfig, TrainState, epoch_line, record_epoch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import write_csv
 from textpipe.models import ModelConfig
-from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.run import train_files
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig
 

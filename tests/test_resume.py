@@ -280,7 +280,8 @@ def test_every_source_resumes_exactly_mid_block(kind, tmp_path):
 @pytest.mark.parametrize("model", ["bag", "cnn", "gru", "transformer"])
 def test_deterministic_mode_trains_every_model_to_the_same_weights(model, toy_files, tmp_path):
     from textpipe.models import ModelConfig
-    from textpipe.pipeline import PipelineConfig, train_files
+    from textpipe.config import PipelineConfig
+    from textpipe.run import train_files
     from textpipe.tokenizer import TokenizerConfig
     from textpipe.train import TrainConfig
 

@@ -97,7 +97,8 @@ def test_labels_are_stripped_and_json_labels_are_strings_or_integers(tmp_path):
 
 
 def test_swapped_columns_stop_with_a_hint(tmp_path):
-    from textpipe.pipeline import DataConfig, _build_vocab_and_labels
+    from textpipe.config import DataConfig
+    from textpipe.pipeline import _build_vocab_and_labels
     from textpipe.sources import DataError
     from textpipe.tokenizer import Tokenizer
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from textpipe.events import listen
-from textpipe.pipeline import PipelineConfig
+from textpipe.config import PipelineConfig
 from textpipe.run import Placement, resume_run, start_distributed, train_files
 from textpipe.runfolder import RUN, STAGE, Phase, RunState
 from textpipe.tokenizer import TokenizerConfig

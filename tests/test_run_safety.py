@@ -189,7 +189,8 @@ def test_cache_dir_false_turns_the_cache_off(data, tmp_path):
 
 
 def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
-    from textpipe.pipeline import PipelineConfig, resume_run, train_files
+    from textpipe.config import PipelineConfig
+    from textpipe.run import resume_run, train_files
     from textpipe.sources import DataError
     from textpipe.tokenizer import TokenizerConfig
     from textpipe.train import TrainConfig

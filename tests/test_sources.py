@@ -153,7 +153,8 @@ def test_real_data_from_a_folder_per_class_and_jsonl(shared_dataset, tmp_path):
     """mr's training rows as aclImdb-style files, its test rows as JSONL: the same task, the same accuracy level."""
     import csv
 
-    from textpipe.pipeline import PipelineConfig, train_files
+    from textpipe.config import PipelineConfig
+    from textpipe.run import train_files
     from textpipe.tokenizer import TokenizerConfig
     from textpipe.train import TrainConfig
 

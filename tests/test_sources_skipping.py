@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from conftest import crash_after_step, make_rows, write_csv
-from textpipe.pipeline import DataConfig, PipelineConfig, report_file, train_files
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.pipeline import report_file
+from textpipe.run import train_files
 from textpipe.sources import SourceConfig
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig
@@ -114,7 +116,7 @@ def test_source_section_round_trips_through_the_config_dict():
 
 
 def test_a_resumed_run_still_reports_the_training_files_skipped_rows(bad_files, tmp_path):
-    from textpipe.pipeline import resume_run
+    from textpipe.run import resume_run
 
     train, dev, test = bad_files
     first = train_files(train, test, tmp_path / "first", dev=dev, config=skip_config(), quiet=True)

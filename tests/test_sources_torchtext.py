@@ -121,7 +121,8 @@ def test_unknown_torchtext_name_or_split(tmp_path):
 
 def test_train_on_a_torchtext_dataset(tmp_path, monkeypatch, offline):
     """The whole pipeline on torchtext:AG_NEWS, read in two DataLoader workers: train split to train, the same rows as test."""
-    from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+    from textpipe.config import DataConfig, PipelineConfig
+    from textpipe.run import train_files
     from textpipe.tokenizer import TokenizerConfig
     from textpipe.train import TrainConfig
 

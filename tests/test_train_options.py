@@ -21,7 +21,8 @@ from textpipe.collate import pad_collate
 from textpipe.events import listen
 from textpipe.models import ModelConfig, build_model
 from textpipe.optim import RowAdam, clip_grad_norm, lr_factor
-from textpipe.pipeline import DataConfig, PipelineConfig, resume_run, train_files
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.run import resume_run, train_files
 from textpipe.runtime import RunContext, run_scope
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from textpipe.models import ModelConfig, build_model
-from textpipe.pipeline import DataConfig, PipelineConfig, train_files
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.run import train_files
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig
 from textpipe.vectors import load_into_embedding, load_vectors, vectors_for_vocab

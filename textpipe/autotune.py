@@ -32,7 +32,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .pipeline import PipelineConfig, check_settings
+from .config import PipelineConfig
+
+from .pipeline import check_settings
 from .run import dev_result, train_files
 from .runfolder import refuse_occupied
 from .tokenizer import Tokenizer

@@ -26,7 +26,8 @@ import numpy as np
 from .bundle import Bundle, load_bundle, save_bundle
 from .files import write_json_atomic
 from .models import ModelConfig
-from .pipeline import CONFIG, METRICS, DataConfig, PipelineConfig
+from .config import DataConfig, PipelineConfig
+from .pipeline import CONFIG, METRICS
 from .run import train_files
 from .predict import Predictor
 from .sources import SourceConfig

@@ -1,19 +1,18 @@
 """Where the text stages meet the tensor core: the pieces that compose files into a trained bundle.
 
-The configuration of a run (:class:`PipelineConfig`, one section per stage), the checks
-made before the first token is read (:func:`check_settings`), the loaders over a file
-(:func:`_loader`), the vocabulary and label set from one pass over the training file,
+The checks made before the first token is read (:func:`check_settings`), the loaders
+over a file (:func:`_loader`), the vocabulary and label set from one pass over the training file,
 scoring a model on a labelled file and writing the bundle, ``metrics.json``, the
 effective config (``config.json``) and the report of :mod:`textpipe.report`
 (:func:`save_outputs`). :func:`report_file` writes the same report for a saved bundle
 on any labelled file.
 
-A training run's phases, its ``run.json`` and its resume live in :mod:`textpipe.run`;
-``train_files``, ``resume_run`` and ``dev_result`` stay importable from here too.
+A training run's phases, its ``run.json`` and its resume live in :mod:`textpipe.run`,
+which builds on this module.
 
 Example:
-    >>> from textpipe.pipeline import PipelineConfig, train_files
-    >>> metrics = train_files("train.csv", "test.csv", "runs/mine", config=PipelineConfig())
+    >>> from textpipe.run import train_files
+    >>> metrics = train_files("train.csv", "test.csv", "runs/mine")
     >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
 """
 
@@ -48,7 +47,6 @@ from .train import TrainConfig
 from .vocab import build_vocab
 
 METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
-_RUN_NAMES = ("train_files", "resume_run", "dev_result")  # defined in textpipe.run, which imports this module
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
 
@@ -213,13 +211,3 @@ def _training_texts(rows: Iterable[Example], tally: _Tally, part: str, holdout_e
         if part == "all" or not is_held_out(i, holdout_every):
             tally.training_rows += 1
             yield example.text
-
-
-def __getattr__(name: str):
-    """``from textpipe.pipeline import train_files`` (the documented path) keeps working: the run's entry points
-    live in :mod:`textpipe.run`, which builds on this module, so they are looked up there when first asked for."""
-    if name in _RUN_NAMES:
-        from . import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         metrics = autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet, overwrite=args.overwrite)
     else:
-        from ..pipeline import train_files
+        from ..run import train_files
 
         metrics = train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet, overwrite=args.overwrite)
     report_training(metrics, args.out)
@@ -44,7 +44,7 @@ def resume(args: argparse.Namespace) -> None:
     given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
     if given:
         raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
-    from ..pipeline import resume_run
+    from ..run import resume_run
 
     check_resumable(args.resume)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
