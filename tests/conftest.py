@@ -4,6 +4,8 @@ import functools
 import os
 import random
 import shutil
+import sys
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -134,3 +136,35 @@ def shared_dataset():
         return folder
 
     return get
+
+
+# Texts and a tiny trained bundle shared by the explain, quantize and serve tests.
+TEXTS = [
+    "a great and witty film.",
+    "dull , boring and awful",
+    "never seen words zzz qqq",
+    "great",
+    "the plot was superb but the actor was clumsy and the scene ugly , a tedious and lovely story of the film",
+]
+
+
+def train_tiny(folder, model: str = "bag", **model_overrides):
+    """A small bundle trained on the toy reviews in a few seconds; returns its folder and the test file."""
+    from textpipe.config import DataConfig, PipelineConfig
+    from textpipe.models import ModelConfig
+    from textpipe.run import train_files
+    from textpipe.train import TrainConfig
+
+    train = write_csv(folder / "train.csv", make_rows(300, seed=1))
+    test = write_csv(folder / "test.csv", make_rows(60, seed=3))
+    sizes = dict(embed_dim=16, hidden_dim=16, ngram_buckets=512) | model_overrides
+    config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(name=model, **sizes),
+                            train=TrainConfig(epochs=3, lr=0.02, refit=False, keep_checkpoints=1, checkpoint_seconds=1e-9, keep_checkpoints_after=True))
+    train_files(train, test, folder / "run", config=config, quiet=True)
+    return folder / "run", test
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """``python -m textpipe ARGS`` in a fresh process, output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, env=env)

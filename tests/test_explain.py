@@ -1,14 +1,11 @@
 """Explanations: exact for the bag model (contributions + bias = logits), labelled approximate for the others."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import NEGATIVE, POSITIVE, make_rows, write_csv
+from conftest import NEGATIVE, POSITIVE, TEXTS, make_rows, run_cli as textpipe, train_tiny, write_csv
 from textpipe.bundle import load_bundle
 from textpipe.collate import pad_collate
 from textpipe.explain import APPROXIMATE, EXACT, explain, strongest_features
@@ -17,26 +14,6 @@ from textpipe.config import DataConfig, PipelineConfig
 from textpipe.run import train_files
 from textpipe.predict import Predictor
 from textpipe.train import TrainConfig
-
-TEXTS = [
-    "a great and witty film.",
-    "dull , boring and awful",
-    "never seen words zzz qqq",
-    "great",
-    "the plot was superb but the actor was clumsy and the scene ugly , a tedious and lovely story of the film",
-]
-
-
-def train_tiny(folder, model: str = "bag", **model_overrides):
-    """A small bundle trained on the toy reviews in a few seconds; returns its folder and the test file."""
-    train = write_csv(folder / "train.csv", make_rows(300, seed=1))
-    test = write_csv(folder / "test.csv", make_rows(60, seed=3))
-    sizes = dict(embed_dim=16, hidden_dim=16, ngram_buckets=512) | model_overrides
-    config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(name=model, **sizes),
-                            train=TrainConfig(epochs=3, lr=0.02, refit=False, keep_checkpoints=1, checkpoint_seconds=1e-9, keep_checkpoints_after=True))
-    train_files(train, test, folder / "run", config=config, quiet=True)
-    return folder / "run", test
-
 
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
@@ -115,11 +92,6 @@ def test_other_models_get_a_labelled_approximation(tmp_path, name):
         assert e.contributions.abs().sum() > 0
     long = explanations[-1]
     assert len(long.tokens) > 8 and (long.contributions[8:] == 0).all() == (name == "transformer")  # cut at max_len
-
-
-def textpipe(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, env=env)
 
 
 def test_cli_predict_explain(bag):

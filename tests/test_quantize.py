@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from test_explain import TEXTS, textpipe, train_tiny
+from conftest import TEXTS, run_cli as textpipe, train_tiny
 from textpipe.bundle import WEIGHTS, load_bundle, load_weights
 from textpipe.pipeline import report_file
 from textpipe.predict import Predictor

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from browser import Chromium, find_chromium, label_on_page
-from test_explain import TEXTS, textpipe, train_tiny
+from conftest import TEXTS, run_cli as textpipe, train_tiny
 from textpipe.predict import Predictor
 from textpipe.serve import Batcher, ServeConfig, make_server
 
