@@ -21,7 +21,7 @@ NPROC  ?= 1
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train resume predict evaluate info quantize serve test clean bench-memory bench bench-quantize bench-serve bench-accuracy
+.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -77,6 +77,9 @@ serve: $(STAMP)  ## serve the bundle in MODEL at http://HOST:PORT/ (a page; POST
 
 test: $(STAMP)  ## run the test suite, one pytest-xdist worker per core (ARGS="-n 0": in one process)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal $(ARGS)
+
+golden: $(STAMP)  ## the six golden runs: the recorded weights and metrics, bit for bit (tests/golden.py)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal --golden -m golden tests/test_golden.py $(ARGS)
 
 clean:  ## remove the venv and trained runs (keeps the data cache)
 	rm -rf $(VENV) runs

@@ -168,3 +168,18 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     """``python -m textpipe ARGS`` in a fresh process, output captured."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--golden", action="store_true", help="also run the six golden runs (tests/golden.py): make golden")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The golden runs train six real models (about 4 minutes of CPU): `make golden` and CI run them,
+    # `make test` stays fast.
+    if config.getoption("--golden"):
+        return
+    skip = pytest.mark.skip(reason="a golden run: `make golden` (or pytest --golden) runs the six")
+    for item in items:
+        if "golden" in item.keywords:
+            item.add_marker(skip)

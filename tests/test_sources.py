@@ -165,7 +165,7 @@ def test_real_data_from_a_folder_per_class_and_jsonl(shared_dataset, tmp_path):
             (tmp_path / "train" / row["label"] / f"{i}.txt").write_text(row["text"], encoding="utf-8")
     with open(folder / "test.csv", encoding="utf-8", newline="") as f, open(tmp_path / "test.jsonl", "w", encoding="utf-8") as out:
         out.writelines(json.dumps(row) + "\n" for row in csv.DictReader(f))
-    config = PipelineConfig(tokenizer=TokenizerConfig("basic_english"), train=TrainConfig(epochs=5))
+    config = PipelineConfig(tokenizer=TokenizerConfig("basic_english"), train=TrainConfig(epochs=5, refit=False))
     metrics = train_files(tmp_path / "train", tmp_path / "test.jsonl", tmp_path / "run", config=config, quiet=True)
     assert metrics["test"]["n"] == 1066
     assert metrics["test"]["accuracy"] >= 0.72  # majority class: 0.5
