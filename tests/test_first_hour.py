@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_here
 from textpipe import cli
 from textpipe.config import PipelineConfig
 from textpipe.pipeline import label_order
@@ -118,7 +119,7 @@ def test_a_lone_dash_reads_stdin_and_empty_stdin_prints_nothing(bundle):
 
 
 def test_an_unknown_flag_gets_the_subcommands_usage_and_a_suggestion():
-    result = textpipe("train", "--input", "a.csv", "--output", "runs/b")
+    result = cli_here("train", "--input", "a.csv", "--output", "runs/b")
     assert result.returncode == 2
     assert result.stderr.startswith("usage: textpipe train ")
     assert result.stderr.rstrip().endswith("did you mean --train / --out?")
@@ -130,9 +131,9 @@ def test_an_unknown_flag_gets_the_subcommands_usage_and_a_suggestion():
 
 
 def test_train_takes_arch_and_still_accepts_model_with_a_warning():
-    arch = textpipe("train", "--arch", "cnn", "--print-config")
+    arch = cli_here("train", "--arch", "cnn", "--print-config")
     assert arch.returncode == 0 and '\nname = "cnn"' in arch.stdout and arch.stderr == ""
-    old = textpipe("train", "--model", "gru", "--print-config")
+    old = cli_here("train", "--model", "gru", "--print-config")
     assert old.returncode == 0 and '\nname = "gru"' in old.stdout
     assert "--model is deprecated, use --arch" in old.stderr
 
@@ -141,7 +142,7 @@ def test_train_takes_arch_and_still_accepts_model_with_a_warning():
 
 
 def test_wrong_header_hints_the_headers_own_names_before_any_config_dump(bundle, tmp_path):
-    result = textpipe("train", "--train", bundle["train"], "--out", tmp_path / "r")
+    result = cli_here("train", "--train", bundle["train"], "--out", tmp_path / "r")
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert lines[0] == f"textpipe train: error: {bundle['train']}:1: header has no 'text' column (found: id, review, stars)"
@@ -152,7 +153,7 @@ def test_wrong_header_hints_the_headers_own_names_before_any_config_dump(bundle,
 def test_an_empty_text_hints_on_bad_row_skip(tmp_path):
     train = tmp_path / "t.csv"
     train.write_text("label,text\npos,good\nneg,\n", encoding="utf-8")
-    result = textpipe("train", "--train", train, "--out", tmp_path / "r")
+    result = cli_here("train", "--train", train, "--out", tmp_path / "r")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"textpipe train: error: {train}:3: empty text", "hint: --on-bad-row skip skips such rows and counts them"]
 
@@ -224,7 +225,7 @@ def test_integer_labels_sort_as_numbers(bundle):
 
 
 def test_output_into_a_missing_folder_names_the_folder_not_a_temp_file(bundle, tmp_path):
-    result = textpipe("predict", "--model", bundle["out"], "good", "--output", tmp_path / "no" / "x.csv")
+    result = cli_here("predict", "--model", bundle["out"], "good", "--output", tmp_path / "no" / "x.csv")
     assert result.returncode == 2
     assert f"folder {tmp_path / 'no'} does not exist" in result.stderr and ".tmp" not in result.stderr
 
@@ -259,7 +260,7 @@ def test_train_files_prints_nothing_and_writes_no_cache_in_the_working_folder(tm
     assert not (tmp_path / "data").exists()
     assert "epoch 1:" in caplog.text  # the progress is on the logger, for a caller who wants it
     assert any(Path(os.environ["TEXTPIPE_CACHE"]).iterdir())  # "auto": the user's cache folder (here the tests')
-    off = textpipe("train", "--set", "data.cache_dir=false", "--print-config")  # as the README says
+    off = cli_here("train", "--set", "data.cache_dir=false", "--print-config")  # as the README says
     assert off.returncode == 0 and "cache_dir = false" in off.stdout
 
 
@@ -271,10 +272,10 @@ def make(*args):
 
 def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp_path):
     jsonl = write_reviews(tmp_path / "train.jsonl", reviews(30, seed=6))
-    result = textpipe("train", "--train", jsonl, "--out", tmp_path / "r")
+    result = cli_here("train", "--train", jsonl, "--out", tmp_path / "r")
     assert result.returncode == 2
     assert result.stderr.splitlines()[1] == "hint: name the columns: --text-columns review --label-column stars"
-    missing = textpipe("train", "--train", jsonl, "--test", tmp_path / "nope.csv", "--out", tmp_path / "r",
+    missing = cli_here("train", "--train", jsonl, "--test", tmp_path / "nope.csv", "--out", tmp_path / "r",
                        "--text-columns", "review", "--label-column", "stars")
     assert missing.returncode == 2
     assert missing.stderr == f"textpipe train: error: {tmp_path / 'nope.csv'}: no such file\n"  # nothing trained or logged first

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import write_csv
+from conftest import cli_here, write_csv
 from textpipe.models import ModelConfig
 from textpipe.config import DataConfig, PipelineConfig
 from textpipe.run import train_files
@@ -86,7 +86,7 @@ def test_cli_bad_row_is_one_clear_line_and_exit_2(toy_files, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(train.read_text() + "pos\n")
     lines = bad.read_text().count("\n")
-    result = textpipe_cli("train", "--train", bad, "--test", test, "--out", tmp_path / "run", "--quiet")
+    result = cli_here("train", "--train", bad, "--test", test, "--out", tmp_path / "run", "--quiet")
     assert result.returncode == 2
     assert result.stderr.strip() == f"textpipe train: error: {bad}:{lines}: expected 2 columns, found 1"
 
@@ -104,16 +104,16 @@ def test_cli_label_unseen_in_training_at_evaluate(toy_files, tmp_path):
     out = tmp_path / "run"
     assert textpipe_cli("train", "--train", train, "--test", test, "--out", out, "--epochs", "1", "--quiet").returncode == 0
     odd = write_csv(tmp_path / "odd.csv", [("pos", "good film"), ("meh", "so so")])
-    result = textpipe_cli("evaluate", "--model", out, "--data", odd)
+    result = cli_here("evaluate", "--model", out, "--data", odd)
     assert result.returncode == 2
     assert f"{odd}:3: label 'meh' is not one of the model's labels ('neg', 'pos')" in result.stderr
 
 
 def test_cli_usage_errors_exit_2(tmp_path):
-    assert textpipe_cli("train", "--out", tmp_path).returncode == 2
-    assert textpipe_cli("predict", "--model", tmp_path).returncode == 2
-    assert textpipe_cli("frobnicate").returncode == 2
-    result = textpipe_cli("train", "--train", "a.csv", "--test", "b.csv", "--out", tmp_path, "--epochs", "0")
+    assert cli_here("train", "--out", tmp_path).returncode == 2
+    assert cli_here("predict", "--model", tmp_path).returncode == 2
+    assert cli_here("frobnicate").returncode == 2
+    result = cli_here("train", "--train", "a.csv", "--test", "b.csv", "--out", tmp_path, "--epochs", "0")
     assert result.returncode == 2 and "epochs, batch_size and patience must be >= 1" in result.stderr
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import crash_after_step, make_rows, write_csv
+from conftest import cli_here, crash_after_step, make_rows, write_csv
 from textpipe.cli import atomic_output
 from textpipe.runfolder import LOCK, STAGE, RunLock
 
@@ -176,7 +176,7 @@ def test_inputs_and_settings_are_checked_before_the_first_token(flags, message, 
     flags = [str(header_only) if f == "HEADER_ONLY" else str(tmp_path / "missing.csv") if f == "MISSING" else f for f in flags]
     test_flag = [] if "--test" in flags else ["--test", test]
     out = tmp_path / "M"
-    result = textpipe("train", "--train", train, *test_flag, "--out", out, *SMALL, *flags)
+    result = cli_here("train", "--train", train, *test_flag, "--out", out, *SMALL, *flags)
     assert result.returncode == 2 and message in result.stderr and "internal error" not in result.stderr, result.stderr
     assert not out.exists()  # nothing was read, nothing written
 
@@ -237,6 +237,6 @@ def test_written_files_get_the_usual_permissions(data, tmp_path):
 
 def test_predict_into_a_missing_folder_is_a_usage_error(data, tmp_path):
     _, _, _, model = data
-    result = textpipe("predict", "--model", model, "great", "--output", tmp_path / "nope" / "out.jsonl")
+    result = cli_here("predict", "--model", model, "great", "--output", tmp_path / "nope" / "out.jsonl")
     assert result.returncode == 2
     assert result.stderr.startswith(f"textpipe predict: error: --output {tmp_path}/nope/out.jsonl: folder {tmp_path}/nope does not exist\n")

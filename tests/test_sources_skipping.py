@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import crash_after_step, make_rows, write_csv
+from conftest import cli_here, crash_after_step, make_rows, write_csv
 from textpipe.config import DataConfig, PipelineConfig
 from textpipe.pipeline import report_file
 from textpipe.run import train_files
@@ -75,20 +75,20 @@ def test_cli_skip_reports_counts_and_default_stops(bad_files, tmp_path):
     train, dev, test = bad_files
     out = tmp_path / "run"
     common = ["--train", train, "--dev", dev, "--test", test, "--out", out, "--epochs", "1", "--tokenizer", "whitespace", "--quiet"]
-    result = textpipe_cli("train", *common)
+    result = cli_here("train", *common)
     assert result.returncode == 2
     assert result.stderr.strip() == f"textpipe train: error: {train}:52: expected 2 columns, found 1"
 
-    result = textpipe_cli("train", *common, "--on-bad-row", "skip", "--overwrite")  # the folder holds the failed run
+    result = cli_here("train", *common, "--on-bad-row", "skip", "--overwrite")  # the folder holds the failed run
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "skipped 5 train rows: NUL byte 1, empty text 1, missing label 1, undecodable bytes 1, wrong number of columns 1"
     assert lines[2] == "skipped 6 test rows: NUL byte 1, empty text 1, label not seen in training 1, missing label 1, undecodable bytes 1, wrong number of columns 1"
     assert json.loads((out / "metrics.json").read_text())["skipped"]["test"]["label not seen in training"] == 1
 
-    result = textpipe_cli("evaluate", "--model", out, "--data", test)
+    result = cli_here("evaluate", "--model", out, "--data", test)
     assert result.returncode == 2 and result.stderr.startswith(f"textpipe evaluate: error: {test}:")
-    result = textpipe_cli("evaluate", "--model", out, "--data", test, "--on-bad-row", "skip")
+    result = cli_here("evaluate", "--model", out, "--data", test, "--on-bad-row", "skip")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["skipped"]["label not seen in training"] == 1
     assert result.stderr.startswith("skipped 6 evaluated rows: ")
