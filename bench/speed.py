@@ -15,7 +15,6 @@ another job held a core (spinning threads wait for each other).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform

@@ -189,7 +189,6 @@ def cli_here(*args) -> subprocess.CompletedProcess:
     """``textpipe ARGS`` run in this process (``textpipe.cli.main``), output captured: for tests of
     error paths, which need the exit status and the message but not the cost of starting Python
     and torch again. Commands that train or must be killed still run in a subprocess (run_cli)."""
-    import contextlib
     import io
 
     from textpipe.cli import main

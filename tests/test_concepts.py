@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 
 from textpipe.collate import pad_collate
 from textpipe.dataset import TextListDataset
-from textpipe.predict import LengthSortedSampler
+from textpipe.batching import LengthSortedSampler
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import make_rows, write_csv
+from conftest import write_csv
 from textpipe.batching import Batches
 from textpipe.collate import pad_collate
 from textpipe.dataset import TextClassificationDataset, TextListDataset

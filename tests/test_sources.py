@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from textpipe.config import load
 from textpipe.sources import DataError, SourceConfig, read_examples, read_texts
 
 
@@ -110,7 +111,7 @@ def test_source_config_is_validated():
     with pytest.raises(ValueError, match="on_bad_row"):
         SourceConfig(on_bad_row="ignore")
     with pytest.raises(ValueError, match="unknown keys in \\[data.source\\]: colums"):
-        SourceConfig.from_dict({"colums": [1]})
+        load(SourceConfig, {"colums": [1]}, section="data.source")  # the one config loader
 
 
 def make_imdb_folder(root):

@@ -30,7 +30,6 @@ from .config import DataConfig, PipelineConfig
 from .pipeline import CONFIG, METRICS
 from .run import train_files
 from .predict import Predictor
-from .sources import SourceConfig
 from .tokenizer import TokenizerConfig
 from .train import TrainConfig
 

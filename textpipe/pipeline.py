@@ -40,10 +40,9 @@ from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
-from .tokenizer import Tokenizer, TokenizerConfig
+from .tokenizer import Tokenizer
 from .metrics import predict_logits
 from .runtime import resolve_device
-from .train import TrainConfig
 from .vocab import build_vocab
 
 METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"

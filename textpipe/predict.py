@@ -20,7 +20,6 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from .batching import LengthSortedSampler  # noqa: F401  (re-exported: prediction's sampler)
 from .bundle import Bundle, load_bundle
 from .dataset import TextListDataset
 from .explain import Explanation, explain

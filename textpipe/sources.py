@@ -28,7 +28,7 @@ torchtext), on the shared pieces of :mod:`textpipe.reading` (``DataError`` is de
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, MutableMapping, NamedTuple
 
@@ -78,13 +78,6 @@ class SourceConfig:
         columns = [*self.text_columns, self.label_column]
         if not self.header and not all(isinstance(c, int) and c >= 0 for c in columns):
             raise ValueError(f"without a header, text_columns and label_column are column indices (0, 1, ...), got {columns}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SourceConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown keys in [data.source]: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 class Position(NamedTuple):
