@@ -260,6 +260,21 @@ def test_a_bug_inside_textpipe_is_not_blamed_on_the_input(monkeypatch):
     assert "error: something inside broke" not in result.stderr
 
 
+def test_the_command_and_python_m_exit_the_same_way(monkeypatch):
+    import gc
+    import tomllib
+
+    import textpipe.__main__ as entry
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["textpipe"] == "textpipe.__main__:run"  # what `python -m textpipe` runs too
+    monkeypatch.setattr(entry, "main", lambda: 2)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # not in the test process, which goes on
+    with pytest.raises(SystemExit) as exited:
+        entry.run()
+    assert exited.value.code == 2
+
+
 def test_every_exit_code_is_for_one_of_textpipes_own_errors():
     from textpipe.sources import DataError
 

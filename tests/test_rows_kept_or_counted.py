@@ -98,14 +98,14 @@ def test_labels_are_stripped_and_json_labels_are_strings_or_integers(tmp_path):
 
 def test_swapped_columns_stop_with_a_hint(tmp_path):
     from textpipe.config import DataConfig
-    from textpipe.pipeline import _build_vocab_and_labels
+    from textpipe.pipeline import count_training_file
     from textpipe.sources import DataError
     from textpipe.tokenizer import Tokenizer
 
     path = tmp_path / "swapped.csv"
     path.write_text("text,label\n" + "".join(f"pos,this is review number {i} and it is a long one\n" for i in range(50)))
     with pytest.raises(DataError, match="50 different labels, .*the label column looks like text; are the label and text columns swapped"):
-        _build_vocab_and_labels(path, "all", 0, Tokenizer("whitespace"), DataConfig(max_labels=40), quiet=True)
+        count_training_file(path, 0, Tokenizer("whitespace"), DataConfig(max_labels=40), quiet=True)
 
 
 def test_spacys_vocabulary_stays_bounded_on_a_stream_of_unique_tokens(monkeypatch):

@@ -1,15 +1,22 @@
 """textpipe.run: a run's explicit phases, the state run.json holds, and the events at each phase change."""
 
 import json
+import random
+from collections import Counter
 
 import pytest
 
+from conftest import write_csv
 from textpipe.events import listen
-from textpipe.config import PipelineConfig
+from textpipe.config import DataConfig, PipelineConfig
+from textpipe.dataset import is_held_out
+from textpipe.pipeline import count_training_file
 from textpipe.run import Placement, resume_run, start_distributed, train_files
 from textpipe.runfolder import RUN, STAGE, Phase, RunState
-from textpipe.tokenizer import TokenizerConfig
+from textpipe.sources import read_examples
+from textpipe.tokenizer import Tokenizer, TokenizerConfig
 from textpipe.train import TrainConfig
+from textpipe.vocab import build_vocab, load_vocab
 
 SMALL = dict(tokenizer=TokenizerConfig("whitespace"), train=TrainConfig(epochs=2, lr=0.02, keep_checkpoints=1))
 
@@ -51,6 +58,33 @@ def test_a_refitting_run_goes_train_refit_done_and_run_json_says_so_first(toy_fi
     state = RunState.load(out)
     assert state.phase is Phase.DONE and state.refit["epochs"] == metrics["best_epoch"] == metrics["refit"]["epochs"]
     assert state.num_train == 400 and state.labels == ["neg", "pos"]  # the refit's pass over every training row
+
+
+def test_one_pass_counts_the_vocabularies_of_both_phases(tmp_path):
+    rng = random.Random(3)
+    rows = [(rng.choice(["neg", "pos"]), " ".join(f"w{rng.randint(0, 400)}" for _ in range(rng.randint(1, 9)))) for _ in range(300)]
+    path, data, tok = write_csv(tmp_path / "train.csv", rows), DataConfig(), Tokenizer("whitespace")
+    texts = [text for _, text in rows]
+    training = [text for i, text in enumerate(texts) if not is_held_out(i, 10)]
+    counts = count_training_file(path, 10, tok, data, quiet=True)
+    assert counts.vocab(data).get_itos() == build_vocab(tok.pipe(training)).get_itos()
+    refit = counts.all_rows()
+    assert refit.vocab(data).get_itos() == build_vocab(tok.pipe(texts)).get_itos() == count_training_file(path, 0, tok, data, True).vocab(data).get_itos()
+    assert len(refit.vocab(data)) > len(counts.vocab(data)), "some words are only in held-out rows"
+    assert (counts.training_rows, refit.training_rows) == (len(training), 300)
+    assert refit.label_counts == counts.label_counts == dict(sorted(Counter(label for label, _ in rows).items()))
+
+
+def test_a_refitting_run_counts_the_training_file_once(toy_files, tmp_path, monkeypatch):
+    import textpipe.run
+
+    holdouts, count = [], textpipe.run.count_training_file
+    monkeypatch.setattr(textpipe.run, "count_training_file", lambda train, holdout, *rest: holdouts.append(holdout) or count(train, holdout, *rest))
+    train, _, test = toy_files
+    train_files(train, test, tmp_path / "run", config=PipelineConfig(**SMALL), quiet=True)
+    assert holdouts == [10]
+    every_row = build_vocab(Tokenizer("whitespace")(example.text) for example in read_examples(train))
+    assert load_vocab(tmp_path / "run" / "vocab.json").get_itos() == every_row.get_itos()
 
 
 def test_with_a_dev_file_the_run_has_no_refit_phase(toy_files, tmp_path, events):

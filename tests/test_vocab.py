@@ -1,10 +1,14 @@
 import json
+import random
+from collections import Counter
 
 import pytest
 import torch
 
+from textpipe import _torchtext  # noqa: F401
+from torchtext.vocab import build_vocab_from_iterator
 from textpipe.collate import pad_collate
-from textpipe.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab
+from textpipe.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab, vocab_from_counts
 
 DOCS = [["a", "good", "film"], ["a", "bad", "film"], ["a", "film"]]
 
@@ -27,6 +31,28 @@ def test_min_freq_and_max_size():
     assert build_vocab(DOCS, max_size=3).get_itos() == ["<pad>", "<unk>", "a"]
     with pytest.raises(ValueError, match="max_size"):
         build_vocab(DOCS, max_size=2)
+
+
+def test_the_ids_depend_on_the_token_counts_alone():
+    # What lets a refit's vocabulary be made of two parts' counts added up (textpipe.pipeline.TrainingCounts).
+    rng = random.Random(0)
+    docs = [[f"w{rng.randint(0, 60)}" for _ in range(rng.randint(1, 8))] for _ in range(200)]  # many ties in frequency
+    whole = build_vocab(docs).get_itos()
+    assert whole == build_vocab_from_iterator(docs, specials=["<pad>", "<unk>"]).get_itos()  # torchtext's own, list by list
+    assert build_vocab(reversed(docs)).get_itos() == whole
+    first, rest = Counter(t for d in docs[:150] for t in d), Counter(t for d in docs[150:] for t in d)
+    assert vocab_from_counts(first + rest).get_itos() == whole
+    for min_freq, max_size in [(2, None), (1, 10), (3, 7)]:
+        assert vocab_from_counts(first + rest, min_freq, max_size).get_itos() == build_vocab(docs, min_freq, max_size).get_itos()
+
+
+def test_bad_limits_fail_before_the_pass():
+    def never():
+        raise AssertionError("the token lists were read")
+        yield
+
+    with pytest.raises(ValueError, match="min_freq"):
+        build_vocab(never(), min_freq=0)
 
 
 def test_save_and_load_as_plain_json(tmp_path):

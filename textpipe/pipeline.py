@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -43,7 +44,7 @@ from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_ex
 from .tokenizer import Tokenizer
 from .metrics import predict_logits
 from .runtime import resolve_device
-from .vocab import build_vocab
+from .vocab import vocab_from_counts
 
 METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
 
@@ -82,18 +83,23 @@ def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, d
     )
 
 
-def _build_vocab_and_labels(train, part: str, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool):
-    """One streaming pass over the training file: the vocabulary (of the training part),
-    the rows per label (held-out rows included), the number of training rows, and the rows skipped by reason."""
-    tally = _Tally()
-    skipped: dict[str, int] = {}
-    rows = read_examples(train, config=data.source, skipped=skipped)
-    vocab = build_vocab(tokenizer.pipe(_training_texts(rows, tally, part, holdout, quiet)), data.min_freq, data.max_size)
-    labels = label_order(tally.labels)
+def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool) -> TrainingCounts:
+    """One streaming pass over the training file: the token counts of its training part and of
+    the rows held out of it (1 in ``holdout``; 0 holds none out), the rows per label, and the rows skipped by reason.
+
+    Example:
+        >>> counts = count_training_file("train.csv", 10, Tokenizer(), DataConfig(), quiet=True)
+        >>> len(counts.vocab(DataConfig())), len(counts.all_rows().vocab(DataConfig()))   # the refit's is larger
+    """
+    counts = TrainingCounts()
+    rows = read_examples(train, config=data.source, skipped=counts.skipped)
+    counts.add(rows, tokenizer, holdout, quiet)
+    labels = label_order(counts.label_counts)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
     _check_labels_look_like_labels(train, labels, data.max_labels)
-    return vocab, {label: tally.labels[label] for label in labels}, tally.training_rows, skipped
+    counts.label_counts = {label: counts.label_counts[label] for label in labels}
+    return counts
 
 
 def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) -> None:
@@ -194,19 +200,36 @@ def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:
 
 
 @dataclass
-class _Tally:
-    labels: dict[str, int] = field(default_factory=dict)  # rows per label, held-out rows included
+class TrainingCounts:
+    """What one pass over the training file saw. The held-out rows' tokens are counted apart,
+    so the vocabulary of every row (a refit's) needs no second pass: :meth:`all_rows`."""
+
+    tokens: Counter = field(default_factory=Counter)  # of the training part
+    held_out_tokens: Counter = field(default_factory=Counter)
+    label_counts: dict[str, int] = field(default_factory=dict)  # rows per label, held-out rows included
     training_rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
 
+    def vocab(self, data: DataConfig):
+        """The training part's vocabulary: what :func:`~textpipe.vocab.build_vocab` makes of its rows."""
+        return vocab_from_counts(self.tokens, data.min_freq, data.max_size)
 
-def _training_texts(rows: Iterable[Example], tally: _Tally, part: str, holdout_every: int, quiet: bool) -> Iterator[str]:
-    """Texts of the training part, for the vocab builder, in one pass over the whole file.
+    def all_rows(self) -> "TrainingCounts":
+        """The counts of the whole file, held-out rows in the training part."""
+        return replace(self, tokens=self.tokens + self.held_out_tokens, held_out_tokens=Counter(), training_rows=sum(self.label_counts.values()))
 
-    Counts the labels of every row on the way, held-out ones included, so a label
-    only held-out dev rows have is still one of the model's labels.
-    """
-    for i, example in enumerate(tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)):
-        tally.labels[example.label] = tally.labels.get(example.label, 0) + 1
-        if part == "all" or not is_held_out(i, holdout_every):
-            tally.training_rows += 1
+    def add(self, rows: Iterable[Example], tokenizer: Tokenizer, holdout: int, quiet: bool) -> None:
+        """Count ``rows``, the whole file in order (a row's number decides whether it is held out)."""
+        rows = tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
+        for i, tokens in enumerate(tokenizer.pipe(self._texts(rows))):
+            if holdout and is_held_out(i, holdout):
+                self.held_out_tokens.update(tokens)
+            else:
+                self.training_rows += 1
+                self.tokens.update(tokens)
+
+    def _texts(self, rows: Iterable[Example]) -> Iterator[str]:
+        """The rows' texts, their labels counted on the way: a label only held-out rows have is still the model's."""
+        for example in rows:
+            self.label_counts[example.label] = self.label_counts.get(example.label, 0) + 1
             yield example.text

@@ -35,7 +35,7 @@ from .checkpoint import CheckpointStore
 from .events import emit
 from .models import ModelConfig, build_model
 from .pipeline import (
-    METRICS, VOCAB, PipelineConfig, _build_vocab_and_labels, _loader, check_settings, config_summary, label_order, save_outputs,
+    METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, save_outputs,
     score_and_list_mistakes,
 )
 from .report import search_notes
@@ -80,6 +80,7 @@ class PhaseResult:
     labels: list[str]
     fit: FitResult
     skipped: dict[str, dict[str, int]]  # part -> reason -> rows (counted in skip mode)
+    counts: TrainingCounts | None  # what the vocabulary was made of (None on a resume: it was loaded)
 
 
 def start_distributed(device: str) -> Placement:
@@ -209,15 +210,18 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
     ``stage``, the staging folder of the run whose outputs go to ``final``. Returns the metrics."""
     quiet = quiet or not placement.writes
     tokenizer = Tokenizer.from_config(config.tokenizer)  # one for every phase and loader: they share its chunk memo
+    counts = None
     if state.phase is Phase.TRAIN:
         state, trained = _train_phase(state, stage, config, tokenizer, store, placement, quiet, resume)
         if not refits(config, state.data):
             emit("phase_end", phase=Phase.TRAIN.value)
             return _score_and_save(state, trained, trained.fit, stage, final, config, placement, quiet, tokenizer)
         state = _enter_refit(state, trained.fit, stage, store, placement)
+        counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
         trained, resume = None, None  # let the first model's weights go before the refit builds its own
     early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"])
-    state, refitted = _train_phase(state, stage, config, tokenizer, store, placement, quiet, resume, refit_epochs=early.best_epoch)
+    state, refitted = _train_phase(state, stage, config, tokenizer, store, placement, quiet, resume, refit_epochs=early.best_epoch,
+                                    counts=counts)
     emit("phase_end", phase=Phase.REFIT.value)
     return _score_and_save(state, refitted, early, stage, final, config, placement, quiet, tokenizer)
 
@@ -234,14 +238,16 @@ def _enter_refit(state: RunState, early: FitResult, stage: Path, store: Checkpoi
 
 
 def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, store: CheckpointStore | None,
-                 placement: Placement, quiet: bool, resume: dict | None, refit_epochs: int = 0) -> tuple[RunState, PhaseResult]:
+                 placement: Placement, quiet: bool, resume: dict | None, refit_epochs: int = 0,
+                 counts: TrainingCounts | None = None) -> tuple[RunState, PhaseResult]:
     """Build (or reload) the vocabulary and train one model: with early stopping on dev, or,
-    given ``refit_epochs``, on every training row for that many epochs."""
+    given ``refit_epochs``, on every training row for that many epochs. ``counts``: the training
+    file's, when an earlier pass counted them for this phase's vocabulary."""
     train, test, dev = state.data["train"], state.data["test"], state.data["dev"]
     set_seed(config.train.seed)
     train_part = "all" if dev or refit_epochs else "train"
     holdout = 0 if train_part == "all" else config.data.holdout_every
-    state, vocab = _phase_vocab(state, stage, config, tokenizer, placement, train_part, holdout, quiet, resume)
+    state, vocab, counts = _phase_vocab(state, stage, config, tokenizer, placement, holdout, quiet, resume, counts)
     if not quiet:
         what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
         log.info(f"{what}, {len(state.labels)} labels, vocabulary of {len(vocab)} tokens")
@@ -268,22 +274,25 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
         context = RunContext(placement.device, placement.rank, placement.world, quiet, checkpoints=store, resume=resume, stop=stop)
         result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
                      class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
-    return state, PhaseResult(model, vocab, state.labels, result, skipped)
+    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
 
 
 def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
-                 train_part: str, holdout: int, quiet: bool, resume: dict | None):
-    """The phase's vocabulary, and the state that records its labels: built from the training file
-    (every rank builds the same; rank 0 saves it), or, on a resume, the one saved before the checkpoint."""
+                 holdout: int, quiet: bool, resume: dict | None, counts: TrainingCounts | None):
+    """The phase's vocabulary, the counts it was made of, and the state that records its labels: made from
+    ``counts``, else from a pass over the training file (every rank makes the same; rank 0 saves it);
+    on a resume, the one saved before the checkpoint."""
     if resume is not None:
-        return state, load_vocab(stage / VOCAB)
-    train = state.data["train"]
-    vocab, label_counts, num_train, skipped = _build_vocab_and_labels(train, train_part, holdout, tokenizer, config.data, quiet)
-    state = replace(state, labels=label_order(label_counts), label_counts=label_counts, num_train=num_train, skipped=skipped,
-                    fingerprint=data_fingerprint(train))
+        return state, load_vocab(stage / VOCAB), None
+    if counts is None:
+        counts = count_training_file(state.data["train"], holdout, tokenizer, config.data, quiet)
+        state = replace(state, fingerprint=data_fingerprint(state.data["train"]))
+    vocab = counts.vocab(config.data)
+    state = replace(state, labels=label_order(counts.label_counts), label_counts=counts.label_counts, num_train=counts.training_rows,
+                    skipped=counts.skipped)
     if placement.writes:
         save_vocab(vocab, stage / VOCAB)
-    return state, vocab
+    return state, vocab, counts
 
 
 def _phase_loader(path, part: str = "all", training: bool = False, *, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels: list[str],

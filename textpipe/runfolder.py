@@ -203,7 +203,7 @@ class RunState:
     config: dict  # PipelineConfig.to_dict()
     autotune: dict | None = None  # the search that chose the config: its trials and the chosen changes
     refit: dict | None = None  # what the refit starts from: the train phase's "epochs", "best_dev" and "history"
-    labels: list[str] | None = None  # from here on: the current phase's vocabulary pass over the training file
+    labels: list[str] | None = None  # from here on: the training file's counts, for the current phase
     label_counts: dict[str, int] | None = None
     num_train: int | None = None
     skipped: dict[str, int] | None = None

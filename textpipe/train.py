@@ -274,7 +274,11 @@ class _Loop:
         if not self.context.quiet:
             log.info(epoch_line(state.history[-1], improved, rows_per_s))
         if improved:  # in memory, and in every later checkpoint, so a resumed run ends with the same weights
-            self.best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            weights = self.model.state_dict()
+            # Into the same tensors each time: a new copy of a large table per improved epoch costs several times more (fresh pages).
+            self.best_weights = self.best_weights or {k: torch.empty_like(v, device="cpu") for k, v in weights.items()}
+            for k, v in weights.items():
+                self.best_weights[k].copy_(v)
         emit("epoch_done", epoch=epoch)
         self._stop_if_signalled(mid_epoch=False)
 
