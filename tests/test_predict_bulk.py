@@ -5,7 +5,7 @@ import torch
 from conftest import make_rows
 from textpipe.bundle import save_bundle
 from textpipe.models import ModelConfig, build_model
-from textpipe.predict import Predictor
+from textpipe.predict import Predictor, top_labels
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
 
@@ -37,3 +37,17 @@ def test_predictor_batches_through_a_dataloader_with_a_length_sorted_sampler(tmp
     loader = Predictor.load(tmp_path / "b").batches(texts, batch_size=3)
     assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
     assert [b.lengths.tolist() for b in loader] == [[7, 3, 2], [1]]  # longest first, little padding
+
+
+def test_top_labels_of_a_batch_equal_those_of_each_row_alone():
+    probs = torch.rand(300, 4).softmax(-1)
+    probs[:50] = 0.25  # ties: every label equally likely
+    labels, texts = ["a", "b", "c", "d"], [f"text {i}" for i in range(300)]
+    for k in (None, 1, 2, 9):
+        expected = []
+        for text, row in zip(texts, probs):  # the loop top_labels replaced
+            values, indices = row.topk(len(labels) if k is None else min(k, len(labels)))
+            ranked = {labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
+            expected.append({"text": text, "label": labels[int(indices[0])], "probs": ranked})
+        got = top_labels(texts, probs, labels, k)
+        assert got == expected and [list(r["probs"]) for r in got] == [list(r["probs"]) for r in expected]  # same order too

@@ -92,9 +92,8 @@ class Predictor:
 def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
     """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default)."""
     k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
-    results = []
-    for text, row in zip(texts, probs):
-        values, indices = row.topk(k)
-        ranked = {labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
-        results.append({"text": text, "label": labels[int(indices[0])], "probs": ranked})
-    return results
+    values, indices = probs.topk(k, dim=1)  # (N, k): one call for all rows, then plain Python lists
+    return [
+        {"text": text, "label": labels[best[0]], "probs": {labels[i]: round(v, 6) for v, i in zip(row, best)}}
+        for text, row, best in zip(texts, values.tolist(), indices.tolist())
+    ]
