@@ -1,7 +1,8 @@
 """Stage 8: texts -> labels and class probabilities, from a saved bundle.
 
 The bulk path: the texts become a map-style :class:`~textpipe.dataset.TextListDataset`
-(tokenized in one batched pass, spaCy's ``pipe``, into one flat tensor with
+(numericalized in one pass by the predictor's :class:`~textpipe.encoder.TextEncoder`,
+which remembers each chunk's ids from call to call, into one flat tensor with
 offsets), batched by :func:`~textpipe.loader.make_loader`: a ``DataLoader`` whose
 :class:`~textpipe.batching.LengthSortedSampler` feeds texts longest first (so a
 batch holds texts of similar length and carries little padding) and whose
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .bundle import Bundle, load_bundle
 from .dataset import TextListDataset
+from .encoder import TextEncoder
 from .explain import Explanation, explain
 from .loader import make_loader
 from .models import capture_pooled
@@ -39,6 +41,7 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, device: str = "cpu"):
         self.bundle = bundle
+        self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab)
         self.device = torch.device(device)
 
     @classmethod
@@ -59,7 +62,7 @@ class Predictor:
 
     def batches(self, texts: Sequence[str], batch_size: int) -> DataLoader:
         """The texts numericalized in one pass, batched longest first; ``.sampler.restore`` undoes the order."""
-        return make_loader(TextListDataset(texts, self.bundle.tokenizer, self.bundle.vocab), batch_size)
+        return make_loader(TextListDataset(texts, self.encoder), batch_size)
 
     def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
         """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default)."""

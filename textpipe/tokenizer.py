@@ -59,6 +59,12 @@ class Tokenizer:
     def config(self) -> TokenizerConfig:
         return TokenizerConfig(self.name, self.lower)
 
+    @property
+    def chunkwise(self) -> bool:
+        """True when a text's tokens are those of its whitespace chunks (``text.split()``), each
+        tokenized alone, end to end (spaCy, see :class:`_ChunkMemo`): a chunk's tokens can be remembered."""
+        return self.name == "spacy"
+
     def __call__(self, text: str) -> list[str]:
         if self._fn is None:
             self._fn = self._build()
