@@ -14,7 +14,7 @@ from ..files import atomic_write
 from ..sources import DataError
 from .errors import UsageError
 from .options import source_config
-from .streams import atomic_output, check_output_folder, chunked, input_rows, input_texts, positive, print_skipped, reads_stdin, require_bundle
+from .streams import atomic_output, check_output_folder, input_blocks, input_texts, positive, print_skipped, reads_stdin, require_bundle
 
 PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
 
@@ -53,7 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     positive(args.batch_size, "--batch-size")
     check_output_folder(args.output)
     source = source_config(args, require_bundle(args.model))
-    rows = input_rows(args.texts, args.input, source)
+    blocks = input_blocks(args.texts, args.input, source, PREDICT_CHUNK)
     from ..predict import Predictor
 
     predictor = Predictor.load(require_bundle(args.model))
@@ -61,21 +61,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
     with atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
-        count = write_predictions(out, predictor, rows, args, source.on_bad_row, skipped)
+        count = write_predictions(out, predictor, blocks, args, source.on_bad_row, skipped)
         if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
     print_skipped({"predicted": skipped} if skipped else {})
 
 
-def write_predictions(out: TextIO, predictor, rows: Iterator, args: argparse.Namespace, on_bad_row: str, skipped: dict) -> int:
-    """Score ``rows`` a chunk at a time and write one line each, in input order; return how many."""
+def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argparse.Namespace, on_bad_row: str, skipped: dict) -> int:
+    """Score the rows a block at a time and write one line each, in input order; return how many."""
     from tqdm.auto import tqdm
 
     write_row = ROW_WRITERS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
     count = 0
     with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
-        for chunk in chunked(rows, PREDICT_CHUNK):
+        for chunk in blocks:
             results = list(predict_rows(predictor, chunk, top_k, args.batch_size, on_bad_row, skipped))
             if args.explain:
                 from ..explain import add_explanations
