@@ -71,7 +71,7 @@ def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argp
     """Score the rows a block at a time and write one line each, in input order; return how many."""
     from tqdm.auto import tqdm
 
-    write_row = ROW_WRITERS[args.format]
+    lines = ROW_FORMATS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
     count = 0
     with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
@@ -82,8 +82,7 @@ def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argp
 
                 scored = [result for result in results if result["label"] is not None]
                 add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
-            for result in results:
-                write_row(out, result, predictor.labels)
+            out.write(lines(results, predictor.labels))  # one write per block: a write per row cost more than the model
             count += len(chunk)
             bar.update(len(chunk))
     return count
@@ -105,27 +104,35 @@ def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_
             raise DataError(row.file, row.line, row.problem[1])
 
 
-def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")  # NaN is not JSON: never written
+def json_lines(results: list[dict], labels: list[str]) -> str:
+    return "".join(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n" for result in results)  # NaN is not JSON: never written
 
 
-def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    probs = result["probs"]
-    cells = [probs.get(label, "") for label in labels]
-    confidence = probs[result["label"]] if result["label"] is not None else ""
-    csv.writer(out).writerow([result["text"], result["label"] or "", confidence, *cells])
+def csv_lines(results: list[dict], labels: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for result in results:
+        probs = result["probs"]
+        confidence = probs[result["label"]] if result["label"] is not None else ""
+        writer.writerow([result["text"], result["label"] or "", confidence, *(probs.get(label, "") for label in labels)])
+    return buffer.getvalue()
 
 
-def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
+def text_lines(results: list[dict], labels: list[str]) -> str:
+    return "".join(map(text_line, results))
+
+
+def text_line(result: dict) -> str:
     ranked = ", ".join(f"{label} ({p:.3f})" for label, p in result["probs"].items())
-    out.write(f"{ranked}\t{result['text']}\n")
+    line = f"{ranked}\t{result['text']}\n"
     if "explanation" in result:
         e = result["explanation"]
         features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
-        out.write(f"  why ({e['method']}, toward {result['label']}): {features}\n")
+        line += f"  why ({e['method']}, toward {result['label']}): {features}\n"
+    return line
 
 
-ROW_WRITERS = {"json": write_json_row, "csv": write_csv_row, "text": write_text_row}
+ROW_FORMATS = {"json": json_lines, "csv": csv_lines, "text": text_lines}  # a block of results -> its output lines
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
