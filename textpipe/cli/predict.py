@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
 import json
 import sys
@@ -57,6 +58,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from ..predict import Predictor
 
     predictor = Predictor.load(require_bundle(args.model))
+    # torch and spaCy leave some 180k objects that live as long as the process: frozen, the collector
+    # stops walking them at every full collection (0.5 s of labelling 100k lines).
+    gc.freeze()
     skipped: dict[str, int] = {}
     with atomic_output(args.output) as out:
         if args.format == "csv":
