@@ -49,7 +49,7 @@ class TextEncoder:
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokenizer.chunkwise:
-            pieces = [text.split() for text in texts]
+            pieces = list(map(str.split, texts))
         else:
             self.start_over()
             pieces = [[text] for text in texts]
@@ -59,13 +59,16 @@ class TextEncoder:
 
     def _codes(self, pieces: list[str]) -> torch.Tensor:
         """The number of each piece, learning the new ones first."""
-        new = set(pieces).difference(self.codes)
+        codes = np.fromiter(map(self.codes.get, pieces, itertools.repeat(-1)), dtype=np.int64, count=len(pieces))
+        missing = np.flatnonzero(codes < 0).tolist()
+        new = {pieces[i] for i in missing}
         if len(self.codes) + len(new) > MEMO_SIZE:
             self.start_over()
-            new = set(pieces)
+            new, missing = set(pieces), list(range(len(pieces)))
         if new:
             self._learn(sorted(new))  # sorted: the same numbers whatever the hash seed
-        return torch.from_numpy(np.fromiter(map(self.codes.__getitem__, pieces), dtype=np.int64, count=len(pieces)))
+            codes[missing] = [self.codes[pieces[i]] for i in missing]
+        return torch.from_numpy(codes)
 
     def _learn(self, pieces: list[str]) -> None:
         token_lists = list(self.tokenizer.pipe(pieces))  # one spaCy call for the chunks it has not seen
