@@ -95,8 +95,8 @@ class Predictor:
 def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
     """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default)."""
     k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
-    values, indices = probs.topk(k, dim=1)  # (N, k): one call for all rows, then plain Python lists
-    return [
-        {"text": text, "label": labels[best[0]], "probs": {labels[i]: round(v, 6) for v, i in zip(row, best)}}
-        for text, row, best in zip(texts, values.tolist(), indices.tolist())
-    ]
+    values, indices = probs.topk(k, dim=1)  # (N, k): one call for all rows
+    # Column by column (k lists of N), then zipped into rows: no comprehension per row.
+    names = [[labels[i] for i in column] for column in indices.T.tolist()]
+    rounded = [[round(v, 6) for v in column] for column in values.T.tolist()]
+    return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, zip(*names), zip(*rounded))]

@@ -127,7 +127,7 @@ def text_lines(results: list[dict], labels: list[str]) -> str:
 
 
 def text_line(result: dict) -> str:
-    ranked = ", ".join(f"{label} ({p:.3f})" for label, p in result["probs"].items())
+    ranked = ", ".join([f"{label} ({p:.3f})" for label, p in result["probs"].items()])
     line = f"{ranked}\t{result['text']}\n"
     if "explanation" in result:
         e = result["explanation"]
