@@ -71,7 +71,7 @@ class TextEncoder:
         return torch.from_numpy(codes)
 
     def _learn(self, pieces: list[str]) -> None:
-        token_lists = list(self.tokenizer.pipe(pieces))  # one spaCy call for the chunks it has not seen
+        token_lists = self.tokenizer.pipe_chunks(pieces)  # one spaCy call for the chunks it has not seen
         counts = torch.tensor(list(map(len, token_lists)), dtype=torch.long)
         ids = torch.tensor(self.vocab(list(itertools.chain.from_iterable(token_lists))), dtype=torch.long)
         self.codes.update(zip(pieces, range(len(self.codes), len(self.codes) + len(pieces))))

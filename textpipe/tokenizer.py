@@ -78,6 +78,15 @@ class Tokenizer:
             return self._fn.many(texts)
         return map(self._fn, texts)
 
+    def pipe_chunks(self, chunks: list[str]) -> list[list[str]]:
+        """``list(self.pipe(chunks))`` where, for a :attr:`chunkwise` tokenizer, each text is one whitespace
+        chunk: its tokens are read straight from the memo (the unseen chunks tokenized in one spaCy call)."""
+        if self._fn is None:
+            self._fn = self._build()
+        if isinstance(self._fn, _ChunkMemo):
+            return self._fn.tokens_of(chunks)
+        return list(map(self._fn, chunks))
+
     def _build(self) -> Callable[[str], list[str]]:
         if self.name == "spacy":
             self._nlp = _blank_english()
@@ -152,6 +161,10 @@ class _ChunkMemo:
             for chunk in chunks:
                 tokens += memo[chunk]
             yield tokens
+
+    def tokens_of(self, chunks: list[str]) -> list[list[str]]:
+        self.learn(chunks)
+        return list(map(self.memo.__getitem__, chunks))  # self.memo after learn: it may have started over
 
     def learn(self, chunks: list[str]) -> None:
         """Tokenize the chunks not in the memo, all in one spaCy call."""
