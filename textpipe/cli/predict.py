@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -58,19 +59,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from ..predict import Predictor
 
     predictor = Predictor.load(require_bundle(args.model))
-    # torch and spaCy leave some 180k objects that live as long as the process: frozen, the collector
-    # stops walking them at every full collection (0.5 s of labelling 100k lines). Each block of rows
-    # makes and drops thousands of small containers: young collections every 20,000, not 700 (0.1 s).
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
     skipped: dict[str, int] = {}
-    with atomic_output(args.output) as out:
+    with few_collections(), atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
         count = write_predictions(out, predictor, blocks, args, source.on_bad_row, skipped)
         if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
     print_skipped({"predicted": skipped} if skipped else {})
+
+
+@contextmanager
+def few_collections() -> Iterator[None]:
+    """Inside, the objects that exist now are frozen: torch, spaCy and the model leave some 180k that live
+    as long as the process, and every full collection walked them (0.5 s of labelling 100k lines); and
+    the young generation is collected every 20,000 allocations, not 700: each block of rows makes and
+    drops thousands of small containers (0.1 s). Both undone after, for a program that calls main() on."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(20_000, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argparse.Namespace, on_bad_row: str, skipped: dict) -> int:
