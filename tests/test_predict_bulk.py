@@ -51,3 +51,17 @@ def test_top_labels_of_a_batch_equal_those_of_each_row_alone():
             expected.append({"text": text, "label": labels[int(indices[0])], "probs": ranked})
         got = top_labels(texts, probs, labels, k)
         assert got == expected and [list(r["probs"]) for r in got] == [list(r["probs"]) for r in expected]  # same order too
+
+
+def test_text_lines_from_the_ranking_equal_those_from_result_dicts():
+    from textpipe.cli.predict import text_block, text_lines, with_bad_rows
+    from textpipe.predict import ranked
+    from textpipe.sources import InputRow
+
+    chunk = [InputRow(1, "a b", None, "f"), InputRow(2, "", ("empty text", "empty text"), "f"),
+             InputRow(3, "", ("NUL byte", "NUL byte in the row"), "f"), InputRow(4, "c\td", None, "f")]
+    texts, probs, labels = ["a b", "c\td"], torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]]), ["x", "y", "z"]
+    for k in (1, 2, None):
+        expected = text_lines(with_bad_rows(chunk, top_labels(texts, probs, labels, k)), labels)
+        assert text_block(chunk, texts, *ranked(probs, labels, k)) == expected
+    assert expected.splitlines() == ["y (0.600), z (0.300), x (0.100)\ta b", "\t", "\t", "x (0.500), y (0.250), z (0.250)\tc\td"]

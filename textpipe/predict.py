@@ -94,9 +94,20 @@ class Predictor:
 
 def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
     """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default)."""
+    names, rounded = ranked(probs, labels, top_k)
+    return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, names, rounded)]
+
+
+def ranked(probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> tuple[list[tuple], list[tuple]]:
+    """Each row's ``top_k`` best labels (all by default), best first, and their probabilities rounded to 6 places.
+
+    Example:
+        >>> ranked(torch.tensor([[0.2, 0.8]]), ["neg", "pos"], top_k=1)
+        ([('pos',)], [(0.8,)])
+    """
     k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
     values, indices = probs.topk(k, dim=1)  # (N, k): one call for all rows
     # Column by column (k lists of N), then zipped into rows: no comprehension per row.
     names = [[labels[i] for i in column] for column in indices.T.tolist()]
     rounded = [[round(v, 6) for v in column] for column in values.T.tolist()]
-    return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, zip(*names), zip(*rounded))]
+    return list(zip(*names)), list(zip(*rounded))

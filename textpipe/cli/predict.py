@@ -89,37 +89,51 @@ def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argp
     """Score the rows a block at a time and write one line each, in input order; return how many."""
     from tqdm.auto import tqdm
 
-    lines = ROW_FORMATS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
     count = 0
     with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
         for chunk in blocks:
-            results = list(predict_rows(predictor, chunk, top_k, args.batch_size, on_bad_row, skipped))
-            if args.explain:
-                from ..explain import add_explanations
-
-                scored = [result for result in results if result["label"] is not None]
-                add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
-            out.write(lines(results, predictor.labels))  # one write per block: a write per row cost more than the model
+            count_bad_rows(chunk, on_bad_row, skipped)
+            texts = [row.text for row in chunk if row.problem is None]
+            probs = predictor.probabilities(texts, args.batch_size)
+            out.write(block_lines(predictor, chunk, texts, probs, top_k, args))  # one write per block, not per row
             count += len(chunk)
             bar.update(len(chunk))
     return count
 
 
-def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_bad_row: str, skipped: dict) -> Iterator[dict]:
-    """One result per input row, in order: a blank row gets ``label: null``; another bad row
-    stops the command (``on_bad_row="error"``) or gets ``label: null`` and its reason in ``skipped``."""
-    results = iter(predictor.predict([row.text for row in chunk if row.problem is None], top_k=top_k, batch_size=batch_size))
+def count_bad_rows(chunk: list, on_bad_row: str, skipped: dict) -> None:
+    """Count the bad rows (blank ones aside) in ``skipped`` by reason, or stop at the first (``on_bad_row="error"``)."""
     for row in chunk:
-        if row.problem is None:
-            yield next(results)
-        elif row.problem[0] == "empty text":
-            yield {"text": "", "label": None, "probs": {}}
-        elif on_bad_row == "skip":
+        if row.problem is not None and row.problem[0] != "empty text":
+            if on_bad_row != "skip":
+                raise DataError(row.file, row.line, row.problem[1])
             skipped[row.problem[0]] = skipped.get(row.problem[0], 0) + 1
-            yield {"text": "", "label": None, "probs": {}, "skipped": row.problem[0]}
-        else:
-            raise DataError(row.file, row.line, row.problem[1])
+
+
+def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | None, args: argparse.Namespace) -> str:
+    """The output lines of a block: one per row (a bad row gets ``label: null``), and the explanations asked for."""
+    from ..predict import ranked, top_labels
+
+    if args.format == "text" and not args.explain:  # the usual case, formatted from the ranking: no dict per row
+        return text_block(chunk, texts, *ranked(probs, predictor.labels, top_k))
+    results = with_bad_rows(chunk, top_labels(texts, probs, predictor.labels, top_k))
+    if args.explain:
+        from ..explain import add_explanations
+
+        scored = [result for result in results if result["label"] is not None]
+        add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
+    return ROW_FORMATS[args.format](results, predictor.labels)
+
+
+def with_bad_rows(chunk: list, results: list[dict]) -> list[dict]:
+    """The results of the good rows and a ``label: null`` result for each bad one (with ``skipped``: why), in input order."""
+    scored = iter(results)
+    return [next(scored) if row.problem is None else null_result(row.problem[0]) for row in chunk]
+
+
+def null_result(reason: str) -> dict:
+    return {"text": "", "label": None, "probs": {}} if reason == "empty text" else {"text": "", "label": None, "probs": {}, "skipped": reason}
 
 
 def json_lines(results: list[dict], labels: list[str]) -> str:
@@ -136,13 +150,18 @@ def csv_lines(results: list[dict], labels: list[str]) -> str:
     return buffer.getvalue()
 
 
+def text_block(chunk: list, texts: list[str], names: list[tuple], rounded: list[tuple]) -> str:
+    lines = iter([f"{', '.join(map(RANKED, row, p))}\t{text}\n" for text, row, p in zip(texts, names, rounded)])
+    return "".join([next(lines) if row.problem is None else "\t\n" for row in chunk])
+
+
 def text_lines(results: list[dict], labels: list[str]) -> str:
     return "".join(map(text_line, results))
 
 
 def text_line(result: dict) -> str:
-    ranked = ", ".join([f"{label} ({p:.3f})" for label, p in result["probs"].items()])
-    line = f"{ranked}\t{result['text']}\n"
+    probs = result["probs"]
+    line = f"{', '.join(map(RANKED, probs, probs.values()))}\t{result['text']}\n"
     if "explanation" in result:
         e = result["explanation"]
         features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
@@ -150,6 +169,7 @@ def text_line(result: dict) -> str:
     return line
 
 
+RANKED = "{} ({:.3f})".format  # a label and its probability, as text shows them
 ROW_FORMATS = {"json": json_lines, "csv": csv_lines, "text": text_lines}  # a block of results -> its output lines
 
 
