@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import cli_here
-from textpipe.bundle import BundleError, fields_digest, file_digest, load_bundle, save_bundle
+from textpipe.bundle import BundleError, all_finite, fields_digest, file_digest, load_bundle, save_bundle
 from textpipe.models import ModelConfig, build_model, model_skeleton
 from textpipe.predict import Predictor
 from textpipe.tokenizer import Tokenizer
@@ -276,6 +276,17 @@ def test_weights_never_go_through_torch_load(bundle_dir, monkeypatch):
     forge_manifest(path)
     with pytest.raises(BundleError, match="is not a safetensors weights file"):
         load_bundle(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_all_finite_finds_one_nan_or_infinity_anywhere(dtype):
+    table = torch.randn(1000, 33).to(dtype)
+    assert all_finite(table) and all_finite(torch.empty(0, 4, dtype=dtype)) and all_finite(torch.tensor([2**40]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, 12345, table.numel() - 1):
+            spoiled = table.clone()
+            spoiled.view(-1)[where] = bad
+            assert not all_finite(spoiled), (bad, where)
 
 
 def test_non_finite_weights_are_never_saved_nor_loaded(bundle_dir, tmp_path):
