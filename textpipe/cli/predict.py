@@ -62,7 +62,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     predictor = Predictor.load(require_bundle(args.model))
     skipped: dict[str, int] = {}
-    with few_collections(), atomic_output(args.output) as out:
+    with frozen_objects(), atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
         count = write_predictions(out, predictor, blocks, args, source.on_bad_row, skipped)
@@ -72,18 +72,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def few_collections() -> Iterator[None]:
-    """Inside, the objects that exist now are frozen: torch, spaCy and the model leave some 180k that live
-    as long as the process, and every full collection walked them (0.5 s of labelling 100k lines); and
-    the young generation is collected every 20,000 allocations, not 700: each block of rows makes and
-    drops thousands of small containers (0.1 s). Both undone after, for a program that calls main() on."""
-    threshold = gc.get_threshold()
+def frozen_objects() -> Iterator[None]:
+    """Inside, the objects that exist now are frozen: torch, spaCy and the model leave some 180k that live as
+    long as the process, and every full collection walked them (0.5 s of labelling 100k lines). Undone after,
+    for a program that calls main() and goes on."""
     gc.freeze()
-    gc.set_threshold(20_000, *threshold[1:])
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
         gc.unfreeze()
 
 
