@@ -3,9 +3,10 @@
     make bench                         # or: .venv/bin/python bench/speed.py  (about 5-8 minutes on 2 cores)
 
 Writes ``bench/results/speed.json`` and ``bench/results/speed.md``. Data: ``mr``
-from ``../shared/datasets`` (train 9,596 rows, test 1,066), and a 1,000,000-row
+from ``../shared/datasets`` (train 9,596 rows, test 1,066), a 1,000,000-row
 file sampled (seeded, with replacement) from the mr + subj training rows as
-``bench/memory.py`` does. Needs the ``bench`` extra (``fasttext-wheel``,
+``bench/memory.py`` does, and a 100,000-line text file sampled the same way
+(prediction input for whole processes: textpipe vs a pickled TF-IDF + LR). Needs the ``bench`` extra (``fasttext-wheel``,
 ``scikit-learn``). Timings on a shared machine are noisy: the ratios, measured
 side by side in this one run, are what count. Every process runs with one
 torch thread (``OMP_NUM_THREADS=1`` unless set): on 2 shared cores, torch's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -351,11 +353,65 @@ def predict_speed(bundle_dir: Path) -> dict:
     }
 
 
+PROCESS_ROWS, PROCESS_ROUNDS = 100_000, 3
+TFIDF_PREDICT = """
+import pickle, sys
+model = pickle.load(open(sys.argv[1], "rb"))
+lines = open(sys.argv[2], encoding="utf-8").read().splitlines()
+sys.stdout.write("\\n".join(model.predict(lines)) + "\\n")
+"""
+
+
+def predict_process_speed(bundle_dir: Path) -> dict:
+    """Issue 18: one ``textpipe predict --input`` process labelling 100k lines (load included) vs one process
+    that unpickles a TF-IDF + LR pipeline and labels the same lines; ``PROCESS_ROUNDS`` runs each, alternated; medians."""
+    lines = write_lines(DATA / f"predict_{PROCESS_ROWS}.txt", sample_rows(), PROCESS_ROWS, seed=PROCESS_ROWS)
+    pickled = write_tfidf_pipeline(WORK / "tfidf_lr.pkl")
+    commands = {
+        "textpipe": [sys.executable, "-m", "textpipe", "predict", "--model", str(bundle_dir), "--input", str(lines), "--format", "text"],
+        "tfidf_lr": [sys.executable, "-c", TFIDF_PREDICT, str(pickled), str(lines)],
+    }
+    runs: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(PROCESS_ROUNDS):
+        for name, command in commands.items():
+            runs[name].append(run_process(command)["wall_s"])
+    walls = {name: statistics.median(v) for name, v in runs.items()}
+    rows_per_s = {name: round(PROCESS_ROWS / wall) for name, wall in walls.items()}
+    return {"rows": PROCESS_ROWS, "rounds": PROCESS_ROUNDS, "wall_s": walls, "rows_per_s": rows_per_s,
+            "ratio": round(rows_per_s["textpipe"] / rows_per_s["tfidf_lr"], 2), "runs": runs}
+
+
+def write_lines(path: Path, rows: list[tuple[str, str]], n: int, seed: int) -> Path:
+    """``n`` texts drawn (seeded, with replacement) from ``rows``, one per line: prediction input."""
+    if not path.is_file():
+        rng = random.Random(seed)
+        tmp = path.with_name(path.name + ".tmp")
+        # No line break inside a text (str.splitlines' sense), so both processes see the same n lines.
+        tmp.write_text("".join(" ".join(rng.choice(rows)[1].splitlines()) + "\n" for _ in range(n)), encoding="utf-8")
+        os.replace(tmp, path)
+    return path
+
+
+def write_tfidf_pipeline(path: Path) -> Path:
+    """A pickled scikit-learn TF-IDF (word 1-2 grams, sublinear tf) + logistic regression (C=10) pipeline trained on mr."""
+    import pickle
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    train = list(read_examples(MR_TRAIN))
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True), LogisticRegression(C=10, max_iter=1000))
+    model.fit([ex.text for ex in train], [ex.label for ex in train])
+    path.write_bytes(pickle.dumps(model))
+    return path
+
+
 # --- report ------------------------------------------------------------------------
 
 
 def markdown(r: dict) -> str:
-    e, p, l, t, b = r["end_to_end"], r["predict"], r["loader"], r["training"], r["big_file"]
+    e, p, l, t, b, pp = r["end_to_end"], r["predict"], r["loader"], r["training"], r["big_file"], r["predict_process"]
     at512 = t["default_model_batch_512_rows_per_s"]
     lines = [
         "# textpipe speed (bench/speed.py, one run)",
@@ -368,6 +424,7 @@ def markdown(r: dict) -> str:
         f"| same, --keep-checkpoints 0, warm cache | {e['textpipe_no_checkpoints_warm_cache']['wall_s']} s, acc {e['textpipe_no_checkpoints_warm_cache']['test_accuracy']}, peak RSS {e['textpipe_no_checkpoints_warm_cache']['peak_rss_mb']} MB | | {e['wall_ratio_no_checkpoints_warm_cache_to_fasttext']}x |",
         f"| same, --no-refit, warm cache | {e['textpipe_no_refit_warm_cache']['wall_s']} s, acc {e['textpipe_no_refit_warm_cache']['test_accuracy']}, {e['textpipe_no_refit_warm_cache']['epochs']} epochs, peak RSS {e['textpipe_no_refit_warm_cache']['peak_rss_mb']} MB | | {e['wall_ratio_no_refit_warm_cache_to_fasttext']}x |",
         f"| bulk predict rows/s (mr test, {p['rows']} rows; best of 5 calls, like TF-IDF + LR) | {p['bulk_rows_per_s']} (first call of a freshly loaded model, empty chunk memo: {p['first_call_rows_per_s']}) | TF-IDF + LR: {p['tfidf_lr_rows_per_s']} | {p['ratio']}x (target >= 1); first call {round(p['first_call_rows_per_s'] / p['tfidf_lr_rows_per_s'], 2)}x |",
+        f"| one `textpipe predict --input` process, {pp['rows']:,} lines (load included; median of {pp['rounds']}, alternated) | {pp['wall_s']['textpipe']} s, {pp['rows_per_s']['textpipe']:,} rows/s | one process unpickling TF-IDF + LR: {pp['wall_s']['tfidf_lr']} s, {pp['rows_per_s']['tfidf_lr']:,} rows/s | {pp['ratio']}x rows/s (issue 18 target >= 1) |",
         f"| single-text predict latency | p50 {p['single_text_ms_p50']} ms, p99 {p['single_text_ms_p99']} ms | | |",
         f"| pad fraction, mr train, batch 32 | bucketed {l['pad_fraction_bucketed']} | unbucketed {l['pad_fraction_unbucketed']} | target <= 0.10 |",
         f"| 1M-row epoch (bag, batch 512) | warm cache {b['warm_epoch_s']} s | first epoch {b['first_epoch_s']} s (cache build {b['of_which_cache_build_s']} s) | {b['speedup']}x (target >= 3x) |",
@@ -406,6 +463,9 @@ def main() -> None:
     result["ddp"] = ddp_speed()
     log("predict")
     result["predict"] = predict_speed(WORK / "textpipe_default")
+    log("predict process")
+    result["predict_process"] = predict_process_speed(WORK / "textpipe_default")
+    log(f"predict process: {result['predict_process']}")
     texts = [ex.text for ex in read_examples(MR_TRAIN)]
     log("tokenizers")
     result["tokenizers"] = tokenizer_speed(texts)

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import cli_here
-from textpipe.bundle import BundleError, fields_digest, file_digest, load_bundle, save_bundle
-from textpipe.models import ModelConfig, build_model
+from textpipe.bundle import BundleError, all_finite, fields_digest, file_digest, load_bundle, save_bundle
+from textpipe.models import ModelConfig, build_model, model_skeleton
 from textpipe.predict import Predictor
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
@@ -49,6 +49,25 @@ def test_fresh_process_predicts_the_same_probabilities(bundle_dir):
     loaded = load_bundle(path).model
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("name", ["bag", "cnn", "gru", "transformer"])
+def test_every_model_loads_weight_for_weight_into_its_skeleton(name, tmp_path):
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for t in TEXTS)
+    config = ModelConfig(name=name, vocab_size=len(vocab), num_classes=2, embed_dim=8, hidden_dim=8, ngram_buckets=16, frozen_dim=3 * (name == "bag"))
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    skeleton = model_skeleton(config)
+    assert {k: (v.shape, v.dtype) for k, v in skeleton.state_dict().items()} == {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    assert {v.device.type for v in skeleton.state_dict().values()} == {"meta"}
+    loaded = load_bundle(save_bundle(tmp_path / name, model, vocab, tok, ["neg", "pos"], config)).model
+    for (key, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), key
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())  # a loaded model can train on
+    ids = torch.tensor([[2, 3, 4], [5, 1, 0]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, ids > 0), model(ids, ids > 0))
 
 
 def forge_manifest(path):
@@ -193,7 +212,7 @@ def test_relabelled_bundle_json_is_refused(bundle_dir):
 def test_a_crafted_size_is_refused_before_anything_is_allocated(bundle_dir, buckets, monkeypatch):
     path, _ = bundle_dir
     edit_meta(path, model__ngram_buckets=buckets)
-    monkeypatch.setattr("textpipe.bundle.build_model", _only_on_meta(__import__("textpipe.bundle").bundle.build_model))
+    monkeypatch.setattr("textpipe.models.build_model", _only_on_meta(__import__("textpipe.models").models.build_model))
     with pytest.raises(BundleError) as err:
         load_bundle(path)
     assert str(err.value).startswith(f"{path}/bundle.json field model does not fit {path}/weights.safetensors: tensor embedding.weight is [")
@@ -257,6 +276,17 @@ def test_weights_never_go_through_torch_load(bundle_dir, monkeypatch):
     forge_manifest(path)
     with pytest.raises(BundleError, match="is not a safetensors weights file"):
         load_bundle(path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_all_finite_finds_one_nan_or_infinity_anywhere(dtype):
+    table = torch.randn(1000, 33).to(dtype)
+    assert all_finite(table) and all_finite(torch.empty(0, 4, dtype=dtype)) and all_finite(torch.tensor([2**40]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, 12345, table.numel() - 1):
+            spoiled = table.clone()
+            spoiled.view(-1)[where] = bad
+            assert not all_finite(spoiled), (bad, where)
 
 
 def test_non_finite_weights_are_never_saved_nor_loaded(bundle_dir, tmp_path):

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader
 
 from textpipe.collate import pad_collate
 from textpipe.dataset import TextListDataset
+from textpipe.encoder import TextEncoder
 from textpipe.batching import LengthSortedSampler
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
@@ -15,7 +16,7 @@ TEXTS = ["one", "two words", "three words here", "four words are here", "and fiv
 
 def dataset() -> TextListDataset:
     tokenizer = Tokenizer("whitespace")
-    return TextListDataset(TEXTS, tokenizer, build_vocab(tokenizer(t) for t in TEXTS))
+    return TextListDataset(TEXTS, TextEncoder(tokenizer, build_vocab(tokenizer(t) for t in TEXTS)))
 
 
 def first_ids(loader) -> list[list[int]]:

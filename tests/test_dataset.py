@@ -8,6 +8,7 @@ from conftest import write_csv
 from textpipe.batching import Batches
 from textpipe.collate import pad_collate
 from textpipe.dataset import TextClassificationDataset, TextListDataset
+from textpipe.encoder import TextEncoder
 from textpipe.sources import DataError, read_examples
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import UNK_ID, build_vocab
@@ -95,7 +96,7 @@ def test_holdout_parts_split_the_file(numbered):
 
 def test_map_style_dataset():
     vocab = build_vocab([["great", "fun"]])
-    ds = TextListDataset(["great fun", "a bore"], Tokenizer("whitespace"), vocab)
+    ds = TextListDataset(["great fun", "a bore"], TextEncoder(Tokenizer("whitespace"), vocab))
     assert len(ds) == 2
     assert ds[0].tolist() == [vocab["great"], vocab["fun"]]
     assert ds[1].tolist() == [UNK_ID, UNK_ID]
@@ -178,7 +179,7 @@ def test_make_loader_batches_texts_in_memory_longest_first():
     from textpipe.loader import make_loader
 
     texts = ["a", "a b c", "a b", "a b c d", "b"]
-    ds = TextListDataset(texts, Tokenizer("whitespace"), build_vocab([["a", "b", "c", "d"]]))
+    ds = TextListDataset(texts, TextEncoder(Tokenizer("whitespace"), build_vocab([["a", "b", "c", "d"]])))
     loader = make_loader(ds, 2)
     assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
     batches = list(loader)

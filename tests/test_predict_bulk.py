@@ -5,7 +5,7 @@ import torch
 from conftest import make_rows
 from textpipe.bundle import save_bundle
 from textpipe.models import ModelConfig, build_model
-from textpipe.predict import Predictor
+from textpipe.predict import Predictor, top_labels
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
 
@@ -37,3 +37,31 @@ def test_predictor_batches_through_a_dataloader_with_a_length_sorted_sampler(tmp
     loader = Predictor.load(tmp_path / "b").batches(texts, batch_size=3)
     assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
     assert [b.lengths.tolist() for b in loader] == [[7, 3, 2], [1]]  # longest first, little padding
+
+
+def test_top_labels_of_a_batch_equal_those_of_each_row_alone():
+    probs = torch.rand(300, 4).softmax(-1)
+    probs[:50] = 0.25  # ties: every label equally likely
+    labels, texts = ["a", "b", "c", "d"], [f"text {i}" for i in range(300)]
+    for k in (None, 1, 2, 9):
+        expected = []
+        for text, row in zip(texts, probs):  # the loop top_labels replaced
+            values, indices = row.topk(len(labels) if k is None else min(k, len(labels)))
+            ranked = {labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
+            expected.append({"text": text, "label": labels[int(indices[0])], "probs": ranked})
+        got = top_labels(texts, probs, labels, k)
+        assert got == expected and [list(r["probs"]) for r in got] == [list(r["probs"]) for r in expected]  # same order too
+
+
+def test_text_lines_from_the_ranking_equal_those_from_result_dicts():
+    from textpipe.cli.predict import text_block, text_lines, with_bad_rows
+    from textpipe.predict import ranked
+    from textpipe.sources import InputRow
+
+    chunk = [InputRow(1, "a b", None, "f"), InputRow(2, "", ("empty text", "empty text"), "f"),
+             InputRow(3, "", ("NUL byte", "NUL byte in the row"), "f"), InputRow(4, "c\td", None, "f")]
+    texts, probs, labels = ["a b", "c\td"], torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]]), ["x", "y", "z"]
+    for k in (1, 2, None):
+        expected = text_lines(with_bad_rows(chunk, top_labels(texts, probs, labels, k)), labels)
+        assert text_block(chunk, texts, *ranked(probs, labels, k)) == expected
+    assert expected.splitlines() == ["y (0.600), z (0.300), x (0.100)\ta b", "\t", "\t", "x (0.500), y (0.250), z (0.250)\tc\td"]

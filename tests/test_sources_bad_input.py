@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_csv
 from textpipe.dataset import TextClassificationDataset
-from textpipe.sources import DataError, SourceConfig, read_examples
+from textpipe.sources import DataError, SourceConfig, read_examples, read_input_blocks
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
 
@@ -135,3 +135,14 @@ def test_text_after_a_closing_quote_is_a_malformed_row(tmp_path):
     skipped = {}
     assert len(list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))) == 2
     assert skipped == {"malformed row": 1}
+
+
+def test_input_blocks_give_every_line_its_number_and_problem(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbfone\r\n\n" + b"x" * 9000 + b"\nfour\x00\n" + b"y" * 30 + b"\nsix")  # max_chars 20: 4 * 20 + 4096 bytes
+    blocks = list(read_input_blocks(path, SourceConfig(max_chars=20), size=2))
+    assert [len(b) for b in blocks] == [2, 2, 2]
+    rows = [row for block in blocks for row in block]
+    assert [(row.line, row.text, row.problem and row.problem[0]) for row in rows] == [
+        (1, "one", None), (2, "", "empty text"), (3, "", "text too long"), (4, "", "NUL byte"), (5, "", "text too long"), (6, "six", None)]
+    assert {row.file for row in rows} == {str(path)}

@@ -22,6 +22,13 @@ def test_batched_pipe_matches_single_calls():
         assert list(tok.pipe(texts)) == [tok(t) for t in texts]
 
 
+def test_pipe_chunks_equals_pipe_on_whitespace_chunks():
+    chunks = ["Don't", "stop!", "U.S.", "films", "aren't", "bad.", "stop!", ":)"]
+    for name in ("spacy", "basic_english", "whitespace"):
+        tok = Tokenizer(name)
+        assert tok.pipe_chunks(chunks) == list(tok.pipe(chunks)) == [tok(c) for c in chunks]
+
+
 @pytest.mark.parametrize("lower", [True, False])
 def test_memoized_spacy_equals_spacy_on_every_benchmark_row(shared_dataset, lower):
     import csv

@@ -36,7 +36,7 @@ from torch import nn
 
 from .events import emit
 from .files import atomic_write, file_sha256, write_json_atomic
-from .models import MODELS, ModelConfig, build_model
+from .models import MODELS, ModelConfig, model_skeleton
 from .compact import dequantize_state, fold_quantized_shapes
 from .tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
 from .vocab import Vocab, load_vocab, save_vocab
@@ -85,7 +85,7 @@ def save_bundle(
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if not all_finite(tensor):
             raise BundleError(f"refusing to save {out / WEIGHTS}: tensor {name} holds NaN or infinite values (training diverged)")
     data = safetensors_bytes(state)
     atomic_write(out / WEIGHTS, lambda f: f.write(data))
@@ -133,11 +133,14 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
             f"{path}: vocab.json has {len(vocab)} tokens and bundle.json {len(labels)} labels, "
             f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels"
         )
-    check_shapes(path, model_config)
-    model = build_model(model_config)
+    model = model_skeleton(model_config)  # shapes only: a crafted size costs nothing here
+    check_shapes(path, model)
     state = dequantize_state(load_weights(path))  # a quantized table becomes a float table again
+    dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+    # assign: copies of the loaded tensors become the model's (no table filled at random first). Copies, as
+    # safetensors maps the file: a file overwritten in place would crash the process reading a row of it.
     try:
-        model.load_state_dict(state)
+        model.load_state_dict({k: v.to(dtypes.get(k, v.dtype), copy=True) for k, v in state.items()}, assign=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split("\n\t")[1:2]) or str(err)
         raise BundleError(f"{path / WEIGHTS} does not fit the model described in bundle.json: {detail.strip()}") from None
@@ -155,9 +158,18 @@ def load_weights(path: Path) -> dict:
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise BundleError(f"{file} is not a safetensors weights file ({err})") from None
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if not all_finite(tensor):
             raise BundleError(f"{file}: tensor {name} holds NaN or infinite values")
     return state
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no infinity in ``tensor`` (True for integers): its minimum and maximum, found in one pass,
+    are finite (NaN propagates to both). ``isfinite(t).all()`` took 15 times longer on a 70 MB table."""
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def weight_shapes(path: Path) -> dict[str, list[int]]:
@@ -170,10 +182,9 @@ def weight_shapes(path: Path) -> dict[str, list[int]]:
         raise BundleError(f"{file} is not a safetensors weights file ({err})") from None
 
 
-def check_shapes(path: Path, config: ModelConfig) -> None:
-    """Refuse a model config whose tensors differ from the weights file's, before allocating any."""
-    with torch.device("meta"):  # shapes only: a crafted size costs nothing here
-        expected = {k: list(v.shape) for k, v in build_model(config).state_dict().items()}
+def check_shapes(path: Path, skeleton: nn.Module) -> None:
+    """Refuse a model (a :func:`~textpipe.models.model_skeleton`) whose tensors differ from the weights file's, before allocating any."""
+    expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
     found = weight_shapes(path)
     try:  # a quantized table is stored as parts (textpipe.quantize): their shapes must fit the table's
         found = fold_quantized_shapes(found, expected)

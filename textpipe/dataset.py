@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, IterableDataset
 from .batching import Batches, BatchStream
 from .cache import NumericCache, cache_key, tokens_sha256, write_cache
 from .collate import FlatRows
+from .encoder import TextEncoder
 from .sources import DataError, Example, Position, SourceConfig, read_examples
 from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
@@ -217,26 +218,25 @@ class TextClassificationDataset(IterableDataset):
 class TextListDataset(Dataset):
     """Map-style dataset over texts in memory: ``ds[i]`` is the token ids of ``texts[i]``.
 
-    The texts are tokenized in one batched pass (spaCy's ``pipe``) into one flat
-    tensor with offsets; ``lengths`` holds each text's token count, for a
+    The texts are numericalized in one pass by a :class:`~textpipe.encoder.TextEncoder`
+    (which remembers each spaCy chunk's ids, so keep one for many calls) into one
+    flat tensor with offsets; ``lengths`` holds each text's token count, for a
     :class:`~textpipe.batching.LengthSortedSampler`. A ``DataLoader`` fetching a
     batch asks :meth:`__getitems__`, which hands the batch's rows to
     :func:`~textpipe.collate.pad_collate` as one :class:`~textpipe.collate.FlatRows`
     group: one gather per batch, no per-text Python.
 
     Example:
-        >>> ds = TextListDataset(["great fun", "a bore"], Tokenizer(), vocab)
+        >>> ds = TextListDataset(["great fun", "a bore"], TextEncoder(Tokenizer(), vocab))
         >>> len(ds), ds[0]
         (2, tensor([57, 311]))
     """
 
-    def __init__(self, texts: Sequence[str], tokenizer: Tokenizer, vocab: Vocab):
+    def __init__(self, texts: Sequence[str], encoder: TextEncoder):
         self.texts = texts
-        ids = [vocab(tokens) or [UNK_ID] for tokens in tokenizer.pipe(texts)]
-        self.lengths = torch.tensor([len(row) for row in ids], dtype=torch.long)
-        self.offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
+        self.ids, self.lengths = encoder(texts)
+        self.offsets = torch.zeros(len(texts) + 1, dtype=torch.long)
         torch.cumsum(self.lengths, 0, out=self.offsets[1:])
-        self.ids = torch.tensor([i for row in ids for i in row], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.texts)

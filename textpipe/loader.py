@@ -44,7 +44,7 @@ def make_loader(
 
     Example:
         >>> train = make_loader(TextClassificationDataset("train.csv", tok, vocab, labels), 32, shuffle_buffer=10_000, bucket=True)
-        >>> predict = make_loader(TextListDataset(texts, tok, vocab), 2048)
+        >>> predict = make_loader(TextListDataset(texts, TextEncoder(tok, vocab)), 2048)
         >>> probs = predict.sampler.restore(torch.cat([model(b.ids, b.mask) for b in predict]))
     """
     if isinstance(dataset, TextListDataset):

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 @dataclass
@@ -181,7 +182,7 @@ class BagOfNgrams(nn.Module):
         if config.frozen_dim:
             # Pretrained word vectors, never trained (a buffer, saved with the weights); filled from
             # data.vectors by textpipe.vectors.load_into_frozen. Words they lack stay zero.
-            self.register_buffer("frozen", torch.zeros(config.vocab_size, config.frozen_dim))
+            self.register_buffer("frozen", nn.init.zeros_(torch.empty(config.vocab_size, config.frozen_dim)))  # not torch.zeros, which imports sympy on the meta device (model_skeleton)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         T = ids.shape[1]
@@ -356,6 +357,30 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.name not in MODELS:
         raise ValueError(f"unknown model {config.name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[config.name](config)
+
+
+# What a module's __init__ calls to fill its tensors: torch.nn.init's functions and Tensor's own fills.
+INITIALIZERS = frozenset(n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")) | {"fill_", "zero_", "uniform_", "normal_"}
+
+
+class _SkipInitializers(TorchFunctionMode):
+    # On the meta device an initializer fills nothing, yet its first call imports sympy (0.35 s of a predict process).
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in INITIALIZERS:
+            return kwargs["tensor"] if kwargs and "tensor" in kwargs else args[0]  # nn.init passes it by name
+        return func(*args, **(kwargs or {}))
+
+
+def model_skeleton(config: ModelConfig) -> nn.Module:
+    """The model of ``config`` on the meta device, initializers skipped: every tensor's shape and dtype, no memory
+    (a bundle's weights are checked against it, then become its tensors: ``load_state_dict(assign=True)``).
+
+    Example:
+        >>> model_skeleton(ModelConfig(vocab_size=1000, num_classes=2)).embedding.weight.device
+        device(type='meta')
+    """
+    with torch.device("meta"), _SkipInitializers():
+        return build_model(config)
 
 
 @contextmanager

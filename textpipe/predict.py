@@ -1,7 +1,8 @@
 """Stage 8: texts -> labels and class probabilities, from a saved bundle.
 
 The bulk path: the texts become a map-style :class:`~textpipe.dataset.TextListDataset`
-(tokenized in one batched pass, spaCy's ``pipe``, into one flat tensor with
+(numericalized in one pass by the predictor's :class:`~textpipe.encoder.TextEncoder`,
+which remembers each chunk's ids from call to call, into one flat tensor with
 offsets), batched by :func:`~textpipe.loader.make_loader`: a ``DataLoader`` whose
 :class:`~textpipe.batching.LengthSortedSampler` feeds texts longest first (so a
 batch holds texts of similar length and carries little padding) and whose
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from .bundle import Bundle, load_bundle
 from .dataset import TextListDataset
+from .encoder import TextEncoder
 from .explain import Explanation, explain
 from .loader import make_loader
 from .models import capture_pooled
@@ -39,6 +41,7 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, device: str = "cpu"):
         self.bundle = bundle
+        self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab)
         self.device = torch.device(device)
 
     @classmethod
@@ -59,7 +62,7 @@ class Predictor:
 
     def batches(self, texts: Sequence[str], batch_size: int) -> DataLoader:
         """The texts numericalized in one pass, batched longest first; ``.sampler.restore`` undoes the order."""
-        return make_loader(TextListDataset(texts, self.bundle.tokenizer, self.bundle.vocab), batch_size)
+        return make_loader(TextListDataset(texts, self.encoder), batch_size)
 
     def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
         """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default)."""
@@ -91,10 +94,20 @@ class Predictor:
 
 def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
     """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default)."""
+    names, rounded = ranked(probs, labels, top_k)
+    return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, names, rounded)]
+
+
+def ranked(probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> tuple[list[tuple], list[tuple]]:
+    """Each row's ``top_k`` best labels (all by default), best first, and their probabilities rounded to 6 places.
+
+    Example:
+        >>> ranked(torch.tensor([[0.2, 0.8]]), ["neg", "pos"], top_k=1)
+        ([('pos',)], [(0.8,)])
+    """
     k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
-    results = []
-    for text, row in zip(texts, probs):
-        values, indices = row.topk(k)
-        ranked = {labels[i]: round(v, 6) for v, i in zip(values.tolist(), indices.tolist())}
-        results.append({"text": text, "label": labels[int(indices[0])], "probs": ranked})
-    return results
+    values, indices = probs.topk(k, dim=1)  # (N, k): one call for all rows
+    # Column by column (k lists of N), then zipped into rows: no comprehension per row.
+    names = [[labels[i] for i in column] for column in indices.T.tolist()]
+    rounded = [[round(v, 6) for v in column] for column in values.T.tolist()]
+    return list(zip(*names)), list(zip(*rounded))

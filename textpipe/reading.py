@@ -96,6 +96,20 @@ class Lines:
             raw = raw.removeprefix(codecs.BOM_UTF8)
         return raw.decode("utf-8", "surrogateescape")
 
+    def take(self, n: int) -> list[str | None]:
+        """Up to ``n`` more lines in one call, each a record of its own (None: over the byte limit);
+        fewer only at the end. The lines are numbered ``self.line - len(block) + 1`` on."""
+        block: list[str | None] = []
+        while len(block) < n:
+            self.record_bytes = 0
+            try:
+                block.append(self.__next__())
+            except StopIteration:
+                break
+            except RecordTooLong:
+                block.append(None)
+        return block
+
     def seek(self, start: tuple[int, int] | None) -> None:
         """Continue at ``start`` (a position this reader reported: offset, line), if given."""
         if start is not None:

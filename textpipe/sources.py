@@ -27,15 +27,16 @@ torchtext), on the shared pieces of :mod:`textpipe.reading` (``DataError`` is de
 
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, MutableMapping, NamedTuple
+from typing import IO, Iterator, MutableMapping, NamedTuple
 
 from .read_delimited import read_delimited
-from .read_files import NOT_A_CLASS, TORCHTEXT_DATASETS, TORCHTEXT_PREFIX, read_folder, read_torchtext, read_txt, txt_rows  # noqa: F401  (re-exported)
+from .read_files import NOT_A_CLASS, TORCHTEXT_DATASETS, TORCHTEXT_PREFIX, read_folder, read_torchtext, read_txt  # noqa: F401  (re-exported)
 from .read_jsonl import read_jsonl
-from .reading import DataError, Row
+from .reading import DataError, Lines, Row, open_lines, too_long
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".txt": "txt"}
 READERS = {"csv": read_delimited, "tsv": read_delimited, "jsonl": read_jsonl, "txt": read_txt, "folder": read_folder, "torchtext": read_torchtext}
@@ -171,28 +172,50 @@ class InputRow(NamedTuple):
     file: str
 
 
-def read_input_rows(path: str | Path | None, config: SourceConfig | None = None) -> Iterator[InputRow]:
-    """Every row of unlabelled input in order, bad ones included, so each can get an output line.
+def read_input_blocks(path: str | Path | None, config: SourceConfig | None = None, size: int = 1024) -> Iterator[list[InputRow]]:
+    """Every row of unlabelled input in order, bad ones included (so each can get an output line), ``size`` at a time.
 
     ``path=None`` reads stdin, one text per line, under the same ``max_chars`` limit as a file.
+    Lines (a ``.txt`` file, stdin) are read a block at a time, not through a generator per row.
 
     Example:
-        >>> [row.problem for row in read_input_rows("texts.txt")][:2]
+        >>> [row.problem for row in next(read_input_blocks("texts.txt"))][:2]
         [None, ('empty text', 'empty text')]
     """
     config = config or SourceConfig()
     if path is None:
-        rows, name = txt_rows(sys.stdin.buffer, 4 * config.max_chars + 4096, config.max_chars), "<stdin>"
+        yield from _line_blocks(sys.stdin.buffer, 4 * config.max_chars + 4096, "<stdin>", config, size)
+    elif file_format(path) == "txt":
+        f, max_bytes = open_lines(path, config.max_chars)
+        with f:
+            yield from _line_blocks(f, max_bytes, str(path), config, size)
     else:
         fmt = file_format(path)
-        rows, name = READERS[fmt](path, fmt, config, False), str(path)
-    for row in rows:
-        problem = row.problem or _row_problem(row, False, config)
-        yield InputRow(row.line, "" if problem else row.text, problem, row.file or name)
+        rows = (_input_row(row, row.problem or _row_problem(row, False, config), str(path)) for row in READERS[fmt](path, fmt, config, False))
+        while block := list(itertools.islice(rows, size)):
+            yield block
+
+
+def _line_blocks(f: IO[bytes], max_bytes: int, name: str, config: SourceConfig, size: int) -> Iterator[list[InputRow]]:
+    lines, over = Lines(f, max_bytes), too_long(config.max_chars)
+    while block := lines.take(size):
+        rows = []
+        for line, raw in enumerate(block, start=lines.line - len(block) + 1):
+            text = "" if raw is None else raw.rstrip("\r\n")
+            problem = over if raw is None else _problem(text, "", False, config.max_chars)
+            rows.append(InputRow(line, "" if problem else text, problem, name))
+        yield rows
+
+
+def _input_row(row: Row, problem: tuple[str, str] | None, name: str) -> InputRow:
+    return InputRow(row.line, "" if problem else row.text, problem, row.file or name)
 
 
 def _row_problem(row: Row, with_labels: bool, config: SourceConfig) -> tuple[str, str] | None:
-    text, label = row.text, row.label or ""
+    return _problem(row.text, row.label or "", with_labels, config.max_chars)
+
+
+def _problem(text: str, label: str, with_labels: bool, max_chars: int) -> tuple[str, str] | None:
     # The reader decodes with "surrogateescape": a byte that is not UTF-8 becomes a lone surrogate.
     if not (text.isascii() or _is_utf8(text)) or not (label.isascii() or _is_utf8(label)):
         return "undecodable bytes", "bytes that are not valid UTF-8 (save the file as UTF-8)"
@@ -200,8 +223,8 @@ def _row_problem(row: Row, with_labels: bool, config: SourceConfig) -> tuple[str
         return "NUL byte", "NUL byte in the row (a binary or UTF-16 file?)"
     if not text.strip():
         return "empty text", "empty text"
-    if len(text) > config.max_chars:
-        return "text too long", f"text of {len(text):,} characters is over the {config.max_chars:,}-character limit (max_chars, --max-chars)"
+    if len(text) > max_chars:
+        return "text too long", f"text of {len(text):,} characters is over the {max_chars:,}-character limit (max_chars, --max-chars)"
     if with_labels and not label.strip():
         return "missing label", "missing label"
     return None

@@ -59,6 +59,12 @@ class Tokenizer:
     def config(self) -> TokenizerConfig:
         return TokenizerConfig(self.name, self.lower)
 
+    @property
+    def chunkwise(self) -> bool:
+        """True when a text's tokens are those of its whitespace chunks (``text.split()``), each
+        tokenized alone, end to end (spaCy, see :class:`_ChunkMemo`): a chunk's tokens can be remembered."""
+        return self.name == "spacy"
+
     def __call__(self, text: str) -> list[str]:
         if self._fn is None:
             self._fn = self._build()
@@ -72,11 +78,18 @@ class Tokenizer:
             return self._fn.many(texts)
         return map(self._fn, texts)
 
+    def pipe_chunks(self, chunks: list[str]) -> list[list[str]]:
+        """``list(self.pipe(chunks))`` where, for a :attr:`chunkwise` tokenizer, each text is one whitespace
+        chunk: its tokens are read straight from the memo (the unseen chunks tokenized in one spaCy call)."""
+        if self._fn is None:
+            self._fn = self._build()
+        if isinstance(self._fn, _ChunkMemo):
+            return self._fn.tokens_of(chunks)
+        return list(map(self._fn, chunks))
+
     def _build(self) -> Callable[[str], list[str]]:
         if self.name == "spacy":
-            import spacy
-
-            self._nlp = spacy.blank("en")
+            self._nlp = _blank_english()
             return _ChunkMemo(self._nlp.tokenizer, self.lower, renew=self._renew_spacy)
         if self.name == "basic_english":
             from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
@@ -89,9 +102,7 @@ class Tokenizer:
     def _renew_spacy(self):
         # spaCy's vocabulary keeps every lexeme it has seen: over a long prediction stream
         # of unique tokens it grows without bound. A new one each time the memo starts over.
-        import spacy
-
-        self._nlp = spacy.blank("en")
+        self._nlp = _blank_english()
         return self._nlp.tokenizer
 
     def __getstate__(self) -> dict:
@@ -102,6 +113,19 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name!r}, lower={self.lower})"
+
+
+def _blank_english():
+    """``spacy.blank("en")``, its words given only the attributes textpipe reads (``lower_``, ``is_space``)."""
+    import spacy
+    from spacy.attrs import IS_SPACE, LOWER
+
+    nlp = spacy.blank("en")
+    # spaCy computes some 25 attributes (like_num, shape, is_stop, ...) of each word it meets first:
+    # 40% of its time on new text. The tokens do not depend on them.
+    getters = nlp.vocab.lex_attr_getters
+    nlp.vocab.lex_attr_getters = {attr: getters[attr] for attr in (LOWER, IS_SPACE)}
+    return nlp
 
 
 class _ChunkMemo:
@@ -137,6 +161,10 @@ class _ChunkMemo:
             for chunk in chunks:
                 tokens += memo[chunk]
             yield tokens
+
+    def tokens_of(self, chunks: list[str]) -> list[list[str]]:
+        self.learn(chunks)
+        return list(map(self.memo.__getitem__, chunks))  # self.memo after learn: it may have started over
 
     def learn(self, chunks: list[str]) -> None:
         """Tokenize the chunks not in the memo, all in one spaCy call."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -14,9 +16,11 @@ from ..files import atomic_write
 from ..sources import DataError
 from .errors import UsageError
 from .options import source_config
-from .streams import atomic_output, check_output_folder, chunked, input_rows, input_texts, positive, print_skipped, reads_stdin, require_bundle
+from .streams import atomic_output, check_output_folder, input_blocks, input_texts, positive, print_skipped, reads_stdin, require_bundle
 
-PREDICT_CHUNK = 1024  # texts scored at a time, so predict streams input of any length
+# Rows read and scored at a time, so predict streams input of any length. 4096, not 1024: sorted by
+# length in a bigger block, batches carry less padding, and per-block costs are paid less often (10% faster).
+PREDICT_CHUNK = 4096
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -53,79 +57,118 @@ def cmd_predict(args: argparse.Namespace) -> None:
     positive(args.batch_size, "--batch-size")
     check_output_folder(args.output)
     source = source_config(args, require_bundle(args.model))
-    rows = input_rows(args.texts, args.input, source)
+    blocks = input_blocks(args.texts, args.input, source, PREDICT_CHUNK)
     from ..predict import Predictor
 
     predictor = Predictor.load(require_bundle(args.model))
     skipped: dict[str, int] = {}
-    with atomic_output(args.output) as out:
+    with frozen_objects(), atomic_output(args.output) as out:
         if args.format == "csv":
             csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
-        count = write_predictions(out, predictor, rows, args, source.on_bad_row, skipped)
+        count = write_predictions(out, predictor, blocks, args, source.on_bad_row, skipped)
         if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
     print_skipped({"predicted": skipped} if skipped else {})
 
 
-def write_predictions(out: TextIO, predictor, rows: Iterator, args: argparse.Namespace, on_bad_row: str, skipped: dict) -> int:
-    """Score ``rows`` a chunk at a time and write one line each, in input order; return how many."""
+@contextmanager
+def frozen_objects() -> Iterator[None]:
+    """Inside, the objects that exist now are frozen: torch, spaCy and the model leave some 180k that live as
+    long as the process, and every full collection walked them (0.5 s of labelling 100k lines). Undone after,
+    for a program that calls main() and goes on."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argparse.Namespace, on_bad_row: str, skipped: dict) -> int:
+    """Score the rows a block at a time and write one line each, in input order; return how many."""
     from tqdm.auto import tqdm
 
-    write_row = ROW_WRITERS[args.format]
     top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
     count = 0
     with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
-        for chunk in chunked(rows, PREDICT_CHUNK):
-            results = list(predict_rows(predictor, chunk, top_k, args.batch_size, on_bad_row, skipped))
-            if args.explain:
-                from ..explain import add_explanations
-
-                scored = [result for result in results if result["label"] is not None]
-                add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
-            for result in results:
-                write_row(out, result, predictor.labels)
+        for chunk in blocks:
+            count_bad_rows(chunk, on_bad_row, skipped)
+            texts = [row.text for row in chunk if row.problem is None]
+            probs = predictor.probabilities(texts, args.batch_size)
+            out.write(block_lines(predictor, chunk, texts, probs, top_k, args))  # one write per block, not per row
             count += len(chunk)
             bar.update(len(chunk))
     return count
 
 
-def predict_rows(predictor, chunk: list, top_k: int | None, batch_size: int, on_bad_row: str, skipped: dict) -> Iterator[dict]:
-    """One result per input row, in order: a blank row gets ``label: null``; another bad row
-    stops the command (``on_bad_row="error"``) or gets ``label: null`` and its reason in ``skipped``."""
-    results = iter(predictor.predict([row.text for row in chunk if row.problem is None], top_k=top_k, batch_size=batch_size))
+def count_bad_rows(chunk: list, on_bad_row: str, skipped: dict) -> None:
+    """Count the bad rows (blank ones aside) in ``skipped`` by reason, or stop at the first (``on_bad_row="error"``)."""
     for row in chunk:
-        if row.problem is None:
-            yield next(results)
-        elif row.problem[0] == "empty text":
-            yield {"text": "", "label": None, "probs": {}}
-        elif on_bad_row == "skip":
+        if row.problem is not None and row.problem[0] != "empty text":
+            if on_bad_row != "skip":
+                raise DataError(row.file, row.line, row.problem[1])
             skipped[row.problem[0]] = skipped.get(row.problem[0], 0) + 1
-            yield {"text": "", "label": None, "probs": {}, "skipped": row.problem[0]}
-        else:
-            raise DataError(row.file, row.line, row.problem[1])
 
 
-def write_json_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    out.write(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n")  # NaN is not JSON: never written
+def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | None, args: argparse.Namespace) -> str:
+    """The output lines of a block: one per row (a bad row gets ``label: null``), and the explanations asked for."""
+    from ..predict import ranked, top_labels
+
+    if args.format == "text" and not args.explain:  # the usual case, formatted from the ranking: no dict per row
+        return text_block(chunk, texts, *ranked(probs, predictor.labels, top_k))
+    results = with_bad_rows(chunk, top_labels(texts, probs, predictor.labels, top_k))
+    if args.explain:
+        from ..explain import add_explanations
+
+        scored = [result for result in results if result["label"] is not None]
+        add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
+    return ROW_FORMATS[args.format](results, predictor.labels)
 
 
-def write_csv_row(out: TextIO, result: dict, labels: list[str]) -> None:
+def with_bad_rows(chunk: list, results: list[dict]) -> list[dict]:
+    """The results of the good rows and a ``label: null`` result for each bad one (with ``skipped``: why), in input order."""
+    scored = iter(results)
+    return [next(scored) if row.problem is None else null_result(row.problem[0]) for row in chunk]
+
+
+def null_result(reason: str) -> dict:
+    return {"text": "", "label": None, "probs": {}} if reason == "empty text" else {"text": "", "label": None, "probs": {}, "skipped": reason}
+
+
+def json_lines(results: list[dict], labels: list[str]) -> str:
+    return "".join(json.dumps(result, ensure_ascii=False, allow_nan=False) + "\n" for result in results)  # NaN is not JSON: never written
+
+
+def csv_lines(results: list[dict], labels: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for result in results:
+        probs = result["probs"]
+        confidence = probs[result["label"]] if result["label"] is not None else ""
+        writer.writerow([result["text"], result["label"] or "", confidence, *(probs.get(label, "") for label in labels)])
+    return buffer.getvalue()
+
+
+def text_block(chunk: list, texts: list[str], names: list[tuple], rounded: list[tuple]) -> str:
+    lines = iter([f"{', '.join(map(RANKED, row, p))}\t{text}\n" for text, row, p in zip(texts, names, rounded)])
+    return "".join([next(lines) if row.problem is None else "\t\n" for row in chunk])
+
+
+def text_lines(results: list[dict], labels: list[str]) -> str:
+    return "".join(map(text_line, results))
+
+
+def text_line(result: dict) -> str:
     probs = result["probs"]
-    cells = [probs.get(label, "") for label in labels]
-    confidence = probs[result["label"]] if result["label"] is not None else ""
-    csv.writer(out).writerow([result["text"], result["label"] or "", confidence, *cells])
-
-
-def write_text_row(out: TextIO, result: dict, labels: list[str]) -> None:
-    ranked = ", ".join(f"{label} ({p:.3f})" for label, p in result["probs"].items())
-    out.write(f"{ranked}\t{result['text']}\n")
+    line = f"{', '.join(map(RANKED, probs, probs.values()))}\t{result['text']}\n"
     if "explanation" in result:
         e = result["explanation"]
         features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
-        out.write(f"  why ({e['method']}, toward {result['label']}): {features}\n")
+        line += f"  why ({e['method']}, toward {result['label']}): {features}\n"
+    return line
 
 
-ROW_WRITERS = {"json": write_json_row, "csv": write_csv_row, "text": write_text_row}
+RANKED = "{} ({:.3f})".format  # a label and its probability, as text shows them
+ROW_FORMATS = {"json": json_lines, "csv": csv_lines, "text": text_lines}  # a block of results -> its output lines
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Iterator, TextIO
 
 from ..files import temp_file_beside
 from ..sources import DataError, SourceConfig
@@ -64,17 +64,18 @@ def input_texts(texts: list[str], source: str | None, config: SourceConfig | Non
     return stream()
 
 
-def input_rows(texts: list[str], source: str | None, config: SourceConfig) -> Iterator:
-    """The command-line texts, then the rows of ``source`` ('-' is stdin), bad ones included, streamed."""
-    from ..sources import InputRow, read_input_rows
+def input_blocks(texts: list[str], source: str | None, config: SourceConfig, size: int) -> Iterator[list]:
+    """The command-line texts, then the rows of ``source`` ('-' is stdin), bad ones included, ``size`` rows at a time."""
+    from ..sources import InputRow, read_input_blocks
 
     texts, source = input_source(texts, source)
 
-    def stream() -> Iterator:
-        for i, text in enumerate(texts, start=1):
-            yield InputRow(i, text, None if text.strip() else ("empty text", "empty text"), "<argument>")
+    def stream() -> Iterator[list]:
+        arguments = [InputRow(i, text, None if text.strip() else ("empty text", "empty text"), "<argument>") for i, text in enumerate(texts, start=1)]
+        for start in range(0, len(arguments), size):
+            yield arguments[start : start + size]
         if source is not None:
-            yield from read_input_rows(None if source == "-" else source, config)
+            yield from read_input_blocks(None if source == "-" else source, config, size)
 
     return stream()
 
@@ -85,17 +86,6 @@ def stdin_texts(stream: TextIO) -> Iterator[str]:
         if not text.strip():
             raise DataError("<stdin>", line_number, "empty text")
         yield text
-
-
-def chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def check_output_folder(path: Path | None) -> None:

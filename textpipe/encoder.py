@@ -1,0 +1,99 @@
+"""Texts -> token ids, many at once: every text's ids end to end in one tensor, and each text's length.
+
+With spaCy, a text's tokens are its whitespace chunks' tokens end to end
+(:attr:`~textpipe.tokenizer.Tokenizer.chunkwise`), and the vocabulary maps token by
+token, so the ids of a text are its chunks' ids end to end. :class:`TextEncoder`
+looks each chunk's ids up once and remembers them: a text then costs one dict
+lookup per chunk, and the ids of all the texts are gathered in one tensor
+operation, where tokens -> ids row by row cost more than spaCy itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .tokenizer import Tokenizer
+from .vocab import UNK_ID, Vocab
+
+MEMO_SIZE = 2**18  # pieces whose ids are remembered; the memo starts over when full
+
+
+class TextEncoder:
+    """Texts -> ``(ids, lengths)``: all the texts' token ids end to end, and each text's count.
+
+    A text without tokens gets ``[<unk>]`` (a model needs one id per row at least).
+    With spaCy each whitespace chunk's ids are remembered across calls; with the
+    other tokenizers a piece is a whole text, remembered for one call only (a text
+    can be long, and those tokenizers are cheap).
+
+    Example:
+        >>> encoder = TextEncoder(Tokenizer("whitespace"), build_vocab([["great", "fun"]]))
+        >>> encoder(["great fun", "a great bore", ""])
+        (tensor([2, 3, 1, 2, 1, 1]), tensor([2, 3, 1]))
+    """
+
+    def __init__(self, tokenizer: Tokenizer, vocab: Vocab):
+        self.tokenizer, self.vocab = tokenizer, vocab
+        self.start_over()
+
+    def start_over(self) -> None:
+        """Forget every remembered piece."""
+        self.codes: dict[str, int] = {}  # piece -> its number, an index into starts and counts
+        self.table = torch.empty(0, dtype=torch.long)  # the remembered pieces' ids, end to end
+        self.starts = torch.empty(0, dtype=torch.long)  # where each piece's ids start in the table
+        self.counts = torch.empty(0, dtype=torch.long)  # how many ids each piece has
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tokenizer.chunkwise:
+            pieces = list(map(str.split, texts))
+        else:
+            self.start_over()
+            pieces = [[text] for text in texts]
+        flat = list(itertools.chain.from_iterable(pieces))
+        ids, lengths = self._gather(self._codes(flat), torch.tensor(list(map(len, pieces)), dtype=torch.long))
+        return unk_for_empty(ids, lengths)
+
+    def _codes(self, pieces: list[str]) -> torch.Tensor:
+        """The number of each piece, learning the new ones first."""
+        codes = np.fromiter(map(self.codes.get, pieces, itertools.repeat(-1)), dtype=np.int64, count=len(pieces))
+        missing = np.flatnonzero(codes < 0).tolist()
+        new = {pieces[i] for i in missing}
+        if len(self.codes) + len(new) > MEMO_SIZE:
+            self.start_over()
+            new, missing = set(pieces), list(range(len(pieces)))
+        if new:
+            self._learn(sorted(new))  # sorted: the same numbers whatever the hash seed
+            codes[missing] = [self.codes[pieces[i]] for i in missing]
+        return torch.from_numpy(codes)
+
+    def _learn(self, pieces: list[str]) -> None:
+        token_lists = self.tokenizer.pipe_chunks(pieces)  # one spaCy call for the chunks it has not seen
+        counts = torch.tensor(list(map(len, token_lists)), dtype=torch.long)
+        ids = torch.tensor(self.vocab(list(itertools.chain.from_iterable(token_lists))), dtype=torch.long)
+        self.codes.update(zip(pieces, range(len(self.codes), len(self.codes) + len(pieces))))
+        self.starts = torch.cat([self.starts, len(self.table) + counts.cumsum(0) - counts])
+        self.counts = torch.cat([self.counts, counts])
+        self.table = torch.cat([self.table, ids])
+
+    def _gather(self, codes: torch.Tensor, pieces_per_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids of the pieces ``codes`` end to end, and each text's count (its pieces' counts summed)."""
+        counts = self.counts[codes]  # (P,)
+        ends = counts.cumsum(0)  # (P,) where each piece ends in the output
+        total = int(ends[-1]) if len(ends) else 0
+        shift = (self.starts[codes] - (ends - counts)).repeat_interleave(counts, output_size=total)  # (N,) output -> table
+        ids = self.table[torch.arange(total) + shift]
+        text_ends = torch.cat([ends.new_zeros(1), ends])[pieces_per_text.cumsum(0)]  # (B,)
+        return ids, text_ends.diff(prepend=ends.new_zeros(1))
+
+
+def unk_for_empty(ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[<unk>]`` for each row of length 0 of flat ``ids`` (rows of ``lengths``); the others unchanged."""
+    if bool((lengths > 0).all()):
+        return ids, lengths
+    unk = torch.tensor([UNK_ID])
+    rows = [row if len(row) else unk for row in ids.split(lengths.tolist())]
+    return torch.cat(rows), lengths.clamp(min=1)
