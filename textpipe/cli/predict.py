@@ -149,7 +149,7 @@ def csv_lines(results: list[dict], labels: list[str]) -> str:
 
 
 def text_block(chunk: list, texts: list[str], names: list[tuple], rounded: list[tuple]) -> str:
-    lines = iter([f"{', '.join(map(RANKED, row, p))}\t{text}\n" for text, row, p in zip(texts, names, rounded)])
+    lines = map(ranked_line, texts, names, rounded)
     return "".join([next(lines) if row.problem is None else "\t\n" for row in chunk])
 
 
@@ -158,13 +158,17 @@ def text_lines(results: list[dict], labels: list[str]) -> str:
 
 
 def text_line(result: dict) -> str:
-    probs = result["probs"]
-    line = f"{', '.join(map(RANKED, probs, probs.values()))}\t{result['text']}\n"
+    line = ranked_line(result["text"], result["probs"], result["probs"].values())
     if "explanation" in result:
         e = result["explanation"]
         features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
         line += f"  why ({e['method']}, toward {result['label']}): {features}\n"
     return line
+
+
+def ranked_line(text: str, labels, probs) -> str:
+    """The text format's line: the ranked labels with their probabilities, a tab, the text."""
+    return f"{', '.join(map(RANKED, labels, probs))}\t{text}\n"
 
 
 RANKED = "{} ({:.3f})".format  # a label and its probability, as text shows them
