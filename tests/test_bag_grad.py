@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from textpipe.collate import pad_collate
-from textpipe.models import BagOfNgrams, ModelConfig, bag_mean_table_grad
+from textpipe.kernels import bag_mean_table_grad
+from textpipe.models import BagOfNgrams, ModelConfig
 from textpipe.optim import RowAdam, _sqrt_floor, make_optimizers
 from textpipe.train import TrainConfig, train_step
 

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .kernels import bag_mean_table_grad
+
 
 @dataclass
 class ModelConfig:
@@ -120,28 +122,6 @@ class _BagMean(torch.autograd.Function):
         flat_ids, lengths = ctx.saved_tensors
         grad = bag_mean_table_grad(flat_ids, lengths, grad_pooled.to(ctx.table_dtype), ctx.table_shape[0])
         return grad, None, None, None
-
-
-def bag_mean_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pooled: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """The gradient of mean-pooled bags w.r.t. their table: a coalesced sparse ``(num_rows, D)`` tensor.
-
-    Bag ``i`` holds ``lengths[i]`` consecutive ids of ``flat_ids``; each of them receives
-    ``grad_pooled[i] / lengths[i]``, and a row used several times the sum of its shares.
-    The ids are sorted once (stably, so the sums add in the same order every run);
-    each used row's sum is then one bag of an ``embedding_bag(mode="sum")`` over the
-    per-bag shares, which never builds autograd's ``(N, D)`` tensor of per-id gradients.
-
-    Example:
-        >>> g = bag_mean_table_grad(torch.tensor([3, 5, 3]), torch.tensor([2, 1]), torch.ones(2, 1), 8)
-        >>> g._indices(), g._values().squeeze(1)  # row 3: 1/2 from bag 0 + 1/1 from bag 1; row 5: 1/2
-        (tensor([[3, 5]]), tensor([1.5000, 0.5000]))
-    """
-    share = grad_pooled / lengths.clamp(min=1).unsqueeze(1).to(grad_pooled.dtype)  # (B, D)
-    bag_of_id = torch.arange(len(lengths), device=flat_ids.device).repeat_interleave(lengths, output_size=flat_ids.numel())  # (N,)
-    sorted_ids, order = flat_ids.sort(stable=True)
-    rows, uses = torch.unique_consecutive(sorted_ids, return_counts=True)  # (U,)
-    values = nn.functional.embedding_bag(bag_of_id[order], share, uses.cumsum(0) - uses, mode="sum")  # (U, D)
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, share.shape[1]), is_coalesced=True)
 
 
 def check_sizes(config: ModelConfig) -> None:

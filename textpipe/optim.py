@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 from torch import nn
 
+from .kernels import can_use, row_kernels
+
 if TYPE_CHECKING:  # only for the type hints: train.py imports this module
     from .train import TrainConfig
 
@@ -34,8 +36,10 @@ class RowAdam(torch.optim.Optimizer):
 
     The same "lazy" Adam as ``torch.optim.SparseAdam`` (each used row's moments
     and weights step as in Adam; unused rows stay as they are), computed with
-    dense ``index_select`` / ``index_copy_`` / ``index_add_`` on the used rows
-    instead of sparse-tensor arithmetic, which is much slower on a CPU.
+    dense ``index_select`` / ``index_add_`` on the used rows instead of
+    sparse-tensor arithmetic, which is much slower on a CPU. On a CPU with a C
+    compiler the step is one compiled loop over the used rows
+    (:mod:`textpipe.kernels`), with the same arithmetic and the same weights.
 
     Example:
         >>> table = nn.Embedding(1000, 16, sparse=True)
@@ -93,27 +97,32 @@ class RowAdam(torch.optim.Optimizer):
         state = self.state[param]
         if not state:
             state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(param), torch.zeros_like(param)
-            # Marks the rows any step used, so a checkpoint finds them without scanning both
-            # moment tables. A float, not a bool: Optimizer.load_state_dict casts state
-            # tensors to the parameter's dtype.
-            state["used"] = param.new_zeros(param.shape[0])
         state["step"] += 1
-        state["used"].index_fill_(0, rows, 1.0)
         # Each moment moves by a delta added back with index_add_, which on a CPU is faster
         # than index_copy_ of the new rows; so is an update scaled beforehand rather than
         # through index_add_'s alpha.
         exp_avg, exp_avg_sq, d_avg, d_avg_sq = self._workspace(param, len(rows))
-        torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
-        torch.index_select(state["exp_avg_sq"], 0, rows, out=exp_avg_sq)
-        torch.sub(values, exp_avg, out=d_avg).mul_(1 - beta1)
-        torch.mul(values, values, out=d_avg_sq).sub_(exp_avg_sq).mul_(1 - beta2)
-        state["exp_avg"].index_add_(0, rows, d_avg)
-        state["exp_avg_sq"].index_add_(0, rows, d_avg_sq)
-        exp_avg.add_(d_avg)
-        exp_avg_sq.add_(d_avg_sq)
+        kernels = row_kernels()
+        fast = kernels is not None and can_use(rows, values, param, state["exp_avg"], state["exp_avg_sq"], exp_avg, exp_avg_sq)
+        if fast:  # the same arithmetic, in one pass over the used rows
+            kernels.row_adam_moments(state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), rows.data_ptr(), values.data_ptr(),
+                                     len(rows), param.shape[1], 1 - beta1, 1 - beta2, exp_avg.data_ptr(), exp_avg_sq.data_ptr())
+        else:
+            torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
+            torch.index_select(state["exp_avg_sq"], 0, rows, out=exp_avg_sq)
+            torch.sub(values, exp_avg, out=d_avg).mul_(1 - beta1)
+            torch.mul(values, values, out=d_avg_sq).sub_(exp_avg_sq).mul_(1 - beta2)
+            state["exp_avg"].index_add_(0, rows, d_avg)
+            state["exp_avg_sq"].index_add_(0, rows, d_avg_sq)
+            exp_avg.add_(d_avg)
+            exp_avg_sq.add_(d_avg_sq)
         step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
         denominator = exp_avg_sq.clamp_(min=_sqrt_floor(group["eps"], param.dtype)).sqrt_().add_(group["eps"])
-        param.index_add_(0, rows, exp_avg.div_(denominator).mul_(-step_size))
+        update = exp_avg.div_(denominator).mul_(-step_size)
+        if fast:
+            kernels.rows_add(param.data_ptr(), rows.data_ptr(), update.data_ptr(), len(rows), param.shape[1])
+        else:
+            param.index_add_(0, rows, update)
 
     def _workspace(self, param: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, ...]:
         # Four (rows, D) scratch tensors kept from step to step: fresh megabyte-sized tensors
@@ -138,22 +147,25 @@ def _sqrt_floor(eps: float, dtype: torch.dtype) -> float:
 
 
 def _used_rows_only(state: dict) -> dict:
-    """A RowAdam parameter state with the moments of the used rows only, and which rows those are."""
-    used = state["used"].nonzero().squeeze(1)
-    kept = {k: v for k, v in state.items() if k != "used"}
-    return {**kept, "rows": used, "num_rows": state["exp_avg"].shape[0],
+    """A RowAdam parameter state with the moments of the used rows only, and which rows those are.
+
+    A row no step has used has both moments zero. So may a used row whose gradients were
+    all zero; restoring zeros for it is exact either way. Found by scanning the moments
+    here, at a checkpoint, rather than by marking rows in every step.
+    """
+    used = (state["exp_avg"].ne(0).any(1) | state["exp_avg_sq"].ne(0).any(1)).nonzero().squeeze(1)
+    return {**state, "rows": used, "num_rows": state["exp_avg"].shape[0],
             "exp_avg": state["exp_avg"][used], "exp_avg_sq": state["exp_avg_sq"][used]}
 
 
 def _dense_moments(state: dict) -> dict:
-    """The inverse of :func:`_used_rows_only`: full-size moments and the used-rows marker."""
+    """The inverse of :func:`_used_rows_only`: full-size moments."""
     state = dict(state)
     rows, num_rows = state.pop("rows"), state.pop("num_rows")
     for key in ("exp_avg", "exp_avg_sq"):
         full = state[key].new_zeros((num_rows, *state[key].shape[1:]))
         full[rows] = state[key]
         state[key] = full
-    state["used"] = state["exp_avg"].new_zeros(num_rows).index_fill_(0, rows, 1.0)
     return state
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
 from .files import write_json_atomic
+from .kernels import cache_home
 from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
@@ -133,11 +133,7 @@ def cache_folder(setting: str | None) -> Path | None:
     else ``~/.cache/textpipe``; any other path is used as given; None or "" turns caching off."""
     if not setting:
         return None
-    if setting != "auto":
-        return Path(setting)
-    if os.environ.get("TEXTPIPE_CACHE"):
-        return Path(os.environ["TEXTPIPE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textpipe"
+    return cache_home() if setting == "auto" else Path(setting)
 
 
 def report_file(

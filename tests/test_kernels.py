@@ -1,0 +1,80 @@
+"""The compiled row kernels give the torch ops' results bit for bit, and textpipe runs without them."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from textpipe import kernels
+from textpipe.kernels import bag_mean_table_grad, row_kernels, torch_ops_only
+from textpipe.optim import RowAdam
+
+needs_kernels = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler: the torch ops run instead")
+
+
+@needs_kernels
+def test_the_kernels_build_where_there_is_a_compiler():
+    assert row_kernels() is not None
+    with torch_ops_only():
+        assert row_kernels() is None
+    assert row_kernels() is not None
+
+
+@needs_kernels
+@pytest.mark.parametrize("dim", [1, 5, 16])
+def test_row_adam_with_the_kernels_steps_exactly_as_with_torch_ops(dim):
+    torch.manual_seed(dim)
+    tables = [torch.nn.Embedding(300, dim, sparse=True) for _ in range(2)]
+    tables[1].load_state_dict(tables[0].state_dict())
+    optimizers = [RowAdam(t.parameters(), lr=0.01) for t in tables]
+    for _ in range(50):
+        ids = torch.randint(0, 300, (8, 20))  # rows repeat within and across the batch's rows
+        target = torch.randn(8, dim)
+        for table, optimizer, reference in zip(tables, optimizers, (False, True)):
+            with torch_ops_only() if reference else torch.enable_grad():
+                optimizer.zero_grad()
+                ((table(ids).mean(1) - target) ** 2).sum().backward()
+                optimizer.step()
+    assert torch.equal(tables[0].weight, tables[1].weight)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(optimizers[0].state[tables[0].weight][key], optimizers[1].state[tables[1].weight][key]), key
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(5))
+def test_bag_gradient_with_the_kernels_equals_the_torch_ops(seed):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 30, (40,), generator=g)  # empty bags included
+    flat_ids = torch.randint(0, 130, (int(lengths.sum()),), generator=g)  # 130: rows past a multiple of 64
+    grad_pooled = torch.randn(40, 7, generator=g)
+    ours = bag_mean_table_grad(flat_ids, lengths, grad_pooled, 130)
+    with torch_ops_only():
+        theirs = bag_mean_table_grad(flat_ids, lengths, grad_pooled, 130)
+    assert torch.equal(ours._indices(), theirs._indices())
+    assert torch.equal(ours._values(), theirs._values())
+    again = bag_mean_table_grad(flat_ids, lengths, grad_pooled, 130)  # the scratch left as it was found
+    assert torch.equal(again._values(), ours._values())
+
+
+@needs_kernels
+@pytest.mark.parametrize("ids, lengths", [([0, 5, 10], [3]), ([-1, 2], [2]), ([1, 2, 3], [1, 1])])
+def test_bag_gradient_refuses_ids_outside_the_table_before_any_c_runs(ids, lengths):
+    with pytest.raises(IndexError, match="bag ids"):
+        bag_mean_table_grad(torch.tensor(ids), torch.tensor(lengths), torch.ones(len(lengths), 2), 10)
+
+
+def test_without_a_compiler_the_torch_ops_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("TEXTPIPE_CACHE", str(tmp_path / "cache"))
+    kernels._load_kernels.cache_clear()
+    try:
+        assert row_kernels() is None
+        table = torch.nn.Embedding(10, 3, sparse=True)
+        optimizer = RowAdam(table.parameters(), lr=0.1)
+        before = table.weight.detach().clone()
+        table(torch.tensor([[1, 2]])).sum().backward()
+        optimizer.step()
+        assert not torch.equal(table.weight[1:3], before[1:3]) and torch.equal(table.weight[3:], before[3:])
+    finally:
+        kernels._load_kernels.cache_clear()

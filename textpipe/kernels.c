@@ -1,0 +1,79 @@
+/* The moments half of RowAdam's step, for the rows one batch used, in one pass.
+ *
+ * For each used row: exp_avg += (g - exp_avg) * (1 - beta1) and
+ * exp_avg_sq += (g * g - exp_avg_sq) * (1 - beta2), in the moment tables, and the
+ * new moments copied out, row after row, for the torch ops that finish the step.
+ * The same float32 arithmetic in the same order as the torch ops of
+ * RowAdam._step_rows (textpipe/optim.py), so both give the same moments bit for
+ * bit: build with -ffp-contract=off, so that no multiply and add fuse into one
+ * differently rounded instruction. (The square root stays with torch: its own
+ * sqrt is not the correctly rounded one sqrtf gives.) The torch ops gather and
+ * scatter each moment table separately; this touches each used row once.
+ * `rows` must be unique (a coalesced gradient), so the rows are independent.
+ */
+#include <stdint.h>
+
+void row_adam_moments(float *exp_avg, float *exp_avg_sq, const int64_t *rows, const float *values,
+                      int64_t num_rows, int64_t dim, float one_minus_beta1, float one_minus_beta2,
+                      float *new_avg, float *new_avg_sq) {
+    for (int64_t i = 0; i < num_rows; i++) {
+        float *m = exp_avg + rows[i] * dim, *v = exp_avg_sq + rows[i] * dim;
+        const float *g = values + i * dim;
+        float *m_out = new_avg + i * dim, *v_out = new_avg_sq + i * dim;
+        for (int64_t j = 0; j < dim; j++) {
+            m_out[j] = m[j] = m[j] + (g[j] - m[j]) * one_minus_beta1;
+            v_out[j] = v[j] = v[j] + (g[j] * g[j] - v[j]) * one_minus_beta2;
+        }
+    }
+}
+
+/* param[rows[i]] += update[i] for each used row: torch's index_add_ with unique rows. */
+void rows_add(float *param, const int64_t *rows, const float *update, int64_t num_rows, int64_t dim) {
+    for (int64_t i = 0; i < num_rows; i++) {
+        float *w = param + rows[i] * dim;
+        const float *u = update + i * dim;
+        for (int64_t j = 0; j < dim; j++)
+            w[j] = w[j] + u[j];
+    }
+}
+
+/* The rows a batch of bags used, each once, in ascending order: the indices of the
+ * table gradient of mean-pooled bags, as a coalesced sparse tensor holds them.
+ *
+ * `seen` is a bitmap of the table's rows and `slot` a table-sized int32 array; the
+ * bitmap comes in all zeros and leaves all zeros. Marking each id's bit and reading
+ * the set bits in order sorts the rows in one pass over the ids and one over the
+ * bitmap's words (num_rows / 64), where a sort of the ids costs N log N. Each used
+ * row's position in `rows` goes to slot[row], for bag_rows_sum. Returns how many.
+ */
+int64_t bag_rows(const int64_t *flat_ids, int64_t num_ids, int64_t num_rows, uint64_t *seen, int32_t *slot, int64_t *rows) {
+    for (int64_t k = 0; k < num_ids; k++)
+        seen[flat_ids[k] >> 6] |= (uint64_t)1 << (flat_ids[k] & 63);
+    int64_t used = 0;
+    for (int64_t word = 0; word < (num_rows + 63) / 64; word++) {
+        for (uint64_t bits = seen[word]; bits; bits &= bits - 1) {
+            int64_t row = word * 64 + __builtin_ctzll(bits);
+            slot[row] = (int32_t)used;
+            rows[used++] = row;
+        }
+        seen[word] = 0;
+    }
+    return used;
+}
+
+/* values[slot[id]] += share[bag] for each id of each bag, in the order the ids come:
+ * the order torch's stable sort and embedding_bag(mode="sum") add them in, so the
+ * sums are the same bit for bit. `values` comes in zeroed; bag b holds lengths[b]
+ * consecutive ids of flat_ids. */
+void bag_rows_sum(const int64_t *flat_ids, const int64_t *lengths, int64_t num_bags, const float *share, int64_t dim,
+                  const int32_t *slot, float *values) {
+    int64_t k = 0;
+    for (int64_t bag = 0; bag < num_bags; bag++) {
+        const float *s = share + bag * dim;
+        for (int64_t end = k + lengths[bag]; k < end; k++) {
+            float *v = values + (int64_t)slot[flat_ids[k]] * dim;
+            for (int64_t j = 0; j < dim; j++)
+                v[j] = v[j] + s[j];
+        }
+    }
+}

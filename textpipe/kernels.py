@@ -1,0 +1,159 @@
+"""Compiled C loops over the rows a batch used: RowAdam's row updates and the bag's table gradient.
+
+A sparse training step on a CPU is bound by memory traffic, and torch ops make one
+pass over every used row per op. RowAdam's moment update takes two gathers, two
+scatters and seven elementwise ops in torch; ``row_adam_moments`` does the same
+float32 arithmetic in the same order in one pass per row, and ``rows_add`` adds the
+update to the weights (``index_add_``). :func:`bag_mean_table_grad`, the bag
+model's closed-form table gradient, sorts every id in torch; ``bag_rows`` finds the
+used rows, in order, through a bitmap, and ``bag_rows_sum`` adds their shares in the
+order torch does. So the weights come out the same bit for bit either way (tests
+check it). ``kernels.c`` is compiled once with the system C compiler (``$CC``, else
+``cc``) into ``kernels/`` of the cache folder and called through ctypes: no torch
+headers, no build step at install. Without a compiler :func:`row_kernels` is None
+and the torch ops run.
+
+Part of the tensor core: the standard library and torch only.
+
+Example:
+    >>> kernels = row_kernels()
+    >>> kernels is None or callable(kernels.rows_add)
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+# -ffp-contract=off: no fused multiply-add, which would round differently from the torch ops.
+FLAGS = ["-O3", "-ffp-contract=off", "-shared", "-fPIC"]
+
+log = logging.getLogger(__name__)
+
+
+def cache_home() -> Path:
+    """``$TEXTPIPE_CACHE``, else ``$XDG_CACHE_HOME/textpipe``, else ``~/.cache/textpipe``: textpipe's cache folder."""
+    if os.environ.get("TEXTPIPE_CACHE"):
+        return Path(os.environ["TEXTPIPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textpipe"
+
+
+_torch_ops_only = False
+
+
+@contextmanager
+def torch_ops_only() -> Iterator[None]:
+    """Within the block, :func:`row_kernels` is None: the torch ops run (the reference the kernels are tested against)."""
+    global _torch_ops_only
+    before, _torch_ops_only = _torch_ops_only, True
+    try:
+        yield
+    finally:
+        _torch_ops_only = before
+
+
+def row_kernels() -> ctypes.CDLL | None:
+    """The compiled ``row_adam_moments``, ``rows_add``, ``bag_rows`` and ``bag_rows_sum`` (built on first use, then cached), or None."""
+    return None if _torch_ops_only else _load_kernels()
+
+
+@functools.cache
+def _load_kernels() -> ctypes.CDLL | None:
+    compiler = os.environ.get("CC", "cc")
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    library = cache_home() / "kernels" / f"kernels-{key}.so"
+    try:
+        if not library.is_file():
+            _compile(compiler, library)
+        kernels = ctypes.CDLL(str(library))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.info("no compiled row kernels, torch ops instead (%s)", e)
+        return None
+    pointer, size, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+    kernels.row_adam_moments.argtypes = (pointer,) * 4 + (size,) * 2 + (number,) * 2 + (pointer,) * 2
+    kernels.rows_add.argtypes = (pointer,) * 3 + (size,) * 2
+    kernels.bag_rows.argtypes = (pointer, size, size, pointer, pointer, pointer)
+    kernels.bag_rows_sum.argtypes = (pointer, pointer, size, pointer, size, pointer, pointer)
+    kernels.row_adam_moments.restype = kernels.rows_add.restype = kernels.bag_rows_sum.restype = None
+    kernels.bag_rows.restype = size
+    return kernels
+
+
+def _compile(compiler: str, library: Path) -> None:
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside its final name and renamed into place: two processes compiling at once
+    # each install a whole library, never half of one.
+    fd, tmp = tempfile.mkstemp(dir=library.parent, suffix=".so")
+    os.close(fd)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, library)
+        for old in library.parent.glob("kernels-*.so"):  # built from an earlier kernels.c
+            if old != library:
+                old.unlink(missing_ok=True)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def can_use(rows: torch.Tensor, values: torch.Tensor, *tables: torch.Tensor) -> bool:
+    """Whether the kernel's layout holds: contiguous CPU tensors, int64 rows, float32 (num_rows, D) tables and values."""
+    return (rows.dtype == torch.int64 and rows.device.type == "cpu" and rows.is_contiguous()
+            and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.shape[1] == values.shape[1]
+                    and t.is_contiguous() for t in (values, *tables)))
+
+
+def bag_mean_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pooled: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The gradient of mean-pooled bags w.r.t. their table: a coalesced sparse ``(num_rows, D)`` tensor.
+
+    Bag ``i`` holds ``lengths[i]`` consecutive ids of ``flat_ids``; each of them receives
+    ``grad_pooled[i] / lengths[i]``, and a row used several times the sum of its shares,
+    added in the order the ids come (the same sums every run). Never builds autograd's
+    ``(N, D)`` tensor of per-id gradients.
+
+    Example:
+        >>> g = bag_mean_table_grad(torch.tensor([3, 5, 3]), torch.tensor([2, 1]), torch.ones(2, 1), 8)
+        >>> g._indices(), g._values().squeeze(1)  # row 3: 1/2 from bag 0 + 1/1 from bag 1; row 5: 1/2
+        (tensor([[3, 5]]), tensor([1.5000, 0.5000]))
+    """
+    share = grad_pooled / lengths.clamp(min=1).unsqueeze(1).to(grad_pooled.dtype)  # (B, D)
+    kernels = row_kernels()
+    if kernels is not None and can_use(flat_ids, share) and lengths.dtype == torch.int64 and lengths.is_contiguous():
+        rows, values = _summed_rows(kernels, flat_ids, lengths, share, num_rows)
+    else:  # the ids sorted (stably); each used row's sum is one bag of an embedding_bag(mode="sum") over the shares
+        bag_of_id = torch.arange(len(lengths), device=flat_ids.device).repeat_interleave(lengths, output_size=flat_ids.numel())  # (N,)
+        sorted_ids, order = flat_ids.sort(stable=True)
+        rows, uses = torch.unique_consecutive(sorted_ids, return_counts=True)  # (U,)
+        values = torch.nn.functional.embedding_bag(bag_of_id[order], share, uses.cumsum(0) - uses, mode="sum")  # (U, D)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, share.shape[1]), is_coalesced=True)
+
+
+_scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per table size: bag_rows' bitmap (all zeros between calls) and slots
+
+
+def _summed_rows(kernels: ctypes.CDLL, flat_ids: torch.Tensor, lengths: torch.Tensor, share: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The used rows, sorted, and the sum of each one's shares: ``bag_rows`` then ``bag_rows_sum``."""
+    # C reads and writes where the ids and lengths point: check them first, as torch's ops would.
+    if int(lengths.sum()) != len(flat_ids) or (len(flat_ids) and not 0 <= int(flat_ids.min()) <= int(flat_ids.max()) < num_rows):
+        raise IndexError(f"bag ids must lie in [0, {num_rows}) and the bag lengths add up to their number ({len(flat_ids)})")
+    if num_rows not in _scratch:
+        _scratch[num_rows] = torch.zeros((num_rows + 63) // 64, dtype=torch.int64), torch.empty(num_rows, dtype=torch.int32)
+    seen, slot = _scratch[num_rows]
+    rows = flat_ids.new_empty(len(flat_ids))
+    used = kernels.bag_rows(flat_ids.data_ptr(), len(flat_ids), num_rows, seen.data_ptr(), slot.data_ptr(), rows.data_ptr())
+    values = share.new_zeros((used, share.shape[1]))
+    kernels.bag_rows_sum(flat_ids.data_ptr(), lengths.data_ptr(), len(lengths), share.data_ptr(), share.shape[1], slot.data_ptr(), values.data_ptr())
+    return rows[:used], values
