@@ -16,6 +16,7 @@ another job held a core (spinning threads wait for each other).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ from textpipe.models import ModelConfig, build_model  # noqa: E402
 from textpipe.predict import Predictor  # noqa: E402
 from textpipe.sources import read_examples  # noqa: E402
 from textpipe.tokenizer import Tokenizer  # noqa: E402
+from textpipe.kernels import torch_ops_only  # noqa: E402
 from textpipe.optim import make_optimizers  # noqa: E402
 from textpipe.train import TrainConfig, train_step  # noqa: E402
 from textpipe.vocab import build_vocab  # noqa: E402
@@ -182,18 +184,21 @@ BAG_STEP_ROUNDS = 3
 
 
 def bag_step_speed(tok, vocab, labels, cache_dir: Path) -> dict:
-    """Bag model train rows/s with the closed-form table backward vs autograd's sparse gradient
-    (the backward before issue 18; same optimizer), warm cache, alternated ``BAG_STEP_ROUNDS`` times; medians."""
+    """Bag model train rows/s, warm cache, three ways alternated ``BAG_STEP_ROUNDS`` times (medians): today's step
+    (closed-form table backward, C row kernels), the same in torch ops only, and the step before issue 18
+    (autograd's sparse gradient, torch ops)."""
     config = ModelConfig(vocab_size=len(vocab), num_classes=len(labels))
+    ways = {"kernels": (True, False), "torch_ops": (True, True), "before": (False, True)}  # name: (closed_form, torch ops only)
     out = {}
     for batch_size in (512, 32):
-        runs: dict[str, list[float]] = {"closed_form": [], "autograd": []}
+        runs: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(BAG_STEP_ROUNDS):
-            for name in runs:
+            for name, (closed_form, torch_only) in ways.items():
                 batches = cached_batches(tok, vocab, labels, cache_dir, batch_size, 50)
-                runs[name].append(train_rows_per_s(config, batches, 3.0, closed_form=name == "closed_form"))
+                with torch_ops_only() if torch_only else contextlib.nullcontext():
+                    runs[name].append(train_rows_per_s(config, batches, 3.0, closed_form=closed_form))
         medians = {name: round(statistics.median(v)) for name, v in runs.items()}
-        out[f"batch_{batch_size}"] = {**medians, "ratio": round(medians["closed_form"] / medians["autograd"], 2),
+        out[f"batch_{batch_size}"] = {**medians, "ratio": round(medians["kernels"] / medians["before"], 2),
                                       "runs": {name: [round(x) for x in v] for name, v in runs.items()}}
         log(f"bag step batch {batch_size}: {out[f'batch_{batch_size}']}")
     return out
@@ -441,7 +446,7 @@ def markdown(r: dict) -> str:
             note = f"spaCy's own `nlp.tokenizer.pipe`: {reference:,}"
         lines.append(f"| tokens/s {name} | {alone} | loader pass: 1 worker {s['loader_1_workers_tokens_per_s']:,}, 2 workers {s['loader_2_workers_tokens_per_s']:,} | {note} |")
     s512, s32 = r["bag_step"]["batch_512"], r["bag_step"]["batch_32"]
-    lines.append(f"| bag train rows/s, closed-form table backward (warm cache; median of {BAG_STEP_ROUNDS}, alternated) | batch 512: {s512['closed_form']:,}; batch 32: {s32['closed_form']:,} | autograd's sparse gradient (same optimizer): {s512['autograd']:,}; {s32['autograd']:,} | {s512['ratio']}x; {s32['ratio']}x (issue 18 target: batch 512 >= 2x the 59-66k measured before) |")
+    lines.append(f"| bag train rows/s: closed-form table backward + C row kernels (warm cache; median of {BAG_STEP_ROUNDS}, alternated) | batch 512: {s512['kernels']:,}; batch 32: {s32['kernels']:,} (same in torch ops only: {s512['torch_ops']:,}; {s32['torch_ops']:,}) | the step before issue 18 (autograd's sparse gradient, torch ops): {s512['before']:,}; {s32['before']:,} | {s512['ratio']}x; {s32['ratio']}x (issue 18 target: batch 512 >= 2x) |")
     per = ", ".join(f"{k} {v:,}" for k, v in t["per_model_batch_32_rows_per_s"].items())
     lines.append(f"| train rows/s per model (batch 32, warm cache) | {per} | | |")
     d = r["ddp"]
