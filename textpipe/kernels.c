@@ -1,15 +1,11 @@
-/* The moments half of RowAdam's step, for the rows one batch used, in one pass.
+/* Loops over the rows one batch used: RowAdam's step and the bag model's table gradient.
  *
- * For each used row: exp_avg += (g - exp_avg) * (1 - beta1) and
- * exp_avg_sq += (g * g - exp_avg_sq) * (1 - beta2), in the moment tables, and the
- * new moments copied out, row after row, for the torch ops that finish the step.
- * The same float32 arithmetic in the same order as the torch ops of
- * RowAdam._step_rows (textpipe/optim.py), so both give the same moments bit for
- * bit: build with -ffp-contract=off, so that no multiply and add fuse into one
- * differently rounded instruction. (The square root stays with torch: its own
- * sqrt is not the correctly rounded one sqrtf gives.) The torch ops gather and
- * scatter each moment table separately; this touches each used row once.
- * `rows` must be unique (a coalesced gradient), so the rows are independent.
+ * Each does the same float32 arithmetic in the same order as the torch ops it
+ * stands for (textpipe/optim.py, RowAdam._step_rows; textpipe/kernels.py,
+ * bag_mean_table_grad), so both give the same results bit for bit: build with
+ * -ffp-contract=off, so that no multiply and add fuse into one differently rounded
+ * instruction. The torch ops make a pass over every used row per op; these make
+ * one. Rows passed in must be unique (a coalesced gradient), so they are independent.
  */
 #include <stdint.h>
 
@@ -23,8 +19,13 @@ static inline void prefetch_row(const float *row, int64_t dim) {
         __builtin_prefetch(row + j, 1, 0);
 }
 
+/* RowAdam's step, first half: exp_avg += (g - exp_avg) * (1 - beta1) and
+ * exp_avg_sq += (g * g - exp_avg_sq) * (1 - beta2) in the moment tables, and the new
+ * moments copied out row after row, the second one clamped to sqrt_floor (as
+ * clamp_(min=) does: NaN stays NaN). The square root of those is left to torch:
+ * its sqrt is not the correctly rounded one sqrtf gives. */
 void row_adam_moments(float *exp_avg, float *exp_avg_sq, const int64_t *rows, const float *values,
-                      int64_t num_rows, int64_t dim, float one_minus_beta1, float one_minus_beta2,
+                      int64_t num_rows, int64_t dim, float one_minus_beta1, float one_minus_beta2, float sqrt_floor,
                       float *new_avg, float *new_avg_sq) {
     for (int64_t i = 0; i < num_rows; i++) {
         if (i + AHEAD < num_rows) {
@@ -36,20 +37,23 @@ void row_adam_moments(float *exp_avg, float *exp_avg_sq, const int64_t *rows, co
         float *m_out = new_avg + i * dim, *v_out = new_avg_sq + i * dim;
         for (int64_t j = 0; j < dim; j++) {
             m_out[j] = m[j] = m[j] + (g[j] - m[j]) * one_minus_beta1;
-            v_out[j] = v[j] = v[j] + (g[j] * g[j] - v[j]) * one_minus_beta2;
+            v[j] = v[j] + (g[j] * g[j] - v[j]) * one_minus_beta2;
+            v_out[j] = v[j] < sqrt_floor ? sqrt_floor : v[j];
         }
     }
 }
 
-/* param[rows[i]] += update[i] for each used row: torch's index_add_ with unique rows. */
-void rows_add(float *param, const int64_t *rows, const float *update, int64_t num_rows, int64_t dim) {
+/* RowAdam's step, second half: param[rows[i]] += (new_avg[i] / (root[i] + eps)) * neg_step_size,
+ * root being the square root of row_adam_moments' clamped new_avg_sq. */
+void row_adam_weights(float *param, const int64_t *rows, const float *new_avg, const float *root,
+                      int64_t num_rows, int64_t dim, float eps, float neg_step_size) {
     for (int64_t i = 0; i < num_rows; i++) {
         if (i + AHEAD < num_rows)
             prefetch_row(param + rows[i + AHEAD] * dim, dim);
         float *w = param + rows[i] * dim;
-        const float *u = update + i * dim;
+        const float *m = new_avg + i * dim, *r = root + i * dim;
         for (int64_t j = 0; j < dim; j++)
-            w[j] = w[j] + u[j];
+            w[j] = w[j] + (m[j] / (r[j] + eps)) * neg_step_size;
     }
 }
 

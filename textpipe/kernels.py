@@ -1,10 +1,10 @@
 """Compiled C loops over the rows a batch used: RowAdam's row updates and the bag's table gradient.
 
 A sparse training step on a CPU is bound by memory traffic, and torch ops make one
-pass over every used row per op. RowAdam's moment update takes two gathers, two
-scatters and seven elementwise ops in torch; ``row_adam_moments`` does the same
-float32 arithmetic in the same order in one pass per row, and ``rows_add`` adds the
-update to the weights (``index_add_``). :func:`bag_mean_table_grad`, the bag
+pass over every used row per op. RowAdam's step takes two gathers, three scatters
+and a dozen elementwise ops in torch; ``row_adam_moments`` and ``row_adam_weights``
+do the same float32 arithmetic in the same order in one pass each, leaving only
+the square root to torch (whose ``sqrt`` is not the correctly rounded ``sqrtf``). :func:`bag_mean_table_grad`, the bag
 model's closed-form table gradient, sorts every id in torch; ``bag_rows`` finds the
 used rows, in order, through a bitmap, and ``bag_rows_sum`` adds their shares in the
 order torch does. So the weights come out the same bit for bit either way (tests
@@ -17,7 +17,7 @@ Part of the tensor core: the standard library and torch only.
 
 Example:
     >>> kernels = row_kernels()
-    >>> kernels is None or callable(kernels.rows_add)
+    >>> kernels is None or callable(kernels.row_adam_weights)
     True
 """
 
@@ -31,6 +31,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -66,7 +67,7 @@ def torch_ops_only() -> Iterator[None]:
 
 
 def row_kernels() -> ctypes.CDLL | None:
-    """The compiled ``row_adam_moments``, ``rows_add``, ``bag_rows`` and ``bag_rows_sum`` (built on first use, then cached), or None."""
+    """The compiled ``row_adam_moments``, ``row_adam_weights``, ``bag_rows`` and ``bag_rows_sum`` (built on first use, then cached), or None."""
     return None if _torch_ops_only else _load_kernels()
 
 
@@ -78,16 +79,20 @@ def _load_kernels() -> ctypes.CDLL | None:
     try:
         if not library.is_file():
             _compile(compiler, library)
-        kernels = ctypes.CDLL(str(library))
-    except (OSError, subprocess.SubprocessError) as e:
+        return _declared(ctypes.CDLL(str(library)))
+    except (OSError, AttributeError, subprocess.SubprocessError) as e:  # no compiler, or a library without our symbols
         log.info("no compiled row kernels, torch ops instead (%s)", e)
         return None
+
+
+def _declared(kernels: ctypes.CDLL) -> ctypes.CDLL:
+    """The library with each function's argument and result types (ctypes checks and converts calls by them)."""
     pointer, size, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    kernels.row_adam_moments.argtypes = (pointer,) * 4 + (size,) * 2 + (number,) * 2 + (pointer,) * 2
-    kernels.rows_add.argtypes = (pointer,) * 3 + (size,) * 2
+    kernels.row_adam_moments.argtypes = (pointer,) * 4 + (size,) * 2 + (number,) * 3 + (pointer,) * 2
+    kernels.row_adam_weights.argtypes = (pointer,) * 4 + (size,) * 2 + (number,) * 2
     kernels.bag_rows.argtypes = (pointer, size, size, pointer, pointer, pointer)
     kernels.bag_rows_sum.argtypes = (pointer, pointer, size, pointer, size, pointer, pointer)
-    kernels.row_adam_moments.restype = kernels.rows_add.restype = kernels.bag_rows_sum.restype = None
+    kernels.row_adam_moments.restype = kernels.row_adam_weights.restype = kernels.bag_rows_sum.restype = None
     kernels.bag_rows.restype = size
     return kernels
 
@@ -141,7 +146,9 @@ def bag_mean_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pool
     return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, share.shape[1]), is_coalesced=True)
 
 
-_scratch: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per table size: bag_rows' bitmap (all zeros between calls) and slots
+# bag_rows' bitmap (all zeros between calls) and slots, per thread and table size: two threads
+# running backward at once must not share them.
+_scratch: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _summed_rows(kernels: ctypes.CDLL, flat_ids: torch.Tensor, lengths: torch.Tensor, share: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,9 +156,10 @@ def _summed_rows(kernels: ctypes.CDLL, flat_ids: torch.Tensor, lengths: torch.Te
     # C reads and writes where the ids and lengths point: check them first, as torch's ops would.
     if int(lengths.sum()) != len(flat_ids) or (len(flat_ids) and not 0 <= int(flat_ids.min()) <= int(flat_ids.max()) < num_rows):
         raise IndexError(f"bag ids must lie in [0, {num_rows}) and the bag lengths add up to their number ({len(flat_ids)})")
-    if num_rows not in _scratch:
-        _scratch[num_rows] = torch.zeros((num_rows + 63) // 64, dtype=torch.int64), torch.empty(num_rows, dtype=torch.int32)
-    seen, slot = _scratch[num_rows]
+    key = (threading.get_ident(), num_rows)
+    if key not in _scratch:
+        _scratch[key] = torch.zeros((num_rows + 63) // 64, dtype=torch.int64), torch.empty(num_rows, dtype=torch.int32)
+    seen, slot = _scratch[key]
     rows = flat_ids.new_empty(len(flat_ids))
     used = kernels.bag_rows(flat_ids.data_ptr(), len(flat_ids), num_rows, seen.data_ptr(), slot.data_ptr(), rows.data_ptr())
     values = share.new_zeros((used, share.shape[1]))

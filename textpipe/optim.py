@@ -98,31 +98,30 @@ class RowAdam(torch.optim.Optimizer):
         if not state:
             state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(param), torch.zeros_like(param)
         state["step"] += 1
+        exp_avg, exp_avg_sq, d_avg, d_avg_sq = self._workspace(param, len(rows))
+        kernels = row_kernels()
+        eps, floor = group["eps"], _sqrt_floor(group["eps"], param.dtype)
+        step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
+        if kernels is not None and can_use(rows, values, param, state["exp_avg"], state["exp_avg_sq"], exp_avg, exp_avg_sq):
+            # The same arithmetic as below, a pass over the used rows before the square root and one after.
+            kernels.row_adam_moments(state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), rows.data_ptr(), values.data_ptr(),
+                                     len(rows), param.shape[1], 1 - beta1, 1 - beta2, floor, exp_avg.data_ptr(), exp_avg_sq.data_ptr())
+            exp_avg_sq.sqrt_()
+            kernels.row_adam_weights(param.data_ptr(), rows.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), len(rows), param.shape[1], eps, -step_size)
+            return
         # Each moment moves by a delta added back with index_add_, which on a CPU is faster
         # than index_copy_ of the new rows; so is an update scaled beforehand rather than
         # through index_add_'s alpha.
-        exp_avg, exp_avg_sq, d_avg, d_avg_sq = self._workspace(param, len(rows))
-        kernels = row_kernels()
-        fast = kernels is not None and can_use(rows, values, param, state["exp_avg"], state["exp_avg_sq"], exp_avg, exp_avg_sq)
-        if fast:  # the same arithmetic, in one pass over the used rows
-            kernels.row_adam_moments(state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), rows.data_ptr(), values.data_ptr(),
-                                     len(rows), param.shape[1], 1 - beta1, 1 - beta2, exp_avg.data_ptr(), exp_avg_sq.data_ptr())
-        else:
-            torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
-            torch.index_select(state["exp_avg_sq"], 0, rows, out=exp_avg_sq)
-            torch.sub(values, exp_avg, out=d_avg).mul_(1 - beta1)
-            torch.mul(values, values, out=d_avg_sq).sub_(exp_avg_sq).mul_(1 - beta2)
-            state["exp_avg"].index_add_(0, rows, d_avg)
-            state["exp_avg_sq"].index_add_(0, rows, d_avg_sq)
-            exp_avg.add_(d_avg)
-            exp_avg_sq.add_(d_avg_sq)
-        step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-        denominator = exp_avg_sq.clamp_(min=_sqrt_floor(group["eps"], param.dtype)).sqrt_().add_(group["eps"])
-        update = exp_avg.div_(denominator).mul_(-step_size)
-        if fast:
-            kernels.rows_add(param.data_ptr(), rows.data_ptr(), update.data_ptr(), len(rows), param.shape[1])
-        else:
-            param.index_add_(0, rows, update)
+        torch.index_select(state["exp_avg"], 0, rows, out=exp_avg)
+        torch.index_select(state["exp_avg_sq"], 0, rows, out=exp_avg_sq)
+        torch.sub(values, exp_avg, out=d_avg).mul_(1 - beta1)
+        torch.mul(values, values, out=d_avg_sq).sub_(exp_avg_sq).mul_(1 - beta2)
+        state["exp_avg"].index_add_(0, rows, d_avg)
+        state["exp_avg_sq"].index_add_(0, rows, d_avg_sq)
+        exp_avg.add_(d_avg)
+        exp_avg_sq.add_(d_avg_sq)
+        denominator = exp_avg_sq.clamp_(min=floor).sqrt_().add_(eps)
+        param.index_add_(0, rows, exp_avg.div_(denominator).mul_(-step_size))
 
     def _workspace(self, param: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, ...]:
         # Four (rows, D) scratch tensors kept from step to step: fresh megabyte-sized tensors
