@@ -78,3 +78,25 @@ def test_without_a_compiler_the_torch_ops_run(tmp_path, monkeypatch):
         assert not torch.equal(table.weight[1:3], before[1:3]) and torch.equal(table.weight[3:], before[3:])
     finally:
         kernels._load_kernels.cache_clear()
+
+
+@needs_kernels
+@pytest.mark.parametrize("settings", [{}, {"max_ngram": 5}, {"ngram_buckets": 0}, {"max_ngram": 3, "ngram_buckets": 7}])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_bag_ngram_ids_with_the_kernels_equal_add_ngrams_then_the_mask(settings, dropout):
+    from textpipe.collate import pad_collate
+    from textpipe.models import BagOfNgrams, ModelConfig
+
+    g = torch.Generator().manual_seed(len(settings) + dropout)
+    texts = [torch.randint(2, 300, (n,), generator=g) for n in (1, 7, 24, 3, 12, 2)]  # 5-grams of big ids wrap in int64
+    batch = pad_collate(texts)
+    model = BagOfNgrams(ModelConfig(vocab_size=300, num_classes=2, embed_dim=4, **{"ngram_buckets": 1000, "max_ngram": 2, **settings}))
+    all_ids, all_mask = model.add_ngrams(batch.ids, batch.mask)
+    keep = torch.rand(all_mask.shape, generator=g) >= 0.3 if dropout else None
+    assert model.feature_width(batch.ids.shape[1]) == all_mask.shape[1]
+    ours = model.flat_features(batch.ids, batch.mask, keep)
+    with torch_ops_only():
+        theirs = model.flat_features(batch.ids, batch.mask, keep)
+    expected = all_mask if keep is None else all_mask & keep
+    assert torch.equal(theirs[0], all_ids[expected]) and torch.equal(theirs[1], expected.sum(1))
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])

@@ -97,3 +97,41 @@ void bag_rows_sum(const int64_t *flat_ids, const int64_t *lengths, int64_t num_b
         }
     }
 }
+
+/* The bag model's ids of each text, one flat list: its words, then the hashed rows of
+ * its n-grams (n = 2 .. max_ngram) whose words are all real, left out where `keep`
+ * (token dropout; NULL: keep all) is 0. The ids and their order are those of
+ * BagOfNgrams.add_ngrams followed by ids[mask] (textpipe/models.py): the hash is
+ * code = code * 1000003 + id, wrapping in 64 bits, then vocab_size + code mod
+ * buckets taken non-negative. ids, mask: (B, T); keep: (B, width), width counting
+ * T words, T - 1 bigrams, ... Returns the number of ids written to flat; lengths
+ * gets each text's count. */
+int64_t bag_ngram_ids(const int64_t *ids, const uint8_t *mask, int64_t num_texts, int64_t T, const uint8_t *keep,
+                      int64_t width, int64_t vocab_size, int64_t buckets, int64_t max_ngram, int64_t *flat, int64_t *lengths) {
+    int64_t total = 0;
+    for (int64_t b = 0; b < num_texts; b++) {
+        const int64_t *row = ids + b * T;
+        const uint8_t *real = mask + b * T, *kept = keep ? keep + b * width : 0;
+        int64_t start = total, column = 0;
+        for (int64_t n = 1; n <= (buckets ? max_ngram : 1) && n <= T; n++) {
+            for (int64_t k = 0; k + n <= T; k++, column++) {
+                int all_real = 1;
+                for (int64_t j = 0; j < n; j++)
+                    all_real &= real[k + j];
+                if (!all_real || (kept && !kept[column]))
+                    continue;
+                if (n == 1) {
+                    flat[total++] = row[k];
+                    continue;
+                }
+                uint64_t code = (uint64_t)row[k];
+                for (int64_t j = 1; j < n; j++)
+                    code = code * 1000003u + (uint64_t)row[k + j];
+                int64_t bucket = (int64_t)code % buckets;
+                flat[total++] = vocab_size + (bucket < 0 ? bucket + buckets : bucket);
+            }
+        }
+        lengths[b] = total - start;
+    }
+    return total;
+}

@@ -67,7 +67,7 @@ def torch_ops_only() -> Iterator[None]:
 
 
 def row_kernels() -> ctypes.CDLL | None:
-    """The compiled ``row_adam_moments``, ``row_adam_weights``, ``bag_rows`` and ``bag_rows_sum`` (built on first use, then cached), or None."""
+    """The compiled ``row_adam_moments``, ``row_adam_weights``, ``bag_rows``, ``bag_rows_sum`` and ``bag_ngram_ids`` (built on first use, then cached), or None."""
     return None if _torch_ops_only else _load_kernels()
 
 
@@ -94,6 +94,8 @@ def _declared(kernels: ctypes.CDLL) -> ctypes.CDLL:
     kernels.bag_rows_sum.argtypes = (pointer, pointer, size, pointer, size, pointer, pointer)
     kernels.row_adam_moments.restype = kernels.row_adam_weights.restype = kernels.bag_rows_sum.restype = None
     kernels.bag_rows.restype = size
+    kernels.bag_ngram_ids.argtypes = (pointer, pointer, size, size, pointer) + (size,) * 4 + (pointer, pointer)
+    kernels.bag_ngram_ids.restype = size
     return kernels
 
 
@@ -165,3 +167,20 @@ def _summed_rows(kernels: ctypes.CDLL, flat_ids: torch.Tensor, lengths: torch.Te
     values = share.new_zeros((used, share.shape[1]))
     kernels.bag_rows_sum(flat_ids.data_ptr(), lengths.data_ptr(), len(lengths), share.data_ptr(), share.shape[1], slot.data_ptr(), values.data_ptr())
     return rows[:used], values
+
+
+def bag_ngram_ids(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None, vocab_size: int, buckets: int,
+                  max_ngram: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``bag_ngram_ids``: the bag model's flat word and n-gram ids and each text's count, or None without the kernels.
+
+    What ``BagOfNgrams.add_ngrams`` then ``ids[mask & keep]`` give, in one pass with no
+    ``(B, T')`` tensors in between.
+    """
+    kernels = row_kernels()
+    tensors = (ids, mask) if keep is None else (ids, mask, keep)
+    if kernels is None or ids.dtype != torch.int64 or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        return None
+    flat, lengths = ids.new_empty(ids.numel() * (max_ngram if buckets else 1)), ids.new_empty(ids.shape[0])
+    total = kernels.bag_ngram_ids(ids.data_ptr(), mask.data_ptr(), ids.shape[0], ids.shape[1], 0 if keep is None else keep.data_ptr(),
+                                  0 if keep is None else keep.shape[1], vocab_size, buckets, max_ngram, flat.data_ptr(), lengths.data_ptr())
+    return flat[:total], lengths

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .kernels import bag_mean_table_grad
+from .kernels import bag_mean_table_grad, bag_ngram_ids
 
 
 @dataclass
@@ -77,11 +77,12 @@ class MaskedMaxPool(nn.Module):
 
 
 class EmbeddingBagMean(nn.Module):
-    """Mean of the rows of ``table`` at the ids where ``mask`` is True, in one ``F.embedding_bag`` call.
+    """Mean of the rows of ``table`` at each bag's ids, in one ``F.embedding_bag`` call.
 
-    Same result as :class:`MaskedMeanPool` over ``table[ids]``, without building the
-    ``(B, T, D)`` tensor of looked-up vectors: the fused kernel sums rows straight
-    into the output. With ``sparse=True`` the table's gradient is sparse, and with
+    Bag ``i`` is the next ``lengths[i]`` ids of ``flat_ids``. Same result as
+    :class:`MaskedMeanPool` over ``table[ids]``, without building the ``(B, T, D)``
+    tensor of looked-up vectors: the fused kernel sums rows straight into the
+    output. With ``sparse=True`` the table's gradient is sparse, and with
     ``closed_form`` (the default) it is :func:`bag_mean_table_grad`'s, which holds
     each used row once, in sorted order, rather than autograd's one entry per id
     that the optimizer must then sort and sum.
@@ -89,7 +90,7 @@ class EmbeddingBagMean(nn.Module):
     Example:
         >>> pool = EmbeddingBagMean()
         >>> table = nn.Parameter(torch.randn(10, 4))
-        >>> pool(table, torch.tensor([[1, 2, 2]]), torch.tensor([[True, True, True]]), sparse=True).sum().backward()
+        >>> pool(table, torch.tensor([1, 2, 2]), torch.tensor([3]), sparse=True).sum().backward()
         >>> table.grad._indices()  # rows 1 and 2, each once
         tensor([[1, 2]])
     """
@@ -98,14 +99,12 @@ class EmbeddingBagMean(nn.Module):
         super().__init__()
         self.closed_form = closed_form  # False: autograd's own sparse gradient (the reference the tests compare with)
 
-    def forward(self, table: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, sparse: bool) -> torch.Tensor:
-        # ids, mask: (B, T). Only the real ids go in, as one flat list cut into bags by offsets:
-        # padding and dropped tokens then add nothing to the sparse gradient.
-        lengths = mask.sum(1)
+    def forward(self, table: torch.Tensor, flat_ids: torch.Tensor, lengths: torch.Tensor, sparse: bool) -> torch.Tensor:
+        # Only real ids come in, so padding and dropped tokens add nothing to the sparse gradient.
         offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)[:-1]])
         if sparse and self.closed_form and table.requires_grad and torch.is_grad_enabled():
-            return _BagMean.apply(table, ids[mask], offsets, lengths)  # (B, D)
-        return nn.functional.embedding_bag(ids[mask], table, offsets, mode="mean", sparse=sparse)  # (B, D); an empty bag is 0
+            return _BagMean.apply(table, flat_ids, offsets, lengths)  # (B, D)
+        return nn.functional.embedding_bag(flat_ids, table, offsets, mode="mean", sparse=sparse)  # (B, D); an empty bag is 0
 
 
 class _BagMean(torch.autograd.Function):
@@ -165,15 +164,35 @@ class BagOfNgrams(nn.Module):
             self.register_buffer("frozen", nn.init.zeros_(torch.empty(config.vocab_size, config.frozen_dim)))  # not torch.zeros, which imports sympy on the meta device (model_skeleton)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        T = ids.shape[1]
-        ids, mask = self.add_ngrams(ids, mask)  # (B, T'): T words, T-1 bigrams, T-2 trigrams, ...
-        if self.training and self.config.token_dropout > 0:
-            mask = mask & (torch.rand(mask.shape, device=mask.device) >= self.config.token_dropout)
-        pooled = self.pool(self.embedding.weight, ids, mask, self.embedding.sparse)  # (B, D)
+        keep = None
+        if self.training and self.config.token_dropout > 0:  # each word / n-gram left out of the mean with this probability
+            keep = torch.rand((ids.shape[0], self.feature_width(ids.shape[1])), device=ids.device) >= self.config.token_dropout
+        flat_ids, lengths = self.flat_features(ids, mask, keep)
+        pooled = self.pool(self.embedding.weight, flat_ids, lengths, self.embedding.sparse)  # (B, D)
         if self.config.frozen_dim:
             # The mean of the same words (not the n-grams) in the frozen table, beside the learned mean.
-            pooled = torch.cat([pooled, self.pool(self.frozen, ids[:, :T], mask[:, :T], False)], 1)  # (B, D + F)
+            words = mask if keep is None else mask & keep[:, : ids.shape[1]]
+            pooled = torch.cat([pooled, self.pool(self.frozen, ids[words], words.sum(1), False)], 1)  # (B, D + F)
         return self.head(self.dropout(pooled))  # (B, C)
+
+    def feature_width(self, T: int) -> int:
+        """Columns of :meth:`add_ngrams`' output for ``T`` words: T words, T-1 bigrams, T-2 trigrams, ..."""
+        top = min(self.config.max_ngram if self.config.ngram_buckets else 1, T)
+        return sum(T - n + 1 for n in range(1, top + 1))
+
+    def flat_features(self, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each text's real word and n-gram ids (where ``keep``, if given), end to end, and each text's count.
+
+        :meth:`add_ngrams` then a mask, or the same in one pass of compiled C (``textpipe.kernels``).
+        """
+        c = self.config
+        fast = bag_ngram_ids(ids, mask, keep, c.vocab_size, c.ngram_buckets, c.max_ngram)
+        if fast is not None:
+            return fast
+        all_ids, all_mask = self.add_ngrams(ids, mask)  # (B, T')
+        if keep is not None:
+            all_mask = all_mask & keep
+        return all_ids[all_mask], all_mask.sum(1)
 
     def add_ngrams(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append the hashed rows of every n-gram (n = 2 .. max_ngram) whose words are all real."""
