@@ -10,6 +10,7 @@ from textpipe.cache import NumericCache
 from textpipe.collate import FlatRows, collate_flat, pad_collate, pad_fraction
 from textpipe.dataset import TextClassificationDataset
 from textpipe.loader import make_loader
+from textpipe.pipeline import TrainingCounts
 from textpipe.sources import SourceConfig
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
@@ -155,13 +156,15 @@ def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monke
     config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731
     first = train_files(train, test, tmp_path / "run1", config=config(str(tmp_path / "c")), quiet=True)
     caches = sorted(p.name for p in (tmp_path / "c").iterdir())
-    # train part, held-out dev part and test; then, with the refit's vocabulary (all rows), the whole train file and test
-    assert len(caches) == 5
+    # train part, held-out dev part and test; then, with the refit's vocabulary (all rows), the whole train file and test;
+    # and the training file's token counts, both vocabularies' source
+    assert len(caches) == 6
 
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("a warm cache must not be rebuilt")
 
     monkeypatch.setattr(TextClassificationDataset, "_encoded_rows", no_tokenizing)
+    monkeypatch.setattr(TrainingCounts, "add", no_tokenizing)
     second = train_files(train, test, tmp_path / "run2", config=config(str(tmp_path / "c")), quiet=True)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == caches
     assert second["test"] == first["test"]

@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -32,6 +32,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from .bundle import load_bundle, save_bundle
+from .cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
@@ -47,6 +48,7 @@ from .runtime import resolve_device
 from .vocab import vocab_from_counts
 
 METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
+COUNTS = "counts.json"  # a cache entry of count_training_file
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
 
@@ -87,13 +89,24 @@ def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataCon
     """One streaming pass over the training file: the token counts of its training part and of
     the rows held out of it (1 in ``holdout``; 0 holds none out), the rows per label, and the rows skipped by reason.
 
+    With a cache folder (``data.cache_dir``) the counts are kept there, keyed by the file's
+    content and the settings, so counting the same file again (a second run, each trial of
+    ``--autotune``) reads them instead of tokenizing every row.
+
     Example:
         >>> counts = count_training_file("train.csv", 10, Tokenizer(), DataConfig(), quiet=True)
         >>> len(counts.vocab(DataConfig())), len(counts.all_rows().vocab(DataConfig()))   # the refit's is larger
     """
-    counts = TrainingCounts()
-    rows = read_examples(train, config=data.source, skipped=counts.skipped)
-    counts.add(rows, tokenizer, holdout, quiet)
+    folder = cache_folder(data.cache_dir)
+    key = None
+    if folder is not None and Path(train).is_file():
+        key = cache_key(train, {"counts": asdict(tokenizer.config), "holdout": holdout, "source": asdict(data.source)})
+    counts = TrainingCounts.load(folder / key) if key else None
+    if counts is None:
+        counts = TrainingCounts()
+        counts.add(read_examples(train, config=data.source, skipped=counts.skipped), tokenizer, holdout, quiet)
+        if key:
+            counts.save(folder / key, train)
     labels = label_order(counts.label_counts)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
@@ -229,3 +242,23 @@ class TrainingCounts:
         for example in rows:
             self.label_counts[example.label] = self.label_counts.get(example.label, 0) + 1
             yield example.text
+
+    def save(self, folder: Path, train) -> None:
+        """Into ``folder`` (a cache entry, so ``cache.prune`` ages it out with the token caches); meta.json last, marking it whole."""
+        folder.mkdir(parents=True, exist_ok=True)
+        # Not asdict(): it rebuilds a Counter from (key, value) pairs, counting the pairs.
+        saved = {"tokens": dict(self.tokens), "held_out_tokens": dict(self.held_out_tokens), "label_counts": self.label_counts,
+                 "training_rows": self.training_rows, "skipped": self.skipped}
+        write_json_atomic(folder / COUNTS, saved, indent=None)
+        write_json_atomic(folder / "meta.json", {"file": str(train), "counts": COUNTS})
+
+    @classmethod
+    def load(cls, folder: Path) -> "TrainingCounts | None":
+        """What :meth:`save` wrote, or None when there is no whole entry (or an unreadable one: count again)."""
+        try:
+            if not (folder / "meta.json").is_file():
+                return None
+            saved = json.loads((folder / COUNTS).read_text(encoding="utf-8"))
+            return cls(Counter(saved["tokens"]), Counter(saved["held_out_tokens"]), saved["label_counts"], saved["training_rows"], saved["skipped"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None

@@ -1,0 +1,55 @@
+"""count_training_file keeps its counts in the cache folder: a second count of the same file tokenizes nothing."""
+
+from textpipe.config import DataConfig
+from textpipe.pipeline import count_training_file
+from textpipe.tokenizer import Tokenizer
+
+from conftest import write_csv
+
+ROWS = [("pos", "a fine, warm film"), ("neg", "a dull film"), ("pos", "warm and witty"), ("neg", "dull, dull, dull")] * 5
+
+
+class CountingTokenizer(Tokenizer):
+    """A tokenizer that counts the texts it is given."""
+
+    texts = 0
+
+    def pipe(self, texts):
+        for text in texts:
+            CountingTokenizer.texts += 1
+            yield text.split()
+
+
+def test_a_second_count_of_the_same_file_reads_the_cache(tmp_path):
+    path = write_csv(tmp_path / "train.csv", ROWS)
+    data = DataConfig(cache_dir=str(tmp_path / "cache"))
+    first = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    tokenized = CountingTokenizer.texts
+    again = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    assert CountingTokenizer.texts == tokenized == len(ROWS)  # nothing tokenized the second time
+    assert again == first and again.vocab(data).get_itos() == first.vocab(data).get_itos()
+    assert again.all_rows().vocab(data).get_itos() == first.all_rows().vocab(data).get_itos()
+
+
+def test_other_content_or_settings_count_again_and_no_cache_keeps_nothing(tmp_path):
+    path = write_csv(tmp_path / "train.csv", ROWS)
+    data = DataConfig(cache_dir=str(tmp_path / "cache"))
+    first = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    assert count_training_file(path, 0, CountingTokenizer("whitespace"), data, quiet=True).held_out_tokens == {}  # another hold-out
+    write_csv(path, ROWS + [("neg", "new words here")])
+    changed = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    assert changed.tokens["new"] == 1 and first.tokens["new"] == 0
+    uncached = DataConfig(cache_dir=False)
+    before = CountingTokenizer.texts
+    count_training_file(path, 10, CountingTokenizer("whitespace"), uncached, quiet=True)
+    count_training_file(path, 10, CountingTokenizer("whitespace"), uncached, quiet=True)
+    assert CountingTokenizer.texts == before + 2 * (len(ROWS) + 1)
+
+
+def test_a_broken_cache_entry_is_counted_again(tmp_path):
+    path = write_csv(tmp_path / "train.csv", ROWS)
+    data = DataConfig(cache_dir=str(tmp_path / "cache"))
+    first = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    (entry,) = [p for p in (tmp_path / "cache").iterdir() if (p / "counts.json").is_file()]
+    (entry / "counts.json").write_text("{not json", encoding="utf-8")
+    assert count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True) == first
