@@ -1,4 +1,4 @@
-"""Files that matter, written so that no crash leaves half of one: the one atomic write and the one file digest.
+"""Files that matter, written so that no crash leaves half of one: the one atomic write, the one file digest, and where caches live.
 
 Every write goes to a temporary file of a unique name in the same folder, is flushed and
 ``fsync``-ed, then renamed over the real name (and the folder is ``fsync``-ed): a reader sees
@@ -104,3 +104,10 @@ def is_disk_full(err: BaseException | None) -> bool:
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
+
+
+def cache_home() -> Path:
+    """``$TEXTPIPE_CACHE``, else ``$XDG_CACHE_HOME/textpipe``, else ``~/.cache/textpipe``: textpipe's cache folder."""
+    if os.environ.get("TEXTPIPE_CACHE"):
+        return Path(os.environ["TEXTPIPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textpipe"

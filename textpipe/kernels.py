@@ -38,18 +38,13 @@ from typing import Iterator
 
 import torch
 
+from .files import cache_home
+
 SOURCE = Path(__file__).with_name("kernels.c")
 # -ffp-contract=off: no fused multiply-add, which would round differently from the torch ops.
 FLAGS = ["-O3", "-ffp-contract=off", "-shared", "-fPIC"]
 
 log = logging.getLogger(__name__)
-
-
-def cache_home() -> Path:
-    """``$TEXTPIPE_CACHE``, else ``$XDG_CACHE_HOME/textpipe``, else ``~/.cache/textpipe``: textpipe's cache folder."""
-    if os.environ.get("TEXTPIPE_CACHE"):
-        return Path(os.environ["TEXTPIPE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textpipe"
 
 
 _torch_ops_only = False

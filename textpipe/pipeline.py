@@ -36,8 +36,7 @@ from .cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
-from .files import write_json_atomic
-from .kernels import cache_home
+from .files import cache_home, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
