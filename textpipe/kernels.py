@@ -30,7 +30,6 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Iterator
 
 import torch
 
-from .files import cache_home
+from .files import cache_home, temp_file_beside
 
 SOURCE = Path(__file__).with_name("kernels.c")
 # -ffp-contract=off: no fused multiply-add, which would round differently from the torch ops.
@@ -98,17 +97,16 @@ def _compile(compiler: str, library: Path) -> None:
     library.parent.mkdir(parents=True, exist_ok=True)
     # Built beside its final name and renamed into place: two processes compiling at once
     # each install a whole library, never half of one.
-    fd, tmp = tempfile.mkstemp(dir=library.parent, suffix=".so")
+    fd, tmp = temp_file_beside(library)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, timeout=120)
         os.replace(tmp, library)
         for old in library.parent.glob("kernels-*.so"):  # built from an earlier kernels.c
             if old != library:
                 old.unlink(missing_ok=True)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def can_use(rows: torch.Tensor, values: torch.Tensor, *tables: torch.Tensor) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -258,6 +259,7 @@ class TrainingCounts:
             if not (folder / "meta.json").is_file():
                 return None
             saved = json.loads((folder / COUNTS).read_text(encoding="utf-8"))
+            os.utime(folder / "meta.json")  # last use, for cache.prune, as the token caches mark theirs
             return cls(Counter(saved["tokens"]), Counter(saved["held_out_tokens"]), saved["label_counts"], saved["training_rows"], saved["skipped"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
