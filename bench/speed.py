@@ -181,25 +181,73 @@ def training_speed(tok, vocab, labels, cache_dir: Path) -> dict:
 
 
 BAG_STEP_ROUNDS = 3
+# main when issue 18 was filed: its "today's" batch-512 rate is this commit's step, loader included.
+FILED_COMMIT = "99b5310"
+# Run in that commit's tree (its own bench/speed.py, textpipe and cache): rows/s of its train step, warm cache.
+FILED_STEP = """
+import sys
+sys.path[:0] = ["{tree}", "{tree}/bench"]
+import speed
+from pathlib import Path
+from textpipe.models import ModelConfig
+from textpipe.sources import read_examples
+from textpipe.tokenizer import Tokenizer
+from textpipe.vocab import build_vocab
+speed.MR_TRAIN = Path("{mr_train}")  # that tree has no ../shared beside it
+tok = Tokenizer("spacy")
+rows = list(read_examples(speed.MR_TRAIN))
+vocab, labels = build_vocab(tok.pipe(ex.text for ex in rows)), sorted({{ex.label for ex in rows}})
+config = ModelConfig(vocab_size=len(vocab), num_classes=len(labels))
+batches = lambda: speed.cached_batches(tok, vocab, labels, speed.WORK / "bench-cache", {batch_size}, 50)
+speed.train_rows_per_s(config, batches(), 1.0)  # builds the cache, warms up
+print(speed.train_rows_per_s(config, batches(), 3.0))
+"""
+
+
+def filed_tree() -> Path | None:
+    """The code at :data:`FILED_COMMIT`, unpacked once from git history under WORK (None without git or that commit)."""
+    tree = WORK / f"code-{FILED_COMMIT}"
+    if not (tree / "textpipe").is_dir():
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", FILED_COMMIT], capture_output=True)
+        if archive.returncode != 0:
+            log(f"no commit {FILED_COMMIT} in this clone: the step as issue 18 found it is not measured")
+            return None
+        tree.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def filed_rows_per_s(tree: Path, batch_size: int) -> float:
+    code = FILED_STEP.format(tree=tree, batch_size=batch_size, mr_train=MR_TRAIN)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tree, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if out.returncode != 0:
+        sys.exit(f"the code at {FILED_COMMIT} failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def bag_step_speed(tok, vocab, labels, cache_dir: Path) -> dict:
-    """Bag model train rows/s, warm cache, three ways alternated ``BAG_STEP_ROUNDS`` times (medians): today's step
-    (closed-form table backward, C row kernels), the same in torch ops only, and the step before issue 18
-    (autograd's sparse gradient, torch ops)."""
+    """Bag model train rows/s, warm cache, alternated ``BAG_STEP_ROUNDS`` times (medians): today's step
+    (closed-form table backward, C row kernels), the same in torch ops only, the step before issue 18
+    emulated on today's loader (autograd's sparse gradient, torch ops), and the code as issue 18 found it
+    (commit :data:`FILED_COMMIT`, its own loader and step, in a child process)."""
     config = ModelConfig(vocab_size=len(vocab), num_classes=len(labels))
     ways = {"kernels": (True, False), "torch_ops": (True, True), "before": (False, True)}  # name: (closed_form, torch ops only)
+    tree = filed_tree()
     out = {}
     for batch_size in (512, 32):
-        runs: dict[str, list[float]] = {name: [] for name in ways}
+        runs: dict[str, list[float]] = {name: [] for name in [*ways, *(["at_filing"] if tree else [])]}
         for _ in range(BAG_STEP_ROUNDS):
             for name, (closed_form, torch_only) in ways.items():
                 batches = cached_batches(tok, vocab, labels, cache_dir, batch_size, 50)
                 with torch_ops_only() if torch_only else contextlib.nullcontext():
                     runs[name].append(train_rows_per_s(config, batches, 3.0, closed_form=closed_form))
+            if tree:
+                runs["at_filing"].append(filed_rows_per_s(tree, batch_size))
         medians = {name: round(statistics.median(v)) for name, v in runs.items()}
-        out[f"batch_{batch_size}"] = {**medians, "ratio": round(medians["kernels"] / medians["before"], 2),
-                                      "runs": {name: [round(x) for x in v] for name, v in runs.items()}}
+        ratios = {"ratio": round(medians["kernels"] / medians["before"], 2)}
+        if tree:
+            ratios["ratio_at_filing"] = round(medians["kernels"] / medians["at_filing"], 2)
+        out[f"batch_{batch_size}"] = {**medians, **ratios, "runs": {name: [round(x) for x in v] for name, v in runs.items()}}
         log(f"bag step batch {batch_size}: {out[f'batch_{batch_size}']}")
     return out
 
@@ -446,7 +494,9 @@ def markdown(r: dict) -> str:
             note = f"spaCy's own `nlp.tokenizer.pipe`: {reference:,}"
         lines.append(f"| tokens/s {name} | {alone} | loader pass: 1 worker {s['loader_1_workers_tokens_per_s']:,}, 2 workers {s['loader_2_workers_tokens_per_s']:,} | {note} |")
     s512, s32 = r["bag_step"]["batch_512"], r["bag_step"]["batch_32"]
-    lines.append(f"| bag train rows/s: closed-form table backward + C row kernels (warm cache; median of {BAG_STEP_ROUNDS}, alternated) | batch 512: {s512['kernels']:,}; batch 32: {s32['kernels']:,} (same in torch ops only: {s512['torch_ops']:,}; {s32['torch_ops']:,}) | the step before issue 18 (autograd's sparse gradient, torch ops): {s512['before']:,}; {s32['before']:,} | {s512['ratio']}x; {s32['ratio']}x (issue 18 target: batch 512 >= 2x) |")
+    lines.append(f"| bag train rows/s: closed-form table backward + C row kernels (warm cache; median of {BAG_STEP_ROUNDS}, alternated) | batch 512: {s512['kernels']:,}; batch 32: {s32['kernels']:,} (same in torch ops only: {s512['torch_ops']:,}; {s32['torch_ops']:,}) | the step before issue 18 on today's loader (autograd's sparse gradient, torch ops): {s512['before']:,}; {s32['before']:,} | {s512['ratio']}x; {s32['ratio']}x (issue 18 target: batch 512 >= 2x) |")
+    if "at_filing" in s512:
+        lines.append(f"| same, against the code as issue 18 found it (commit {FILED_COMMIT}: its loader and step, in a child process, alternated) | batch 512: {s512['kernels']:,}; batch 32: {s32['kernels']:,} | commit {FILED_COMMIT}: {s512['at_filing']:,}; {s32['at_filing']:,} | {s512['ratio_at_filing']}x; {s32['ratio_at_filing']}x |")
     per = ", ".join(f"{k} {v:,}" for k, v in t["per_model_batch_32_rows_per_s"].items())
     lines.append(f"| train rows/s per model (batch 32, warm cache) | {per} | | |")
     d = r["ddp"]

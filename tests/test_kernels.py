@@ -1,5 +1,6 @@
 """The compiled row kernels give the torch ops' results bit for bit, and textpipe runs without them."""
 
+import ctypes
 import os
 import shutil
 
@@ -22,8 +23,10 @@ def test_the_kernels_build_where_there_is_a_compiler():
 
 
 @needs_kernels
-@pytest.mark.parametrize("dim", [1, 5, 16])
+@pytest.mark.parametrize("dim", [1, 5, 16, 64])
 def test_row_adam_with_the_kernels_steps_exactly_as_with_torch_ops(dim):
+    if torch.backends.mkl.is_available():  # else torch's sqrt is not MKL's, and both sides run torch ops
+        assert kernels.torch_sqrt() is not None
     torch.manual_seed(dim)
     tables = [torch.nn.Embedding(300, dim, sparse=True) for _ in range(2)]
     tables[1].load_state_dict(tables[0].state_dict())
@@ -39,6 +42,17 @@ def test_row_adam_with_the_kernels_steps_exactly_as_with_torch_ops(dim):
     assert torch.equal(tables[0].weight, tables[1].weight)
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(optimizers[0].state[tables[0].weight][key], optimizers[1].state[tables[1].weight][key]), key
+
+
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL: RowAdam's torch ops run")
+def test_torch_sqrt_is_the_square_root_torch_takes():
+    address = kernels.torch_sqrt()
+    assert address is not None
+    x = torch.cat([torch.rand(10_000) * 1e-6, torch.rand(10_000), torch.zeros(3), torch.tensor([float("nan"), 1e-44])])
+    roots = torch.empty_like(x)
+    sqrt = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong)(address)
+    sqrt(len(x), x.data_ptr(), roots.data_ptr(), kernels.SQRT_MODE)
+    assert torch.equal(roots.view(torch.int32), x.sqrt().view(torch.int32))  # NaN's bits too
 
 
 @needs_kernels

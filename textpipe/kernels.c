@@ -19,41 +19,53 @@ static inline void prefetch_row(const float *row, int64_t dim) {
         __builtin_prefetch(row + j, 1, 0);
 }
 
-/* RowAdam's step, first half: exp_avg += (g - exp_avg) * (1 - beta1) and
- * exp_avg_sq += (g * g - exp_avg_sq) * (1 - beta2) in the moment tables, and the new
- * moments copied out row after row, the second one clamped to sqrt_floor (as
- * clamp_(min=) does: NaN stays NaN). The square root of those is left to torch:
- * its sqrt is not the correctly rounded one sqrtf gives. */
-void row_adam_moments(float *exp_avg, float *exp_avg_sq, const int64_t *rows, const float *values,
-                      int64_t num_rows, int64_t dim, float one_minus_beta1, float one_minus_beta2, float sqrt_floor,
-                      float *new_avg, float *new_avg_sq) {
-    for (int64_t i = 0; i < num_rows; i++) {
-        if (i + AHEAD < num_rows) {
-            prefetch_row(exp_avg + rows[i + AHEAD] * dim, dim);
-            prefetch_row(exp_avg_sq + rows[i + AHEAD] * dim, dim);
-        }
-        float *m = exp_avg + rows[i] * dim, *v = exp_avg_sq + rows[i] * dim;
-        const float *g = values + i * dim;
-        float *m_out = new_avg + i * dim, *v_out = new_avg_sq + i * dim;
-        for (int64_t j = 0; j < dim; j++) {
-            m_out[j] = m[j] = m[j] + (g[j] - m[j]) * one_minus_beta1;
-            v[j] = v[j] + (g[j] * g[j] - v[j]) * one_minus_beta2;
-            v_out[j] = v[j] < sqrt_floor ? sqrt_floor : v[j];
-        }
-    }
-}
+/* torch's square root of a float32 tensor on a CPU: MKL's vmsSqrt, which is not the
+ * correctly rounded sqrtf. Called through a pointer kernels.py looks up in torch's
+ * own library, with the mode torch passes, so the roots are torch's bit for bit. */
+typedef void (*vm_sqrt)(int n, const float *in, float *out, long long mode);
 
-/* RowAdam's step, second half: param[rows[i]] += (new_avg[i] / (root[i] + eps)) * neg_step_size,
- * root being the square root of row_adam_moments' clamped new_avg_sq. */
-void row_adam_weights(float *param, const int64_t *rows, const float *new_avg, const float *root,
-                      int64_t num_rows, int64_t dim, float eps, float neg_step_size) {
-    for (int64_t i = 0; i < num_rows; i++) {
-        if (i + AHEAD < num_rows)
-            prefetch_row(param + rows[i + AHEAD] * dim, dim);
-        float *w = param + rows[i] * dim;
-        const float *m = new_avg + i * dim, *r = root + i * dim;
-        for (int64_t j = 0; j < dim; j++)
-            w[j] = w[j] + (m[j] / (r[j] + eps)) * neg_step_size;
+/* Rows per square-root call: small enough that a block's moments and weights stay in
+ * the L1 / L2 cache between the passes, large enough that the call costs nothing. */
+#define BLOCK 32
+
+/* The floats of scratch row_adam_step needs for rows of `dim` floats. */
+int64_t row_adam_scratch(int64_t dim) { return 2 * BLOCK * dim; }
+
+/* RowAdam's step (textpipe/optim.py, RowAdam._step_rows) over the used rows, a block of
+ * rows at a time: exp_avg += (g - exp_avg) * (1 - beta1) and
+ * exp_avg_sq += (g * g - exp_avg_sq) * (1 - beta2) in the moment tables; the new
+ * second moment clamped to sqrt_floor (as clamp_(min=) does: NaN stays NaN) and its
+ * square root taken; then param += (exp_avg / (root + eps)) * neg_step_size.
+ * `scratch` holds 2 * BLOCK * dim floats. */
+void row_adam_step(float *param, float *exp_avg, float *exp_avg_sq, const int64_t *rows, const float *values,
+                   int64_t num_rows, int64_t dim, float one_minus_beta1, float one_minus_beta2, float sqrt_floor,
+                   float eps, float neg_step_size, vm_sqrt sqrt_fn, long long sqrt_mode, float *scratch) {
+    float *new_avg = scratch, *root = scratch + BLOCK * dim;
+    for (int64_t first = 0; first < num_rows; first += BLOCK) {
+        int64_t count = num_rows - first < BLOCK ? num_rows - first : BLOCK;
+        for (int64_t b = 0; b < count; b++) {
+            int64_t i = first + b;
+            if (i + AHEAD < num_rows) {
+                prefetch_row(exp_avg + rows[i + AHEAD] * dim, dim);
+                prefetch_row(exp_avg_sq + rows[i + AHEAD] * dim, dim);
+            }
+            prefetch_row(param + rows[i] * dim, dim);  /* used after the square root */
+            float *m = exp_avg + rows[i] * dim, *v = exp_avg_sq + rows[i] * dim;
+            const float *g = values + i * dim;
+            float *m_out = new_avg + b * dim, *v_out = root + b * dim;
+            for (int64_t j = 0; j < dim; j++) {
+                m_out[j] = m[j] = m[j] + (g[j] - m[j]) * one_minus_beta1;
+                v[j] = v[j] + (g[j] * g[j] - v[j]) * one_minus_beta2;
+                v_out[j] = v[j] < sqrt_floor ? sqrt_floor : v[j];
+            }
+        }
+        sqrt_fn((int)(count * dim), root, root, sqrt_mode);
+        for (int64_t b = 0; b < count; b++) {
+            float *w = param + rows[first + b] * dim;
+            const float *m = new_avg + b * dim, *r = root + b * dim;
+            for (int64_t j = 0; j < dim; j++)
+                w[j] = w[j] + (m[j] / (r[j] + eps)) * neg_step_size;
+        }
     }
 }
 

@@ -2,22 +2,23 @@
 
 A sparse training step on a CPU is bound by memory traffic, and torch ops make one
 pass over every used row per op. RowAdam's step takes two gathers, three scatters
-and a dozen elementwise ops in torch; ``row_adam_moments`` and ``row_adam_weights``
-do the same float32 arithmetic in the same order in one pass each, leaving only
-the square root to torch (whose ``sqrt`` is not the correctly rounded ``sqrtf``). :func:`bag_mean_table_grad`, the bag
-model's closed-form table gradient, sorts every id in torch; ``bag_rows`` finds the
-used rows, in order, through a bitmap, and ``bag_rows_sum`` adds their shares in the
-order torch does. So the weights come out the same bit for bit either way (tests
-check it). ``kernels.c`` is compiled once with the system C compiler (``$CC``, else
-``cc``) into ``kernels/`` of the cache folder and called through ctypes: no torch
-headers, no build step at install. Without a compiler :func:`row_kernels` is None
-and the torch ops run.
+and a dozen elementwise ops in torch; ``row_adam_step`` does the same float32
+arithmetic in the same order in one pass, a block of rows at a time, taking each
+block's square roots with the very function torch's ``sqrt`` calls on this CPU
+(:func:`torch_sqrt`: MKL's, which is not the correctly rounded ``sqrtf``).
+:func:`bag_mean_table_grad`, the bag model's closed-form table gradient, sorts
+every id in torch; ``bag_rows`` finds the used rows, in order, through a bitmap,
+and ``bag_rows_sum`` adds their shares in the order torch does. So the weights come
+out the same bit for bit either way (tests check it). ``kernels.c`` is compiled once
+with the system C compiler (``$CC``, else ``cc``) into ``kernels/`` of the cache
+folder and called through ctypes: no torch headers, no build step at install.
+Without a compiler :func:`row_kernels` is None and the torch ops run.
 
 Part of the tensor core: the standard library and torch only.
 
 Example:
     >>> kernels = row_kernels()
-    >>> kernels is None or callable(kernels.row_adam_weights)
+    >>> kernels is None or callable(kernels.row_adam_step)
     True
 """
 
@@ -61,7 +62,7 @@ def torch_ops_only() -> Iterator[None]:
 
 
 def row_kernels() -> ctypes.CDLL | None:
-    """The compiled ``row_adam_moments``, ``row_adam_weights``, ``bag_rows``, ``bag_rows_sum`` and ``bag_ngram_ids`` (built on first use, then cached), or None."""
+    """The compiled ``row_adam_step``, ``bag_rows``, ``bag_rows_sum`` and ``bag_ngram_ids`` (built on first use, then cached), or None."""
     return None if _torch_ops_only else _load_kernels()
 
 
@@ -82,11 +83,12 @@ def _load_kernels() -> ctypes.CDLL | None:
 def _declared(kernels: ctypes.CDLL) -> ctypes.CDLL:
     """The library with each function's argument and result types (ctypes checks and converts calls by them)."""
     pointer, size, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-    kernels.row_adam_moments.argtypes = (pointer,) * 4 + (size,) * 2 + (number,) * 3 + (pointer,) * 2
-    kernels.row_adam_weights.argtypes = (pointer,) * 4 + (size,) * 2 + (number,) * 2
+    kernels.row_adam_step.argtypes = (pointer,) * 5 + (size,) * 2 + (number,) * 5 + (pointer, ctypes.c_longlong, pointer)
+    kernels.row_adam_scratch.argtypes = (size,)
     kernels.bag_rows.argtypes = (pointer, size, size, pointer, pointer, pointer)
     kernels.bag_rows_sum.argtypes = (pointer, pointer, size, pointer, size, pointer, pointer)
-    kernels.row_adam_moments.restype = kernels.row_adam_weights.restype = kernels.bag_rows_sum.restype = None
+    kernels.row_adam_step.restype = kernels.bag_rows_sum.restype = None
+    kernels.row_adam_scratch.restype = size
     kernels.bag_rows.restype = size
     kernels.bag_ngram_ids.argtypes = (pointer, pointer, size, size, pointer) + (size,) * 4 + (pointer, pointer)
     kernels.bag_ngram_ids.restype = size
@@ -107,6 +109,32 @@ def _compile(compiler: str, library: Path) -> None:
                 old.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# The mode torch passes to MKL's vmsSqrt (ATen's vml.h): VML_HA | VML_ERRMODE_IGNORE | VML_FTZDAZ_OFF.
+SQRT_MODE = 0x2 | 0x100 | 0x140000
+
+
+@functools.cache
+def torch_sqrt() -> int | None:
+    """The address of the function torch's float32 ``sqrt`` runs on this CPU (MKL's ``vmsSqrt``), or None.
+
+    Looked up in torch's own library, and used only if it gives ``torch.sqrt``'s roots
+    bit for bit on a probe of values from 1e-40 to 1e30, zeros, infinity and NaN (a
+    torch built without MKL takes its roots elsewhere: then None, and RowAdam's torch ops run).
+    """
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"))
+        address = ctypes.cast(library.vmsSqrt, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    generator = torch.Generator().manual_seed(0)  # not the global generator: a run's random stream stays as it was
+    scales = torch.logspace(-40, 30, 71).repeat_interleave(97)
+    probe = torch.cat([torch.rand(len(scales), generator=generator) * scales, torch.tensor([0.0, 1e-45, float("inf"), float("nan")])])
+    roots = torch.empty_like(probe)
+    ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong)(address)(
+        len(probe), probe.data_ptr(), roots.data_ptr(), SQRT_MODE)
+    return address if torch.equal(roots.view(torch.int32), probe.sqrt().view(torch.int32)) else None
 
 
 def can_use(rows: torch.Tensor, values: torch.Tensor, *tables: torch.Tensor) -> bool:

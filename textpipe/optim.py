@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import torch
 from torch import nn
 
-from .kernels import can_use, row_kernels
+from .kernels import SQRT_MODE, can_use, row_kernels, torch_sqrt
 
 if TYPE_CHECKING:  # only for the type hints: train.py imports this module
     from .train import TrainConfig
@@ -98,17 +98,16 @@ class RowAdam(torch.optim.Optimizer):
         if not state:
             state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(param), torch.zeros_like(param)
         state["step"] += 1
-        exp_avg, exp_avg_sq, d_avg, d_avg_sq = self._workspace(param, len(rows))
-        kernels = row_kernels()
+        kernels, sqrt = row_kernels(), torch_sqrt()
         eps, floor = group["eps"], _sqrt_floor(group["eps"], param.dtype)
         step_size = group["lr"] * math.sqrt(1 - beta2 ** state["step"]) / (1 - beta1 ** state["step"])
-        if kernels is not None and can_use(rows, values, param, state["exp_avg"], state["exp_avg_sq"], exp_avg, exp_avg_sq):
-            # The same arithmetic as below, a pass over the used rows before the square root and one after.
-            kernels.row_adam_moments(state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), rows.data_ptr(), values.data_ptr(),
-                                     len(rows), param.shape[1], 1 - beta1, 1 - beta2, floor, exp_avg.data_ptr(), exp_avg_sq.data_ptr())
-            exp_avg_sq.sqrt_()
-            kernels.row_adam_weights(param.data_ptr(), rows.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), len(rows), param.shape[1], eps, -step_size)
+        if kernels is not None and sqrt is not None and can_use(rows, values, param, state["exp_avg"], state["exp_avg_sq"]):
+            # The same arithmetic as below in one pass over the used rows, with torch's own square root.
+            scratch = param.new_empty(kernels.row_adam_scratch(param.shape[1]))  # a few kB, for one block of rows
+            kernels.row_adam_step(param.data_ptr(), state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(), rows.data_ptr(), values.data_ptr(),
+                                  len(rows), param.shape[1], 1 - beta1, 1 - beta2, floor, eps, -step_size, sqrt, SQRT_MODE, scratch.data_ptr())
             return
+        exp_avg, exp_avg_sq, d_avg, d_avg_sq = self._workspace(param, len(rows))
         # Each moment moves by a delta added back with index_add_, which on a CPU is faster
         # than index_copy_ of the new rows; so is an update scaled beforehand rather than
         # through index_add_'s alpha.
