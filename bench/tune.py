@@ -95,7 +95,7 @@ def main() -> None:
                     seconds = time.perf_counter() - start
                 dev_accuracy = metrics["test"]["accuracy"] if args.carve else metrics["dev"]["accuracy"]
                 row = {"dataset": name, "rows": args.rows, "config": json.loads(text), "carve": args.carve, "seed": seed, "dev_accuracy": dev_accuracy,
-                       "best_epoch": metrics["best_epoch"], "epochs": len(metrics["history"]), "seconds": round(seconds, 1)}
+                       "nb": {k: v for k, v in (metrics.get("nb_linear") or {}).items() if k in ("C", "alpha")}, "best_epoch": metrics["best_epoch"], "epochs": len(metrics["history"]), "seconds": round(seconds, 1)}
                 print(json.dumps(row), flush=True)
                 results.append(row)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

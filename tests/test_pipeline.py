@@ -36,7 +36,8 @@ def test_learns_the_toy_task_with_held_out_dev(toy_files, tmp_path):
 
 def test_refit_ships_a_model_trained_on_every_training_row_for_the_best_epoch_count(toy_files, tmp_path):
     train, _, test = toy_files
-    config = PipelineConfig(train=TrainConfig(epochs=4, lr=0.02))
+    # The bag alone: the NB linear path's mix is chosen on the held-out rows, which the run by hand has not.
+    config = PipelineConfig(model=ModelConfig(nb_linear=False), train=TrainConfig(epochs=4, lr=0.02))
     metrics = train_files(train, test, tmp_path / "refit", config=config, quiet=True)
     epochs = metrics["best_epoch"]
     assert metrics["refit"]["rows"] == 400 and metrics["refit"]["epochs"] == epochs
@@ -45,7 +46,7 @@ def test_refit_ships_a_model_trained_on_every_training_row_for_the_best_epoch_co
 
     # The same model, trained by hand: all 400 rows, `epochs` epochs, no refit. (Its "dev" is the
     # training file, so early stopping keeps the last epoch, whose training accuracy is 1.0.)
-    by_hand = PipelineConfig(train=TrainConfig(epochs=epochs, lr=0.02, refit=False))
+    by_hand = PipelineConfig(model=ModelConfig(nb_linear=False), train=TrainConfig(epochs=epochs, lr=0.02, refit=False))
     manual = train_files(train, test, tmp_path / "by-hand", dev=train, config=by_hand, quiet=True)
     assert manual["best_epoch"] == epochs and "refit" not in manual
     assert (tmp_path / "refit" / "weights.safetensors").read_bytes() == (tmp_path / "by-hand" / "weights.safetensors").read_bytes()

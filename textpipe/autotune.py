@@ -147,8 +147,11 @@ class _Search:
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="textpipe-autotune-") as scratch:
             result = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
-        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history}
-        trial = Trial(changes, result.best_dev["accuracy"], result.best_dev["loss"], result.best_epoch, len(result.history),
+        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear}
+        accuracy = result.best_dev["accuracy"]
+        if result.nb_linear is not None:  # what the run would ship: the mix with the NB linear path
+            accuracy = result.nb_linear["dev"]["mixed_by_alpha"][str(result.nb_linear["alpha"])]
+        trial = Trial(changes, accuracy, result.best_dev["loss"], result.best_epoch, len(result.history),
                       round(time.perf_counter() - began, 1), first_phase)
         self.trials.append(trial)
         if not self.quiet:

@@ -266,6 +266,8 @@ def _model_field_problem(name: str, value, default) -> str | None:
     if name == "kernel_sizes":
         ok = isinstance(value, (list, tuple)) and value and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in value)
         return None if ok else "must be a non-empty list of integers from 1 to 1000"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value < 1
         return None if ok else f"must be a number from 0 to 1 (1 excluded), got {value!r}"

@@ -20,6 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .kernels import bag_mean_table_grad, bag_ngram_ids
+from .nb_linear import NBLinear
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ModelConfig:
     dropout: float = 0.3  # on the pooled vector
     token_dropout: float = 0.3  # training only: each word / bigram is left out of the mean with this probability
     frozen_dim: int = 0  # bag: width of a frozen table of pretrained word vectors (data.vectors) whose mean joins the pooled vector
+    nb_linear: bool = True  # bag: beside it, a linear model on NB-weighted word / n-gram presence (NBSVM-style), probabilities mixed by a weight chosen on dev
     # The fields below are read by the cnn, gru and transformer models only; "bag" ignores them.
     hidden_dim: int = 128  # conv filters per width (cnn), GRU units per direction (gru), feed-forward units (transformer)
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # cnn: widths, in tokens, of the convolution filters
@@ -52,7 +54,7 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return cls(**{"nb_linear": False, **d})  # a bundle saved before the NB path existed has none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +137,7 @@ class BagOfNgrams(nn.Module):
     of the embedding table, so the table's size does not grow with the data. The
     table is sparse: only the rows a batch touches get a gradient, which is what
     makes a 2^18-row table cheap to train (pair it with ``textpipe.optim.RowAdam``).
+    With ``nb_linear`` an ``NBLinear`` (:mod:`textpipe.nb_linear`) over the same ids sits beside it.
 
     Example:
         >>> model = BagOfNgrams(ModelConfig(vocab_size=1000, num_classes=2))
@@ -162,6 +165,7 @@ class BagOfNgrams(nn.Module):
             # Pretrained word vectors, never trained (a buffer, saved with the weights); filled from
             # data.vectors by textpipe.vectors.load_into_frozen. Words they lack stay zero.
             self.register_buffer("frozen", nn.init.zeros_(torch.empty(config.vocab_size, config.frozen_dim)))  # not torch.zeros, which imports sympy on the meta device (model_skeleton)
+        self.nb = NBLinear(rows, config.num_classes) if config.nb_linear else None
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         keep = None
@@ -173,7 +177,8 @@ class BagOfNgrams(nn.Module):
             # The mean of the same words (not the n-grams) in the frozen table, beside the learned mean.
             words = mask if keep is None else mask & keep[:, : ids.shape[1]]
             pooled = torch.cat([pooled, self.pool(self.frozen, ids[words], words.sum(1), False)], 1)  # (B, D + F)
-        return self.head(self.dropout(pooled))  # (B, C)
+        logits = self.head(self.dropout(pooled))  # (B, C)
+        return logits if self.nb is None or self.training else self.nb.mix(logits, flat_ids, lengths)
 
     def feature_width(self, T: int) -> int:
         """Columns of :meth:`add_ngrams`' output for ``T`` words: T words, T-1 bigrams, T-2 trigrams, ..."""
@@ -343,12 +348,7 @@ class TransformerClassifier(nn.Module):
         return self.head(self.dropout(pooled))  # (B, C)
 
 
-MODELS: dict[str, type[nn.Module]] = {
-    "bag": BagOfNgrams,
-    "cnn": TextCNN,
-    "gru": BiGRU,
-    "transformer": TransformerClassifier,
-}
+MODELS: dict[str, type[nn.Module]] = {"bag": BagOfNgrams, "cnn": TextCNN, "gru": BiGRU, "transformer": TransformerClassifier}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

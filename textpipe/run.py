@@ -34,6 +34,7 @@ import torch
 from .checkpoint import CheckpointStore
 from .events import emit
 from .models import ModelConfig, build_model
+from .nb_linear import fit_nb_linear
 from .pipeline import (
     METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, save_outputs,
     score_and_list_mistakes,
@@ -219,7 +220,7 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
         state = _enter_refit(state, trained.fit, stage, store, placement)
         counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
         trained, resume = None, None  # let the first model's weights go before the refit builds its own
-    early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"])
+    early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"], state.refit.get("nb_linear"))
     state, refitted = _train_phase(state, stage, config, tokenizer, store, placement, quiet, resume, refit_epochs=early.best_epoch,
                                     counts=counts)
     emit("phase_end", phase=Phase.REFIT.value)
@@ -231,7 +232,8 @@ def _enter_refit(state: RunState, early: FitResult, stage: Path, store: Checkpoi
     if store is not None:
         store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
     emit("phase_end", phase=Phase.TRAIN.value)
-    state = replace(state, phase=Phase.REFIT, refit={"epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history})
+    state = replace(state, phase=Phase.REFIT, refit={"epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history,
+                                                      "nb_linear": early.nb_linear})
     _save_state(state, stage, placement)
     emit("phase_start", phase=Phase.REFIT.value)
     return state
@@ -274,7 +276,28 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
         context = RunContext(placement.device, placement.rank, placement.world, quiet, checkpoints=store, resume=resume, stop=stop)
         result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
                      class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
+    if getattr(model, "nb", None) is not None:
+        result.nb_linear = _fit_nb_linear(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
+                                          placement, quiet)
     return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
+
+
+def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, placement: Placement, quiet: bool) -> dict | None:
+    """Fit the bag's NB linear path on the phase's training rows: C and alpha chosen on dev, or (a refit) ``chosen``'s."""
+    if placement.world > 1:  # each rank reads a shard of the rows; the linear fit needs them all
+        if not quiet:
+            log.info("the NB linear path is fit in single-process runs only: this model is the bag alone")
+        return None
+    if chosen is None and dev_rows is None:
+        return None
+    if chosen is not None:
+        record = fit_nb_linear(model, train_rows, C=chosen["C"], alpha=chosen["alpha"])
+    else:
+        record = fit_nb_linear(model, train_rows, dev_rows)
+    if record is not None and not quiet:
+        log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
+                 + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {record['dev']['mixed_by_alpha'][str(record['alpha'])]:.4f})" if "dev" in record else ""))
+    return record
 
 
 def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
@@ -326,6 +349,8 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
                "best_epoch": early.best_epoch, "history": early.history, **summary}
     if state.phase is Phase.REFIT:
         metrics["refit"] = {"epochs": early.best_epoch, "rows": state.num_train, "history": trained.fit.history}
+    if trained.fit.nb_linear is not None:  # after a refit: fit again on every row, with the train phase's choices and dev scores
+        metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
     if not placement.writes:
@@ -349,6 +374,11 @@ def _report_notes(state: RunState, config: PipelineConfig, early: FitResult) -> 
     if state.phase is Phase.REFIT:
         trained += f", then refit on all {state.num_train} training rows for {early.best_epoch} epochs"
     notes = [f"Model `{config.model.name}` trained on `{state.data['train']}`; {trained}. Scores are on the {_scored_on(state, config)}."]
+    if early.nb_linear is not None:
+        nb = early.nb_linear
+        notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"
+                     f" + {1 - nb['alpha']:g} x the linear path's, the share chosen on dev (bag alone {nb['dev']['bag']:.4f},"
+                     f" mixed {nb['dev']['mixed_by_alpha'][str(nb['alpha'])]:.4f}).")
     if not state.data["test"]:
         notes.append("There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic.")
     return notes + search_notes(state.autotune)

@@ -17,9 +17,8 @@ checkpoint store, the whole training state (weights, optimizer moments, RNG stat
 DataLoader's position) is saved every ``checkpoint_seconds`` and every ``checkpoint_every``
 steps, in the background, and a resume from it reaches bit-identical weights. :func:`fit`
 changes no process-wide setting; the caller enters :func:`~textpipe.runtime.run_scope`.
-Named points (:mod:`textpipe.events`): ``step_done`` (``step``, ``epoch``; that step's
-checkpoint, if due, begun), ``evaluated`` (``epoch``, ``dev``: scored, not yet recorded),
-``epoch_done`` (``epoch``: recorded, the next not begun).
+Named points (:mod:`textpipe.events`): ``step_done`` (``step``, ``epoch``; that step's checkpoint, if due,
+begun), ``evaluated`` (``epoch``, ``dev``: scored, not yet recorded), ``epoch_done`` (``epoch``: recorded, the next not begun).
 
 Example::
 
@@ -105,6 +104,7 @@ class FitResult:
     best_epoch: int
     best_dev: dict
     history: list[dict] = field(default_factory=list)
+    nb_linear: dict | None = None  # the bag's NB linear path, once fit (textpipe.nb_linear): its C, alpha and dev scores
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""The bag's NB-weighted linear path: its features, its L-BFGS fit, the mix, and a run that ships it."""
+
+import json
+
+import pytest
+import torch
+
+from textpipe.collate import pad_collate
+from textpipe.config import PipelineConfig
+from textpipe.models import ModelConfig, build_model
+from textpipe.nb_linear import ALPHAS, NBLinear, Presence, fit_members, fit_nb_linear, log_count_ratios
+from textpipe.predict import Predictor
+from textpipe.run import train_files
+from textpipe.train import TrainConfig
+
+
+def test_a_feature_counts_once_per_text():
+    ids, counts = NBLinear.present(torch.tensor([4, 2, 4, 4, 9, 2]), torch.tensor([4, 0, 2]))
+    assert ids.tolist() == [2, 4, 2, 9] and counts.tolist() == [2, 0, 2]
+
+
+def separable_data(num_classes: int, rows: int = 300, seed: int = 0) -> Presence:
+    """Rows holding one telling feature of their class (ids 100 + class) among random noise ids."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (rows,), generator=g)
+    texts = [torch.cat([torch.tensor([100 + int(y)]), torch.randint(2, 60, (5,), generator=g)]) for y in labels]
+    ids, counts = NBLinear.present(torch.cat(texts), torch.tensor([len(t) for t in texts]))
+    return Presence(ids, counts, labels)
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_the_fit_is_the_minimum_of_the_regularized_log_loss(num_classes):
+    data = separable_data(num_classes)
+    C = 3.0
+    weights, bias = fit_members(data, num_classes, C)
+    targets = [1] if num_classes == 2 else list(range(num_classes))
+    ratios = log_count_ratios(data, targets, num_classes).T  # (features, members)
+    # The objective written out with autograd, at w = weights / r: its gradient must vanish there.
+    w = torch.where(ratios != 0, weights / ratios, torch.zeros_like(weights)).requires_grad_()
+    b = bias.clone().requires_grad_()
+    X = data.matrix().to_dense()
+    t = (data.labels.unsqueeze(1) == torch.tensor(targets)).double()
+    s = X @ (ratios * w) + b
+    n = data.shape[0]
+    loss = (torch.nn.functional.softplus(s) - t * s).mean(0).sum() + (w * w).sum() / (2 * C * n)
+    loss.backward()
+    assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3
+
+
+def test_the_telling_features_get_the_largest_weights():
+    data = separable_data(2, rows=400)
+    weights, _ = fit_members(data, 2, 10.0)
+    column = {int(c): i for i, c in enumerate(data.columns)}
+    assert weights[column[101], 0] > 1 > -1 > weights[column[100], 0]  # class 1's feature for, class 0's against
+    noise = weights[[column[i] for i in range(2, 60) if i in column], 0]
+    assert noise.abs().max() < weights[column[101], 0] / 3
+
+
+def toy_batches(rows: int, seed: int, num_classes: int = 2):
+    """Batches of (ids, label) where word 10 + label tells the label, among noise words 20..79."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(rows):
+        label = int(torch.randint(0, num_classes, (1,), generator=g))
+        examples.append((torch.cat([torch.tensor([10 + label]), torch.randint(20, 80, (6,), generator=g)]), label))
+    return [pad_collate(examples[i : i + 32]) for i in range(0, rows, 32)]
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_fit_nb_linear_chooses_C_and_alpha_on_dev_and_the_model_mixes(num_classes):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=100, num_classes=num_classes, ngram_buckets=256))
+    train, dev = toy_batches(400, seed=1, num_classes=num_classes), toy_batches(120, seed=2, num_classes=num_classes)
+    batch = dev[0]
+    model.eval()
+    bag_logits = model(batch.ids, batch.mask)
+    record = fit_nb_linear(model, train, dev)
+    assert record["alpha"] in ALPHAS and record["C"] in (1.0, 3.0, 10.0) and record["rows"] == 400
+    assert record["alpha"] < 1  # an untrained bag is noise: the linear path carries the signal
+    assert max(record["dev"]["mixed_by_alpha"].values()) == record["dev"]["mixed_by_alpha"][str(record["alpha"])] == 1.0
+    mixed = model(batch.ids, batch.mask)
+    assert torch.allclose(mixed.exp().sum(1), torch.ones(len(batch)), atol=1e-5)  # log-probabilities
+    assert (mixed.argmax(1) == batch.labels).all()
+    model.train()
+    torch.manual_seed(1)
+    training = model(batch.ids, batch.mask)
+    model.eval()
+    model.nb.alpha.fill_(1.0)
+    assert torch.equal(model(batch.ids, batch.mask), bag_logits)  # alpha 1: the bag alone, bit for bit
+    assert not torch.equal(training, mixed)  # training reads the bag's logits, never the mix
+
+
+def test_given_C_and_alpha_the_fit_is_the_same_every_time():
+    tables = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(vocab_size=100, num_classes=2, ngram_buckets=256))
+        fit_nb_linear(model, toy_batches(200, seed=3), C=3.0, alpha=0.4)
+        tables.append(model.nb.table.clone())
+        assert float(model.nb.alpha) == pytest.approx(0.4)
+    assert torch.equal(*tables) and tables[0].abs().sum() > 0
+
+
+def test_past_max_rows_the_bag_is_left_alone():
+    model = build_model(ModelConfig(vocab_size=100, num_classes=2, ngram_buckets=256))
+    assert fit_nb_linear(model, toy_batches(100, seed=4), toy_batches(64, seed=5), max_rows=50) is None
+    assert float(model.nb.alpha) == 1.0 and model.nb.table.abs().sum() == 0
+
+
+def test_a_bundle_saved_before_the_nb_path_loads_without_it():
+    assert ModelConfig.from_dict({"vocab_size": 10, "num_classes": 2}).nb_linear is False
+    assert ModelConfig().nb_linear is True
+    assert build_model(ModelConfig(vocab_size=10, num_classes=2, nb_linear=False)).nb is None
+
+
+def test_a_run_ships_the_mix_chosen_on_held_out_rows_and_refits_with_it(toy_files, tmp_path):
+    train, _, test = toy_files
+    metrics = train_files(train, test, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=3, lr=0.02)), quiet=True)
+    nb = metrics["nb_linear"]
+    assert nb["rows"] == 400 and "bag" in nb["dev"]  # refit on every row, with the train phase's dev scores
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["refit"]["nb_linear"]["alpha"] == nb["alpha"]
+    predictor = Predictor.load(tmp_path / "run")
+    assert float(predictor.bundle.model.nb.alpha) == pytest.approx(nb["alpha"])
+    assert "NB-weighted linear path" in (tmp_path / "run" / "report.md").read_text()
