@@ -3,13 +3,14 @@
 import ctypes
 import os
 import shutil
+from unittest import mock
 
 import pytest
 import torch
 
 from textpipe import kernels
 from textpipe.kernels import bag_mean_table_grad, row_kernels, torch_ops_only
-from textpipe.optim import RowAdam
+from textpipe.optim import DenseAdamW, RowAdam
 
 needs_kernels = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler: the torch ops run instead")
 
@@ -114,3 +115,26 @@ def test_bag_ngram_ids_with_the_kernels_equal_add_ngrams_then_the_mask(settings,
     expected = all_mask if keep is None else all_mask & keep
     assert torch.equal(theirs[0], all_ids[expected]) and torch.equal(theirs[1], expected.sum(1))
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+@needs_kernels
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_dense_adamw_steps_exactly_as_torch_adamw(weight_decay):
+    if torch.backends.mkl.is_available():  # else both sides run torch.optim.AdamW's own step
+        assert kernels.torch_sqrt() is not None
+    torch.manual_seed(0)
+    shapes = [(2, 64), (2,), (6, 50), (7,), (3, 11)]  # heads and biases: whole vectors of 16 floats and tails
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    optimizers = [DenseAdamW(ours, lr=0.01, weight_decay=weight_decay), torch.optim.AdamW(reference, lr=0.01, weight_decay=weight_decay)]
+    for step in range(40):
+        for p, q in zip(ours, reference):
+            p.grad = torch.randn(p.shape) * 10.0 ** (step % 5 - 4)  # gradients from 1e-4 to 1
+            q.grad = p.grad.clone()
+        with mock.patch.object(torch.optim.AdamW, "step", side_effect=AssertionError("torch's step ran, not the kernel")):
+            optimizers[0].step()
+        optimizers[1].step()
+    for p, q in zip(ours, reference):
+        assert torch.equal(p, q)
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(optimizers[0].state[p][key], optimizers[1].state[q][key]), key

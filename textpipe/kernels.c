@@ -7,6 +7,7 @@
  * instruction. The torch ops make a pass over every used row per op; these make
  * one. Rows passed in must be unique (a coalesced gradient), so they are independent.
  */
+#include <math.h>
 #include <stdint.h>
 
 /* The rows a batch uses lie anywhere in tables of tens of megabytes, so each is a
@@ -67,6 +68,27 @@ void row_adam_step(float *param, float *exp_avg, float *exp_avg_sq, const int64_
                 w[j] = w[j] + (m[j] / (r[j] + eps)) * neg_step_size;
         }
     }
+}
+
+/* torch.optim.AdamW's step (torch 2.3, one tensor at a time, as on a CPU) for a dense
+ * parameter of n floats, with torch's roundings: param *= decay; exp_avg.lerp_(grad,
+ * 1 - beta1), which its vector loop computes with one fused multiply-add (so does its
+ * scalar tail, as compiled); exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad,
+ * the last multiply-add fused likewise; then param += (-step_size * exp_avg) /
+ * (sqrt(exp_avg_sq) / bias_correction2_sqrt + eps), addcdiv's order. fmaf is the
+ * correctly rounded fused multiply-add, so -ffp-contract=off does not touch it.
+ * `root` holds n floats. */
+void dense_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t n, float decay,
+                 float one_minus_beta1, float beta2, float one_minus_beta2, float bias_correction2_sqrt, float eps,
+                 float neg_step_size, vm_sqrt sqrt_fn, long long sqrt_mode, float *root) {
+    for (int64_t i = 0; i < n; i++) {
+        param[i] = param[i] * decay;
+        exp_avg[i] = fmaf(one_minus_beta1, grad[i] - exp_avg[i], exp_avg[i]);
+        exp_avg_sq[i] = fmaf(one_minus_beta2 * grad[i], grad[i], exp_avg_sq[i] * beta2);
+    }
+    sqrt_fn((int)n, exp_avg_sq, root, sqrt_mode);
+    for (int64_t i = 0; i < n; i++)
+        param[i] = param[i] + (neg_step_size * exp_avg[i]) / (root[i] / bias_correction2_sqrt + eps);
 }
 
 /* The rows a batch of bags used, each once, in ascending order: the indices of the

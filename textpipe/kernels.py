@@ -43,6 +43,7 @@ from .files import cache_home, temp_file_beside
 SOURCE = Path(__file__).with_name("kernels.c")
 # -ffp-contract=off: no fused multiply-add, which would round differently from the torch ops.
 FLAGS = ["-O3", "-ffp-contract=off", "-shared", "-fPIC"]
+LIBS = ["-lm"]  # fmaf; after the source, where the linker looks for what it needs
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,14 @@ def torch_ops_only() -> Iterator[None]:
 
 
 def row_kernels() -> ctypes.CDLL | None:
-    """The compiled ``row_adam_step``, ``bag_rows``, ``bag_rows_sum`` and ``bag_ngram_ids`` (built on first use, then cached), or None."""
+    """The compiled ``row_adam_step``, ``dense_adamw``, ``bag_rows``, ``bag_rows_sum`` and ``bag_ngram_ids`` (built on first use, then cached), or None."""
     return None if _torch_ops_only else _load_kernels()
 
 
 @functools.cache
 def _load_kernels() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, platform.machine()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, *LIBS, platform.machine()]).encode()).hexdigest()[:16]
     library = cache_home() / "kernels" / f"kernels-{key}.so"
     try:
         if not library.is_file():
@@ -85,6 +86,8 @@ def _declared(kernels: ctypes.CDLL) -> ctypes.CDLL:
     pointer, size, number = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     kernels.row_adam_step.argtypes = (pointer,) * 5 + (size,) * 2 + (number,) * 5 + (pointer, ctypes.c_longlong, pointer)
     kernels.row_adam_scratch.argtypes = (size,)
+    kernels.dense_adamw.argtypes = (pointer,) * 4 + (size,) + (number,) * 7 + (pointer, ctypes.c_longlong, pointer)
+    kernels.dense_adamw.restype = None
     kernels.bag_rows.argtypes = (pointer, size, size, pointer, pointer, pointer)
     kernels.bag_rows_sum.argtypes = (pointer, pointer, size, pointer, size, pointer, pointer)
     kernels.row_adam_step.restype = kernels.bag_rows_sum.restype = None
@@ -102,7 +105,7 @@ def _compile(compiler: str, library: Path) -> None:
     fd, tmp = temp_file_beside(library)
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, timeout=120)
+        subprocess.run([compiler, *FLAGS, "-o", str(tmp), str(SOURCE), *LIBS], check=True, capture_output=True, timeout=120)
         os.replace(tmp, library)
         for old in library.parent.glob("kernels-*.so"):  # built from an earlier kernels.c
             if old != library:

@@ -2,9 +2,9 @@
 
 :class:`NBLinear` is NBSVM's recipe (Wang & Manning, 2012) with logistic
 regression: which word and n-gram ids a text holds (once each), each scaled by its
-naive-Bayes log-count ratio. It is strong exactly where a mean of embeddings is weak
-(small files, sentiment, many rare but telling bigrams), and the mix of the two models'
-probabilities beat either alone on the dev splits (``docs/benchmarks.md``).
+naive-Bayes log-count ratio. It is strong where a mean of embeddings is weak (small
+files, sentiment, rare but telling bigrams), and mixing the two models' probabilities
+raised the default's mean dev accuracy (``docs/benchmarks.md``).
 :func:`fit_nb_linear` reads the training rows once, in the bag's own ids (no dropout),
 fits each member's weights by L-BFGS (convex: the same weights every run), and, given
 dev rows, chooses the L2 strength ``C`` and the bag's share ``alpha`` on them; the refit

@@ -34,7 +34,7 @@ import torch
 from .checkpoint import CheckpointStore
 from .events import emit
 from .models import ModelConfig, build_model
-from .nb_linear import fit_nb_linear
+from .nb_linear import MAX_ROWS, fit_nb_linear
 from .pipeline import (
     METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, save_outputs,
     score_and_list_mistakes,
@@ -278,22 +278,20 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
                      class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
     if getattr(model, "nb", None) is not None:
         result.nb_linear = _fit_nb_linear(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
-                                          placement, quiet)
+                                          state.num_train, placement, quiet)
     return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
 
 
-def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, placement: Placement, quiet: bool) -> dict | None:
+def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, placement: Placement,
+                   quiet: bool) -> dict | None:
     """Fit the bag's NB linear path on the phase's training rows: C and alpha chosen on dev, or (a refit) ``chosen``'s."""
-    if placement.world > 1:  # each rank reads a shard of the rows; the linear fit needs them all
-        if not quiet:
-            log.info("the NB linear path is fit in single-process runs only: this model is the bag alone")
+    # Each rank reads a shard of the rows, and the fit needs them all; the row count is known from the vocabulary pass.
+    left_out = "a multi-process run" if placement.world > 1 else f"{num_train:,} training rows (over {MAX_ROWS:,})" if num_train > MAX_ROWS else ""
+    if left_out or (chosen is None and dev_rows is None):
+        if left_out and not quiet:
+            log.info(f"{left_out}: the NB linear path is left out, the model is the bag alone")
         return None
-    if chosen is None and dev_rows is None:
-        return None
-    if chosen is not None:
-        record = fit_nb_linear(model, train_rows, C=chosen["C"], alpha=chosen["alpha"])
-    else:
-        record = fit_nb_linear(model, train_rows, dev_rows)
+    record = fit_nb_linear(model, train_rows, dev_rows, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
     if record is not None and not quiet:
         log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
                  + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {record['dev']['mixed_by_alpha'][str(record['alpha'])]:.4f})" if "dev" in record else ""))
