@@ -5,7 +5,9 @@ pass over every used row per op. RowAdam's step takes two gathers, three scatter
 and a dozen elementwise ops in torch; ``row_adam_step`` does the same float32
 arithmetic in the same order in one pass, a block of rows at a time, taking each
 block's square roots with the very function torch's ``sqrt`` calls on this CPU
-(:func:`torch_sqrt`: MKL's, which is not the correctly rounded ``sqrtf``).
+(:func:`torch_sqrt`: MKL's, which is not the correctly rounded ``sqrtf``);
+``dense_adamw`` is ``torch.optim.AdamW``'s step for one dense parameter, in one
+call where torch makes about ten.
 :func:`bag_mean_table_grad`, the bag model's closed-form table gradient, sorts
 every id in torch; ``bag_rows`` finds the used rows, in order, through a bitmap,
 and ``bag_rows_sum`` adds their shares in the order torch does. So the weights come

@@ -278,18 +278,17 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
                      class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
     if getattr(model, "nb", None) is not None:
         result.nb_linear = _fit_nb_linear(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
-                                          state.num_train, placement, quiet)
+                                          state.num_train, quiet)
     return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
 
 
-def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, placement: Placement,
-                   quiet: bool) -> dict | None:
+def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, quiet: bool) -> dict | None:
     """Fit the bag's NB linear path on the phase's training rows: C and alpha chosen on dev, or (a refit) ``chosen``'s."""
-    # Each rank reads a shard of the rows, and the fit needs them all; the row count is known from the vocabulary pass.
-    left_out = "a multi-process run" if placement.world > 1 else f"{num_train:,} training rows (over {MAX_ROWS:,})" if num_train > MAX_ROWS else ""
-    if left_out or (chosen is None and dev_rows is None):
-        if left_out and not quiet:
-            log.info(f"{left_out}: the NB linear path is left out, the model is the bag alone")
+    # Every rank fits it alike on all the rows (these loaders are not sharded), so the ranks' models stay the same.
+    too_many = num_train > MAX_ROWS  # known from the vocabulary pass, before a read of the rows
+    if too_many or (chosen is None and dev_rows is None):
+        if too_many and not quiet:
+            log.info(f"{num_train:,} training rows (over {MAX_ROWS:,}): the NB linear path is left out, the model is the bag alone")
         return None
     record = fit_nb_linear(model, train_rows, dev_rows, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
     if record is not None and not quiet:
