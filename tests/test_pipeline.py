@@ -8,6 +8,7 @@ from conftest import cli_here, write_csv
 from textpipe.models import ModelConfig
 from textpipe.config import DataConfig, PipelineConfig
 from textpipe.run import train_files
+from textpipe.sources import DataError
 from textpipe.tokenizer import TokenizerConfig
 from textpipe.train import TrainConfig
 
@@ -149,3 +150,11 @@ def test_pipeline_config_round_trips_and_rejects_unknown_keys():
         PipelineConfig.from_dict({"train": {"epoch": 2}})
     with pytest.raises(ValueError, match="unknown config sections: trian"):
         PipelineConfig.from_dict({"trian": {}})
+
+
+def test_a_file_too_small_to_hold_rows_out_is_one_clear_error(tmp_path):
+    rows = [("pos", "good movie"), ("neg", "bad movie"), ("pos", "great fun"), ("neg", "awful mess"), ("pos", "lovely")]
+    train = write_csv(tmp_path / "train.csv", rows)  # none of rows 0-4 is among textpipe's held-out rows
+    with pytest.raises(DataError, match="too few rows to hold any out for early stopping.*--dev"):
+        train_files(train, train, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=1)), quiet=True)
+    assert train_files(train, train, tmp_path / "with-dev", dev=train, config=PipelineConfig(train=TrainConfig(epochs=1)), quiet=True)["test"]["n"] == 5

@@ -307,6 +307,9 @@ def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if counts is None:
         counts = count_training_file(state.data["train"], holdout, tokenizer, config.data, quiet)
         state = replace(state, fingerprint=data_fingerprint(state.data["train"]))
+    if holdout and counts.training_rows == sum(counts.label_counts.values()):
+        raise DataError(state.data["train"], None, f"too few rows to hold any out for early stopping (about 1 in {holdout} is; none of "
+                        f"these {counts.training_rows}): give a dev file (--dev) or more rows")
     vocab = counts.vocab(config.data)
     state = replace(state, labels=label_order(counts.label_counts), label_counts=counts.label_counts, num_train=counts.training_rows,
                     skipped=counts.skipped)
