@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .config import PipelineConfig
 
+from .nb_linear import mixed_dev_accuracy
 from .pipeline import check_settings
 from .run import dev_result, train_files
 from .runfolder import refuse_occupied
@@ -150,7 +151,7 @@ class _Search:
         first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear}
         accuracy = result.best_dev["accuracy"]
         if result.nb_linear is not None:  # what the run would ship: the mix with the NB linear path
-            accuracy = result.nb_linear["dev"]["mixed_by_alpha"][str(result.nb_linear["alpha"])]
+            accuracy = mixed_dev_accuracy(result.nb_linear)
         trial = Trial(changes, accuracy, result.best_dev["loss"], result.best_epoch, len(result.history),
                       round(time.perf_counter() - began, 1), first_phase)
         self.trials.append(trial)

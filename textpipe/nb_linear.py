@@ -46,12 +46,16 @@ class Presence:
         self.cols = position[known]
         self.labels = labels
         self.shape = (len(counts), len(self.columns))
+        self.bag: torch.Tensor | None = None  # (rows, C) the bag's probabilities, when :func:`presence` was asked for them
+        self._matrices: dict[bool, torch.Tensor] = {}
 
     def matrix(self, transpose: bool = False) -> torch.Tensor:
-        """The 0/1 matrix (rows, features), or its transpose, sparse, in float64."""
-        indices = torch.stack([self.cols, self.rows] if transpose else [self.rows, self.cols])
-        ones = torch.ones(len(self.cols), dtype=torch.float64)
-        return torch.sparse_coo_tensor(indices, ones, self.shape[::-1] if transpose else self.shape).coalesce()
+        """The 0/1 matrix (rows, features), or its transpose, sparse, in float64; built once (every C's fit reads it)."""
+        if transpose not in self._matrices:
+            indices = torch.stack([self.cols, self.rows] if transpose else [self.rows, self.cols])
+            ones = torch.ones(len(self.cols), dtype=torch.float64)
+            self._matrices[transpose] = torch.sparse_coo_tensor(indices, ones, self.shape[::-1] if transpose else self.shape).coalesce()
+        return self._matrices[transpose]
 
     def class_counts(self, num_classes: int) -> torch.Tensor:
         """(classes, features): in how many rows of each class each feature appears."""
@@ -102,10 +106,7 @@ class NBLinear(nn.Module):
 
     def probabilities(self, flat_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, C) class probabilities: the members' sigmoids, as two classes or normalized over more."""
-        members = torch.sigmoid(self.scores(flat_ids, lengths))
-        if members.shape[1] == 1:
-            return torch.cat([1 - members, members], 1)
-        return members / members.sum(1, keepdim=True)
+        return class_probabilities(self.scores(flat_ids, lengths))
 
     def mix(self, logits: torch.Tensor, flat_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The log of ``alpha`` x softmax(``logits``) + (1 - ``alpha``) x :meth:`probabilities`: what softmax,
@@ -116,10 +117,19 @@ class NBLinear(nn.Module):
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()  # (B, C)
 
 
+def class_probabilities(scores: torch.Tensor) -> torch.Tensor:
+    """(n, C) from the members' (n, members) scores: their sigmoids, as two classes or normalized over more."""
+    members = torch.sigmoid(scores)
+    if members.shape[1] == 1:
+        return torch.cat([1 - members, members], 1)
+    return members / members.sum(1, keepdim=True)
+
+
 def presence(model: torch.nn.Module, batches: Iterable[Batch], columns: torch.Tensor | None = None,
-             max_rows: int | None = None) -> Presence | None:
-    """The rows of ``batches`` as :class:`Presence`, in the bag's ids (None past ``max_rows``)."""
-    ids, counts, labels, rows = [], [], [], 0
+             max_rows: int | None = None, bag: bool = False) -> Presence | None:
+    """The rows of ``batches`` as :class:`Presence`, in the bag's ids (None past ``max_rows``); with ``bag``,
+    the bag's own probabilities of them too (the model with ``alpha`` still 1), from the same pass."""
+    ids, counts, labels, probabilities, rows = [], [], [], [], 0
     with torch.no_grad():
         for batch in batches:
             rows += len(batch)
@@ -130,7 +140,11 @@ def presence(model: torch.nn.Module, batches: Iterable[Batch], columns: torch.Te
             ids.append(present.cpu())
             counts.append(count.cpu())
             labels.append(batch.labels.cpu())
-    return Presence(torch.cat(ids), torch.cat(counts), torch.cat(labels), columns)
+            if bag:
+                probabilities.append(model(batch.ids, batch.mask).softmax(1).double().cpu())
+    data = Presence(torch.cat(ids), torch.cat(counts), torch.cat(labels), columns)
+    data.bag = torch.cat(probabilities) if bag else None
+    return data
 
 
 def log_count_ratios(data: Presence, targets: list[int], num_classes: int) -> torch.Tensor:
@@ -178,16 +192,12 @@ def fit_members(data: Presence, num_classes: int, C: float) -> tuple[torch.Tenso
 
 def member_probabilities(data: Presence, weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """(n, C) class probabilities of the rows of ``data`` (as :meth:`NBLinear.probabilities`)."""
-    members = torch.sigmoid(torch.sparse.mm(data.matrix(), weights) + bias)  # (n, members)
-    if members.shape[1] == 1:
-        return torch.cat([1 - members, members], 1)
-    return members / members.sum(1, keepdim=True)
+    return class_probabilities(torch.sparse.mm(data.matrix(), weights) + bias)
 
 
-def bag_probabilities(model: torch.nn.Module, batches: Iterable[Batch]) -> torch.Tensor:
-    """(n, C) the bag's own probabilities (the model with ``alpha`` still 1)."""
-    with torch.no_grad():
-        return torch.cat([model(batch.ids, batch.mask).softmax(1).double().cpu() for batch in batches])
+def mixed_dev_accuracy(record: dict) -> float:
+    """The dev accuracy of the mix :func:`fit_nb_linear` chose (from a record with ``"dev"``)."""
+    return record["dev"]["mixed_by_alpha"][str(record["alpha"])]
 
 
 def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
@@ -214,9 +224,9 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
         num_classes = int(model.head.out_features)
         record = {"rows": data.shape[0], "features": data.shape[1]}
         if C is None or alpha is None:
-            dev = presence(model, dev_batches, columns=data.columns)
             nb.alpha.fill_(1.0)
-            bag = bag_probabilities(model, dev_batches)
+            dev = presence(model, dev_batches, columns=data.columns, bag=True)
+            bag = dev.bag
             fits = {c: fit_members(data, num_classes, c) for c in C_CHOICES}
             linear = {c: member_probabilities(dev, w, b) for c, (w, b) in fits.items()}
             scores = {c: accuracy(p, dev.labels) for c, p in linear.items()}

@@ -34,7 +34,7 @@ import torch
 from .checkpoint import CheckpointStore
 from .events import emit
 from .models import ModelConfig, build_model
-from .nb_linear import MAX_ROWS, fit_nb_linear
+from .nb_linear import MAX_ROWS, fit_nb_linear, mixed_dev_accuracy
 from .pipeline import (
     METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, save_outputs,
     score_and_list_mistakes,
@@ -293,7 +293,7 @@ def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | 
     record = fit_nb_linear(model, train_rows, dev_rows, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
     if record is not None and not quiet:
         log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
-                 + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {record['dev']['mixed_by_alpha'][str(record['alpha'])]:.4f})" if "dev" in record else ""))
+                 + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {mixed_dev_accuracy(record):.4f})" if "dev" in record else ""))
     return record
 
 
@@ -378,7 +378,7 @@ def _report_notes(state: RunState, config: PipelineConfig, early: FitResult) -> 
         nb = early.nb_linear
         notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"
                      f" + {1 - nb['alpha']:g} x the linear path's, the share chosen on dev (bag alone {nb['dev']['bag']:.4f},"
-                     f" mixed {nb['dev']['mixed_by_alpha'][str(nb['alpha'])]:.4f}).")
+                     f" mixed {mixed_dev_accuracy(nb):.4f}).")
     if not state.data["test"]:
         notes.append("There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic.")
     return notes + search_notes(state.autotune)
