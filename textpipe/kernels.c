@@ -9,6 +9,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* The rows a batch uses lie anywhere in tables of tens of megabytes, so each is a
  * cache miss; asking for the rows a few iterations ahead overlaps those misses with
@@ -166,6 +167,47 @@ int64_t bag_ngram_ids(const int64_t *ids, const uint8_t *mask, int64_t num_texts
             }
         }
         lengths[b] = total - start;
+    }
+    return total;
+}
+
+/* Each text's distinct ids, ascending, end to end in `out`, and how many each has in
+ * `counts`: what NBLinear.present (textpipe/nb_linear.py) takes from torch.unique over
+ * text * width + id, without sorting every key of the batch. `seen` is a bitmap of
+ * the ids (all zeros in, all zeros out); a text's distinct ids are sorted on their
+ * own (a few dozen, as a rule). Returns the number written. */
+static int ascending(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int64_t present_ids(const int64_t *flat_ids, const int64_t *lengths, int64_t num_texts, uint64_t *seen,
+                    int64_t *out, int64_t *counts) {
+    int64_t k = 0, total = 0;
+    for (int64_t t = 0; t < num_texts; t++) {
+        int64_t start = total;
+        for (int64_t end = k + lengths[t]; k < end; k++) {
+            int64_t id = flat_ids[k];
+            uint64_t bit = (uint64_t)1 << (id & 63);
+            if (!(seen[id >> 6] & bit)) {
+                seen[id >> 6] |= bit;
+                out[total++] = id;
+            }
+        }
+        int64_t n = total - start, *first = out + start;
+        if (n > 32) {
+            qsort(first, (size_t)n, sizeof *first, ascending);
+        } else {
+            for (int64_t i = 1; i < n; i++)  /* insertion sort: short runs */
+                for (int64_t j = i; j > 0 && first[j - 1] > first[j]; j--) {
+                    int64_t swap = first[j];
+                    first[j] = first[j - 1];
+                    first[j - 1] = swap;
+                }
+        }
+        for (int64_t i = 0; i < n; i++)
+            seen[first[i] >> 6] = 0;
+        counts[t] = n;
     }
     return total;
 }
