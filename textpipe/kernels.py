@@ -36,7 +36,7 @@ import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -103,6 +103,12 @@ def _declared(kernels: ctypes.CDLL) -> ctypes.CDLL:
     kernels.bag_ngram_ids.restype = size
     kernels.present_ids.argtypes = (pointer, pointer, size, pointer, pointer, pointer)
     kernels.present_ids.restype = size
+    kernels.chunk_table_new.restype = pointer
+    kernels.chunk_table_free.argtypes = (pointer,)
+    kernels.chunk_table_add.argtypes = (pointer,) * 4 + (size,)
+    kernels.chunk_table_add.restype = size
+    kernels.chunk_codes.argtypes = (pointer, pointer, pointer, size) + (pointer,) * 4
+    kernels.chunk_codes.restype = size
     return kernels
 
 
@@ -253,3 +259,55 @@ def present_ids(flat_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Te
     total = kernels.present_ids(flat_ids.data_ptr(), lengths.data_ptr(), len(lengths), seen.data_ptr(), out.data_ptr(), counts.data_ptr())
     return out[:total], counts
 
+
+class ChunkTable:
+    """Whitespace chunks -> numbers, in C: ``chunk_codes`` splits texts as ``str.split()`` does
+    and looks each chunk up, in one pass over their UTF-8 bytes (for :class:`~textpipe.encoder.TextEncoder`).
+
+    Example:
+        >>> table = ChunkTable.create()  # None without the kernels
+        >>> table.add(["great"], [0]); table.codes(["a great film"])[0]
+        tensor([-1,  0, -1])
+    """
+
+    def __init__(self, kernels: ctypes.CDLL):
+        self._kernels, self._table = kernels, kernels.chunk_table_new()
+        if not self._table:
+            raise MemoryError("chunk table")
+
+    @classmethod
+    def create(cls) -> "ChunkTable | None":
+        kernels = row_kernels()
+        return None if kernels is None else cls(kernels)
+
+    def fresh(self) -> "ChunkTable":
+        """An empty table (the encoder's memo started over)."""
+        return ChunkTable(self._kernels)
+
+    def __del__(self) -> None:
+        if getattr(self, "_table", None):
+            self._kernels.chunk_table_free(self._table)
+            self._table = None
+
+    def add(self, chunks: list[str], codes: list[int]) -> None:
+        """Remember chunk ``chunks[i]`` as number ``codes[i]``."""
+        encoded = [chunk.encode("utf-8", "surrogatepass") for chunk in chunks]
+        ends = torch.tensor(list(map(len, encoded)), dtype=torch.int64).cumsum(0)
+        numbers = torch.tensor(codes, dtype=torch.int64)
+        if self._kernels.chunk_table_add(self._table, b"".join(encoded), ends.data_ptr(), numbers.data_ptr(), len(chunks)):
+            raise MemoryError("chunk table")
+
+    def codes(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]:
+        """Each chunk's number (-1: unknown), each text's chunk count, and where the unknown chunks are and what they say."""
+        joined = "\n".join(texts)  # a newline is whitespace: no chunk spans two texts
+        data = joined.encode("utf-8", "surrogatepass")
+        sizes = map(len, texts) if len(data) == len(joined) else (len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        ends = torch.tensor(list(sizes), dtype=torch.int64).add_(1).cumsum(0).sub_(1)
+        most = len(data) // 2 + len(texts) + 1  # a chunk is a byte at least, and two in a text have a space between
+        codes, starts, lens = (torch.empty(most, dtype=torch.int64) for _ in range(3))
+        per_text = torch.empty(len(texts), dtype=torch.int64)
+        n = self._kernels.chunk_codes(self._table, data, ends.data_ptr(), len(texts), codes.data_ptr(), starts.data_ptr(), lens.data_ptr(), per_text.data_ptr())
+        codes = codes[:n]
+        missing = torch.nonzero(codes < 0).squeeze(1).tolist()
+        begin, size = starts[missing].tolist(), lens[missing].tolist()
+        return codes, per_text, missing, [data[b : b + z].decode("utf-8", "surrogatepass") for b, z in zip(begin, size)]
