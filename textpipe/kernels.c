@@ -172,16 +172,43 @@ int64_t bag_ngram_ids(const int64_t *ids, const uint8_t *mask, int64_t num_texts
     return total;
 }
 
+/* The n distinct ids at a, ascending. */
+static void sort_ids(int64_t *a, int64_t n) {
+    while (n > 24) {  /* quicksort, median of three, recursing into the smaller side */
+        int64_t x = a[0], y = a[n / 2], z = a[n - 1];
+        int64_t pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t i = 0, j = n - 1;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                int64_t swap = a[i];
+                a[i++] = a[j];
+                a[j--] = swap;
+            }
+        }
+        if (j + 1 < n - i) {
+            sort_ids(a, j + 1);
+            a += i;
+            n -= i;
+        } else {
+            sort_ids(a + i, n - i);
+            n = j + 1;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {  /* insertion sort: short runs */
+        int64_t v = a[i], j = i;
+        for (; j > 0 && a[j - 1] > v; j--)
+            a[j] = a[j - 1];
+        a[j] = v;
+    }
+}
+
 /* Each text's distinct ids, ascending, end to end in `out`, and how many each has in
  * `counts`: what NBLinear.present (textpipe/nb_linear.py) takes from torch.unique over
  * text * width + id, without sorting every key of the batch. `seen` is a bitmap of
  * the ids (all zeros in, all zeros out); a text's distinct ids are sorted on their
  * own (a few dozen, as a rule). Returns the number written. */
-static int ascending(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
-}
-
 int64_t present_ids(const int64_t *flat_ids, const int64_t *lengths, int64_t num_texts, uint64_t *seen,
                     int64_t *out, int64_t *counts) {
     int64_t k = 0, total = 0;
@@ -196,16 +223,7 @@ int64_t present_ids(const int64_t *flat_ids, const int64_t *lengths, int64_t num
             }
         }
         int64_t n = total - start, *first = out + start;
-        if (n > 32) {
-            qsort(first, (size_t)n, sizeof *first, ascending);
-        } else {
-            for (int64_t i = 1; i < n; i++)  /* insertion sort: short runs */
-                for (int64_t j = i; j > 0 && first[j - 1] > first[j]; j--) {
-                    int64_t swap = first[j];
-                    first[j] = first[j - 1];
-                    first[j - 1] = swap;
-                }
-        }
+        sort_ids(first, n);
         for (int64_t i = 0; i < n; i++)
             seen[first[i] >> 6] = 0;
         counts[t] = n;
