@@ -367,3 +367,15 @@ int64_t chunk_codes(const void *table, const char *bytes, const int64_t *ends, i
     }
     return k;
 }
+
+/* ends[i], a position in characters of the UTF-8 text at bytes, becomes the same position in
+ * bytes (ascending positions; a character's length read from its first byte). */
+void char_to_byte_ends(const char *bytes, int64_t *ends, int64_t n) {
+    const unsigned char *s = (const unsigned char *)bytes;
+    int64_t at = 0, chars = 0;
+    for (int64_t i = 0; i < n; i++) {
+        for (; chars < ends[i]; chars++)
+            at += s[at] < 0x80 ? 1 : s[at] < 0xe0 ? 2 : s[at] < 0xf0 ? 3 : 4;
+        ends[i] = at;
+    }
+}

@@ -109,6 +109,8 @@ def _declared(kernels: ctypes.CDLL) -> ctypes.CDLL:
     kernels.chunk_table_add.restype = size
     kernels.chunk_codes.argtypes = (pointer, pointer, pointer, size) + (pointer,) * 4
     kernels.chunk_codes.restype = size
+    kernels.char_to_byte_ends.argtypes = (pointer, pointer, size)
+    kernels.char_to_byte_ends.restype = None
     return kernels
 
 
@@ -301,8 +303,9 @@ class ChunkTable:
         """Each chunk's number (-1: unknown), each text's chunk count, and where the unknown chunks are and what they say."""
         joined = "\n".join(texts)  # a newline is whitespace: no chunk spans two texts
         data = joined.encode("utf-8", "surrogatepass")
-        sizes = map(len, texts) if len(data) == len(joined) else (len(t.encode("utf-8", "surrogatepass")) for t in texts)
-        ends = torch.tensor(list(sizes), dtype=torch.int64).add_(1).cumsum(0).sub_(1)
+        ends = torch.tensor(list(map(len, texts)), dtype=torch.int64).add_(1).cumsum(0).sub_(1)  # in characters
+        if len(data) != len(joined):  # not all ASCII: in bytes
+            self._kernels.char_to_byte_ends(data, ends.data_ptr(), len(texts))
         most = len(data) // 2 + len(texts) + 1  # a chunk is a byte at least, and two in a text have a space between
         codes, starts, lens = (torch.empty(most, dtype=torch.int64) for _ in range(3))
         per_text = torch.empty(len(texts), dtype=torch.int64)
