@@ -174,6 +174,24 @@ def test_make_loader_pads_with_its_collate_fn_and_the_cache_changes_nothing(numb
     assert all(torch.equal(a, b) for one, other in zip(text, cached) for a, b in zip(one, other))
 
 
+@pytest.mark.parametrize("batch_size, shuffle_buffer, bucket, world_size", [(8, 40, True, 2), (8, 40, False, 1), (8, 0, False, 3), (0, 30, False, 2), (0, 0, False, 1), (5, 1, True, 1)])
+def test_cache_rows_batched_as_tensors_match_the_text_path(numbered, tmp_path, batch_size, shuffle_buffer, bucket, world_size):
+    """The cache's rows are ordered and grouped with tensor ops, the file's as lists: the same units either way, and a resumed stream too."""
+    path, tok, vocab = numbered
+    for rank in range(world_size):
+        text, cached = ([unit if batch_size else [unit] for unit in Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=cache),
+                         batch_size=batch_size, shuffle_buffer=shuffle_buffer, bucket=bucket, seed=3, rank=rank, world_size=world_size)]
+                        for cache in (None, tmp_path / "c"))
+        same = lambda one, other: all(torch.equal(a, b) for a, b in zip(*(pad_collate(u).__dict__.values() for u in (one, other))) if a is not None)  # noqa: E731
+        assert len(text) == len(cached) > 0 and all(same(a, b) for a, b in zip(text, cached))
+    stream = iter(Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=tmp_path / "c"), batch_size=4, shuffle_buffer=20, bucket=True, seed=1))
+    for _ in range(7):
+        next(stream)
+    again = iter(stream.batches)
+    again.load_state_dict(stream.state_dict())
+    assert all(torch.equal(pad_collate(a).ids, pad_collate(b).ids) for a, b in zip(stream, again))
+
+
 def test_make_loader_batches_texts_in_memory_longest_first():
     from textpipe.batching import LengthSortedSampler
     from textpipe.loader import make_loader

@@ -5,6 +5,7 @@ import torch
 
 import textpipe.encoder
 from textpipe.encoder import TextEncoder
+from textpipe.kernels import ChunkTable
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import UNK_ID, build_vocab
 
@@ -16,22 +17,48 @@ def one_at_a_time(tokenizer, vocab, texts):
     return torch.tensor([i for row in rows for i in row], dtype=torch.long), torch.tensor([len(row) for row in rows])
 
 
-@pytest.mark.parametrize("name", ["spacy", "basic_english", "whitespace"])
-def test_ids_equal_those_of_each_text_alone_call_after_call(name):
+@pytest.mark.parametrize("name, table", [("spacy", False), ("spacy", True), ("basic_english", False), ("whitespace", False)])
+def test_ids_equal_those_of_each_text_alone_call_after_call(name, table):
     tokenizer = Tokenizer(name)
     vocab = build_vocab(tokenizer(t) for t in TEXTS[:3])
-    encoder = TextEncoder(tokenizer, vocab)
+    encoder = TextEncoder(tokenizer, vocab, chunk_table(table))
     for texts in (TEXTS, TEXTS[3:], TEXTS[::-1], [], ["movie."]):  # later calls read chunks remembered by earlier ones
         ids, lengths = encoder(texts)
         expected_ids, expected_lengths = one_at_a_time(tokenizer, vocab, texts)
         assert torch.equal(ids, expected_ids) and torch.equal(lengths, expected_lengths), texts
 
 
-def test_the_memo_starts_over_when_full(monkeypatch):
+def chunk_table(wanted: bool):
+    if not wanted:
+        return None
+    table = ChunkTable.create()
+    if table is None:
+        pytest.skip("no compiled kernels")
+    return table
+
+
+@pytest.mark.parametrize("table", [False, True])
+def test_the_memo_starts_over_when_full(monkeypatch, table):
     monkeypatch.setattr(textpipe.encoder, "MEMO_SIZE", 5)
     tokenizer = Tokenizer("spacy")
     vocab = build_vocab(tokenizer(t) for t in TEXTS)
-    encoder = TextEncoder(tokenizer, vocab)
+    encoder = TextEncoder(tokenizer, vocab, chunk_table(table))
     for texts in (TEXTS[:1], TEXTS[2:4], TEXTS):  # 4 chunks, then 5 more (over 5: start over), then 15 (all of one call)
         assert all(torch.equal(a, b) for a, b in zip(encoder(texts), one_at_a_time(tokenizer, vocab, texts)))
         assert len(encoder.codes) <= max(5, len({c for t in texts for c in t.split()}))
+
+
+def test_the_compiled_chunk_table_splits_as_str_split_does():
+    """Every character str.isspace() calls whitespace separates chunks, in any mix with others, and nothing else does."""
+    import random
+
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    near = ["\u200b", "\u2030", "\u2060", "\u3001", "\u1681", "\x00", "\xa1", "\x84", "é", "😀"]  # not whitespace, some with the same lead byte
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(spaces + near + list("ab.,'")) for _ in range(rng.randint(0, 25))) for _ in range(2000)]
+    tokenizer = Tokenizer("spacy")
+    vocab = build_vocab(tokenizer(t) for t in texts[:1000])
+    plain, compiled = TextEncoder(tokenizer, vocab), TextEncoder(tokenizer, vocab, chunk_table(True))
+    for start in range(0, len(texts), 500):  # later blocks read chunks remembered by earlier ones
+        assert all(torch.equal(a, b) for a, b in zip(plain(texts[start : start + 500]), compiled(texts[start : start + 500])))
+    assert len(plain.codes) == len(compiled.codes)

@@ -138,3 +138,21 @@ def test_dense_adamw_steps_exactly_as_torch_adamw(weight_decay):
         assert torch.equal(p, q)
         for key in ("step", "exp_avg", "exp_avg_sq"):
             assert torch.equal(optimizers[0].state[p][key], optimizers[1].state[q][key]), key
+
+
+@needs_kernels
+def test_present_ids_gives_nb_linears_distinct_ids_per_text():
+    from textpipe.nb_linear import NBLinear
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(100):  # short texts (insertion sort), long ones (qsort), empty ones, ids far apart
+        lengths = torch.randint(0, 80 if trial % 2 else 4, (int(torch.randint(1, 40, (1,), generator=generator)),), generator=generator)
+        flat = torch.randint(0, int(torch.randint(1, 300_000, (1,), generator=generator)), (int(lengths.sum()),), generator=generator)
+        fast = kernels.present_ids(flat, lengths)
+        with torch_ops_only():  # NBLinear.present's torch path
+            reference = NBLinear.present(flat, lengths)
+        assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(fast, reference))
+    with pytest.raises(IndexError):
+        kernels.present_ids(torch.tensor([1, -2]), torch.tensor([2]))
+    with torch_ops_only():
+        assert kernels.present_ids(torch.tensor([1]), torch.tensor([1])) is None

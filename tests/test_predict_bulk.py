@@ -65,3 +65,23 @@ def test_text_lines_from_the_ranking_equal_those_from_result_dicts():
         expected = text_lines(with_bad_rows(chunk, top_labels(texts, probs, labels, k)), labels)
         assert text_block(chunk, texts, *ranked(probs, labels, k)) == expected
     assert expected.splitlines() == ["y (0.600), z (0.300), x (0.100)\ta b", "\t", "\t", "x (0.500), y (0.250), z (0.250)\tc\td"]
+
+
+def test_the_text_formats_best_label_line_is_text_blocks():
+    """predict --format text, top 1: its own formatting gives what text_block over ranked gives, ties, rounding edges and bad rows included."""
+    from textpipe.cli.predict import text_block, top_one_block
+    from textpipe.predict import ranked
+    from textpipe.sources import InputRow
+
+    generator = torch.Generator().manual_seed(0)
+    chunk = [InputRow(i, f"text {i}", None if i % 7 else ("empty text", "empty text"), "f") for i in range(300)]
+    texts = [row.text for row in chunk if row.problem is None]
+    for trial in range(3):
+        probs = torch.rand(len(texts), 3, generator=generator)
+        if trial == 1:
+            probs[:, 1] = probs[:, 0]  # ties: topk's choice either way
+        if trial == 2:
+            probs = (probs * 1000).round() / 1000 + 0.0005  # on the edge of three decimals
+        probs = probs / probs.sum(1, keepdim=True)
+        labels = ["neg", "pos", "mixed"]
+        assert top_one_block(chunk, texts, probs, labels) == text_block(chunk, texts, *ranked(probs, labels, 1))

@@ -29,8 +29,9 @@ class RowSource(Protocol):
 
     def rows(self, start: int = 0, after: Any = None) -> Iterator[tuple[int, Any]]: ...
     def position_after(self, row: Any) -> Any: ...
+    def numbered(self) -> int | None: ...
     def prepare(self, rows: list) -> list: ...
-    def lengths(self, items: list) -> list[int]: ...
+    def lengths(self, items: list | torch.Tensor) -> list[int] | torch.Tensor: ...
     def example(self, item: Any) -> Any: ...
     def group(self, items: list) -> Any: ...
     def release(self) -> None: ...
@@ -91,8 +92,14 @@ class Batches(IterableDataset):
             return max(1, self.shuffle_buffer)
         return self.batch_size
 
-    def units_of_block(self, items: list, rng: random.Random | None) -> list:
-        """A block's prepared items in yield order: single items, or groups (lists) cut after bucketing/shuffling."""
+    def units_of_block(self, items: list | torch.Tensor, rng: random.Random | None) -> list:
+        """A block's prepared items in yield order: single items, or groups (lists) cut after bucketing/shuffling.
+
+        A tensor of row numbers (a :meth:`RowSource.numbered` source) is ordered and cut
+        with tensor ops into tensor groups; the same rng draws give the same order as a list.
+        """
+        if isinstance(items, torch.Tensor):
+            return self._units_of_numbers(items, rng)
         if not self.batch_size:
             if rng is not None:
                 rng.shuffle(items)
@@ -106,6 +113,22 @@ class Batches(IterableDataset):
         if self.bucket and rng is not None:
             rng.shuffle(groups)
         return groups
+
+    def _units_of_numbers(self, rows: torch.Tensor, rng: random.Random | None) -> list:
+        if self.bucket:  # torch's stable sort orders ties as Python's sorted does
+            rows = rows[torch.sort(self.dataset.lengths(rows), stable=True).indices]
+        elif rng is not None:  # shuffle the positions: random.shuffle's swaps depend on the length alone
+            rows = rows[torch.tensor(_shuffled(range(len(rows)), rng))]
+        if not self.batch_size:
+            return rows.tolist()
+        groups = list(rows.split(self.batch_size))
+        return _shuffled(groups, rng) if self.bucket and rng is not None else groups
+
+
+def _shuffled(items, rng: random.Random) -> list:
+    items = list(items)
+    rng.shuffle(items)
+    return items
 
 
 class BatchStream:
@@ -153,18 +176,36 @@ class BatchStream:
     def _blocks(self) -> Iterator:
         """The shard's units (examples, or groups of rows), block by block."""
         plan, dataset = self.batches, self.batches.dataset
-        rows = dataset.rows(self.block_start, self.reader_at)
-        # Shard before preparing, so each worker tokenizes only its own rows.
-        mine = ((i, row) for i, row in rows if i % self.shards == self.shard)
-        while block := list(itertools.islice(mine, plan.block_size())):
-            next_start, next_reader_at = block[-1][0] + 1, dataset.position_after(block[-1][1])
+        for items, next_start, next_reader_at in self._prepared_blocks():
             rng = random.Random(f"{plan.seed}/{plan.epoch}/{self.shard}/{self.block}") if plan.shuffle_buffer > 1 else None
-            units = plan.units_of_block(dataset.prepare([row for _, row in block]), rng)
+            units = plan.units_of_block(items, rng)
             for unit in units[self.taken :]:
                 self.taken += 1
                 yield unit
             self.block_start, self.block, self.taken, self.reader_at = next_start, self.block + 1, 0, next_reader_at
             dataset.release()  # memory stays one block's worth, however long the file
+
+    def _prepared_blocks(self) -> Iterator[tuple[list | torch.Tensor, int, Any]]:
+        """Each block of the shard's rows, prepared; the row number after it; the reader's position after it."""
+        dataset, size = self.batches.dataset, self.batches.block_size()
+        count = dataset.numbered() if self.reader_at is None else None
+        if count is not None:
+            yield from self._numbered_blocks(count, size)
+            return
+        rows = dataset.rows(self.block_start, self.reader_at)
+        # Shard before preparing, so each worker tokenizes only its own rows.
+        mine = ((i, row) for i, row in rows if i % self.shards == self.shard)
+        while block := list(itertools.islice(mine, size)):
+            yield dataset.prepare([row for _, row in block]), block[-1][0] + 1, dataset.position_after(block[-1][1])
+
+    def _numbered_blocks(self, count: int, size: int) -> Iterator[tuple[torch.Tensor, int, None]]:
+        # Rows are their numbers: a block is one arange, where a per-row loop would cost
+        # more than a small model's training step takes.
+        start = self.block_start
+        while (first := start + (self.shard - start) % self.shards) < count:
+            rows = torch.arange(first, min(count, first + size * self.shards), self.shards)
+            start = int(rows[-1]) + 1
+            yield rows, start, None
 
 
 class LengthSortedSampler(Sampler[int]):

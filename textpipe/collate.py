@@ -95,13 +95,26 @@ def collate_flat(ids: torch.Tensor, offsets: torch.Tensor, rows: torch.Tensor, l
     """
     if len(rows) == 0:
         raise ValueError("cannot collate an empty batch")
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    positions = torch.arange(int(lengths.max()))
+    # index_select, where and a kept arange: each op's fixed cost is a good part of a batch's at this size.
+    starts = offsets.index_select(0, rows)
+    lengths = offsets.index_select(0, rows + 1).sub_(starts)
+    positions = _positions(int(lengths.max()))
     mask = positions < lengths[:, None]  # (B, T)
-    index = (starts[:, None] + positions).masked_fill_(~mask, 0)
-    batch_ids = ids[index].long().masked_fill_(~mask, PAD_ID)
-    return Batch(batch_ids, lengths.long(), mask, None if labels is None else labels[rows].long())
+    index = (starts[:, None] + positions).clamp_(max=max(len(ids) - 1, 0))  # past a row's end: any id, masked below
+    gathered = ids.index_select(0, index.view(-1)).view(index.shape)
+    batch_ids = torch.where(mask, gathered, PAD_ID).long()
+    return Batch(batch_ids, lengths, mask, None if labels is None else labels.index_select(0, rows).long())
+
+
+_kept_positions = torch.arange(1024)
+
+
+def _positions(length: int) -> torch.Tensor:
+    """``torch.arange(length)``, sliced from a kept tensor (a fresh arange costs more than the slice)."""
+    global _kept_positions
+    if length > len(_kept_positions):
+        _kept_positions = torch.arange(max(length, 2 * len(_kept_positions)))
+    return _kept_positions[:length]
 
 
 def pad_fraction(batches) -> float:

@@ -184,15 +184,20 @@ class TextClassificationDataset(IterableDataset):
     def position_after(self, row: Example | int) -> Position | None:
         return row.after if isinstance(row, Example) else None
 
+    def numbered(self) -> int | None:
+        """The cache's row count: its rows are row numbers, batched as tensors. None when reading the file."""
+        return len(self.cache) if self.cache is not None else None
+
     def prepare(self, rows: list) -> list:
         """A block of rows ready to be ordered and grouped: encoded, unless they come from the cache."""
         return rows if self.cache is not None else [self.encode(row) for row in rows]
 
-    def lengths(self, items: list) -> list[int]:
-        """Tokens in each prepared item (the bucketing key)."""
+    def lengths(self, items: list | torch.Tensor) -> list[int] | torch.Tensor:
+        """Tokens in each prepared item (the bucketing key); a tensor for a tensor of cache rows."""
         if self.cache is not None:  # one vectorized lookup for the block
-            rows = torch.tensor(items, dtype=torch.long)
-            return (self.cache.offsets[rows + 1] - self.cache.offsets[rows]).tolist()
+            rows = torch.as_tensor(items, dtype=torch.long)
+            found = self.cache.offsets[rows + 1] - self.cache.offsets[rows]
+            return found if isinstance(items, torch.Tensor) else found.tolist()
         return [len(item[0] if isinstance(item, tuple) else item) for item in items]
 
     def example(self, item) -> torch.Tensor | tuple[torch.Tensor, int]:
@@ -202,12 +207,12 @@ class TextClassificationDataset(IterableDataset):
         ids = self.cache.ids_of(item).long()
         return ids if self.labels is None else (ids, int(self.cache.labels[item]))
 
-    def group(self, items: list) -> list | FlatRows:
-        """Prepared items as one group for :func:`~textpipe.collate.pad_collate`."""
+    def group(self, items: list | torch.Tensor) -> list | FlatRows:
+        """Prepared items (or a tensor of cache rows) as one group for :func:`~textpipe.collate.pad_collate`."""
         if self.cache is None:
             return items
         labels = self.cache.labels if self.labels is not None else None
-        return FlatRows(self.cache.ids, self.cache.offsets, torch.tensor(items, dtype=torch.long), labels)
+        return FlatRows(self.cache.ids, self.cache.offsets, torch.as_tensor(items, dtype=torch.long), labels)
 
     def release(self) -> None:
         """Drop the cache pages a finished block read (the OS keeps them in its file cache)."""

@@ -11,7 +11,7 @@ operation, where tokens -> ids row by row cost more than spaCy itself.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,14 @@ from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
 
 MEMO_SIZE = 2**18  # pieces whose ids are remembered; the memo starts over when full
+
+
+class ChunkLookup(Protocol):
+    """What :class:`TextEncoder` asks of a compiled chunk table (:class:`textpipe.kernels.ChunkTable`)."""
+
+    def codes(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int], list[str]]: ...
+    def add(self, chunks: list[str], codes: list[int]) -> None: ...
+    def fresh(self) -> "ChunkLookup": ...
 
 
 class TextEncoder:
@@ -36,8 +44,11 @@ class TextEncoder:
         (tensor([2, 3, 1, 2, 1, 1]), tensor([2, 3, 1]))
     """
 
-    def __init__(self, tokenizer: Tokenizer, vocab: Vocab):
+    def __init__(self, tokenizer: Tokenizer, vocab: Vocab, chunk_table: ChunkLookup | None = None):
         self.tokenizer, self.vocab = tokenizer, vocab
+        # With spaCy, a compiled table can split the texts and number their chunks
+        # (textpipe.kernels.ChunkTable): the same numbers, no Python string per chunk.
+        self.chunk_table = chunk_table if tokenizer.chunkwise else None
         self.start_over()
 
     def start_over(self) -> None:
@@ -46,8 +57,12 @@ class TextEncoder:
         self.table = torch.empty(0, dtype=torch.long)  # the remembered pieces' ids, end to end
         self.starts = torch.empty(0, dtype=torch.long)  # where each piece's ids start in the table
         self.counts = torch.empty(0, dtype=torch.long)  # how many ids each piece has
+        if getattr(self, "chunk_table", None) is not None:
+            self.chunk_table = self.chunk_table.fresh()
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.chunk_table is not None:
+            return unk_for_empty(*self._gather(*self._table_codes(texts)))
         if self.tokenizer.chunkwise:
             pieces = list(map(str.split, texts))
         else:
@@ -69,6 +84,20 @@ class TextEncoder:
             self._learn(sorted(new))  # sorted: the same numbers whatever the hash seed
             codes[missing] = [self.codes[pieces[i]] for i in missing]
         return torch.from_numpy(codes)
+
+    def _table_codes(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The number of each chunk of the texts and each text's chunk count, from the compiled table, learning the new chunks first."""
+        codes, per_text, missing, unknown = self.chunk_table.codes(texts)
+        new = sorted(set(unknown))  # sorted: the same numbers whatever the hash seed
+        if len(self.codes) + len(new) > MEMO_SIZE:
+            self.start_over()
+            codes, per_text, missing, unknown = self.chunk_table.codes(texts)
+            new = sorted(set(unknown))
+        if new:
+            self._learn(new)
+            self.chunk_table.add(new, [self.codes[piece] for piece in new])
+            codes[missing] = torch.tensor([self.codes[piece] for piece in unknown], dtype=torch.long)
+        return codes, per_text
 
     def _learn(self, pieces: list[str]) -> None:
         token_lists = self.tokenizer.pipe_chunks(pieces)  # one spaCy call for the chunks it has not seen

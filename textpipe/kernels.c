@@ -9,6 +9,8 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* The rows a batch uses lie anywhere in tables of tens of megabytes, so each is a
  * cache miss; asking for the rows a few iterations ahead overlaps those misses with
@@ -168,4 +170,212 @@ int64_t bag_ngram_ids(const int64_t *ids, const uint8_t *mask, int64_t num_texts
         lengths[b] = total - start;
     }
     return total;
+}
+
+/* The n distinct ids at a, ascending. */
+static void sort_ids(int64_t *a, int64_t n) {
+    while (n > 24) {  /* quicksort, median of three, recursing into the smaller side */
+        int64_t x = a[0], y = a[n / 2], z = a[n - 1];
+        int64_t pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+        int64_t i = 0, j = n - 1;
+        while (i <= j) {
+            while (a[i] < pivot) i++;
+            while (a[j] > pivot) j--;
+            if (i <= j) {
+                int64_t swap = a[i];
+                a[i++] = a[j];
+                a[j--] = swap;
+            }
+        }
+        if (j + 1 < n - i) {
+            sort_ids(a, j + 1);
+            a += i;
+            n -= i;
+        } else {
+            sort_ids(a + i, n - i);
+            n = j + 1;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {  /* insertion sort: short runs */
+        int64_t v = a[i], j = i;
+        for (; j > 0 && a[j - 1] > v; j--)
+            a[j] = a[j - 1];
+        a[j] = v;
+    }
+}
+
+/* Each text's distinct ids, ascending, end to end in `out`, and how many each has in
+ * `counts`: what NBLinear.present (textpipe/nb_linear.py) takes from torch.unique over
+ * text * width + id, without sorting every key of the batch. `seen` is a bitmap of
+ * the ids (all zeros in, all zeros out); a text's distinct ids are sorted on their
+ * own (a few dozen, as a rule). Returns the number written. */
+int64_t present_ids(const int64_t *flat_ids, const int64_t *lengths, int64_t num_texts, uint64_t *seen,
+                    int64_t *out, int64_t *counts) {
+    int64_t k = 0, total = 0;
+    for (int64_t t = 0; t < num_texts; t++) {
+        int64_t start = total;
+        for (int64_t end = k + lengths[t]; k < end; k++) {
+            int64_t id = flat_ids[k];
+            uint64_t bit = (uint64_t)1 << (id & 63);
+            if (!(seen[id >> 6] & bit)) {
+                seen[id >> 6] |= bit;
+                out[total++] = id;
+            }
+        }
+        int64_t n = total - start, *first = out + start;
+        sort_ids(first, n);
+        for (int64_t i = 0; i < n; i++)
+            seen[first[i] >> 6] = 0;
+        counts[t] = n;
+    }
+    return total;
+}
+
+/* TextEncoder's memo of whitespace chunks (textpipe/encoder.py), keyed by their UTF-8 bytes:
+ * a text's chunks are found and numbered here in one pass over its bytes, where str.split
+ * and a dict lookup per chunk cost Python objects. Open addressing, the bytes in one arena. */
+typedef struct { uint64_t hash; int64_t start, len, code; } chunk_slot;
+typedef struct { chunk_slot *slots; int64_t mask, used; char *arena; int64_t arena_len, arena_cap; } chunk_table;
+
+void *chunk_table_new(void) {
+    chunk_table *t = calloc(1, sizeof *t);
+    if (t && !(t->slots = calloc(1024, sizeof *t->slots))) {
+        free(t);
+        return 0;
+    }
+    if (t)
+        t->mask = 1023;
+    return t;
+}
+
+void chunk_table_free(void *table) {
+    chunk_table *t = table;
+    if (t) {
+        free(t->slots);
+        free(t->arena);
+        free(t);
+    }
+}
+
+static uint64_t chunk_hash(const unsigned char *s, int64_t n) {
+    uint64_t h = 1469598103934665603u;  /* FNV-1a */
+    for (int64_t i = 0; i < n; i++)
+        h = (h ^ s[i]) * 1099511628211u;
+    return h ? h : 1;  /* 0 marks an empty slot */
+}
+
+static chunk_slot *chunk_find(const chunk_table *t, const unsigned char *s, int64_t n, uint64_t h) {
+    for (int64_t i = (int64_t)(h & (uint64_t)t->mask);; i = (i + 1) & t->mask) {
+        chunk_slot *slot = t->slots + i;
+        if (!slot->hash || (slot->hash == h && slot->len == n && !memcmp(t->arena + slot->start, s, (size_t)n)))
+            return slot;
+    }
+}
+
+static int chunk_grow(chunk_table *t) {
+    int64_t size = 2 * (t->mask + 1);
+    chunk_slot *old = t->slots, *slots = calloc((size_t)size, sizeof *slots);
+    if (!slots)
+        return -1;
+    for (int64_t i = 0; i <= t->mask; i++)
+        if (old[i].hash) {
+            int64_t j = (int64_t)(old[i].hash & (uint64_t)(size - 1));
+            while (slots[j].hash)
+                j = (j + 1) & (size - 1);
+            slots[j] = old[i];
+        }
+    free(old);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+/* Add n chunks: chunk i is bytes[ends[i - 1] (0 for i = 0) : ends[i]], numbered codes[i].
+ * Returns 0, or -1 out of memory. A chunk already there keeps its number. */
+int64_t chunk_table_add(void *table, const char *bytes, const int64_t *ends, const int64_t *codes, int64_t n) {
+    chunk_table *t = table;
+    for (int64_t i = 0, start = 0; i < n; start = ends[i++]) {
+        int64_t len = ends[i] - start;
+        if (2 * (t->used + 1) > t->mask + 1 && chunk_grow(t))
+            return -1;
+        if (t->arena_len + len > t->arena_cap) {
+            int64_t cap = 2 * (t->arena_cap + len) + 4096;
+            char *arena = realloc(t->arena, (size_t)cap);
+            if (!arena)
+                return -1;
+            t->arena = arena;
+            t->arena_cap = cap;
+        }
+        uint64_t h = chunk_hash((const unsigned char *)bytes + start, len);
+        chunk_slot *slot = chunk_find(t, (const unsigned char *)bytes + start, len, h);
+        if (slot->hash)
+            continue;
+        memcpy(t->arena + t->arena_len, bytes + start, (size_t)len);
+        *slot = (chunk_slot){h, t->arena_len, len, codes[i]};
+        t->arena_len += len;
+        t->used++;
+    }
+    return 0;
+}
+
+/* Bytes of the whitespace character at s (0: none): the characters str.isspace() calls
+ * whitespace, so chunks are str.split()'s. Leading bytes C2, E1, E2, E3 are never
+ * continuation bytes, so stepping one byte at a time inside a chunk is safe. */
+static int space_at(const unsigned char *s, const unsigned char *end) {
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f);
+    if (c == 0xc2 && end - s >= 2)
+        return (s[1] == 0x85 || s[1] == 0xa0) ? 2 : 0;
+    if (end - s < 3)
+        return 0;
+    if (c == 0xe1)
+        return (s[1] == 0x9a && s[2] == 0x80) ? 3 : 0;
+    if (c == 0xe2 && s[1] == 0x80)
+        return ((s[2] >= 0x80 && s[2] <= 0x8a) || s[2] == 0xa8 || s[2] == 0xa9 || s[2] == 0xaf) ? 3 : 0;
+    if (c == 0xe2 && s[1] == 0x81)
+        return s[2] == 0x9f ? 3 : 0;
+    return (c == 0xe3 && s[1] == 0x80 && s[2] == 0x80) ? 3 : 0;
+}
+
+/* The whitespace chunks of texts laid end to end in `bytes` (text i ends at ends[i]; the
+ * next starts after it): each chunk's number in the table (-1: not there), its start and
+ * length in bytes, and each text's chunk count. Returns the number of chunks. */
+int64_t chunk_codes(const void *table, const char *bytes, const int64_t *ends, int64_t num_texts, int64_t *codes,
+                    int64_t *starts, int64_t *lens, int64_t *per_text) {
+    const chunk_table *t = table;
+    const unsigned char *s = (const unsigned char *)bytes;
+    int64_t k = 0, pos = 0;
+    for (int64_t i = 0; i < num_texts; pos = ends[i++]) {
+        const unsigned char *end = s + ends[i];
+        int64_t first = k, space;
+        while (pos < ends[i]) {
+            if ((space = space_at(s + pos, end))) {
+                pos += space;
+                continue;
+            }
+            int64_t start = pos;
+            while (pos < ends[i] && !space_at(s + pos, end))
+                pos++;
+            uint64_t h = chunk_hash(s + start, pos - start);
+            const chunk_slot *slot = chunk_find(t, s + start, pos - start, h);
+            codes[k] = slot->hash ? slot->code : -1;
+            starts[k] = start;
+            lens[k++] = pos - start;
+        }
+        per_text[i] = k - first;
+    }
+    return k;
+}
+
+/* ends[i], a position in characters of the UTF-8 text at bytes, becomes the same position in
+ * bytes (ascending positions; a character's length read from its first byte). */
+void char_to_byte_ends(const char *bytes, int64_t *ends, int64_t n) {
+    const unsigned char *s = (const unsigned char *)bytes;
+    int64_t at = 0, chars = 0;
+    for (int64_t i = 0; i < n; i++) {
+        for (; chars < ends[i]; chars++)
+            at += s[at] < 0x80 ? 1 : s[at] < 0xe0 ? 2 : s[at] < 0xf0 ? 3 : 4;
+        ends[i] = at;
+    }
 }

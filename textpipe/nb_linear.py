@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .collate import Batch
+from .kernels import present_ids
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,13 @@ class NBLinear(nn.Module):
 
     @staticmethod
     def present(flat_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each text's distinct ids (ascending) and their count: a feature counts once, however often it occurs."""
+        """Each text's distinct ids (ascending) and their count: a feature counts once, however often it occurs.
+
+        In one pass of compiled C where it can (:func:`textpipe.kernels.present_ids`): ``torch.unique`` sorts every key of the batch.
+        """
+        fast = present_ids(flat_ids, lengths)
+        if fast is not None:
+            return fast
         text = torch.arange(len(lengths), device=flat_ids.device).repeat_interleave(lengths, output_size=flat_ids.numel())
         width = int(flat_ids.max()) + 1 if flat_ids.numel() else 1
         keys = torch.unique(text * width + flat_ids)  # sorted: by text, then by id

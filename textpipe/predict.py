@@ -25,6 +25,7 @@ from .bundle import Bundle, load_bundle
 from .dataset import TextListDataset
 from .encoder import TextEncoder
 from .explain import Explanation, explain
+from .kernels import ChunkTable
 from .loader import make_loader
 from .models import capture_pooled
 from .metrics import predict_logits
@@ -41,7 +42,7 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, device: str = "cpu"):
         self.bundle = bundle
-        self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab)
+        self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab, ChunkTable.create())
         self.device = torch.device(device)
 
     @classmethod

@@ -113,7 +113,9 @@ def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | No
     """The output lines of a block: one per row (a bad row gets ``label: null``), and the explanations asked for."""
     from ..predict import ranked, top_labels
 
-    if args.format == "text" and not args.explain:  # the usual case, formatted from the ranking: no dict per row
+    if args.format == "text" and not args.explain and top_k == 1:  # the usual case: one format call per row
+        return top_one_block(chunk, texts, probs, predictor.labels)
+    if args.format == "text" and not args.explain:  # formatted from the ranking: no dict per row
         return text_block(chunk, texts, *ranked(probs, predictor.labels, top_k))
     results = with_bad_rows(chunk, top_labels(texts, probs, predictor.labels, top_k))
     if args.explain:
@@ -153,6 +155,14 @@ def text_block(chunk: list, texts: list[str], names: list[tuple], rounded: list[
     return "".join([next(lines) if row.problem is None else "\t\n" for row in chunk])
 
 
+def top_one_block(chunk: list, texts: list[str], probs, labels: list[str]) -> str:
+    """:func:`text_block` of the best label alone (``ranked``'s choice and rounding), each line one ``str.format``."""
+    values, indices = probs.topk(1, dim=1)
+    names = [labels[i] for i in indices[:, 0].tolist()]
+    lines = map(TOP_ONE_LINE, names, [round(v, 6) for v in values[:, 0].tolist()], texts)
+    return "".join([next(lines) if row.problem is None else "\t\n" for row in chunk])
+
+
 def text_lines(results: list[dict], labels: list[str]) -> str:
     return "".join(map(text_line, results))
 
@@ -172,6 +182,7 @@ def ranked_line(text: str, labels, probs) -> str:
 
 
 RANKED = "{} ({:.3f})".format  # a label and its probability, as text shows them
+TOP_ONE_LINE = "{} ({:.3f})\t{}\n".format  # ranked_line of one label
 ROW_FORMATS = {"json": json_lines, "csv": csv_lines, "text": text_lines}  # a block of results -> its output lines
 
 
