@@ -54,8 +54,11 @@ def _drop_timings(value):
 
 def _fingerprint(out: Path) -> dict:
     info = subprocess.run(_textpipe("info", str(out), "--json"), capture_output=True, text=True, env=_env(), check=True)
-    # Paths differ from clone to clone: name them by their place, not their absolute path.
-    text = (out / "metrics.json").read_text().replace(str(SHARED), "<shared>").replace(str(ROOT), "<root>")
+    # Paths differ from clone to clone: name them by their place, not their absolute path
+    # (as given, or resolved: ../shared may be a link, and a run records resolved paths).
+    text = (out / "metrics.json").read_text()
+    for path, place in ((SHARED, "<shared>"), (ROOT, "<root>")):
+        text = text.replace(str(path.resolve()), place).replace(str(path), place)
     metrics = json.loads(text)
     return {"weights_sha256": json.loads(info.stdout)["weights_sha256"], "metrics": _drop_timings(metrics)}
 
