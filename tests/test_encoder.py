@@ -62,3 +62,39 @@ def test_the_compiled_chunk_table_splits_as_str_split_does():
     for start in range(0, len(texts), 500):  # later blocks read chunks remembered by earlier ones
         assert all(torch.equal(a, b) for a, b in zip(plain(texts[start : start + 500]), compiled(texts[start : start + 500])))
     assert len(plain.codes) == len(compiled.codes)
+
+
+def test_one_encoder_shared_by_threads_gives_each_its_own_texts_ids():
+    """ctypes lets go of the GIL in C: calls from several threads must not meet inside the compiled table."""
+    import random
+    import threading
+
+    tokenizer = Tokenizer("spacy")
+    vocab = build_vocab(tokenizer(t) for t in TEXTS)
+    encoder = TextEncoder(tokenizer, vocab, chunk_table(True))
+    rng = random.Random(0)
+    blocks = [[" ".join(f"w{rng.randrange(10**6)}x" for _ in range(30)) for _ in range(200)] for _ in range(8)]
+    expected = [one_at_a_time(tokenizer, vocab, block) for block in blocks]
+    found: dict[int, tuple] = {}
+
+    def encode(i: int) -> None:
+        found[i] = encoder(blocks[i])
+
+    threads = [threading.Thread(target=encode, args=(i,)) for i in range(len(blocks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(a, b) for i in range(len(blocks)) for a, b in zip(found[i], expected[i]))
+
+
+def test_an_encoder_with_a_compiled_table_pickles_and_its_copy_gives_the_same_ids():
+    import pickle
+
+    tokenizer = Tokenizer("spacy")
+    vocab = build_vocab(tokenizer(t) for t in TEXTS[:3])
+    encoder = TextEncoder(tokenizer, vocab, chunk_table(True))
+    first = encoder(TEXTS[:3])
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert all(torch.equal(a, b) for a, b in zip(copy(TEXTS), encoder(TEXTS)))
+    assert all(torch.equal(a, b) for a, b in zip(copy(TEXTS[:3]), first))

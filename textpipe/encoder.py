@@ -11,6 +11,7 @@ operation, where tokens -> ids row by row cost more than spaCy itself.
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -49,7 +50,19 @@ class TextEncoder:
         # With spaCy, a compiled table can split the texts and number their chunks
         # (textpipe.kernels.ChunkTable): the same numbers, no Python string per chunk.
         self.chunk_table = chunk_table if tokenizer.chunkwise else None
+        # One call at a time: the memo is shared state, and ctypes lets go of the GIL inside
+        # the compiled table, where a lookup meeting another thread's insert would crash.
+        self._one_call = threading.Lock()
         self.start_over()
+
+    def __getstate__(self) -> dict:
+        # A lock and a compiled table do not pickle (a spawned DataLoader worker gets a copy):
+        # the copy numbers chunks from the memo's dict alone, which gives the same ids.
+        return {**self.__dict__, "_one_call": None, "chunk_table": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._one_call = threading.Lock()
 
     def start_over(self) -> None:
         """Forget every remembered piece."""
@@ -61,6 +74,10 @@ class TextEncoder:
             self.chunk_table = self.chunk_table.fresh()
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._one_call:
+            return self._encode(texts)
+
+    def _encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chunk_table is not None:
             return unk_for_empty(*self._gather(*self._table_codes(texts)))
         if self.tokenizer.chunkwise:
