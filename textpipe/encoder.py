@@ -106,10 +106,9 @@ class TextEncoder:
         """The number of each chunk of the texts and each text's chunk count, from the compiled table, learning the new chunks first."""
         codes, per_text, missing, unknown = self.chunk_table.codes(texts)
         new = sorted(set(unknown))  # sorted: the same numbers whatever the hash seed
-        if len(self.codes) + len(new) > MEMO_SIZE:
+        if self.codes and len(self.codes) + len(new) > MEMO_SIZE:  # start over: then every chunk is new
             self.start_over()
-            codes, per_text, missing, unknown = self.chunk_table.codes(texts)
-            new = sorted(set(unknown))
+            return self._table_codes(texts)
         if new:
             self._learn(new)
             self.chunk_table.add(new, [self.codes[piece] for piece in new])
