@@ -198,7 +198,8 @@ def bag_mean_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pool
         sorted_ids, order = flat_ids.sort(stable=True)
         rows, uses = torch.unique_consecutive(sorted_ids, return_counts=True)  # (U,)
         values = torch.nn.functional.embedding_bag(bag_of_id[order], share, uses.cumsum(0) - uses, mode="sum")  # (U, D)
-    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, share.shape[1]), is_coalesced=True)
+    # Sorted, unique rows by construction, so no invariant check (said explicitly: newer torch warns otherwise).
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, share.shape[1]), is_coalesced=True, check_invariants=False)
 
 
 # bag_rows' bitmap (all zeros between calls) and slots, per thread and table size: two threads
