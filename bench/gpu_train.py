@@ -54,14 +54,12 @@ def write_tensor_file(out: str | Path, cache_folder: str | Path) -> None:
 
 
 def tiled(data: dict, times: int) -> dict:
-    """The tensor file's rows repeated ``times`` times (offsets shifted), for epochs long enough to time."""
+    """The tensor file's rows repeated ``times`` times, for epochs long enough to time."""
     if times <= 1:
         return data
-    ids, offsets = data["ids"], data["offsets"]
-    shifts = torch.arange(times).repeat_interleave(len(offsets) - 1) * len(ids)
-    starts = offsets[:-1].repeat(times) + shifts
-    return {**data, "ids": ids.repeat(times), "offsets": torch.cat([starts, starts.new_tensor([len(ids) * times])]),
-            "labels": data["labels"].repeat(times)}
+    lengths = data["offsets"].diff().repeat(times)
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    return {**data, "ids": data["ids"].repeat(times), "offsets": offsets, "labels": data["labels"].repeat(times)}
 
 
 def bucketed_batches(offsets: torch.Tensor, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
