@@ -4,7 +4,7 @@
 
 ``--autotune 120`` searches on the held-out rows of the train file only.
 Every system sees the same rows: the train and test files of
-``../shared/datasets/{mr,subj,trec6}`` and of the default dataset, Rotten Tomatoes
+the benchmark datasets (``$TEXTPIPE_DATASETS/{mr,subj,trec6}``) and of the default dataset, Rotten Tomatoes
 (``textpipe.catalogue.rotten_tomatoes()``; its dev file is left to ``bench/tune.py``).
 The baselines train on the whole train file; textpipe holds out every 10th
 training row to pick the epoch count, then refits on the whole train file (its
@@ -26,6 +26,7 @@ import csv
 import json
 import platform
 import re
+import os
 import sys
 import tempfile
 import time
@@ -42,7 +43,8 @@ from textpipe.autotune import autotune_files  # noqa: E402
 from textpipe.config import PipelineConfig  # noqa: E402
 from textpipe.run import train_files  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 RESULTS = ROOT / "bench" / "results"
 
 # textpipe's defaults, the default with pretrained vectors, and the default searched by

@@ -1,7 +1,7 @@
 """Peak memory of one training epoch does not grow with the number of rows.
 
 Builds a 100,000-row and a 1,000,000-row training file by sampling the training
-rows of ``../shared/datasets/mr`` and ``subj`` with replacement (seeded), then
+rows of ``$TEXTPIPE_DATASETS/mr`` and ``subj`` with replacement (seeded), then
 trains one epoch on each in a fresh Python process and reads that process's peak
 resident set size from ``os.wait4``. The vocabulary is the same for both files
 (every row comes from the same 18,596 sentences), so anything that grew with the
@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 DATA = ROOT / "data" / "bench"
 RESULTS = ROOT / "bench" / "results" / "memory.json"
 SIZES = (100_000, 1_000_000)

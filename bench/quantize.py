@@ -2,7 +2,7 @@
 
     make bench-quantize                # or: .venv/bin/python bench/quantize.py  (about 2 minutes on 2 cores)
 
-For rotten_tomatoes (the default dataset), mr and trec6 (``../shared/datasets``):
+For rotten_tomatoes (the default dataset), mr and trec6 (``$TEXTPIPE_DATASETS``):
 train the default model, quantize it with the default settings, and score both on
 the test split. Writes ``bench/results/quantize.json``: bundle bytes (weights.safetensors +
 vocab.json + bundle.json) before and after, their ratio, the rows kept, and test
@@ -26,7 +26,8 @@ from textpipe.pipeline import report_file  # noqa: E402
 from textpipe.run import train_files  # noqa: E402
 from textpipe.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 WORK = ROOT / "data" / "bench" / "quantize"
 RESULTS = ROOT / "bench" / "results" / "quantize.json"
 

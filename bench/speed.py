@@ -3,7 +3,7 @@
     make bench                         # or: .venv/bin/python bench/speed.py  (about 5-8 minutes on 2 cores)
 
 Writes ``bench/results/speed.json`` and ``bench/results/speed.md``. Data: ``mr``
-from ``../shared/datasets`` (train 9,596 rows, test 1,066), a 1,000,000-row
+from ``$TEXTPIPE_DATASETS`` (train 9,596 rows, test 1,066), a 1,000,000-row
 file sampled (seeded, with replacement) from the mr + subj training rows as
 ``bench/memory.py`` does, and a 100,000-line text file sampled the same way
 (prediction input for whole processes: textpipe vs a pickled TF-IDF + LR). Needs the ``bench`` extra (``fasttext-wheel``,
@@ -52,7 +52,8 @@ from textpipe.optim import make_optimizers  # noqa: E402
 from textpipe.train import TrainConfig, train_step  # noqa: E402
 from textpipe.vocab import build_vocab  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 MR_TRAIN, MR_TEST = SHARED / "mr" / "train.csv", SHARED / "mr" / "test.csv"
 WORK = ROOT / "runs" / "bench_speed"
 DATA = ROOT / "data" / "bench"
@@ -193,7 +194,7 @@ from textpipe.models import ModelConfig
 from textpipe.sources import read_examples
 from textpipe.tokenizer import Tokenizer
 from textpipe.vocab import build_vocab
-speed.MR_TRAIN = Path("{mr_train}")  # that tree has no ../shared beside it
+speed.MR_TRAIN = Path("{mr_train}")  # that tree has no benchmark datasets beside it
 tok = Tokenizer("spacy")
 rows = list(read_examples(speed.MR_TRAIN))
 vocab, labels = build_vocab(tok.pipe(ex.text for ex in rows)), sorted({{ex.label for ex in rows}})

@@ -4,7 +4,7 @@
 
 Each configuration (a PipelineConfig dict, merged over the defaults) is trained
 on every dataset's training part and scored on its dev part: every 10th row of
-``../shared/datasets/*/train.csv`` (the same rows textpipe holds out for early
+``$TEXTPIPE_DATASETS/*/train.csv`` (the same rows textpipe holds out for early
 stopping) and the default dataset's ``dev.csv``. The test files are not opened.
 By default the dev part also picks the epoch (early stopping), so its score is
 optimistic; with ``--carve`` textpipe holds out its own early-stopping rows from
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,7 +33,8 @@ from textpipe.catalogue import rotten_tomatoes  # noqa: E402
 from textpipe.config import PipelineConfig  # noqa: E402
 from textpipe.run import train_files  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 SPLITS = ROOT / "data" / "tune"
 
 

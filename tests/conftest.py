@@ -1,3 +1,4 @@
+import atexit
 import contextlib
 import csv
 import functools
@@ -15,7 +16,9 @@ import pytest
 
 from textpipe.events import listen
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside
+# the clone. A user's clone has neither, and the tests that need them skip (marker `shared`).
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 POSITIVE = "good great fine superb lovely witty gorgeous".split()
 NEGATIVE = "bad awful dull boring tedious clumsy ugly".split()
@@ -44,8 +47,10 @@ def write_csv(path: Path, rows) -> Path:
 
 # Token-id caches of test runs go to a temporary folder, not the user's cache folder. Set at
 # import, before any test module copies os.environ into a subprocess's environment.
+# Each process (the xdist controller and every worker) removes its own folder when it exits.
 TOKEN_CACHE = tempfile.mkdtemp(prefix="textpipe-test-cache-")
 os.environ["TEXTPIPE_CACHE"] = TOKEN_CACHE
+atexit.register(shutil.rmtree, TOKEN_CACHE, ignore_errors=True)
 
 
 @functools.cache
@@ -132,7 +137,7 @@ def shared_dataset():
     def get(name: str) -> Path:
         folder = SHARED / name
         if not (folder / "train.csv").is_file():
-            pytest.skip(f"needs ../shared/datasets/{name} (present in the project's CI, not in a user's clone)")
+            pytest.skip(f"needs the benchmark dataset {name} in {SHARED} (set TEXTPIPE_DATASETS; present in the project's CI, not in a user's clone)")
         return folder
 
     return get
@@ -175,6 +180,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    # Tests that read the benchmark datasets are marked `shared`, so CI can run them apart (`-m shared`).
+    for item in items:
+        if "shared_dataset" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
     # The golden runs train six real models (about 4 minutes of CPU): `make golden` and CI run them,
     # `make test` stays fast.
     if config.getoption("--golden"):

