@@ -73,7 +73,7 @@ def test_every_cited_name_file_and_test_exists(doc):
 
 
 def test_no_doc_or_code_cites_the_ci_folder_beside_the_clone():
-    """A user's clone has no ../shared (it is CI's data): nothing the project ships may point there."""
+    """A user's clone has no folder of CI's data beside it: nothing the project ships may point there."""
     shipped = [ROOT / "README.md", ROOT / "Makefile", *(ROOT / "docs").glob("*.md"), *(ROOT / "textpipe").rglob("*.py"),
                *(ROOT / "bench").glob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "configs").glob("*.toml")]
     marker = "../" + "shared"  # spelled apart so this file does not cite it either
