@@ -18,6 +18,10 @@ ARGS   ?=
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 NPROC  ?= 1
+TORCH  ?=
+# TORCH=cpu: make venv installs the pinned torch's CPU build first (2.8 GB less than PyPI's CUDA build);
+# pip then keeps it, since 2.3.1+cpu satisfies torch==2.3.1.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
@@ -37,13 +41,16 @@ help:  ## list targets and variables
 	  'HOST=addr PORT=n' 'make serve: where to listen (now: $(HOST):$(PORT))' \
 	  'TEST=file REPORT=dir' "evaluate's data (default: the test file MODEL was trained with) and report folder (default: MODEL/eval-NAME)" \
 	  'NPROC=2' 'make train: that many training processes (torchrun, DistributedDataParallel)' \
+	  'TORCH=cpu' 'make venv on a machine without a GPU: the CPU build of torch first (a fresh .venv; 2.8 GB smaller)' \
 	  'ARGS="..."' 'extra flags for the textpipe command, e.g. ARGS="--epochs 5 --quiet"; columns: ARGS="--text-columns review --label-column stars"'
 	@echo 'example: make train TRAIN=data/mine/train.csv TEST=data/mine/test.csv OUT=runs/mine && make predict MODEL=runs/mine TEXT="great fun"'
 
-venv: $(STAMP)  ## create .venv and install the pinned stack
+venv: $(STAMP)  ## create .venv and install the pinned stack (TORCH=cpu: CPU-only torch, for machines without a GPU)
 
 $(STAMP): pyproject.toml
+	$(if $(filter-out cpu,$(TORCH)),$(error TORCH=$(TORCH): the only build to ask for is TORCH=cpu (leave it out for PyPI's CUDA build)))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(PY) -m pip install --quiet torch==2.3.1 --index-url $(TORCH_CPU_INDEX))
 	$(PY) -m pip install --quiet -e ".[test,vectors]"
 	touch $(STAMP)
 
