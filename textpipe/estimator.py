@@ -159,6 +159,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         with tempfile.TemporaryDirectory(prefix="textpipe-fit-") as tmp:
             folder = Path(tmp)
             train, given = _write_jsonl(folder / "train.jsonl", X, y, "texts", "labels")
+            _sorted_classes(given)  # too few classes, or labels of several kinds, stop here, before training
             dev_file = _write_jsonl(folder / "dev.jsonl", *dev, "dev texts", "dev labels")[0] if dev is not None else None
             run_config = _for_temporary_files(config, folder / "cache")
             metrics = train_files(train, None, folder / "run", dev=dev_file, config=run_config, quiet=not self.verbose)
@@ -274,10 +275,6 @@ def _write_jsonl(path: Path, texts: Iterable[str], labels: Iterable, what: str, 
             if given.setdefault(stored, label) != label:
                 raise ValueError(f"{what_labels}[{i}]: {label!r} and {given[stored]!r} are one label in a bundle ({stored!r}): give one of them")
             f.write(json.dumps({"text": text, "label": stored}, ensure_ascii=False) + "\n")
-    if len(given) < 2:
-        found = f"one class, {next(iter(given.values()))!r}" if given else "no rows"
-        raise ValueError(f"{what_labels}: a classifier needs labels of at least 2 classes, got {found}")
-    _sorted_classes(given)  # labels of several kinds stop here, before training
     return path, given
 
 
@@ -297,7 +294,7 @@ def _check_label(label, where: str) -> str:
         raise ValueError(f"{where}: missing label")
     if isinstance(label, (float, np.floating)) and not float(label).is_integer():  # scikit-learn's rule too
         raise ValueError(f"{where}: {label!r} is a continuous value, not a class label (unknown label type: continuous)")
-    if not isinstance(label, (str, int, float, np.generic)) or isinstance(label, (np.void, np.object_)):
+    if not isinstance(label, (str, int, float, np.number, np.bool_)):
         raise TypeError(f"{where}: expected a str or a number, got {type(label).__name__}")
     stored = str(label).strip()
     if not stored:
@@ -306,7 +303,10 @@ def _check_label(label, where: str) -> str:
 
 
 def _sorted_classes(given: dict) -> list:
-    """The labels as given, sorted; labels of several kinds (strings and numbers) are an error, as in scikit-learn."""
+    """The labels as given, sorted; fewer than 2, or labels of several kinds (strings and numbers), are an error, as in scikit-learn."""
+    if len(given) < 2:
+        found = f"one class, {next(iter(given.values()))!r}" if given else "no rows"
+        raise ValueError(f"labels: a classifier needs labels of at least 2 classes, got {found}")
     try:
         classes = sorted(given.values())
     except TypeError:
