@@ -129,8 +129,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server's own refusals (a malformed request line, headers too long, ...): JSON too.
+        # http.server's own refusals (a malformed request line, headers too long, ...): JSON too, with a status
+        # line and headers even where the request line was too broken to say its version (taken as HTTP/0.9).
         self.close_connection = True
+        self.request_version = "HTTP/1.0" if self.request_version == "HTTP/0.9" else self.request_version
         self.send_json(code, {"error": message or HTTPStatus(code).phrase})
 
     def read_body(self) -> bytes:

@@ -30,7 +30,7 @@ from .explain import add_explanations
 from .predict import Predictor, top_labels
 
 EXPLAIN_COST = 5  # an explained text's work counts 5 times (measured: explaining costs 3-4 times the scoring)
-WORD_COST = 10  # a word of n characters, s of them symbols, adds n * s // 10 units (see work_of)
+WORD_COST = 10  # a word of n characters, s of them neither letters nor digits, adds n * s // 10 units (see work_of)
 LETTERS = re.compile(r"[^\W_]+")  # letters and digits: spaCy never strips them off a word one by one
 MAX_DIGITS = 18  # an integer in a request (or its Content-Length) has at most 18 digits
 
@@ -80,21 +80,16 @@ class Job:
 
 def work_of(texts: Sequence[str], explain: bool = False) -> int:
     """Units of work of a request, each some 10 microseconds of the worker: the texts' characters, plus
-    ``n * s // WORD_COST`` for each word of ``n`` characters of which ``s`` are symbols or punctuation
-    (spaCy strips them off a word's ends one at a time, each time going over the rest of the word:
-    10,000 ``(`` in a row took 47 s), all of it ``EXPLAIN_COST`` times with ``explain``.
+    ``n * s // WORD_COST`` for each word of ``n`` characters of which ``s`` are neither letters nor digits
+    (spaCy strips such characters off a word's ends one at a time, each time going over the rest of
+    the word: 10,000 ``(`` in a row took 47 s), all of it ``EXPLAIN_COST`` times with ``explain``.
 
     Example:
-        >>> work_of(["a fine film"]), work_of(["(" * 100]), work_of(["a" * 100]), work_of(["a fine film"], explain=True)
-        (14, 1100, 100, 70)
+        >>> work_of(["a fine film"]), work_of(["(" * 100]), work_of(["a" * 100]), work_of(["a fine film."], explain=True)
+        (11, 1100, 100, 60)
     """
-    units = sum(len(text) + sum(map(word_cost, text.split())) // WORD_COST for text in texts)
-    return units * (EXPLAIN_COST if explain else 1)
-
-
-def word_cost(word: str) -> int:
-    n = len(word)
-    return n * (n if n <= 32 else len(LETTERS.sub("", word)))  # short words: n, an upper bound that costs nothing to find
+    symbols = sum(len(word) * len(LETTERS.sub("", word)) for text in texts for word in text.split())
+    return (sum(map(len, texts)) + symbols // WORD_COST) * (EXPLAIN_COST if explain else 1)
 
 
 def parse_request(body: bytes, config: ServeConfig) -> tuple[list[str], int | None, bool]:
@@ -117,11 +112,12 @@ def parse_request(body: bytes, config: ServeConfig) -> tuple[list[str], int | No
         raise BadRequest('"top_k" must be an integer >= 1')
     if not isinstance(explain, bool):
         raise BadRequest('"explain" must be true or false')
-    work = work_of(texts, explain)
+    least = sum(map(len, texts)) * (EXPLAIN_COST if explain else 1)  # found at once: a long request is not gone through
+    work = least if least > config.max_work else work_of(texts, explain)
     if work > config.max_work:
-        raise BadRequest(f"too much work: {work:,} units, at most {config.max_work:,} per request (a unit is a character; "
-                         f"a word of n characters adds n*n/{WORD_COST}; explain counts {EXPLAIN_COST} times): "
-                         "send fewer or shorter texts, in several requests", 413)
+        raise BadRequest(f"too much work: {'at least ' if work == least else ''}{work:,} units, at most {config.max_work:,} per request "
+                         f"(a unit is a character; a word of n characters, s of them neither letters nor digits, adds n*s/{WORD_COST}; "
+                         f"explain counts {EXPLAIN_COST} times): send fewer or shorter texts, in several requests", 413)
     return texts, top_k, explain
 
 
