@@ -109,6 +109,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(503, {"error": "too many requests waiting; retry shortly"})
         except TimeoutError:
             self.send_json(503, {"error": f"no answer within {self.server.config.timeout:g} s; retry shortly"})
+        except UnicodeError as err:  # parse_request lets no such text through; should the model still meet one
+            self.send_json(400, {"error": f"a text cannot be encoded: {err}"})
         except ConnectionError:
             raise  # nobody to answer: one line in the log (TextpipeServer.handle_error)
         except Exception as err:  # noqa: BLE001  (one line for the client, never a traceback)
