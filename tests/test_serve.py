@@ -3,10 +3,13 @@
 import http.client
 import json
 import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,8 +17,9 @@ import torch
 
 from browser import Chromium, find_chromium, label_on_page
 from conftest import TEXTS, run_cli as textpipe, train_tiny
+from textpipe.explain import add_explanations
 from textpipe.predict import Predictor
-from textpipe.serve import Batcher, ServeConfig, make_server
+from textpipe.serve import BadRequest, Batcher, ServeConfig, make_server, parse_request
 
 LIMITS = ServeConfig(port=0, max_texts=8, max_body=3000, max_chars=500, timeout=20)
 
@@ -97,6 +101,14 @@ def test_healthz_and_page(served):
     (b'{"texts": ["a"], "top_k": 0}', '"top_k" must be an integer >= 1'),
     (b'{"texts": ["a"], "top_k": true}', '"top_k" must be an integer >= 1'),
     (b'{"texts": ["a"], "explain": "yes"}', '"explain" must be true or false'),
+    # what the model cannot take is refused before it is queued (these answered 500, or 200 with a 2,000-digit top_k)
+    (b'{"texts": ["fine", "a \\ud800 b"]}', "texts[1] is not valid Unicode: a lone surrogate \\ud800 at character 2"),
+    (b'{"texts": ["\\udfff"]}', "texts[0] is not valid Unicode"),
+    (b'{"texts": ["\xed\xa0\x80"]}', "texts[0] is not valid Unicode"),  # a surrogate in UTF-8 bytes: json reads it
+    (b'{"texts": ["a"], "top_k": ' + b"9" * 2000 + b"}", "an integer of 2,000 digits, at most 18"),
+    (b'{"texts": ["a"], "top_k": -' + b"9" * 30 + b"}", "an integer of 30 digits"),
+    (b"[" * 1400 + b"]" * 1400, "nested too deep"),
+    (b'{"texts": ' + b'[' * 1400 + b']' * 1400 + b'}', "nested too deep"),
 ])
 def test_bad_requests_get_400_and_a_json_message(served, body, message):
     status, answer = request(served["port"], "POST", "/predict", body)
@@ -213,3 +225,223 @@ def test_the_command_serves_and_a_taken_port_is_one_clear_error(served):
         taken.listen()
         result = subprocess.run([*command, "--port", str(taken.getsockname()[1])], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2 and "cannot listen on 127.0.0.1:" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "1" + "0" * 19, "\u00b3", "-1", "1e3"])
+def test_a_content_length_that_is_no_small_integer_gets_400(served, length):
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=20) as raw:
+        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: " + length.encode("latin-1") + b"\r\n\r\n")
+        answer = raw.makefile("rb").read()  # the server answers and closes: the body is left unread
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"Connection: close" in head
+    assert "Content-Length" in json.loads(body)["error"] or "over 3000 bytes" in json.loads(body)["error"]
+
+
+def test_one_failing_text_never_fails_the_requests_scored_with_it(served):
+    """A text the model cannot take (a lone surrogate sent past parse_request) fails its own request; the pass it
+    shared is scored again request by request."""
+    slow = SlowPredictor(Predictor.load(served["model"]))
+    batcher = Batcher(slow, max_batch=100)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, ["great"])
+        wait_until(lambda: slow.calls)
+        good = pool.submit(batcher.submit, TEXTS[:2])
+        bad = pool.submit(batcher.submit, ["fine", "a \ud800 b"])
+        also_good = pool.submit(batcher.submit, TEXTS[2:4], 1)
+        wait_until(lambda: batcher.queue.qsize() == 3)
+        slow.release.set()
+        first.result(20)
+        assert [p["label"] for p in good.result(20)] == [p["label"] for p in slow.inner.predict(TEXTS[:2])]
+        assert [p["label"] for p in also_good.result(20)] == [p["label"] for p in slow.inner.predict(TEXTS[2:4])]
+        with pytest.raises(UnicodeEncodeError):
+            bad.result(20)
+    batcher.close()
+    assert slow.calls[:2] == [1, 6] and sorted(slow.calls[2:]) == [2, 2, 2]  # the shared pass, then each request alone
+
+
+def test_200_clients_making_2000_requests_are_all_answered(served):
+    """200 clients connect at once, before the server accepts any: the listen backlog holds them all
+    (at http.server's 5, the kernel dropped the others' SYNs, retried a second or more later), then 10 requests each."""
+    server = make_server(Predictor.load(served["model"]), LIMITS, quiet=True)
+    port, thread = server.server_address[1], threading.Thread(target=server.serve_forever, daemon=True)
+    sockets = [socket.socket() for _ in range(200)]
+    try:
+        poller = select.poll()
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            poller.register(sock, select.POLLOUT)
+        connected, deadline = 0, time.monotonic() + 0.8
+        while connected < len(sockets) and time.monotonic() < deadline:
+            for fd, _ in poller.poll(50):
+                poller.unregister(fd)
+                connected += 1
+        assert connected == 200, f"{connected} of 200 connections taken by the kernel within 0.8 s"
+        thread.start()
+
+        def client(sock: socket.socket) -> list[int]:
+            sock.setblocking(True)
+            sock.settimeout(20)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+            conn.sock = sock
+            return [post(port, {"texts": [TEXTS[i % len(TEXTS)]]}, conn)[0] for i in range(10)]
+
+        start = time.monotonic()
+        with ThreadPoolExecutor(200) as pool:
+            statuses = [status for part in pool.map(client, sockets) for status in part]
+        assert len(statuses) == 2000 and set(statuses) == {200} and time.monotonic() - start < 60
+    finally:
+        for sock in sockets:
+            sock.close()
+        if thread.is_alive():
+            server.shutdown()
+        server.server_close()
+
+
+def test_work_per_request_is_bounded_long_words_and_explain_counted_higher(served):
+    port = served["port"]  # max_work 100,000 units: a character each, and n*s/10 for a word of n characters, s of them symbols
+    status, answer = post(port, {"texts": ["(" * 500] * 5})  # 5 x (500 + 25,000): spaCy takes seconds on each
+    assert status == 413 and "too much work: 127,500 units, at most 100,000 per request" in answer["error"]
+    assert post(port, {"texts": ["(" * 400]})[0] == 200  # 16,400
+    assert post(port, {"texts": ["a" * 500] * 5})[0] == 200  # letters: 2,500, however long the word
+    status, answer = post(port, {"texts": ["(" * 450], "explain": True})  # 20,700 x 5
+    assert status == 413 and "too much work: 103,500 units" in answer["error"]
+    config = ServeConfig(max_work=1000)
+    assert parse_request(json.dumps({"texts": ["word " * 90]}).encode(), config)[0] == ["word " * 90]  # 450
+    with pytest.raises(BadRequest, match="too much work: at least 2,250 units") as refused:  # not gone through word by word
+        parse_request(json.dumps({"texts": ["word " * 90], "explain": True}).encode(), config)
+    assert refused.value.status == 413
+
+
+def wait_until(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "waited too long"
+        time.sleep(0.01)
+
+
+def test_a_client_that_left_has_its_queued_work_dropped(served, tmp_path):
+    slow = SlowPredictor(Predictor.load(served["model"]))
+    server = make_server(slow, LIMITS, quiet=True)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, port, {"texts": ["great"]})
+            wait_until(lambda: slow.calls)  # the worker is busy: what comes next waits in the queue
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as leaving:
+                body = json.dumps({"texts": ["one", "two", "three"]}).encode()
+                leaving.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                wait_until(lambda: server.batcher.queue.qsize() == 1)
+            wait_until(lambda: server.batcher.dropped == 1)  # noticed within a POLL
+            second = pool.submit(post, port, {"texts": ["dull", "boring"]})
+            wait_until(lambda: server.batcher.queue.qsize() == 2)
+            slow.release.set()
+            assert first.result(20)[0] == 200 and second.result(20)[0] == 200
+        assert slow.calls == [1, 2]  # the three texts of the client that left were never scored
+        assert request(port, "GET", "/healthz")[1]["dropped"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class SlowExplainer(SlowPredictor):
+    """Explaining takes 0.3 s a text."""
+
+    def __init__(self, predictor: Predictor):
+        super().__init__(predictor)
+        self.release.set()
+        self.explaining = threading.Event()
+
+    def explain(self, texts):
+        self.explaining.set()
+        time.sleep(0.3 * len(texts))
+        return self.inner.explain(texts)
+
+
+def test_nobody_waits_long_behind_another_clients_explanations(served):
+    slow = SlowExplainer(Predictor.load(served["model"]))
+    batcher = Batcher(slow)
+    long_texts = [f"{text} number {i}" for i, text in enumerate(TEXTS * 2)]  # 10 texts: 3 s of explaining
+    with ThreadPoolExecutor(3) as pool:
+        long = pool.submit(batcher.submit, long_texts, None, True)
+        assert slow.explaining.wait(20)
+        start = time.monotonic()
+        plain = pool.submit(batcher.submit, ["great"])
+        short = pool.submit(batcher.submit, ["dull"], None, True)
+        plain.result(20)
+        plain_wait = time.monotonic() - start
+        short.result(20)
+        short_wait = time.monotonic() - start
+        explained = long.result(20)
+    batcher.close()
+    assert plain_wait < 1.5 and short_wait < 2.0, (plain_wait, short_wait)  # a turn or two (0.3 s each), not ten (3 s)
+    expected = add_explanations(slow.inner.predict(long_texts), slow.inner.explain(long_texts), slow.inner.labels)  # in one go
+    assert [e["text"] for e in explained] == long_texts and [e["label"] for e in explained] == [e["label"] for e in expected]
+    for got, want in zip(explained, expected):
+        assert [t for t, _ in got["explanation"]["tokens"]] == [t for t, _ in want["explanation"]["tokens"]]
+        assert [w for _, w in got["explanation"]["tokens"]] == pytest.approx([w for _, w in want["explanation"]["tokens"]], abs=1e-5)
+
+
+def test_the_memo_is_bounded_in_bytes(served, monkeypatch):
+    """Unique long words, one request after another: the encoder's memo, the tokenizer's and spaCy's vocabulary
+    start over together once they hold MEMO_BYTES (estimated), where they grew by some 8 bytes a character before."""
+    monkeypatch.setattr("textpipe.encoder.MEMO_BYTES", 400_000)
+    predictor = Predictor.load(served["model"])
+    expected = predictor.probabilities(["great film"])
+    for i in range(60):  # 60 x 4 words of 1,000 letters: some 2 MB remembered without the bound
+        predictor.probabilities([f"{i:04d}{chr(97 + j)}" + "x" * 995 for j in range(4)])
+        tokenizer = predictor.bundle.tokenizer  # its chunk -> tokens memo, and spaCy's strings (some 5,000 characters new)
+        assert predictor.encoder.bytes <= 400_000 and sum(map(len, predictor.encoder.codes)) <= 400_000 // 8
+        assert sum(map(len, getattr(tokenizer._fn, "memo", {}))) <= 400_000 // 8
+        assert tokenizer._nlp is None or sum(map(len, tokenizer._nlp.vocab.strings)) <= 5_000 + 2 * 400_000 // 8
+    torch.testing.assert_close(predictor.probabilities(["great film"]), expected)  # the same ids after starting over
+
+
+def test_other_methods_get_405_naming_those_allowed_in_json(served):
+    port = served["port"]
+    for method, path, allowed in [("GET", "/predict", "POST"), ("PUT", "/predict", "POST"), ("OPTIONS", "/predict", "POST"),
+                                  ("FOO", "/predict", "POST"), ("POST", "/healthz", "GET, HEAD"), ("PATCH", "/", "GET, HEAD"),
+                                  ("BREW", "/nope", "GET, HEAD, POST")]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        conn.request(method, path)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        conn.close()
+        assert response.status == 405 and response.getheader("Allow") == allowed, (method, path)
+        assert response.getheader("Content-Type") == "application/json" and f"{method} is not allowed on {path}" in answer["error"]
+        assert ("use POST /predict" in answer["error"]) == (path == "/predict")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)  # HEAD: the GET answer's headers, no body
+    conn.request("HEAD", "/healthz")
+    response = conn.getresponse()
+    assert response.status == 200 and response.read() == b"" and int(response.getheader("Content-Length")) > 0
+    conn.request("GET", "/healthz")  # the same connection: nothing left over from the HEAD answer
+    assert conn.getresponse().status == 200
+    conn.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:  # http.server's own refusals: JSON too
+        raw.sendall(b"GET / HTTP/9.9\r\n\r\n")
+        head, _, body = raw.makefile("rb").read().partition(b"\r\n\r\n")
+    assert b" 505 " in head.split(b"\r\n")[0] and b"application/json" in head and "error" in json.loads(body)
+
+
+def test_a_reset_connection_is_one_line_in_the_log(served, capfd):
+    server = served["server"]
+    server.quiet = False
+    try:
+        for partial in (b"POST /predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"te", b"GET /healthz HTTP/1.1\r\n"):
+            raw = socket.create_connection(("127.0.0.1", served["port"]), timeout=20)
+            raw.sendall(partial)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.2)  # the server is reading the rest
+            raw.close()  # linger 0: a reset, not a close
+        err = ""
+        deadline = time.monotonic() + 10
+        while err.count(" connection lost: ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            err += capfd.readouterr().err
+    finally:
+        server.quiet = True
+    lost = [line for line in err.splitlines() if " connection lost: " in line]
+    assert "Traceback" not in err and len(lost) == 2 and all("ConnectionResetError: " in line for line in lost), err

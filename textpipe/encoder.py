@@ -11,6 +11,7 @@ operation, where tokens -> ids row by row cost more than spaCy itself.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from typing import Protocol, Sequence
 
@@ -21,6 +22,14 @@ from .tokenizer import Tokenizer
 from .vocab import UNK_ID, Vocab
 
 MEMO_SIZE = 2**18  # pieces whose ids are remembered; the memo starts over when full
+# ... and the bytes they hold: a long-running server meeting unique long words would otherwise grow
+# by some 8 bytes per character (this memo, the tokenizer's, spaCy's vocabulary) up to MEMO_SIZE pieces.
+MEMO_BYTES = 32 << 20
+
+
+def memo_bytes(pieces: Sequence[str]) -> int:
+    """What remembering ``pieces`` costs, about: measured, 8 bytes per byte of string and 500 per piece."""
+    return sum(map(sys.getsizeof, pieces)) * 8 + 500 * len(pieces)
 
 
 class ChunkLookup(Protocol):
@@ -70,6 +79,7 @@ class TextEncoder:
         self.table = torch.empty(0, dtype=torch.long)  # the remembered pieces' ids, end to end
         self.starts = torch.empty(0, dtype=torch.long)  # where each piece's ids start in the table
         self.counts = torch.empty(0, dtype=torch.long)  # how many ids each piece has
+        self.bytes = 0  # memo_bytes of the remembered pieces
         if getattr(self, "chunk_table", None) is not None:
             self.chunk_table = self.chunk_table.fresh()
 
@@ -94,8 +104,8 @@ class TextEncoder:
         codes = np.fromiter(map(self.codes.get, pieces, itertools.repeat(-1)), dtype=np.int64, count=len(pieces))
         missing = np.flatnonzero(codes < 0).tolist()
         new = {pieces[i] for i in missing}
-        if len(self.codes) + len(new) > MEMO_SIZE:
-            self.start_over()
+        if self.codes and self._full(new):
+            self._start_over_with_tokenizer()
             new, missing = set(pieces), list(range(len(pieces)))
         if new:
             self._learn(sorted(new))  # sorted: the same numbers whatever the hash seed
@@ -106,14 +116,23 @@ class TextEncoder:
         """The number of each chunk of the texts and each text's chunk count, from the compiled table, learning the new chunks first."""
         codes, per_text, missing, unknown = self.chunk_table.codes(texts)
         new = sorted(set(unknown))  # sorted: the same numbers whatever the hash seed
-        if self.codes and len(self.codes) + len(new) > MEMO_SIZE:  # start over: then every chunk is new
-            self.start_over()
+        if self.codes and self._full(new):  # start over: then every chunk is new
+            self._start_over_with_tokenizer()
             return self._table_codes(texts)
         if new:
             self._learn(new)
             self.chunk_table.add(new, [self.codes[piece] for piece in new])
             codes[missing] = torch.tensor([self.codes[piece] for piece in unknown], dtype=torch.long)
         return codes, per_text
+
+    def _full(self, new: Sequence[str]) -> bool:
+        return len(self.codes) + len(new) > MEMO_SIZE or self.bytes + memo_bytes(new) > MEMO_BYTES
+
+    def _start_over_with_tokenizer(self) -> None:
+        # The tokenizer remembers the same chunks (and spaCy their words): they are forgotten together,
+        # the tokenizer made anew the way a pickled copy is (its heavy parts rebuilt on first use).
+        self.start_over()
+        self.tokenizer.__setstate__(self.tokenizer.__getstate__())
 
     def _learn(self, pieces: list[str]) -> None:
         token_lists = self.tokenizer.pipe_chunks(pieces)  # one spaCy call for the chunks it has not seen
@@ -123,6 +142,7 @@ class TextEncoder:
         self.starts = torch.cat([self.starts, len(self.table) + counts.cumsum(0) - counts])
         self.counts = torch.cat([self.counts, counts])
         self.table = torch.cat([self.table, ids])
+        self.bytes += memo_bytes(pieces)
 
     def _gather(self, codes: torch.Tensor, pieces_per_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ids of the pieces ``codes`` end to end, and each text's count (its pieces' counts summed)."""

@@ -3,18 +3,19 @@
 - ``POST /predict`` with ``{"texts": [...], "top_k": k, "explain": false}`` answers
   ``{"predictions": [...]}``, one object per text, as ``textpipe predict`` prints it
   (``"explanation"`` added with ``explain``);
-- ``GET /healthz`` answers ``{"status": "ok", ...}`` with the labels and counters;
+- ``GET /healthz`` answers ``{"status": "ok", ...}`` with the labels, limits and counters;
 - ``GET /`` is a page where a person types a text and sees the label probabilities
   as bars and the tokens shaded by their contribution.
 
-Concurrent requests are scored together: each request thread puts its texts on a
-queue and waits; one worker thread takes whatever is queued (up to ``max_batch``
-texts) and runs the model once for all of it. The model is thus used by one
-thread only, and a burst of small requests costs a few large forward passes.
-
-Bodies over ``max_body`` bytes, more than ``max_texts`` texts, texts over
-``max_chars`` characters, malformed JSON and missing or mistyped fields get status
-400 and ``{"error": "..."}``; nothing a client sends produces a traceback.
+One thread per connection reads the request (:func:`~textpipe.serve_work.parse_request`)
+and waits for the one worker thread of :class:`~textpipe.serve_work.Batcher` to score it
+with the others queued; while it waits it watches the connection, and a client that
+leaves has its request dropped from the work. What a client sends is bounded and
+refused with ``{"error": "..."}``: status 400 for a body over ``max_body`` bytes or what
+``parse_request`` refuses, 413 for more than ``max_work`` units of work, 405 (with an
+``Allow`` header) for a method a path does not take, 503 when too many requests wait or
+the answer takes over ``timeout`` seconds. Nothing a client sends produces a traceback:
+a lost connection is one line on stderr.
 
 Example:
     >>> server = make_server(Predictor.load("runs/default"), ServeConfig(port=0))
@@ -26,39 +27,20 @@ from __future__ import annotations
 
 import json
 import queue
+import select
+import socket
 import sys
-import threading
-from concurrent.futures import Future
-from dataclasses import dataclass
+import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .explain import add_explanations
-from .predict import Predictor, top_labels
+from .predict import Predictor
+from .serve_work import MAX_DIGITS, BadRequest, Batcher, Job, ServeConfig, parse_request, work_of  # noqa: F401  (textpipe.serve's names)
 
 PAGE = Path(__file__).with_name("serve_page.html")
-
-
-@dataclass
-class ServeConfig:
-    """Where ``textpipe serve`` listens and how much one request may ask.
-
-    Example:
-        >>> ServeConfig(port=0, max_texts=16)  # port 0: any free port
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body: int = 1 << 20  # bytes of one request body
-    max_texts: int = 64  # texts in one request
-    max_chars: int = 10_000  # characters in one text
-    max_batch: int = 512  # texts the worker scores in one forward pass (a request is never split)
-    max_queue: int = 1024  # requests waiting; beyond that the server answers 503
-    timeout: float = 30.0  # seconds a request waits for its answer, and a connection for its next byte
-
-    def __post_init__(self) -> None:
-        if min(self.max_body, self.max_texts, self.max_chars, self.max_batch, self.max_queue) < 1 or self.timeout <= 0:
-            raise ValueError(f"serve limits must be positive: {self}")
+ROUTES = {"/": "GET, HEAD", "/healthz": "GET, HEAD", "/predict": "POST"}  # path -> its methods (the Allow header)
+POLL = 0.25  # seconds between two looks at whether a waiting client is still connected
 
 
 class ServeError(OSError):
@@ -69,113 +51,8 @@ class ServeError(OSError):
     """
 
 
-class BadRequest(ValueError):
-    """The client's fault: answered with status 400 and the message."""
-
-
-@dataclass
-class Job:
-    texts: list[str]
-    top_k: int | None
-    explain: bool
-    future: Future
-
-
-def parse_request(body: bytes, config: ServeConfig) -> tuple[list[str], int | None, bool]:
-    """``(texts, top_k, explain)`` from a ``/predict`` body; :class:`BadRequest` says what is wrong."""
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"the body is not valid JSON: {err}") from None
-    if not isinstance(request, dict):
-        raise BadRequest('the body must be a JSON object like {"texts": ["some text"]}')
-    unknown = set(request) - {"texts", "top_k", "explain"}
-    if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(sorted(unknown))}; known: texts, top_k, explain")
-    if "texts" not in request:
-        raise BadRequest('missing field "texts": a list of strings')
-    texts, top_k, explain = request["texts"], request.get("top_k"), request.get("explain", False)
-    if not isinstance(texts, list) or not texts:
-        raise BadRequest('"texts" must be a non-empty list of strings')
-    if len(texts) > config.max_texts:
-        raise BadRequest(f'too many texts: {len(texts)}, at most {config.max_texts} per request')
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise BadRequest(f'texts[{i}] must be a non-empty string')
-        if len(text) > config.max_chars:
-            raise BadRequest(f'texts[{i}] has {len(text)} characters, at most {config.max_chars}')
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise BadRequest('"top_k" must be an integer >= 1')
-    if not isinstance(explain, bool):
-        raise BadRequest('"explain" must be true or false')
-    return texts, top_k, explain
-
-
-class Batcher:
-    """One worker thread that scores every queued request in one forward pass.
-
-    Example:
-        >>> batcher = Batcher(Predictor.load("runs/default"))
-        >>> batcher.submit(["a gorgeous movie"])[0]["label"]
-        'fresh'
-    """
-
-    def __init__(self, predictor: Predictor, max_batch: int = 512, max_queue: int = 1024):
-        self.predictor, self.max_batch = predictor, max_batch
-        self.queue: queue.Queue[Job | None] = queue.Queue(max_queue)
-        self.stats = {"requests": 0, "texts": 0, "batches": 0, "largest_batch": 0}  # largest_batch counts requests
-        self.worker = threading.Thread(target=self._work, name="textpipe-batcher", daemon=True)
-        self.worker.start()
-
-    def submit(self, texts: list[str], top_k: int | None = None, explain: bool = False, timeout: float | None = None) -> list[dict]:
-        """Queue the texts and wait for their predictions; ``queue.Full`` when too many requests wait."""
-        job = Job(texts, top_k, explain, Future())
-        self.queue.put_nowait(job)
-        return job.future.result(timeout)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.worker.join()
-
-    def _work(self) -> None:
-        while (job := self.queue.get()) is not None:
-            jobs = [job]
-            size = len(job.texts)
-            while size < self.max_batch:
-                try:
-                    job = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    self.queue.put(None)  # stop after this batch
-                    break
-                jobs.append(job)
-                size += len(job.texts)
-            self._score(jobs)
-
-    def _score(self, jobs: list[Job]) -> None:
-        try:
-            texts = [text for job in jobs for text in job.texts]
-            probs = self.predictor.probabilities(texts)
-        except Exception as err:  # noqa: BLE001  (the requests get the error, the worker lives on)
-            for job in jobs:
-                job.future.set_exception(err)
-            return
-        self.stats["requests"] += len(jobs)
-        self.stats["texts"] += len(texts)
-        self.stats["batches"] += 1
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
-        start = 0
-        for job in jobs:
-            rows = probs[start : start + len(job.texts)]
-            start += len(job.texts)
-            try:
-                results = top_labels(job.texts, rows, self.predictor.labels, job.top_k)
-                if job.explain:
-                    add_explanations(results, self.predictor.explain(job.texts), self.predictor.labels)
-                job.future.set_result(results)
-            except Exception as err:  # noqa: BLE001
-                job.future.set_exception(err)
+class ClientGone(ConnectionError):
+    """The client closed its connection, or stopped sending, before its answer: nobody to answer."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -191,61 +68,136 @@ class Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.config.timeout  # a client that stops sending is dropped, not waited for
         super().setup()
 
+    def __getattr__(self, name: str):
+        # http.server answers a method it finds no do_<METHOD> for with 501 and an HTML page: here, 405 and JSON.
+        if name.startswith("do_"):
+            return self.refuse_method
+        raise AttributeError(name)
+
+    def route(self) -> str:
+        return self.path.partition("?")[0]
+
     def do_GET(self) -> None:
-        path = self.path.partition("?")[0]
+        path = self.route()
+        self.leave_body_unread()
         if path == "/":
             self.send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
         elif path == "/healthz":
             self.send_json(200, self.server.health())
+        elif path in ROUTES:
+            self.refuse_method()
         else:
             self.send_json(404, {"error": f"no such page: {self.path}; try GET /, GET /healthz or POST /predict"})
 
+    do_HEAD = do_GET  # the same status and headers, no body (see send)
+
     def do_POST(self) -> None:
-        if self.path != "/predict":
-            self.send_json(404, {"error": f"no such endpoint: POST {self.path}; try POST /predict"})
+        path = self.route()
+        if path != "/predict":
+            if path in ROUTES:
+                self.refuse_method()
+            else:
+                self.leave_body_unread()
+                self.send_json(404, {"error": f"no such endpoint: POST {self.path}; try POST /predict"})
             return
         try:
             texts, top_k, explain = parse_request(self.read_body(), self.server.config)
-            predictions = self.server.batcher.submit(texts, top_k, explain, timeout=self.server.config.timeout)
+            predictions = self.wait_for(self.server.batcher.put(texts, top_k, explain))
         except BadRequest as err:
-            self.send_json(400, {"error": str(err)})
+            self.send_json(err.status, {"error": str(err)})
         except queue.Full:
             self.send_json(503, {"error": "too many requests waiting; retry shortly"})
         except TimeoutError:
             self.send_json(503, {"error": f"no answer within {self.server.config.timeout:g} s; retry shortly"})
+        except UnicodeError as err:  # parse_request lets no such text through; should the model still meet one
+            self.send_json(400, {"error": f"a text cannot be encoded: {err}"})
+        except ConnectionError:
+            raise  # nobody to answer: one line in the log (TextpipeServer.handle_error)
         except Exception as err:  # noqa: BLE001  (one line for the client, never a traceback)
             self.send_json(500, {"error": f"internal error: {type(err).__name__}: {err}"})
         else:
             self.send_json(200, {"predictions": predictions})
 
-    def do_PUT(self) -> None:
-        self.send_json(405, {"error": f"{self.command} is not allowed; use GET / , GET /healthz or POST /predict"})
+    def refuse_method(self) -> None:
+        """405 naming the methods the path takes (an ``Allow`` header too)."""
+        path = self.route()
+        how = 'POST /predict with a JSON body like {"texts": ["some text"]}' if path == "/predict" else "GET /, GET /healthz or POST /predict"
+        self.leave_body_unread()
+        self.send_json(405, {"error": f"{self.command} is not allowed on {path}; use {how}"}, {"Allow": ROUTES.get(path, "GET, HEAD, POST")})
 
-    do_DELETE = do_PATCH = do_PUT
+    def leave_body_unread(self) -> None:
+        """The connection closes after the answer if the request has a body: unread, it would be taken for the next request."""
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0").strip() != "0":
+            self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (a malformed request line, headers too long, ...): JSON too, with a status
+        # line and headers even where the request line was too broken to say its version (taken as HTTP/0.9).
+        self.close_connection = True
+        self.request_version = "HTTP/1.0" if self.request_version == "HTTP/0.9" else self.request_version
+        self.send_json(code, {"error": message or HTTPStatus(code).phrase})
 
     def read_body(self) -> bytes:
         """The body, refused unread when it is too large or its length is not given."""
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or length is None or not length.isdigit():
+        length, limit = self.headers.get("Content-Length", ""), self.server.config.max_body
+        if self.headers.get("Transfer-Encoding") or not (length.isascii() and length.isdigit()):
             self.close_connection = True  # the unread body would be taken for the next request
             raise BadRequest("send the body with a Content-Length header")
-        if int(length) > self.server.config.max_body:
+        if len(length) > MAX_DIGITS or int(length) > limit:
             self.close_connection = True
-            raise BadRequest(f"the body is {int(length)} bytes, at most {self.server.config.max_body}")
-        return self.rfile.read(int(length))
+            raise BadRequest(f"the body is {int(length):,} bytes, at most {limit}" if len(length) <= MAX_DIGITS else f"the body is over {limit} bytes")
+        try:
+            body = self.rfile.read(int(length))
+        except TimeoutError:
+            raise ClientGone(f"sent no more of its body for {self.server.config.timeout:g} s") from None
+        if len(body) < int(length):
+            raise ClientGone(f"closed the connection after {len(body)} of its {length} bytes of body")
+        return body
 
-    def send_json(self, status: int, obj: dict) -> None:
-        self.send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json")
+    def wait_for(self, job: Job) -> list[dict]:
+        """The job's predictions; the job is dropped if the client leaves or ``timeout`` passes first."""
+        deadline = time.monotonic() + self.server.config.timeout
+        while True:
+            try:
+                return job.future.result(min(POLL, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                gone = self.client_gone()
+                if gone or time.monotonic() >= deadline:
+                    self.server.batcher.drop(job)
+                    if gone:
+                        raise ClientGone("closed the connection before its answer was ready") from None
+                    raise
 
-    def send(self, status: int, body: bytes, content_type: str) -> None:
+    def client_gone(self) -> bool:
+        """True when the client has closed or reset its connection: it can no longer read an answer."""
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN)
+        if not poller.poll(0):
+            return False  # nothing to read: still there, waiting
+        try:
+            return not self.connection.recv(1, socket.MSG_PEEK)  # b"": closed; bytes: its next request
+        except OSError:
+            return True
+
+    def send_json(self, status: int, obj: dict, headers: dict | None = None) -> None:
+        try:
+            body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate the client sent, echoed: escaped, the JSON stays valid
+            body = json.dumps(obj).encode("ascii")
+        self.send(status, body, "application/json", headers)
+
+    def send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:
         if not self.server.quiet:
@@ -256,18 +208,28 @@ class TextpipeServer(ThreadingHTTPServer):
     """A ``ThreadingHTTPServer`` (one thread per connection) sharing one :class:`Batcher`."""
 
     daemon_threads = True  # open keep-alive connections do not hold up shutdown
+    # Connections the kernel holds until accepted (Linux caps it at net.core.somaxconn). At http.server's
+    # 5, a burst of 200 clients had most of its connections dropped, and retried a second or more later.
+    request_queue_size = 1024
 
     def __init__(self, predictor: Predictor, config: ServeConfig, quiet: bool = False, model: str = ""):
         self.config, self.quiet, self.model = config, quiet, model
         self.labels = predictor.labels
         self.batcher: Batcher | None = None  # a failed bind calls server_close before there is one
         super().__init__((config.host, config.port), Handler)  # binds first: a taken port leaves no worker thread behind
-        self.batcher = Batcher(predictor, config.max_batch, config.max_queue)
+        self.batcher = Batcher(predictor, config.max_batch, config.max_queue, config.max_work)
 
     def health(self) -> dict:
-        return {"status": "ok", "model": self.model, "labels": self.labels, "limits": {
-            "max_texts": self.config.max_texts, "max_chars": self.config.max_chars, "max_body": self.config.max_body,
-        }, **self.batcher.stats}
+        limits = {"max_texts": self.config.max_texts, "max_chars": self.config.max_chars, "max_body": self.config.max_body,
+                  "max_work": self.config.max_work}
+        return {"status": "ok", "model": self.model, "labels": self.labels, "limits": limits, **self.batcher.stats,
+                "dropped": self.batcher.dropped}
+
+    def handle_error(self, request, client_address) -> None:
+        """One line on stderr, never a traceback: a lost connection is the client's doing, anything else a bug."""
+        err = sys.exc_info()[1]
+        kind = "connection lost" if isinstance(err, OSError) else "internal error"
+        sys.stderr.write(f"{client_address[0]}:{client_address[1]} {kind}: {type(err).__name__}: {err}\n")
 
     def server_close(self) -> None:
         super().server_close()
