@@ -25,7 +25,8 @@ from ..config import ConfigError
 from ..files import is_disk_full
 from ..serve import ServeError
 from ..sources import DataError
-from ..train import TrainingDiverged, TrainingInterrupted
+from ..runtime import Interrupted
+from ..train import TrainingDiverged
 from .errors import CommandFailed, UsageError, data_hint, free_space_hint, resume_command
 from .parser import build_parser, parse_args
 from .streams import atomic_output
@@ -72,7 +73,7 @@ def run_command(args: argparse.Namespace, name: str) -> int:
     except tuple(EXIT_CODES) as err:
         status, hint = next(EXIT_CODES[kind] for kind in type(err).__mro__ if kind in EXIT_CODES)
         return report(name, str(err), hint(err, args), status)
-    except TrainingInterrupted as err:
+    except Interrupted as err:  # the training loop's (a checkpoint saved) or between its phases
         print(f"textpipe train: {err}\nresume with: {resume_command(args.resume or args.out)}", file=sys.stderr)
         return 130 if err.signal_name == "SIGINT" else 143
     except KeyboardInterrupt:
