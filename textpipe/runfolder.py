@@ -66,9 +66,14 @@ class RunLock:
         path = self.out / LOCK
         try:
             self.out.mkdir(parents=True, exist_ok=True)
+            mode = os.lstat(path).st_mode if os.path.lexists(path) else stat.S_IFREG
+            if not stat.S_ISREG(mode):  # a device or FIFO is not even opened
+                raise OutputError(f"{path} is {kind_of(mode)}, not textpipe's run lock: textpipe never opens it; remove it and run again")
             # Never through a link, never truncated on open: a lock left by a killed run is reused,
             # anything else at that name is not textpipe's (checked before a byte is written).
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OutputError:
+            raise
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise OutputError(f"{path} is a symbolic link, not textpipe's run lock: textpipe never follows it; remove it and run again") from None

@@ -84,7 +84,7 @@ class RunSignals:
     :class:`Interrupted` wherever the run is: every file of a run is written whole or not at all,
     so the disk holds the last good state and a resume continues from it. Inside :func:`fit`,
     its :class:`StopOnSignal` takes over (a checkpoint first); inside :func:`held_signals`, the
-    signal waits for the block's ``stop_here()``. ``where``: the folder named in the message.
+    signal waits for the block's ``stop_here()``. ``where``: the folder named in the message (None: nothing is saved yet).
 
     Example:
         >>> with RunSignals("runs/mine/.textpipe-run"):
@@ -103,6 +103,8 @@ class RunSignals:
         self.stop(name)
 
     def stop(self, name: str) -> None:
+        if self.where is None:
+            raise Interrupted(name, f"{name}: the run stopped before it saved anything")
         raise Interrupted(name, f"{name}: the run stopped; what it had finished is saved in {self.where}")
 
     def __enter__(self) -> "RunSignals":
