@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import write_csv
 from textpipe.sources import SourceConfig, read_examples
 
 STRAY_QUOTES = {
@@ -26,8 +27,8 @@ def test_a_stray_quote_skips_its_row_and_keeps_the_rows_it_swallowed(kind, tmp_p
     assert 8 not in [ex.line for ex in used] and 9 in [ex.line for ex in used]  # lines[7] is line 8 of the file
 
 
-@pytest.mark.parametrize("sep", [",", "\t"])
-def test_a_quote_that_closes_rows_later_merges_no_rows(sep, tmp_path):
+@pytest.mark.parametrize("sep, newline", [(",", "\n"), ("\t", "\n"), (",", "\r\n")])
+def test_a_quote_that_closes_rows_later_merges_no_rows(sep, newline, tmp_path):
     """Issue 30, item 3: `DESC,"What is love ?` closed three rows later at the end of a good row."""
     from textpipe.config import DataConfig
     from textpipe.pipeline import count_training_file
@@ -38,7 +39,7 @@ def test_a_quote_that_closes_rows_later_merges_no_rows(sep, tmp_path):
     lines[7] = f'DESC{sep}"What is love ?'
     lines[10] = f'NUM{sep}question 9 ?"'
     path = tmp_path / ("q.csv" if sep == "," else "q.tsv")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_bytes((newline.join(lines) + newline).encode())
     skipped: dict = {}
     used = list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))
     assert skipped == {"stray quote": 1}
@@ -55,6 +56,9 @@ def test_a_text_over_several_lines_is_still_one_row(tmp_path):
     rows = list(read_examples(path))
     assert [(ex.line, ex.label, ex.text) for ex in rows] == [
         (2, "pos", "a first line\nand a second, with a comma\nthe end"), (5, "neg", "plain"), (6, "pos", "two\nlines")]
+    texts = ["first\nNUM,second", "one\nLOC,two\nDESC,three"]  # csv.writer's rows end in "\r\n": a text's "\n" is the text's
+    write_csv(path, [("pos", text) for text in texts])
+    assert [ex.text for ex in read_examples(path)] == texts
 
 
 @pytest.fixture(scope="module")
