@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .events import emit
-from .files import OutputError, atomic_write, check_regular_file, file_sha256, kind_of, check_folder, temp_file_beside, write_json_atomic
+from .files import OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, temp_file_beside, write_json_atomic
 from .runtime import held_signals
 from .sources import TORCHTEXT_PREFIX, DataError
 

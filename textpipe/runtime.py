@@ -61,8 +61,9 @@ class StopOnSignal:
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None:
-            raise KeyboardInterrupt
+        if self.signal_name is not None:  # the user insists: no checkpoint now, the newest one stays
+            name = signal.Signals(signum).name
+            raise Interrupted(name, f"{name}: training stopped at once (a second signal); the newest checkpoint is kept")
         self.signal_name = signal.Signals(signum).name
 
     def __enter__(self) -> "StopOnSignal":
