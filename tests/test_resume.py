@@ -312,17 +312,20 @@ def test_resume_refuses_a_changed_training_file_in_every_phase(point, reference,
     assert changed.stderr == f"textpipe train: error: {data}: the training file changed since the run started; a resume needs the same data (start a new run instead)\n"
 
 
-def test_resume_after_the_training_file_moved_is_one_line(reference, tmp_path):
+def test_resume_after_a_data_file_moved_is_one_line(reference, tmp_path):
     train, test, _ = reference
-    data = tmp_path / "train.csv"
+    data, scored = tmp_path / "train.csv", tmp_path / "test.csv"
     data.write_bytes(train.read_bytes())
+    scored.write_bytes(test.read_bytes())
     out = tmp_path / "run"
-    assert run(RUNNER, data, test, out, "early", check=False).returncode == -signal.SIGKILL
-    data.rename(tmp_path / "moved.csv")
-    moved = run("-m", "textpipe", "train", "--resume", out, check=False)
-    assert moved.returncode == 2
-    assert moved.stderr == (f"textpipe train: error: {data}: the training file is gone (moved or deleted since the run started); "
-                            "a resume needs the same data at the same path (put it back, or start a new run)\n")
+    assert run(RUNNER, data, scored, out, "early", check=False).returncode == -signal.SIGKILL
+    for path, what in [(data, "training file"), (scored, "test file")]:  # the test file: said now, not after the training
+        path.rename(tmp_path / "moved.csv")
+        moved = run("-m", "textpipe", "train", "--resume", out, check=False)
+        assert moved.returncode == 2
+        assert moved.stderr == (f"textpipe train: error: {path}: the {what} is gone (moved or deleted since the run started); "
+                                "a resume needs the same data at the same path (put it back, or start a new run)\n")
+        (tmp_path / "moved.csv").rename(path)
 
 
 def test_resume_refuses_a_changed_dev_file(toy_files, tmp_path):

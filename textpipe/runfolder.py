@@ -361,13 +361,17 @@ def check_same_data(state: RunState) -> None:
     recorded = state.fingerprint or {}
     if "sha256" in recorded or "torchtext" in recorded:  # a run.json of a textpipe that recorded the training file alone
         recorded = {"train": recorded}
-    for part, fingerprint in recorded.items():
-        path, what = state.data[part], "training file" if part == "train" else "dev file"
-        if not str(path).startswith(TORCHTEXT_PREFIX) and not Path(path).exists():
+    for part in ("train", "dev", "test"):  # the test file is read at the end: missing, it is said now, not after the training
+        path, what = state.data.get(part), {"train": "training file", "dev": "dev file", "test": "test file"}[part]
+        if path is not None and not str(path).startswith(TORCHTEXT_PREFIX) and not Path(path).exists():
             raise DataError(path, None, f"the {what} is gone (moved or deleted since the run started); a resume needs the same data "
                             "at the same path (put it back, or start a new run)")
+    for part in ("train", "dev"):
+        path, what = state.data.get(part), "training file" if part == "train" else "dev file"
+        if path is None or part not in recorded:
+            continue
         try:
-            same = data_fingerprint(path) == fingerprint
+            same = data_fingerprint(path) == recorded[part]
         except OSError as err:
             raise DataError(path, None, f"the {what} cannot be read ({err.strerror or err}); a resume needs the same data") from None
         if not same:
