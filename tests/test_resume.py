@@ -404,7 +404,11 @@ def test_a_signal_during_the_commit_waits_for_every_move(reference, tmp_path):
 
 
 def test_a_kill_during_the_commit_says_how_to_repair_and_resume_repairs(reference, tmp_path):
+    import shutil
+
     from conftest import cli_here
+    from textpipe.bundle import load_bundle
+    from textpipe.runfolder import start_fresh
 
     train, test, ref = reference
     out = tmp_path / "run"
@@ -424,6 +428,11 @@ def test_a_kill_during_the_commit_says_how_to_repair_and_resume_repairs(referenc
     assert info.returncode == 2
     assert info.stderr == (f"textpipe info: error: {out}: a finished training run was stopped while moving its files in (some new, some old)\n"
                            f"hint: finish the move with: textpipe train --resume {out}\n")
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    start_fresh(again, overwrite=True)  # a new --overwrite run instead of the resume: the moves are finished first
+    load_bundle(again)
+    assert filecmp.cmp(again / "weights.safetensors", ref / "weights.safetensors", shallow=False)
     resumed = run("-m", "textpipe", "train", "--resume", out)
     assert "the move is finished now, the bundle whole again" in resumed.stderr
     assert_same_run(ref, out)

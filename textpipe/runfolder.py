@@ -180,6 +180,8 @@ def start_fresh(out: str | Path, overwrite: bool) -> Path:
     refuse_occupied(out, overwrite)
     stage = stage_of(out)
     check_stage(stage)
+    if stage.exists() and mid_commit(stage):  # a run killed halfway through its moves: finish them, so ``out`` holds a whole bundle
+        commit(stage, out)
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
