@@ -1,6 +1,7 @@
 """Trains the small run of tests/test_resume.py and, on request, dies at one chosen point.
 
     python tests/kill_runner.py TRAIN TEST OUT [KILL_POINT [SIGNAL]]
+    python tests/kill_runner.py --cli EVENT[:KEY=VALUE] SIGNAL ARGS...   # `textpipe ARGS`, SIGNAL sent at EVENT
 
 KILL_POINT is one of KILL_POINTS below; the process sends itself SIGNAL there
 (default SIGKILL: no handler, no cleanup, exactly what a crash or `kill -9` does).
@@ -21,7 +22,8 @@ from textpipe.models import ModelConfig
 from textpipe.config import DataConfig, PipelineConfig
 from textpipe.run import train_files
 from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig, TrainingInterrupted
+from textpipe.runtime import Interrupted
+from textpipe.train import TrainConfig
 
 
 @dataclass
@@ -92,13 +94,26 @@ KILL_POINTS = {
 }
 
 
-if __name__ == "__main__":
+def cli_with_signal(event: str, sig: str, argv: list[str]) -> int:
+    """``textpipe ARGV`` in this process, sending itself ``sig`` at the first ``event`` ("phase_end:phase=train")."""
+    from textpipe.cli import main
+
+    name, _, condition = event.partition(":")
+    key, _, value = condition.partition("=")
+    match = {key: int(value) if value.isdigit() else value} if condition else {}
+    at(name, getattr(signal, sig), **match)
+    return main(argv)
+
+
+if __name__ == "__main__" and sys.argv[1] == "--cli":
+    sys.exit(cli_with_signal(sys.argv[2], sys.argv[3], sys.argv[4:]))
+elif __name__ == "__main__":
     train, test, out, *rest = sys.argv[1:]
     if rest:
         sig = getattr(signal, rest[1]) if len(rest) > 1 else signal.SIGKILL
         KILL_POINTS[rest[0]](sig)
     try:
         train_files(train, test, out, config=CONFIG, quiet=True)
-    except TrainingInterrupted as err:
+    except Interrupted as err:
         print(err)
         sys.exit(130)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,146 @@ def test_deterministic_mode_trains_every_model_to_the_same_weights(model, toy_fi
     train_files(train, test, tmp_path / "deterministic", dev=dev, config=config(True), quiet=True)
     assert not torch.are_deterministic_algorithms_enabled()  # fit puts the global setting back
     assert filecmp.cmp(tmp_path / "plain" / "weights.safetensors", tmp_path / "deterministic" / "weights.safetensors", shallow=False)
+
+
+# Issue 30, item 2: a resume refuses changed data in every phase, with a checkpoint or without.
+
+@pytest.mark.parametrize("point", ["early", "refit-vocab", "mid-refit"])
+def test_resume_refuses_a_changed_training_file_in_every_phase(point, reference, tmp_path):
+    train, test, _ = reference
+    data = tmp_path / "train.csv"
+    data.write_bytes(train.read_bytes())
+    out = tmp_path / "run"
+    assert run(RUNNER, data, test, out, point, check=False).returncode == -signal.SIGKILL
+    data.write_bytes(data.read_bytes().replace(b"pos,", b"neg,", 1))
+    changed = run("-m", "textpipe", "train", "--resume", out, check=False)
+    assert changed.returncode == 2
+    assert changed.stderr == f"textpipe train: error: {data}: the training file changed since the run started; a resume needs the same data (start a new run instead)\n"
+
+
+def test_resume_after_a_data_file_moved_is_one_line(reference, tmp_path):
+    train, test, _ = reference
+    data, scored = tmp_path / "train.csv", tmp_path / "test.csv"
+    data.write_bytes(train.read_bytes())
+    scored.write_bytes(test.read_bytes())
+    out = tmp_path / "run"
+    assert run(RUNNER, data, scored, out, "early", check=False).returncode == -signal.SIGKILL
+    for path, what in [(data, "training file"), (scored, "test file")]:  # the test file: said now, not after the training
+        path.rename(tmp_path / "moved.csv")
+        moved = run("-m", "textpipe", "train", "--resume", out, check=False)
+        assert moved.returncode == 2
+        assert moved.stderr == (f"textpipe train: error: {path}: the {what} is gone (moved or deleted since the run started); "
+                                "a resume needs the same data at the same path (put it back, or start a new run)\n")
+        (tmp_path / "moved.csv").rename(path)
+
+
+def test_resume_refuses_a_changed_dev_file(toy_files, tmp_path):
+    from conftest import crash_after_step
+    from kill_runner import CONFIG
+    from textpipe.run import resume_run, train_files
+    from textpipe.sources import DataError
+
+    train, dev, test = toy_files
+    with crash_after_step(2, KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
+        train_files(train, test, tmp_path / "run", dev=dev, config=CONFIG, quiet=True)
+    dev.write_text(dev.read_text().replace("pos,", "neg,", 1))
+    with pytest.raises(DataError, match="dev.csv: the dev file changed since the run started"):
+        resume_run(tmp_path / "run", quiet=True)
+
+
+# Issue 30, item 10: SIGINT or SIGTERM at any named point: exit 130 / 143, the last good state kept, a resume that works.
+
+CLI_CONFIG = ["--tokenizer", "whitespace", "--set", "data.shuffle_buffer=100", "--set", "model.ngram_buckets=1024", "--epochs", "4", "--lr", "0.02",
+              "--checkpoint-every", "5", "--quiet"]  # kill_runner.CONFIG as flags
+
+
+# Each phase boundary once (phase_start of train, checkpoints_cleared, phase_end of the refit and phase_start of done were
+# tried too, all alike: every point between the training loops is the same handler's).
+@pytest.mark.parametrize("event, sig", [("phase_end:phase=train", "SIGTERM"), ("phase_start:phase=refit", "SIGINT"), ("bundle_weights_written", "SIGTERM"),
+                                        ("commit_start", "SIGINT"), ("commit_files_moved", "SIGTERM")])
+def test_a_signal_between_phases_stops_with_its_status_and_resumes(event, sig, reference, tmp_path):
+    train, test, ref = reference
+    out = tmp_path / "run"
+    stopped = run(RUNNER, "--cli", event, sig, "train", "--train", train, "--test", test, "--out", out, *CLI_CONFIG, check=False)
+    assert stopped.returncode == (130 if sig == "SIGINT" else 143), stopped.stderr
+    assert stopped.stderr.startswith(f"textpipe train: {sig}: the run stopped; what it had finished is saved in {out / STAGE}\n"
+                                     f"resume with: {sys.executable} -m textpipe train --resume {out}")
+    resume(out)
+    assert_same_run(ref, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ref.iterdir())
+
+
+def overwrite_run(out: Path, train: Path, test: Path, replace_file) -> None:
+    """A run of kill_runner.CONFIG over the bundle in ``out`` (--overwrite), its commit's moves done by ``replace_file``."""
+    from kill_runner import CONFIG
+    from textpipe import runfolder
+    from textpipe.run import train_files
+
+    real_os = runfolder.os
+    runfolder.os = types.ModuleType("os")
+    runfolder.os.__dict__.update(vars(real_os), replace=replace_file)
+    try:
+        train_files(train, test, out, config=CONFIG, quiet=True, overwrite=True)
+    finally:
+        runfolder.os = real_os
+
+
+def test_a_signal_during_the_commit_waits_for_every_move(reference, tmp_path):
+    from textpipe.bundle import load_bundle
+    from textpipe.runtime import Interrupted
+
+    train, test, ref = reference
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "bundle.json").write_text("{}")  # a previous bundle's manifest: replaced only with the rest
+    moved = []
+
+    def replace_and_signal(src, dst):
+        if not moved:
+            os.kill(os.getpid(), signal.SIGTERM)
+        moved.append(Path(dst).name)
+        os.replace(src, dst)
+
+    with pytest.raises(Interrupted, match="SIGTERM: the run stopped"):
+        overwrite_run(out, train, test, replace_and_signal)
+    assert moved[-1] == "bundle.json" and len(moved) == len(list(ref.iterdir()))
+    load_bundle(out)  # whole: the new one
+    assert (out / STAGE).is_dir()  # a resume removes it
+    resume(out)
+    assert_same_run(ref, out)
+
+
+def test_a_kill_during_the_commit_says_how_to_repair_and_resume_repairs(reference, tmp_path):
+    import shutil
+
+    from conftest import cli_here
+    from textpipe.bundle import load_bundle
+    from textpipe.runfolder import start_fresh
+
+    train, test, ref = reference
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "bundle.json").write_text("{}")
+    calls = []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == 4:
+            raise SystemExit("killed")  # as kill -9 would: some files moved, bundle.json not
+        os.replace(src, dst)
+
+    with pytest.raises(SystemExit):
+        overwrite_run(out, train, test, replace_then_die)
+    info = cli_here("info", out)
+    assert info.returncode == 2
+    assert info.stderr == (f"textpipe info: error: {out}: a finished training run was stopped while moving its files in (some new, some old)\n"
+                           f"hint: finish the move with: textpipe train --resume {out}\n")
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    start_fresh(again, overwrite=True)  # a new --overwrite run instead of the resume: the moves are finished first
+    load_bundle(again)
+    assert filecmp.cmp(again / "weights.safetensors", ref / "weights.safetensors", shallow=False)
+    resumed = run("-m", "textpipe", "train", "--resume", out)
+    assert "the move is finished now, the bundle whole again" in resumed.stderr
+    assert_same_run(ref, out)
+    assert cli_here("info", out).returncode == 0

@@ -2,6 +2,7 @@
 
 import pytest
 
+from conftest import write_csv
 from textpipe.sources import SourceConfig, read_examples
 
 STRAY_QUOTES = {
@@ -24,6 +25,40 @@ def test_a_stray_quote_skips_its_row_and_keeps_the_rows_it_swallowed(kind, tmp_p
     used = list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))
     assert len(used) + sum(skipped.values()) == 300, skipped
     assert 8 not in [ex.line for ex in used] and 9 in [ex.line for ex in used]  # lines[7] is line 8 of the file
+
+
+@pytest.mark.parametrize("sep, newline", [(",", "\n"), ("\t", "\n"), (",", "\r\n")])
+def test_a_quote_that_closes_rows_later_merges_no_rows(sep, newline, tmp_path):
+    """Issue 30, item 3: `DESC,"What is love ?` closed three rows later at the end of a good row."""
+    from textpipe.config import DataConfig
+    from textpipe.pipeline import count_training_file
+    from textpipe.sources import DataError
+    from textpipe.tokenizer import Tokenizer
+
+    lines = [f"label{sep}text"] + [f"{'NUM' if i % 3 else 'LOC'}{sep}question {i} ?" for i in range(300)]
+    lines[7] = f'DESC{sep}"What is love ?'
+    lines[10] = f'NUM{sep}question 9 ?"'
+    path = tmp_path / ("q.csv" if sep == "," else "q.tsv")
+    path.write_bytes((newline.join(lines) + newline).encode())
+    skipped: dict = {}
+    used = list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))
+    assert skipped == {"stray quote": 1}
+    assert [ex.line for ex in used] == [line for line in range(2, 302) if line != 8]  # every other line a row of its own
+    counts = count_training_file(path, 0, Tokenizer("whitespace"), DataConfig(source=SourceConfig(on_bad_row="skip"), cache_dir=None), quiet=True)
+    assert sum(counts.label_counts.values()) + sum(counts.skipped.values()) == len(lines) - 1  # what run.json records
+    with pytest.raises(DataError, match=f"{path.name}:8: a quote opened in this row closes only on line 11, taking 3 lines that read as rows"):
+        list(read_examples(path))
+
+
+def test_a_text_over_several_lines_is_still_one_row(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text('label,text\npos,"a first line\nand a second, with a comma\nthe end"\nneg,"plain"\n"pos","two\nlines"\n')
+    rows = list(read_examples(path))
+    assert [(ex.line, ex.label, ex.text) for ex in rows] == [
+        (2, "pos", "a first line\nand a second, with a comma\nthe end"), (5, "neg", "plain"), (6, "pos", "two\nlines")]
+    texts = ["first\nNUM,second", "one\nLOC,two\nDESC,three"]  # csv.writer's rows end in "\r\n": a text's "\n" is the text's
+    write_csv(path, [("pos", text) for text in texts])
+    assert [ex.text for ex in read_examples(path)] == texts
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import filecmp
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +241,116 @@ def test_predict_into_a_missing_folder_is_a_usage_error(data, tmp_path):
     result = cli_here("predict", "--model", model, "great", "--output", tmp_path / "nope" / "out.jsonl")
     assert result.returncode == 2
     assert result.stderr.startswith(f"textpipe predict: error: --output {tmp_path}/nope/out.jsonl: folder {tmp_path}/nope does not exist\n")
+
+
+# Issue 30, item 1: never touch what is not the run's own.
+
+def not_regular(kind: str, path: Path, victim: Path) -> Path:
+    """Put ``kind`` at ``path``: a symlink to ``victim``, a FIFO, a folder, or a device (a null device of its own, never
+    /dev/null itself: a textpipe that replaced devices would break the machine it is tested on)."""
+    if kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    return path
+
+
+def test_a_symlinked_or_foreign_lock_is_refused_and_left_as_it_is(data, tmp_path):
+    train, test, _, _ = data
+    victim = tmp_path / "precious.txt"
+    victim.write_text("the user's own file\n")
+    for kind, make in [("a symbolic link", lambda lock: lock.symlink_to(victim)), ("other content", lambda lock: lock.write_text("notes\n")),
+                       ("a link to another file", lambda lock: os.link(victim, lock))]:
+        out = tmp_path / kind.replace(" ", "-")
+        out.mkdir()
+        make(out / LOCK)
+        before = os.lstat(out / LOCK)
+        result = textpipe("train", "--train", train, "--test", test, "--out", out, *SMALL)
+        assert result.returncode == 2 and f"{out / LOCK}" in result.stderr and kind.split()[-1] in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1
+        assert victim.read_text() == "the user's own file\n" and os.lstat(out / LOCK).st_mtime_ns == before.st_mtime_ns
+        assert sorted(p.name for p in out.iterdir()) == [LOCK]
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / LOCK).write_text("99999999\n")  # left by a killed run: reused
+    with RunLock(stale):
+        assert (stale / LOCK).read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "folder", "device"])
+def test_output_files_are_only_ever_regular_files(kind, data, tmp_path):
+    _, test, _, model = data
+    victim = tmp_path / "mine.txt"
+    victim.write_text("keep me\n")
+    target = not_regular(kind, tmp_path / "out.jsonl", victim)
+    before = os.lstat(target)
+    commands = [("predict", "--model", model, "great", "--output", target), ("embed", "--model", model, "great", "--output", target),
+                ("vocab", "build", test, "--out", target)]
+    if kind == "symlink":
+        target.with_suffix(".npy").symlink_to(victim)
+        commands.append(("embed", "--model", model, "great", "--output", target.with_suffix(".npy")))
+    for command in commands:
+        result = cli_here(*command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "Traceback" not in result.stderr and str(command[-1]) in result.stderr.splitlines()[0], result.stderr
+    after = os.lstat(target)
+    assert (after.st_mode, after.st_ino, after.st_mtime_ns) == (before.st_mode, before.st_ino, before.st_mtime_ns)
+    assert victim.read_text() == "keep me\n"
+    expected = {victim.name, target.name} | ({"out.npy"} if kind == "symlink" else set())
+    assert {p.name for p in tmp_path.iterdir()} == expected  # no temporary file left either
+
+
+def test_output_dash_is_standard_output(data, tmp_path, monkeypatch):
+    _, _, _, model = data
+    monkeypatch.chdir(tmp_path)
+    result = cli_here("predict", "--model", model, "great", "--output", "-")
+    assert result.returncode == 0 and result.stdout.startswith('{"text": "great"')
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+
+
+def test_evaluate_out_must_be_a_folder(data, tmp_path):
+    _, test, _, model = data
+    for kind in ("file", "symlink to a file"):
+        out = tmp_path / kind.replace(" ", "-")
+        if kind == "file":
+            out.write_text("mine\n")
+        else:
+            (tmp_path / "target").write_text("mine\n")
+            out.symlink_to(tmp_path / "target")
+        result = cli_here("evaluate", "--model", model, "--data", test, "--out", out)
+        assert result.returncode == 2 and result.stderr.startswith(f"textpipe evaluate: error: {out} is a "), result.stderr
+        assert "not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_symlinked_staging_folder_is_refused_never_followed(data, tmp_path):
+    train, test, _, model = data
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "run.json").write_text("{}")
+    out = tmp_path / "M"
+    shutil.copytree(model, out)
+    (out / STAGE).symlink_to(elsewhere, target_is_directory=True)
+    for args in (["--train", train, "--test", test, "--out", out, "--overwrite", *SMALL], ["--resume", out]):
+        result = textpipe("train", *args)
+        assert result.returncode == 2 and f"{out / STAGE} is a symbolic link, not textpipe's staging folder" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert [p.name for p in elsewhere.iterdir()] == ["run.json"] and (out / STAGE).is_symlink()
+
+
+def test_atomic_writes_replace_regular_files_only(tmp_path):
+    from textpipe.files import OutputError, atomic_write_text
+
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / "link").symlink_to(victim)
+    with pytest.raises(OutputError, match="link is a symbolic link, not a regular file"):
+        atomic_write_text(tmp_path / "link", "new")
+    atomic_write_text(victim, "replaced")  # a regular file: replaced as ever
+    assert victim.read_text() == "replaced" and sorted(p.name for p in tmp_path.iterdir()) == ["link", "victim"]

@@ -38,6 +38,7 @@ from .nb_linear import mixed_dev_accuracy
 from .pipeline import check_settings
 from .run import dev_result, train_files
 from .runfolder import refuse_occupied
+from .runtime import RunSignals
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("textpipe")  # the CLI shows it on stderr
@@ -98,7 +99,8 @@ def autotune_files(
     check_settings(config, {"train": train, "dev": dev, "test": test})  # not after minutes of search
     refuse_occupied(out, overwrite)
     search = _Search(train, dev, config.to_dict(), budget, quiet)
-    best = search.ascend()
+    with RunSignals(None):  # a signal between trials stops with 130 / 143 too; nothing is saved before the final run
+        best = search.ascend()
     if not quiet:
         log.info(_table(search.trials, best))
     found = search.outcome(best)

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from .events import emit
-from .files import atomic_write, file_sha256, is_disk_full, write_json_atomic
+from .files import OutputError, atomic_write, file_sha256, is_disk_full, write_json_atomic  # noqa: F401 (OutputError: its old home)
 
 CHECKPOINT_VERSION = 2
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
@@ -49,10 +49,6 @@ _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6; the legacy tar and 
 
 class CheckpointError(OSError):
     """A checkpoint could not be written or read; the message says which file and why."""
-
-
-class OutputError(OSError):
-    """The output folder cannot be written, or is too full for the run."""
 
 
 class CheckpointStore:

@@ -3,7 +3,10 @@
 Every write goes to a temporary file of a unique name in the same folder, is flushed and
 ``fsync``-ed, then renamed over the real name (and the folder is ``fsync``-ed): a reader sees
 the previous file or the new one, never half of one. Checkpoints, bundles, vocabularies,
-reports, caches and downloads all write through :func:`atomic_write`.
+reports, caches, downloads and the CLI's ``--output`` files all write through :func:`atomic_file`.
+Only a regular file is ever replaced: a symlink, FIFO, device, socket or folder at the path is
+not textpipe's to replace, and the write stops with an :class:`OutputError` naming it
+(:func:`check_regular_file`), so ``--output /dev/null`` or a user's symlink is never swapped for a file.
 
 Imports the standard library only, so every stage, the tensor core included, may use it.
 
@@ -15,38 +18,108 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 _CHUNK = 1 << 20
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], before_rename: Callable[[Path], object] | None = None) -> None:
-    """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path``.
+class OutputError(OSError):
+    """An output textpipe may not or cannot write: the wrong kind of file at its path, a folder
+    that cannot be written, a disk too full for the run. The message names the path."""
 
-    ``before_rename(tmp_path)``, if given, runs on the complete temporary file just
-    before the rename. If anything fails, the temporary file is removed and whatever
-    was at ``path`` before is left untouched.
+
+_KINDS = {stat.S_IFREG: "a regular file", stat.S_IFLNK: "a symbolic link", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def kind_of(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a symbolic link", "a folder", ...)."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def check_regular_file(path: str | Path) -> None:
+    """OutputError unless ``path`` is free to write: nothing there yet, or a regular file (not
+    followed through a link), in an existing folder.
+
+    Example:
+        >>> check_regular_file("/dev/null")
+        Traceback (most recent call last):
+        textpipe.files.OutputError: /dev/null is a character device, not a regular file: textpipe never replaces it; give another path
     """
     path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise OutputError(f"{path}: its folder {path.parent} does not exist") from None
+        return
+    except OSError as err:  # a file where a folder of the path should be, a name too long, ...
+        raise OutputError(f"{path}: cannot write there ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise OutputError(f"{path} is {kind_of(mode)}, not a regular file: textpipe never replaces it; give another path")
+
+
+def check_folder(path: str | Path) -> None:
+    """OutputError when ``path`` exists and is not a folder (a link to one is the user's way of placing it)."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise OutputError(f"{path} is {kind_of(os.lstat(path).st_mode)}, not a folder; give a folder (it is created if missing)")
+
+
+def make_folder(path: str | Path) -> Path:
+    """``path`` as a folder, created (parents too) if missing; an OutputError naming it when it cannot be one."""
+    path = Path(path)
+    check_folder(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create folder {path}: {err.strerror or err}") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, before_rename: Callable[[Path], object] | None = None) -> Iterator[BinaryIO]:
+    """``with atomic_file(path) as f``: write ``f`` (binary); on success it is fsync-ed and renamed to ``path``.
+
+    ``path`` must be free to write (:func:`check_regular_file`), checked before the first byte
+    and again just before the rename. ``before_rename(tmp_path)``, if given, runs on the
+    complete temporary file just before the rename. If anything fails, the temporary file is
+    removed and whatever was at ``path`` before is left untouched.
+
+    Example:
+        >>> with atomic_file("runs/mine/labels.txt") as f:
+        ...     f.write(b"pos\n")
+    """
+    path = Path(path)
+    check_regular_file(path)
     fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         if before_rename is not None:
             before_rename(tmp)
+        check_regular_file(path)  # nothing else took the name meanwhile
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], before_rename: Callable[[Path], object] | None = None) -> None:
+    """Call ``write(file)`` on a temporary file, fsync it and rename it to ``path`` (:func:`atomic_file`)."""
+    with atomic_file(path, before_rename) as f:
+        write(f)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

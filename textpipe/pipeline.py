@@ -37,7 +37,7 @@ from .cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
-from .files import cache_home, write_json_atomic
+from .files import cache_home, check_folder, make_folder, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
@@ -161,6 +161,7 @@ def report_file(
     Example:
         >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
     """
+    check_folder(out)  # before the scoring, which may take long
     bundle = load_bundle(bundle_dir)
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
@@ -168,8 +169,7 @@ def report_file(
     summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet)
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
-    Path(out).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(out) / METRICS, summary)
+    write_json_atomic(make_folder(out) / METRICS, summary)
     trained = Path(bundle_dir) / METRICS
     history = json.loads(trained.read_text(encoding="utf-8")).get("history") if trained.is_file() else None
     write_report(out, summary, mistakes, history, title=f"textpipe report: {Path(data).name}", notes=[

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -39,6 +40,8 @@ def read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels
     """The rows of a CSV (``fmt="csv"``) or TSV file, from ``start`` (a row's ``end`` position) when given."""
     f, max_bytes = open_lines(path, config.max_chars)
     with f:
+        newline = "\r\n" if f.readline(max_bytes).endswith(b"\r\n") else "\n"  # the first line's ending: the file's
+        f.seek(0)
         lines = Lines(f, max_bytes)
         new_reader = lambda: csv.reader(lines, delimiter="," if fmt == "csv" else "\t", strict=True)  # noqa: E731
         # strict=True: a quote still open at the end of the file is an error, not a field holding the rest of it.
@@ -58,10 +61,13 @@ def read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels
                 continue
             if width is None:
                 width = len(row)  # without a header, the first row sets the number of columns
-            if len(row) != width and lines.line > line:  # a quote spread this bad row over the lines after it: they are rows of their own
+            spans_lines = lines.line > line
+            swallowed = spans_lines and len(row) == width and _swallowed_rows(row, fmt, width, text_at, label_at, newline)
+            closed_on = lines.line
+            if spans_lines and (len(row) != width or swallowed):  # a quote spread this bad row over the lines after it: they are rows of their own
                 lines.restart_after(line, offset)
                 reader = new_reader()
-            yield _row(row, line, width, text_at, label_at, with_labels, lines.end)
+            yield Row(line, problem=_late_quote(swallowed, closed_on)) if swallowed else _row(row, line, width, text_at, label_at, with_labels, lines.end)
 
 
 def _row(fields: list[str], line: int, width: int, text_at: list[int], label_at: int | None, with_labels: bool, end) -> Row:
@@ -74,6 +80,32 @@ def _row(fields: list[str], line: int, width: int, text_at: list[int], label_at:
         return Row(line, problem=("wrong number of columns", f"no column {max(text_at)} for the text (the row has {len(fields)})"))
     label = fields[label_at] if label_at is not None and label_at < len(fields) else None
     return Row(line, " ".join(fields[i] for i in text_at), label, end=end)
+
+
+def _swallowed_rows(fields: list[str], fmt: str, width: int, text_at: list[int], label_at: int | None, newline: str) -> int:
+    """How many of the lines a quoted field spread over read as rows of their own (the right number of
+    columns, a text, a label of one word, after the file's own line ending): a quote that opened in one
+    row and closed rows later."""
+    pieces = [piece.rstrip("\r") for field in fields for before, piece in itertools.pairwise(field.split("\n"))
+              if before.endswith("\r") == (newline == "\r\n")]  # broken as the file breaks its rows (csv.writer's "\r\n" rows keep a text's "\n")
+    return sum(1 for piece in pieces if (cells := _cells(piece, fmt)) and len(cells) == width and _row_like(cells, text_at, label_at))
+
+
+def _cells(line: str, fmt: str) -> list[str] | None:
+    try:
+        return next(csv.reader([line], delimiter="," if fmt == "csv" else "\t"), None)
+    except csv.Error:  # a lone carriage return, ...: not a row as a file holds one
+        return None
+
+
+def _row_like(cells: list[str], text_at: list[int], label_at: int | None) -> bool:
+    label = cells[label_at].strip() if label_at is not None and label_at < len(cells) else "-"
+    return all(cells[i].strip() for i in text_at if i < len(cells)) and 0 < len(label) <= 50 and len(label.split()) == 1
+
+
+def _late_quote(rows: int, closed_on: int) -> tuple[str, str]:
+    return ("stray quote", f"a quote opened in this row closes only on line {closed_on}, taking {rows} line{'s' if rows > 1 else ''} "
+            "that read as rows of their own into its text")
 
 
 def _record_problem(err: Exception, spans_lines: bool, fmt: str, max_chars: int) -> tuple[str, str]:

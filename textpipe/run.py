@@ -41,12 +41,12 @@ from .pipeline import (
 )
 from .report import search_notes
 from .runfolder import (
-    CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, commit, data_fingerprint, is_complete, prepare_output, stage_of,
-    start_fresh, unfinished,
+    CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, is_complete, mid_commit,
+    prepare_output, stage_of, start_fresh, unfinished,
 )
 from .sources import DataError
 from .tokenizer import Tokenizer
-from .runtime import RunContext, resolve_device, run_scope, set_seed
+from .runtime import RunContext, RunSignals, resolve_device, run_scope, set_seed
 from .train import FitResult, fit
 from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
 from .vocab import load_vocab, save_vocab
@@ -137,7 +137,7 @@ def train_files(
     if not placement.writes:  # under torchrun only rank 0 writes files
         return _run_phases(state, stage_of(out), out, config, None, placement, quiet, resume=None)
     prepare_output(out)
-    with RunLock(out):
+    with RunLock(out), RunSignals(stage_of(out)):  # a signal between the training loops: stop there, every file whole
         stage = start_fresh(out, overwrite)
         _save_state(state, stage, placement)
         emit("phase_start", phase=state.phase.value)
@@ -155,7 +155,7 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     out = Path(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
-    with RunLock(out):
+    with RunLock(out), RunSignals(stage_of(out)):
         stage = unfinished(out)
         if stage is not None and is_complete(stage):  # killed while moving the finished files into place
             return _commit_finished(stage, out, RunState.load(stage if (stage / RUN).is_file() else out))
@@ -168,8 +168,8 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
         config = PipelineConfig.from_dict(state.config)
         store = _checkpoint_store(stage, config)
         checkpoint = store.load_latest() if store else None
-        if checkpoint is not None and state.fingerprint != data_fingerprint(state.data["train"]):
-            raise DataError(state.data["train"], None, "the training file changed since the run started; a resume needs the same data (start a new run instead)")
+        if state.phase is not Phase.DONE:
+            check_same_data(state)  # in every phase that reads the data again, with a checkpoint or without
         if checkpoint is not None and not quiet:
             log.info(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})")
         metrics = _run_phases(state, stage, out, config, store, start_distributed(config.train.device), quiet, resume=checkpoint)
@@ -193,6 +193,7 @@ def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig
 def _first_state(data: dict, config: PipelineConfig, search: dict | None) -> RunState:
     """A new run's state; after an autotune search, the phase its result lets the run start in."""
     state = RunState.start(data, config.to_dict())
+    state = replace(state, fingerprint=data_fingerprints(state.data))  # in the first run.json: any resume compares it
     if search is None:
         return state
     state = replace(state, autotune={k: v for k, v in search.items() if k != "first_phase"})
@@ -201,6 +202,8 @@ def _first_state(data: dict, config: PipelineConfig, search: dict | None) -> Run
 
 
 def _commit_finished(stage: Path, out: Path, state: RunState) -> dict:
+    if mid_commit(stage):  # said even with --quiet: the folder was not loadable until now
+        log.warning(f"{out}: the run had stopped while moving its files into place; the move is finished now, the bundle whole again")
     commit(stage, out, PipelineConfig.from_dict(state.config).train.keep_checkpoints_after)
     return json.loads((out / METRICS).read_text(encoding="utf-8"))
 
@@ -306,7 +309,6 @@ def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer
         return state, load_vocab(stage / VOCAB), None
     if counts is None:
         counts = count_training_file(state.data["train"], holdout, tokenizer, config.data, quiet)
-        state = replace(state, fingerprint=data_fingerprint(state.data["train"]))
     if holdout and counts.training_rows == sum(counts.label_counts.values()):
         raise DataError(state.data["train"], None, f"too few rows to hold any out for early stopping (about 1 in {holdout} is; none of "
                         f"these {counts.training_rows}): give a dev file (--dev) or more rows")

@@ -23,12 +23,15 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import stat
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -36,10 +39,10 @@ from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
-from .checkpoint import OutputError
 from .events import emit
-from .files import atomic_write, file_sha256, write_json_atomic
-from .sources import TORCHTEXT_PREFIX
+from .files import OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, temp_file_beside, write_json_atomic
+from .runtime import held_signals
+from .sources import TORCHTEXT_PREFIX, DataError
 
 STAGE, LOCK, COMPLETE = ".textpipe-run", ".textpipe.lock", "COMPLETE"
 CHECKPOINTS, RUN = "checkpoints", "run.json"
@@ -63,33 +66,67 @@ class RunLock:
         path = self.out / LOCK
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            mode = os.lstat(path).st_mode if os.path.lexists(path) else stat.S_IFREG
+            if not stat.S_ISREG(mode):  # a device or FIFO is not even opened
+                raise OutputError(f"{path} is {kind_of(mode)}, not textpipe's run lock: textpipe never opens it; remove it and run again")
+            # Never through a link, never truncated on open: a lock left by a killed run is reused,
+            # anything else at that name is not textpipe's (checked before a byte is written).
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except OutputError:
+            raise
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OutputError(f"{path} is a symbolic link, not textpipe's run lock: textpipe never follows it; remove it and run again") from None
             raise OutputError(f"cannot write to output folder {self.out}: {err.strerror or err}") from None
         try:
+            _check_lock_file(path, fd)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
+            if isinstance(err, OutputError):
+                raise
             raise OutputError(f"output folder {self.out} is in use by another textpipe run (pid {holder}); wait for it to end or choose another --out") from None
-        os.ftruncate(fd, 0)
+        os.ftruncate(fd, 0)  # a pid, checked above: nothing of anyone else's
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            (self.out / LOCK).unlink(missing_ok=True)  # while still held: no other run can be inside
+            path = self.out / LOCK
+            if _same_file(path, self._fd):  # while still held: no other run can be inside
+                path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 
 
+def _check_lock_file(path: Path, fd: int) -> None:
+    """OutputError unless ``fd`` is a lock file textpipe could have written: a regular file of one
+    name, empty or holding a pid (a killed run's). A hard link or a file of other content is someone's."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{path} is {kind_of(st.st_mode)}, not textpipe's run lock; remove it and run again")
+    if st.st_nlink > 1 or st.st_size > 32 or not re.fullmatch(rb"\d*\s*", os.pread(fd, 33, 0)):
+        raise OutputError(f"{path} is not textpipe's run lock (it holds other content or is a link to another file); "
+                          "textpipe leaves it as it is: move it away and run again")
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, held = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
 def prepare_output(out: Path) -> None:
     """Fail now, not after hours of training, when ``out`` cannot hold the run."""
+    check_folder(out)  # a file, FIFO or link to nothing where the folder should be
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"x")
+        fd, probe = temp_file_beside(out / ".write-test")  # a new file of its own name: nothing there is touched
+        os.close(fd)
         probe.unlink()
     except OSError as err:
         raise OutputError(f"cannot write to output folder {out}: {err.strerror or err}") from None
@@ -116,6 +153,24 @@ def stage_of(out: str | Path) -> Path:
     return Path(out) / STAGE
 
 
+def check_stage(stage: Path) -> None:
+    """OutputError unless the staging folder, if there, is textpipe's own: a real folder (not a link)
+    of regular files and real folders. What is not the run's own is never followed, written or deleted."""
+    try:
+        mode = os.lstat(stage).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise OutputError(f"{stage} is {kind_of(mode)}, not textpipe's staging folder: textpipe never follows or deletes it; remove it and run again")
+    entries = list(os.scandir(stage))
+    entries += list(os.scandir(stage / CHECKPOINTS)) if any(e.name == CHECKPOINTS and e.is_dir(follow_symlinks=False) for e in entries) else []
+    for entry in entries:
+        mode = entry.stat(follow_symlinks=False).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise OutputError(f"{entry.path} is {kind_of(mode)}, not a file of textpipe's staging folder: textpipe never follows it; "
+                              "remove it and run again")
+
+
 def start_fresh(out: str | Path, overwrite: bool) -> Path:
     """An empty staging folder for a new run in ``out``; ``out`` must hold nothing but the lock unless ``overwrite``.
 
@@ -124,6 +179,9 @@ def start_fresh(out: str | Path, overwrite: bool) -> Path:
     """
     refuse_occupied(out, overwrite)
     stage = stage_of(out)
+    check_stage(stage)
+    if stage.exists() and mid_commit(stage):  # a run killed halfway through its moves: finish them, so ``out`` holds a whole bundle
+        commit(stage, out)
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
@@ -144,8 +202,9 @@ def refuse_occupied(out: str | Path, overwrite: bool) -> None:
 
 
 def unfinished(out: str | Path) -> Path | None:
-    """The staging folder of the unfinished run in ``out``, or None."""
+    """The staging folder of the unfinished run in ``out``, or None; an OutputError if it is not textpipe's own."""
     stage = stage_of(out)
+    check_stage(stage)
     return stage if stage.is_dir() else None
 
 
@@ -154,25 +213,59 @@ def is_complete(stage: Path) -> bool:
     return (stage / COMPLETE).is_file()
 
 
+def mid_commit(stage: Path) -> bool:
+    """True while a commit is halfway (killed during the moves): ``out`` may hold new files beside the previous ``bundle.json``."""
+    return is_complete(stage) and (stage / META).is_file()
+
+
 def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -> None:
     """Move the finished run's files from ``stage`` into ``out``, ``bundle.json`` last, then remove ``stage``.
 
-    Safe to repeat after a crash: files already moved are not in ``stage`` any more.
+    Safe to repeat after a crash: files already moved are not in ``stage`` any more. A SIGINT or
+    SIGTERM during the moves waits until all of them are done (:func:`held_signals`): a stopped
+    run never leaves the new weights beside the previous ``bundle.json``.
     """
     stage, out = Path(stage), Path(out)
     emit("commit_start", stage=stage, out=out)
-    if not is_complete(stage):
-        atomic_write(stage / COMPLETE, lambda f: f.write(b"every output of the run is here; only the move into the folder above is left\n"))
     files = sorted(p for p in stage.iterdir() if p.is_file() and p.name not in (COMPLETE, META) and not p.name.startswith("."))
-    for path in [*files, stage / META]:
-        if path.exists():
+    moves = [path for path in [*files, stage / META] if path.exists()]
+    _check_destinations([out / path.name for path in moves], out / CHECKPOINTS if keep_checkpoints else None, out)
+    with held_signals() as stop_here:
+        if not is_complete(stage):
+            atomic_write(stage / COMPLETE, lambda f: f.write(b"every output of the run is here; only the move into the folder above is left\n"))
+        for path in moves:
             os.replace(path, out / path.name)
-    if keep_checkpoints and (stage / CHECKPOINTS).is_dir():
-        if (out / CHECKPOINTS).is_dir():
-            shutil.rmtree(out / CHECKPOINTS)
-        os.replace(stage / CHECKPOINTS, out / CHECKPOINTS)
-    emit("commit_files_moved")
-    shutil.rmtree(stage)
+        if keep_checkpoints and (stage / CHECKPOINTS).is_dir():
+            if (out / CHECKPOINTS).is_dir():
+                shutil.rmtree(out / CHECKPOINTS)
+            os.replace(stage / CHECKPOINTS, out / CHECKPOINTS)
+        emit("commit_files_moved")
+        stop_here()  # every file in place, the staging folder still there: a resume removes it
+        _remove_stage(stage)
+
+
+def _check_destinations(files: list[Path], checkpoints: Path | None, out: Path) -> None:
+    """Before any move: each name the run replaces in ``out`` holds nothing or a regular file (a folder for checkpoints)."""
+    try:
+        for path in files:
+            check_regular_file(path)
+        if checkpoints is not None and (checkpoints.is_symlink() or checkpoints.exists() and not checkpoints.is_dir()):
+            raise OutputError(f"{checkpoints} is {kind_of(os.lstat(checkpoints).st_mode)}, not a folder: textpipe never replaces it")
+    except OutputError as err:
+        raise OutputError(f"{err}; the finished run waits in {stage_of(out)}: move that path away, then textpipe train --resume {out}") from None
+
+
+def _remove_stage(stage: Path) -> None:
+    """Remove the staging folder, its COMPLETE mark last: killed halfway, a resume still sees a finished run to commit."""
+    for entry in stage.iterdir():
+        if entry.name == COMPLETE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (stage / COMPLETE).unlink(missing_ok=True)
+    stage.rmdir()
 
 
 class Phase(str, Enum):
@@ -207,7 +300,7 @@ class RunState:
     label_counts: dict[str, int] | None = None
     num_train: int | None = None
     skipped: dict[str, int] | None = None
-    fingerprint: dict | None = None  # the training file's content digest: a resume refuses a changed file
+    fingerprint: dict | None = None  # "train" (and "dev") -> the file's content digest: a resume refuses a changed file
     vectors: dict | None = None  # pretrained vectors' coverage of the vocabulary
 
     @classmethod
@@ -258,3 +351,30 @@ def data_fingerprint(path: str | Path) -> dict:
         digest.update(f"{file.relative_to(path) if path.is_dir() else ''}\0".encode("utf-8", "surrogateescape"))
         digest.update(file_sha256(file).encode())
     return {"sha256": digest.hexdigest()}
+
+
+def data_fingerprints(data: dict) -> dict:
+    """What a resume compares (``RunState.fingerprint``): the training and dev files' :func:`data_fingerprint`."""
+    return {part: data_fingerprint(data[part]) for part in ("train", "dev") if data.get(part) is not None}
+
+
+def check_same_data(state: RunState) -> None:
+    """DataError (one line) unless the training and dev files are where and what they were when the run started."""
+    recorded = state.fingerprint or {}
+    if "sha256" in recorded or "torchtext" in recorded:  # a run.json of a textpipe that recorded the training file alone
+        recorded = {"train": recorded}
+    for part in ("train", "dev", "test"):  # the test file is read at the end: missing, it is said now, not after the training
+        path, what = state.data.get(part), {"train": "training file", "dev": "dev file", "test": "test file"}[part]
+        if path is not None and not str(path).startswith(TORCHTEXT_PREFIX) and not Path(path).exists():
+            raise DataError(path, None, f"the {what} is gone (moved or deleted since the run started); a resume needs the same data "
+                            "at the same path (put it back, or start a new run)")
+    for part in ("train", "dev"):
+        path, what = state.data.get(part), "training file" if part == "train" else "dev file"
+        if path is None or part not in recorded:
+            continue
+        try:
+            same = data_fingerprint(path) == recorded[part]
+        except OSError as err:
+            raise DataError(path, None, f"the {what} cannot be read ({err.strerror or err}); a resume needs the same data") from None
+        if not same:
+            raise DataError(path, None, f"the {what} changed since the run started; a resume needs the same data (start a new run instead)")

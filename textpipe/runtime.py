@@ -7,6 +7,9 @@
   process-wide switches a run may flip (torch's deterministic algorithms, SIGINT/SIGTERM
   handlers), on for a ``with`` block and put back as they were on exit. Library code never
   flips them outside such a block: a notebook that calls ``fit`` keeps its own settings.
+- :class:`RunSignals`: around a whole run, SIGINT/SIGTERM between the training loops raise
+  :class:`Interrupted` at once (every file is written whole, so the disk holds the last good
+  state); :func:`held_signals` keeps a block that must not stop halfway (the commit) whole.
 - :func:`set_seed`, :func:`resolve_device`, :func:`distributed_wrap`: the rest of a process's setup.
 
 Part of the tensor core: imports torch and the standard library only.
@@ -25,7 +28,7 @@ import random
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -33,10 +36,19 @@ from torch import nn
 from .checkpoint import CheckpointStore
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGINT or SIGTERM (``signal_name``); what it had finished is on disk, ready for a resume."""
+
+    def __init__(self, signal_name: str, message: str):
+        self.signal_name = signal_name
+        super().__init__(message)
+
+
 class StopOnSignal:
     """While entered, the first SIGINT or SIGTERM is noted (a :func:`fit` given this object in its
     :class:`RunContext` stops at the next step boundary, after a checkpoint); a second one
-    interrupts at once. The previous handlers are put back on exit. Outside the main thread
+    interrupts at once. The previous handlers are put back on exit, and a signal noted but not
+    acted on (it came after the last step) is sent again to them. Outside the main thread
     (where Python cannot install handlers) it installs nothing and never fires.
 
     Example:
@@ -49,8 +61,9 @@ class StopOnSignal:
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signal_name is not None:
-            raise KeyboardInterrupt
+        if self.signal_name is not None:  # the user insists: no checkpoint now, the newest one stays
+            name = signal.Signals(signum).name
+            raise Interrupted(name, f"{name}: training stopped at once (a second signal); the newest checkpoint is kept")
         self.signal_name = signal.Signals(signum).name
 
     def __enter__(self) -> "StopOnSignal":
@@ -59,10 +72,88 @@ class StopOnSignal:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        if kind is None and self.signal_name is not None:  # never dropped: the caller's handler decides
+            signal.raise_signal(signal.Signals[self.signal_name])
+
+
+class RunSignals:
+    """While entered (around a whole run, in the main thread), SIGINT or SIGTERM raises
+    :class:`Interrupted` wherever the run is: every file of a run is written whole or not at all,
+    so the disk holds the last good state and a resume continues from it. Inside :func:`fit`,
+    its :class:`StopOnSignal` takes over (a checkpoint first); inside :func:`held_signals`, the
+    signal waits for the block's ``stop_here()``. ``where``: the folder named in the message (None: nothing is saved yet).
+
+    Example:
+        >>> with RunSignals("runs/mine/.textpipe-run"):
+        ...     ...  # a SIGTERM here raises Interrupted("SIGTERM", ...)
+    """
+
+    def __init__(self, where: object):
+        self.where, self.held, self.pending = where, 0, None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.held:
+            self.pending = self.pending or name
+            return
+        self.stop(name)
+
+    def stop(self, name: str) -> None:
+        if self.where is None:
+            raise Interrupted(name, f"{name}: the run stopped before it saved anything")
+        raise Interrupted(name, f"{name}: the run stopped; what it had finished is saved in {self.where}")
+
+    def __enter__(self) -> "RunSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+            _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self._previous:
+            _ACTIVE.remove(self)
+        self._previous = {}
+
+
+_ACTIVE: list[RunSignals] = []
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[Callable[[], None]]:
+    """``with held_signals() as stop_here``: a SIGINT or SIGTERM inside waits for the next
+    ``stop_here()``, which raises it; one that comes after the last ``stop_here()`` is dropped
+    (the work it would have stopped is done). A no-op outside :class:`RunSignals`.
+
+    Example:
+        >>> with held_signals() as stop_here:
+        ...     move_every_file()
+        ...     stop_here()   # a signal that came during the moves stops the run here
+        ...     remove_the_staging_folder()
+    """
+    guard = _ACTIVE[-1] if _ACTIVE else None
+    if guard is None:
+        yield lambda: None
+        return
+
+    def stop_here() -> None:
+        if guard.pending:
+            name, guard.pending = guard.pending, None
+            guard.stop(name)
+
+    guard.held += 1
+    try:
+        yield stop_here
+    finally:
+        guard.held -= 1
+        guard.pending = None
 
 
 @contextlib.contextmanager

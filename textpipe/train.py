@@ -44,7 +44,7 @@ from .collate import Batch
 from .events import emit
 from .metrics import evaluate
 from .optim import SCHEDULES, clip_grad_norm, make_optimizers, make_schedulers, per_step_schedule
-from .runtime import RunContext, distributed_wrap, join_uneven_inputs
+from .runtime import Interrupted, RunContext, distributed_wrap, join_uneven_inputs
 
 log = logging.getLogger("textpipe")  # the CLI sends it to stderr; a library caller decides for itself
 
@@ -131,13 +131,13 @@ class TrainingDiverged(ValueError):
     """The training loss became NaN or infinite; the weights are unusable from that step on."""
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Interrupted):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
 
     def __init__(self, signal_name: str, checkpoint: str | None):
-        self.signal_name, self.checkpoint = signal_name, checkpoint
+        self.checkpoint = checkpoint
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint (checkpoints are off)"
-        super().__init__(f"{signal_name}: training stopped, {saved}")
+        super().__init__(signal_name, f"{signal_name}: training stopped, {saved}")
 
 
 def class_weight_tensor(counts: list[int], mode: str) -> torch.Tensor | None:

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from ..bundle import BundleError
@@ -25,7 +26,9 @@ from ..config import ConfigError
 from ..files import is_disk_full
 from ..serve import ServeError
 from ..sources import DataError
-from ..train import TrainingDiverged, TrainingInterrupted
+from ..runfolder import STAGE
+from ..runtime import Interrupted
+from ..train import TrainingDiverged
 from .errors import CommandFailed, UsageError, data_hint, free_space_hint, resume_command
 from .parser import build_parser, parse_args
 from .streams import atomic_output
@@ -72,8 +75,10 @@ def run_command(args: argparse.Namespace, name: str) -> int:
     except tuple(EXIT_CODES) as err:
         status, hint = next(EXIT_CODES[kind] for kind in type(err).__mro__ if kind in EXIT_CODES)
         return report(name, str(err), hint(err, args), status)
-    except TrainingInterrupted as err:
-        print(f"textpipe train: {err}\nresume with: {resume_command(args.resume or args.out)}", file=sys.stderr)
+    except Interrupted as err:  # the training loop's (a checkpoint saved) or between its phases
+        folder = args.resume or args.out
+        then = f"resume with: {resume_command(folder)}" if (Path(folder) / STAGE).is_dir() else "nothing to resume: run the command again"
+        print(f"textpipe train: {err}\n{then}", file=sys.stderr)
         return 130 if err.signal_name == "SIGINT" else 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -42,8 +42,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise UsageError(f"--cutoff must be >= 0, got {args.cutoff}")
     if args.out.resolve() == args.model.resolve():
         raise UsageError(f"{args.out}: write the quantized bundle to a new folder, not over the original")
+    from ..files import check_folder
     from ..quantize import QuantizeConfig, quantize_bundle
 
+    check_folder(args.out)  # a file or a link to one at --out: exit 2 naming it, before any work
     config = QuantizeConfig(cutoff=args.cutoff or None, bits=args.bits, drop_unused=not args.keep_unused)
     summary = quantize_bundle(require_bundle(args.model), args.out, config)
     print(f"{args.out}: {summary['bytes']:,} bytes, {summary['ratio']:.1%} of {args.model} ({summary['original_bytes']:,} bytes)")

@@ -96,6 +96,9 @@ def cmd_catalogue_fetch(args: argparse.Namespace) -> None:
     known = catalogue.about()
     if args.name not in known:
         raise UsageError(f"unknown {args.command} {args.name!r}", hint=f"named {args.command}: {', '.join(sorted(known))} (textpipe {args.command} list)")
+    from ..files import check_folder
+
+    check_folder(args.root)
     for line in catalogue.fetch(args.name, args.root):
         print(line)
 
@@ -127,6 +130,7 @@ def cmd_datasets_stats(args: argparse.Namespace) -> None:
 def cmd_vocab_build(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
+    from ..files import check_regular_file
     from ..sources import read_texts
     from ..tokenizer import Tokenizer
     from ..vocab import build_vocab, save_vocab
@@ -135,6 +139,7 @@ def cmd_vocab_build(args: argparse.Namespace) -> None:
         raise UsageError(f"--min-freq must be >= 1, got {args.min_freq}")
     if args.max_size is not None and args.max_size <= 2:
         raise UsageError(f"--max-size must be > 2 (it counts <pad> and <unk>), got {args.max_size}")
+    check_regular_file(args.out)  # before the pass over the data: a link, FIFO or folder at --out is never replaced
     tokenizer = Tokenizer(args.tokenizer, lower=args.lower)
     texts = tqdm(read_texts(args.data, source_config(args)), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
     vocab = build_vocab(tokenizer.pipe(texts), args.min_freq, args.max_size)

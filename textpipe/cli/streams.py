@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
 import shlex
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from ..files import temp_file_beside
+from ..files import OutputError, atomic_file, check_regular_file
 from ..sources import DataError, SourceConfig
 from .errors import UsageError
 
 
 def require_bundle(path: Path) -> Path:
     """``path`` when it holds a bundle; a usage error saying what it holds otherwise."""
-    from ..runfolder import unfinished
+    from ..runfolder import mid_commit, unfinished
 
-    if not (path / "bundle.json").is_file() and unfinished(path):
+    stage = unfinished(path)
+    if stage is not None and mid_commit(stage):
+        raise UsageError(f"{path}: a finished training run was stopped while moving its files in (some new, some old)",
+                         hint=f"finish the move with: textpipe train --resume {path}")
+    if not (path / "bundle.json").is_file() and stage:
         raise UsageError(f"{path} holds an unfinished training run, not yet a bundle", hint=f"finish it with: textpipe train --resume {path}")
     if not (path / "bundle.json").is_file():
         raise UsageError(f"{path} is not a textpipe bundle (no bundle.json)", hint="give the folder that `textpipe train --out DIR` wrote")
@@ -88,14 +93,27 @@ def stdin_texts(stream: TextIO) -> Iterator[str]:
         yield text
 
 
+def to_stdout(path: Path | None) -> bool:
+    """Whether ``--output`` means standard output: not given, or ``-``."""
+    return path is None or str(path) == "-"
+
+
 def check_output_folder(path: Path | None) -> None:
-    if path is not None and not path.parent.is_dir():
+    """Before any work: ``--output`` can be written (its folder exists; nothing but a regular file is at the path)."""
+    if to_stdout(path):
+        return
+    if not path.parent.is_dir():
         raise UsageError(f"--output {path}: folder {path.parent} does not exist", hint=f"create it first: mkdir -p {shlex.quote(str(path.parent))}")
+    try:
+        check_regular_file(path)
+    except OutputError as err:
+        raise UsageError(f"--output {err}", hint="give the name of a regular file, or - for standard output") from None
 
 
 class atomic_output:
-    """``with atomic_output(path) as f``: a text file written to a temporary file of a unique name
-    beside ``path`` and renamed on success (so two runs never mix their rows); stdout if path is None.
+    """``with atomic_output(path) as f``: a text file written through :func:`textpipe.files.atomic_file`
+    (a temporary file of a unique name beside ``path``, renamed on success, so two runs never mix their
+    rows; only ever a regular file replaced); stdout if path is None or ``-``.
 
     Example:
         >>> with atomic_output(Path("labels.csv")) as out:
@@ -104,25 +122,30 @@ class atomic_output:
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.tmp: Path | None = None
+        self._file: contextlib.AbstractContextManager | None = None
 
     def __enter__(self) -> TextIO:
-        if self.path is None:
+        if to_stdout(self.path):
             return sys.stdout
-        if not self.path.parent.is_dir():
-            raise UsageError(f"{self.path}: its folder {self.path.parent} does not exist", hint="create it, or give another --output")
-        fd, self.tmp = temp_file_beside(self.path)
-        self.file = open(fd, "w", encoding="utf-8", newline="")
-        return self.file
+        check_output_folder(self.path)
+        self._file = atomic_file(self.path)
+        self.text = io.TextIOWrapper(self._file.__enter__(), encoding="utf-8", newline="")
+        return self.text
 
     def __exit__(self, kind, error, traceback) -> None:
-        if self.tmp is None:
+        if self._file is None:
             return
-        self.file.close()
+        failed = None
         if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)  # a failed run leaves no half-written file behind
+            try:
+                self.text.flush()
+            except BaseException as err:  # e.g. a full disk: the temporary file goes, the old file stays
+                failed = err
+                kind, error, traceback = type(err), err, err.__traceback__
+        self.text.detach()  # the binary file is atomic_file's to close
+        self._file.__exit__(kind, error, traceback)
+        if failed is not None:
+            raise failed
 
 
 def print_skipped(skipped: dict) -> None:
