@@ -221,3 +221,18 @@ def test_the_vectors_catalogue_lists_and_fetches_encoders_and_a_second_fetch_dow
     listed = capsys.readouterr().out
     assert "tiny\tcached as" in listed and "minilm-l6\t" in listed and "glove-6b-50d\t" in listed
     SentenceEncoder("tiny", tmp_path, max_tokens=8)
+
+
+@pytest.mark.parametrize("kind", ["int8", "float16"])
+def test_quantized_linear_layers_stay_close(kind):
+    from textpipe.minilm import quantize_linear
+
+    model = MiniLM(TINY)
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    ids = torch.tensor([[101, 5, 7, 102], [101, 9, 102, 0]])
+    before = model(ids, ids != 0)
+    after = quantize_linear(model, kind)(ids, ids != 0)
+    assert (before * after).sum(1).min() > (0.9 if kind == "int8" else 0.9999)
+    with pytest.raises(ValueError, match="int8 or float16"):
+        quantize_linear(model, "int4")

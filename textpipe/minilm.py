@@ -153,3 +153,21 @@ def load_minilm(path: str | Path, config: MiniLMConfig = MiniLMConfig()) -> Mini
         state = {ours: f.get_tensor(theirs) for ours, theirs in _file_names(config).items()}
     model.load_state_dict(state, assign=True)
     return model.requires_grad_(False).eval()
+
+
+def quantize_linear(model: MiniLM, kind: str) -> MiniLM:
+    """The encoder with its Linear layers as ``"int8"`` (torch's dynamic quantization: int8 weights, activations
+    quantized per batch; the fastest on CPU) or ``"float16"`` (weights rounded to float16, computed in float32:
+    what storing them at half size costs in accuracy). Embeddings and LayerNorms stay float32.
+
+    Example:
+        >>> fast = quantize_linear(load_minilm("data/encoders/minilm-l6/model.safetensors"), "int8")
+    """
+    if kind == "int8":
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    if kind == "float16":
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = module.weight.data.half().float()
+        return model
+    raise ValueError(f"quantize kind must be int8 or float16, got {kind!r}")

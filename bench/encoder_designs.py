@@ -1,0 +1,110 @@
+"""How should minilm-l6's sentence vector join a linear classifier? Measured on dev splits only.
+
+    python bench/encoder_designs.py mr trec6          # writes bench/results/encoder_designs.json
+
+Each dataset's training part and dev part are ``bench/tune.py``'s (every 10th row
+of ``$TEXTPIPE_DATASETS/*/train.csv``; the default dataset's own dev file); no test
+file is opened. Sentence vectors come through the sentence cache (encoded once).
+Every design is a logistic regression whose C is chosen by 3-fold cross-validation
+on the training part alone, then scored once on the dev part:
+
+- ``tfidf``: TF-IDF of 1-2-grams (the baseline the issue names);
+- ``sentence``: the 384-d sentence vector alone;
+- ``tfidf+w*sentence``: both, the vector scaled by ``w`` (its weight against the sparse part);
+- ``nb+w*sentence``: NBSVM-style features (binary 1-2-grams scaled by the NB log-count
+  ratio, as textpipe's NB path) with the scaled vector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from tune import dev_splits  # noqa: E402
+from textpipe.files import cache_home  # noqa: E402
+from textpipe.sentence import SentenceEncoder  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def read(path: Path) -> tuple[list[str], list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def fit_score(train_x, train_y, dev_x, dev_y) -> tuple[float, float]:
+    """Dev accuracy of the logistic regression whose C won 3-fold CV on train; and that C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(C_GRID)}, cv=3, n_jobs=1)
+    search.fit(train_x, train_y)
+    return float(search.score(dev_x, dev_y)), float(search.best_params_["C"])
+
+
+def nb_features(train_texts, train_y, dev_texts):
+    """Binary 1-2-gram presence scaled by the NB log-count ratio (one vs rest for many classes: the mean |r|)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    vec = CountVectorizer(ngram_range=(1, 2), binary=True)
+    xt, xd = vec.fit_transform(train_texts), vec.transform(dev_texts)
+    y = np.asarray(train_y)
+    ratios = []
+    for label in np.unique(y):
+        p = np.asarray(xt[y == label].sum(0)).ravel() + 1.0
+        q = np.asarray(xt[y != label].sum(0)).ravel() + 1.0
+        ratios.append(np.log((p / p.sum()) / (q / q.sum())))
+    r = np.abs(np.stack(ratios)).mean(0) if len(ratios) > 2 else np.abs(ratios[0])
+    return xt.multiply(r).tocsr(), xd.multiply(r).tocsr()
+
+
+def designs(name: str, train: Path, dev: Path, encoder: SentenceEncoder) -> list[dict]:
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    (tt, ty), (dt, dy) = read(train), read(dev)
+    st = encoder.encode_cached(tt, cache_home()).numpy()
+    sd = encoder.encode_cached(dt, cache_home()).numpy()
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    ft, fd = tfidf.fit_transform(tt), tfidf.transform(dt)
+    nt, nd = nb_features(tt, ty, dt)
+    runs = {"tfidf": (ft, fd), "sentence": (st, sd)}
+    for w in WEIGHTS:
+        runs[f"tfidf+{w}*sentence"] = (hstack([ft, csr_matrix(w * st)]).tocsr(), hstack([fd, csr_matrix(w * sd)]).tocsr())
+        runs[f"nb+{w}*sentence"] = (hstack([nt, csr_matrix(w * st)]).tocsr(), hstack([nd, csr_matrix(w * sd)]).tocsr())
+    out = []
+    for design, (x_train, x_dev) in runs.items():
+        start = time.perf_counter()
+        accuracy, c = fit_score(x_train, ty, x_dev, dy)
+        out.append({"dataset": name, "design": design, "dev_accuracy": round(accuracy, 4), "C": c, "seconds": round(time.perf_counter() - start, 1)})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="*", default=["trec6", "mr", "subj", "rotten_tomatoes"])
+    parser.add_argument("--out", type=Path, default=RESULTS / "encoder_designs.json")
+    args = parser.parse_args()
+    encoder, splits = SentenceEncoder("minilm-l6", ROOT / "data"), dev_splits()
+    rows = [row for name in args.datasets for row in designs(name, *splits[name], encoder)]
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else []
+    kept = [r for r in previous if r["dataset"] not in args.datasets]
+    args.out.write_text(json.dumps(kept + rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
