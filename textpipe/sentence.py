@@ -169,8 +169,7 @@ class SentenceEncoder:
         spec = _spec(name)
         if not 3 <= max_tokens <= spec.config.max_positions:
             raise ValueError(f"max_tokens must be in 3..{spec.config.max_positions}, got {max_tokens}")
-        folder = fetch_encoder(name, root)
-        _converted_ok(spec, folder, strict=True)  # re-checked here: fetch_encoder may have returned a folder checked earlier
+        folder = fetch_encoder(name, root)  # both files' sha256 checked now, whether just made or made long ago
         self.name, self.sha256, self.dim = name, spec.weights_sha256, spec.dim
         self.max_tokens, self.batch_size = max_tokens, batch_size
         self.tokenizer = BERTTokenizer(str(folder / "vocab.txt"), do_lower_case=True, return_tokens=False)
