@@ -236,3 +236,16 @@ def test_quantized_linear_layers_stay_close(kind):
     assert (before * after).sum(1).min() > (0.9 if kind == "int8" else 0.9999)
     with pytest.raises(ValueError, match="int8 or float16"):
         quantize_linear(model, "int4")
+
+
+def test_encode_cached_runs_the_model_once_per_text_and_setting(fake_encoder, tmp_path, monkeypatch):
+    encoder = SentenceEncoder("tiny", tmp_path, max_tokens=8)
+    first = encoder.encode_cached(["w1 w2", "w3"], tmp_path / "cache", progress=False)
+    assert torch.allclose(first, encoder.encode(["w1 w2", "w3"]))
+    real_encode = sentence.encode_ids
+    monkeypatch.setattr(sentence, "encode_ids", lambda *a, **k: pytest.fail("encoded again"))
+    assert torch.equal(encoder.encode_cached(["w3", "w1 w2"], tmp_path / "cache"), first.flip(0))
+    shorter = SentenceEncoder("tiny", tmp_path, max_tokens=3)  # another cut is another key: encoded afresh
+    assert shorter.cache_key != encoder.cache_key
+    monkeypatch.setattr(sentence, "encode_ids", real_encode)
+    assert shorter.encode_cached(["w1 w2"], tmp_path / "cache").shape == (1, 8)
