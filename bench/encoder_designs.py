@@ -78,7 +78,7 @@ def nb_features(train_texts, train_y, dev_texts):
     return xt.multiply(r).tocsr(), xd.multiply(r).tocsr()
 
 
-def designs(name: str, train: Path, dev: Path, encoder: SentenceEncoder) -> list[dict]:
+def designs(name: str, train: Path, dev: Path, encoder: SentenceEncoder, only: tuple[str, ...] = ()) -> list[dict]:
     from scipy.sparse import csr_matrix, hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -96,6 +96,8 @@ def designs(name: str, train: Path, dev: Path, encoder: SentenceEncoder) -> list
     out = []
     probabilities = {}
     for design, (x_train, x_dev) in runs.items():
+        if only and design not in only:
+            continue
         start = time.perf_counter()
         accuracy, c, probabilities[design] = fit_score(x_train, ty, x_dev, dy)
         out.append({"dataset": name, "design": design, "dev_accuracy": round(accuracy, 4), "C": c, "seconds": round(time.perf_counter() - start, 1)})
@@ -140,10 +142,12 @@ def default_mixes(name: str, train: Path, dev: Path, dev_texts: list[str], dev_y
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", default=["trec6", "mr", "subj", "rotten_tomatoes"])
+    parser.add_argument("--only", nargs="*", default=["sentence", "tfidf+1.0*sentence", *(f"tfidf+{w}*sentence" for w in WEIGHTS), "tfidf", "nb", "nb+1.0*sentence"],
+                        help="the logistic-regression designs to run (the mixes need sentence and tfidf+1.0*sentence)")
     parser.add_argument("--out", type=Path, default=RESULTS / "encoder_designs.json")
     args = parser.parse_args()
     encoder, splits = SentenceEncoder("minilm-l6", ROOT / "data"), dev_splits()
-    rows = [row for name in args.datasets for row in designs(name, *splits[name], encoder)]
+    rows = [row for name in args.datasets for row in designs(name, *splits[name], encoder, tuple(args.only))]
     previous = json.loads(args.out.read_text()) if args.out.is_file() else []
     kept = [r for r in previous if r["dataset"] not in args.datasets]
     args.out.write_text(json.dumps(kept + rows, indent=1) + "\n")
