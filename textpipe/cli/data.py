@@ -56,19 +56,27 @@ def dataset_lines(name: str, root: Path) -> list[str]:
 
 
 def vectors_about() -> dict[str, str]:
+    """Named word vectors and named sentence encoders: one catalogue of pretrained things."""
+    from ..sentence import NAMED_ENCODERS
     from ..vectors import NAMED_VECTORS
 
-    return {name: spec.about for name, spec in NAMED_VECTORS.items()}
+    return {name: spec.about for name, spec in NAMED_VECTORS.items()} | {name: spec.about for name, spec in NAMED_ENCODERS.items()}
 
 
 def vectors_lines(name: str, root: Path) -> list[str]:
+    from ..sentence import NAMED_ENCODERS, fetch_encoder
     from ..vectors import NAMED_VECTORS, fetch_vectors
 
+    if name in NAMED_ENCODERS:
+        return [f"{name}\t{fetching(fetch_encoder, name, root)}\t{NAMED_ENCODERS[name].dim}-d sentence vectors"]
     return [f"{name}\t{fetching(fetch_vectors, name, root)}\t{NAMED_VECTORS[name].dim}-d"]
 
 
 def vectors_file(name: str, root: Path) -> Path:
-    return root / "vectors" / f"{name}.txt"
+    """What a finished fetch leaves: the vectors' text file, or an encoder's converted weights."""
+    from ..sentence import NAMED_ENCODERS, encoder_folder
+
+    return encoder_folder(name, root) / "model.safetensors" if name in NAMED_ENCODERS else root / "vectors" / f"{name}.txt"
 
 
 CATALOGUES = {
