@@ -97,4 +97,6 @@ def source_config(args: argparse.Namespace, bundle: Path | None = None) -> Sourc
     # Columns, header and length limit describe the files; what to do with a bad row, and
     # where the named datasets live, are this command's business.
     kept = {k: v for k, v in saved.items() if k not in ("root", "on_bad_row")}
+    if kept:  # the bundle's own settings are checked as its file's, so a bad one is named there
+        load(SourceConfig, kept, str(bundle / "config.json"), "data.source")
     return load(SourceConfig, {**kept, **source_flags(args)}, "flags", "data.source")
