@@ -44,6 +44,8 @@ FORMAT_VERSION = 2
 WEIGHTS, VOCAB, META = "weights.safetensors", "vocab.json", "bundle.json"
 PREDICTION_FIELDS = ("model", "tokenizer", "labels")  # the fields of bundle.json that change what a model predicts
 VOCAB_MAX_BYTES = 1 << 30  # a vocabulary of 20 million tokens
+# The fields of run.json and metrics.json that info shows, and the JSON type each must have (or null).
+RUN_FIELDS, METRICS_FIELDS = {"created": str, "versions": dict, "data": dict}, {"test": dict, "dev": dict, "best_epoch": int, "per_class": dict}
 # torch's dtypes as the safetensors header names them
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64",
                torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
@@ -122,21 +124,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Read and check a bundle written by :func:`save_bundle`; the model is in eval mode on ``device``."""
     path = Path(path)
     meta = read_meta(path)
-    for name in (WEIGHTS, VOCAB):
-        check_file(path, name, meta["files"].get(name))
-    model_config = ModelConfig.from_dict(meta["model"])
-    try:
-        vocab = load_vocab(path / VOCAB, VOCAB_MAX_BYTES)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise BundleError(str(err) if str(err).startswith(str(path / VOCAB)) else f"{path / VOCAB}: {err}") from None
+    model_config, vocab, model, state = read_parts(path, meta)
     labels = meta["labels"]
-    if len(vocab) != model_config.vocab_size or len(labels) != model_config.num_classes:
-        raise BundleError(
-            f"{path}: vocab.json has {len(vocab)} tokens and bundle.json {len(labels)} labels, "
-            f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels"
-        )
-    model = model_skeleton(model_config)  # shapes only: a crafted size costs nothing here
-    state = checked_state(path, model)
     dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
     # assign: copies of the loaded tensors become the model's (no table filled at random first). Copies, as
     # safetensors maps the file: a file overwritten in place would crash the process reading a row of it.
@@ -148,6 +137,25 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model.to(device).eval()
     tokenizer = Tokenizer.from_config(TokenizerConfig(**meta["tokenizer"]))
     return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}))
+
+
+def read_parts(path: Path, meta: dict) -> tuple[ModelConfig, Vocab, nn.Module, dict[str, torch.Tensor]]:
+    """A bundle's model config, vocabulary, model skeleton and tensors, each checked against the others."""
+    for name in (WEIGHTS, VOCAB):
+        check_file(path, name, meta["files"].get(name))
+    model_config = ModelConfig.from_dict(meta["model"])
+    try:
+        vocab = load_vocab(path / VOCAB, VOCAB_MAX_BYTES)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(str(err) if str(err).startswith(str(path / VOCAB)) else f"{path / VOCAB}: {err}") from None
+    if len(vocab) != model_config.vocab_size or len(meta["labels"]) != model_config.num_classes:
+        raise BundleError(f"{path}: vocab.json has {len(vocab)} tokens and bundle.json {len(meta['labels'])} labels, "
+                          f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels")
+    try:
+        model = model_skeleton(model_config)  # shapes only: a crafted size costs nothing here
+    except ValueError as err:  # sizes that do not fit together (the model's own checks)
+        raise BundleError(f"{path / META}: field model {err}") from None
+    return model_config, vocab, model, checked_state(path, model)
 
 
 def checked_state(path: Path, skeleton: nn.Module) -> dict[str, torch.Tensor]:
@@ -328,10 +336,10 @@ def saved_config(path: str | Path) -> dict:
     return config
 
 
-def read_bundle_json(file: Path, what: str, max_bytes: int | None = None):
+def read_bundle_json(file: Path, what: str):
     """A JSON file of a bundle through :func:`~textpipe.files.read_json_file`; a refusal is a BundleError."""
     try:
-        return read_json_file(file, max_bytes or JSON_MAX_BYTES, what)
+        return read_json_file(file, JSON_MAX_BYTES, what)
     except (InputFileError, OSError) as err:
         raise BundleError(str(err)) from None
 
@@ -345,9 +353,7 @@ def bundle_info(path: str | Path) -> dict:
     """
     path = Path(path)
     meta = read_meta(path)
-    for name in (WEIGHTS, VOCAB):
-        check_file(path, name, meta["files"].get(name))
-    state = checked_state(path, model_skeleton(ModelConfig.from_dict(meta["model"])))  # parameters of the model, not of its storage
+    _, vocab, _, state = read_parts(path, meta)  # the parameters of the model, not of its compact storage
     run, metrics = side_file(path / "run.json", RUN_FIELDS), side_file(path / "metrics.json", METRICS_FIELDS)
     return {
         "path": str(path),
@@ -355,7 +361,7 @@ def bundle_info(path: str | Path) -> dict:
         "model": meta["model"],
         "tokenizer": meta["tokenizer"],
         "labels": meta["labels"],
-        "vocab_size": len(read_bundle_json(path / VOCAB, "vocabulary file", VOCAB_MAX_BYTES)),
+        "vocab_size": len(vocab),
         "parameters": sum(t.numel() for t in state.values()),
         "train": meta.get("train", {}),
         "config": saved_config(path) or None,
@@ -368,9 +374,6 @@ def bundle_info(path: str | Path) -> dict:
         "bundle_sha256": file_sha256(path / META),
         "quantized": meta.get("quantized"),
     }
-
-
-RUN_FIELDS, METRICS_FIELDS = {"created": str, "versions": dict, "data": dict}, {"test": dict, "dev": dict, "best_epoch": int, "per_class": dict}
 
 
 def side_file(file: Path, types: dict[str, type]) -> dict:
@@ -386,12 +389,7 @@ def side_file(file: Path, types: dict[str, type]) -> dict:
 
 def verify_bundle(path: str | Path) -> str:
     """Load the bundle with every check :func:`load_bundle` makes; return the sha256 of its ``bundle.json``,
-    the one digest to pin: that file holds the size and sha256 of the others.
-
-    Example:
-        >>> verify_bundle("runs/mine")   # BundleError naming the file that does not match
-        '5f2c...'
-    """
+    the one digest to pin (``textpipe info --verify``): that file holds the size and sha256 of the others."""
     load_bundle(path)
     return file_sha256(Path(path) / META)
 
