@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import tempfile
-import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -24,9 +23,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle, save_bundle
-from .files import write_json_atomic
+from .files import read_json_file, write_json_atomic
 from .models import ModelConfig
-from .config import DataConfig, PipelineConfig
+from .config import DataConfig, PipelineConfig, read_file
 from .pipeline import CONFIG, METRICS
 from .run import train_files
 from .predict import Predictor
@@ -124,11 +123,11 @@ class TextClassifier:
         """A fitted classifier from a bundle folder written by :meth:`save` or ``textpipe train``."""
         folder = Path(folder)
         config_file = folder / CONFIG
-        config = PipelineConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8"))) if config_file.is_file() else None
+        config = PipelineConfig.from_dict(read_json_file(config_file, what="config file")) if config_file.exists() else None
         clf = cls(config)
         clf.bundle_ = load_bundle(folder)
         metrics = folder / METRICS
-        clf.metrics_ = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else None
+        clf.metrics_ = read_json_file(metrics, what="metrics file") if metrics.exists() else None
         return clf
 
     def _fitted(self) -> Bundle:
@@ -197,9 +196,6 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def _read_config(path: Path) -> dict:
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such config file")
-    if path.suffix.lower() == ".json":
-        return json.loads(path.read_text(encoding="utf-8"))
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+    return read_file(path)  # the config loader's own reader: size, type and nesting checked

@@ -22,11 +22,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     test = (info["metrics"] or {}).get("test") or {}
     m = info["model"]
     print(f"bundle      {info['path']}")
-    print(f"model       {m['name']} (embed_dim {m['embed_dim']}), {info['parameters']:,} parameters")
-    print(f"tokenizer   {info['tokenizer']['name']} (lower={info['tokenizer']['lower']})")
+    print(f"model       {m.get('name', 'bag')} (embed_dim {m.get('embed_dim', 'default')}), {info['parameters']:,} parameters")
+    print(f"tokenizer   {info['tokenizer']['name']} (lower={info['tokenizer'].get('lower', True)})")
     print(f"vocabulary  {info['vocab_size']} tokens")
     print(f"labels      {', '.join(info['labels'])}")
-    if test:
+    if all(key in test for key in ("accuracy", "macro_f1", "n")):
         print(f"test        accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} (n={test['n']}; best epoch {info['metrics'].get('best_epoch')})")
     print(f"created     {info['created'] or 'unknown'}")
     if info["data"]:
