@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .files import InputFileError, file_sha256, fsync_dir, read_json_file
+from .files import InputFileError, file_sha256, fsync_dir, open_regular, read_json_file
 
 log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 FORMAT = 2  # bump when the layout changes, so old caches are not read (2: each file's sha256 in meta.json)
@@ -146,7 +146,7 @@ def check_cache(folder: Path, meta) -> None:
     if not isinstance(digests, dict) or digests.get("meta.json") != meta_digest(meta):
         raise CacheDamaged("meta.json does not match its recorded sha256")
     for name in FILES:
-        with open(folder / name, "rb") as f:
+        with open_regular(folder / name, None, "cache file") as f:  # a FIFO in its place is refused, not waited on
             if hashlib.file_digest(f, "sha256").hexdigest() != digests.get(name):
                 raise CacheDamaged(f"{name} does not match its recorded sha256")
 

@@ -38,7 +38,7 @@ from .cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
-from .files import atomic_write, cache_home, read_json_file, write_json_atomic
+from .files import atomic_write, cache_home, open_regular, read_json_file, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
@@ -275,7 +275,8 @@ class TrainingCounts:
         try:
             if not (folder / "meta.json").is_file():
                 return None
-            recorded, data = read_json_file(folder / "meta.json").get("sha256"), (folder / COUNTS).read_bytes()
+            with open_regular(folder / COUNTS) as f:  # a FIFO in its place is refused, not waited on
+                recorded, data = read_json_file(folder / "meta.json").get("sha256"), f.read()
             if hashlib.sha256(data).hexdigest() != recorded:
                 log.warning(f"counts cache {folder} is damaged (its counts do not match their recorded sha256); counting again")
                 return None
