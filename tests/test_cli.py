@@ -380,3 +380,9 @@ def test_a_config_file_nested_too_deep_or_too_big_is_exit_2(tmp_path):
         f.truncate(2 << 30)
     result = cli_here("train", "--config", tmp_path / "huge.toml", "--print-config")
     assert result.returncode == 2 and "huge.toml" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "[" * 5000 + "]" * 5000, "[" * 40 + "]" * 40])
+def test_a_set_value_too_long_or_too_deep_is_exit_2(value):
+    result = cli_here("train", "--set", f"model.kernel_sizes={value}", "--print-config")
+    assert result.returncode == 2 and "--set model.kernel_sizes" in result.stderr

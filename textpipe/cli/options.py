@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 from ..config import PipelineConfig, SourceConfig, load, read_file
+from ..files import JSON_MAX_DEPTH, json_depth
 from .errors import UsageError
 
 # Flags that override one config value: flag dest -> (section, key). Their argparse default is
@@ -72,6 +73,10 @@ def parse_set(item: str) -> tuple[str, str, object]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word: --set model.name=cnn
+    except (ValueError, RecursionError):  # an integer of over 4,300 digits, lists nested too deep to read
+        raise UsageError(f"--set {name.strip()}: the value cannot be read (a number too long, or nested too deeply)") from None
+    if json_depth(value) > JSON_MAX_DEPTH:
+        raise UsageError(f"--set {name.strip()}: the value is nested more than {JSON_MAX_DEPTH} deep")
     return section, key.strip(), value
 
 
