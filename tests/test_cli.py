@@ -352,3 +352,37 @@ def test_help_shows_the_defaults_the_config_dataclasses_hold():
             assert found.group(1) in (str(value), f"{value:g}" if isinstance(value, float) else str(value)), action.dest
             shown += 1
     assert shown >= 15
+
+
+def test_a_text_argument_that_is_not_utf8_is_exit_2_naming_it(run):
+    # What Python makes of the argument bytes b"caf\xe9" (a Latin-1 shell): a lone surrogate.
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    for command in (["predict", "--model", run["out"], "fine", bad], ["embed", "--model", run["out"], bad]):
+        result = cli_here(*command)
+        assert result.returncode == 2 and "text argument" in result.stderr and "not UTF-8" in result.stderr, result.stderr
+    real = subprocess.run([sys.executable, "-m", "textpipe", "predict", "--model", str(run["out"]).encode(), b"caf\xe9"], capture_output=True)
+    assert real.returncode == 2 and b"Traceback" not in real.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_serve_refuses_a_port_out_of_range(run, port):
+    result = cli_here("serve", "--model", run["out"], "--port", port)
+    assert result.returncode == 2 and "--port must be from 0 to 65535" in result.stderr
+
+
+def test_a_config_file_nested_too_deep_or_too_big_is_exit_2(tmp_path):
+    for name, content in [("deep.json", "[" * 100_000 + "]" * 100_000), ("deep.toml", "a = " + "[" * 100_000 + "]" * 100_000),
+                          ("digits.toml", "[train]\nepochs = " + "9" * 5000), ("list.json", '{"train": {"epochs": [[[1]]]}}')]:
+        (tmp_path / name).write_text(content)
+        result = cli_here("train", "--config", tmp_path / name, "--print-config")
+        assert result.returncode == 2 and name in result.stderr and "Traceback" not in result.stderr, result.stderr
+    with open(tmp_path / "huge.toml", "wb") as f:
+        f.truncate(2 << 30)
+    result = cli_here("train", "--config", tmp_path / "huge.toml", "--print-config")
+    assert result.returncode == 2 and "huge.toml" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "[" * 5000 + "]" * 5000, "[" * 40 + "]" * 40])
+def test_a_set_value_too_long_or_too_deep_is_exit_2(value):
+    result = cli_here("train", "--set", f"model.kernel_sizes={value}", "--print-config")
+    assert result.returncode == 2 and "--set model.kernel_sizes" in result.stderr

@@ -53,3 +53,19 @@ def test_a_broken_cache_entry_is_counted_again(tmp_path):
     (entry,) = [p for p in (tmp_path / "cache").iterdir() if (p / "counts.json").is_file()]
     (entry / "counts.json").write_text("{not json", encoding="utf-8")
     assert count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True) == first
+
+
+def test_edited_counts_are_counted_again_with_a_notice_never_used(tmp_path, caplog):
+    import json
+
+    path = write_csv(tmp_path / "train.csv", ROWS)
+    data = DataConfig(cache_dir=str(tmp_path / "cache"))
+    first = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    (counts,) = (tmp_path / "cache").rglob("counts.json")
+    saved = json.loads(counts.read_text())
+    saved["tokens"]["evil"] = 10**6  # valid JSON, the wrong counts
+    counts.write_text(json.dumps(saved))
+    with caplog.at_level("WARNING", logger="textpipe"):
+        again = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
+    assert again == first and "evil" not in again.tokens
+    assert "counts cache" in caplog.text and "damaged" in caplog.text

@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -55,8 +56,9 @@ def test_fetch_converts_the_wheel_into_a_text_file_torchtext_reads_exactly(tiny_
     assert lines[1].split()[1:] == [str(x) for x in matrix[1]]
     vectors = load_vectors(path)
     assert vectors.itos == WORDS and torch.equal(vectors.vectors, torch.from_numpy(matrix))
-    # the cache torchtext would have written is there and agrees with the text it came from
-    (root / "vectors" / "tiny-4d.txt.pt").unlink()
+    # the parsed table cached at the fetch agrees with the text it came from
+    assert not (root / "vectors" / "tiny-4d.txt.pt").exists()
+    shutil.rmtree(Path(os.environ["TEXTPIPE_CACHE"]) / "vectors")
     assert torch.equal(load_vectors(path).vectors, torch.from_numpy(matrix))
 
 
@@ -115,3 +117,21 @@ def test_the_real_glove_wheel(tmp_path):
     vectors = load_vectors(path)
     assert vectors.vectors.shape == (400_000, 50) and vectors.itos[0] == "the"
     assert vectors.vectors[0, :3].tolist() == pytest.approx([0.418, 0.24968, -0.41242])
+
+
+def test_a_converted_file_is_checked_against_its_recorded_sha256_on_every_use(tiny_named, monkeypatch, caplog):
+    root, matrix, _ = tiny_named
+    path = fetch_vectors("tiny-4d", root)
+    record = root / "vectors" / "tiny-4d.txt.sha256"
+    assert record.read_text().split() == [sha256(path.read_bytes()), "tiny-4d.txt"]
+    path.write_text(path.read_text().replace("good", "evil"), encoding="utf-8")  # edited after the fetch
+    with caplog.at_level("WARNING", logger="textpipe"):
+        assert fetch_vectors("tiny-4d", root) == path
+    assert "does not match the sha256 recorded" in caplog.text
+    assert load_vectors(path).itos == WORDS, "converted again from the checked wheel"
+    record.unlink()  # a conversion without its record (an older textpipe's) is not trusted either
+    calls = []
+    monkeypatch.setattr(vectors_module, "fetch_wheel", lambda *a: calls.append(a) or pytest.fail("stop"))
+    with pytest.raises(pytest.fail.Exception):
+        fetch_vectors("tiny-4d", root)
+    assert calls

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from conftest import TEXTS, run_cli as textpipe, train_tiny
-from textpipe.bundle import WEIGHTS, load_bundle, load_weights
+from conftest import TEXTS, cli_here, run_cli as textpipe, train_tiny
+from textpipe.bundle import META, WEIGHTS, BundleError, load_bundle, load_weights
 from textpipe.pipeline import report_file
 from textpipe.predict import Predictor
 from textpipe.compact import dequantize_table, pack_mask, quantize_table, unpack_mask
@@ -124,3 +124,47 @@ def test_quantized_parts_must_fit_the_models_table_before_anything_is_allocated(
     with pytest.raises(ValueError, match="does not fit its parts"):
         dequantize_table({"q_values": torch.zeros(2, 8, dtype=torch.uint8), "q_scale": torch.ones(2, dtype=torch.float16),
                           "q_kept": torch.zeros(2, dtype=torch.uint8), "q_shape": torch.tensor([2**40, 16, 4])})
+
+
+def forged(model_dir, tmp_path, change):
+    """A quantized copy whose weights file was altered by ``change(state)`` and its manifest made to match again."""
+    from safetensors.torch import save_file
+    from test_bundle import forge_manifest
+
+    quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=None))
+    state = load_weights(tmp_path / "q")
+    change(state)
+    save_file(state, tmp_path / "q" / WEIGHTS)
+    forge_manifest(tmp_path / "q")
+    return tmp_path / "q"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update({"embedding.weight.q_values": s["embedding.weight.q_values"].to(torch.int8)}), "q_values is stored as I8, but the model's is U8"),
+    (lambda s: s.update({"embedding.weight.q_shape": s["embedding.weight.q_shape"].float()}), "q_shape is stored as F32"),
+    (lambda s: s["embedding.weight.q_shape"].__setitem__(2, 5), "does not fit its parts"),
+    (lambda s: s["embedding.weight.q_kept"].fill_(255), "q_kept marks"),
+    (lambda s: s["embedding.weight.q_kept"].zero_(), "q_kept marks 0 rows kept"),
+    (lambda s: s["embedding.weight.q_shape"].__setitem__(0, -7), "does not fit its parts"),
+])
+def test_forged_quantized_parts_are_exit_2_naming_the_file(trained, tmp_path, change, message):
+    model_dir, _ = trained
+    path = forged(model_dir, tmp_path, change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
+    for command in (["info", path], ["predict", "--model", path, "a film"]):
+        result = cli_here(*command)
+        assert result.returncode == 2 and "weights.safetensors" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("garbage", ["x", [1, 2], {"method": "int4"}, {"method": "m", "table": "t", "rows": "9", "used_rows": 1, "kept_rows": 1},
+                                     {"method": "m", "table": "t", "rows": 9, "used_rows": 1, "kept_rows": 1, "cutoff": "big"}])
+def test_a_garbage_quantized_field_is_exit_2_in_info_too(trained, tmp_path, garbage):
+    model_dir, _ = trained
+    quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=None))
+    meta = json.loads((tmp_path / "q" / META).read_text())
+    meta["quantized"] = garbage  # not one of the fields the manifest's digest covers
+    (tmp_path / "q" / META).write_text(json.dumps(meta))
+    for command in (["info", tmp_path / "q"], ["info", tmp_path / "q", "--json"], ["predict", "--model", tmp_path / "q", "a film"]):
+        result = cli_here(*command)
+        assert result.returncode == 2 and "field quantized" in result.stderr, result.stderr

@@ -129,7 +129,7 @@ def test_pip_download_has_a_timeout_and_says_so(tmp_path, monkeypatch):
         raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
 
     monkeypatch.setattr(downloads.subprocess, "run", stalled)
-    with pytest.raises(RuntimeError, match="took over 5 s"):
+    with pytest.raises(RuntimeError, match="no answer in 5 s"):
         downloads.fetch_wheel("x==1", "x-1-py3-none-any.whl", "0" * 64, tmp_path, timeout_s=5)
 
 

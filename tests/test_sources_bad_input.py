@@ -29,6 +29,12 @@ CASES = {
     "BOM": ("a.csv", b"\xef\xbb\xbf" + HEAD + GOOD1 + GOOD2, None, 2, {}),
     "CRLF line endings": ("a.csv", (HEAD + GOOD1 + b'neg,"two\nlines"\n' + GOOD2).replace(b"\n", b"\r\n"), None, 3, {}),
     "empty file": ("a.csv", b"", "a.csv:1: empty file", 0, {}),
+    "5,000-digit label": ("a.jsonl", b'{"text": "ok", "label": "pos"}\n{"text": "x", "label": ' + b"9" * 5000 + b'}\n{"text": "fine", "label": "neg"}\n',
+                          "a.jsonl:2: invalid JSON (a number of over 4,300 digits)", 2, {"invalid JSON": 1}),
+    "label nested 100,000 deep": ("a.jsonl", b'{"text": "ok", "label": "pos"}\n{"text": "x", "label": ' + b"[" * 100_000 + b"]" * 100_000 + b'}\n{"text": "fine", "label": "neg"}\n',
+                                  "a.jsonl:2: invalid JSON (nested too deeply)", 2, {"invalid JSON": 1}),
+    "label nested 900 deep": ("a.jsonl", b'{"text": "ok", "label": "pos"}\n{"text": "x", "label": ' + b"[" * 900 + b"]" * 900 + b'}\n{"text": "fine", "label": "neg"}\n',
+                              None, None, {"bad label": 1}),
 }
 
 
@@ -42,6 +48,10 @@ def write(tmp_path, name, data):
 def test_default_stops_with_one_line_naming_file_and_line(tmp_path, case):
     name, data, message, rows, _ = CASES[case]
     path = write(tmp_path, name, data)
+    if message is None and rows is None:  # refused, whatever its message says
+        with pytest.raises(DataError):
+            list(read_examples(path))
+        return
     if message is None:
         assert len(list(read_examples(path))) == rows
         return
@@ -57,7 +67,7 @@ def test_skip_counts_every_bad_row_and_reads_on(tmp_path, case):
     path = write(tmp_path, name, data)
     skipped = {}
     examples = list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))
-    assert len(examples) == rows
+    assert len(examples) == (rows if rows is not None else 2)
     assert skipped == skipped_expected
     assert all(ex.text.strip() and ex.label for ex in examples)
 
@@ -146,3 +156,16 @@ def test_input_blocks_give_every_line_its_number_and_problem(tmp_path):
     assert [(row.line, row.text, row.problem and row.problem[0]) for row in rows] == [
         (1, "one", None), (2, "", "empty text"), (3, "", "text too long"), (4, "", "NUL byte"), (5, "", "text too long"), (6, "six", None)]
     assert {row.file for row in rows} == {str(path)}
+
+
+@pytest.mark.parametrize("label", [b"9" * 5000, b"[" * 100_000 + b"]" * 100_000, b"-" + b"1" * 4301])
+def test_a_monstrous_jsonl_label_is_exit_2_from_train_and_counted_under_skip(tmp_path, label):
+    from conftest import cli_here
+
+    rows = [b'{"text": "a good film", "label": "pos"}', b'{"text": "a dull film", "label": "neg"}'] * 6
+    path = write(tmp_path, "t.jsonl", b"\n".join(rows[:3] + [b'{"text": "x", "label": ' + label + b"}"] + rows[3:]) + b"\n")
+    result = cli_here("train", "--train", path, "--out", tmp_path / "run", "--epochs", "1", "--quiet")
+    assert result.returncode == 2 and f"{path}:4: invalid JSON" in result.stderr, result.stderr
+    skipped = {}
+    assert len(list(read_examples(path, config=SourceConfig(on_bad_row="skip"), skipped=skipped))) == 12
+    assert skipped == {"invalid JSON": 1}

@@ -24,11 +24,13 @@ def write_vectors(path, words=WORDS, header=False):
 
 
 @pytest.mark.parametrize("header", [False, True], ids=["glove", "word2vec-header"])
-def test_reads_a_local_file_and_caches_it_beside_it(tmp_path, header):
+def test_reads_a_local_file_and_caches_it_by_its_sha256(tmp_path, header, monkeypatch):
+    monkeypatch.setenv("TEXTPIPE_CACHE", str(tmp_path / "cache"))
     path = write_vectors(tmp_path / "vecs.txt", header=header)
     vectors = load_vectors(path)
     assert vectors.dim == 4 and sorted(vectors.itos) == sorted(WORDS)
-    assert (tmp_path / "vecs.txt.pt").is_file(), "torchtext saves its parsed table next to the file"
+    assert sorted(p.suffix for p in (tmp_path / "cache" / "vectors").iterdir()) == [".json", ".npz"]
+    assert not (tmp_path / "vecs.txt.pt").exists(), "no pickle is written"
     assert load_vectors(path).vectors.tolist() == vectors.vectors.tolist()
 
 
@@ -125,3 +127,42 @@ def test_padding_never_changes_the_frozen_mean():
     model.frozen.normal_()
     short, padded = pad_collate([torch.tensor([4, 9, 7])]), pad_collate([torch.tensor([4, 9, 7]), torch.tensor(list(range(2, 20)))])
     assert torch.allclose(model(short.ids, short.mask)[0], model(padded.ids, padded.mask)[0], atol=1e-6)
+
+
+class Payload:
+    """Unpickling this runs code: what a planted torchtext cache could do."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (os.environ["PLANTED_MARKER"],))
+
+
+def test_a_planted_torchtext_cache_beside_the_file_is_never_unpickled(tmp_path, monkeypatch):
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("PLANTED_MARKER", str(marker))
+    path = write_vectors(tmp_path / "vecs.txt")
+    torch.save(Payload(), tmp_path / "vecs.txt.pt")  # torchtext 0.18 would torch.load this (full pickle)
+    vectors = load_vectors(path)
+    assert not marker.exists(), "the .pt beside the vectors file was unpickled"
+    assert sorted(vectors.itos) == sorted(WORDS)
+
+
+def test_an_edited_or_truncated_parsed_cache_is_parsed_again_with_a_notice(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TEXTPIPE_CACHE", str(tmp_path / "cache"))
+    path = write_vectors(tmp_path / "vecs.txt")
+    first = load_vectors(path)
+    (npz,) = (tmp_path / "cache" / "vectors").glob("*.npz")
+    npz.write_bytes(npz.read_bytes()[:-10])
+    with caplog.at_level("WARNING", logger="textpipe"):
+        again = load_vectors(path)
+    assert again.vectors.tolist() == first.vectors.tolist() and "damaged" in caplog.text
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a 1 nan 3\n", "not finite"), ("a 1 x 3\n", "vecs.txt:1: a value after the word 'a' is not a number"), ("a 1 2\nb\n", "vecs.txt:2"),
+])
+def test_bad_numbers_are_a_clear_error(tmp_path, content, message):
+    (tmp_path / "vecs.txt").write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_vectors(tmp_path / "vecs.txt")

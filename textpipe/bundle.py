@@ -11,14 +11,12 @@ A bundle is a folder of three files:
   the sha256 of bundle.json's own fields that change a prediction (model,
   tokenizer, labels).
 
-Loading checks the manifest before reading anything else, so a truncated or
-altered file, or relabelled ``labels``, is refused with a message saying which.
-Every field is type-checked, and the model config's tensor shapes are compared with
-the shapes in the weights file's header before a single weight is allocated, so a
-crafted size (``ngram_buckets = 2**40``) is refused, not attempted. Weights that are
-not finite (a diverged run) are never saved nor loaded.
-Each file is written to a temporary name, fsync-ed and renamed into place, so a
-crash mid-save never leaves a half-written file under the real name.
+Loading checks the manifest before reading anything else, so a truncated or altered file,
+or relabelled ``labels``, is refused with a message saying which. Every field is type-checked,
+and each tensor's dtype and shape in the weights file's header are compared with the model
+config's before a single weight is allocated: a crafted size (``ngram_buckets = 2**40``) or an
+I32 table is refused, not attempted or converted. Weights that are not finite are never saved
+nor loaded. Each file is written to a temporary name, fsync-ed and renamed into place.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -35,15 +34,21 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .events import emit
-from .files import atomic_write, file_sha256, write_json_atomic
+from .files import JSON_MAX_BYTES, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
 from .models import MODELS, ModelConfig, model_skeleton
-from .compact import dequantize_state, fold_quantized_shapes
+from .compact import check_summary, dequantize_state, fold_quantized_shapes, part_dtype
 from .tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
 from .vocab import Vocab, load_vocab, save_vocab
 
 FORMAT_VERSION = 2
 WEIGHTS, VOCAB, META = "weights.safetensors", "vocab.json", "bundle.json"
 PREDICTION_FIELDS = ("model", "tokenizer", "labels")  # the fields of bundle.json that change what a model predicts
+VOCAB_MAX_BYTES = 1 << 30  # a vocabulary of 20 million tokens
+# The fields of run.json and metrics.json that info shows, and the JSON type each must have (or null).
+RUN_FIELDS, METRICS_FIELDS = {"created": str, "versions": dict, "data": dict}, {"test": dict, "dev": dict, "best_epoch": int, "per_class": dict}
+# torch's dtypes as the safetensors header names them
+DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64",
+               torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 @dataclass
@@ -106,8 +111,7 @@ def save_bundle(
 
 
 def file_digest(path: str | Path) -> dict:
-    """``{"bytes": size, "sha256": hex digest}`` of a file."""
-    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}
+    return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}  # the manifest entry of a file
 
 
 def fields_digest(meta: dict) -> str:
@@ -120,22 +124,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     """Read and check a bundle written by :func:`save_bundle`; the model is in eval mode on ``device``."""
     path = Path(path)
     meta = read_meta(path)
-    for name in (WEIGHTS, VOCAB):
-        check_file(path, name, meta["files"].get(name))
-    model_config = ModelConfig.from_dict(meta["model"])
-    try:
-        vocab = load_vocab(path / VOCAB)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise BundleError(str(err) if str(err).startswith(str(path / VOCAB)) else f"{path / VOCAB}: {err}") from None
+    model_config, vocab, model, state = read_parts(path, meta)
     labels = meta["labels"]
-    if len(vocab) != model_config.vocab_size or len(labels) != model_config.num_classes:
-        raise BundleError(
-            f"{path}: vocab.json has {len(vocab)} tokens and bundle.json {len(labels)} labels, "
-            f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels"
-        )
-    model = model_skeleton(model_config)  # shapes only: a crafted size costs nothing here
-    check_shapes(path, model)
-    state = dequantize_state(load_weights(path))  # a quantized table becomes a float table again
     dtypes = {name: tensor.dtype for name, tensor in model.state_dict().items()}
     # assign: copies of the loaded tensors become the model's (no table filled at random first). Copies, as
     # safetensors maps the file: a file overwritten in place would crash the process reading a row of it.
@@ -147,6 +137,35 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model.to(device).eval()
     tokenizer = Tokenizer.from_config(TokenizerConfig(**meta["tokenizer"]))
     return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}))
+
+
+def read_parts(path: Path, meta: dict) -> tuple[ModelConfig, Vocab, nn.Module, dict[str, torch.Tensor]]:
+    """A bundle's model config, vocabulary, model skeleton and tensors, each checked against the others."""
+    for name in (WEIGHTS, VOCAB):
+        check_file(path, name, meta["files"].get(name))
+    model_config = ModelConfig.from_dict(meta["model"])
+    try:
+        vocab = load_vocab(path / VOCAB, VOCAB_MAX_BYTES)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BundleError(str(err) if str(err).startswith(str(path / VOCAB)) else f"{path / VOCAB}: {err}") from None
+    if len(vocab) != model_config.vocab_size or len(meta["labels"]) != model_config.num_classes:
+        raise BundleError(f"{path}: vocab.json has {len(vocab)} tokens and bundle.json {len(meta['labels'])} labels, "
+                          f"but the model was built for {model_config.vocab_size} tokens and {model_config.num_classes} labels")
+    try:
+        model = model_skeleton(model_config)  # shapes only: a crafted size costs nothing here
+    except ValueError as err:  # sizes that do not fit together (the model's own checks)
+        raise BundleError(f"{path / META}: field model {err}") from None
+    return model_config, vocab, model, checked_state(path, model)
+
+
+def checked_state(path: Path, skeleton: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights file's tensors, once their names, dtypes and shapes fit ``skeleton`` (checked from the
+    header, before any is read); a quantized table comes back as a float table."""
+    check_shapes(path, skeleton)
+    try:
+        return dequantize_state(load_weights(path))
+    except ValueError as err:  # a quantized table whose parts contradict each other
+        raise BundleError(f"{path / WEIGHTS}: {err}") from None
 
 
 def load_weights(path: Path) -> dict:
@@ -172,20 +191,27 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
-def weight_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape, from the weights file's header only (nothing is allocated)."""
+def weight_header(path: Path) -> dict[str, tuple[list[int], str]]:
+    """Tensor name -> (shape, dtype name such as ``F32``), from the weights file's header only (nothing is allocated)."""
     file = path / WEIGHTS
     try:
         with safe_open(file, framework="pt") as f:
-            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+            return {name: (list(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise BundleError(f"{file} is not a safetensors weights file ({err})") from None
 
 
 def check_shapes(path: Path, skeleton: nn.Module) -> None:
-    """Refuse a model (a :func:`~textpipe.models.model_skeleton`) whose tensors differ from the weights file's, before allocating any."""
+    """Refuse a model (a :func:`~textpipe.models.model_skeleton`) whose tensors differ from the weights file's
+    in name, dtype or shape, before allocating any. (An I32 table would be cast silently, an I8 part misread.)"""
     expected = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
-    found = weight_shapes(path)
+    dtypes = {k: DTYPE_NAMES.get(v.dtype, str(v.dtype)) for k, v in skeleton.state_dict().items()}
+    header = weight_header(path)
+    for name, (_, dtype) in sorted(header.items()):
+        wanted = part_dtype(name) or dtypes.get(name)
+        if wanted is not None and dtype != wanted:
+            raise BundleError(f"{path / WEIGHTS}: tensor {name} is stored as {dtype}, but the model's is {wanted}: refused, not converted")
+    found = {name: shape for name, (shape, _) in header.items()}
     try:  # a quantized table is stored as parts (textpipe.quantize): their shapes must fit the table's
         found = fold_quantized_shapes(found, expected)
     except ValueError as err:
@@ -201,12 +227,9 @@ def check_shapes(path: Path, skeleton: nn.Module) -> None:
 def read_meta(path: Path) -> dict:
     """``bundle.json`` of the bundle in folder ``path``, with its format, field types and manifest checked."""
     meta_path = path / META
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise FileNotFoundError(f"{path} is not a textpipe bundle (no {META})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{meta_path} is damaged: not valid JSON ({err})") from None
+    meta = read_bundle_json(meta_path, "bundle file")
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None
         hint = " (weights.pt, read with torch.load: retrain the model with this textpipe)" if version == 1 else ""
@@ -222,16 +245,19 @@ def read_meta(path: Path) -> dict:
 
 def check_fields(meta: dict, meta_path: Path) -> None:
     """Every field a load reads has the type and range it must have; the message names the field."""
-    def bad(field: str, why: str) -> BundleError:
-        return BundleError(f"{meta_path}: field {field} {why}")
+    bad = lambda field, why: BundleError(f"{meta_path}: field {field} {why}")  # noqa: E731
 
     labels = meta.get("labels")
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels) or len(set(labels)) != len(labels):
         raise bad("labels", "must be a list of at least 2 distinct strings")
     tokenizer = meta.get("tokenizer")
     known = {f.name for f in fields(TokenizerConfig)}
-    if not isinstance(tokenizer, dict) or set(tokenizer) - known or tokenizer.get("name") not in TOKENIZERS or not isinstance(tokenizer.get("lower", True), bool):
+    if not isinstance(tokenizer, dict) or set(tokenizer) - known or tokenizer.get("name") not in [*TOKENIZERS] or not isinstance(tokenizer.get("lower", True), bool):
         raise bad("tokenizer", f"must be an object with name (one of {', '.join(TOKENIZERS)}) and lower (true or false)")
+    if not isinstance(meta.get("train", {}), dict):
+        raise bad("train", "must be an object")
+    if "quantized" in meta and (problem := check_summary(meta["quantized"])):
+        raise bad(f"quantized{problem[0]}", problem[1])
     model = meta.get("model")
     if not isinstance(model, dict):
         raise bad("model", "must be an object")
@@ -262,7 +288,7 @@ def check_model_config(model: dict, where: str = "model") -> None:
 
 def _model_field_problem(name: str, value, default) -> str | None:
     if name == "name":
-        return None if value in MODELS else f"must be one of {', '.join(MODELS)}, got {value!r}"
+        return None if value in [*MODELS] else f"must be one of {', '.join(MODELS)}, got {value!r}"
     if name == "kernel_sizes":
         ok = isinstance(value, (list, tuple)) and value and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in value)
         return None if ok else "must be a non-empty list of integers from 1 to 1000"
@@ -279,61 +305,93 @@ def _model_field_problem(name: str, value, default) -> str | None:
 
 def check_file(path: Path, name: str, expected: dict | None) -> None:
     """Compare a bundle file with its manifest entry; a mismatch names the file and how it differs."""
-    file = path / name
-    if not isinstance(expected, dict) or not isinstance(expected.get("bytes"), int) or not isinstance(expected.get("sha256"), str):
+    file, expected = path / name, expected if isinstance(expected, dict) else {}
+    size, digest = expected.get("bytes"), expected.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(digest, str):
         raise BundleError(f"{path / META} lists no size and checksum for {name} (field files.{name})")
-    if not file.is_file():
+    if not file.exists():
         raise BundleError(f"{file} is missing")
-    actual = file_digest(file)
-    if actual["bytes"] != expected["bytes"]:
-        raise BundleError(f"{file} is {actual['bytes']} bytes but bundle.json says {expected['bytes']}: the file is truncated or was replaced")
-    if actual["sha256"] != expected["sha256"]:
+    try:  # its type and size are checked on the open file before a byte is read
+        with open_regular(file, None, "bundle file") as f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual != size:
+                raise BundleError(f"{file} is {actual} bytes but bundle.json says {size}: the file is truncated or was replaced")
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+    except (InputFileError, OSError) as err:
+        raise BundleError(str(err) if str(file) in str(err) else f"{file}: {err}") from None
+    if sha != digest:
         raise BundleError(f"{file} does not match its sha256 in bundle.json: the file was altered after saving")
 
 
 def saved_config(path: str | Path) -> dict:
-    """The training config a bundle folder carries (``config.json``, as plain data); ``{}`` without one."""
+    """The training config a bundle folder carries (``config.json``, as plain data); ``{}`` without one.
+    Its ``data`` and ``data.source`` are objects (checked, as commands read them)."""
     file = Path(path) / "config.json"
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    config = read_bundle_json(file, "config file") if file.exists() else {}
+    data = config.get("data", {}) if isinstance(config, dict) else None
+    source = data.get("source", {}) if isinstance(data, dict) else None
+    for field, value in (("the file", config), ("field data", data), ("field data.source", source)):
+        if not isinstance(value, dict):
+            raise BundleError(f"{file}: {field} must be a JSON object")
+    return config
+
+
+def read_bundle_json(file: Path, what: str):
+    """A JSON file of a bundle through :func:`~textpipe.files.read_json_file`; a refusal is a BundleError."""
+    try:
+        return read_json_file(file, JSON_MAX_BYTES, what)
+    except (InputFileError, OSError) as err:
+        raise BundleError(str(err)) from None
 
 
 def bundle_info(path: str | Path) -> dict:
-    """Everything ``textpipe info`` shows about a bundle, read once its files match the manifest
-    (the weights are loaded as tensors only).
+    """Everything ``textpipe info`` shows about a bundle, read once its files match the manifest and its
+    tensors fit its model (the weights are loaded as tensors only).
 
     Example:
         >>> bundle_info("runs/mine")["weights_sha256"]
     """
     path = Path(path)
     meta = read_meta(path)
-    for name in (WEIGHTS, VOCAB):
-        check_file(path, name, meta["files"].get(name))
-    run, metrics = _read_json(path / "run.json") or {}, _read_json(path / "metrics.json")
-    state = dequantize_state(load_weights(path))  # parameters of the model, not of its compact storage
-    if metrics:  # the summary, not the per-epoch history or the confusion matrix
-        metrics = {k: metrics[k] for k in ("test", "dev", "best_epoch", "per_class") if k in metrics}
+    _, vocab, _, state = read_parts(path, meta)  # the parameters of the model, not of its compact storage
+    run, metrics = side_file(path / "run.json", RUN_FIELDS), side_file(path / "metrics.json", METRICS_FIELDS)
     return {
         "path": str(path),
         "format_version": meta["format_version"],
         "model": meta["model"],
         "tokenizer": meta["tokenizer"],
         "labels": meta["labels"],
-        "vocab_size": len(_read_json(path / VOCAB)),
+        "vocab_size": len(vocab),
         "parameters": sum(t.numel() for t in state.values()),
         "train": meta.get("train", {}),
-        "config": _read_json(path / "config.json"),
-        "metrics": metrics,
+        "config": saved_config(path) or None,
+        "metrics": {k: metrics[k] for k in METRICS_FIELDS if k in metrics} or None,  # the summary, not the history
         "created": run.get("created"),
         "versions": run.get("versions"),
         "data": run.get("data"),
         "weights_sha256": meta["files"][WEIGHTS]["sha256"],
         "weights_bytes": meta["files"][WEIGHTS]["bytes"],
+        "bundle_sha256": file_sha256(path / META),
         "quantized": meta.get("quantized"),
     }
 
 
-def _read_json(file: Path):
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+def side_file(file: Path, types: dict[str, type]) -> dict:
+    """A JSON object beside the bundle (``{}`` without the file), its fields in ``types`` of their type or null."""
+    value = read_bundle_json(file, "bundle file") if file.exists() else {}
+    test = value.get("test") if isinstance(value, dict) else None
+    for field, kind in {"": dict, **types, **({"test.accuracy": float, "test.macro_f1": float, "test.n": int} if test else {})}.items():
+        found = value if not field else test.get(field[5:]) if field.startswith("test.") else value.get(field)
+        if (found is not None or not field) and (not isinstance(found, (int, float) if kind is float else kind) or isinstance(found, bool)):
+            raise BundleError(f"{file}: {'field ' + field if field else 'the file'} must be a JSON {kind.__name__.replace('dict', 'object')}")
+    return value
+
+
+def verify_bundle(path: str | Path) -> str:
+    """Load the bundle with every check :func:`load_bundle` makes; return the sha256 of its ``bundle.json``,
+    the one digest to pin (``textpipe info --verify``): that file holds the size and sha256 of the others."""
+    load_bundle(path)
+    return file_sha256(Path(path) / META)
 
 
 class BundleError(ValueError):

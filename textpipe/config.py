@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from .files import JSON_MAX_BYTES, JSON_MAX_DEPTH, InputFileError, json_depth, read_json_file, read_small_file
 from .models import ModelConfig
 from .sources import SourceConfig
 from .tokenizer import TOKENIZERS, TokenizerConfig
@@ -182,15 +183,21 @@ def describe(hint) -> str:
 
 def read_file(path: Path) -> dict:
     """A config file as plain data: TOML (``[tokenizer] [data] [model] [train]``) or a bundle's ``config.json``."""
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: no such config file (see configs/*.toml for examples)")
     try:
         if path.suffix.lower() == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({err})") from None
+            return read_json_file(path, JSON_MAX_BYTES, "config file")
+        data = tomllib.loads(read_small_file(path, JSON_MAX_BYTES, "config file").decode("utf-8"))
+    except (InputFileError, OSError) as err:
+        raise ConfigError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    except ValueError as err:  # TOMLDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    if json_depth(data) > JSON_MAX_DEPTH:
+        raise ConfigError(f"{path}: nested more than {JSON_MAX_DEPTH} deep")
+    return data
 
 
 # --- out: dataclasses -> TOML --------------------------------------------------------------------

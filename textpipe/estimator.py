@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle, save_bundle
-from .files import write_json_atomic
+from .files import read_json_file, write_json_atomic
 from .models import ModelConfig
 from .config import DataConfig, PipelineConfig, load, read_file
 from .pipeline import CONFIG, METRICS
@@ -333,4 +333,4 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
 
 
 def _read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_file(path, what=path.name)  # size, type and nesting checked

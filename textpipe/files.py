@@ -166,6 +166,82 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class InputFileError(ValueError):
+    """A file textpipe was given to read that is not what it must be: not a regular file, larger
+    than such a file can be, not UTF-8, not JSON, or nested too deep. The message names the file."""
+
+
+JSON_MAX_BYTES = 64 << 20  # bundle.json, run.json, config.json, a cache's meta.json: a few KB in practice
+JSON_MAX_DEPTH = 32  # textpipe's own JSON files nest 4 deep
+
+
+def open_regular(path: str | Path, max_bytes: int | None = None, what: str = "file") -> BinaryIO:
+    """``path`` opened for reading once it is a regular file of at most ``max_bytes``; InputFileError otherwise.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO or a device in its place
+    (or swapped in after a check) is refused at once, never waited on or read without end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputFileError(f"{path}: the {what} is not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise InputFileError(f"{path}: the {what} is {info.st_size:,} bytes, more than such a file can be ({max_bytes:,})")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_small_file(path: str | Path, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (checked before reading); InputFileError otherwise."""
+    with open_regular(path, max_bytes, what) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew after the check
+        raise InputFileError(f"{path}: the {what} is more than {max_bytes:,} bytes")
+    return data
+
+
+def read_json_file(path: str | Path, max_bytes: int = JSON_MAX_BYTES, what: str = "JSON file"):
+    """A small JSON file, read safely: a regular file (never a FIFO), size-checked before it is read,
+    strict UTF-8, nested at most :data:`JSON_MAX_DEPTH` deep, numbers of at most 4,300 digits.
+    Anything else is an :class:`InputFileError` naming the file, never another exception.
+
+    Example:
+        >>> read_json_file("runs/mine/bundle.json", what="bundle file")["labels"]
+        ['neg', 'pos']
+    """
+    data = read_small_file(path, max_bytes, what)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputFileError(f"{path}: the {what} is not UTF-8 (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InputFileError(f"{path} is damaged: not valid JSON ({err})") from None
+    except RecursionError:
+        raise InputFileError(f"{path}: the {what} is nested too deeply") from None
+    except ValueError as err:  # Python's limit on the digits of an integer
+        raise InputFileError(f"{path}: the {what} holds a number too long to read ({str(err).split(':')[0]})") from None
+    if json_depth(value) > JSON_MAX_DEPTH:
+        raise InputFileError(f"{path}: the {what} is nested more than {JSON_MAX_DEPTH} deep")
+    return value
+
+
+def json_depth(value, limit: int = JSON_MAX_DEPTH) -> int:
+    """How deep lists and objects nest in ``value`` (0 for a scalar), counted without recursion and
+    only up to ``limit + 1``: a value built to exhaust the stack is measured, not followed."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        containers = [c for c in level if isinstance(c, (list, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [v for c in containers for v in (c.values() if isinstance(c, dict) else c)]
+    return depth
+
+
 def is_disk_full(err: BaseException | None) -> bool:
     """True for a full disk or quota, also as torch reports it: a RuntimeError of its zip
     writer ("unexpected pos ..."), whose context is the OSError of the failed write."""

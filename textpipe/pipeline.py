@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,12 +33,12 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from .bundle import load_bundle, save_bundle
+from .bundle import BundleError, load_bundle, save_bundle, side_file
 from .cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
 from .explain import strongest_features
-from .files import cache_home, check_folder, make_folder, write_json_atomic
+from .files import atomic_write, cache_home, check_folder, make_folder, open_regular, read_json_file, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
 from .report import misclassified, summarize, write_report
@@ -149,6 +150,21 @@ def cache_folder(setting: str | None) -> Path | None:
     return cache_home() if setting == "auto" else Path(setting)
 
 
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "dev_loss", "dev_accuracy", "dev_macro_f1")
+
+
+def trained_history(file: Path) -> list[dict] | None:
+    """The bundle's per-epoch history (``metrics.json``), for the report's curves; None without one, or for
+    one that is not a list of epochs of numbers (a report is written without curves, not refused)."""
+    try:
+        history = side_file(file, {"history": list}).get("history")
+    except BundleError:
+        return None
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    fits = isinstance(history, list) and all(isinstance(h, dict) and all(number(h.get(k)) for k in HISTORY_KEYS) for h in history)
+    return history if fits else None
+
+
 def report_file(
     bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None
 ) -> dict:
@@ -170,8 +186,7 @@ def report_file(
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
     write_json_atomic(make_folder(out) / METRICS, summary)
-    trained = Path(bundle_dir) / METRICS
-    history = json.loads(trained.read_text(encoding="utf-8")).get("history") if trained.is_file() else None
+    history = trained_history(Path(bundle_dir) / METRICS)
     write_report(out, summary, mistakes, history, title=f"textpipe report: {Path(data).name}", notes=[
         f"The model in `{bundle_dir}` scored on `{data}`." + (" The training curves are the model's own." if history else ""),
     ])
@@ -249,17 +264,24 @@ class TrainingCounts:
         # Not asdict(): it rebuilds a Counter from (key, value) pairs, counting the pairs.
         saved = {"tokens": dict(self.tokens), "held_out_tokens": dict(self.held_out_tokens), "label_counts": self.label_counts,
                  "training_rows": self.training_rows, "skipped": self.skipped}
-        write_json_atomic(folder / COUNTS, saved, indent=None)
-        write_json_atomic(folder / "meta.json", {"file": str(train), "counts": COUNTS})
+        data = json.dumps(saved, ensure_ascii=False).encode("utf-8")
+        atomic_write(folder / COUNTS, lambda f: f.write(data))
+        write_json_atomic(folder / "meta.json", {"file": str(train), "counts": COUNTS, "sha256": hashlib.sha256(data).hexdigest()})
 
     @classmethod
     def load(cls, folder: Path) -> "TrainingCounts | None":
-        """What :meth:`save` wrote, or None when there is no whole entry (or an unreadable one: count again)."""
+        """What :meth:`save` wrote, or None when there is no whole entry, or a damaged one (count again: a
+        one-line notice says so when its counts no longer match their recorded sha256)."""
         try:
             if not (folder / "meta.json").is_file():
                 return None
-            saved = json.loads((folder / COUNTS).read_text(encoding="utf-8"))
+            with open_regular(folder / COUNTS) as f:  # a FIFO in its place is refused, not waited on
+                recorded, data = read_json_file(folder / "meta.json").get("sha256"), f.read()
+            if hashlib.sha256(data).hexdigest() != recorded:
+                log.warning(f"counts cache {folder} is damaged (its counts do not match their recorded sha256); counting again")
+                return None
+            saved = json.loads(data)
             os.utime(folder / "meta.json")  # last use, for cache.prune, as the token caches mark theirs
             return cls(Counter(saved["tokens"]), Counter(saved["held_out_tokens"]), saved["label_counts"], saved["training_rows"], saved["skipped"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None

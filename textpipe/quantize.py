@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bundle import META, VOCAB, WEIGHTS, load_bundle, save_bundle
+from .bundle import META, VOCAB, WEIGHTS, BundleError, load_bundle, save_bundle
 from .compact import TABLE, quantize_table
 from .models import build_model
 from .runtime import set_seed
@@ -122,8 +122,11 @@ def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConf
     if not isinstance(getattr(model, "embedding", None), nn.Embedding):
         raise ValueError(f"{model_dir}: model {bundle.model_config.name!r} has no embedding table to quantize")
     table = model.embedding.weight.detach()
+    seed = bundle.train_config.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise BundleError(f"{model_dir / META}: field train.seed must be an integer, got {str(seed)[:40]}")
     if config.drop_unused:
-        used, source = used_rows(model, int(bundle.train_config.get("seed", 0)))
+        used, source = used_rows(model, seed)
     else:
         used, source = torch.ones(len(table), dtype=torch.bool), "not looked for (--keep-unused)"
     keep = choose_rows(model, used, config.cutoff)

@@ -39,15 +39,27 @@ def _row(raw: str, line: int, config: SourceConfig, end: tuple[int, int]) -> Row
         obj = json.loads(raw.rstrip("\r\n"))
     except json.JSONDecodeError as err:
         return Row(line, problem=("invalid JSON", f"invalid JSON ({err.msg} at column {err.colno})"))
+    except RecursionError:
+        return Row(line, problem=("invalid JSON", "invalid JSON (nested too deeply)"))
+    except ValueError:  # Python reads no integer of over 4,300 digits
+        return Row(line, problem=("invalid JSON", "invalid JSON (a number of over 4,300 digits)"))
     texts = [obj.get(c) for c in config.text_columns] if isinstance(obj, dict) else [None]
     if not all(isinstance(t, str) for t in texts):
         keys = " and ".join(repr(c) for c in config.text_columns)
         return Row(line, problem=("wrong columns", f"expected a JSON object with a string {keys}"))
     label = _json_label(obj.get(config.label_column))
     if label is _NOT_A_LABEL:
-        found = json.dumps(obj.get(config.label_column))[:60]
+        found = _shown(obj.get(config.label_column))
         return Row(line, problem=("bad label", f"the label {config.label_column!r} must be a string or an integer, got {found}"))
     return Row(line, " ".join(texts), label, end=end)
+
+
+def _shown(value) -> str:
+    """The start of a bad label as the message shows it (a list or object nested too deep for ``json.dumps``: its kind)."""
+    try:
+        return json.dumps(value)[:60]
+    except (RecursionError, ValueError):
+        return "a JSON list" if isinstance(value, list) else "a JSON object"
 
 
 def _json_label(value):

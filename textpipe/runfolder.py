@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .events import emit
-from .files import OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, temp_file_beside, write_json_atomic
+from .files import InputFileError, OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, read_json_file, temp_file_beside, write_json_atomic
 from .runtime import held_signals
 from .sources import TORCHTEXT_PREFIX, DataError
 
@@ -319,8 +319,13 @@ class RunState:
 
     @classmethod
     def load(cls, folder: Path) -> "RunState":
-        """The state in ``folder``'s ``run.json``."""
-        return cls.from_dict(json.loads((folder / RUN).read_text(encoding="utf-8")))
+        """The state in ``folder``'s ``run.json``; InputFileError (exit 2) for one that is not a run's state."""
+        path = folder / RUN
+        state = read_json_file(path, what="run state")
+        try:
+            return cls.from_dict(state)
+        except (TypeError, KeyError, ValueError) as e:
+            raise InputFileError(f"{path}: not the state of a textpipe run ({type(e).__name__}: {e})") from None
 
     def save(self, folder: Path) -> None:
         write_json_atomic(folder / RUN, self.to_dict())

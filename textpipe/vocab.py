@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
 from torchtext.vocab import Vocab, build_vocab_from_iterator, vocab as vocab_from_ordered_dict
 
-from .files import atomic_write
+from .files import atomic_write, read_json_file
 from .specials import PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401  (re-exported: the vocabulary's specials)
 
 
@@ -80,9 +80,9 @@ def save_vocab(vocab: Vocab, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(data))  # a temporary file of a unique name, then a rename
 
 
-def load_vocab(path: str | Path) -> Vocab:
-    """Read a vocabulary written by :func:`save_vocab`."""
-    tokens = json.loads(Path(path).read_text(encoding="utf-8"))
+def load_vocab(path: str | Path, max_bytes: int = 1 << 30) -> Vocab:
+    """Read a vocabulary written by :func:`save_vocab` (a regular file of at most ``max_bytes``)."""
+    tokens = read_json_file(path, max_bytes, "vocabulary file")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         raise ValueError(f"{path}: a vocabulary file holds a JSON list of strings")
     return vocab_from_tokens(tokens)

@@ -23,7 +23,7 @@ from typing import Callable
 from ..bundle import BundleError
 from ..checkpoint import CheckpointError, OutputError
 from ..config import ConfigError
-from ..files import is_disk_full
+from ..files import InputFileError, is_disk_full
 from ..serve import ServeError
 from ..sources import DataError
 from ..runfolder import STAGE
@@ -46,6 +46,7 @@ EXIT_CODES: dict[type[Exception], tuple[int, Hint]] = {
     ConfigError: (2, no_hint),
     DataError: (2, data_hint),
     BundleError: (2, no_hint),
+    InputFileError: (2, no_hint),
     OutputError: (2, no_hint),
     TrainingDiverged: (2, no_hint),
     ServeError: (2, no_hint),

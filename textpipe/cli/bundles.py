@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .errors import UsageError
 from .streams import require_bundle
@@ -12,6 +13,8 @@ from .streams import require_bundle
 def cmd_info(args: argparse.Namespace) -> None:
     from ..bundle import bundle_info
 
+    if args.verify or args.expect:
+        return verify(args)
     info = bundle_info(require_bundle(args.model))
     if args.json:
         print(json.dumps(info, ensure_ascii=False))
@@ -19,11 +22,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     test = (info["metrics"] or {}).get("test") or {}
     m = info["model"]
     print(f"bundle      {info['path']}")
-    print(f"model       {m['name']} (embed_dim {m['embed_dim']}), {info['parameters']:,} parameters")
-    print(f"tokenizer   {info['tokenizer']['name']} (lower={info['tokenizer']['lower']})")
+    print(f"model       {m.get('name', 'bag')} (embed_dim {m.get('embed_dim', 'default')}), {info['parameters']:,} parameters")
+    print(f"tokenizer   {info['tokenizer']['name']} (lower={info['tokenizer'].get('lower', True)})")
     print(f"vocabulary  {info['vocab_size']} tokens")
     print(f"labels      {', '.join(info['labels'])}")
-    if test:
+    if all(key in test for key in ("accuracy", "macro_f1", "n")):
         print(f"test        accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} (n={test['n']}; best epoch {info['metrics'].get('best_epoch')})")
     print(f"created     {info['created'] or 'unknown'}")
     if info["data"]:
@@ -35,6 +38,18 @@ def cmd_info(args: argparse.Namespace) -> None:
         from ..quantize import describe
 
         print(f"quantized   {describe(info['quantized'])}")
+
+
+def verify(args: argparse.Namespace) -> None:
+    """``info --verify``: every check a load makes, then the digest to pin (sha256sum's format); ``--expect`` compares."""
+    from ..bundle import META, BundleError, verify_bundle
+
+    digest = verify_bundle(require_bundle(args.model))
+    expected = (args.expect or "").strip().lower()
+    if expected and expected != digest:
+        raise BundleError(f"{args.model / META}: sha256 {digest}, not the pinned {expected}: this is not the bundle you pinned")
+    print(f"{digest}  {args.model / META}")
+    print(f"verified: its files match its manifest and its tensors fit its model{'; the pinned sha256 matches' if expected else ''}", file=sys.stderr)
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -57,6 +72,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from ..serve import ServeConfig, serve
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be from 0 to 65535 (0: any free port), got {args.port}")
     try:
         config = ServeConfig(host=args.host, port=args.port, max_texts=args.max_texts, max_body=args.max_body)
     except ValueError as err:  # the flags' values, refused by the config's own checks

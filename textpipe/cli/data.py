@@ -15,7 +15,7 @@ from ..catalogue import DATASETS, Splits
 from ..tokenizer import TokenizerConfig
 from .errors import CommandFailed, UsageError
 from .options import source_config
-from .streams import require_bundle
+from .streams import print_skipped, require_bundle
 
 
 def fetching(fetch: Callable, *args):
@@ -149,9 +149,11 @@ def cmd_vocab_build(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-size must be > 2 (it counts <pad> and <unk>), got {args.max_size}")
     check_regular_file(args.out)  # before the pass over the data: a link, FIFO or folder at --out is never replaced
     tokenizer = Tokenizer(args.tokenizer, lower=args.lower)
-    texts = tqdm(read_texts(args.data, source_config(args)), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
+    skipped: dict[str, int] = {}
+    texts = tqdm(read_texts(args.data, source_config(args), skipped), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
     vocab = build_vocab(tokenizer.pipe(texts), args.min_freq, args.max_size)
     save_vocab(vocab, args.out)
+    print_skipped({"vocabulary": skipped} if skipped else {})
     tokens = vocab.get_itos()
     print(f"{args.out}: {len(tokens)} tokens (<pad> and <unk> included), tokenizer {args.tokenizer}")
     print(f"top tokens: {' '.join(tokens[2 : 2 + args.top])}")

@@ -86,7 +86,7 @@ def jsonl_keys(path: Path, line: int) -> list[str]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             row = json.loads(next(itertools.islice(f, line - 1, None)))
-    except (OSError, StopIteration, json.JSONDecodeError):
+    except (OSError, StopIteration, ValueError, RecursionError):
         return []
     return [str(key) for key in row] if isinstance(row, dict) else []
 

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 from ..config import PipelineConfig, SourceConfig, load, read_file
+from ..files import JSON_MAX_DEPTH, json_depth
 from .errors import UsageError
 
 # Flags that override one config value: flag dest -> (section, key). Their argparse default is
@@ -72,6 +73,10 @@ def parse_set(item: str) -> tuple[str, str, object]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()  # a bare word: --set model.name=cnn
+    except (ValueError, RecursionError):  # an integer of over 4,300 digits, lists nested too deep to read
+        raise UsageError(f"--set {name.strip()}: the value cannot be read (a number too long, or nested too deeply)") from None
+    if json_depth(value) > JSON_MAX_DEPTH:
+        raise UsageError(f"--set {name.strip()}: the value is nested more than {JSON_MAX_DEPTH} deep")
     return section, key.strip(), value
 
 
@@ -97,4 +102,6 @@ def source_config(args: argparse.Namespace, bundle: Path | None = None) -> Sourc
     # Columns, header and length limit describe the files; what to do with a bad row, and
     # where the named datasets live, are this command's business.
     kept = {k: v for k, v in saved.items() if k not in ("root", "on_bad_row")}
+    if kept:  # the bundle's own settings are checked as its file's, so a bad one is named there
+        load(SourceConfig, kept, str(bundle / "config.json"), "data.source")
     return load(SourceConfig, {**kept, **source_flags(args)}, "flags", "data.source")

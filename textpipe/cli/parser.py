@@ -269,10 +269,14 @@ def add_vectors(sub) -> None:
 def add_info(sub) -> None:
     i = command_parser(sub, "info", "describe a bundle: model, vocabulary, labels, metrics, creation time, package versions", (
         "  textpipe info runs/mine\n"
-        "  textpipe info runs/mine --json | python -c 'import json,sys; print(json.load(sys.stdin)[\"weights_sha256\"])'"
+        "  textpipe info runs/mine --json | python -c 'import json,sys; print(json.load(sys.stdin)[\"weights_sha256\"])'\n"
+        "  textpipe info runs/mine --verify                 # every check of a load; prints the sha256 to pin\n"
+        "  textpipe info runs/mine --verify --expect SHA256 # exit 2 unless the bundle is the pinned one"
     ), bundles.cmd_info)
     i.add_argument("model", type=Path, help=BUNDLE_HELP)
     i.add_argument("--json", action="store_true", help="print one JSON object (includes weights_sha256)")
+    i.add_argument("--verify", action="store_true", help="load the bundle with every check, then print the sha256 of its bundle.json (pin it)")
+    i.add_argument("--expect", metavar="SHA256", help="with --verify: exit 2 unless bundle.json's sha256 is this one")
 
 
 def add_quantize(sub) -> None:

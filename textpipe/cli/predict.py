@@ -42,9 +42,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def recorded_test_file(bundle_dir: Path) -> str:
     """The test file of the run that trained this bundle (from its run.json), or a usage error saying what to give."""
-    run = bundle_dir / "run.json"
-    test = json.loads(run.read_text(encoding="utf-8")).get("data", {}).get("test") if run.is_file() else None
-    if not test:
+    from ..bundle import RUN_FIELDS, side_file
+
+    test = (side_file(bundle_dir / "run.json", RUN_FIELDS).get("data") or {}).get("test")
+    if not isinstance(test, str) or not test:
         raise UsageError(f"{bundle_dir} records no test file of its own (trained without --test?)", hint="give the labelled file to score: --data FILE (make evaluate TEST=FILE)")
     return test
 

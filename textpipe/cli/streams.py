@@ -46,6 +46,11 @@ def input_source(texts: list[str], source: str | None) -> tuple[list[str], str |
 
     if source is None and texts == ["-"]:
         texts, source = [], "-"
+    for number, text in enumerate(texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # bytes the shell passed that are not UTF-8 (argv decodes them as surrogates)
+            raise UsageError(f"text argument {number} is not UTF-8 (character {err.start + 1})", hint="pass UTF-8 text, or --input FILE") from None
     if source is not None and source != "-":
         file_format(source)  # an unknown suffix is an error now, before the model loads
         if not Path(source).exists():
