@@ -264,10 +264,11 @@ def test_train_files_prints_nothing_and_writes_no_cache_in_the_working_folder(tm
     assert off.returncode == 0 and "cache_dir = false" in off.stdout
 
 
-def make(*args):
-    stamp = Path(tempfile.gettempdir()) / "textpipe-make-stamp"  # an up-to-date prerequisite instead of the real .venv
-    stamp.touch()
-    return subprocess.run(["make", "--no-print-directory", f"STAMP={stamp}", *args], capture_output=True, text=True, cwd=REPO)
+def make(*args, env=None):
+    with tempfile.TemporaryDirectory() as folder:  # removed afterwards: tests leave nothing in /tmp
+        stamp = Path(folder) / "textpipe-make-stamp"  # an up-to-date prerequisite instead of the real .venv
+        stamp.touch()
+        return subprocess.run(["make", "--no-print-directory", f"STAMP={stamp}", *args], capture_output=True, text=True, cwd=REPO, env=env)
 
 
 def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp_path):
@@ -279,3 +280,38 @@ def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp
                        "--text-columns", "review", "--label-column", "stars")
     assert missing.returncode == 2
     assert missing.stderr == f"textpipe train: error: {tmp_path / 'nope.csv'}: no such file\n"  # nothing trained or logged first
+
+
+# Issue 28: small things a user hits.
+
+
+def test_a_mistyped_command_action_or_choice_gets_did_you_mean():
+    assert cli_here("predcit").stderr.rstrip().endswith("did you mean predict?")
+    assert cli_here("vocab", "shwo").stderr.rstrip().endswith("did you mean show?")
+    assert cli_here("train", "--arch", "bagg").stderr.rstrip().endswith("did you mean bag?")
+    assert cli_here("fit").stderr.rstrip().endswith("did you mean train?")  # another tool's word
+    result = cli_here("predict", "--model", "m", "--fromat", "csv")
+    assert result.returncode == 2 and "did you mean --format?" in result.stderr
+
+
+def test_json_probs_are_sorted_most_likely_first_as_the_help_says(bundle):
+    assert "probs most likely first" in " ".join(textpipe("predict", "--help").stdout.split())
+    result = textpipe("predict", "--model", bundle["out"], "superb gorgeous witty", "awful dull boring", "fine okay decent plot")
+    for line in result.stdout.splitlines():
+        row = json.loads(line)
+        values = list(row["probs"].values())
+        assert values == sorted(values, reverse=True) and next(iter(row["probs"])) == row["label"]
+    assert {next(iter(json.loads(line)["probs"])) for line in result.stdout.splitlines()} == {"1", "2", "10"}  # not the label order each time
+
+
+def test_make_predict_input_reads_the_shipped_examples(bundle):
+    examples = REPO / "data" / "examples" / "texts.txt"
+    assert subprocess.run(["git", "check-ignore", "-q", str(examples)], cwd=REPO).returncode == 1  # shipped, not ignored
+    result = make("-s", "predict", f"PY={sys.executable}", f"MODEL={bundle['out']}", "INPUT=data/examples/texts.txt", "FORMAT=text")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(examples.read_text().splitlines()) >= 10
+
+
+def test_make_leaves_no_stamp_in_the_temporary_folder():
+    make("-n", "help")
+    assert not (Path(tempfile.gettempdir()) / "textpipe-make-stamp").exists()

@@ -40,7 +40,7 @@ from .explain import strongest_features
 from .files import cache_home, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
-from .report import misclassified, summarize, write_report
+from .report import misclassified, relative_path, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
 from .tokenizer import Tokenizer
 from .metrics import predict_logits
@@ -173,7 +173,8 @@ def report_file(
     trained = Path(bundle_dir) / METRICS
     history = json.loads(trained.read_text(encoding="utf-8")).get("history") if trained.is_file() else None
     write_report(out, summary, mistakes, history, title=f"textpipe report: {Path(data).name}", notes=[
-        f"The model in `{bundle_dir}` scored on `{data}`." + (" The training curves are the model's own." if history else ""),
+        f"The model in `{relative_path(bundle_dir, out)}` scored on `{relative_path(data, out)}`."
+        + (" The training curves are the model's own." if history else ""),
     ])
     return summary
 

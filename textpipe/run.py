@@ -39,7 +39,7 @@ from .pipeline import (
     METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, save_outputs,
     score_and_list_mistakes,
 )
-from .report import search_notes
+from .report import relative_path, search_notes
 from .runfolder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, commit, data_fingerprint, is_complete, prepare_output, stage_of,
     start_fresh, unfinished,
@@ -356,24 +356,27 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early))
+                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final))
     _save_state(replace(state, phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)
     return metrics
 
 
-def _scored_on(state: RunState, config: PipelineConfig) -> str:
-    test, dev = state.data["test"], state.data["dev"]
-    return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {state.data['train']} (1 in {config.data.holdout_every})"
+def _scored_on(state: RunState, config: PipelineConfig, seen_from: Path | None = None) -> str:
+    """What the scores are on; with ``seen_from``, its paths relative to that folder (the report's)."""
+    shown = {k: v and (relative_path(v, seen_from) if seen_from else v) for k, v in state.data.items()}
+    test, dev = shown["test"], shown["dev"]
+    return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {shown['train']} (1 in {config.data.holdout_every})"
 
 
-def _report_notes(state: RunState, config: PipelineConfig, early: FitResult) -> list[str]:
+def _report_notes(state: RunState, config: PipelineConfig, early: FitResult, final: Path) -> list[str]:
     trained = f"best epoch {early.best_epoch} of {len(early.history)}"
     if state.autotune is not None:
         trained = f"configuration chosen by autotune ({len(state.autotune['trials'])} tried on dev, see run.json); " + trained
     if state.phase is Phase.REFIT:
         trained += f", then refit on all {state.num_train} training rows for {early.best_epoch} epochs"
-    notes = [f"Model `{config.model.name}` trained on `{state.data['train']}`; {trained}. Scores are on the {_scored_on(state, config)}."]
+    train = relative_path(state.data["train"], final)
+    notes = [f"Model `{config.model.name}` trained on `{train}`; {trained}. Scores are on the {_scored_on(state, config, final)}."]
     if early.nb_linear is not None:
         nb = early.nb_linear
         notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -51,8 +52,29 @@ EXIT_STATUS = """exit status:
 BUNDLE_HELP = "bundle folder written by train"
 
 
+# Other tools' words for a command (spelling alone would not find these).
+CHOICE_SYNONYMS = {"fit": "train", "test": "evaluate", "score": "evaluate", "classify": "predict", "infer": "predict", "inspect": "info", "show": "info"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "invalid choice" (a mistyped command, action or choice) names the nearest choice.
+
+    Example:
+        >>> build_parser().parse_args(["predcit"])   # ... invalid choice: 'predcit' (...); did you mean predict?
+    """
+
+    def error(self, message: str):
+        wrong = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if wrong:
+            choices = [c.strip().strip("'") for c in wrong.group(2).split(",")]
+            synonym = [c for c in [CHOICE_SYNONYMS.get(wrong.group(1).lower())] if c in choices]
+            nearest = synonym or difflib.get_close_matches(wrong.group(1), choices, n=1, cutoff=0.5)
+            message += f"; did you mean {nearest[0]}?" if nearest else ""
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textpipe", description=USAGE, epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="textpipe", description=USAGE, epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"textpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train, add_evaluate, add_predict, add_embed, add_vocab, add_datasets, add_vectors, add_info, add_quantize, add_serve):
@@ -178,7 +200,7 @@ def add_predict(sub) -> None:
     p.add_argument("texts", nargs="*", help="texts to label (labelled before those of --input); a lone '-' reads stdin")
     p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
-        "json: one object per line {text, label, probs}; csv: text,label,confidence,p_<label>...; "
+        "json: one object per line {text, label, probs}, probs most likely first; csv: text,label,confidence,p_<label>...; "
         "text: 'label (p)<TAB>text', the top label only unless --top-k (default: %(default)s)"))
     p.add_argument("--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels)")
     p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
