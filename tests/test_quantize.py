@@ -124,3 +124,16 @@ def test_quantized_parts_must_fit_the_models_table_before_anything_is_allocated(
     with pytest.raises(ValueError, match="does not fit its parts"):
         dequantize_table({"q_values": torch.zeros(2, 8, dtype=torch.uint8), "q_scale": torch.ones(2, dtype=torch.float16),
                           "q_kept": torch.zeros(2, dtype=torch.uint8), "q_shape": torch.tensor([2**40, 16, 4])})
+
+
+def test_the_nb_paths_table_is_stored_compact_too(trained, tmp_path):
+    model_dir, _ = trained
+    summary = quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=None))
+    original = load_bundle(model_dir).model.nb.table
+    nonzero = int(original.ne(0).any(1).sum())
+    assert 0 < nonzero < len(original) and summary["nb_table"] == f"nb.table: its {nonzero:,} non-zero rows as int8, one float16 scale per row"
+    stored = load_weights(tmp_path / "q")
+    assert "nb.table" not in stored and stored["nb.table.q_values"].shape == (nonzero + 1, original.shape[1])  # +1: the shared zero row
+    back = load_bundle(tmp_path / "q").model.nb.table
+    assert back.dtype == torch.float32 and not (back.ne(0) & original.eq(0)).any()  # (a value under float16's range may become 0)
+    torch.testing.assert_close(back, original, atol=original.abs().max().item() / 100, rtol=0)
