@@ -95,7 +95,7 @@ def test_cli_quantize_info_predict_evaluate(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "% of" in result.stdout and "as int4" in result.stdout
     info = textpipe("info", out)
-    assert info.returncode == 0 and "quantized   int4 rows, one float16 scale per row" in info.stdout
+    assert info.returncode == 0 and "quantized   int4 rows, one float16 scale per row" in info.stdout and "nb.table: its " in info.stdout
     meta = json.loads(textpipe("info", out, "--json").stdout)
     assert meta["quantized"]["cutoff"] == 80000 and meta["parameters"] == json.loads(textpipe("info", model_dir, "--json").stdout)["parameters"]
     predicted = textpipe("predict", "--model", out, TEXTS[0])

@@ -171,5 +171,6 @@ def describe(quantized: dict) -> str:
     """One line for ``textpipe info``: how the bundle was quantized."""
     cutoff = f", cutoff {quantized['cutoff']:,}" if quantized.get("cutoff") else ""
     return (f"{quantized['method']}; {quantized['kept_rows']:,} of {quantized['rows']:,} rows of {quantized['table']} kept"
-            f" ({quantized['used_rows']:,} used in training{cutoff}), the rest share one row")
+            f" ({quantized['used_rows']:,} used in training{cutoff}), the rest share one row"
+            + (f"; {quantized['nb_table']}" if quantized.get("nb_table") else ""))
 
