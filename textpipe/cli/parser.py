@@ -180,7 +180,7 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {T.keep_checkpoints})")
     conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
     conf.add_argument("--allow-many-labels", action="store_true", default=S, help=(
-        "train even when the labels look like another column: over half as many labels as rows, or fractions such as 0.5 (default: stop)"))
+        "train even when the labels look like another column (over half as many labels as rows, or fractions such as 0.5), which otherwise stops the run"))
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
 
 
