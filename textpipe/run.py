@@ -49,7 +49,7 @@ from .sources import DataError
 from .tokenizer import Tokenizer
 from .runtime import RunContext, resolve_device, run_scope, set_seed
 from .train import FitResult, TrainingInterrupted, fit
-from .vectors import load_vectors
+from .vectors import fill_with_vectors
 from .vocab import load_vocab, save_vocab
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
@@ -275,7 +275,7 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     sized = {"ngram_buckets": state.ngram_table["rows"]} if state.ngram_table else {}  # none recorded: a run from before the sizing
     model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(state.labels), **sized}))
     if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
-        state = replace(state, vectors=load_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), quiet))
+        state = replace(state, vectors=fill_with_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), quiet))
     if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
         _save_state(state, stage, placement)
     if placement.writes:

@@ -229,7 +229,7 @@ def _coverage(vocab: Vocab, found: torch.Tensor, dim: int, path: str | Path) -> 
     return Coverage(int(found.sum()), total, dim, os.fspath(path))
 
 
-def load_vectors(model: nn.Module, vocab: Vocab, vectors: str, frozen: bool, quiet: bool) -> dict:
+def fill_with_vectors(model: nn.Module, vocab: Vocab, vectors: str, frozen: bool, quiet: bool) -> dict:
     """Fill ``model``'s embedding (or, ``frozen``, its frozen table) with the named or local ``vectors``; their coverage of the vocabulary."""
     if frozen:
         coverage = load_into_frozen(model, vocab, resolve_vectors(vectors))
