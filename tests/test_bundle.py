@@ -33,7 +33,7 @@ def test_bundle_files_are_json_and_tensors(bundle_dir):
     path, _ = bundle_dir
     assert sorted(p.name for p in path.iterdir()) == ["bundle.json", "vocab.json", "weights.safetensors"]
     meta = json.loads((path / "bundle.json").read_text())
-    assert meta["labels"] == ["neg", "neutral", "pos"] and meta["tokenizer"] == {"name": "spacy", "lower": True}
+    assert meta["labels"] == ["neg", "neutral", "pos"] and meta["tokenizer"] == {"name": "spacy", "lower": True, "lang": "en"}
 
 
 def test_fresh_process_predicts_the_same_probabilities(bundle_dir):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_here
+from conftest import cli_here, write_csv
 from textpipe import cli
 from textpipe.config import PipelineConfig
 from textpipe.pipeline import label_order
@@ -264,10 +264,11 @@ def test_train_files_prints_nothing_and_writes_no_cache_in_the_working_folder(tm
     assert off.returncode == 0 and "cache_dir = false" in off.stdout
 
 
-def make(*args):
-    stamp = Path(tempfile.gettempdir()) / "textpipe-make-stamp"  # an up-to-date prerequisite instead of the real .venv
-    stamp.touch()
-    return subprocess.run(["make", "--no-print-directory", f"STAMP={stamp}", *args], capture_output=True, text=True, cwd=REPO)
+def make(*args, env=None):
+    with tempfile.TemporaryDirectory() as folder:  # removed afterwards: tests leave nothing in /tmp
+        stamp = Path(folder) / "textpipe-make-stamp"  # an up-to-date prerequisite instead of the real .venv
+        stamp.touch()
+        return subprocess.run(["make", "--no-print-directory", f"STAMP={stamp}", *args], capture_output=True, text=True, cwd=REPO, env=env)
 
 
 def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp_path):
@@ -279,3 +280,123 @@ def test_jsonl_keys_are_hinted_and_a_missing_test_file_fails_before_training(tmp
                        "--text-columns", "review", "--label-column", "stars")
     assert missing.returncode == 2
     assert missing.stderr == f"textpipe train: error: {tmp_path / 'nope.csv'}: no such file\n"  # nothing trained or logged first
+
+
+# Issue 28: small things a user hits.
+
+
+def test_a_mistyped_command_action_or_choice_gets_did_you_mean():
+    assert cli_here("predcit").stderr.rstrip().endswith("did you mean predict?")
+    assert cli_here("vocab", "shwo").stderr.rstrip().endswith("did you mean show?")
+    assert cli_here("train", "--arch", "bagg").stderr.rstrip().endswith("did you mean bag?")
+    assert cli_here("fit").stderr.rstrip().endswith("did you mean train?")  # another tool's word
+    result = cli_here("predict", "--model", "m", "--fromat", "csv")
+    assert result.returncode == 2 and "did you mean --format?" in result.stderr
+
+
+def test_json_probs_are_sorted_most_likely_first_as_the_help_says(bundle):
+    assert "probs most likely first" in " ".join(textpipe("predict", "--help").stdout.split())
+    result = textpipe("predict", "--model", bundle["out"], "superb gorgeous witty", "awful dull boring", "fine okay decent plot")
+    for line in result.stdout.splitlines():
+        row = json.loads(line)
+        values = list(row["probs"].values())
+        assert values == sorted(values, reverse=True) and next(iter(row["probs"])) == row["label"]
+    assert {next(iter(json.loads(line)["probs"])) for line in result.stdout.splitlines()} == {"1", "2", "10"}  # not the label order each time
+
+
+def test_make_predict_input_reads_the_shipped_examples(bundle):
+    examples = REPO / "data" / "examples" / "texts.txt"
+    assert subprocess.run(["git", "check-ignore", "-q", str(examples)], cwd=REPO).returncode == 1  # shipped, not ignored
+    result = make("-s", "predict", f"PY={sys.executable}", f"MODEL={bundle['out']}", "INPUT=data/examples/texts.txt", "FORMAT=text")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(examples.read_text().splitlines()) >= 10
+
+
+def test_make_leaves_no_stamp_in_the_temporary_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the temporary folder, here one of this test's own
+    make("-n", "help")
+    assert list(tmp_path.iterdir()) == []
+
+
+# Issue 28: mistakes that leave nothing behind.
+
+QUICK = ("--tokenizer", "whitespace", "--epochs", "1", "--keep-checkpoints", "0", "--quiet")
+
+
+def test_a_run_that_fails_its_checks_leaves_no_folder_and_the_hints_flag_then_works(tmp_path):
+    train = write_reviews(tmp_path / "train.csv", reviews(60, seed=2))
+    rows = train.read_text().splitlines()
+    rows[40] = "39,,1"  # an empty text deep in the file: found by the vocabulary pass, after the run has begun
+    train.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "runs" / "mine"
+    first = cli_here("train", "--train", train, "--out", out, "--text-columns", "review", "--label-column", "id", *QUICK)
+    assert first.returncode == 2 and first.stderr.endswith("hint: --on-bad-row skip skips such rows and counts them\n")
+    assert not (tmp_path / "runs").exists()  # no staging folder, no empty folders it made
+    skip = ("--on-bad-row", "skip", *QUICK)
+    second = cli_here("train", "--train", train, "--out", out, "--text-columns", "review", "--label-column", "id", *skip)
+    assert second.returncode == 2 and "(--text-columns review --label-column stars)" in second.stderr and not (tmp_path / "runs").exists()
+    third = cli_here("train", "--train", train, "--out", out, "--text-columns", "review", "--label-column", "stars", *skip)
+    assert third.returncode == 0, third.stderr
+    assert (out / "bundle.json").is_file() and not (out / ".textpipe-run").exists()
+    missing = cli_here("train", "--train", train, "--test", tmp_path / "nope.csv", "--out", tmp_path / "other", *skip)
+    assert missing.returncode == 2 and not (tmp_path / "other").exists()
+
+
+def test_a_failed_rerun_over_a_finished_run_keeps_it_and_leaves_no_staging(tmp_path, bundle):
+    out = tmp_path / "run"
+    shutil.copytree(bundle["out"], out)
+    few = write_reviews(tmp_path / "few.csv", reviews(5, seed=3))  # too few rows to hold any out
+    result = cli_here("train", "--train", few, "--out", out, "--overwrite", "--text-columns", "review", "--label-column", "stars", *QUICK)
+    assert result.returncode == 2 and "hint: give a dev file: --dev FILE" in result.stderr
+    assert (out / "bundle.json").is_file() and not (out / ".textpipe-run").exists()
+
+
+def test_resume_refuses_every_flag_it_would_ignore_naming_them(bundle):
+    for flags, named in ((["--text-columns", "review"], "--text-columns"), (["--autotune", "5"], "--autotune"), (["--arch", "cnn"], "--arch"),
+                         (["--allow-many-labels"], "--allow-many-labels"), (["--on-bad-row", "skip", "--epochs", "3"], "--epochs, --on-bad-row")):
+        result = cli_here("train", "--resume", bundle["out"], *flags)
+        assert result.returncode == 2, flags
+        assert f"so it would ignore {named}; drop them" in result.stderr
+
+
+def test_labels_that_look_like_another_column_stop_unless_allowed(tmp_path):
+    rows = reviews(60, seed=4)
+    train = write_reviews(tmp_path / "ids.jsonl", rows)
+    by_id = cli_here("train", "--train", train, "--out", tmp_path / "r", "--text-columns", "review", "--label-column", "id", *QUICK)
+    assert by_id.returncode == 2
+    assert "60 different labels in 60 rows: the labels of column 'id' look like another column (columns: id, review, stars)" in by_id.stderr
+    assert by_id.stderr.splitlines()[-1] == ("hint: the file's columns are id, review, stars: name the label column (--text-columns review "
+                                             "--label-column stars), or, if these are the labels, --allow-many-labels")
+    scores = write_reviews(tmp_path / "scores.csv", [(i, text, 0.5 + i % 3) for i, text, _ in rows])  # 3 labels, but fractions
+    fractions = cli_here("train", "--train", scores, "--out", tmp_path / "r", "--text-columns", "review", "--label-column", "stars", *QUICK)
+    assert fractions.returncode == 2 and "fractional labels (0.5, 1.5, 2.5, ...)" in fractions.stderr
+    allowed = cli_here("train", "--train", scores, "--out", tmp_path / "r", "--text-columns", "review", "--label-column", "stars",
+                       "--allow-many-labels", *QUICK)
+    assert allowed.returncode == 0, allowed.stderr
+    assert not any(p.name != "r" for p in tmp_path.iterdir() if p.is_dir())
+
+
+def test_hints_name_makes_variables_under_make(tmp_path, monkeypatch, bundle):
+    monkeypatch.setenv("MAKELEVEL", "1")
+    header = cli_here("train", "--train", bundle["train"], "--out", tmp_path / "r")
+    assert header.stderr.splitlines()[1] == 'hint: name the columns: ARGS="--text-columns review --label-column stars"'
+    few = write_reviews(tmp_path / "few.csv", reviews(5, seed=3))
+    short = cli_here("train", "--train", few, "--out", tmp_path / "r", "--text-columns", "review", "--label-column", "stars", *QUICK)
+    assert short.stderr.splitlines()[-1] == "hint: give a dev file: DEV=FILE"
+    monkeypatch.delenv("MAKELEVEL")
+    real = make("-s", "train", f"PY={sys.executable}", f"TRAIN={bundle['train']}", f"OUT={tmp_path / 'm'}")
+    assert real.returncode != 0 and 'hint: name the columns: ARGS="--text-columns review --label-column stars"' in real.stderr
+
+
+def test_lang_trains_with_that_languages_tokenizer_and_predict_uses_it(tmp_path):
+    train = write_csv(tmp_path / "de.csv", [("pos" if i % 2 else "neg", f"Das ist's {'schön und gut' if i % 2 else 'schlecht und öde'} {i}")
+                                            for i in range(40)])
+    out = tmp_path / "run"
+    result = cli_here("train", "--train", train, "--dev", train, "--out", out, "--lang", "de", "--epochs", "1", "--keep-checkpoints", "0", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "bundle.json").read_text())["tokenizer"]["lang"] == "de"
+    assert "ist's" in json.loads((out / "vocab.json").read_text())  # German keeps it whole (English: "ist", "'s")
+    shown = json.loads(cli_here("vocab", "show", out, "--data", train, "--json").stdout)
+    assert shown["coverage"] == 1.0  # the bundle's own tokenizer, German, reads the file as training did
+    wrong = cli_here("train", "--train", train, "--out", tmp_path / "r", "--lang", "qq")
+    assert wrong.returncode == 2 and "--lang 'qq'" in wrong.stderr and "hint: xx" in wrong.stderr and not (tmp_path / "r").exists()

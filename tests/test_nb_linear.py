@@ -125,7 +125,7 @@ def test_a_run_ships_the_mix_chosen_on_held_out_rows_and_refits_with_it(toy_file
 
 
 def test_a_run_over_max_rows_ships_the_bag_alone(toy_files, tmp_path, monkeypatch):
-    monkeypatch.setattr("textpipe.run.MAX_ROWS", 100)  # the toy file has 400 rows
+    monkeypatch.setattr("textpipe.nb_linear.MAX_ROWS", 100)  # the toy file has 400 rows
     train, _, test = toy_files
     metrics = train_files(train, test, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=2, lr=0.02)), quiet=True)
     assert "nb_linear" not in metrics

@@ -158,3 +158,41 @@ def test_a_file_too_small_to_hold_rows_out_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="too few rows to hold any out for early stopping.*--dev"):
         train_files(train, train, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=1)), quiet=True)
     assert train_files(train, train, tmp_path / "with-dev", dev=train, config=PipelineConfig(train=TrainConfig(epochs=1)), quiet=True)["test"]["n"] == 5
+
+
+def test_a_small_file_gets_a_small_n_gram_table_and_the_run_records_it(tmp_path):
+    from textpipe.pipeline import ngram_table
+
+    rows = [("pos", "a good film , truly good"), ("neg", "a bad film , truly bad")] * 3 + [("pos", "great fun"), ("neg", "dull")]
+    train = write_csv(tmp_path / "train.csv", rows)  # 44 tokens, 9 different bigrams
+    config = PipelineConfig(train=TrainConfig(epochs=1, keep_checkpoints=0, refit=False))  # the default's cap, 2**18 rows
+    train_files(train, None, tmp_path / "run", dev=train, config=config, quiet=True)
+    table = json.loads((tmp_path / "run" / "run.json").read_text())["ngram_table"]
+    assert table == ngram_table(config.model, 9) and table["rows"] == 128 and table["cap"] == 2**18
+    assert json.loads((tmp_path / "run" / "bundle.json").read_text())["model"]["ngram_buckets"] == 128
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["ngram_buckets"] == 2**18  # the config keeps the cap
+    assert (tmp_path / "run" / "weights.safetensors").stat().st_size < 200_000  # 68 MB before
+    predicted = textpipe_cli("predict", "--model", tmp_path / "run", "a good film")
+    assert predicted.returncode == 0, predicted.stderr
+
+
+def test_the_n_gram_table_rule():
+    from textpipe.pipeline import ngram_count_limit, ngram_table
+
+    assert [ngram_table(ModelConfig(), n)["rows"] for n in (0, 1, 13, 16, 17, 32_768, 32_769, 10**6)] == [8, 8, 128, 128, 256, 2**18, 2**18, 2**18]
+    assert ngram_table(ModelConfig(ngram_buckets=1000), 10**6)["rows"] == 1000 and ngram_table(ModelConfig(ngram_buckets=0), 50)["rows"] == 0
+    assert ngram_count_limit(ModelConfig()) == (2, 2**15 + 1) and ngram_count_limit(ModelConfig(name="cnn")) == (1, 0)  # cnn: no table
+
+
+@pytest.mark.parametrize("dataset, config", [("mr", "default"), ("mr", "best.toml"), ("trec6", "default")])
+def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, config):
+    """The golden runs' weights stay bit for bit: their files have enough n-grams for the cap (rotten_tomatoes: 109,217)."""
+    import tomllib
+    from pathlib import Path
+
+    from textpipe.pipeline import count_training_file, ngram_count_limit, ngram_table
+    from textpipe.tokenizer import Tokenizer
+
+    model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[1] / "configs" / config).read_text())["model"])
+    counts = count_training_file(shared_dataset(dataset) / "train.csv", 10, Tokenizer(), DataConfig(cache_dir=None), True, ngram_count_limit(model))
+    assert ngram_table(model, counts.ngrams)["rows"] == model.ngram_buckets

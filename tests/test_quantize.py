@@ -95,7 +95,7 @@ def test_cli_quantize_info_predict_evaluate(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "% of" in result.stdout and "as int4" in result.stdout
     info = textpipe("info", out)
-    assert info.returncode == 0 and "quantized   int4 rows, one float16 scale per row" in info.stdout
+    assert info.returncode == 0 and "quantized   int4 rows, one float16 scale per row" in info.stdout and "nb.table: its " in info.stdout
     meta = json.loads(textpipe("info", out, "--json").stdout)
     assert meta["quantized"]["cutoff"] == 80000 and meta["parameters"] == json.loads(textpipe("info", model_dir, "--json").stdout)["parameters"]
     predicted = textpipe("predict", "--model", out, TEXTS[0])
@@ -168,3 +168,16 @@ def test_a_garbage_quantized_field_is_exit_2_in_info_too(trained, tmp_path, garb
     for command in (["info", tmp_path / "q"], ["info", tmp_path / "q", "--json"], ["predict", "--model", tmp_path / "q", "a film"]):
         result = cli_here(*command)
         assert result.returncode == 2 and "field quantized" in result.stderr, result.stderr
+
+
+def test_the_nb_paths_table_is_stored_compact_too(trained, tmp_path):
+    model_dir, _ = trained
+    summary = quantize_bundle(model_dir, tmp_path / "q", QuantizeConfig(cutoff=None))
+    original = load_bundle(model_dir).model.nb.table
+    nonzero = int(original.ne(0).any(1).sum())
+    assert 0 < nonzero < len(original) and summary["nb_table"] == f"nb.table: its {nonzero:,} non-zero rows as int8, one float16 scale per row"
+    stored = load_weights(tmp_path / "q")
+    assert "nb.table" not in stored and stored["nb.table.q_values"].shape == (nonzero + 1, original.shape[1])  # +1: the shared zero row
+    back = load_bundle(tmp_path / "q").model.nb.table
+    assert back.dtype == torch.float32 and not (back.ne(0) & original.eq(0)).any()  # (a value under float16's range may become 0)
+    torch.testing.assert_close(back, original, atol=original.abs().max().item() / 100, rtol=0)

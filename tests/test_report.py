@@ -98,3 +98,17 @@ def test_import_textpipe_does_not_import_matplotlib():
     code = "import sys, textpipe.report, textpipe.pipeline, textpipe.cli; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_reports_name_data_files_relative_to_their_folder(tmp_path):
+    from conftest import train_tiny
+    from textpipe.pipeline import report_file
+
+    run, test = train_tiny(tmp_path)
+    report = (run / REPORT).read_text()
+    assert "trained on `../train.csv`" in report and "test file ../test.csv" in report
+    report_file(run, test, tmp_path / "eval")
+    evaluated = (tmp_path / "eval" / REPORT).read_text()
+    assert "The model in `../run` scored on `../test.csv`." in evaluated
+    for text in (report, evaluated, (run / MISCLASSIFIED).read_text()):
+        assert str(tmp_path) not in text  # no absolute path: the folder reads the same wherever it is copied

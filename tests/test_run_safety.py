@@ -87,11 +87,12 @@ def test_a_second_run_on_a_locked_folder_names_the_holder(data, tmp_path):
     assert not (out / LOCK).exists()  # the holder removes it when it is done
 
 
-def test_a_failed_run_is_an_unfinished_run_to_info_and_predict(data, tmp_path):
+def test_a_run_failing_its_checks_leaves_nothing_and_an_unfinished_run_is_one_to_info(data, tmp_path):
     train, _, bad, _ = data
     out = tmp_path / "new"
     assert textpipe("train", "--train", train, "--test", bad, "--out", out, *SMALL).returncode == 2
-    assert (out / STAGE).is_dir()
+    assert not out.exists()  # stopped before training: nothing to resume, and a rerun is not refused (issue 28)
+    (out / STAGE).mkdir(parents=True)  # what a run killed while training leaves
     info = textpipe("info", out)
     assert info.returncode == 2
     assert info.stderr == f"textpipe info: error: {out} holds an unfinished training run, not yet a bundle\nhint: finish it with: textpipe train --resume {out}\n"

@@ -91,3 +91,22 @@ def test_pickles_without_the_spacy_object():
 def test_unknown_tokenizer_is_rejected():
     with pytest.raises(ValueError, match="unknown tokenizer 'bert'"):
         Tokenizer("bert")
+
+
+def test_lang_selects_spacys_blank_tokenizer_for_that_language():
+    import pickle
+
+    from textpipe.tokenizer import check_lang
+
+    german = Tokenizer("spacy", lang="de")
+    assert german("Das ist's schön.") == ["das", "ist's", "schön", "."]  # German keeps "ist's"; English splits it
+    assert Tokenizer("spacy")("Das ist's schön.") == ["das", "ist", "'s", "schön", "."]
+    assert pickle.loads(pickle.dumps(german)).config.lang == "de"  # a DataLoader worker tokenizes alike
+    assert Tokenizer.from_config(german.config).lang == "de"
+    assert Tokenizer("spacy", lang="xx")("Grüße aus Köln!") == ["grüße", "aus", "köln", "!"]
+    chinese = Tokenizer("spacy", lang="zh")  # a segmenter, not whitespace chunks: not memoized chunk by chunk
+    assert not chinese.chunkwise and list(chinese.pipe(["我爱你 ok"])) == [["我", "爱", "你", "o", "k"]]
+    with pytest.raises(ValueError, match="tokenizer.lang 'qq'"):
+        check_lang("qq")
+    with pytest.raises(ValueError, match="needs the spacy tokenizer"):
+        Tokenizer("whitespace", lang="de")

@@ -252,8 +252,9 @@ def check_fields(meta: dict, meta_path: Path) -> None:
         raise bad("labels", "must be a list of at least 2 distinct strings")
     tokenizer = meta.get("tokenizer")
     known = {f.name for f in fields(TokenizerConfig)}
-    if not isinstance(tokenizer, dict) or set(tokenizer) - known or tokenizer.get("name") not in [*TOKENIZERS] or not isinstance(tokenizer.get("lower", True), bool):
-        raise bad("tokenizer", f"must be an object with name (one of {', '.join(TOKENIZERS)}) and lower (true or false)")
+    if not isinstance(tokenizer, dict) or set(tokenizer) - known or tokenizer.get("name") not in TOKENIZERS or not isinstance(tokenizer.get("lower", True), bool) \
+            or not isinstance(tokenizer.get("lang", "en"), str):
+        raise bad("tokenizer", f"must be an object with name (one of {', '.join(TOKENIZERS)}), lower (true or false) and lang (a string)")
     if not isinstance(meta.get("train", {}), dict):
         raise bad("train", "must be an object")
     if "quantized" in meta and (problem := check_summary(meta["quantized"])):

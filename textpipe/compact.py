@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 TABLE = "embedding.weight"
+NB_TABLE = "nb.table"  # the bag's NB linear path (textpipe.nb_linear): one row per embedding row
 PARTS = ("q_values", "q_scale", "q_kept", "q_shape")
 PART_DTYPES = {"q_values": "U8", "q_scale": "F16", "q_kept": "U8", "q_shape": "I64"}  # as a safetensors header names them
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)

@@ -71,6 +71,7 @@ class DataConfig:
     source: SourceConfig = field(default_factory=SourceConfig)  # columns, header, on_bad_row, max_chars
     vectors: str | None = None  # named vectors (glove-6b-50d, fetched once) or a GloVe / word2vec text file: start of the word rows
     max_labels: int = 1000  # more labels than this (or one over 100 characters) looks like swapped columns: an error
+    allow_many_labels: bool = False  # accept labels that look like another column: over half as many labels as rows, or fractions
 
     def __post_init__(self) -> None:
         if isinstance(self.source, dict):  # DataConfig(source={...}) from Python
@@ -105,6 +106,8 @@ class PipelineConfig:
         # The rest spans sections, or has no check of its own.
         if self.tokenizer.name not in TOKENIZERS:
             raise ValueError(f"tokenizer.name must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer.name!r}")
+        if self.tokenizer.lang != "en" and self.tokenizer.name != "spacy":
+            raise ValueError(f"tokenizer.lang {self.tokenizer.lang!r} needs tokenizer.name = \"spacy\", got {self.tokenizer.name!r}")
         if self.model.frozen_dim and not self.data.vectors:
             raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
 

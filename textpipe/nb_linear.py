@@ -253,3 +253,19 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
         return {**record, "C": C, "alpha": alpha}
     finally:
         model.train(was_training)
+
+
+def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, quiet: bool) -> dict | None:
+    """Fit ``model``'s NB linear path on a training phase's rows: C and alpha chosen on dev, or (a refit) ``chosen``'s;
+    None (the bag alone) over MAX_ROWS training rows or with nothing to choose them on."""
+    # Every rank fits it alike on all the rows (these loaders are not sharded), so the ranks' models stay the same.
+    too_many = num_train > MAX_ROWS  # known from the vocabulary pass, before a read of the rows
+    if too_many or (chosen is None and dev_rows is None):
+        if too_many and not quiet:
+            log.info(f"{num_train:,} training rows (over {MAX_ROWS:,}): the NB linear path is left out, the model is the bag alone")
+        return None
+    record = fit_nb_linear(model, train_rows, dev_rows, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
+    if record is not None and not quiet:
+        log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
+                 + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {mixed_dev_accuracy(record):.4f})" if "dev" in record else ""))
+    return record

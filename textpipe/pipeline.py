@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -41,8 +42,8 @@ from .explain import strongest_features
 from .files import atomic_write, cache_home, check_folder, make_folder, open_regular, read_json_file, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
-from .report import misclassified, summarize, write_report
-from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, read_examples
+from .report import misclassified, relative_path, summarize, write_report
+from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, column_names, read_examples
 from .tokenizer import Tokenizer
 from .metrics import predict_logits
 from .runtime import resolve_device
@@ -86,9 +87,37 @@ def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, d
     )
 
 
-def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool) -> TrainingCounts:
+NGRAM_ROWS_PER_NGRAM = 8  # the bag's hashed table sized to the data: at most 1 in 8 of its rows taken, so few n-grams share one
+
+
+def ngram_table(model: ModelConfig, distinct_ngrams: int) -> dict:
+    """The bag's hashed n-gram table for a training file with ``distinct_ngrams`` different n-grams (2 ..
+    ``max_ngram`` words): the smallest power of two of at least 8 rows per n-gram, at most ``model.ngram_buckets``
+    (the cap; 0: none). A small file gets a small bundle; mr, trec6 and rotten_tomatoes keep the cap.
+    Recorded in ``run.json``; the bundle's model config holds the rows.
+
+    Example:
+        >>> ngram_table(ModelConfig(), 60)["rows"], ngram_table(ModelConfig(), 103_520)["rows"]
+        (512, 262144)
+    """
+    cap = model.ngram_buckets
+    rows = min(cap, 1 << (NGRAM_ROWS_PER_NGRAM * max(1, distinct_ngrams) - 1).bit_length()) if cap > 0 else 0
+    counted = f"{distinct_ngrams:,}" + (" or more" if distinct_ngrams >= ngram_count_limit(model)[1] else "")
+    return {"rows": rows, "distinct_ngrams": distinct_ngrams, "cap": cap,
+            "rule": f"smallest power of two >= {NGRAM_ROWS_PER_NGRAM} x the {counted} different n-grams of the training file, at most model.ngram_buckets"}
+
+
+def ngram_count_limit(model: ModelConfig) -> tuple[int, int]:
+    """What :func:`count_training_file` counts for :func:`ngram_table`: (max_ngram, how many n-grams decide the size)."""
+    if model.name != "bag" or model.ngram_buckets <= 0:
+        return (1, 0)
+    return (model.max_ngram, model.ngram_buckets // NGRAM_ROWS_PER_NGRAM + 1)  # past that many the cap is the size
+
+
+def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool, ngrams: tuple[int, int] = (1, 0)) -> TrainingCounts:
     """One streaming pass over the training file: the token counts of its training part and of
-    the rows held out of it (1 in ``holdout``; 0 holds none out), the rows per label, and the rows skipped by reason.
+    the rows held out of it (1 in ``holdout``; 0 holds none out), the rows per label, the rows skipped by reason,
+    and, with ``ngrams`` = (max_ngram, limit), how many different n-grams it has (up to ``limit``).
 
     With a cache folder (``data.cache_dir``) the counts are kept there, keyed by the file's
     content and the settings, so counting the same file again (a second run, each trial of
@@ -101,17 +130,19 @@ def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataCon
     folder = cache_folder(data.cache_dir)
     key = None
     if folder is not None and Path(train).is_file():
-        key = cache_key(train, {"counts": asdict(tokenizer.config), "holdout": holdout, "source": asdict(data.source)})
+        key = cache_key(train, {"counts": asdict(tokenizer.config), "holdout": holdout, "source": asdict(data.source), "ngrams": list(ngrams)})
     counts = TrainingCounts.load(folder / key) if key else None
     if counts is None:
         counts = TrainingCounts()
-        counts.add(read_examples(train, config=data.source, skipped=counts.skipped), tokenizer, holdout, quiet)
+        counts.add(read_examples(train, config=data.source, skipped=counts.skipped), tokenizer, holdout, quiet, ngrams)
         if key:
             counts.save(folder / key, train)
     labels = label_order(counts.label_counts)
     if len(labels) < 2:
         raise DataError(train, None, f"training data needs at least 2 labels, found {labels}")
     _check_labels_look_like_labels(train, labels, data.max_labels)
+    if not data.allow_many_labels:
+        _check_labels_are_classes(train, counts.label_counts, data.source)
     counts.label_counts = {label: counts.label_counts[label] for label in labels}
     return counts
 
@@ -123,6 +154,22 @@ def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) ->
             f"{len(labels):,} different labels, the longest {len(longest):,} characters ({longest[:40]!r}...): the label column looks like text; "
             f"are the label and text columns swapped? (--label-column, --text-columns; data.max_labels={max_labels} allows more labels)"
         ))
+
+
+def _check_labels_are_classes(train, label_counts: dict[str, int], source: SourceConfig) -> None:
+    """Stop when the labels look like another column (an id, a score, a text): more than half as many
+    labels as rows, or numbers with fractions. ``data.allow_many_labels`` (``--allow-many-labels``) accepts them."""
+    rows, labels = sum(label_counts.values()), list(label_counts)
+    many = len(labels) > max(4, rows / 2)  # a handful of classes in a handful of rows is a small file, not a wrong column
+    fractions = all(_FLOAT.match(label) for label in labels) and any(not float(label).is_integer() for label in labels)
+    if many or fractions:
+        what = f"{len(labels):,} different labels in {rows:,} rows" if many else f"fractional labels ({', '.join(labels[:3])}, ...)"
+        columns = column_names(train, source)
+        raise DataError(train, None, f"{what}: the labels of column {source.label_column!r} look like another column"
+                        + (f" (columns: {', '.join(columns)})" if columns else ""))
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)$")  # 0.5, .5, 1e-3: a float, not an integer
 
 
 def config_summary(config: PipelineConfig) -> str:
@@ -188,7 +235,8 @@ def report_file(
     write_json_atomic(make_folder(out) / METRICS, summary)
     history = trained_history(Path(bundle_dir) / METRICS)
     write_report(out, summary, mistakes, history, title=f"textpipe report: {Path(data).name}", notes=[
-        f"The model in `{bundle_dir}` scored on `{data}`." + (" The training curves are the model's own." if history else ""),
+        f"The model in `{relative_path(bundle_dir, out)}` scored on `{relative_path(data, out)}`."
+        + (" The training curves are the model's own." if history else ""),
     ])
     return summary
 
@@ -207,7 +255,9 @@ def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device
 def save_outputs(out: Path, model: torch.nn.Module, vocab, tokenizer: Tokenizer, labels: list[str], config: PipelineConfig, metrics: dict,
                  summary: dict, mistakes: list, history: list[dict], title: str, notes: list[str]) -> None:
     """Write a trained model's bundle, ``config.json``, ``metrics.json`` and report into ``out``."""
-    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels)})
+    # The table's size is the model's own: the bag's n-gram table is sized to the training file (models.ngram_table_rows).
+    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels),
+                                  "ngram_buckets": model.config.ngram_buckets})
     save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
     write_json_atomic(out / CONFIG, config.to_dict())
     write_json_atomic(out / METRICS, metrics)
@@ -233,6 +283,7 @@ class TrainingCounts:
     label_counts: dict[str, int] = field(default_factory=dict)  # rows per label, held-out rows included
     training_rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    ngrams: int = 0  # different word n-grams (2 .. max_ngram words) in the whole file, counted up to a limit
 
     def vocab(self, data: DataConfig):
         """The training part's vocabulary: what :func:`~textpipe.vocab.build_vocab` makes of its rows."""
@@ -242,15 +293,20 @@ class TrainingCounts:
         """The counts of the whole file, held-out rows in the training part."""
         return replace(self, tokens=self.tokens + self.held_out_tokens, held_out_tokens=Counter(), training_rows=sum(self.label_counts.values()))
 
-    def add(self, rows: Iterable[Example], tokenizer: Tokenizer, holdout: int, quiet: bool) -> None:
-        """Count ``rows``, the whole file in order (a row's number decides whether it is held out)."""
+    def add(self, rows: Iterable[Example], tokenizer: Tokenizer, holdout: int, quiet: bool, ngrams: tuple[int, int] = (1, 0)) -> None:
+        """Count ``rows``, the whole file in order (a row's number decides whether it is held out); ``ngrams``:
+        (max_ngram, limit): the different n-grams of 2 .. max_ngram words, up to ``limit`` of them."""
         rows = tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
+        (max_ngram, limit), seen = ngrams, set()
         for i, tokens in enumerate(tokenizer.pipe(self._texts(rows))):
+            for n in range(2, max_ngram + 1) if len(seen) < limit else ():
+                seen.update(zip(*(tokens[k:] for k in range(n))))
             if holdout and is_held_out(i, holdout):
                 self.held_out_tokens.update(tokens)
             else:
                 self.training_rows += 1
                 self.tokens.update(tokens)
+        self.ngrams = min(len(seen), limit)
 
     def _texts(self, rows: Iterable[Example]) -> Iterator[str]:
         """The rows' texts, their labels counted on the way: a label only held-out rows have is still the model's."""
@@ -263,7 +319,7 @@ class TrainingCounts:
         folder.mkdir(parents=True, exist_ok=True)
         # Not asdict(): it rebuilds a Counter from (key, value) pairs, counting the pairs.
         saved = {"tokens": dict(self.tokens), "held_out_tokens": dict(self.held_out_tokens), "label_counts": self.label_counts,
-                 "training_rows": self.training_rows, "skipped": self.skipped}
+                 "training_rows": self.training_rows, "skipped": self.skipped, "ngrams": self.ngrams}
         data = json.dumps(saved, ensure_ascii=False).encode("utf-8")
         atomic_write(folder / COUNTS, lambda f: f.write(data))
         write_json_atomic(folder / "meta.json", {"file": str(train), "counts": COUNTS, "sha256": hashlib.sha256(data).hexdigest()})
@@ -282,6 +338,7 @@ class TrainingCounts:
                 return None
             saved = json.loads(data)
             os.utime(folder / "meta.json")  # last use, for cache.prune, as the token caches mark theirs
-            return cls(Counter(saved["tokens"]), Counter(saved["held_out_tokens"]), saved["label_counts"], saved["training_rows"], saved["skipped"])
+            return cls(Counter(saved["tokens"]), Counter(saved["held_out_tokens"]), saved["label_counts"], saved["training_rows"], saved["skipped"],
+                       saved["ngrams"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None

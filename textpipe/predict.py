@@ -66,7 +66,7 @@ class Predictor:
         return make_loader(TextListDataset(texts, self.encoder), batch_size)
 
     def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
-        """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default)."""
+        """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default), most likely first."""
         return top_labels(texts, self.probabilities(texts, batch_size), self.labels, top_k)
 
     def explain(self, texts: Sequence[str]) -> list[Explanation]:
@@ -94,7 +94,11 @@ class Predictor:
 
 
 def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
-    """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default)."""
+    """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default).
+
+    ``probs`` is sorted, most likely first (its first key is ``label``), not in the bundle's label order:
+    the order JSON output (``predict --format json``, ``serve``) documents.
+    """
     names, rounded = ranked(probs, labels, top_k)
     return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, names, rounded)]
 

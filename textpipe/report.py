@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
@@ -229,6 +230,19 @@ def _cell(text: str) -> str:
 
 def _shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def relative_path(path: str | Path, folder: str | Path) -> str:
+    """``path`` as seen from ``folder`` (the bundle or report folder): a report names no absolute path,
+    so it reads the same wherever the folder is copied. A ``torchtext:`` name stays as it is.
+
+    Example:
+        >>> relative_path("/data/mine/train.csv", "/data/runs/mine")
+        '../../mine/train.csv'
+    """
+    if str(path).startswith("torchtext:"):
+        return str(path)
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
 
 
 def search_notes(search: dict | None) -> list[str]:

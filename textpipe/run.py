@@ -31,24 +31,25 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointError, CheckpointStore
 from .events import emit
+from .files import is_disk_full
 from .models import ModelConfig, build_model
-from .nb_linear import MAX_ROWS, fit_nb_linear, mixed_dev_accuracy
+from .nb_linear import fit_nb_for_phase, mixed_dev_accuracy
 from .pipeline import (
-    METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, save_outputs,
-    score_and_list_mistakes,
+    METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, ngram_count_limit,
+    ngram_table, save_outputs, score_and_list_mistakes,
 )
-from .report import search_notes
+from .report import relative_path, search_notes
 from .runfolder import (
-    CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, is_complete, mid_commit,
-    prepare_output, stage_of, start_fresh, unfinished,
+    CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
+    is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
 from .sources import DataError
 from .tokenizer import Tokenizer
-from .runtime import RunContext, RunSignals, resolve_device, run_scope, set_seed
+from .runtime import Interrupted, RunContext, RunSignals, resolve_device, run_scope, set_seed
 from .train import FitResult, fit
-from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
+from .vectors import fill_with_vectors
 from .vocab import load_vocab, save_vocab
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
@@ -136,13 +137,29 @@ def train_files(
     placement = start_distributed(config.train.device)
     if not placement.writes:  # under torchrun only rank 0 writes files
         return _run_phases(state, stage_of(out), out, config, None, placement, quiet, resume=None)
+    created = first_missing(out)  # the folders the run makes, removed again if it fails leaving them empty
     prepare_output(out)
-    with RunLock(out), RunSignals(stage_of(out)):  # a signal between the training loops: stop there, every file whole
-        stage = start_fresh(out, overwrite)
-        _save_state(state, stage, placement)
-        emit("phase_start", phase=state.phase.value)
+    try:
+        with RunLock(out), RunSignals(stage_of(out)):  # a signal between the training loops: stop there, every file whole
+            return _fresh_run(state, out, config, placement, quiet, overwrite)
+    except Exception:
+        remove_empty(out, created)
+        raise
+
+
+def _fresh_run(state: RunState, out: Path, config: PipelineConfig, placement: Placement, quiet: bool, overwrite: bool) -> dict:
+    """A new run in the locked folder ``out``: staged, run, committed. A run that fails its checks leaves
+    no staging folder, so a rerun with the hint's flag is not refused as an unfinished run."""
+    stage = start_fresh(out, overwrite)
+    _save_state(state, stage, placement)
+    emit("phase_start", phase=state.phase.value)
+    try:
         metrics = _run_phases(state, stage, out, config, _checkpoint_store(stage, config), placement, quiet, resume=None)
-        commit(stage, out, config.train.keep_checkpoints_after)
+    except Exception as err:
+        if not isinstance(err, (Interrupted, CheckpointError)) and not is_disk_full(err):  # those hint at --resume
+            discard_unstarted(stage)
+        raise
+    commit(stage, out, config.train.keep_checkpoints_after)
     return metrics
 
 
@@ -255,11 +272,13 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     state, vocab, counts = _phase_vocab(state, stage, config, tokenizer, placement, holdout, quiet, resume, counts)
     if not quiet:
         what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
-        log.info(f"{what}, {len(state.labels)} labels, vocabulary of {len(vocab)} tokens")
+        table = f", {state.ngram_table['rows']:,} hashed n-gram rows for {state.ngram_table['distinct_ngrams']:,} n-grams" if state.ngram_table else ""
+        log.info(f"{what}, {len(state.labels)} labels, vocabulary of {len(vocab)} tokens{table}")
     loader = partial(_phase_loader, config=config, tokenizer=tokenizer, vocab=vocab, labels=state.labels, placement=placement, holdout=holdout)
-    model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(state.labels)}))
+    sized = {"ngram_buckets": state.ngram_table["rows"]} if state.ngram_table else {}  # none recorded: a run from before the sizing
+    model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(state.labels), **sized}))
     if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
-        state = replace(state, vectors=_load_vectors(model, vocab, config, quiet))
+        state = replace(state, vectors=fill_with_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), quiet))
     if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
         _save_state(state, stage, placement)
     if placement.writes:
@@ -280,24 +299,9 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
         result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
                      class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
     if getattr(model, "nb", None) is not None:
-        result.nb_linear = _fit_nb_linear(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
+        result.nb_linear = fit_nb_for_phase(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
                                           state.num_train, quiet)
     return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
-
-
-def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, quiet: bool) -> dict | None:
-    """Fit the bag's NB linear path on the phase's training rows: C and alpha chosen on dev, or (a refit) ``chosen``'s."""
-    # Every rank fits it alike on all the rows (these loaders are not sharded), so the ranks' models stay the same.
-    too_many = num_train > MAX_ROWS  # known from the vocabulary pass, before a read of the rows
-    if too_many or (chosen is None and dev_rows is None):
-        if too_many and not quiet:
-            log.info(f"{num_train:,} training rows (over {MAX_ROWS:,}): the NB linear path is left out, the model is the bag alone")
-        return None
-    record = fit_nb_linear(model, train_rows, dev_rows, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
-    if record is not None and not quiet:
-        log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
-                 + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {mixed_dev_accuracy(record):.4f})" if "dev" in record else ""))
-    return record
 
 
 def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
@@ -308,7 +312,9 @@ def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if resume is not None:
         return state, load_vocab(stage / VOCAB), None
     if counts is None:
-        counts = count_training_file(state.data["train"], holdout, tokenizer, config.data, quiet)
+        counts = count_training_file(state.data["train"], holdout, tokenizer, config.data, quiet, ngram_count_limit(config.model))
+    if state.ngram_table is None and ngram_count_limit(config.model)[1]:  # sized once, by the run's first count: every phase's model alike
+        state = replace(state, ngram_table=ngram_table(config.model, counts.ngrams))
     if holdout and counts.training_rows == sum(counts.label_counts.values()):
         raise DataError(state.data["train"], None, f"too few rows to hold any out for early stopping (about 1 in {holdout} is; none of "
                         f"these {counts.training_rows}): give a dev file (--dev) or more rows")
@@ -325,17 +331,6 @@ def _phase_loader(path, part: str = "all", training: bool = False, *, config: Pi
     holdout_every = holdout if part != "all" else 0
     return _loader(path, config, tokenizer, vocab, labels, placement.device, part, holdout_every, training, placement.rank, placement.world,
                    config.data.num_workers)
-
-
-def _load_vectors(model: torch.nn.Module, vocab, config: PipelineConfig, quiet: bool) -> dict:
-    """Fill the model's embedding (or its frozen table) with the pretrained vectors; their coverage of the vocabulary."""
-    if config.model.frozen_dim:
-        coverage = load_into_frozen(model, vocab, resolve_vectors(config.data.vectors))
-    else:
-        coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(config.data.vectors))
-    if not quiet:
-        log.info(coverage.describe())
-    return coverage.to_dict()
 
 
 def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, stage: Path, final: Path, config: PipelineConfig,
@@ -358,24 +353,27 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early))
+                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final))
     _save_state(replace(state, phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)
     return metrics
 
 
-def _scored_on(state: RunState, config: PipelineConfig) -> str:
-    test, dev = state.data["test"], state.data["dev"]
-    return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {state.data['train']} (1 in {config.data.holdout_every})"
+def _scored_on(state: RunState, config: PipelineConfig, seen_from: Path | None = None) -> str:
+    """What the scores are on; with ``seen_from``, its paths relative to that folder (the report's)."""
+    shown = {k: v and (relative_path(v, seen_from) if seen_from else v) for k, v in state.data.items()}
+    test, dev = shown["test"], shown["dev"]
+    return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {shown['train']} (1 in {config.data.holdout_every})"
 
 
-def _report_notes(state: RunState, config: PipelineConfig, early: FitResult) -> list[str]:
+def _report_notes(state: RunState, config: PipelineConfig, early: FitResult, final: Path) -> list[str]:
     trained = f"best epoch {early.best_epoch} of {len(early.history)}"
     if state.autotune is not None:
         trained = f"configuration chosen by autotune ({len(state.autotune['trials'])} tried on dev, see run.json); " + trained
     if state.phase is Phase.REFIT:
         trained += f", then refit on all {state.num_train} training rows for {early.best_epoch} epochs"
-    notes = [f"Model `{config.model.name}` trained on `{state.data['train']}`; {trained}. Scores are on the {_scored_on(state, config)}."]
+    train = relative_path(state.data["train"], final)
+    notes = [f"Model `{config.model.name}` trained on `{train}`; {trained}. Scores are on the {_scored_on(state, config, final)}."]
     if early.nb_linear is not None:
         nb = early.nb_linear
         notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"

@@ -23,13 +23,10 @@ Example:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import platform
-import re
 import shutil
 import stat
 import sys
@@ -41,83 +38,14 @@ from pathlib import Path
 
 from .events import emit
 from .files import InputFileError, OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, read_json_file, temp_file_beside, write_json_atomic
+from .runlock import LOCK, RunLock  # noqa: F401  (RunLock re-exported: run.py and the CLI take it from here)
 from .runtime import held_signals
 from .sources import TORCHTEXT_PREFIX, DataError
 
-STAGE, LOCK, COMPLETE = ".textpipe-run", ".textpipe.lock", "COMPLETE"
+STAGE, COMPLETE = ".textpipe-run", "COMPLETE"
 CHECKPOINTS, RUN = "checkpoints", "run.json"
 PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")  # their versions go into run.json
 META = "bundle.json"  # moved last: until then OUT holds the previous bundle's manifest
-
-
-class RunLock:
-    """``with RunLock(out)``: this process is the only textpipe run using folder ``out``.
-
-    Example:
-        >>> with RunLock("runs/mine"):
-        ...     pass  # a second `textpipe train --out runs/mine` now exits 2, naming this pid
-    """
-
-    def __init__(self, out: str | Path):
-        self.out = Path(out)
-        self._fd: int | None = None
-
-    def __enter__(self) -> "RunLock":
-        path = self.out / LOCK
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            mode = os.lstat(path).st_mode if os.path.lexists(path) else stat.S_IFREG
-            if not stat.S_ISREG(mode):  # a device or FIFO is not even opened
-                raise OutputError(f"{path} is {kind_of(mode)}, not textpipe's run lock: textpipe never opens it; remove it and run again")
-            # Never through a link, never truncated on open: a lock left by a killed run is reused,
-            # anything else at that name is not textpipe's (checked before a byte is written).
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
-        except OutputError:
-            raise
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise OutputError(f"{path} is a symbolic link, not textpipe's run lock: textpipe never follows it; remove it and run again") from None
-            raise OutputError(f"cannot write to output folder {self.out}: {err.strerror or err}") from None
-        try:
-            _check_lock_file(path, fd)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            if isinstance(err, OutputError):
-                raise
-            raise OutputError(f"output folder {self.out} is in use by another textpipe run (pid {holder}); wait for it to end or choose another --out") from None
-        os.ftruncate(fd, 0)  # a pid, checked above: nothing of anyone else's
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            path = self.out / LOCK
-            if _same_file(path, self._fd):  # while still held: no other run can be inside
-                path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
-
-
-def _check_lock_file(path: Path, fd: int) -> None:
-    """OutputError unless ``fd`` is a lock file textpipe could have written: a regular file of one
-    name, empty or holding a pid (a killed run's). A hard link or a file of other content is someone's."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"{path} is {kind_of(st.st_mode)}, not textpipe's run lock; remove it and run again")
-    if st.st_nlink > 1 or st.st_size > 32 or not re.fullmatch(rb"\d*\s*", os.pread(fd, 33, 0)):
-        raise OutputError(f"{path} is not textpipe's run lock (it holds other content or is a link to another file); "
-                          "textpipe leaves it as it is: move it away and run again")
-
-
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        here, held = os.lstat(path), os.fstat(fd)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
 def prepare_output(out: Path) -> None:
@@ -206,6 +134,35 @@ def unfinished(out: str | Path) -> Path | None:
     stage = stage_of(out)
     check_stage(stage)
     return stage if stage.is_dir() else None
+
+
+def first_missing(out: Path) -> Path | None:
+    """The outermost folder of ``out``'s path (``out`` itself included) that does not exist yet, if any."""
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]
+    return missing[-1] if missing else None
+
+
+def remove_empty(out: Path, top: Path | None) -> None:
+    """Remove ``out`` and its parents up to ``top`` (from :func:`first_missing`) while they are empty."""
+    for folder in (out, *out.parents) if top is not None else ():
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): what is left there is not only the run's
+            return
+        if folder == top:
+            return
+
+
+def discard_unstarted(stage: Path) -> bool:
+    """Remove ``stage`` if a resume of it would redo all a new run does (it is still in the train phase
+    and holds no checkpoint): a run that failed its checks leaves no unfinished run behind. True if removed."""
+    try:
+        started = RunState.load(stage).phase is not Phase.TRAIN or any((stage / CHECKPOINTS).glob("step-*.pt"))
+    except (OSError, ValueError, TypeError, KeyError):
+        started = False  # no readable run.json: nothing a resume could use
+    if not started:
+        shutil.rmtree(stage, ignore_errors=True)
+    return not started
 
 
 def is_complete(stage: Path) -> bool:
@@ -302,6 +259,7 @@ class RunState:
     skipped: dict[str, int] | None = None
     fingerprint: dict | None = None  # "train" (and "dev") -> the file's content digest: a resume refuses a changed file
     vectors: dict | None = None  # pretrained vectors' coverage of the vocabulary
+    ngram_table: dict | None = None  # the bag's hashed n-gram table: its rows, the training file's n-grams, the cap and the rule
 
     @classmethod
     def start(cls, data: dict, config: dict) -> "RunState":

@@ -27,7 +27,9 @@ torchtext), on the shared pieces of :mod:`textpipe.reading` (``DataError`` is de
 
 from __future__ import annotations
 
+import csv
 import itertools
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +157,33 @@ def read_examples(
             skipped[problem[0]] = skipped.get(problem[0], 0) + 1
         else:
             raise DataError(row.file or path, row.line, problem[1])
+
+
+def column_names(path: str | Path, config: SourceConfig | None = None) -> list[str]:
+    """The columns a labelled file offers: a CSV/TSV header's names (indices without a header), a
+    JSONL file's first object's keys; [] for other sources or an unreadable first row. For hints.
+
+    Example:
+        >>> column_names("reviews.csv")
+        ['id', 'review', 'stars']
+    """
+    config = config or SourceConfig()
+    fmt = file_format(path)
+    if fmt not in ("csv", "tsv", "jsonl"):
+        return []
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            first = f.readline(config.max_chars)
+    except OSError:
+        return []
+    if fmt == "jsonl":
+        try:
+            row = json.loads(first)
+        except ValueError:
+            return []
+        return [str(key) for key in row] if isinstance(row, dict) else []
+    fields = next(csv.reader([first], delimiter="\t" if fmt == "tsv" else ","), [])
+    return [name.strip() for name in fields] if config.header else [str(i) for i in range(len(fields))]
 
 
 def read_texts(path: str | Path, config: SourceConfig | None = None, skipped: dict[str, int] | None = None) -> Iterator[str]:

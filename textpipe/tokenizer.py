@@ -2,8 +2,8 @@
 
 Three tokenizers behind one small class:
 
-- ``"spacy"`` (default): spaCy's rule-based English tokenizer from ``spacy.blank("en")``,
-  no model download. spaCy splits a text at whitespace and tokenizes each chunk on
+- ``"spacy"`` (default): spaCy's rule-based tokenizer from ``spacy.blank(lang)``, English
+  unless ``lang`` names another language (``"de"``, ``"fr"``, ..., ``"xx"`` for many), no model download. spaCy splits a text at whitespace and tokenizes each chunk on
   its own, so textpipe memoizes chunk -> tokens: a chunk seen before ("movie.",
   "don't") costs one dict lookup instead of a trip through spaCy. The tokens equal
   spaCy's on every row of the benchmark data (``tests/test_tokenizer.py``); a warm
@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 TOKENIZERS = ("spacy", "basic_english", "whitespace")
+# spaCy languages whose tokenizer is not the rule-based one that cuts at whitespace first (a segmenter, or a
+# dictionary): their tokens are not their chunks' tokens end to end, so they are not memoized chunk by chunk.
+SEGMENTED = ("zh", "ja", "ko", "th", "vi")
 CHUNK_CACHE_SIZE = 2**18  # distinct whitespace chunks remembered; the cache starts over when full
 
 
@@ -32,6 +35,7 @@ CHUNK_CACHE_SIZE = 2**18  # distinct whitespace chunks remembered; the cache sta
 class TokenizerConfig:
     name: str = "spacy"
     lower: bool = True
+    lang: str = "en"  # spacy: the language of spacy.blank(lang); "xx" for many languages
 
 
 class Tokenizer:
@@ -43,27 +47,30 @@ class Tokenizer:
         ['a', 'gorgeous', ',', 'witty', 'movie', '.']
     """
 
-    def __init__(self, name: str = "spacy", lower: bool = True):
+    def __init__(self, name: str = "spacy", lower: bool = True, lang: str = "en"):
         if name not in TOKENIZERS:
             raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
+        if lang != "en" and name != "spacy":
+            raise ValueError(f"tokenizer.lang {lang!r} needs the spacy tokenizer, not {name!r}")
         self.name = name
         self.lower = lower
+        self.lang = lang
         self._fn: Callable[[str], list[str]] | None = None
         self._nlp = None
 
     @classmethod
     def from_config(cls, config: TokenizerConfig) -> "Tokenizer":
-        return cls(config.name, config.lower)
+        return cls(config.name, config.lower, config.lang)
 
     @property
     def config(self) -> TokenizerConfig:
-        return TokenizerConfig(self.name, self.lower)
+        return TokenizerConfig(self.name, self.lower, self.lang)
 
     @property
     def chunkwise(self) -> bool:
         """True when a text's tokens are those of its whitespace chunks (``text.split()``), each
         tokenized alone, end to end (spaCy, see :class:`_ChunkMemo`): a chunk's tokens can be remembered."""
-        return self.name == "spacy"
+        return self.name == "spacy" and self.lang not in SEGMENTED
 
     def __call__(self, text: str) -> list[str]:
         if self._fn is None:
@@ -89,7 +96,9 @@ class Tokenizer:
 
     def _build(self) -> Callable[[str], list[str]]:
         if self.name == "spacy":
-            self._nlp = _blank_english()
+            self._nlp = _blank(self.lang)
+            if not self.chunkwise:
+                return lambda text: [t.lower_ if self.lower else t.text for t in self._nlp(text) if not t.is_space]
             return _ChunkMemo(self._nlp.tokenizer, self.lower, renew=self._renew_spacy)
         if self.name == "basic_english":
             from . import _torchtext  # noqa: F401  (silences torchtext's import warning)
@@ -102,25 +111,36 @@ class Tokenizer:
     def _renew_spacy(self):
         # spaCy's vocabulary keeps every lexeme it has seen: over a long prediction stream
         # of unique tokens it grows without bound. A new one each time the memo starts over.
-        self._nlp = _blank_english()
+        self._nlp = _blank(self.lang)
         return self._nlp.tokenizer
 
     def __getstate__(self) -> dict:
-        return {"name": self.name, "lower": self.lower}
+        return {"name": self.name, "lower": self.lower, "lang": self.lang}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["name"], state["lower"])
+        self.__init__(state["name"], state["lower"], state.get("lang", "en"))
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.name!r}, lower={self.lower})"
+        return f"Tokenizer({self.name!r}, lower={self.lower}" + (f", lang={self.lang!r})" if self.lang != "en" else ")")
 
 
-def _blank_english():
-    """``spacy.blank("en")``, its words given only the attributes textpipe reads (``lower_``, ``is_space``)."""
+def check_lang(lang: str) -> None:
+    """ValueError unless spaCy makes a blank tokenizer for ``lang`` here (e.g. en, de, fr, zh, xx; ja needs SudachiPy)."""
+    import spacy
+
+    try:
+        spacy.blank(lang)
+    except Exception as err:  # spaCy raises ImportError (a missing package) or its own error (an unknown code)
+        why = str(err).splitlines()[0][:200] if isinstance(err, ImportError) else "spaCy has no such language"
+        raise ValueError(f"tokenizer.lang {lang!r}: {why} (e.g. en, de, fr, es; xx for many languages)") from None
+
+
+def _blank(lang: str = "en"):
+    """``spacy.blank(lang)``, its words given only the attributes textpipe reads (``lower_``, ``is_space``)."""
     import spacy
     from spacy.attrs import IS_SPACE, LOWER
 
-    nlp = spacy.blank("en")
+    nlp = spacy.blank(lang)
     # spaCy computes some 25 attributes (like_num, shape, is_stop, ...) of each word it meets first:
     # 40% of its time on new text. The tokens do not depend on them.
     getters = nlp.vocab.lex_attr_getters

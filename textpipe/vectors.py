@@ -355,3 +355,14 @@ def load_into_frozen(model: nn.Module, vocab: Vocab, path: str | Path) -> Covera
 def _coverage(vocab: Vocab, found: torch.Tensor, dim: int, path: str | Path) -> Coverage:
     total = sum(1 for token in vocab.get_itos() if token not in SPECIALS)
     return Coverage(int(found.sum()), total, dim, os.fspath(path))
+
+
+def fill_with_vectors(model: nn.Module, vocab: Vocab, vectors: str, frozen: bool, quiet: bool) -> dict:
+    """Fill ``model``'s embedding (or, ``frozen``, its frozen table) with the named or local ``vectors``; their coverage of the vocabulary."""
+    if frozen:
+        coverage = load_into_frozen(model, vocab, resolve_vectors(vectors))
+    else:
+        coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(vectors))
+    if not quiet:
+        log.info(coverage.describe())
+    return coverage.to_dict()

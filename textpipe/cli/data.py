@@ -13,7 +13,7 @@ from typing import Callable
 
 from ..catalogue import DATASETS, Splits
 from ..tokenizer import TokenizerConfig
-from .errors import CommandFailed, UsageError
+from .errors import CommandFailed, UsageError, check_lang_flag
 from .options import source_config
 from .streams import print_skipped, require_bundle
 
@@ -148,7 +148,7 @@ def cmd_vocab_build(args: argparse.Namespace) -> None:
     if args.max_size is not None and args.max_size <= 2:
         raise UsageError(f"--max-size must be > 2 (it counts <pad> and <unk>), got {args.max_size}")
     check_regular_file(args.out)  # before the pass over the data: a link, FIFO or folder at --out is never replaced
-    tokenizer = Tokenizer(args.tokenizer, lower=args.lower)
+    tokenizer = Tokenizer(args.tokenizer, lower=args.lower, lang=check_lang_flag(args.lang, args.tokenizer))
     skipped: dict[str, int] = {}
     texts = tqdm(read_texts(args.data, source_config(args), skipped), desc="vocab", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False)
     vocab = build_vocab(tokenizer.pipe(texts), args.min_freq, args.max_size)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from ..sources import DataError
+from ..sources import DataError, SourceConfig
 
 
 class CommandError(Exception):
@@ -44,6 +45,50 @@ class CommandFailed(CommandError):
     """
 
 
+# The Makefile's variables for flags (Makefile); any other flag goes into ARGS="...".
+MAKE_VARIABLES = {"--train": "TRAIN", "--test": "TEST", "--dev": "DEV", "--out": "OUT", "--config": "CONFIG", "--model": "MODEL",
+                  "--input": "INPUT", "--format": "FORMAT", "--data": "TEST", "--host": "HOST", "--port": "PORT"}
+
+
+def under_make() -> bool:
+    """Whether make runs this command (make puts MAKELEVEL in its recipes' environment)."""
+    return "MAKELEVEL" in os.environ
+
+
+def typed(flags: str) -> str:
+    """``flags`` as the user types them: as they are, or, under make, as make's variables.
+
+    Example:
+        >>> typed("--text-columns review --dev FILE")   # under make
+        'DEV=FILE ARGS="--text-columns review"'
+    """
+    if not under_make():
+        return flags
+    words, variables, rest = shlex.split(flags), [], []
+    while words:
+        word = words.pop(0)
+        if word in MAKE_VARIABLES and words:
+            variables.append(f"{MAKE_VARIABLES[word]}={shlex.quote(words.pop(0))}")
+        else:
+            rest.append(shlex.quote(word))
+    return " ".join(variables + ([f'ARGS="{" ".join(rest)}"'] if rest else []))
+
+
+def check_lang_flag(lang: str, tokenizer: str) -> str:
+    """``lang``, once spaCy is known to make a blank tokenizer for it; else a usage error naming the flag."""
+    if lang == "en":
+        return lang
+    if tokenizer != "spacy":
+        raise UsageError(f"--lang {lang} works with the spacy tokenizer, not {tokenizer}", hint="drop --tokenizer, or --lang")
+    from ..tokenizer import check_lang
+
+    try:
+        check_lang(lang)
+    except ValueError as err:
+        raise UsageError(str(err).replace("tokenizer.lang", "--lang"), hint="xx: spaCy's tokenizer for many languages") from None
+    return lang
+
+
 def resume_command(out: Path) -> str:
     """A resume command that works as printed: this Python's ``-m textpipe`` (``textpipe`` may not be on PATH)."""
     command = f"{shlex.quote(sys.executable)} -m textpipe train --resume {shlex.quote(str(out))}"
@@ -63,6 +108,7 @@ def free_space_hint(args: argparse.Namespace) -> str:
 
 
 TEXT_NAMES = ("text", "review", "sentence", "content", "body", "comment", "message", "document", "tweet", "question", "title", "utterance")
+ID_NAMES = ("id", "idx", "index", "key", "uid", "uuid", "row", "row_id")
 LABEL_NAMES = ("label", "sentiment", "class", "category", "target", "y", "stars", "rating", "polarity", "intent", "topic", "tag", "labels")
 
 
@@ -77,8 +123,25 @@ def data_hint(err: DataError, args: argparse.Namespace) -> str | None:
         keys = jsonl_keys(Path(err.path), err.line)
         return column_hint(keys, with_label) if keys else None
     if problem == "empty text" and args.command in ("train", "evaluate"):
-        return "--on-bad-row skip skips such rows and counts them"
+        return f"{typed('--on-bad-row skip')} skips such rows and counts them"
+    if problem.startswith("too few rows to hold any out"):
+        return f"give a dev file: {typed('--dev FILE')}"
+    columns = re.search(r"\(columns: (.*)\)$", problem)
+    if columns and "look like another column" in problem:
+        return labels_hint([name.strip() for name in columns.group(1).split(",")], args)
     return None
+
+
+def labels_hint(names: list[str], args: argparse.Namespace) -> str:
+    """The file's columns, the flags naming another one as the labels, and the flag keeping these labels."""
+    source = SourceConfig()
+    texts = str(getattr(args, "text_columns", ",".join(source.text_columns)))
+    used = {str(getattr(args, "label_column", source.label_column)).lower(), *texts.lower().split(",")}
+    others = [name for name in names if name.lower() not in used and name.lower() not in ID_NAMES]
+    label = next((name for name in others if name.lower() in LABEL_NAMES), others[-1] if others else None)
+    flags = ("--text-columns " + texts + " " if "text_columns" in args else "") + f"--label-column {label}"
+    other = f"name the label column ({typed(flags)}), or, " if label else "name the label column, or, "
+    return f"the file's columns are {', '.join(names)}: {other}if these are the labels, {typed('--allow-many-labels')}"
 
 
 def jsonl_keys(path: Path, line: int) -> list[str]:
@@ -97,4 +160,4 @@ def column_hint(names: list[str], with_label: bool) -> str:
     texts = [names[lowered.index(n)] for n in TEXT_NAMES if n in lowered and names[lowered.index(n)] != label][:1]
     texts = texts or [n for n in names if n != label][:1] or names[:1]
     flags = f"--text-columns {','.join(texts)}" + (f" --label-column {label}" if with_label and label else "")
-    return f"name the columns: {flags}"
+    return f"name the columns: {typed(flags)}"

@@ -17,6 +17,7 @@ OVERRIDES = {
     "model": ("model", "name"),
     "tokenizer": ("tokenizer", "name"),
     "lower": ("tokenizer", "lower"),
+    "lang": ("tokenizer", "lang"),
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"),
     "lr": ("train", "lr"),
@@ -36,6 +37,7 @@ OVERRIDES = {
     "checkpoint_seconds": ("train", "checkpoint_seconds"),
     "keep_checkpoints_after": ("train", "keep_checkpoints_after"),
     "deterministic": ("train", "deterministic"),
+    "allow_many_labels": ("data", "allow_many_labels"),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -51,8 +52,29 @@ EXIT_STATUS = """exit status:
 BUNDLE_HELP = "bundle folder written by train"
 
 
+# Other tools' words for a command (spelling alone would not find these).
+CHOICE_SYNONYMS = {"fit": "train", "test": "evaluate", "score": "evaluate", "classify": "predict", "infer": "predict", "inspect": "info", "show": "info"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose "invalid choice" (a mistyped command, action or choice) names the nearest choice.
+
+    Example:
+        >>> build_parser().parse_args(["predcit"])   # ... invalid choice: 'predcit' (...); did you mean predict?
+    """
+
+    def error(self, message: str):
+        wrong = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if wrong:
+            choices = [c.strip().strip("'") for c in wrong.group(2).split(",")]
+            synonym = [c for c in [CHOICE_SYNONYMS.get(wrong.group(1).lower())] if c in choices]
+            nearest = synonym or difflib.get_close_matches(wrong.group(1), choices, n=1, cutoff=0.5)
+            message += f"; did you mean {nearest[0]}?" if nearest else ""
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="textpipe", description=USAGE, epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="textpipe", description=USAGE, epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"textpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train, add_evaluate, add_predict, add_embed, add_vocab, add_datasets, add_vectors, add_info, add_quantize, add_serve):
@@ -133,6 +155,9 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     conf.add_argument("--model", dest="model", default=S, choices=sorted(MODELS), action=DeprecatedAlias, new="--arch", help="deprecated spelling of --arch")
     conf.add_argument("--tokenizer", default=S, choices=TOKENIZERS, help=f"tokenizer (default: {TokenizerConfig.name})")
     conf.add_argument("--no-lower", dest="lower", action="store_false", default=S, help="keep case (spacy and whitespace tokenizers)")
+    conf.add_argument("--lang", default=S, help=(
+        f"spacy tokenizer: the language of spaCy's blank tokenizer, e.g. de, fr, es, zh, or xx for many (default: {TokenizerConfig.lang}); "
+        "recorded in the bundle, so predict tokenizes alike"))
     conf.add_argument("--epochs", type=int, default=S, help=f"maximum epochs (default: {T.epochs})")
     conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {T.batch_size})")
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {T.lr})")
@@ -154,6 +179,8 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {T.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
     conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {T.keep_checkpoints})")
     conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
+    conf.add_argument("--allow-many-labels", action="store_true", default=S, help=(
+        "train even when the labels look like another column (over half as many labels as rows, or fractions such as 0.5), which otherwise stops the run"))
     conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
 
 
@@ -178,7 +205,7 @@ def add_predict(sub) -> None:
     p.add_argument("texts", nargs="*", help="texts to label (labelled before those of --input); a lone '-' reads stdin")
     p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
-        "json: one object per line {text, label, probs}; csv: text,label,confidence,p_<label>...; "
+        "json: one object per line {text, label, probs}, probs most likely first; csv: text,label,confidence,p_<label>...; "
         "text: 'label (p)<TAB>text', the top label only unless --top-k (default: %(default)s)"))
     p.add_argument("--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels)")
     p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
@@ -215,6 +242,7 @@ def add_vocab(sub) -> None:
     b.add_argument("--out", type=Path, required=True, help="where to write the vocabulary (JSON list of tokens in id order)")
     b.add_argument("--tokenizer", choices=TOKENIZERS, default=TokenizerConfig.name, help="tokenizer (default: %(default)s)")
     b.add_argument("--no-lower", dest="lower", action="store_false", help="keep case")
+    b.add_argument("--lang", default=TokenizerConfig.lang, help="spacy tokenizer: the language of spaCy's blank tokenizer, xx for many (default: %(default)s)")
     b.add_argument("--min-freq", type=int, default=DataConfig.min_freq, help="drop tokens seen fewer times (default: %(default)s)")
     b.add_argument("--max-size", type=int, help="keep at most this many tokens, <pad> and <unk> included")
     b.add_argument("--top", type=int, default=20, help="how many of the most frequent tokens to list (default: %(default)s)")

@@ -10,8 +10,8 @@ from typing import Iterable
 from ..config import PipelineConfig, config_toml
 from ..sources import DataError
 from .data import fetch_dataset
-from .errors import UsageError
-from .options import OVERRIDES, config_from_args
+from .errors import UsageError, check_lang_flag
+from .options import config_from_args
 from .streams import print_skipped
 
 
@@ -40,16 +40,29 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def resume(args: argparse.Namespace) -> None:
     """``--resume DIR``: the data and settings come from DIR/run.json, so no other may be given."""
-    given = [f"--{k.replace('_', '-')}" for k in ("dataset", "train", "test", "dev", "out", "config", "overwrite") if getattr(args, k, None)]
-    given += [f"--{k.replace('_', '-')}" for k in OVERRIDES if k in args] + (["--set"] if args.set else [])
+    given = flags_given(args, keep=("resume", "quiet"))
     if given:
-        raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json; drop {', '.join(given)}")
+        raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json, so it would ignore {', '.join(given)}; drop them",
+                         hint=f"to change them, start a new run: textpipe train ... --out {args.resume} --overwrite")
     from ..run import resume_run
 
     check_resumable(args.resume)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("--resume runs in one process: a checkpoint holds one rank's place in the data", hint="run it without torchrun")
     report_training(resume_run(args.resume, quiet=args.quiet), args.resume)
+
+
+def flags_given(args: argparse.Namespace, keep: tuple[str, ...]) -> list[str]:
+    """Every flag of the command that was given (its value is not the default), but those whose dest is in ``keep``.
+
+    Read from the command's own parser, so a flag added later is covered without a list here."""
+    given = {}
+    for action in args.parser._actions:
+        if not action.option_strings or action.dest in keep or action.dest == "help" or action.dest not in args:
+            continue
+        if action.default == argparse.SUPPRESS or getattr(args, action.dest) != action.default:
+            given.setdefault(action.dest, action.option_strings[0])  # --arch and its old spelling --model: one name
+    return list(given.values())
 
 
 def check_resumable(out: Path) -> None:
@@ -76,6 +89,7 @@ def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
 
         if config.data.vectors not in NAMED_VECTORS and not Path(config.data.vectors).is_file():
             raise UsageError(f"vectors {config.data.vectors!r}: neither named vectors nor a file", hint=f"named vectors: {', '.join(NAMED_VECTORS)} (textpipe vectors list)")
+    check_lang_flag(config.tokenizer.lang, config.tokenizer.name)
     if args.autotune is not None and args.autotune <= 0:
         raise UsageError(f"--autotune needs a positive number of seconds, got {args.autotune}")
 
