@@ -47,10 +47,15 @@ def write_csv(path: Path, rows) -> Path:
 
 # Token-id caches of test runs go to a temporary folder, not the user's cache folder. Set at
 # import, before any test module copies os.environ into a subprocess's environment.
-# Each process (the xdist controller and every worker) removes its own folder when it exits.
+# Each process (the xdist controller and every worker) removes its own folder at the end of its
+# session (pytest_unconfigure: xdist workers leave through os._exit, which skips atexit).
 TOKEN_CACHE = tempfile.mkdtemp(prefix="textpipe-test-cache-")
 os.environ["TEXTPIPE_CACHE"] = TOKEN_CACHE
 atexit.register(shutil.rmtree, TOKEN_CACHE, ignore_errors=True)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(TOKEN_CACHE, ignore_errors=True)
 
 
 @functools.cache
