@@ -58,6 +58,7 @@ class StopOnSignal:
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.handled = False
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
@@ -65,6 +66,11 @@ class StopOnSignal:
             name = signal.Signals(signum).name
             raise Interrupted(name, f"{name}: training stopped at once (a second signal); the newest checkpoint is kept")
         self.signal_name = signal.Signals(signum).name
+
+    def acted_on(self) -> str:
+        """The signal's name, marked as handled (training stopped for it): not sent again on exit."""
+        self.handled = True
+        return self.signal_name
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
@@ -76,7 +82,7 @@ class StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-        if kind is None and self.signal_name is not None:  # never dropped: the caller's handler decides
+        if kind is None and self.signal_name is not None and not self.handled:  # never dropped: the caller's handler decides
             signal.raise_signal(signal.Signals[self.signal_name])
 
 

@@ -292,7 +292,7 @@ class _Loop:
     def _stop_if_signalled(self, mid_epoch: bool) -> None:
         stop = self.context.stop
         if stop is not None and stop.signal_name:
-            raise TrainingInterrupted(stop.signal_name, self._save_checkpoint(mid_epoch, wait=True))
+            raise TrainingInterrupted(stop.acted_on(), self._save_checkpoint(mid_epoch, wait=True))
 
     def _checkpoint_due(self) -> bool:
         # By time, not by epoch: a checkpoint costs the same whatever the epoch's length.
