@@ -44,11 +44,12 @@ from .runfolder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, is_complete, mid_commit,
     prepare_output, stage_of, start_fresh, unfinished,
 )
+from .sentence_mix import encoder_record, fit_phase_head, logits_mixer
 from .sources import DataError
 from .tokenizer import Tokenizer
 from .runtime import RunContext, RunSignals, resolve_device, run_scope, set_seed
 from .train import FitResult, fit
-from .vectors import load_into_embedding, load_into_frozen, resolve_vectors
+from .vectors import load_vectors_into
 from .vocab import load_vocab, save_vocab
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
@@ -82,6 +83,7 @@ class PhaseResult:
     fit: FitResult
     skipped: dict[str, dict[str, int]]  # part -> reason -> rows (counted in skip mode)
     counts: TrainingCounts | None  # what the vocabulary was made of (None on a resume: it was loaded)
+    head: tuple | None = None  # with model.encoder: the sentence head and its record (C, beta, dev scores)
 
 
 def start_distributed(device: str) -> Placement:
@@ -220,7 +222,7 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
         if not refits(config, state.data):
             emit("phase_end", phase=Phase.TRAIN.value)
             return _score_and_save(state, trained, trained.fit, stage, final, config, placement, quiet, tokenizer)
-        state = _enter_refit(state, trained.fit, stage, store, placement)
+        state = _enter_refit(state, trained.fit, stage, store, placement, trained.head[1] if trained.head else None)
         counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
         trained, resume = None, None  # let the first model's weights go before the refit builds its own
     early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"], state.refit.get("nb_linear"))
@@ -230,13 +232,14 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
     return _score_and_save(state, refitted, early, stage, final, config, placement, quiet, tokenizer)
 
 
-def _enter_refit(state: RunState, early: FitResult, stage: Path, store: CheckpointStore | None, placement: Placement) -> RunState:
+def _enter_refit(state: RunState, early: FitResult, stage: Path, store: CheckpointStore | None, placement: Placement,
+                 head: dict | None) -> RunState:
     """Record the train phase's result, which the refit starts from, and delete its checkpoints."""
     if store is not None:
         store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
     emit("phase_end", phase=Phase.TRAIN.value)
     state = replace(state, phase=Phase.REFIT, refit={"epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history,
-                                                      "nb_linear": early.nb_linear})
+                                                      "nb_linear": early.nb_linear, **({"sentence_head": head} if head else {})})
     _save_state(state, stage, placement)
     emit("phase_start", phase=Phase.REFIT.value)
     return state
@@ -259,7 +262,7 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     loader = partial(_phase_loader, config=config, tokenizer=tokenizer, vocab=vocab, labels=state.labels, placement=placement, holdout=holdout)
     model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(state.labels)}))
     if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
-        state = replace(state, vectors=_load_vectors(model, vocab, config, quiet))
+        state = replace(state, vectors=load_vectors_into(model, vocab, config.data.vectors, config.model.frozen_dim, quiet))
     if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
         _save_state(state, stage, placement)
     if placement.writes:
@@ -282,7 +285,9 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if getattr(model, "nb", None) is not None:
         result.nb_linear = _fit_nb_linear(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
                                           state.num_train, quiet)
-    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
+    head = fit_phase_head(model, config, tokenizer, vocab, state.labels, train, train_part, holdout, dev,
+                          state.refit.get("sentence_head") if refit_epochs else None, quiet) if config.model.encoder else None
+    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts, head)
 
 
 def _fit_nb_linear(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, quiet: bool) -> dict | None:
@@ -327,17 +332,6 @@ def _phase_loader(path, part: str = "all", training: bool = False, *, config: Pi
                    config.data.num_workers)
 
 
-def _load_vectors(model: torch.nn.Module, vocab, config: PipelineConfig, quiet: bool) -> dict:
-    """Fill the model's embedding (or its frozen table) with the pretrained vectors; their coverage of the vocabulary."""
-    if config.model.frozen_dim:
-        coverage = load_into_frozen(model, vocab, resolve_vectors(config.data.vectors))
-    else:
-        coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(config.data.vectors))
-    if not quiet:
-        log.info(coverage.describe())
-    return coverage.to_dict()
-
-
 def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, stage: Path, final: Path, config: PipelineConfig,
                     placement: Placement, quiet: bool, tokenizer: Tokenizer) -> dict:
     """Score the shipped model (on the test file, else on dev), and on rank 0 write the bundle, config, metrics and report."""
@@ -346,19 +340,23 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
     holdout = 0 if test or dev else config.data.holdout_every
     rows = _loader(test or dev or state.data["train"], config, tokenizer, trained.vocab, trained.labels, placement.device,
                    "all" if holdout == 0 else "dev", holdout)
-    summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, placement.device, quiet)
+    mix = logits_mixer(trained.head[0], config, quiet) if trained.head else None
+    summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, placement.device, quiet, mix)
     metrics = {"test": summary["overall"] if test else None, "dev": early.best_dev, "scored_on": _scored_on(state, config),
                "best_epoch": early.best_epoch, "history": early.history, **summary}
     if state.phase is Phase.REFIT:
         metrics["refit"] = {"epochs": early.best_epoch, "rows": state.num_train, "history": trained.fit.history}
     if trained.fit.nb_linear is not None:  # after a refit: fit again on every row, with the train phase's choices and dev scores
         metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
+    if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
+        metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early))
+                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early), head=trained.head and trained.head[0],
+                 encoder=trained.head and encoder_record(config.model.encoder))
     _save_state(replace(state, phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)
     return metrics

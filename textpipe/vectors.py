@@ -224,3 +224,16 @@ def load_into_frozen(model: nn.Module, vocab: Vocab, path: str | Path) -> Covera
 def _coverage(vocab: Vocab, found: torch.Tensor, dim: int, path: str | Path) -> Coverage:
     total = sum(1 for token in vocab.get_itos() if token not in SPECIALS)
     return Coverage(int(found.sum()), total, dim, os.fspath(path))
+
+
+def load_vectors_into(model: nn.Module, vocab: Vocab, vectors: str, frozen_dim: int, quiet: bool) -> dict:
+    """Fill the model's embedding (or, with ``frozen_dim``, its frozen table) with the pretrained vectors; their coverage of the vocabulary."""
+    if frozen_dim:
+        coverage = load_into_frozen(model, vocab, resolve_vectors(vectors))
+    else:
+        coverage = load_into_embedding(model.embedding, vocab, resolve_vectors(vectors))
+    if not quiet:
+        import logging
+
+        logging.getLogger("textpipe").info(coverage.describe())
+    return coverage.to_dict()

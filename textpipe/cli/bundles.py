@@ -31,6 +31,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     if info["versions"]:
         print("versions    " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     print(f"weights     {info['weights_bytes']:,} bytes, sha256 {info['weights_sha256']}")
+    if info.get("encoder"):
+        e = info["encoder"]
+        print(f"encoder     {e['name']} (sentence vectors, cut at {e['max_wordpieces']} wordpieces), sha256 {e['sha256']}")
     if info.get("quantized"):
         from ..quantize import describe
 

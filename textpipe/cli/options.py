@@ -28,6 +28,7 @@ OVERRIDES = {
     "label_smoothing": ("train", "label_smoothing"),
     "class_weights": ("train", "class_weights"),
     "vectors": ("data", "vectors"),
+    "encoder": ("model", "encoder"),
     "device": ("train", "device"),
     "num_workers": ("data", "num_workers"),
     "checkpoint_every": ("train", "checkpoint_every"),
