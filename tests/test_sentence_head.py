@@ -90,3 +90,22 @@ def test_a_tiny_run_with_the_encoder_trains_saves_and_predicts_its_mix(tmp_path)
     evaluated = cli_here("evaluate", "--model", out, "--data", test, "--out", tmp_path / "eval", "--quiet")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]["accuracy"] == pytest.approx(accuracy)
+    explained = cli_here("predict", "--model", out, "--explain", "--format", "json", "a great film")
+    assert explained.returncode == 2 and "sentence encoder" in explained.stderr and "Traceback" not in explained.stderr
+    quantized = cli_here("quantize", "--model", out, "--out", tmp_path / "small")
+    assert quantized.returncode == 0, quantized.stderr
+    assert torch.allclose(Predictor.load(tmp_path / "small").probabilities(texts).argmax(1), probs.argmax(1))
+
+
+@pytest.mark.skipif(not (ENCODER / "model.safetensors").is_file(), reason="needs the minilm-l6 encoder in data/ (textpipe vectors fetch minilm-l6)")
+def test_text_classifier_takes_the_encoder_through_its_config(tmp_path):
+    from textpipe import TextClassifier
+
+    rows = make_rows(60, seed=4)
+    clf = TextClassifier(config={"model": {"encoder": "minilm-l6", "embed_dim": 8, "ngram_buckets": 64}}, epochs=2)
+    clf.fit([text for _, text in rows], [label for label, _ in rows])
+    probs = clf.predict_proba(["a great and witty film", "a dull and awful film"])
+    clf.save(tmp_path / "model")
+    again = TextClassifier.load(tmp_path / "model")
+    assert again._fitted().head is not None
+    assert again.predict_proba(["a great and witty film", "a dull and awful film"]) == pytest.approx(probs, abs=1e-6)

