@@ -44,7 +44,7 @@ from .runfolder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, is_complete, mid_commit,
     prepare_output, stage_of, start_fresh, unfinished,
 )
-from .sentence_mix import encoder_record, fit_phase_head, logits_mixer
+from .sentence_mix import encoder_record, fit_phase_head, head_notes, logits_mixer
 from .sources import DataError
 from .tokenizer import Tokenizer
 from .runtime import RunContext, RunSignals, resolve_device, run_scope, set_seed
@@ -355,7 +355,8 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early), head=trained.head and trained.head[0],
+                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early) + head_notes(trained.head),
+                 head=trained.head and trained.head[0],
                  encoder=trained.head and encoder_record(config.model.encoder))
     _save_state(replace(state, phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)

@@ -98,6 +98,17 @@ def logits_mixer(head: SentenceHead, config: PipelineConfig, quiet: bool = True)
     return mix
 
 
+def head_notes(head: tuple | None) -> list[str]:
+    """The report's line on the sentence encoder's share of the mix (none without an encoder)."""
+    if not head:
+        return []
+    record = head[1]
+    dev = record.get("dev")
+    scores = f" (dev accuracy: model {dev['model']:.4f}, head alone {dev['head']:.4f}, mixed {dev['mixed']:.4f})" if dev else ""
+    return [f"Beside the model, a logistic regression (C {record['C']:g}) on each text's sentence vector; the shipped probabilities are "
+            f"{1 - record['beta']:g} x the model's + {record['beta']:g} x its, the share chosen on dev{scores}."]
+
+
 def mixed_log_probs(head: SentenceHead, model_probs: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     mixed = head.mix(model_probs, vectors)
     return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
