@@ -37,15 +37,15 @@ from .events import emit
 from .files import JSON_MAX_BYTES, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
 from .models import MODELS, ModelConfig, model_skeleton
 from .compact import check_summary, dequantize_state, fold_quantized_shapes, part_dtype
+from .sentence_head import SentenceHead
 from .tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
 from .vocab import Vocab, load_vocab, save_vocab
 
 FORMAT_VERSION = 2
 WEIGHTS, VOCAB, META = "weights.safetensors", "vocab.json", "bundle.json"
+HEAD = "sentence_head.safetensors"  # with model.encoder: the sentence head's weights (sentence_head.py), a file of the manifest
 PREDICTION_FIELDS = ("model", "tokenizer", "labels")  # the fields of bundle.json that change what a model predicts
 VOCAB_MAX_BYTES = 1 << 30  # a vocabulary of 20 million tokens
-# The fields of run.json and metrics.json that info shows, and the JSON type each must have (or null).
-RUN_FIELDS, METRICS_FIELDS = {"created": str, "versions": dict, "data": dict}, {"test": dict, "dev": dict, "best_epoch": int, "per_class": dict}
 # torch's dtypes as the safetensors header names them
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64",
                torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
@@ -67,6 +67,8 @@ class Bundle:
     labels: list[str]
     model_config: ModelConfig
     train_config: dict
+    head: SentenceHead | None = None  # with model.encoder: the sentence encoder's member of the mix
+    encoder: dict | None = None  # with model.encoder: {"name", "sha256", "max_wordpieces"}, what encodes the head's vectors
 
 
 def save_bundle(
@@ -80,11 +82,12 @@ def save_bundle(
     *,
     state: dict[str, torch.Tensor] | None = None,
     extra: dict | None = None,
+    head: SentenceHead | None = None,
 ) -> Path:
     """Write a bundle into folder ``out`` (created if needed); returns the folder.
 
     ``state`` replaces ``model.state_dict()`` (a quantized table, see :mod:`textpipe.quantize`);
-    ``extra`` adds keys to ``bundle.json``.
+    ``extra`` adds keys to ``bundle.json``; ``head`` (with ``extra["encoder"]``) is saved as a second weights file.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,8 +107,11 @@ def save_bundle(
         "train": train_config or {},
         **(extra or {}),
     }
-    meta["files"] = {name: file_digest(out / name) for name in (WEIGHTS, VOCAB)}
-    meta["files"][META] = {"fields": list(PREDICTION_FIELDS), "sha256": fields_digest(meta)}
+    if head is not None:
+        head_data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
+        atomic_write(out / HEAD, lambda f: f.write(head_data))
+    meta["files"] = {name: file_digest(out / name) for name in (WEIGHTS, VOCAB) + ((HEAD,) if head is not None else ())}
+    meta["files"][META] = {"fields": list(prediction_fields(meta)), "sha256": fields_digest(meta)}
     write_json_atomic(out / META, meta)
     return out
 
@@ -114,9 +120,14 @@ def file_digest(path: str | Path) -> dict:
     return {"bytes": Path(path).stat().st_size, "sha256": file_sha256(path)}  # the manifest entry of a file
 
 
+def prediction_fields(meta: dict) -> tuple[str, ...]:
+    """The fields that change a prediction: with a sentence encoder, its record too."""
+    return PREDICTION_FIELDS + (("encoder",) if "encoder" in meta else ())
+
+
 def fields_digest(meta: dict) -> str:
     """sha256 of the prediction fields of ``bundle.json``, as canonical JSON."""
-    canonical = json.dumps({k: meta.get(k) for k in PREDICTION_FIELDS}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps({k: meta.get(k) for k in prediction_fields(meta)}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -136,7 +147,34 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(f"{path / WEIGHTS} does not fit the model described in bundle.json: {detail.strip()}") from None
     model.to(device).eval()
     tokenizer = Tokenizer.from_config(TokenizerConfig(**meta["tokenizer"]))
-    return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}))
+    head = load_head(path, meta, model_config) if model_config.encoder else None
+    return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}), head, meta.get("encoder"))
+
+
+def load_head(path: Path, meta: dict, model_config: ModelConfig) -> SentenceHead:
+    """The sentence head, its file checked against the manifest and its tensors' dtype and shape before loading."""
+    from .sentence import NAMED_ENCODERS  # the pins a bundle's encoder record must name
+
+    encoder, file = meta.get("encoder"), path / HEAD
+    spec = NAMED_ENCODERS.get(model_config.encoder)
+    if spec is None or not isinstance(encoder, dict) or encoder.get("name") != model_config.encoder or encoder.get("sha256") != spec.weights_sha256 \
+            or not isinstance(encoder.get("max_wordpieces"), int) or not 3 <= encoder["max_wordpieces"] <= spec.config.max_positions:
+        raise BundleError(f"{path / META}: field encoder must name model.encoder ({model_config.encoder!r}) with its pinned sha256 and max_wordpieces")
+    check_file(path, HEAD, meta["files"].get(HEAD))
+    head = SentenceHead(spec.dim, model_config.num_classes)
+    expected = {k: [{torch.float32: "F32", torch.float64: "F64"}[v.dtype], list(v.shape)] for k, v in head.state_dict().items()}
+    try:
+        with safe_open(file, framework="pt") as f:
+            found = {name: [f.get_slice(name).get_dtype(), list(f.get_slice(name).get_shape())] for name in f.keys()}
+            if found != expected:
+                raise BundleError(f"{file}: tensors {found} do not fit the sentence head, which needs {expected}")
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise BundleError(f"{file} is not a safetensors weights file ({err})") from None
+    if not all(all_finite(t) for t in state.values()) or not 0 <= float(state["beta"]) < 1:
+        raise BundleError(f"{file}: the sentence head holds non-finite values or a share (beta) outside [0, 1)")
+    head.load_state_dict(state)
+    return head.eval()
 
 
 def read_parts(path: Path, meta: dict) -> tuple[ModelConfig, Vocab, nn.Module, dict[str, torch.Tensor]]:
@@ -290,6 +328,8 @@ def check_model_config(model: dict, where: str = "model") -> None:
 def _model_field_problem(name: str, value, default) -> str | None:
     if name == "name":
         return None if value in [*MODELS] else f"must be one of {', '.join(MODELS)}, got {value!r}"
+    if name == "encoder":
+        return None if value in (None, "minilm-l6") else f"must be minilm-l6 or unset, got {value!r}"
     if name == "kernel_sizes":
         ok = isinstance(value, (list, tuple)) and value and all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 1000 for k in value)
         return None if ok else "must be a non-empty list of integers from 1 to 1000"
@@ -324,75 +364,12 @@ def check_file(path: Path, name: str, expected: dict | None) -> None:
         raise BundleError(f"{file} does not match its sha256 in bundle.json: the file was altered after saving")
 
 
-def saved_config(path: str | Path) -> dict:
-    """The training config a bundle folder carries (``config.json``, as plain data); ``{}`` without one.
-    Its ``data`` and ``data.source`` are objects (checked, as commands read them)."""
-    file = Path(path) / "config.json"
-    config = read_bundle_json(file, "config file") if file.exists() else {}
-    data = config.get("data", {}) if isinstance(config, dict) else None
-    source = data.get("source", {}) if isinstance(data, dict) else None
-    for field, value in (("the file", config), ("field data", data), ("field data.source", source)):
-        if not isinstance(value, dict):
-            raise BundleError(f"{file}: {field} must be a JSON object")
-    return config
-
-
 def read_bundle_json(file: Path, what: str):
     """A JSON file of a bundle through :func:`~textpipe.files.read_json_file`; a refusal is a BundleError."""
     try:
         return read_json_file(file, JSON_MAX_BYTES, what)
     except (InputFileError, OSError) as err:
         raise BundleError(str(err)) from None
-
-
-def bundle_info(path: str | Path) -> dict:
-    """Everything ``textpipe info`` shows about a bundle, read once its files match the manifest and its
-    tensors fit its model (the weights are loaded as tensors only).
-
-    Example:
-        >>> bundle_info("runs/mine")["weights_sha256"]
-    """
-    path = Path(path)
-    meta = read_meta(path)
-    _, vocab, _, state = read_parts(path, meta)  # the parameters of the model, not of its compact storage
-    run, metrics = side_file(path / "run.json", RUN_FIELDS), side_file(path / "metrics.json", METRICS_FIELDS)
-    return {
-        "path": str(path),
-        "format_version": meta["format_version"],
-        "model": meta["model"],
-        "tokenizer": meta["tokenizer"],
-        "labels": meta["labels"],
-        "vocab_size": len(vocab),
-        "parameters": sum(t.numel() for t in state.values()),
-        "train": meta.get("train", {}),
-        "config": saved_config(path) or None,
-        "metrics": {k: metrics[k] for k in METRICS_FIELDS if k in metrics} or None,  # the summary, not the history
-        "created": run.get("created"),
-        "versions": run.get("versions"),
-        "data": run.get("data"),
-        "weights_sha256": meta["files"][WEIGHTS]["sha256"],
-        "weights_bytes": meta["files"][WEIGHTS]["bytes"],
-        "bundle_sha256": file_sha256(path / META),
-        "quantized": meta.get("quantized"),
-    }
-
-
-def side_file(file: Path, types: dict[str, type]) -> dict:
-    """A JSON object beside the bundle (``{}`` without the file), its fields in ``types`` of their type or null."""
-    value = read_bundle_json(file, "bundle file") if file.exists() else {}
-    test = value.get("test") if isinstance(value, dict) else None
-    for field, kind in {"": dict, **types, **({"test.accuracy": float, "test.macro_f1": float, "test.n": int} if test else {})}.items():
-        found = value if not field else test.get(field[5:]) if field.startswith("test.") else value.get(field)
-        if (found is not None or not field) and (not isinstance(found, (int, float) if kind is float else kind) or isinstance(found, bool)):
-            raise BundleError(f"{file}: {'field ' + field if field else 'the file'} must be a JSON {kind.__name__.replace('dict', 'object')}")
-    return value
-
-
-def verify_bundle(path: str | Path) -> str:
-    """Load the bundle with every check :func:`load_bundle` makes; return the sha256 of its ``bundle.json``,
-    the one digest to pin (``textpipe info --verify``): that file holds the size and sha256 of the others."""
-    load_bundle(path)
-    return file_sha256(Path(path) / META)
 
 
 class BundleError(ValueError):

@@ -112,7 +112,7 @@ class PipelineConfig:
             raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "model": self.model.to_dict()}  # model.encoder only when set, as bundle.json has it
 
     @classmethod
     def from_dict(cls, d: dict) -> "PipelineConfig":
@@ -212,7 +212,7 @@ def config_toml(config, comments: bool = False) -> str:
     """The config as TOML, readable back with :func:`read_file` (an unset optional value becomes
     a comment); with ``comments``, each key carries the comment of its dataclass field."""
     lines: list[str] = []
-    for section, values in config.to_dict().items():
+    for section, values in asdict(config).items():  # every key, an unset encoder too
         lines += _table(section, getattr(config, section), values, comments)
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .bundle import Bundle
+from .bundle import Bundle, BundleError
 from .collate import pad_collate
 from .vocab import UNK, UNK_ID
 
@@ -89,6 +89,9 @@ class Explanation:
 
 def explain(bundle: Bundle, texts: Sequence[str]) -> list[Explanation]:
     """One :class:`Explanation` per text: exact for the bag model, gradient x input for the others."""
+    if getattr(bundle, "head", None) is not None:
+        raise BundleError(f"explain does not split a model with a sentence encoder ({bundle.model_config.encoder}) yet: its share of "
+                         "the mix is not a sum of word contributions; explain a model trained without --encoder")
     model = bundle.model
     token_lists = [tokens or [UNK] for tokens in bundle.tokenizer.pipe(texts)]
     ids = [torch.tensor(bundle.vocab(tokens), dtype=torch.long) for tokens in token_lists]

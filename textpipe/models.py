@@ -43,6 +43,7 @@ class ModelConfig:
     num_layers: int = 2  # gru and transformer: stacked layers
     num_heads: int = 4  # transformer: attention heads; must divide embed_dim
     max_len: int = 512  # transformer: longer inputs are cut to their first max_len tokens
+    encoder: str | None = None  # a named sentence encoder (minilm-l6): a logistic regression on its vectors joins the mix (sentence_head.py)
 
     def __post_init__(self) -> None:
         # JSON has no tuples: a config read back from a bundle brings kernel_sizes as a list.
@@ -56,8 +57,8 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         return cls(**{"nb_linear": False, **d})  # a bundle saved before the NB path existed has none
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict:  # without an encoder, the keys of every config and bundle saved before it existed
+        return {k: v for k, v in asdict(self).items() if k != "encoder" or v is not None}
 
 
 class MaskedMeanPool(nn.Module):

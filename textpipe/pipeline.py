@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from .bundle import BundleError, load_bundle, save_bundle, side_file
+from .bundle import BundleError, load_bundle, save_bundle
+from .describe import side_file
 from .cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
 from .dataset import TextClassificationDataset, is_held_out
@@ -42,6 +43,7 @@ from .explain import strongest_features
 from .files import atomic_write, cache_home, check_folder, make_folder, open_regular, read_json_file, write_json_atomic
 from .loader import make_loader
 from .models import ModelConfig
+from .predict import sentence_mixer
 from .report import misclassified, relative_path, summarize, write_report
 from .sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, column_names, read_examples
 from .tokenizer import Tokenizer
@@ -229,7 +231,7 @@ def report_file(
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
     loader = make_loader(ds, batch_size)
-    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet)
+    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet, sentence_mixer(bundle))
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
     write_json_atomic(make_folder(out) / METRICS, summary)
@@ -241,24 +243,30 @@ def report_file(
     return summary
 
 
-def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, quiet: bool = True) -> tuple[dict, list]:
-    """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers."""
+def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, quiet: bool = True, mix=None) -> tuple[dict, list]:
+    """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers;
+    ``mix(logits, texts)``, when given, turns the model's logits into the shipped ones (the sentence encoder's mix)."""
     if loader.num_workers:
         raise ValueError("score_and_list_mistakes() needs a loader without workers, so that predictions come in file order")
     rows = _with_progress(loader, "evaluate", quiet)
     logits, gold = predict_logits(model, rows, torch.device(device))
-    summary = summarize(logits, gold, labels)
     texts = (example.text for example in loader.dataset.examples())
+    if mix is not None:
+        texts = list(texts)
+        logits = mix(logits, texts)
+    summary = summarize(logits, gold, labels)
     return summary, misclassified(texts, logits, gold, labels)
 
 
 def save_outputs(out: Path, model: torch.nn.Module, vocab, tokenizer: Tokenizer, labels: list[str], config: PipelineConfig, metrics: dict,
-                 summary: dict, mistakes: list, history: list[dict], title: str, notes: list[str]) -> None:
-    """Write a trained model's bundle, ``config.json``, ``metrics.json`` and report into ``out``."""
+                 summary: dict, mistakes: list, history: list[dict], title: str, notes: list[str], head=None, encoder: dict | None = None) -> None:
+    """Write a trained model's bundle, ``config.json``, ``metrics.json`` and report into ``out``; with a sentence
+    ``head``, its weights and the ``encoder`` record in the bundle too."""
     # The table's size is the model's own: the bag's n-gram table is sized to the training file (models.ngram_table_rows).
     model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels),
                                   "ngram_buckets": model.config.ngram_buckets})
-    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict())
+    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict(), head=head,
+                extra={"encoder": encoder} if encoder else None)
     write_json_atomic(out / CONFIG, config.to_dict())
     write_json_atomic(out / METRICS, metrics)
     features = strongest_features(model, vocab, labels)

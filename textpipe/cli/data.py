@@ -27,6 +27,18 @@ def fetching(fetch: Callable, *args):
         raise CommandFailed(message, hint or None) from None
 
 
+def fetch_bundle_encoder(bundle_dir: Path) -> Path:
+    """``bundle_dir``, its sentence encoder (if it names one) fetched once and checked first: a failed download is exit 1."""
+    meta = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8")) if (bundle_dir / "bundle.json").is_file() else {}
+    encoder = meta.get("encoder") if isinstance(meta, dict) else None
+    if isinstance(encoder, dict) and isinstance(encoder.get("name"), str):
+        from ..sentence import NAMED_ENCODERS, fetch_encoder
+
+        if encoder["name"] in NAMED_ENCODERS:  # an unknown name: load_bundle refuses it, naming the field
+            fetching(fetch_encoder, encoder["name"])
+    return bundle_dir
+
+
 def fetch_dataset(name: str, root: Path = Path("data")) -> Splits:
     return fetching(DATASETS[name].fetch, root)
 

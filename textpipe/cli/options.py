@@ -30,6 +30,7 @@ OVERRIDES = {
     "label_smoothing": ("train", "label_smoothing"),
     "class_weights": ("train", "class_weights"),
     "vectors": ("data", "vectors"),
+    "encoder": ("model", "encoder"),
     "device": ("train", "device"),
     "num_workers": ("data", "num_workers"),
     "checkpoint_every": ("train", "checkpoint_every"),
@@ -98,7 +99,7 @@ def source_flags(args: argparse.Namespace) -> dict:
 
 def source_config(args: argparse.Namespace, bundle: Path | None = None) -> SourceConfig:
     """The reading flags given, over the bundle's own ``data.source`` (how its training file was read)."""
-    from ..bundle import saved_config
+    from ..describe import saved_config
 
     saved = saved_config(bundle).get("data", {}).get("source", {}) if bundle is not None else {}
     # Columns, header and length limit describe the files; what to do with a bad row, and

@@ -173,6 +173,9 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     conf.add_argument("--vectors", default=S, help=(
         "pretrained word vectors: a name (glove-6b-50d, fetched once; textpipe vectors list), a local GloVe / word2vec text file "
         "(model.embed_dim must match), or none"))
+    conf.add_argument("--encoder", default=S, choices=["minilm-l6"], help=(
+        "a pretrained sentence encoder whose vectors join the classifier: a logistic regression on them, mixed with the model's "
+        "probabilities by a share chosen on dev; off unless given (configs/accurate.toml sets it)"))
     conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {T.device}); auto picks cuda when there is a GPU")
     conf.add_argument("--num-workers", type=int, default=S, help=f"DataLoader worker processes for tokenizing (default: {D.num_workers})")
     conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {T.checkpoint_every}: by time only, see --checkpoint-seconds)")

@@ -14,6 +14,7 @@ from typing import Iterator, TextIO
 
 from ..files import atomic_write
 from ..sources import DataError
+from .data import fetch_bundle_encoder
 from .errors import UsageError
 from .options import source_config
 from .streams import atomic_output, check_output_folder, input_blocks, input_texts, positive, print_skipped, reads_stdin, require_bundle
@@ -24,7 +25,7 @@ PREDICT_CHUNK = 4096
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    bundle_dir = require_bundle(args.model)
+    bundle_dir = fetch_bundle_encoder(require_bundle(args.model))
     positive(args.batch_size, "--batch-size")
     from ..pipeline import report_file
 
@@ -42,7 +43,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def recorded_test_file(bundle_dir: Path) -> str:
     """The test file of the run that trained this bundle (from its run.json), or a usage error saying what to give."""
-    from ..bundle import RUN_FIELDS, side_file
+    from ..describe import RUN_FIELDS, side_file
 
     test = (side_file(bundle_dir / "run.json", RUN_FIELDS).get("data") or {}).get("test")
     if not isinstance(test, str) or not test:
@@ -61,7 +62,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     blocks = input_blocks(args.texts, args.input, source, PREDICT_CHUNK)
     from ..predict import Predictor
 
-    predictor = Predictor.load(require_bundle(args.model))
+    predictor = Predictor.load(fetch_bundle_encoder(require_bundle(args.model)))
     skipped: dict[str, int] = {}
     with frozen_objects(), atomic_output(args.output) as out:
         if args.format == "csv":
