@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..catalogue import DATASETS, Splits
+from ..files import InputFileError, read_json_file
 from ..tokenizer import TokenizerConfig
 from .errors import CommandFailed, UsageError, check_lang_flag
 from .options import source_config
@@ -29,7 +30,10 @@ def fetching(fetch: Callable, *args):
 
 def fetch_bundle_encoder(bundle_dir: Path) -> Path:
     """``bundle_dir``, its sentence encoder (if it names one) fetched once and checked first: a failed download is exit 1."""
-    meta = json.loads((bundle_dir / "bundle.json").read_text(encoding="utf-8")) if (bundle_dir / "bundle.json").is_file() else {}
+    try:  # through the safe reader: a bundle.json it refuses is left for load_bundle to refuse, naming the field
+        meta = read_json_file(bundle_dir / "bundle.json", what="bundle file")
+    except (InputFileError, OSError):
+        return bundle_dir
     encoder = meta.get("encoder") if isinstance(meta, dict) else None
     if isinstance(encoder, dict) and isinstance(encoder.get("name"), str):
         from ..sentence import NAMED_ENCODERS, fetch_encoder
