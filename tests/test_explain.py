@@ -8,7 +8,7 @@ import torch
 from conftest import NEGATIVE, POSITIVE, TEXTS, make_rows, run_cli as textpipe, train_tiny, write_csv
 from textpipe.bundle import load_bundle
 from textpipe.collate import pad_collate
-from textpipe.explain import APPROXIMATE, EXACT, explain, strongest_features
+from textpipe.explain import APPROXIMATE, EXACT, NB_TERM, explain, strongest_features
 from textpipe.models import ModelConfig
 from textpipe.config import DataConfig, PipelineConfig
 from textpipe.run import train_files
@@ -107,3 +107,95 @@ def test_cli_predict_explain(bag):
     assert text.returncode == 0 and "why (exact, toward" in text.stdout
     csv_out = textpipe("predict", "--model", bag, "--explain", "--format", "csv", TEXTS[0])
     assert csv_out.returncode == 2 and "--explain works with --format json or text" in csv_out.stderr
+
+
+# --- a bundle with a sentence encoder: its share of the mix as one more term ---------------------------
+
+ENCODER_TERM = "[sentence encoder minilm-l6]"
+
+
+def fake_vectors(texts: list[str]) -> torch.Tensor:
+    """A stand-in for the encoder (the real one is tested in test_sentence_head.py): a fixed 16-d vector per text."""
+    return torch.stack([torch.randn(16, generator=torch.Generator().manual_seed(sum(t.encode()))) for t in texts])
+
+
+def with_head(bundle, beta: float = 0.4, nb_alpha: float | None = 0.5):
+    """The bundle given a sentence head of chosen weights (and, with ``nb_alpha``, an NB path with that share)."""
+    from dataclasses import replace
+
+    from textpipe.sentence_head import SentenceHead
+
+    head = SentenceHead(16, len(bundle.labels))
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.randn(head.linear.weight.shape, generator=torch.Generator().manual_seed(7)) * 3)
+        head.beta.fill_(beta)
+    nb = getattr(bundle.model, "nb", None)
+    if nb is not None and nb_alpha is not None:
+        nb.table.normal_(generator=torch.Generator().manual_seed(8))
+        nb.alpha.fill_(nb_alpha)
+    config = replace(bundle.model_config, encoder="minilm-l6")
+    return replace(bundle, head=head, encoder={"name": "minilm-l6", "sha256": "0" * 64, "max_wordpieces": 256}, model_config=config)
+
+
+def shipped_probabilities(bundle, text: str) -> torch.Tensor:
+    """What predict ships, worked out here on its own: the model's probabilities mixed with the head's."""
+    return bundle.head.mix(model_logits(bundle, text).softmax(0)[None], fake_vectors([text]))[0]
+
+
+@pytest.mark.parametrize("nb_alpha", [0.5, None])
+def test_the_encoders_share_is_one_term_and_the_terms_still_sum_to_the_mix(bag, nb_alpha):
+    plain = explain(load_bundle(bag), TEXTS)
+    bundle = with_head(load_bundle(bag), nb_alpha=nb_alpha)
+    terms = [NB_TERM, ENCODER_TERM] if nb_alpha is not None else [ENCODER_TERM]
+    for e, alone in zip(explain(bundle, TEXTS, fake_vectors), plain):
+        assert e.method == EXACT and e.features[-len(terms):] == terms and e.spans[-1] == (0, 0)
+        assert e.kinds[-len(terms):] == (["nb", "encoder"] if nb_alpha is not None else ["encoder"])
+        torch.testing.assert_close(e.contributions[: -len(terms)], alone.contributions)  # the bag's own split is untouched
+        torch.testing.assert_close(e.contributions.sum(0) + e.bias, e.logits, atol=1e-5, rtol=0)
+        # The logits are the mix's logs plus one constant: softmax gives predict's probabilities, and weights are exact.
+        torch.testing.assert_close(e.logits.softmax(0), shipped_probabilities(bundle, e.text), atol=1e-5, rtol=0)
+        label = int(e.logits.argmax())
+        log_mix = shipped_probabilities(bundle, e.text).log()
+        torch.testing.assert_close(e.weights(label).sum() + e.bias[label] - e.bias.mean(), log_mix[label] - log_mix.mean(), atol=1e-5, rtol=0)
+        # Shading leaves the whole-text terms out: the token weights add up to the word and n-gram features' total.
+        torch.testing.assert_close(e.token_weights(label).sum(), e.weights(label)[: -len(terms)].sum())
+        assert e.features[int(e.weights(label).abs().argmax())] in e.to_dict(label, top=1)["top"][0]["feature"]
+
+
+def test_a_head_with_no_share_adds_a_zero_term(bag):
+    e = explain(with_head(load_bundle(bag), beta=0.0, nb_alpha=None), TEXTS[:1], fake_vectors)[0]
+    assert e.features[-1] == ENCODER_TERM and e.contributions[-1].abs().max() == 0
+
+
+def test_a_gradient_explanation_takes_the_encoders_term_too(tmp_path):
+    bundle = with_head(load_bundle(train_tiny(tmp_path, "cnn", max_len=8)[0]))
+    for e in explain(bundle, TEXTS, fake_vectors):
+        assert e.method == APPROXIMATE and e.features[-1] == ENCODER_TERM and NB_TERM not in e.features
+        torch.testing.assert_close(e.logits.softmax(0), shipped_probabilities(bundle, e.text), atol=1e-5, rtol=0)
+
+
+def test_predict_and_serve_explain_the_label_they_predict_encoding_once(bag, monkeypatch):
+    from textpipe import predict
+    from textpipe.serve_work import Batcher
+
+    encoded = []
+
+    def source(bundle, cache=None):
+        encoded.append("loaded")
+        return lambda texts: encoded.extend(texts) or fake_vectors(texts)
+
+    monkeypatch.setattr(predict, "sentence_vector_source", source)
+    predictor = Predictor(with_head(load_bundle(bag)))
+    assert encoded == ["loaded"]  # one encoder, shared by scoring and explaining
+    results = predictor.predict(TEXTS)
+    for result, e, probs in zip(results, predictor.explain(TEXTS), predictor.probabilities(TEXTS)):
+        assert result["label"] == predictor.labels[int(e.logits.argmax())]
+        torch.testing.assert_close(e.logits.softmax(0), probs, atol=1e-5, rtol=0)
+    batcher = Batcher(predictor)
+    try:
+        [served] = batcher.submit(["great"], explain=True, timeout=60)  # one word: every feature is in the top ten
+    finally:
+        batcher.close()
+    assert served["label"] == predictor.predict(["great"])[0]["label"]
+    assert [f["feature"] for f in served["explanation"]["top"]].count(ENCODER_TERM) == 1
+    assert [t for t, _ in served["explanation"]["tokens"]] == ["great"]  # no token carries the whole-text terms

@@ -90,8 +90,7 @@ def test_a_tiny_run_with_the_encoder_trains_saves_and_predicts_its_mix(tmp_path)
     evaluated = cli_here("evaluate", "--model", out, "--data", test, "--out", tmp_path / "eval", "--quiet")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]["accuracy"] == pytest.approx(accuracy)
-    explained = cli_here("predict", "--model", out, "--explain", "--format", "json", "a great film")
-    assert explained.returncode == 2 and "sentence encoder" in explained.stderr and "Traceback" not in explained.stderr
+    check_the_explanation_is_the_mix(out, bundle, texts, probs)
     quantized = cli_here("quantize", "--model", out, "--out", tmp_path / "small")
     assert quantized.returncode == 0, quantized.stderr
     assert torch.allclose(Predictor.load(tmp_path / "small").probabilities(texts).argmax(1), probs.argmax(1))
@@ -109,3 +108,19 @@ def test_text_classifier_takes_the_encoder_through_its_config(tmp_path):
     again = TextClassifier.load(tmp_path / "model")
     assert again._fitted().head is not None
     assert again.predict_proba(["a great and witty film", "a dull and awful film"]) == pytest.approx(probs, abs=1e-6)
+
+
+def check_the_explanation_is_the_mix(out: Path, bundle, texts: list[str], probs: torch.Tensor) -> None:
+    """predict --explain: the encoder's share is one named term, and the terms sum to what predict ships."""
+    from textpipe.explain import explain
+
+    explained = cli_here("predict", "--model", out, "--explain", "--format", "json", "a great film")
+    assert explained.returncode == 0, explained.stderr
+    [row] = [json.loads(line) for line in explained.stdout.splitlines()]
+    predicted = cli_here("predict", "--model", out, "--format", "json", "a great film")
+    assert row["label"] == json.loads(predicted.stdout)["label"] and row["probs"] == json.loads(predicted.stdout)["probs"]
+    assert "[sentence encoder minilm-l6]" in [f["feature"] for f in row["explanation"]["top"]]  # three words: every term is in the top ten
+    for e, shipped in zip(explain(bundle, texts), probs):
+        assert e.features[-1] == "[sentence encoder minilm-l6]" and e.kinds[-1] == "encoder" and e.spans[-1] == (0, 0)
+        torch.testing.assert_close(e.contributions.sum(0) + e.bias, e.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(e.logits.softmax(0), shipped, atol=1e-5, rtol=0)

