@@ -162,6 +162,16 @@ def test_the_encoders_share_is_one_term_and_the_terms_still_sum_to_the_mix(bag, 
         assert e.features[int(e.weights(label).abs().argmax())] in e.to_dict(label, top=1)["top"][0]["feature"]
 
 
+def test_without_an_encoder_the_nb_paths_share_is_a_term_and_the_explanation_predicts_as_predict_does(bag):
+    bundle = load_bundle(bag)
+    bundle.model.nb.table.normal_(generator=torch.Generator().manual_seed(8))
+    bundle.model.nb.alpha.fill_(0.3)
+    for e in explain(bundle, TEXTS):
+        assert e.features[-1] == NB_TERM and e.kinds[-1] == "nb" and ENCODER_TERM not in e.features
+        torch.testing.assert_close(e.contributions.sum(0) + e.bias, e.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(e.logits.softmax(0), model_logits(bundle, e.text).softmax(0), atol=1e-5, rtol=0)
+
+
 def test_a_head_with_no_share_adds_a_zero_term(bag):
     e = explain(with_head(load_bundle(bag), beta=0.0, nb_alpha=None), TEXTS[:1], fake_vectors)[0]
     assert e.features[-1] == ENCODER_TERM and e.contributions[-1].abs().max() == 0

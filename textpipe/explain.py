@@ -16,13 +16,14 @@ contribution over all labels: positive pushes toward the label, negative away
 (softmax ignores what raises every logit alike). For shading, each n-gram's weight
 is shared out among its words, so the token weights sum to the same total.
 
-A bundle with a sentence encoder ships ``(1 - beta) * p_model + beta * p_head``, which
-no sum of word contributions gives. Its explanation keeps the model's own split and
-adds the mix as whole-text terms (span ``(0, 0)``: no token carries them): the
-encoder's ``log p_mixed - log p_model`` (kind ``"encoder"``) and, where the bag's NB
-path has a share, ``log p_model - log softmax(bag logits)`` (kind ``"nb"``). The
-terms telescope: contributions + bias = ``log p_mixed`` + a per-text constant, so the
-explanation's softmax is what ``predict`` prints, and each weight is exact.
+Where the bag's NB path has a share of the shipped probabilities, and where a sentence
+encoder adds ``(1 - beta) * p_model + beta * p_head``, no sum of word contributions
+gives them. The explanation keeps the model's own split and adds the mix as
+whole-text terms (span ``(0, 0)``: no token carries them): ``log p_model - log
+softmax(bag logits)`` (kind ``"nb"``) and the encoder's ``log p_mixed - log p_model``
+(kind ``"encoder"``). The terms telescope: contributions + bias = the log of the
+shipped probabilities + a per-text constant, so the explanation's softmax is what
+``predict`` prints, and each weight is exact.
 
 Example:
     >>> [e] = explain(load_bundle("runs/default"), ["a gorgeous, witty, seductive movie."])
@@ -122,8 +123,9 @@ def explain(bundle: Bundle, texts: Sequence[str], vectors: VectorSource | None =
         explanations = [explain_bag(model, text, tokens, row) for text, tokens, row in zip(texts, token_lists, ids)]
     else:
         explanations = explain_by_gradient(model, texts, token_lists, ids)
-    if getattr(bundle, "head", None) is not None and explanations:
-        add_mix_terms(explanations, bundle, ids, vectors or sentence_vector_source(bundle))
+    head, nb = getattr(bundle, "head", None), getattr(model, "nb", None)
+    if explanations and (head is not None or (nb is not None and float(nb.alpha) < 1)):
+        add_mix_terms(explanations, bundle, ids, None if head is None else vectors or sentence_vector_source(bundle))
     return explanations
 
 
@@ -140,20 +142,20 @@ def sentence_vector_source(bundle: Bundle, cache: str | Path | None = None) -> V
 
 
 @torch.no_grad()
-def add_mix_terms(explanations: list[Explanation], bundle: Bundle, ids: list[torch.Tensor], vectors: VectorSource) -> None:
+def add_mix_terms(explanations: list[Explanation], bundle: Bundle, ids: list[torch.Tensor], vectors: VectorSource | None) -> None:
     """Each explanation given the terms that take its logits to the shipped mix (see the module's docstring)."""
-    model, head = bundle.model, bundle.head
+    model, head = bundle.model, getattr(bundle, "head", None)
     batch = pad_collate(ids)
     device = next(model.parameters()).device
     shipped = model(batch.ids.to(device), batch.mask.to(device)).float().cpu()  # (B, C): the model's output, its NB mix included
     model_probs = shipped.softmax(-1)
-    mixed = head.mix(model_probs, vectors([e.text for e in explanations]).cpu())
+    mixed = model_probs if head is None else head.mix(model_probs, vectors([e.text for e in explanations]).cpu())
     nb = getattr(model, "nb", None)
     nb_shares = nb is not None and float(nb.alpha) < 1
     encoder_term = f"[sentence encoder {bundle.model_config.encoder}]"
     for e, model_row, mixed_row in zip(explanations, _log(model_probs), _log(mixed)):
         terms = [(NB_TERM, "nb", model_row - e.logits.log_softmax(0))] if nb_shares else []
-        e.add_terms(terms + [(encoder_term, "encoder", mixed_row - model_row)])
+        e.add_terms(terms + ([(encoder_term, "encoder", mixed_row - model_row)] if head is not None else []))
 
 
 def _log(probs: torch.Tensor) -> torch.Tensor:
