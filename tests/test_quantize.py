@@ -296,7 +296,8 @@ def test_quantize_linear_keeps_the_vectors_close_and_stores_the_weights_small(pr
     fast = quantize_linear(model, precision)  # float16: in place; int8: a quantized copy
     after = fast(ids, ids != 0)
     assert after.dtype == torch.float32 and torch.nn.functional.cosine_similarity(before, after).min() > 0.99
-    assert not any(isinstance(m, torch.nn.Linear) for m in fast.modules())  # every Linear layer replaced
+    still_float = sorted(name for name, m in fast.named_modules() if isinstance(m, torch.nn.Linear))
+    assert still_float == ([] if precision == "float16" else ["blocks.0.ffn_out", "blocks.1.ffn_out"])  # the rest replaced
     if precision == "float16":
         assert all(m.weight.dtype == torch.float16 for m in fast.modules() if isinstance(m, Float16Linear))
     with pytest.raises(ValueError, match="one of float32, float16, int8"):
@@ -338,4 +339,4 @@ def test_an_int8_bundle_predicts_from_int8_vectors_as_accurately(tmp_path, monke
     torch.testing.assert_close(stored, int8.encode(texts))  # what the int8 bundle predicted from: int8 vectors
     assert not torch.allclose(stored, plain.encode(texts), atol=1e-4)
     cosine = torch.nn.functional.cosine_similarity(stored, plain.encode(texts))
-    assert cosine.min() > 0.85 and cosine.mean() > 0.95  # near, not equal (mr's test texts: 0.91 and 0.97)
+    assert cosine.min() > 0.9 and cosine.mean() > 0.97  # near, not equal (mr's test texts: 0.94 and 0.98)
