@@ -270,7 +270,9 @@ def test_predict_loads_the_encoder_at_the_bundles_precision(trained, tmp_path, m
     made = []
 
     class FakeEncoder:  # what Predictor asks of the encoder, recorded; its vectors all zero
-        def __init__(self, name, max_tokens=256, precision="float32"):
+        from_record = classmethod(textpipe.sentence.SentenceEncoder.from_record.__func__)
+
+        def __init__(self, name, root, *, max_tokens, precision):  # precision required: a caller that leaves it out fails here
             made.append(precision)
 
         def encode_cached(self, texts, cache, progress=False):

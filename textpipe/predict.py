@@ -108,8 +108,7 @@ def sentence_mixer(bundle: Bundle, cache: str | Path | None = None) -> Callable[
     from .sentence import SentenceEncoder
 
     head, record = bundle.head, bundle.encoder
-    # now: a missing file is found before any text is read. A quantized bundle's precision (float32 without one).
-    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"], precision=record.get("precision", "float32"))
+    encoder = SentenceEncoder.from_record(record)  # now: a missing file is found before any text is read
 
     def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
         vectors = encoder.encode_cached(texts, cache or cache_home(), progress=False)

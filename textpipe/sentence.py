@@ -180,6 +180,16 @@ class SentenceEncoder:
         self.tokenizer = BERTTokenizer(str(folder / "vocab.txt"), do_lower_case=True, return_tokens=False)
         self.model: MiniLM = quantize_linear(load_minilm(folder / "model.safetensors", spec.config), precision)
 
+    @classmethod
+    def from_record(cls, record: dict, root: str | Path = DEFAULT_ROOT) -> "SentenceEncoder":
+        """The encoder a bundle's ``encoder`` record names, cut and computing as it says (float32 without ``precision``).
+
+        Example:
+            >>> SentenceEncoder.from_record(load_bundle("runs/mine-q").encoder).precision
+            'int8'
+        """
+        return cls(record["name"], root, max_tokens=record["max_wordpieces"], precision=record.get("precision", "float32"))
+
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's wordpieces as ids: ``[CLS] ... [SEP]``, cut at ``max_tokens`` in all."""
         keep = self.max_tokens - 2
