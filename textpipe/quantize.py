@@ -18,6 +18,10 @@ makes up nearly all of a bag model's weights (2^18 hashed n-gram rows + the word
    member) is zero but for the rows of the words and n-grams training saw: those rows
    are kept, at 8 bits with a float16 scale each, the zero rows share one (zero) row.
    Its rows are kept whether or not the embedding keeps theirs: the path reads them itself.
+5. A bundle with a sentence encoder keeps its head as it is, and its encoder record gains
+   ``precision`` (``QuantizeConfig.encoder_precision``, default int8): how the encoder's Linear
+   layers compute when the bundle predicts (:func:`textpipe.minilm.quantize_linear`; the encoder
+   is loaded by name, not shipped, so this saves time and memory, not bytes of the bundle).
 
 The result is a normal bundle: the table is saved as ordinary tensors through
 :func:`textpipe.bundle.save_bundle` (so any weights format holds it), and
