@@ -209,3 +209,33 @@ def test_predict_and_serve_explain_the_label_they_predict_encoding_once(bag, mon
     assert served["label"] == predictor.predict(["great"])[0]["label"]
     assert [f["feature"] for f in served["explanation"]["top"]].count(ENCODER_TERM) == 1
     assert [t for t, _ in served["explanation"]["tokens"]] == ["great"]  # no token carries the whole-text terms
+
+
+def test_serve_keeps_no_sentence_cache_while_predict_reads_through_one(bag, tmp_path, monkeypatch):
+    """A server's texts are strangers': kept on disk they would grow the cache without end, and each batch read it all."""
+    from textpipe import explain as explain_module
+    from textpipe import serve
+    from textpipe.sentence import SentenceEncoder
+
+    calls = []
+
+    class StandIn:
+        def encode(self, texts):
+            calls.append(("encode", None))
+            return fake_vectors(texts)
+
+        def encode_cached(self, texts, root, progress=False):
+            calls.append(("encode_cached", root))
+            return fake_vectors(texts)
+
+    monkeypatch.setattr(SentenceEncoder, "from_record", classmethod(lambda cls, record: StandIn()))
+    bundle = with_head(load_bundle(bag))
+    Predictor(bundle).predict(TEXTS[:1])
+    Predictor(bundle, sentence_cache=tmp_path).predict(TEXTS[:1])
+    Predictor(bundle, sentence_cache=None).predict(TEXTS[:1])
+    assert calls == [("encode_cached", explain_module.cache_home()), ("encode_cached", tmp_path), ("encode", None)]
+    chosen = {}
+    monkeypatch.setattr(serve.Predictor, "load", classmethod(lambda cls, path, **kwargs: chosen.update(kwargs) or (_ for _ in ()).throw(SystemExit)))
+    with pytest.raises(SystemExit):
+        serve.serve(bag)
+    assert chosen == {"sentence_cache": None}

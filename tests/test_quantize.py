@@ -1,6 +1,7 @@
 """Quantized bundles: compact on disk, loaded unchanged everywhere, predicting as the original does."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,163 @@ def test_the_nb_paths_table_is_stored_compact_too(trained, tmp_path):
     back = load_bundle(tmp_path / "q").model.nb.table
     assert back.dtype == torch.float32 and not (back.ne(0) & original.eq(0)).any()  # (a value under float16's range may become 0)
     torch.testing.assert_close(back, original, atol=original.abs().max().item() / 100, rtol=0)
+
+
+# --- a bundle with a sentence encoder: the precision its encoder computes at ---------------------------------------
+
+ENCODER = Path(__file__).resolve().parents[1] / "data" / "encoders" / "minilm-l6"
+
+
+def with_sentence_head(model_dir, out):
+    """``model_dir``'s bundle saved again as if trained with ``--encoder minilm-l6`` (a head that takes a share of
+    the mix), without needing the encoder's files: nothing here encodes a text."""
+    from dataclasses import replace
+
+    from textpipe.bundle import save_bundle
+    from textpipe.sentence_head import SentenceHead
+    from textpipe.sentence_mix import encoder_record
+
+    b = load_bundle(model_dir)
+    head = SentenceHead(384, len(b.labels))
+    head.beta.fill_(0.5)
+    save_bundle(out, b.model, b.vocab, b.tokenizer, b.labels, replace(b.model_config, encoder="minilm-l6"), b.train_config,
+                head=head, extra={"encoder": encoder_record("minilm-l6")})
+    return out
+
+
+def test_quantize_records_the_encoders_precision_in_the_manifest_and_info_shows_it(trained, tmp_path):
+    from textpipe.bundle import fields_digest
+    from textpipe.quantize import DEFAULT_ENCODER_PRECISION
+
+    source = with_sentence_head(trained[0], tmp_path / "enc")
+    assert "precision" not in load_bundle(source).encoder  # a bundle from train: float32, as before quantize existed
+    quantize_bundle(source, tmp_path / "default", QuantizeConfig(cutoff=None))
+    assert load_bundle(tmp_path / "default").encoder["precision"] == DEFAULT_ENCODER_PRECISION
+    for precision in ("int8", "float16", "float32"):
+        summary = quantize_bundle(source, tmp_path / precision, QuantizeConfig(cutoff=None, encoder_precision=precision))
+        meta = json.loads((tmp_path / precision / META).read_text())
+        assert summary["encoder_precision"] == meta["encoder"]["precision"] == precision
+        assert "encoder" in meta["files"][META]["fields"] and meta["files"][META]["sha256"] == fields_digest(meta)  # covered by the digest
+        assert load_bundle(tmp_path / precision).encoder == {**load_bundle(source).encoder, "precision": precision}
+        info = cli_here("info", tmp_path / precision)
+        assert info.returncode == 0 and f"Linear layers {precision}" in info.stdout, info.stderr
+    assert json.loads(cli_here("info", source, "--json").stdout)["encoder"]["precision"] == "float32"
+    result = cli_here("quantize", "--model", source, "--out", tmp_path / "cli", "--encoder-precision", "float16", "--cutoff", "0")
+    assert result.returncode == 0 and "compute in float16" in result.stdout, result.stderr
+    assert load_bundle(tmp_path / "cli").encoder["precision"] == "float16"
+
+
+def test_an_altered_or_unknown_precision_is_exit_2_naming_the_field(trained, tmp_path):
+    from textpipe.bundle import fields_digest
+
+    source = with_sentence_head(trained[0], tmp_path / "enc")
+    quantize_bundle(source, tmp_path / "q", QuantizeConfig(cutoff=None, encoder_precision="int8"))
+    meta = json.loads((tmp_path / "q" / META).read_text())
+    meta["encoder"]["precision"] = "float32"  # edited by hand: the manifest's digest no longer matches
+    (tmp_path / "q" / META).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="bundle.json"):
+        load_bundle(tmp_path / "q")
+    for bad, message in (("int4", "field encoder.precision must be one of float32, float16, int8, got 'int4'"),
+                         (8, "field encoder.precision must be one of"), (None, "field encoder.precision")):
+        meta["encoder"]["precision"] = bad
+        meta["files"][META]["sha256"] = fields_digest(meta)  # the digest made to match: the field itself is refused
+        (tmp_path / "q" / META).write_text(json.dumps(meta))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(tmp_path / "q")
+        for command in (["info", tmp_path / "q"], ["info", tmp_path / "q", "--verify"]):
+            result = cli_here(*command)
+            assert result.returncode == 2 and "encoder.precision" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    meta["encoder"] = {**meta["encoder"], "precision": "int8", "dtype": "int8"}
+    meta["files"][META]["sha256"] = fields_digest(meta)
+    (tmp_path / "q" / META).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="field encoder has unknown keys: dtype"):
+        load_bundle(tmp_path / "q")
+
+
+def test_an_encoder_precision_for_a_bundle_without_an_encoder_is_exit_2(trained, tmp_path):
+    with pytest.raises(ValueError, match="encoder_precision must be one of"):
+        QuantizeConfig(encoder_precision="int4")
+    result = cli_here("quantize", "--model", trained[0], "--out", tmp_path / "q", "--encoder-precision", "int8")
+    assert result.returncode == 2 and "no sentence encoder" in result.stderr and not (tmp_path / "q").exists(), result.stderr
+    quantize_bundle(trained[0], tmp_path / "plain", QuantizeConfig(cutoff=None))  # no encoder: no encoder record, as before
+    assert "encoder" not in json.loads((tmp_path / "plain" / META).read_text())
+
+
+def test_predict_loads_the_encoder_at_the_bundles_precision(trained, tmp_path, monkeypatch):
+    import textpipe.sentence
+
+    made = []
+
+    class FakeEncoder:  # what Predictor asks of the encoder, recorded; its vectors all zero
+        from_record = classmethod(textpipe.sentence.SentenceEncoder.from_record.__func__)
+
+        def __init__(self, name, root, *, max_tokens, precision):  # precision required: a caller that leaves it out fails here
+            made.append(precision)
+
+        def encode_cached(self, texts, cache, progress=False):
+            return torch.zeros(len(texts), 384)
+
+    monkeypatch.setattr(textpipe.sentence, "SentenceEncoder", FakeEncoder)
+    source = with_sentence_head(trained[0], tmp_path / "enc")
+    quantize_bundle(source, tmp_path / "q", QuantizeConfig(cutoff=None, encoder_precision="int8"))
+    Predictor.load(source).predict(TEXTS[:2])
+    Predictor.load(tmp_path / "q").predict(TEXTS[:2])
+    assert made == ["float32", "int8"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "float16"])
+def test_quantize_linear_keeps_the_vectors_close_and_stores_the_weights_small(precision):
+    from textpipe.minilm import Float16Linear, MiniLM, MiniLMConfig, quantize_linear
+
+    torch.manual_seed(0)
+    model = MiniLM(MiniLMConfig(layers=2, vocab_size=200)).eval()
+    ids = torch.randint(103, 200, (4, 9))
+    ids[:, 0], ids[2:, 6:] = 101, 0
+    before = model(ids, ids != 0)
+    fast = quantize_linear(model, precision)  # float16: in place; int8: a quantized copy
+    after = fast(ids, ids != 0)
+    assert after.dtype == torch.float32 and torch.nn.functional.cosine_similarity(before, after).min() > 0.99
+    still_float = sorted(name for name, m in fast.named_modules() if isinstance(m, torch.nn.Linear))
+    assert still_float == ([] if precision == "float16" else ["blocks.0.ffn_out", "blocks.1.ffn_out"])  # the rest replaced
+    if precision == "float16":
+        assert all(m.weight.dtype == torch.float16 for m in fast.modules() if isinstance(m, Float16Linear))
+    with pytest.raises(ValueError, match="one of float32, float16, int8"):
+        quantize_linear(model, "int4")
+
+
+def test_the_sentence_cache_keeps_each_precisions_vectors_apart():
+    from textpipe.sentence import sentence_cache_key
+
+    keys = {p: sentence_cache_key("minilm-l6", "ab" * 32, 256, p) for p in ("float32", "float16", "int8")}
+    assert keys["float32"] == f"minilm-l6-{'ab' * 8}-256"  # float32: the folder the vectors always had
+    assert len(set(keys.values())) == 3
+
+
+@pytest.mark.skipif(not (ENCODER / "model.safetensors").is_file(), reason="needs the minilm-l6 encoder in data/ (textpipe vectors fetch minilm-l6)")
+def test_an_int8_bundle_predicts_from_int8_vectors_as_accurately(tmp_path, monkeypatch):
+    from conftest import make_rows, write_csv
+    from textpipe.sentence import SentenceEncoder
+
+    monkeypatch.setenv("TEXTPIPE_CACHE", str(tmp_path / "cache"))  # a cache of this test's own, to look into
+    train = write_csv(tmp_path / "train.csv", make_rows(60, seed=1))
+    test = write_csv(tmp_path / "test.csv", make_rows(30, seed=3))
+    out = tmp_path / "run"
+    result = cli_here("train", "--train", train, "--test", test, "--out", out, "--encoder", "minilm-l6", "--epochs", "2", "--quiet",
+                      "--set", "model.embed_dim=8", "--set", "model.ngram_buckets=64")
+    assert result.returncode == 0, result.stderr
+    quantized = cli_here("quantize", "--model", out, "--out", tmp_path / "int8", "--encoder-precision", "int8")
+    assert quantized.returncode == 0 and "compute in int8" in quantized.stdout, quantized.stderr
+    accuracy = lambda model: report_file(model, test, tmp_path / f"eval-{model.name}")["overall"]["accuracy"]  # noqa: E731
+    assert accuracy(tmp_path / "int8") == accuracy(out) >= 0.9  # separable toy reviews: nothing to lose
+    texts = [text for _, text in make_rows(30, seed=3)]
+    Predictor.load(tmp_path / "int8").probabilities(texts)
+    folders = {f.name for f in (tmp_path / "cache" / "sentences").iterdir()}
+    int8, plain = SentenceEncoder("minilm-l6", precision="int8"), SentenceEncoder("minilm-l6")
+    assert folders == {int8.cache_key, plain.cache_key} and int8.cache_key.endswith("-int8")  # never in one folder
+    from textpipe.sentence_cache import SentenceCache
+
+    stored = SentenceCache(tmp_path / "cache", int8.cache_key, 384).vectors(texts, lambda fresh: pytest.fail("not cached"))
+    torch.testing.assert_close(stored, int8.encode(texts))  # what the int8 bundle predicted from: int8 vectors
+    assert not torch.allclose(stored, plain.encode(texts), atol=1e-4)
+    cosine = torch.nn.functional.cosine_similarity(stored, plain.encode(texts))
+    assert cosine.min() > 0.9 and cosine.mean() > 0.97  # near, not equal (mr's test texts: 0.94 and 0.98)

@@ -34,6 +34,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .events import emit
+from .minilm import PRECISIONS
 from .files import JSON_MAX_BYTES, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
 from .models import MODELS, ModelConfig, model_skeleton
 from .compact import check_summary, dequantize_state, fold_quantized_shapes, part_dtype
@@ -44,6 +45,7 @@ from .vocab import Vocab, load_vocab, save_vocab
 FORMAT_VERSION = 2
 WEIGHTS, VOCAB, META = "weights.safetensors", "vocab.json", "bundle.json"
 HEAD = "sentence_head.safetensors"  # with model.encoder: the sentence head's weights (sentence_head.py), a file of the manifest
+ENCODER_KEYS = {"name", "sha256", "max_wordpieces", "precision"}  # bundle.json's encoder record; precision: after quantize
 PREDICTION_FIELDS = ("model", "tokenizer", "labels")  # the fields of bundle.json that change what a model predicts
 VOCAB_MAX_BYTES = 1 << 30  # a vocabulary of 20 million tokens
 # torch's dtypes as the safetensors header names them
@@ -153,13 +155,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
 
 def load_head(path: Path, meta: dict, model_config: ModelConfig) -> SentenceHead:
     """The sentence head, its file checked against the manifest and its tensors' dtype and shape before loading."""
-    from .sentence import NAMED_ENCODERS  # the pins a bundle's encoder record must name
-
-    encoder, file = meta.get("encoder"), path / HEAD
-    spec = NAMED_ENCODERS.get(model_config.encoder)
-    if spec is None or not isinstance(encoder, dict) or encoder.get("name") != model_config.encoder or encoder.get("sha256") != spec.weights_sha256 \
-            or not isinstance(encoder.get("max_wordpieces"), int) or not 3 <= encoder["max_wordpieces"] <= spec.config.max_positions:
-        raise BundleError(f"{path / META}: field encoder must name model.encoder ({model_config.encoder!r}) with its pinned sha256 and max_wordpieces")
+    spec, file = check_encoder_record(path, meta, model_config), path / HEAD
     check_file(path, HEAD, meta["files"].get(HEAD))
     head = SentenceHead(spec.dim, model_config.num_classes)
     expected = {k: [{torch.float32: "F32", torch.float64: "F64"}[v.dtype], list(v.shape)] for k, v in head.state_dict().items()}
@@ -175,6 +171,23 @@ def load_head(path: Path, meta: dict, model_config: ModelConfig) -> SentenceHead
         raise BundleError(f"{file}: the sentence head holds non-finite values or a share (beta) outside [0, 1)")
     head.load_state_dict(state)
     return head.eval()
+
+
+def check_encoder_record(path: Path, meta: dict, model_config: ModelConfig):
+    """The pins (a NamedEncoder) of the encoder ``bundle.json``'s record names: ``{"name", "sha256", "max_wordpieces"}``,
+    and ``"precision"`` (one of minilm.PRECISIONS) in a quantized bundle; nothing else. Else a BundleError naming the field."""
+    from .sentence import NAMED_ENCODERS  # the pins a bundle's encoder record must name
+
+    encoder, spec = meta.get("encoder"), NAMED_ENCODERS.get(model_config.encoder)
+    if spec is None or not isinstance(encoder, dict) or encoder.get("name") != model_config.encoder or encoder.get("sha256") != spec.weights_sha256 \
+            or not isinstance(encoder.get("max_wordpieces"), int) or not 3 <= encoder["max_wordpieces"] <= spec.config.max_positions:
+        raise BundleError(f"{path / META}: field encoder must name model.encoder ({model_config.encoder!r}) with its pinned sha256 and max_wordpieces")
+    if "precision" in encoder and encoder["precision"] not in PRECISIONS:
+        raise BundleError(f"{path / META}: field encoder.precision must be one of {', '.join(PRECISIONS)}, got {str(encoder['precision'])[:40]!r}")
+    unknown = sorted(set(encoder) - ENCODER_KEYS)
+    if unknown:  # a field this version would ignore could change the vectors: refused, not guessed at
+        raise BundleError(f"{path / META}: field encoder has unknown keys: {', '.join(unknown)}")
+    return spec
 
 
 def read_parts(path: Path, meta: dict) -> tuple[ModelConfig, Vocab, nn.Module, dict[str, torch.Tensor]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundle import META, WEIGHTS, BundleError, load_bundle, read_bundle_json, read_meta, read_parts
+from .bundle import META, WEIGHTS, BundleError, check_encoder_record, load_bundle, read_bundle_json, read_meta, read_parts
 from .files import file_sha256
 
 # The fields of run.json and metrics.json that info shows, and the JSON type each must have (or null).
@@ -43,7 +43,9 @@ def bundle_info(path: str | Path) -> dict:
     """
     path = Path(path)
     meta = read_meta(path)
-    _, vocab, _, state = read_parts(path, meta)  # the parameters of the model, not of its compact storage
+    model_config, vocab, _, state = read_parts(path, meta)  # the parameters of the model, not of its compact storage
+    if model_config.encoder:
+        check_encoder_record(path, meta, model_config)  # its precision too: info shows what predict would load
     run, metrics = side_file(path / "run.json", RUN_FIELDS), side_file(path / "metrics.json", METRICS_FIELDS)
     return {
         "path": str(path),
@@ -63,7 +65,7 @@ def bundle_info(path: str | Path) -> dict:
         "weights_bytes": meta["files"][WEIGHTS]["bytes"],
         "bundle_sha256": file_sha256(path / META),
         "quantized": meta.get("quantized"),
-        **({"encoder": meta["encoder"]} if "encoder" in meta else {}),
+        **({"encoder": {"precision": "float32", **meta["encoder"]}} if model_config.encoder else {}),
     }
 
 

@@ -129,16 +129,20 @@ def explain(bundle: Bundle, texts: Sequence[str], vectors: VectorSource | None =
     return explanations
 
 
-def sentence_vector_source(bundle: Bundle, cache: str | Path | None = None) -> VectorSource:
-    """The bundle's sentence encoder, loaded now (its files sha256-checked): texts -> vectors, read through the
-    sentence cache under ``cache`` (else the token caches' home), so a text ``predict`` encoded is not encoded again."""
+def sentence_vector_source(bundle: Bundle, cache: str | Path | None = "auto") -> VectorSource:
+    """The bundle's sentence encoder, loaded now at its recorded precision (its files sha256-checked): texts -> vectors,
+    read through the sentence cache under ``cache`` ("auto": the token caches' home), so a text ``predict`` encoded
+    is not encoded again; ``None`` keeps nothing on disk (``serve``: strangers' texts, each encoded once)."""
     from .sentence import SentenceEncoder
 
     record = bundle.encoder or {}
     if "name" not in record:
         raise BundleError(f"the bundle's model has a sentence head but no encoder record ({bundle.model_config.encoder})")
-    encoder = SentenceEncoder(record["name"], max_tokens=record["max_wordpieces"])
-    return lambda texts: encoder.encode_cached(texts, cache or cache_home(), progress=False)
+    encoder = SentenceEncoder.from_record(record)
+    if cache is None:
+        return lambda texts: encoder.encode(texts)
+    root = cache_home() if cache == "auto" else cache
+    return lambda texts: encoder.encode_cached(texts, root, progress=False)
 
 
 @torch.no_grad()

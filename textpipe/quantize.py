@@ -18,6 +18,10 @@ makes up nearly all of a bag model's weights (2^18 hashed n-gram rows + the word
    member) is zero but for the rows of the words and n-grams training saw: those rows
    are kept, at 8 bits with a float16 scale each, the zero rows share one (zero) row.
    Its rows are kept whether or not the embedding keeps theirs: the path reads them itself.
+5. A bundle with a sentence encoder keeps its head as it is, and its encoder record gains
+   ``precision`` (``QuantizeConfig.encoder_precision``, default int8): how the encoder's Linear
+   layers compute when the bundle predicts (:func:`textpipe.minilm.quantize_linear`; the encoder
+   is loaded by name, not shipped, so this saves time and memory, not bytes of the bundle).
 
 The result is a normal bundle: the table is saved as ordinary tensors through
 :func:`textpipe.bundle.save_bundle` (so any weights format holds it), and
@@ -45,9 +49,11 @@ from torch import nn
 
 from .bundle import META, VOCAB, WEIGHTS, BundleError, load_bundle, save_bundle
 from .compact import NB_TABLE, TABLE, quantize_table
+from .minilm import PRECISIONS
 from .models import build_model
 from .runtime import set_seed
 
+DEFAULT_ENCODER_PRECISION = "int8"  # mr: 0.28 point below the float32 encoder in the same bundle, faster (docs/deploy.md)
 COPIED = ("config.json", "run.json")  # provenance travels with the compact bundle; metrics do not (re-run evaluate)
 
 
@@ -64,8 +70,13 @@ class QuantizeConfig:
     cutoff: int | None = 80_000
     bits: int = 4  # 4 or 8 bits per value
     drop_unused: bool = True  # rows training never stepped share one row
+    # With a sentence encoder: how its Linear layers compute when the bundle predicts (minilm.quantize_linear),
+    # recorded as bundle.json's encoder.precision. None: DEFAULT_ENCODER_PRECISION; set for a bundle without one: an error.
+    encoder_precision: str | None = None
 
     def __post_init__(self) -> None:
+        if self.encoder_precision is not None and self.encoder_precision not in PRECISIONS:
+            raise ValueError(f"encoder_precision must be one of {', '.join(PRECISIONS)}, got {self.encoder_precision!r}")
         if self.cutoff is not None and self.cutoff < 1:
             raise ValueError(f"cutoff must be >= 1, got {self.cutoff}")
         if self.bits not in (4, 8):
@@ -133,7 +144,7 @@ def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConf
     if model_dir.resolve() == out.resolve():
         raise ValueError(f"{out}: write the quantized bundle to a new folder, not over the original")
     bundle = load_bundle(model_dir)
-    model = bundle.model
+    model, encoder = bundle.model, encoder_extra(bundle, config, model_dir)
     if not isinstance(getattr(model, "embedding", None), nn.Embedding):
         raise ValueError(f"{model_dir}: model {bundle.model_config.name!r} has no embedding table to quantize")
     table = model.embedding.weight.detach()
@@ -161,14 +172,24 @@ def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConf
         "original_bytes": sum((model_dir / name).stat().st_size for name in (WEIGHTS, VOCAB, META)),
     }
     save_bundle(out, model, bundle.vocab, bundle.tokenizer, bundle.labels, bundle.model_config, bundle.train_config,
-                state=state, extra={"quantized": summary, **({"encoder": bundle.encoder} if bundle.head is not None else {})},
-                head=bundle.head)  # a sentence head, unquantized (385 x classes floats), and its encoder's record carried over
+                state=state, extra={"quantized": summary, **encoder},
+                head=bundle.head)  # a sentence head, unquantized (385 x classes floats)
     for name in COPIED:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, out / name)
     summary["bytes"] = sum((out / name).stat().st_size for name in (WEIGHTS, VOCAB, META))
     summary["ratio"] = round(summary["bytes"] / summary["original_bytes"], 4)
-    return summary
+    return {**summary, **({"encoder_precision": encoder["encoder"]["precision"]} if encoder else {})}
+
+
+def encoder_extra(bundle, config: QuantizeConfig, model_dir: Path) -> dict:
+    """``{"encoder": record}`` for a bundle with a sentence encoder: its record carried over, with the precision its
+    Linear layers will compute at (the encoder itself is not in the bundle: it is loaded by name, then quantized)."""
+    if bundle.head is None:
+        if config.encoder_precision is not None:
+            raise BundleError(f"{model_dir}: the bundle has no sentence encoder to set the precision of (it was trained without --encoder)")
+        return {}
+    return {"encoder": {**bundle.encoder, "precision": config.encoder_precision or DEFAULT_ENCODER_PRECISION}}
 
 
 def describe(quantized: dict) -> str:

@@ -39,7 +39,7 @@ from torchtext.transforms import BERTTokenizer
 
 from .downloads import fetch_wheel, read_member
 from .files import atomic_write, file_sha256
-from .minilm import MiniLM, MiniLMConfig, load_minilm
+from .minilm import PRECISIONS, MiniLM, MiniLMConfig, load_minilm, quantize_linear
 from .sentence_cache import SentenceCache
 
 DEFAULT_ROOT = Path("data")
@@ -157,7 +157,9 @@ class SentenceEncoder:
 
     ``max_tokens`` counts wordpieces with ``[CLS]`` and ``[SEP]`` (256, as
     sentence-transformers encodes); longer texts keep their beginning. The files are
-    fetched when missing and always re-checked by sha256 before use.
+    fetched when missing and always re-checked by sha256 before use. ``precision``
+    (``float32``, ``float16`` or ``int8``: what a quantized bundle records) is how the
+    Linear layers compute (:func:`~textpipe.minilm.quantize_linear`); it is part of the cache key.
 
     Example:
         >>> encoder = SentenceEncoder("minilm-l6")
@@ -165,15 +167,28 @@ class SentenceEncoder:
         torch.Size([2, 384])
     """
 
-    def __init__(self, name: str = "minilm-l6", root: str | Path = DEFAULT_ROOT, max_tokens: int = 256, batch_size: int = 64):
+    def __init__(self, name: str = "minilm-l6", root: str | Path = DEFAULT_ROOT, max_tokens: int = 256, batch_size: int = 64,
+                 precision: str = "float32"):
         spec = _spec(name)
         if not 3 <= max_tokens <= spec.config.max_positions:
             raise ValueError(f"max_tokens must be in 3..{spec.config.max_positions}, got {max_tokens}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"encoder precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         folder = fetch_encoder(name, root)  # both files' sha256 checked now, whether just made or made long ago
         self.name, self.sha256, self.dim = name, spec.weights_sha256, spec.dim
-        self.max_tokens, self.batch_size = max_tokens, batch_size
+        self.max_tokens, self.batch_size, self.precision = max_tokens, batch_size, precision
         self.tokenizer = BERTTokenizer(str(folder / "vocab.txt"), do_lower_case=True, return_tokens=False)
-        self.model: MiniLM = load_minilm(folder / "model.safetensors", spec.config)
+        self.model: MiniLM = quantize_linear(load_minilm(folder / "model.safetensors", spec.config), precision)
+
+    @classmethod
+    def from_record(cls, record: dict, root: str | Path = DEFAULT_ROOT) -> "SentenceEncoder":
+        """The encoder a bundle's ``encoder`` record names, cut and computing as it says (float32 without ``precision``).
+
+        Example:
+            >>> SentenceEncoder.from_record(load_bundle("runs/mine-q").encoder).precision
+            'int8'
+        """
+        return cls(record["name"], root, max_tokens=record["max_wordpieces"], precision=record.get("precision", "float32"))
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's wordpieces as ids: ``[CLS] ... [SEP]``, cut at ``max_tokens`` in all."""
@@ -186,12 +201,23 @@ class SentenceEncoder:
 
     @property
     def cache_key(self) -> str:
-        """What decides a text's vector besides the text: the weights and the cut."""
-        return f"{self.name}-{self.sha256[:16]}-{self.max_tokens}"
+        """What decides a text's vector besides the text: the weights, the cut and the precision."""
+        return sentence_cache_key(self.name, self.sha256, self.max_tokens, self.precision)
 
     def encode_cached(self, texts: Sequence[str], cache_root: str | Path, progress: bool = True) -> torch.Tensor:
         """:meth:`encode` through the sentence cache under ``cache_root``: a text already encoded is read, not encoded."""
         return SentenceCache(cache_root, self.cache_key, self.dim).vectors(texts, lambda fresh: self.encode(fresh, progress))
+
+
+def sentence_cache_key(name: str, sha256: str, max_tokens: int, precision: str = "float32") -> str:
+    """The sentence cache's folder name for an encoder's vectors: float32 ones keep the key they always had,
+    others (int8 and float16 vectors differ from them) get their own folder, never mixed in.
+
+    Example:
+        >>> sentence_cache_key("minilm-l6", "53aa5117" * 8, 256, "int8")
+        'minilm-l6-53aa511753aa5117-256-int8'
+    """
+    return f"{name}-{sha256[:16]}-{max_tokens}" + ("" if precision == "float32" else f"-{precision}")
 
 
 def encode_ids(model: MiniLM, rows: list[list[int]], batch_size: int = 64, progress: bool = False) -> torch.Tensor:

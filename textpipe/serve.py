@@ -246,7 +246,8 @@ def make_server(predictor: Predictor, config: ServeConfig | None = None, quiet: 
 def serve(model_dir: str | Path, config: ServeConfig | None = None, quiet: bool = False) -> None:
     """Load the bundle and answer requests until Ctrl-C."""
     config = config or ServeConfig()
-    predictor = Predictor.load(model_dir)
+    # No sentence cache: every request's text would be kept on disk, and each batch would read them all back.
+    predictor = Predictor.load(model_dir, sentence_cache=None)
     try:
         server = make_server(predictor, config, quiet, model=str(model_dir))
     except OSError as err:  # the port is taken, or the address is not this machine's

@@ -37,7 +37,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"weights     {info['weights_bytes']:,} bytes, sha256 {info['weights_sha256']}")
     if info.get("encoder"):
         e = info["encoder"]
-        print(f"encoder     {e['name']} (sentence vectors, cut at {e['max_wordpieces']} wordpieces), sha256 {e['sha256']}")
+        print(f"encoder     {e['name']} (sentence vectors, cut at {e['max_wordpieces']} wordpieces, Linear layers {e['precision']}), sha256 {e['sha256']}")
     if info.get("quantized"):
         from ..quantize import describe
 
@@ -66,11 +66,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from ..quantize import QuantizeConfig, quantize_bundle
 
     check_folder(args.out)  # a file or a link to one at --out: exit 2 naming it, before any work
-    config = QuantizeConfig(cutoff=args.cutoff or None, bits=args.bits, drop_unused=not args.keep_unused)
+    config = QuantizeConfig(cutoff=args.cutoff or None, bits=args.bits, drop_unused=not args.keep_unused, encoder_precision=args.encoder_precision)
     summary = quantize_bundle(require_bundle(args.model), args.out, config)
     print(f"{args.out}: {summary['bytes']:,} bytes, {summary['ratio']:.1%} of {args.model} ({summary['original_bytes']:,} bytes)")
     print(f"kept {summary['kept_rows']:,} of {summary['rows']:,} embedding rows as int{args.bits} ({summary['used_rows']:,} used in training, "
           f"found from {summary['used_rows_from']})")
+    if "encoder_precision" in summary:
+        print(f"the sentence encoder's Linear layers compute in {summary['encoder_precision']} when this bundle predicts")
     print(f"check it: textpipe evaluate --model {args.out} --data TEST_FILE")
 
 

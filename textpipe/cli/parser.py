@@ -16,7 +16,8 @@ from .. import __version__
 from ..catalogue import DATASETS
 from ..config import DataConfig
 from ..models import MODELS, ModelConfig
-from ..quantize import QuantizeConfig
+from ..minilm import PRECISIONS
+from ..quantize import DEFAULT_ENCODER_PRECISION, QuantizeConfig
 from ..serve import ServeConfig
 from ..sources import SourceConfig
 from ..tokenizer import TOKENIZERS, TokenizerConfig
@@ -320,6 +321,9 @@ def add_quantize(sub) -> None:
         "keep only the N embedding rows that move the logits most (default: %(default)s; 0: every row training used)"))
     q.add_argument("--bits", type=int, choices=(4, 8), default=QuantizeConfig.bits, help="bits per stored value, with one scale per row (default: %(default)s)")
     q.add_argument("--keep-unused", action="store_true", help="keep rows training never stepped (they are dropped by default)")
+    q.add_argument("--encoder-precision", choices=PRECISIONS, help=(
+        f"a bundle trained with --encoder: how its sentence encoder's Linear layers compute when the bundle predicts "
+        f"(default: {DEFAULT_ENCODER_PRECISION}; int8: fastest on CPU, float16: weights stored at half size)"))
 
 
 def add_serve(sub) -> None:
