@@ -25,7 +25,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy
+.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy bench-encoder
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -98,6 +98,9 @@ bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR, and the serv
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/speed.py
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py
+
+bench-encoder: $(STAMP)  ## the sentence encoder: texts/s (float32, int8, float16) on mr's test texts and this machine's float32 ceiling; ARGS="--bundle RUN --train" adds predict and train processes -> bench/results/encoder.json
+	$(PY) bench/encoder.py $(ARGS)
 
 bench-quantize: $(STAMP)  ## default model on rotten_tomatoes, mr, trec6: size and test accuracy before/after quantize -> bench/results/quantize.json
 	OMP_NUM_THREADS=1 $(PY) bench/quantize.py
