@@ -146,6 +146,7 @@ def test_the_encoder_knob_encodes_ahead_then_its_trial_encodes_nothing(toy_files
     test_texts = {t for _, t in make_rows(100, seed=3)} if record["chosen"] else set()  # the final run's, with the encoder chosen
     assert set(fake_encoder.encoded) == train_texts | test_texts, "the trial encoded nothing: its texts were encoded ahead, timed apart"
     assert "texts encoded in" in record["encoder"]["note"]
+    assert record["trials"][1]["epochs"] == record["trials"][0]["epochs"], "its head joined the starting configuration's model"
 
 
 def test_with_the_users_encoder_every_trial_has_it_and_the_refit_reuses_the_winners_head(toy_files, tmp_path, monkeypatch, fake_encoder):
@@ -199,3 +200,25 @@ def test_cli_autotune_tries_the_real_encoder_and_takes_encoder_too(toy_files, tm
                     "--set", "model.ngram_buckets=1024", "--autotune", "300", "--encoder", "minilm-l6", "--quiet")
     assert both.returncode == 0, both.stderr
     assert json.loads((tmp_path / "r2" / "bundle.json").read_text())["encoder"]["name"] == "minilm-l6"
+
+
+def test_a_budget_spent_on_the_starting_configuration_says_the_encoder_was_not_tried(toy_files, tmp_path, monkeypatch, fake_encoder):
+    monkeypatch.setattr(autotune, "SPACE", [ENCODER_KNOB])
+    train, dev, test = toy_files
+    metrics = autotune_files(train, test, tmp_path / "run", dev=dev, config=PipelineConfig.from_dict(own_cache(tmp_path)), budget=0.01, quiet=True)
+    assert metrics["autotune"]["encoder"]["note"] == "encoder: skipped, the budget left no time for a trial after the starting configuration's"
+    assert fake_encoder.encoded == []
+
+
+def test_the_encoders_trial_adds_its_head_to_the_starting_models_as_a_fresh_training_would(toy_files, tmp_path, monkeypatch, fake_encoder):
+    monkeypatch.setattr(autotune, "SPACE", [ENCODER_KNOB])
+    train, _, _ = toy_files
+    search = autotune._Search(train, None, None, own_cache(tmp_path), 600.0, True)
+    start = search.try_changes({})
+    assert search.starting_phase is not None
+    reused = search.head_trial({"model": {"encoder": "minilm-l6"}}, start)
+    assert search.starting_phase is None, "the model is let go once its head is fit"
+    fresh = search.try_changes({"model": {"encoder": "minilm-l6"}})  # trains the same model again, then the head
+    assert reused.dev_accuracy == fresh.dev_accuracy and reused.first_phase["sentence_head"] == fresh.first_phase["sentence_head"]
+    assert (reused.best_epoch, reused.epochs, reused.dev_loss) == (fresh.best_epoch, fresh.epochs, fresh.dev_loss)
+    assert reused.seconds >= start.seconds, "counted as a whole trial, so the refit's estimate is a training's"

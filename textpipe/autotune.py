@@ -47,11 +47,11 @@ from pathlib import Path
 from .config import PipelineConfig
 from .nb_linear import mixed_dev_accuracy
 from .pipeline import check_settings
-from .run import dev_result, train_files
+from .run import PhaseResult, dev_result, train_files
 from .runfolder import refuse_occupied
 from .runtime import RunSignals
 from .sentence_cache import SentenceCache, text_digest
-from .sentence_mix import run_cache, sentence_encoder
+from .sentence_mix import fit_phase_head, run_cache, sentence_encoder
 from .sources import read_examples
 from .tokenizer import Tokenizer
 
@@ -59,12 +59,12 @@ log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 SAMPLE_TEXTS = 128  # uncached texts encoded first (and kept), timed: the rate the rest is expected at
 HOPEFUL_RATE = 400.0  # texts/s; an encoder not fetched yet is downloaded only if its texts would fit even at this rate
 FALLBACK_RATE = 50.0  # texts/s, when nothing could be timed (every training text cached, some test texts not)
-HEAD_SECONDS_PER_ROW = 1e-3  # choosing the sentence head's C on dev: six L-BFGS fits, per training row (measured on mr)
+HEAD_SECONDS_PER_ROW = 1e-3  # choosing the sentence head's C on dev (six L-BFGS fits), in seconds per training row (measured on mr)
 
 # Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
 SPACE: list[tuple[str, list[dict]]] = [
-    # A third member of the mix, its share chosen on dev (0: no effect): on every dataset we measured, worth more
-    # than all the other knobs together. Tried only when its encoding fits the budget (_Search.encoder_fits).
+    # A third member of the mix, its share chosen on dev (0: no effect): the strongest knob by far on the datasets
+    # we measured (bench/results/encoder*.json). Tried only when its encoding fits the budget (_Search.encoder_fits).
     ("encoder", [{"model": {"encoder": "minilm-l6"}}]),
     # configs/best.toml: on the dev splits of every dataset we tuned on, better than the default.
     ("size", [{"model": {"embed_dim": 128, "ngram_buckets": 2**20}, "train": {"lr": 5e-4}}]),
@@ -147,6 +147,7 @@ class _Search:
     start: float = field(default_factory=time.perf_counter)
     trials: list[Trial] = field(default_factory=list)
     encoder: dict = field(default_factory=dict)  # what became of the encoder knob, for run.json
+    starting_phase: PhaseResult | None = None  # the starting configuration's trained model, until the encoder's trial used it
     test_seconds: float = 0.0  # encoding the test texts the cache lacks, in the final training of a config with the encoder
 
     def __post_init__(self) -> None:
@@ -164,11 +165,14 @@ class _Search:
                 if merge(self.base, changes) == merge(self.base, current.changes) or _fits(changes, self.trials):
                     continue  # the value already in force, or tried before
                 if not _time_left(self.start, self.budget, self.trials, best, self.final_extra(best)):
+                    if knob == "encoder":
+                        self.skip_encoder(value["model"]["encoder"], "the budget left no time for a trial after the starting configuration's")
                     break
                 if knob == "encoder" and not self.encoder_fits(value["model"]["encoder"], best):
                     continue
                 try:
-                    trial = self.try_changes(changes)
+                    reuse = knob == "encoder" and best is self.trials[0] and self.starting_phase is not None
+                    trial = self.head_trial(changes, best) if reuse else self.try_changes(changes)
                 except RuntimeError as err:  # e.g. named vectors that cannot be fetched here: search on without them
                     if not self.quiet:
                         log.info(f"autotune: skipped {_describe(changes)}: {str(err).splitlines()[0]}")
@@ -181,19 +185,40 @@ class _Search:
         """Train ``base`` with ``changes`` with early stopping on dev, in a scratch folder; the trial is recorded."""
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="textpipe-autotune-") as scratch:
-            result, head = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
-        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear,
-                       **({"sentence_head": head} if head else {})}
+            phase = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
+        result, head = phase.fit, phase.head and phase.head[1]
+        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear}
         accuracy = result.best_dev["accuracy"]
         if result.nb_linear is not None:  # what the run would ship: the mix with the NB linear path
             accuracy = mixed_dev_accuracy(result.nb_linear)
-        if head is not None:  # and with the sentence head's share (chosen on these dev rows, as the NB path's)
-            accuracy = head["dev"]["mixed"]
+        if head:  # and with the sentence head's share (chosen on these dev rows, as the NB path's)
+            accuracy, first_phase["sentence_head"] = head["dev"]["mixed"], head
         trial = Trial(changes, accuracy, result.best_dev["loss"], result.best_epoch, len(result.history),
                       round(time.perf_counter() - began, 1), first_phase)
+        if not changes and any(knob == "encoder" for knob, _ in SPACE) and not _encoder_of(self.base):
+            self.starting_phase = phase  # the encoder's trial adds its head to this very model (training ignores model.encoder)
+        return self.record(trial)
+
+    def head_trial(self, changes: dict, on: Trial) -> Trial:
+        """``changes`` that only turn the encoder on, over ``on``, the starting configuration: its trained model
+        (the same weights a new training would give, the encoder playing no part in it) with the sentence head fit
+        on dev. Its seconds are ``on``'s plus the head's: what training it from scratch would take, for the estimates."""
+        began, phase = time.perf_counter(), self.starting_phase
+        config = PipelineConfig.from_dict(merge(self.base, changes))
+        train_part, holdout = ("all", 0) if self.dev else ("train", config.data.holdout_every)
+        _, head = fit_phase_head(phase.model, config, self.tokenizer, phase.vocab, phase.labels, self.train, train_part, holdout, self.dev,
+                                 None, quiet=True)
+        self.starting_phase = None  # its model is not needed again
+        seconds = time.perf_counter() - began
+        if not self.quiet:
+            log.info(f"autotune: the sentence head fit on the starting configuration's model in {seconds:.1f} s")
+        return self.record(Trial(changes, head["dev"]["mixed"], on.dev_loss, on.best_epoch, on.epochs, round(on.seconds + seconds, 1),
+                                 {**on.first_phase, "sentence_head": head}))
+
+    def record(self, trial: Trial) -> Trial:
         self.trials.append(trial)
         if not self.quiet:
-            log.info(f"autotune trial {len(self.trials)}: {_describe(changes)}: dev accuracy {trial.dev_accuracy:.4f} "
+            log.info(f"autotune trial {len(self.trials)}: {_describe(trial.changes)}: dev accuracy {trial.dev_accuracy:.4f} "
                      f"loss {trial.dev_loss:.4f} ({trial.epochs} epochs, {trial.seconds:.1f} s)")
         return trial
 
@@ -206,12 +231,15 @@ class _Search:
         try:
             plan = self.encoder_plan(name, best)
         except _Skip as why:
-            self.encoder = {"name": name, "tried": False, "note": f"encoder: skipped, {why}"}
-            if not self.quiet:
-                log.info(f"autotune: {self.encoder['note']}")
+            self.skip_encoder(name, str(why))
             return False
         self.encode_ahead(name, plan)
         return True
+
+    def skip_encoder(self, name: str, why: str) -> None:
+        self.encoder = {"name": name, "tried": False, "note": f"encoder: skipped, {why}"}
+        if not self.quiet:
+            log.info(f"autotune: {self.encoder['note']}")
 
     def encoder_plan(self, name: str, best: Trial) -> dict:
         """What turning the encoder on costs here: texts to encode and seconds expected; raises _Skip when it cannot fit."""
@@ -237,7 +265,8 @@ class _Search:
         """Raise _Skip unless encoding ``count`` texts at ``rate``, the encoder's trial and the final training fit the budget."""
         encode = count / rate
         head = HEAD_SECONDS_PER_ROW * rows
-        rest = max(t.seconds for t in self.trials) + head + _final_seconds(best) + head / 6  # the refit fits the head once
+        trial = head if self.starting_phase is not None else max(t.seconds for t in self.trials) + head  # a model to reuse, or to train
+        rest = trial + _final_seconds(best) + head / 6  # the refit fits the head once, its C known
         left = self.budget - (time.perf_counter() - self.start)
         if encode + rest > left:
             raise _Skip(f"needs about {encode:.0f} s to encode {count:,} texts ({rate:.0f} texts/s), and about {rest:.0f} s more "
