@@ -48,7 +48,7 @@ def run_cli(files: dict, budget: float, cache: Path, out: Path, log: Path | None
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     search = json.loads((out / "run.json").read_text(encoding="utf-8"))["autotune"]
-    return {"accuracy": round(metrics["test"]["accuracy"], 4), "seconds": round(seconds, 1), "load_at_start": round(load, 2),
+    return {"budget": budget, "accuracy": round(metrics["test"]["accuracy"], 4), "seconds": round(seconds, 1), "load_at_start": round(load, 2),
             "load_at_end": round(os.getloadavg()[0], 2), "search_seconds": search["search_seconds"], "trials": len(search["trials"]),
             "chosen": search["chosen"], "encoder": search.get("encoder", {}).get("note")}
 
@@ -95,13 +95,13 @@ def main() -> None:
                 log = args.logs / f"{name}-{state}.log" if args.logs else None
                 if state == "warm":
                     row["warm_up_seconds"] = round(warm_up(files, cache), 1)
-                row[state] = run_cli(files, args.budget, cache, outs / state, log)
-                print(name, state, row[state], flush=True)
+                row[state if args.budget == 120 else f"{state} {args.budget:g} s"] = run_cli(files, args.budget, cache, outs / state, log)
+                print(name, state, args.budget, flush=True)
         finally:
             shutil.rmtree(cache, ignore_errors=True)
             shutil.rmtree(outs, ignore_errors=True)
         results[name] = row
-        path.write_text(json.dumps({"budget": args.budget, "cores": os.cpu_count(), "results": results}, indent=1) + "\n", encoding="utf-8")
+        path.write_text(json.dumps({"cores": os.cpu_count(), "results": results}, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

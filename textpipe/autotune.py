@@ -289,7 +289,7 @@ class _Search:
         rate = plan["rate"] or (len(plan["missing"]) / seconds if plan["missing"] and seconds > 0 else FALLBACK_RATE)
         self.test_seconds = plan["missing_test"] / rate
         self.encoder = {"name": name, "tried": True, "note": f"encoder: {len(plan['missing']):,} texts encoded in {seconds:.1f} s "
-                        f"before its trial; {plan['missing_test']:,} test texts left to encode"}
+                        f"ahead of the trials; {plan['missing_test']:,} test texts left to encode"}
         if not self.quiet:
             log.info(f"autotune: {self.encoder['note']}")
 
