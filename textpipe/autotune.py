@@ -59,7 +59,10 @@ log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 SAMPLE_TEXTS = 128  # uncached texts encoded first (and kept), timed: the rate the rest is expected at
 HOPEFUL_RATE = 400.0  # texts/s; an encoder not fetched yet is downloaded only if its texts would fit even at this rate
 FALLBACK_RATE = 50.0  # texts/s, when nothing could be timed (every training text cached, some test texts not)
-HEAD_SECONDS_PER_ROW = 1e-3  # choosing the sentence head's C on dev (six L-BFGS fits), in seconds per training row (measured on mr)
+# Choosing the sentence head's C on dev (six L-BFGS fits) costs, per training row, about what encoding 0.15 to 0.2 texts
+# does, so its estimate follows the rate measured on this machine (mr at load 8: the head 51 s for 8,636 rows; 1.2 ms a
+# row at load 4, where a quiet machine encodes a text in 6.7 ms).
+HEAD_TEXTS_PER_ROW = 0.2
 
 # Knob -> the values tried besides the current one, each a partial PipelineConfig dict.
 SPACE: list[tuple[str, list[dict]]] = [
@@ -264,7 +267,7 @@ class _Search:
     def check_fits(self, count: int, rate: float, rows: int, best: Trial) -> None:
         """Raise _Skip unless encoding ``count`` texts at ``rate``, the encoder's trial and the final training fit the budget."""
         encode = count / rate
-        head = HEAD_SECONDS_PER_ROW * rows
+        head = HEAD_TEXTS_PER_ROW * rows / rate
         trial = head if self.starting_phase is not None else max(t.seconds for t in self.trials) + head  # a model to reuse, or to train
         rest = trial + _final_seconds(best) + head / 6  # the refit fits the head once, its C known
         left = self.budget - (time.perf_counter() - self.start)
