@@ -291,7 +291,8 @@ class _Search:
         seconds = time.perf_counter() - began
         rate = plan["rate"] or (len(plan["missing"]) / seconds if plan["missing"] and seconds > 0 else FALLBACK_RATE)
         self.test_seconds = plan["missing_test"] / rate
-        self.encoder = {"name": name, "tried": True, "note": f"encoder: {len(plan['missing']):,} texts encoded in {seconds:.1f} s "
+        expected = f" (expected {len(plan['missing']) / rate:.1f} s at the {rate:.0f} texts/s of a timed sample)" if plan["rate"] else ""
+        self.encoder = {"name": name, "tried": True, "note": f"encoder: {len(plan['missing']):,} texts encoded in {seconds:.1f} s{expected} "
                         f"ahead of the trials; {plan['missing_test']:,} test texts left to encode"}
         if not self.quiet:
             log.info(f"autotune: {self.encoder['note']}")
