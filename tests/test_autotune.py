@@ -145,7 +145,7 @@ def test_the_encoder_knob_encodes_ahead_then_its_trial_encodes_nothing(toy_files
     assert len(fake_encoder.encoded) == len(set(fake_encoder.encoded)), "no text encoded twice"
     test_texts = {t for _, t in make_rows(100, seed=3)} if record["chosen"] else set()  # the final run's, with the encoder chosen
     assert set(fake_encoder.encoded) == train_texts | test_texts, "the trial encoded nothing: its texts were encoded ahead, timed apart"
-    assert "texts encoded in" in record["encoder"]["note"]
+    assert "texts encoded in" in record["encoder"]["note"] and "texts/s of a timed sample" in record["encoder"]["note"]
     assert record["trials"][1]["epochs"] == record["trials"][0]["epochs"], "its head joined the starting configuration's model"
 
 

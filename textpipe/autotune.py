@@ -261,7 +261,7 @@ class _Search:
         missing = _uncached(texts, cache)
         missing_test = len(set(_uncached(test, cache)) - set(missing))
         rate, missing = _timed_sample(encoder, root, missing)
-        self.check_fits(len(missing) + missing_test, rate, len(texts), best)
+        self.check_fits(len(missing) + missing_test, rate or FALLBACK_RATE, len(texts), best)
         return {"root": root, "missing": missing, "rate": rate, "missing_test": missing_test}
 
     def check_fits(self, count: int, rate: float, rows: int, best: Trial) -> None:
@@ -335,10 +335,11 @@ def _uncached(texts: list[str], cache: SentenceCache) -> list[str]:
     return list(missing.values())
 
 
-def _timed_sample(encoder, root: Path, missing: list[str]) -> tuple[float, list[str]]:
-    """Encode (and cache) up to :data:`SAMPLE_TEXTS` of ``missing``, spread over it; the rate, and the texts still missing."""
+def _timed_sample(encoder, root: Path, missing: list[str]) -> tuple[float | None, list[str]]:
+    """Encode (and cache) up to :data:`SAMPLE_TEXTS` of ``missing``, spread over it; the rate (None: nothing to time),
+    and the texts still missing."""
     if not missing:
-        return FALLBACK_RATE, []
+        return None, []
     sample = missing[:: max(1, len(missing) // SAMPLE_TEXTS)][:SAMPLE_TEXTS]
     began = time.perf_counter()
     encoder.encode_cached(sample, root, progress=False)
