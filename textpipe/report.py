@@ -256,4 +256,6 @@ def search_notes(search: dict | None) -> list[str]:
         changes = ", ".join(f"`{section}.{key} = {value}`" for section, values in trial["changes"].items() for key, value in values.items()) or "none"
         row = f"| {i} | {trial['dev_accuracy']:.4f} | {trial['dev_loss']:.4f} | {trial['epochs']} | {trial['seconds']} | {changes} |"
         lines.append(row.replace(f"| {i} |", f"| **{i}** |") if trial["changes"] == search["chosen"] else row)
+    if search.get("encoder"):  # the sentence encoder knob: encoded ahead of its trial, or skipped and why
+        lines += ["", search["encoder"]["note"][0].upper() + search["encoder"]["note"][1:] + "."]
     return lines

@@ -165,17 +165,18 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     return metrics
 
 
-def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> FitResult:
-    """Only the train phase of a run, quietly, nothing kept: train with early stopping on ``dev``
-    (or the held-out rows of ``train``) and return the epoch count and dev scores it reached.
+def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> PhaseResult:
+    """Only the train phase of a run, quietly, nothing kept on disk: train with early stopping on ``dev``
+    (or the held-out rows of ``train``) and return what the phase left: the model, its vocabulary and
+    labels, the epoch count and dev scores it reached (``.fit``), with ``model.encoder`` the sentence head.
 
     Example:
-        >>> dev_result("train.csv", None, PipelineConfig(), Tokenizer(), Path("/tmp/scratch")).best_dev["accuracy"]
+        >>> dev_result("train.csv", None, PipelineConfig(), Tokenizer(), Path("/tmp/scratch")).fit.best_dev["accuracy"]
     """
     config = replace(config, train=replace(config.train, keep_checkpoints=0))
     state = RunState.start({"train": train, "dev": dev, "test": None}, config.to_dict())
     _, trained = _train_phase(state, scratch, config, tokenizer, None, start_distributed(config.train.device), True, None)
-    return trained.fit
+    return trained
 
 
 def _first_state(data: dict, config: PipelineConfig, search: dict | None) -> RunState:

@@ -92,8 +92,6 @@ def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
     check_lang_flag(config.tokenizer.lang, config.tokenizer.name)
     if args.autotune is not None and args.autotune <= 0:
         raise UsageError(f"--autotune needs a positive number of seconds, got {args.autotune}")
-    if args.autotune is not None and config.model.encoder:
-        raise UsageError("--autotune does not search with a sentence encoder yet", hint="train with --encoder alone, or --autotune alone")
     if config.model.encoder:  # fetched (once) and checked before any training: a failed download is exit 1, not a traceback
         from ..sentence import fetch_encoder
 
