@@ -58,17 +58,6 @@ def test_vectors_are_unit_length_and_padding_changes_nothing():
     assert torch.allclose(together.norm(dim=1), torch.ones(2))
 
 
-def test_the_fused_attention_is_the_written_out_one():
-    model = MiniLM(TINY)
-    for p in model.parameters():
-        p.data.normal_(0, 0.3)
-    ids = torch.tensor([[1, 5, 7, 2, 0, 0], [1, 9, 4, 6, 8, 2]])
-    fused = model(ids, ids != 0)
-    for block in model.blocks:
-        block.fused = False
-    torch.testing.assert_close(model(ids, ids != 0), fused, atol=1e-6, rtol=0)
-
-
 def test_load_minilm_reads_by_name_and_checks_shapes_and_dtypes_first(tmp_path):
     tensors = tiny_weights(TINY)
     save_file(tensors, tmp_path / "ok.safetensors")

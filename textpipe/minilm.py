@@ -7,8 +7,7 @@ normalized), the last layer's vectors averaged over the text's real tokens and
 scaled to length 1. Attention is written out (the Q, K, V projections, the heads
 split and merged by ``view``/``transpose``, the padding mask as a large negative
 bias before the softmax), so ``docs/concepts.md``'s review of the Transformer can
-point at every step; encoding runs the same sum through torch's fused
-``scaled_dot_product_attention`` (``Block.fused``), tested equal to the written-out one. :func:`load_minilm` reads the weights from a safetensors file
+point at every step. :func:`load_minilm` reads the weights from a safetensors file
 by name, each checked for shape and dtype before a byte of it is read.
 Tensor core: torch and safetensors only (the wordpiece tokenizer is ``sentence.py``'s).
 
@@ -48,18 +47,7 @@ class MiniLMConfig:
 
 
 class Block(nn.Module):
-    """One post-LN transformer block: x = norm(x + attention(x)); x = norm(x + ffn(x)).
-
-    ``fused`` (the default) computes softmax(q k^T / sqrt(d) + bias) v in one kernel that never
-    holds the (B, H, T, T) scores: about 1.3x the texts/s on two CPU cores at mr's lengths;
-    ``fused = False`` runs the written-out lines, the reference the tests compare it with.
-
-    Example:
-        >>> block = Block(MiniLMConfig())
-        >>> block.fused = False   # the written-out attention
-    """
-
-    fused = True
+    """One post-LN transformer block: x = norm(x + attention(x)); x = norm(x + ffn(x))."""
 
     def __init__(self, c: MiniLMConfig):
         super().__init__()
@@ -75,11 +63,8 @@ class Block(nn.Module):
 
     def attention(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))  # (B, H, T, d)
-        if self.fused:
-            mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias  # (B, H, T, T); bias (B, 1, 1, T)
-            mixed = scores.softmax(dim=-1) @ v  # (B, H, T, d): each position a weighted mean of the values
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias  # (B, H, T, T); bias (B, 1, 1, T)
+        mixed = scores.softmax(dim=-1) @ v  # (B, H, T, d): each position a weighted mean of the values
         b, h, t, d = mixed.shape
         return self.attn_out(mixed.transpose(1, 2).reshape(b, t, h * d))  # heads merged back: (B, T, D)
 
