@@ -83,8 +83,9 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, dev: tuple | No
         raise ValueError("fit_head needs dev rows to choose C and beta, or both given")
     record: dict = {}
     if C is None:
-        C, record["dev_by_C"] = _choose_C(x, y, num_classes, dev)
-    head = _head(x, y, num_classes, C)
+        head, C, record["dev_by_C"] = _choose_C(x, y, num_classes, dev)
+    else:
+        head = _head(x, y, num_classes, C)
     if beta is None:
         dev_x, dev_y, model_probs = dev
         beta, record["dev"] = _choose_beta(model_probs, head.probabilities(dev_x), dev_y)
@@ -101,15 +102,16 @@ def _head(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float) -> Sente
     return head
 
 
-def _choose_C(x: torch.Tensor, y: torch.Tensor, num_classes: int, dev: tuple) -> tuple[float, dict]:
-    """The C whose head scores best on dev alone: accuracy first, then the lower log loss."""
+def _choose_C(x: torch.Tensor, y: torch.Tensor, num_classes: int, dev: tuple) -> tuple[SentenceHead, float, dict]:
+    """The head whose C scores best on dev alone (accuracy first, then the lower log loss), its C, every C's scores."""
     dev_x, dev_y, _ = dev
-    scores = {}
+    heads, scores = {}, {}
     for C in C_CHOICES:
-        probs = _head(x, y, num_classes, C).probabilities(dev_x)
+        heads[C] = _head(x, y, num_classes, C)
+        probs = heads[C].probabilities(dev_x)
         scores[C] = (accuracy(probs, dev_y), -log_loss(probs, dev_y))
     best = max(C_CHOICES, key=lambda C: scores[C])  # max keeps the first of equals: the smaller C
-    return best, {f"{C:g}": {"accuracy": s[0], "log_loss": -s[1]} for C, s in scores.items()}
+    return heads[best], best, {f"{C:g}": {"accuracy": s[0], "log_loss": -s[1]} for C, s in scores.items()}
 
 
 def _choose_beta(model_probs: torch.Tensor, head_probs: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
