@@ -8,13 +8,12 @@ import shutil
 import sys
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from textpipe.events import listen
+from event_hooks import when
 
 # The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside
 # the clone. A user's clone has neither, and the tests that need them skip (marker `shared`).
@@ -79,36 +78,6 @@ def png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def when(event: str, action: Callable[[], object], after_checkpoint: int | None = None, **match) -> Callable[[], None]:
-    """Run ``action()`` at the first ``event`` (textpipe.events) whose info holds the values of ``match``,
-    once the checkpoint of step ``after_checkpoint`` (if given) is on disk: checkpoints are written by a
-    background thread, and a crash meant to come after one must not race its write. Returns a function
-    that stops listening.
-
-    Example:
-        >>> stop = when("step_done", lambda: os.kill(os.getpid(), signal.SIGKILL), after_checkpoint=15, step=16)
-    """
-    saved, fired = threading.Event(), []
-    stops = [] if after_checkpoint is None else [listen("checkpoint_saved", lambda step, **_: step == after_checkpoint and saved.set())]
-    if after_checkpoint is None:
-        saved.set()
-
-    def maybe_act(**info) -> None:
-        if not fired and all(info.get(key) == value for key, value in match.items()):
-            fired.append(True)
-            if not saved.wait(120):
-                raise RuntimeError(f"the checkpoint of step {after_checkpoint} never reached the disk")
-            action()
-
-    stops.append(listen(event, maybe_act))
-
-    def stop_listening() -> None:
-        for stop in stops:
-            stop()
-
-    return stop_listening
 
 
 @contextlib.contextmanager

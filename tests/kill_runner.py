@@ -16,7 +16,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from conftest import when
+from event_hooks import when
 from textpipe.events import listen
 from textpipe.models import ModelConfig
 from textpipe.config import DataConfig, PipelineConfig
