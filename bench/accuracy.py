@@ -5,7 +5,7 @@
 ``--autotune 120`` searches on the held-out rows of the train file only.
 Every system sees the same rows: the train and test files of
 the benchmark datasets (``$TEXTPIPE_DATASETS/{mr,subj,trec6}``) and of the default dataset, Rotten Tomatoes
-(``textpipe.catalogue.rotten_tomatoes()``; its dev file is left to ``bench/tune.py``).
+(``textpipe.text.catalogue.rotten_tomatoes()``; its dev file is left to ``bench/tune.py``).
 The baselines train on the whole train file; textpipe holds out every 10th
 training row to pick the epoch count, then refits on the whole train file (its
 default, ``TrainConfig.refit``). Test files are read only to score the finished
@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textpipe.catalogue import rotten_tomatoes  # noqa: E402
-from textpipe.autotune import autotune_files  # noqa: E402
-from textpipe.config import PipelineConfig  # noqa: E402
-from textpipe.run import train_files  # noqa: E402
+from textpipe.text.catalogue import rotten_tomatoes  # noqa: E402
+from textpipe.run.autotune import autotune_files  # noqa: E402
+from textpipe.run.config import PipelineConfig  # noqa: E402
+from textpipe.run.phases import train_files  # noqa: E402
 
 # The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
 SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))

@@ -56,9 +56,9 @@ def run_cli(files: dict, budget: float, cache: Path, out: Path, log: Path | None
 def warm_up(files: dict, cache: Path) -> float:
     """Every text of ``files`` into the sentence cache under ``cache`` (shards of the user's cache copied first, the rest
     encoded): seconds taken, not part of any figure."""
-    from textpipe.files import cache_home
-    from textpipe.sentence import SentenceEncoder
-    from textpipe.sources import read_examples
+    from textpipe.core.files import cache_home
+    from textpipe.text.sentence import SentenceEncoder
+    from textpipe.text.sources import read_examples
 
     start = time.perf_counter()
     encoder = SentenceEncoder("minilm-l6", root=ROOT / "data")

@@ -36,8 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textpipe.minilm import quantize_linear  # noqa: E402
-from textpipe.sentence import SentenceEncoder, encode_ids  # noqa: E402
+from textpipe.core.minilm import quantize_linear  # noqa: E402
+from textpipe.text.sentence import SentenceEncoder, encode_ids  # noqa: E402
 
 SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 RESULTS = ROOT / "bench" / "results"

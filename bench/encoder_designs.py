@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from tune import dev_splits  # noqa: E402
-from textpipe.files import cache_home  # noqa: E402
-from textpipe.sentence import SentenceEncoder  # noqa: E402
+from textpipe.core.files import cache_home  # noqa: E402
+from textpipe.text.sentence import SentenceEncoder  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WEIGHTS = (1.0, 2.0)
@@ -111,9 +111,9 @@ def default_mixes(name: str, train: Path, dev: Path, dev_texts: list[str], dev_y
 
     import torch
 
-    from textpipe.config import PipelineConfig
-    from textpipe.predict import Predictor
-    from textpipe.run import train_files
+    from textpipe.run.config import PipelineConfig
+    from textpipe.bundle.predict import Predictor
+    from textpipe.run.phases import train_files
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Rows/s of each model's training step on a GPU, from a pre-numericalized tensor file; no torchtext, no spaCy.
 
 torchtext 0.18 loads only with torch 2.3, while GPU machines often carry a newer
-torch, so this script needs torch and ``textpipe.models`` / ``textpipe.collate``
+torch, so this script needs torch and ``textpipe.core.models`` / ``textpipe.core.collate``
 alone (it never imports the text stages). Write the tensor file where textpipe is
 installed, from the numericalized cache a training run left (see ``--write``),
 copy it and this repository to the GPU machine, and run:
@@ -32,14 +32,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from textpipe.collate import Batch, collate_flat  # noqa: E402
-from textpipe.models import MODELS, ModelConfig, build_model  # noqa: E402
-from textpipe.optim import make_optimizers  # noqa: E402
-from textpipe.train import TrainConfig, train_step  # noqa: E402
+from textpipe.core.collate import Batch, collate_flat  # noqa: E402
+from textpipe.core.models import MODELS, ModelConfig, build_model  # noqa: E402
+from textpipe.core.optim import make_optimizers  # noqa: E402
+from textpipe.core.train import TrainConfig, train_step  # noqa: E402
 
 
 def write_tensor_file(out: str | Path, cache_folder: str | Path) -> None:
-    """A tensor file from a cache folder written by :mod:`textpipe.cache` (read with numpy, no textpipe.cache import)."""
+    """A tensor file from a cache folder written by :mod:`textpipe.text.cache` (read with numpy, no textpipe.text.cache import)."""
     folder = Path(cache_folder)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     n = meta["rows"]

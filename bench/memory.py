@@ -87,10 +87,10 @@ def train_one_epoch(train: str, test: str, out: str) -> None:
     """Runs in the child process: one epoch with the benchmark's config."""
     import torch
 
-    from textpipe.config import DataConfig, PipelineConfig
-    from textpipe.run import train_files
-    from textpipe.tokenizer import TokenizerConfig
-    from textpipe.train import TrainConfig
+    from textpipe.run.config import DataConfig, PipelineConfig
+    from textpipe.run.phases import train_files
+    from textpipe.text.tokenizer import TokenizerConfig
+    from textpipe.core.train import TrainConfig
 
     torch.set_num_threads(1)
     samples: list[int] = []

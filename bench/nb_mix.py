@@ -33,11 +33,11 @@ from sklearn.linear_model import LogisticRegression
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textpipe.config import PipelineConfig  # noqa: E402
-from textpipe.dataset import is_held_out  # noqa: E402
-from textpipe.predict import Predictor  # noqa: E402
-from textpipe.run import train_files  # noqa: E402
-from textpipe.sources import read_examples  # noqa: E402
+from textpipe.run.config import PipelineConfig  # noqa: E402
+from textpipe.text.dataset import is_held_out  # noqa: E402
+from textpipe.bundle.predict import Predictor  # noqa: E402
+from textpipe.run.phases import train_files  # noqa: E402
+from textpipe.text.sources import read_examples  # noqa: E402
 
 HERE = ROOT / "runs" / "nb_mix"
 DATA = ROOT / "data"

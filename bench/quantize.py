@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from textpipe.catalogue import rotten_tomatoes  # noqa: E402
-from textpipe.pipeline import report_file  # noqa: E402
-from textpipe.run import train_files  # noqa: E402
-from textpipe.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
-from textpipe.minilm import PRECISIONS  # noqa: E402
+from textpipe.text.catalogue import rotten_tomatoes  # noqa: E402
+from textpipe.run.pipeline import report_file  # noqa: E402
+from textpipe.run.phases import train_files  # noqa: E402
+from textpipe.bundle.quantize import QuantizeConfig, quantize_bundle  # noqa: E402
+from textpipe.core.minilm import PRECISIONS  # noqa: E402
 
 # The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
 SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -116,7 +116,7 @@ def encoder_accuracy(model: Path, test: Path) -> dict:
 
 def encoding_speed(texts: list[str], rounds: int) -> dict:
     """texts/s of each precision's encoder on ``texts``, in interleaved rounds in this one process."""
-    from textpipe.sentence import SentenceEncoder, encode_ids
+    from textpipe.text.sentence import SentenceEncoder, encode_ids
 
     encoders = {p: SentenceEncoder("minilm-l6", ROOT / "data", precision=p) for p in PRECISIONS}
     ids = encoders["float32"].token_ids(texts)
@@ -145,7 +145,7 @@ def state_bytes(model) -> int:
 
 def half_compute_speed(texts: list[str]) -> dict:
     """float16 weights *and* arithmetic (the whole model ``.half()``) against float32, on the same texts."""
-    from textpipe.sentence import SentenceEncoder, encode_ids
+    from textpipe.text.sentence import SentenceEncoder, encode_ids
 
     encoder = SentenceEncoder("minilm-l6", ROOT / "data")
     ids, half = encoder.token_ids(texts), copy.deepcopy(encoder.model).half()

@@ -40,17 +40,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from memory import sample_rows, write_sample  # noqa: E402
 
-from textpipe.collate import Batch, pad_fraction  # noqa: E402
-from textpipe.dataset import TextClassificationDataset  # noqa: E402
-from textpipe.loader import make_loader  # noqa: E402
-from textpipe.models import ModelConfig, build_model  # noqa: E402
-from textpipe.predict import Predictor  # noqa: E402
-from textpipe.sources import read_examples  # noqa: E402
-from textpipe.tokenizer import Tokenizer  # noqa: E402
-from textpipe.kernels import torch_ops_only  # noqa: E402
-from textpipe.optim import make_optimizers  # noqa: E402
-from textpipe.train import TrainConfig, train_step  # noqa: E402
-from textpipe.vocab import build_vocab  # noqa: E402
+from textpipe.core.collate import Batch, pad_fraction  # noqa: E402
+from textpipe.text.dataset import TextClassificationDataset  # noqa: E402
+from textpipe.text.loader import make_loader  # noqa: E402
+from textpipe.core.models import ModelConfig, build_model  # noqa: E402
+from textpipe.bundle.predict import Predictor  # noqa: E402
+from textpipe.text.sources import read_examples  # noqa: E402
+from textpipe.text.tokenizer import Tokenizer  # noqa: E402
+from textpipe.core.kernels import torch_ops_only  # noqa: E402
+from textpipe.core.optim import make_optimizers  # noqa: E402
+from textpipe.core.train import TrainConfig, train_step  # noqa: E402
+from textpipe.text.vocab import build_vocab  # noqa: E402
 
 # The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
 SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -190,10 +190,10 @@ import sys
 sys.path[:0] = ["{tree}", "{tree}/bench"]
 import speed
 from pathlib import Path
-from textpipe.models import ModelConfig
-from textpipe.sources import read_examples
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.core.models import ModelConfig
+from textpipe.text.sources import read_examples
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 speed.MR_TRAIN = Path("{mr_train}")  # that tree has no benchmark datasets beside it
 tok = Tokenizer("spacy")
 rows = list(read_examples(speed.MR_TRAIN))

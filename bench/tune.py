@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textpipe.catalogue import rotten_tomatoes  # noqa: E402
-from textpipe.config import PipelineConfig  # noqa: E402
-from textpipe.run import train_files  # noqa: E402
+from textpipe.text.catalogue import rotten_tomatoes  # noqa: E402
+from textpipe.run.config import PipelineConfig  # noqa: E402
+from textpipe.run.phases import train_files  # noqa: E402
 
 # The benchmark datasets (mr, subj, trec6): TEXTPIPE_DATASETS, or the project CI's folder beside the clone.
 SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))

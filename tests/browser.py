@@ -179,8 +179,8 @@ def main() -> None:
     parser.add_argument("--text", required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    from textpipe.predict import Predictor
-    from textpipe.serve import ServeConfig, make_server
+    from textpipe.bundle.predict import Predictor
+    from textpipe.bundle.serve import ServeConfig, make_server
 
     server = make_server(Predictor.load(args.model), ServeConfig(port=0), quiet=True, model=args.model.name)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -133,10 +133,10 @@ TEXTS = [
 
 def train_tiny(folder, model: str = "bag", **model_overrides):
     """A small bundle trained on the toy reviews in a few seconds; returns its folder and the test file."""
-    from textpipe.config import DataConfig, PipelineConfig
-    from textpipe.models import ModelConfig
-    from textpipe.run import train_files
-    from textpipe.train import TrainConfig
+    from textpipe.run.config import DataConfig, PipelineConfig
+    from textpipe.core.models import ModelConfig
+    from textpipe.run.phases import train_files
+    from textpipe.core.train import TrainConfig
 
     train = write_csv(folder / "train.csv", make_rows(300, seed=1))
     test = write_csv(folder / "test.csv", make_rows(60, seed=3))

@@ -1,4 +1,4 @@
-"""``when``: act at a named event of a run (textpipe.events), once a given checkpoint is on disk.
+"""``when``: act at a named event of a run (textpipe.core.events), once a given checkpoint is on disk.
 
 Apart from conftest.py so that tests/kill_runner.py, a process the tests start and often
 kill with -9, can import it without conftest's module-level set-up: a folder that
@@ -8,11 +8,11 @@ process made would outlive it, since a killed process runs no atexit.
 import threading
 from typing import Callable
 
-from textpipe.events import listen
+from textpipe.core.events import listen
 
 
 def when(event: str, action: Callable[[], object], after_checkpoint: int | None = None, **match) -> Callable[[], None]:
-    """Run ``action()`` at the first ``event`` (textpipe.events) whose info holds the values of ``match``,
+    """Run ``action()`` at the first ``event`` (textpipe.core.events) whose info holds the values of ``match``,
     once the checkpoint of step ``after_checkpoint`` (if given) is on disk: checkpoints are written by a
     background thread, and a crash meant to come after one must not race its write. Returns a function
     that stops listening.

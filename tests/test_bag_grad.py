@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from textpipe.collate import pad_collate
-from textpipe.kernels import bag_mean_table_grad
-from textpipe.models import BagOfNgrams, ModelConfig
-from textpipe.optim import RowAdam, _sqrt_floor, make_optimizers
-from textpipe.train import TrainConfig, train_step
+from textpipe.core.collate import pad_collate
+from textpipe.core.kernels import bag_mean_table_grad
+from textpipe.core.models import BagOfNgrams, ModelConfig
+from textpipe.core.optim import RowAdam, _sqrt_floor, make_optimizers
+from textpipe.core.train import TrainConfig, train_step
 
 
 def autograd_table_grad(flat_ids: torch.Tensor, lengths: torch.Tensor, grad_pooled: torch.Tensor, num_rows: int) -> torch.Tensor:

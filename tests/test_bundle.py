@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import cli_here
-from textpipe.bundle import BundleError, all_finite, fields_digest, file_digest, load_bundle, save_bundle
-from textpipe.models import ModelConfig, build_model, model_skeleton
-from textpipe.predict import Predictor
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.bundle.store import BundleError, all_finite, fields_digest, file_digest, load_bundle, save_bundle
+from textpipe.core.models import ModelConfig, build_model, model_skeleton
+from textpipe.bundle.predict import Predictor
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 TEXTS = ["a great and witty film", "dull, boring, awful", "never seen words here"]
 
@@ -40,7 +40,7 @@ def test_fresh_process_predicts_the_same_probabilities(bundle_dir):
     path, model = bundle_dir
     expected = Predictor.load(path).probabilities(TEXTS)
     code = (
-        "import json, sys; from textpipe.predict import Predictor; "
+        "import json, sys; from textpipe.bundle.predict import Predictor; "
         "print(json.dumps(Predictor.load(sys.argv[1]).probabilities(json.loads(sys.argv[2])).tolist()))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(path), json.dumps(TEXTS)], capture_output=True, text=True, check=True)
@@ -212,7 +212,7 @@ def test_relabelled_bundle_json_is_refused(bundle_dir):
 def test_a_crafted_size_is_refused_before_anything_is_allocated(bundle_dir, buckets, monkeypatch):
     path, _ = bundle_dir
     edit_meta(path, model__ngram_buckets=buckets)
-    monkeypatch.setattr("textpipe.models.build_model", _only_on_meta(__import__("textpipe.models").models.build_model))
+    monkeypatch.setattr("textpipe.core.models.build_model", _only_on_meta(__import__("textpipe.core.models").models.build_model))
     with pytest.raises(BundleError) as err:
         load_bundle(path)
     assert str(err.value).startswith(f"{path}/bundle.json field model does not fit {path}/weights.safetensors: tensor embedding.weight is [")

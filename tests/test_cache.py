@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import make_rows, write_csv
-from textpipe.cache import NumericCache
-from textpipe.collate import FlatRows, collate_flat, pad_collate, pad_fraction
-from textpipe.dataset import TextClassificationDataset
-from textpipe.loader import make_loader
-from textpipe.pipeline import TrainingCounts
-from textpipe.sources import SourceConfig
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.text.cache import NumericCache
+from textpipe.core.collate import FlatRows, collate_flat, pad_collate, pad_fraction
+from textpipe.text.dataset import TextClassificationDataset
+from textpipe.text.loader import make_loader
+from textpipe.run.pipeline import TrainingCounts
+from textpipe.text.sources import SourceConfig
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 
 @pytest.fixture
@@ -147,10 +147,10 @@ def test_pad_fraction_counts_pad_positions():
 
 
 def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch):
-    from textpipe.config import DataConfig, PipelineConfig
-    from textpipe.run import train_files
-    from textpipe.runtime import resolve_device
-    from textpipe.train import TrainConfig
+    from textpipe.run.config import DataConfig, PipelineConfig
+    from textpipe.run.phases import train_files
+    from textpipe.core.runtime import resolve_device
+    from textpipe.core.train import TrainConfig
 
     train, test, _ = toy_files
     config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731
@@ -178,7 +178,7 @@ def test_the_cache_folder_keeps_only_the_most_recently_used_entries(tmp_path):
     import os
     import time
 
-    from textpipe import cache
+    from textpipe.text import cache
 
     for i in range(6):
         cache.write_cache(tmp_path, f"{i:032d}", [([1, 2, 3], 0)], {})
@@ -235,7 +235,7 @@ def test_a_damaged_cache_is_rebuilt_with_a_notice_never_read(toy, tmp_path, dama
 def test_every_cache_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     import os
 
-    from textpipe import cache
+    from textpipe.text import cache
 
     synced, events = set(), []
     real_fsync, real_rename = os.fsync, os.rename

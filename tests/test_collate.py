@@ -1,7 +1,7 @@
 import torch
 from torch.utils.data import DataLoader
 
-from textpipe.collate import Batch, pad_collate
+from textpipe.core.collate import Batch, pad_collate
 
 
 def test_pads_to_the_longest_with_lengths_and_mask():

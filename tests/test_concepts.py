@@ -4,12 +4,12 @@ dataset with ``shuffle=True``, and a ``sampler``."""
 import torch
 from torch.utils.data import DataLoader
 
-from textpipe.collate import pad_collate
-from textpipe.dataset import TextListDataset
-from textpipe.encoder import TextEncoder
-from textpipe.batching import LengthSortedSampler
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.core.collate import pad_collate
+from textpipe.text.dataset import TextListDataset
+from textpipe.text.encoder import TextEncoder
+from textpipe.core.batching import LengthSortedSampler
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 TEXTS = ["one", "two words", "three words here", "four words are here", "and five words are here", "six"]
 

@@ -1,8 +1,8 @@
 """count_training_file keeps its counts in the cache folder: a second count of the same file tokenizes nothing."""
 
-from textpipe.config import DataConfig
-from textpipe.pipeline import count_training_file
-from textpipe.tokenizer import Tokenizer
+from textpipe.run.config import DataConfig
+from textpipe.run.pipeline import count_training_file
+from textpipe.text.tokenizer import Tokenizer
 
 from conftest import write_csv
 

@@ -5,13 +5,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import write_csv
-from textpipe.batching import Batches
-from textpipe.collate import pad_collate
-from textpipe.dataset import TextClassificationDataset, TextListDataset
-from textpipe.encoder import TextEncoder
-from textpipe.sources import DataError, read_examples
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import UNK_ID, build_vocab
+from textpipe.core.batching import Batches
+from textpipe.core.collate import pad_collate
+from textpipe.text.dataset import TextClassificationDataset, TextListDataset
+from textpipe.text.encoder import TextEncoder
+from textpipe.text.sources import DataError, read_examples
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import UNK_ID, build_vocab
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_every_epoch_each_row_once_across_two_ranks_and_two_workers_in_a_new_ord
 
 
 def test_skipped_rows_do_not_break_exactly_once(tmp_path):
-    from textpipe.sources import SourceConfig
+    from textpipe.text.sources import SourceConfig
 
     rows = [("pos" if i % 3 else "neg", f"row {i}" if i % 10 else " ") for i in range(60)]  # every 10th text is empty
     path = write_csv(tmp_path / "rows.csv", rows)
@@ -144,7 +144,7 @@ def test_skipped_rows_do_not_break_exactly_once(tmp_path):
 
 def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
     """The first example comes out after at most shuffle_buffer + 1 rows are read, not after the whole file."""
-    import textpipe.dataset
+    import textpipe.text.dataset
 
     path, tok, vocab = numbered
     read = {"rows": 0}
@@ -154,7 +154,7 @@ def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
             read["rows"] += 1
             yield example
 
-    monkeypatch.setattr(textpipe.dataset, "read_examples", counting)
+    monkeypatch.setattr(textpipe.text.dataset, "read_examples", counting)
     stream = iter(Batches(TextClassificationDataset(path, tok, vocab, labels=["neg", "pos"]), shuffle_buffer=10))
     next(stream)
     assert read["rows"] <= 11
@@ -163,7 +163,7 @@ def test_an_epoch_streams_rows_through_a_bounded_buffer(numbered, monkeypatch):
 
 def test_make_loader_pads_with_its_collate_fn_and_the_cache_changes_nothing(numbered, tmp_path):
     """Training batches from the file and from the token-id cache are the same tensors, padded by pad_collate."""
-    from textpipe.loader import make_loader
+    from textpipe.text.loader import make_loader
 
     path, tok, vocab = numbered
     loaders = [make_loader(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], cache_dir=cache), 8, shuffle_buffer=40, bucket=True, seed=5)
@@ -193,8 +193,8 @@ def test_cache_rows_batched_as_tensors_match_the_text_path(numbered, tmp_path, b
 
 
 def test_make_loader_batches_texts_in_memory_longest_first():
-    from textpipe.batching import LengthSortedSampler
-    from textpipe.loader import make_loader
+    from textpipe.core.batching import LengthSortedSampler
+    from textpipe.text.loader import make_loader
 
     texts = ["a", "a b c", "a b", "a b c d", "b"]
     ds = TextListDataset(texts, TextEncoder(Tokenizer("whitespace"), build_vocab([["a", "b", "c", "d"]])))

@@ -35,11 +35,11 @@ def _ranks_agree(rank: int, port: int, results) -> None:
     import torch
     import torch.distributed as dist
 
-    from textpipe.collate import pad_collate
-    from textpipe.models import ModelConfig, build_model
-    from textpipe.optim import make_optimizers
-    from textpipe.runtime import distributed_wrap, join_uneven_inputs
-    from textpipe.train import TrainConfig, train_step
+    from textpipe.core.collate import pad_collate
+    from textpipe.core.models import ModelConfig, build_model
+    from textpipe.core.optim import make_optimizers
+    from textpipe.core.runtime import distributed_wrap, join_uneven_inputs
+    from textpipe.core.train import TrainConfig, train_step
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

@@ -31,12 +31,21 @@ def citations(doc: Path) -> list[str]:
     return [c.split("(")[0] for c in CODE.findall(doc.read_text(encoding="utf-8"))]
 
 
+def by_short_name(modules: set[str]) -> dict[str, str]:
+    """Each module under its full dotted name, and under its own name where that is unique (`models` for core.models)."""
+    leaves: dict[str, list[str]] = {}
+    for module in modules:
+        leaves.setdefault(module.rpartition(".")[2], []).append(module)
+    short = {leaf: found[0] for leaf, found in leaves.items() if len(found) == 1 and leaf not in modules and not found[0].startswith("cli.")}
+    return short | {m: m for m in modules}
+
+
 def resolve_name(cited: str, modules: set[str]):
     """The object `cited` names, importing the longest textpipe module it starts with; None if it names none."""
-    parts = cited.split(".")
+    parts, modules = cited.split("."), by_short_name(modules)
     for cut in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:cut])
-        if module in modules:
+        module = modules.get(".".join(parts[:cut]))
+        if module is not None:
             obj = importlib.import_module(f"textpipe.{module}")
             for attr in parts[cut:]:
                 obj = getattr(obj, attr)
@@ -46,7 +55,7 @@ def resolve_name(cited: str, modules: set[str]):
 
 def defined_tests() -> set[str]:
     names = set()
-    for file in (ROOT / "tests").glob("test_*.py"):
+    for file in (ROOT / "tests").rglob("test_*.py"):
         for node in ast.parse(file.read_text(encoding="utf-8")).body:
             if isinstance(node, ast.FunctionDef):
                 names.add(f"{file.name}::{node.name}")

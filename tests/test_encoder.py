@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import textpipe.encoder
-from textpipe.encoder import TextEncoder
-from textpipe.kernels import ChunkTable
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import UNK_ID, build_vocab
+import textpipe.text.encoder
+from textpipe.text.encoder import TextEncoder
+from textpipe.core.kernels import ChunkTable
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import UNK_ID, build_vocab
 
 TEXTS = ["A gorgeous, witty movie.", "", "don't  stop\tnow!", "a dull, dull movie", "   ", "never-seen words here", "émigré café ."]
 
@@ -39,7 +39,7 @@ def chunk_table(wanted: bool):
 
 @pytest.mark.parametrize("table", [False, True])
 def test_the_memo_starts_over_when_full(monkeypatch, table):
-    monkeypatch.setattr(textpipe.encoder, "MEMO_SIZE", 5)
+    monkeypatch.setattr(textpipe.text.encoder, "MEMO_SIZE", 5)
     tokenizer = Tokenizer("spacy")
     vocab = build_vocab(tokenizer(t) for t in TEXTS)
     encoder = TextEncoder(tokenizer, vocab, chunk_table(table))

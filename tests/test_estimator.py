@@ -24,7 +24,7 @@ INTS = {"pos": 2, "neg": 10}
 def no_report():
     """fit trains in a temporary run folder: its report (two PNG plots, most of a tiny fit's time) is never read."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("textpipe.pipeline.write_report", lambda *args, **kwargs: [])
+        patch.setattr("textpipe.run.pipeline.write_report", lambda *args, **kwargs: [])
         yield
 
 
@@ -77,7 +77,7 @@ def test_save_writes_the_cli_bundle_and_load_reads_it_back(fitted, tmp_path):
 
 
 def test_a_cli_bundle_loads_into_the_estimator(tmp_path):
-    from textpipe.run import train_files
+    from textpipe.run.phases import train_files
     from conftest import write_csv
 
     train = write_csv(tmp_path / "train.csv", make_rows(200, seed=3))
@@ -323,11 +323,11 @@ import sys
 sys.modules["sklearn"] = None  # as if scikit-learn were not installed: importing it raises ImportError
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import numpy as np
-import textpipe.pipeline
+import textpipe.run.pipeline
 from conftest import make_rows
 from textpipe import TextClassifier
 
-textpipe.pipeline.write_report = lambda *args, **kwargs: []  # as the no_report fixture does
+textpipe.run.pipeline.write_report = lambda *args, **kwargs: []  # as the no_report fixture does
 
 assert not any(c.__module__.startswith("sklearn") for c in TextClassifier.__mro__)
 rows = make_rows(120, seed=1)

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import NEGATIVE, POSITIVE, TEXTS, make_rows, run_cli as textpipe, train_tiny, write_csv
-from textpipe.bundle import load_bundle
-from textpipe.collate import pad_collate
-from textpipe.explain import APPROXIMATE, EXACT, NB_TERM, explain, strongest_features
-from textpipe.models import ModelConfig
-from textpipe.config import DataConfig, PipelineConfig
-from textpipe.run import train_files
-from textpipe.predict import Predictor
-from textpipe.train import TrainConfig
+from textpipe.bundle.store import load_bundle
+from textpipe.core.collate import pad_collate
+from textpipe.bundle.explain import APPROXIMATE, EXACT, NB_TERM, explain, strongest_features
+from textpipe.core.models import ModelConfig
+from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.run.phases import train_files
+from textpipe.bundle.predict import Predictor
+from textpipe.core.train import TrainConfig
 
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory):
@@ -123,7 +123,7 @@ def with_head(bundle, beta: float = 0.4, nb_alpha: float | None = 0.5):
     """The bundle given a sentence head of chosen weights (and, with ``nb_alpha``, an NB path with that share)."""
     from dataclasses import replace
 
-    from textpipe.sentence_head import SentenceHead
+    from textpipe.core.sentence_head import SentenceHead
 
     head = SentenceHead(16, len(bundle.labels))
     with torch.no_grad():
@@ -185,8 +185,8 @@ def test_a_gradient_explanation_takes_the_encoders_term_too(tmp_path):
 
 
 def test_predict_and_serve_explain_the_label_they_predict_encoding_once(bag, monkeypatch):
-    from textpipe import predict
-    from textpipe.serve_work import Batcher
+    from textpipe.bundle import predict
+    from textpipe.bundle.serve_work import Batcher
 
     encoded = []
 
@@ -213,9 +213,9 @@ def test_predict_and_serve_explain_the_label_they_predict_encoding_once(bag, mon
 
 def test_serve_keeps_no_sentence_cache_while_predict_reads_through_one(bag, tmp_path, monkeypatch):
     """A server's texts are strangers': kept on disk they would grow the cache without end, and each batch read it all."""
-    from textpipe import explain as explain_module
-    from textpipe import serve
-    from textpipe.sentence import SentenceEncoder
+    from textpipe.bundle import explain as explain_module
+    from textpipe.bundle import serve
+    from textpipe.text.sentence import SentenceEncoder
 
     calls = []
 

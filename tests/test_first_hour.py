@@ -17,10 +17,10 @@ import pytest
 
 from conftest import cli_here, write_csv
 from textpipe import cli
-from textpipe.config import PipelineConfig
-from textpipe.pipeline import label_order
-from textpipe.run import train_files
-from textpipe.train import TrainConfig, TrainState, epoch_line, record_epoch
+from textpipe.run.config import PipelineConfig
+from textpipe.run.pipeline import label_order
+from textpipe.run.phases import train_files
+from textpipe.core.train import TrainConfig, TrainState, epoch_line, record_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = {1: "awful dull boring tedious", 2: "fine okay average decent", 10: "superb gorgeous witty great"}

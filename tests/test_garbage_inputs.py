@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from conftest import cli_here, make_rows
-from textpipe.bundle import fields_digest, file_digest, load_weights, save_bundle
-from textpipe.models import ModelConfig, build_model
-from textpipe.quantize import QuantizeConfig, quantize_bundle
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.bundle.store import fields_digest, file_digest, load_weights, save_bundle
+from textpipe.core.models import ModelConfig, build_model
+from textpipe.bundle.quantize import QuantizeConfig, quantize_bundle
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 SETTINGS = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 10)), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from conftest import make_rows, write_csv
-from textpipe.dataset import TextClassificationDataset
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.text.dataset import TextClassificationDataset
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_train.py"

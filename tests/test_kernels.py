@@ -8,9 +8,9 @@ from unittest import mock
 import pytest
 import torch
 
-from textpipe import kernels
-from textpipe.kernels import bag_mean_table_grad, row_kernels, torch_ops_only
-from textpipe.optim import DenseAdamW, RowAdam
+from textpipe.core import kernels
+from textpipe.core.kernels import bag_mean_table_grad, row_kernels, torch_ops_only
+from textpipe.core.optim import DenseAdamW, RowAdam
 
 needs_kernels = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler: the torch ops run instead")
 
@@ -99,8 +99,8 @@ def test_without_a_compiler_the_torch_ops_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("settings", [{}, {"max_ngram": 5}, {"ngram_buckets": 0}, {"max_ngram": 3, "ngram_buckets": 7}])
 @pytest.mark.parametrize("dropout", [False, True])
 def test_bag_ngram_ids_with_the_kernels_equal_add_ngrams_then_the_mask(settings, dropout):
-    from textpipe.collate import pad_collate
-    from textpipe.models import BagOfNgrams, ModelConfig
+    from textpipe.core.collate import pad_collate
+    from textpipe.core.models import BagOfNgrams, ModelConfig
 
     g = torch.Generator().manual_seed(len(settings) + dropout)
     texts = [torch.randint(2, 300, (n,), generator=g) for n in (1, 7, 24, 3, 12, 2)]  # 5-grams of big ids wrap in int64
@@ -142,7 +142,7 @@ def test_dense_adamw_steps_exactly_as_torch_adamw(weight_decay):
 
 @needs_kernels
 def test_present_ids_gives_nb_linears_distinct_ids_per_text():
-    from textpipe.nb_linear import NBLinear
+    from textpipe.core.nb_linear import NBLinear
 
     generator = torch.Generator().manual_seed(0)
     for trial in range(100):  # short texts (insertion sort), long ones (qsort), empty ones, ids far apart

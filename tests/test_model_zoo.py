@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from textpipe.collate import pad_collate
-from textpipe.models import MODELS, ModelConfig, build_model, capture_pooled
-from textpipe.optim import make_optimizers
-from textpipe.train import TrainConfig
+from textpipe.core.collate import pad_collate
+from textpipe.core.models import MODELS, ModelConfig, build_model, capture_pooled
+from textpipe.core.optim import make_optimizers
+from textpipe.core.train import TrainConfig
 
 NAMES = ["bag", "cnn", "gru", "transformer"]
 VOCAB, CLASSES = 40, 3

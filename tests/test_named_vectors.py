@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from textpipe import vectors as vectors_module
-from textpipe.vectors import NAMED_VECTORS, NamedVectors, fetch_vectors, load_vectors, resolve_vectors
+from textpipe.text import vectors as vectors_module
+from textpipe.text.vectors import NAMED_VECTORS, NamedVectors, fetch_vectors, load_vectors, resolve_vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the", "good", "bad", "movie"]

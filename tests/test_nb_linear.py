@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from textpipe.collate import pad_collate
-from textpipe.config import PipelineConfig
-from textpipe.models import ModelConfig, build_model
-from textpipe.nb_linear import ALPHAS, NBLinear, Presence, fit_members, fit_nb_linear, log_count_ratios
-from textpipe.predict import Predictor
-from textpipe.run import train_files
-from textpipe.train import TrainConfig
+from textpipe.core.collate import pad_collate
+from textpipe.run.config import PipelineConfig
+from textpipe.core.models import ModelConfig, build_model
+from textpipe.core.nb_linear import ALPHAS, NBLinear, Presence, fit_members, fit_nb_linear, log_count_ratios
+from textpipe.bundle.predict import Predictor
+from textpipe.run.phases import train_files
+from textpipe.core.train import TrainConfig
 
 
 def test_a_feature_counts_once_per_text():
@@ -125,7 +125,7 @@ def test_a_run_ships_the_mix_chosen_on_held_out_rows_and_refits_with_it(toy_file
 
 
 def test_a_run_over_max_rows_ships_the_bag_alone(toy_files, tmp_path, monkeypatch):
-    monkeypatch.setattr("textpipe.nb_linear.MAX_ROWS", 100)  # the toy file has 400 rows
+    monkeypatch.setattr("textpipe.core.nb_linear.MAX_ROWS", 100)  # the toy file has 400 rows
     train, _, test = toy_files
     metrics = train_files(train, test, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=2, lr=0.02)), quiet=True)
     assert "nb_linear" not in metrics

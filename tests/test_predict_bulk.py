@@ -3,11 +3,11 @@
 import torch
 
 from conftest import make_rows
-from textpipe.bundle import save_bundle
-from textpipe.models import ModelConfig, build_model
-from textpipe.predict import Predictor, top_labels
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.bundle.store import save_bundle
+from textpipe.core.models import ModelConfig, build_model
+from textpipe.bundle.predict import Predictor, top_labels
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 
 def test_bulk_probabilities_match_one_text_at_a_time(tmp_path):
@@ -26,8 +26,8 @@ def test_bulk_probabilities_match_one_text_at_a_time(tmp_path):
 
 
 def test_predictor_batches_through_a_dataloader_with_a_length_sorted_sampler(tmp_path):
-    from textpipe.batching import LengthSortedSampler
-    from textpipe.collate import pad_collate
+    from textpipe.core.batching import LengthSortedSampler
+    from textpipe.core.collate import pad_collate
 
     texts = ["a fine film", "bad", "a long and quite dull film indeed", "good fun"]
     tok = Tokenizer("whitespace")
@@ -55,8 +55,8 @@ def test_top_labels_of_a_batch_equal_those_of_each_row_alone():
 
 def test_text_lines_from_the_ranking_equal_those_from_result_dicts():
     from textpipe.cli.predict import text_block, text_lines, with_bad_rows
-    from textpipe.predict import ranked
-    from textpipe.sources import InputRow
+    from textpipe.bundle.predict import ranked
+    from textpipe.text.sources import InputRow
 
     chunk = [InputRow(1, "a b", None, "f"), InputRow(2, "", ("empty text", "empty text"), "f"),
              InputRow(3, "", ("NUL byte", "NUL byte in the row"), "f"), InputRow(4, "c\td", None, "f")]
@@ -70,8 +70,8 @@ def test_text_lines_from_the_ranking_equal_those_from_result_dicts():
 def test_the_text_formats_best_label_line_is_text_blocks():
     """predict --format text, top 1: its own formatting gives what text_block over ranked gives, ties, rounding edges and bad rows included."""
     from textpipe.cli.predict import text_block, top_one_block
-    from textpipe.predict import ranked
-    from textpipe.sources import InputRow
+    from textpipe.bundle.predict import ranked
+    from textpipe.text.sources import InputRow
 
     generator = torch.Generator().manual_seed(0)
     chunk = [InputRow(i, f"text {i}", None if i % 7 else ("empty text", "empty text"), "f") for i in range(300)]

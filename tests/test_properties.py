@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import spacy_reference
-from textpipe.collate import PAD_ID, pad_collate
-from textpipe.sources import DataError, SourceConfig, read_examples
-from textpipe.tokenizer import TOKENIZERS, Tokenizer
+from textpipe.core.collate import PAD_ID, pad_collate
+from textpipe.text.sources import DataError, SourceConfig, read_examples
+from textpipe.text.tokenizer import TOKENIZERS, Tokenizer
 
 SETTINGS = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 rows_strategy = st.lists(st.tuples(st.text(max_size=8), st.text(max_size=40)), max_size=20)

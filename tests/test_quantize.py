@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import TEXTS, cli_here, run_cli as textpipe, train_tiny
-from textpipe.bundle import META, WEIGHTS, BundleError, load_bundle, load_weights
-from textpipe.pipeline import report_file
-from textpipe.predict import Predictor
-from textpipe.compact import dequantize_table, pack_mask, quantize_table, unpack_mask
-from textpipe.quantize import QuantizeConfig, quantize_bundle, used_rows
+from textpipe.bundle.store import META, WEIGHTS, BundleError, load_bundle, load_weights
+from textpipe.run.pipeline import report_file
+from textpipe.bundle.predict import Predictor
+from textpipe.core.compact import dequantize_table, pack_mask, quantize_table, unpack_mask
+from textpipe.bundle.quantize import QuantizeConfig, quantize_bundle, used_rows
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -114,7 +114,7 @@ def test_cnn_bundle_quantizes_too(tmp_path):
 
 
 def test_quantized_parts_must_fit_the_models_table_before_anything_is_allocated():
-    from textpipe.compact import fold_quantized_shapes
+    from textpipe.core.compact import fold_quantized_shapes
 
     expected = {"embedding.weight": [1000, 16], "head.weight": [2, 16]}
     parts = {"embedding.weight.q_values": [101, 8], "embedding.weight.q_scale": [101], "embedding.weight.q_kept": [125], "embedding.weight.q_shape": [3]}
@@ -194,9 +194,9 @@ def with_sentence_head(model_dir, out):
     the mix), without needing the encoder's files: nothing here encodes a text."""
     from dataclasses import replace
 
-    from textpipe.bundle import save_bundle
-    from textpipe.sentence_head import SentenceHead
-    from textpipe.sentence_mix import encoder_record
+    from textpipe.bundle.store import save_bundle
+    from textpipe.core.sentence_head import SentenceHead
+    from textpipe.run.sentence_mix import encoder_record
 
     b = load_bundle(model_dir)
     head = SentenceHead(384, len(b.labels))
@@ -207,8 +207,8 @@ def with_sentence_head(model_dir, out):
 
 
 def test_quantize_records_the_encoders_precision_in_the_manifest_and_info_shows_it(trained, tmp_path):
-    from textpipe.bundle import fields_digest
-    from textpipe.quantize import DEFAULT_ENCODER_PRECISION
+    from textpipe.bundle.store import fields_digest
+    from textpipe.bundle.quantize import DEFAULT_ENCODER_PRECISION
 
     source = with_sentence_head(trained[0], tmp_path / "enc")
     assert "precision" not in load_bundle(source).encoder  # a bundle from train: float32, as before quantize existed
@@ -229,7 +229,7 @@ def test_quantize_records_the_encoders_precision_in_the_manifest_and_info_shows_
 
 
 def test_an_altered_or_unknown_precision_is_exit_2_naming_the_field(trained, tmp_path):
-    from textpipe.bundle import fields_digest
+    from textpipe.bundle.store import fields_digest
 
     source = with_sentence_head(trained[0], tmp_path / "enc")
     quantize_bundle(source, tmp_path / "q", QuantizeConfig(cutoff=None, encoder_precision="int8"))
@@ -265,12 +265,12 @@ def test_an_encoder_precision_for_a_bundle_without_an_encoder_is_exit_2(trained,
 
 
 def test_predict_loads_the_encoder_at_the_bundles_precision(trained, tmp_path, monkeypatch):
-    import textpipe.sentence
+    import textpipe.text.sentence
 
     made = []
 
     class FakeEncoder:  # what Predictor asks of the encoder, recorded; its vectors all zero
-        from_record = classmethod(textpipe.sentence.SentenceEncoder.from_record.__func__)
+        from_record = classmethod(textpipe.text.sentence.SentenceEncoder.from_record.__func__)
 
         def __init__(self, name, root, *, max_tokens, precision):  # precision required: a caller that leaves it out fails here
             made.append(precision)
@@ -278,7 +278,7 @@ def test_predict_loads_the_encoder_at_the_bundles_precision(trained, tmp_path, m
         def encode_cached(self, texts, cache, progress=False):
             return torch.zeros(len(texts), 384)
 
-    monkeypatch.setattr(textpipe.sentence, "SentenceEncoder", FakeEncoder)
+    monkeypatch.setattr(textpipe.text.sentence, "SentenceEncoder", FakeEncoder)
     source = with_sentence_head(trained[0], tmp_path / "enc")
     quantize_bundle(source, tmp_path / "q", QuantizeConfig(cutoff=None, encoder_precision="int8"))
     Predictor.load(source).predict(TEXTS[:2])
@@ -288,7 +288,7 @@ def test_predict_loads_the_encoder_at_the_bundles_precision(trained, tmp_path, m
 
 @pytest.mark.parametrize("precision", ["int8", "float16"])
 def test_quantize_linear_keeps_the_vectors_close_and_stores_the_weights_small(precision):
-    from textpipe.minilm import Float16Linear, MiniLM, MiniLMConfig, quantize_linear
+    from textpipe.core.minilm import Float16Linear, MiniLM, MiniLMConfig, quantize_linear
 
     torch.manual_seed(0)
     model = MiniLM(MiniLMConfig(layers=2, vocab_size=200)).eval()
@@ -307,7 +307,7 @@ def test_quantize_linear_keeps_the_vectors_close_and_stores_the_weights_small(pr
 
 
 def test_the_sentence_cache_keeps_each_precisions_vectors_apart():
-    from textpipe.sentence import sentence_cache_key
+    from textpipe.text.sentence import sentence_cache_key
 
     keys = {p: sentence_cache_key("minilm-l6", "ab" * 32, 256, p) for p in ("float32", "float16", "int8")}
     assert keys["float32"] == f"minilm-l6-{'ab' * 8}-256"  # float32: the folder the vectors always had
@@ -317,7 +317,7 @@ def test_the_sentence_cache_keeps_each_precisions_vectors_apart():
 @pytest.mark.skipif(not (ENCODER / "model.safetensors").is_file(), reason="needs the minilm-l6 encoder in data/ (textpipe vectors fetch minilm-l6)")
 def test_an_int8_bundle_predicts_from_int8_vectors_as_accurately(tmp_path, monkeypatch):
     from conftest import make_rows, write_csv
-    from textpipe.sentence import SentenceEncoder
+    from textpipe.text.sentence import SentenceEncoder
 
     monkeypatch.setenv("TEXTPIPE_CACHE", str(tmp_path / "cache"))  # a cache of this test's own, to look into
     train = write_csv(tmp_path / "train.csv", make_rows(60, seed=1))
@@ -335,7 +335,7 @@ def test_an_int8_bundle_predicts_from_int8_vectors_as_accurately(tmp_path, monke
     folders = {f.name for f in (tmp_path / "cache" / "sentences").iterdir()}
     int8, plain = SentenceEncoder("minilm-l6", precision="int8"), SentenceEncoder("minilm-l6")
     assert folders == {int8.cache_key, plain.cache_key} and int8.cache_key.endswith("-int8")  # never in one folder
-    from textpipe.sentence_cache import SentenceCache
+    from textpipe.text.sentence_cache import SentenceCache
 
     stored = SentenceCache(tmp_path / "cache", int8.cache_key, 384).vectors(texts, lambda fresh: pytest.fail("not cached"))
     torch.testing.assert_close(stored, int8.encode(texts))  # what the int8 bundle predicted from: int8 vectors

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import png_size
-from textpipe.metrics import confusion_matrix, evaluate, per_class_metrics
-from textpipe.report import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED, PNG_SIZE, REPORT, misclassified, summarize, write_report
+from textpipe.core.metrics import confusion_matrix, evaluate, per_class_metrics
+from textpipe.bundle.report import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED, PNG_SIZE, REPORT, misclassified, summarize, write_report
 
 LABELS = ["neg", "neutral", "pos"]
 GOLD = torch.tensor([0, 0, 0, 1, 1, 2])
@@ -40,7 +40,7 @@ def test_a_class_never_predicted_gets_zeros_not_nan():
 
 
 def test_summary_overall_is_what_train_evaluate_reports():
-    from textpipe.collate import Batch
+    from textpipe.core.collate import Batch
 
     logits = logits_for(PREDICTED, [0.9, 0.6, 0.8, 0.7, 0.95, 0.5])
 
@@ -95,14 +95,14 @@ def test_import_textpipe_does_not_import_matplotlib():
     import subprocess
     import sys
 
-    code = "import sys, textpipe.report, textpipe.pipeline, textpipe.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, textpipe.bundle.report, textpipe.run.pipeline, textpipe.cli; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_the_reports_name_data_files_relative_to_their_folder(tmp_path):
     from conftest import train_tiny
-    from textpipe.pipeline import report_file
+    from textpipe.run.pipeline import report_file
 
     run, test = train_tiny(tmp_path)
     report = (run / REPORT).read_text()

@@ -15,13 +15,13 @@ import torch
 
 from conftest import make_rows, write_csv
 from kill_runner import KILL_POINTS
-from textpipe.checkpoint import CheckpointError, CheckpointStore, OutputError
-from textpipe.batching import Batches
-from textpipe.dataset import TextClassificationDataset
-from textpipe.runfolder import STAGE
-from textpipe.sources import SourceConfig
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.core.checkpoint import CheckpointError, CheckpointStore, OutputError
+from textpipe.core.batching import Batches
+from textpipe.text.dataset import TextClassificationDataset
+from textpipe.run.folder import STAGE
+from textpipe.text.sources import SourceConfig
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 RUNNER = Path(__file__).with_name("kill_runner.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -193,7 +193,7 @@ def test_a_full_disk_is_reported_before_training(toy_files, tmp_path):
 def test_free_space_below_the_worst_case_only_warns(tmp_path, monkeypatch, capsys):
     from collections import namedtuple
 
-    from textpipe import runfolder
+    from textpipe.run import folder as runfolder
 
     model = torch.nn.Linear(250, 1000)  # about 1 MB of weights
     weights = sum(p.numel() * 4 for p in model.parameters())
@@ -280,11 +280,11 @@ def test_every_source_resumes_exactly_mid_block(kind, tmp_path):
 
 @pytest.mark.parametrize("model", ["bag", "cnn", "gru", "transformer"])
 def test_deterministic_mode_trains_every_model_to_the_same_weights(model, toy_files, tmp_path):
-    from textpipe.models import ModelConfig
-    from textpipe.config import PipelineConfig
-    from textpipe.run import train_files
-    from textpipe.tokenizer import TokenizerConfig
-    from textpipe.train import TrainConfig
+    from textpipe.core.models import ModelConfig
+    from textpipe.run.config import PipelineConfig
+    from textpipe.run.phases import train_files
+    from textpipe.text.tokenizer import TokenizerConfig
+    from textpipe.core.train import TrainConfig
 
     train, dev, test = toy_files
     config = lambda deterministic: PipelineConfig(  # noqa: E731
@@ -331,8 +331,8 @@ def test_resume_after_a_data_file_moved_is_one_line(reference, tmp_path):
 def test_resume_refuses_a_changed_dev_file(toy_files, tmp_path):
     from conftest import crash_after_step
     from kill_runner import CONFIG
-    from textpipe.run import resume_run, train_files
-    from textpipe.sources import DataError
+    from textpipe.run.phases import resume_run, train_files
+    from textpipe.text.sources import DataError
 
     train, dev, test = toy_files
     with crash_after_step(2, KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
@@ -367,8 +367,8 @@ def test_a_signal_between_phases_stops_with_its_status_and_resumes(event, sig, r
 def overwrite_run(out: Path, train: Path, test: Path, replace_file) -> None:
     """A run of kill_runner.CONFIG over the bundle in ``out`` (--overwrite), its commit's moves done by ``replace_file``."""
     from kill_runner import CONFIG
-    from textpipe import runfolder
-    from textpipe.run import train_files
+    from textpipe.run import folder as runfolder
+    from textpipe.run.phases import train_files
 
     real_os = runfolder.os
     runfolder.os = types.ModuleType("os")
@@ -380,8 +380,8 @@ def overwrite_run(out: Path, train: Path, test: Path, replace_file) -> None:
 
 
 def test_a_signal_during_the_commit_waits_for_every_move(reference, tmp_path):
-    from textpipe.bundle import load_bundle
-    from textpipe.runtime import Interrupted
+    from textpipe.bundle.store import load_bundle
+    from textpipe.core.runtime import Interrupted
 
     train, test, ref = reference
     out = tmp_path / "run"
@@ -408,8 +408,8 @@ def test_a_kill_during_the_commit_says_how_to_repair_and_resume_repairs(referenc
     import shutil
 
     from conftest import cli_here
-    from textpipe.bundle import load_bundle
-    from textpipe.runfolder import start_fresh
+    from textpipe.bundle.store import load_bundle
+    from textpipe.run.folder import start_fresh
 
     train, test, ref = reference
     out = tmp_path / "run"

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import write_csv
-from textpipe.sources import SourceConfig, read_examples
+from textpipe.text.sources import SourceConfig, read_examples
 
 STRAY_QUOTES = {
     # line 7 opens a quote; where the next quote lands decides what csv says
@@ -30,10 +30,10 @@ def test_a_stray_quote_skips_its_row_and_keeps_the_rows_it_swallowed(kind, tmp_p
 @pytest.mark.parametrize("sep, newline", [(",", "\n"), ("\t", "\n"), (",", "\r\n")])
 def test_a_quote_that_closes_rows_later_merges_no_rows(sep, newline, tmp_path):
     """Issue 30, item 3: `DESC,"What is love ?` closed three rows later at the end of a good row."""
-    from textpipe.config import DataConfig
-    from textpipe.pipeline import count_training_file
-    from textpipe.sources import DataError
-    from textpipe.tokenizer import Tokenizer
+    from textpipe.run.config import DataConfig
+    from textpipe.run.pipeline import count_training_file
+    from textpipe.text.sources import DataError
+    from textpipe.text.tokenizer import Tokenizer
 
     lines = [f"label{sep}text"] + [f"{'NUM' if i % 3 else 'LOC'}{sep}question {i} ?" for i in range(300)]
     lines[7] = f'DESC{sep}"What is love ?'
@@ -63,10 +63,10 @@ def test_a_text_over_several_lines_is_still_one_row(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from textpipe.bundle import save_bundle
-    from textpipe.models import ModelConfig, build_model
-    from textpipe.tokenizer import Tokenizer
-    from textpipe.vocab import build_vocab
+    from textpipe.bundle.store import save_bundle
+    from textpipe.core.models import ModelConfig, build_model
+    from textpipe.text.tokenizer import Tokenizer
+    from textpipe.text.vocab import build_vocab
 
     tok = Tokenizer("whitespace")
     vocab = build_vocab([["great", "fun"], ["awful"]])
@@ -132,10 +132,10 @@ def test_labels_are_stripped_and_json_labels_are_strings_or_integers(tmp_path):
 
 
 def test_swapped_columns_stop_with_a_hint(tmp_path):
-    from textpipe.config import DataConfig
-    from textpipe.pipeline import count_training_file
-    from textpipe.sources import DataError
-    from textpipe.tokenizer import Tokenizer
+    from textpipe.run.config import DataConfig
+    from textpipe.run.pipeline import count_training_file
+    from textpipe.text.sources import DataError
+    from textpipe.text.tokenizer import Tokenizer
 
     path = tmp_path / "swapped.csv"
     path.write_text("text,label\n" + "".join(f"pos,this is review number {i} and it is a long one\n" for i in range(50)))
@@ -144,10 +144,10 @@ def test_swapped_columns_stop_with_a_hint(tmp_path):
 
 
 def test_spacys_vocabulary_stays_bounded_on_a_stream_of_unique_tokens(monkeypatch):
-    import textpipe.tokenizer
-    from textpipe.tokenizer import Tokenizer
+    import textpipe.text.tokenizer
+    from textpipe.text.tokenizer import Tokenizer
 
-    monkeypatch.setattr(textpipe.tokenizer, "CHUNK_CACHE_SIZE", 1000)
+    monkeypatch.setattr(textpipe.text.tokenizer, "CHUNK_CACHE_SIZE", 1000)
     tok = Tokenizer("spacy")
     texts = [f"word{i} other{i}" for i in range(20_000)]
     tokens = list(tok.pipe(texts))

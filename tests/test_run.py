@@ -1,4 +1,4 @@
-"""textpipe.run: a run's explicit phases, the state run.json holds, and the events at each phase change."""
+"""textpipe.run.phases: a run's explicit phases, the state run.json holds, and the events at each phase change."""
 
 import json
 import random
@@ -7,16 +7,16 @@ from collections import Counter
 import pytest
 
 from conftest import write_csv
-from textpipe.events import listen
-from textpipe.config import DataConfig, PipelineConfig
-from textpipe.dataset import is_held_out
-from textpipe.pipeline import count_training_file
-from textpipe.run import Placement, resume_run, start_distributed, train_files
-from textpipe.runfolder import RUN, STAGE, Phase, RunState
-from textpipe.sources import read_examples
-from textpipe.tokenizer import Tokenizer, TokenizerConfig
-from textpipe.train import TrainConfig
-from textpipe.vocab import build_vocab, load_vocab
+from textpipe.core.events import listen
+from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.text.dataset import is_held_out
+from textpipe.run.pipeline import count_training_file
+from textpipe.run.phases import Placement, resume_run, start_distributed, train_files
+from textpipe.run.folder import RUN, STAGE, Phase, RunState
+from textpipe.text.sources import read_examples
+from textpipe.text.tokenizer import Tokenizer, TokenizerConfig
+from textpipe.core.train import TrainConfig
+from textpipe.text.vocab import build_vocab, load_vocab
 
 SMALL = dict(tokenizer=TokenizerConfig("whitespace"), train=TrainConfig(epochs=2, lr=0.02, keep_checkpoints=1))
 
@@ -76,10 +76,10 @@ def test_one_pass_counts_the_vocabularies_of_both_phases(tmp_path):
 
 
 def test_a_refitting_run_counts_the_training_file_once(toy_files, tmp_path, monkeypatch):
-    import textpipe.run
+    import textpipe.run.phases
 
-    holdouts, count = [], textpipe.run.count_training_file
-    monkeypatch.setattr(textpipe.run, "count_training_file", lambda train, holdout, *rest: holdouts.append(holdout) or count(train, holdout, *rest))
+    holdouts, count = [], textpipe.run.phases.count_training_file
+    monkeypatch.setattr(textpipe.run.phases, "count_training_file", lambda train, holdout, *rest: holdouts.append(holdout) or count(train, holdout, *rest))
     train, _, test = toy_files
     train_files(train, test, tmp_path / "run", config=PipelineConfig(**SMALL), quiet=True)
     assert holdouts == [10]

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import cli_here, crash_after_step, make_rows, write_csv
 from textpipe.cli import atomic_output
-from textpipe.runfolder import LOCK, STAGE, RunLock
+from textpipe.run.folder import LOCK, STAGE, RunLock
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 SMALL = ["--tokenizer", "whitespace", "--epochs", "2", "--set", "model.ngram_buckets=1024", "--quiet"]
@@ -191,11 +191,11 @@ def test_cache_dir_false_turns_the_cache_off(data, tmp_path):
 
 
 def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
-    from textpipe.config import PipelineConfig
-    from textpipe.run import resume_run, train_files
-    from textpipe.sources import DataError
-    from textpipe.tokenizer import TokenizerConfig
-    from textpipe.train import TrainConfig
+    from textpipe.run.config import PipelineConfig
+    from textpipe.run.phases import resume_run, train_files
+    from textpipe.text.sources import DataError
+    from textpipe.text.tokenizer import TokenizerConfig
+    from textpipe.core.train import TrainConfig
 
     train = write_csv(tmp_path / "train.csv", make_rows(200, seed=1))
     test = write_csv(tmp_path / "test.csv", make_rows(50, seed=3))
@@ -214,7 +214,7 @@ def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
 def test_resume_never_loads_a_checkpoint_the_run_did_not_record(tmp_path, monkeypatch, capsys):
     import torch
 
-    from textpipe.checkpoint import CheckpointStore
+    from textpipe.core.checkpoint import CheckpointStore
 
     store = CheckpointStore(tmp_path, keep=2)
     store.save({"weights": torch.ones(3)}, step=1)
@@ -346,7 +346,7 @@ def test_a_symlinked_staging_folder_is_refused_never_followed(data, tmp_path):
 
 
 def test_atomic_writes_replace_regular_files_only(tmp_path):
-    from textpipe.files import OutputError, atomic_write_text
+    from textpipe.core.files import OutputError, atomic_write_text
 
     victim = tmp_path / "victim"
     victim.write_text("mine")

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from textpipe import downloads, sentence
-from textpipe.minilm import MiniLM, MiniLMConfig, _file_names, load_minilm
-from textpipe.sentence import NAMED_ENCODERS, NamedEncoder, SentenceEncoder, fetch_encoder
-from textpipe.sentence_cache import MAX_SHARDS, SentenceCache
+from textpipe.text import downloads, sentence
+from textpipe.core.minilm import MiniLM, MiniLMConfig, _file_names, load_minilm
+from textpipe.text.sentence import NAMED_ENCODERS, NamedEncoder, SentenceEncoder, fetch_encoder
+from textpipe.text.sentence_cache import MAX_SHARDS, SentenceCache
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = MiniLMConfig(vocab_size=110, dim=8, layers=1, heads=2, ffn_dim=16, max_positions=32)
@@ -225,7 +225,7 @@ def test_the_vectors_catalogue_lists_and_fetches_encoders_and_a_second_fetch_dow
 
 @pytest.mark.parametrize("kind", ["int8", "float16"])
 def test_quantized_linear_layers_stay_close(kind):
-    from textpipe.minilm import quantize_linear
+    from textpipe.core.minilm import quantize_linear
 
     model = MiniLM(TINY)
     for p in model.parameters():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import cli_here, make_rows, write_csv
-from textpipe.sentence_head import SentenceHead, fit_head
+from textpipe.core.sentence_head import SentenceHead, fit_head
 
 ENCODER = Path(__file__).resolve().parents[1] / "data" / "encoders" / "minilm-l6"
 
@@ -63,8 +63,8 @@ def test_an_unknown_encoder_is_refused_with_exit_2(tmp_path):
 
 @pytest.mark.skipif(not (ENCODER / "model.safetensors").is_file(), reason="needs the minilm-l6 encoder in data/ (textpipe vectors fetch minilm-l6)")
 def test_a_tiny_run_with_the_encoder_trains_saves_and_predicts_its_mix(tmp_path):
-    from textpipe.bundle import load_bundle
-    from textpipe.predict import Predictor
+    from textpipe.bundle.store import load_bundle
+    from textpipe.bundle.predict import Predictor
 
     train = write_csv(tmp_path / "train.csv", make_rows(60, seed=1))
     test = write_csv(tmp_path / "test.csv", make_rows(30, seed=3))
@@ -112,7 +112,7 @@ def test_text_classifier_takes_the_encoder_through_its_config(tmp_path):
 
 def check_the_explanation_is_the_mix(out: Path, bundle, texts: list[str], probs: torch.Tensor) -> None:
     """predict --explain: the encoder's share is one named term, and the terms sum to what predict ships."""
-    from textpipe.explain import explain
+    from textpipe.bundle.explain import explain
 
     explained = cli_here("predict", "--model", out, "--explain", "--format", "json", "a great film")
     assert explained.returncode == 0, explained.stderr

@@ -17,9 +17,9 @@ import torch
 
 from browser import Chromium, find_chromium, label_on_page
 from conftest import TEXTS, run_cli as textpipe, train_tiny
-from textpipe.explain import add_explanations
-from textpipe.predict import Predictor
-from textpipe.serve import BadRequest, Batcher, ServeConfig, make_server, parse_request
+from textpipe.bundle.explain import add_explanations
+from textpipe.bundle.predict import Predictor
+from textpipe.bundle.serve import BadRequest, Batcher, ServeConfig, make_server, parse_request
 
 LIMITS = ServeConfig(port=0, max_texts=8, max_body=3000, max_chars=500, timeout=20)
 
@@ -388,7 +388,7 @@ def test_nobody_waits_long_behind_another_clients_explanations(served):
 def test_the_memo_is_bounded_in_bytes(served, monkeypatch):
     """Unique long words, one request after another: the encoder's memo, the tokenizer's and spaCy's vocabulary
     start over together once they hold MEMO_BYTES (estimated), where they grew by some 8 bytes a character before."""
-    monkeypatch.setattr("textpipe.encoder.MEMO_BYTES", 400_000)
+    monkeypatch.setattr("textpipe.text.encoder.MEMO_BYTES", 400_000)
     predictor = Predictor.load(served["model"])
     expected = predictor.probabilities(["great film"])
     for i in range(60):  # 60 x 4 words of 1,000 letters: some 2 MB remembered without the bound

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from textpipe.config import load
-from textpipe.sources import DataError, SourceConfig, read_examples, read_texts
+from textpipe.run.config import load
+from textpipe.text.sources import DataError, SourceConfig, read_examples, read_texts
 
 
 def write(path, text, encoding="utf-8"):
@@ -154,10 +154,10 @@ def test_real_data_from_a_folder_per_class_and_jsonl(shared_dataset, tmp_path):
     """mr's training rows as aclImdb-style files, its test rows as JSONL: the same task, the same accuracy level."""
     import csv
 
-    from textpipe.config import PipelineConfig
-    from textpipe.run import train_files
-    from textpipe.tokenizer import TokenizerConfig
-    from textpipe.train import TrainConfig
+    from textpipe.run.config import PipelineConfig
+    from textpipe.run.phases import train_files
+    from textpipe.text.tokenizer import TokenizerConfig
+    from textpipe.core.train import TrainConfig
 
     folder = shared_dataset("mr")
     with open(folder / "train.csv", encoding="utf-8", newline="") as f:
@@ -177,7 +177,7 @@ def test_csv_field_limit_is_raised_only_while_a_row_is_parsed(tmp_path):
     import csv
 
     before = csv.field_size_limit()
-    assert before == 131_072  # importing textpipe.sources did not raise it
+    assert before == 131_072  # importing textpipe.text.sources did not raise it
     long_text = "word " * 40_000  # 200,000 characters
     path = tmp_path / "long.csv"
     path.write_text(f'label,text\npos,"{long_text}"\nneg,short\n', encoding="utf-8")

@@ -7,10 +7,10 @@ reading goes on correctly after it.
 import pytest
 
 from conftest import write_csv
-from textpipe.dataset import TextClassificationDataset
-from textpipe.sources import DataError, SourceConfig, read_examples, read_input_blocks
-from textpipe.tokenizer import Tokenizer
-from textpipe.vocab import build_vocab
+from textpipe.text.dataset import TextClassificationDataset
+from textpipe.text.sources import DataError, SourceConfig, read_examples, read_input_blocks
+from textpipe.text.tokenizer import Tokenizer
+from textpipe.text.vocab import build_vocab
 
 HEAD, GOOD1, GOOD2 = b"label,text\n", b"pos,a good film\n", b"neg,a dull film\n"
 TEN_MB = b"pos," + b"word " * (2 * 1024 * 1024) + b"\n"

@@ -7,12 +7,12 @@ import sys
 import pytest
 
 from conftest import cli_here, crash_after_step, make_rows, write_csv
-from textpipe.config import DataConfig, PipelineConfig
-from textpipe.pipeline import report_file
-from textpipe.run import train_files
-from textpipe.sources import SourceConfig
-from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig
+from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.run.pipeline import report_file
+from textpipe.run.phases import train_files
+from textpipe.text.sources import SourceConfig
+from textpipe.text.tokenizer import TokenizerConfig
+from textpipe.core.train import TrainConfig
 
 BAD_ROWS = [b"pos\n", b"neg,   \n", b",no label\n", b"pos,caf\xe9\n", b"neg,nul\x00\n"]
 REASONS = {"wrong number of columns": 1, "empty text": 1, "missing label": 1, "undecodable bytes": 1, "NUL byte": 1}
@@ -116,7 +116,7 @@ def test_source_section_round_trips_through_the_config_dict():
 
 
 def test_a_resumed_run_still_reports_the_training_files_skipped_rows(bad_files, tmp_path):
-    from textpipe.run import resume_run
+    from textpipe.run.phases import resume_run
 
     train, dev, test = bad_files
     first = train_files(train, test, tmp_path / "first", dev=dev, config=skip_config(), quiet=True)

@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-from textpipe.sources import DataError, SourceConfig, read_examples
+from textpipe.text.sources import DataError, SourceConfig, read_examples
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def md5(path):
 
 
 def torchtext_module(name):
-    import textpipe._torchtext  # noqa: F401
+    import textpipe.text._torchtext  # noqa: F401
 
     return importlib.import_module(f"torchtext.datasets.{name}")
 
@@ -121,10 +121,10 @@ def test_unknown_torchtext_name_or_split(tmp_path):
 
 def test_train_on_a_torchtext_dataset(tmp_path, monkeypatch, offline):
     """The whole pipeline on torchtext:AG_NEWS, read in two DataLoader workers: train split to train, the same rows as test."""
-    from textpipe.config import DataConfig, PipelineConfig
-    from textpipe.run import train_files
-    from textpipe.tokenizer import TokenizerConfig
-    from textpipe.train import TrainConfig
+    from textpipe.run.config import DataConfig, PipelineConfig
+    from textpipe.run.phases import train_files
+    from textpipe.text.tokenizer import TokenizerConfig
+    from textpipe.core.train import TrainConfig
 
     install(monkeypatch, tmp_path, "AG_NEWS")
     config = PipelineConfig(tokenizer=TokenizerConfig("whitespace"), data=DataConfig(num_workers=2, source=SourceConfig(root=str(tmp_path))),

@@ -3,7 +3,7 @@ import pickle
 import pytest
 
 from conftest import spacy_reference
-from textpipe.tokenizer import Tokenizer
+from textpipe.text.tokenizer import Tokenizer
 
 
 def test_spacy_splits_punctuation_and_lowercases():
@@ -53,7 +53,7 @@ def test_memoized_spacy_equals_spacy_on_tricky_text():
 
 
 def test_memo_starts_over_when_full(monkeypatch):
-    import textpipe.tokenizer as tokenizer_module
+    import textpipe.text.tokenizer as tokenizer_module
 
     monkeypatch.setattr(tokenizer_module, "CHUNK_CACHE_SIZE", 3)
     tok = Tokenizer("spacy")
@@ -64,7 +64,7 @@ def test_memo_starts_over_when_full(monkeypatch):
 
 
 def test_a_full_memo_does_not_break_a_pipe_being_read(monkeypatch):
-    import textpipe.tokenizer as tokenizer_module
+    import textpipe.text.tokenizer as tokenizer_module
 
     monkeypatch.setattr(tokenizer_module, "CHUNK_CACHE_SIZE", 4)
     tok = Tokenizer("spacy")
@@ -96,7 +96,7 @@ def test_unknown_tokenizer_is_rejected():
 def test_lang_selects_spacys_blank_tokenizer_for_that_language():
     import pickle
 
-    from textpipe.tokenizer import check_lang
+    from textpipe.text.tokenizer import check_lang
 
     german = Tokenizer("spacy", lang="de")
     assert german("Das ist's schön.") == ["das", "ist's", "schön", "."]  # German keeps "ist's"; English splits it

@@ -14,18 +14,18 @@ import pytest
 import torch
 from torch import nn
 
-import textpipe.train
+import textpipe.core.train
 from conftest import crash_after_step, make_rows, write_csv
-from textpipe.checkpoint import CheckpointStore
-from textpipe.collate import pad_collate
-from textpipe.events import listen
-from textpipe.models import ModelConfig, build_model
-from textpipe.optim import RowAdam, clip_grad_norm, lr_factor
-from textpipe.config import DataConfig, PipelineConfig
-from textpipe.run import resume_run, train_files
-from textpipe.runtime import RunContext, run_scope
-from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit
+from textpipe.core.checkpoint import CheckpointStore
+from textpipe.core.collate import pad_collate
+from textpipe.core.events import listen
+from textpipe.core.models import ModelConfig, build_model
+from textpipe.core.optim import RowAdam, clip_grad_norm, lr_factor
+from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.run.phases import resume_run, train_files
+from textpipe.core.runtime import RunContext, run_scope
+from textpipe.text.tokenizer import TokenizerConfig
+from textpipe.core.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit
 
 QUIET = RunContext(quiet=True)
 
@@ -62,13 +62,13 @@ def small_bag() -> nn.Module:
 
 def spy_train_step(monkeypatch) -> list[dict]:
     """Record, at every step, the learning rates and the loss function that fit uses."""
-    seen, real = [], textpipe.train.train_step
+    seen, real = [], textpipe.core.train.train_step
 
     def spy(model, batch, optimizers, loss_fn, grad_clip=0.0):
         seen.append({"lrs": [o.param_groups[0]["lr"] for o in optimizers], "loss_fn": loss_fn, "grad_clip": grad_clip})
         return real(model, batch, optimizers, loss_fn, grad_clip)
 
-    monkeypatch.setattr(textpipe.train, "train_step", spy)
+    monkeypatch.setattr(textpipe.core.train, "train_step", spy)
     return seen
 
 
@@ -121,14 +121,14 @@ def test_clipping_bounds_the_total_norm_of_dense_and_sparse_gradients():
 
 
 def test_fit_clips_when_asked(monkeypatch):
-    norms, real = [], textpipe.train.clip_grad_norm
+    norms, real = [], textpipe.core.train.clip_grad_norm
 
     def record(parameters, max_norm):
         parameters = list(parameters)
         real(parameters, max_norm)
         norms.append(torch.stack([(p.grad.coalesce().values() if p.grad.is_sparse else p.grad).norm() for p in parameters if p.grad is not None]).norm().item())
 
-    monkeypatch.setattr(textpipe.train, "clip_grad_norm", record)
+    monkeypatch.setattr(textpipe.core.train, "clip_grad_norm", record)
     batches = toy_batches(4)
     fit(small_bag(), batches, batches, TrainConfig(epochs=1, lr=0.01, grad_clip=1e-3), num_classes=2, context=QUIET)
     assert len(norms) == 4 and max(norms) <= 1e-3 * 1.0001
@@ -294,7 +294,7 @@ TENSOR_CORE = {*LOOP, "collate", "kernels", "models", "events", "files"}
 
 def test_the_loop_stays_inside_the_tensor_core_wall():
     for name in LOOP:
-        tree = ast.parse((Path(textpipe.train.__file__).parent / f"{name}.py").read_text(encoding="utf-8"))
+        tree = ast.parse((Path(textpipe.core.train.__file__).parent / f"{name}.py").read_text(encoding="utf-8"))
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
         assert imported <= TENSOR_CORE, f"{name}.py imports {imported - TENSOR_CORE}"
     code = f"import sys, {', '.join('textpipe.' + name for name in LOOP)}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchtext', 'spacy')))"

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from textpipe.models import ModelConfig, build_model
-from textpipe.config import DataConfig, PipelineConfig
-from textpipe.run import train_files
-from textpipe.tokenizer import TokenizerConfig
-from textpipe.train import TrainConfig
-from textpipe.vectors import load_into_embedding, load_vectors, vectors_for_vocab
-from textpipe.vocab import vocab_from_tokens
+from textpipe.core.models import ModelConfig, build_model
+from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.run.phases import train_files
+from textpipe.text.tokenizer import TokenizerConfig
+from textpipe.core.train import TrainConfig
+from textpipe.text.vectors import load_into_embedding, load_vectors, vectors_for_vocab
+from textpipe.text.vocab import vocab_from_tokens
 
 WORDS = {"good": [1.0, 2.0, 3.0, 4.0], "bad": [-1.0, -2.0, -3.0, -4.0], "film": [0.5, 0.5, 0.5, 0.5]}
 
@@ -103,7 +103,7 @@ def test_frozen_vectors_sit_beside_the_learned_rows_and_never_train(toy_files, t
         model=ModelConfig(frozen_dim=4, ngram_buckets=64), train=TrainConfig(epochs=2, keep_checkpoints=0),
     )
     train_files(train, test, tmp_path / "run", dev=dev, config=config, quiet=True)
-    from textpipe.bundle import load_bundle
+    from textpipe.bundle.store import load_bundle
 
     bundle = load_bundle(tmp_path / "run")
     frozen, vocab = bundle.model.frozen, bundle.vocab
@@ -120,7 +120,7 @@ def test_frozen_dim_without_vectors_is_refused_before_training(toy_files, tmp_pa
 
 
 def test_padding_never_changes_the_frozen_mean():
-    from textpipe.collate import pad_collate
+    from textpipe.core.collate import pad_collate
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=50, num_classes=3, frozen_dim=5, ngram_buckets=32)).eval()

@@ -7,8 +7,8 @@ import torch
 
 from textpipe import _torchtext  # noqa: F401
 from torchtext.vocab import build_vocab_from_iterator
-from textpipe.collate import pad_collate
-from textpipe.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab, vocab_from_counts
+from textpipe.core.collate import pad_collate
+from textpipe.text.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab, vocab_from_counts
 
 DOCS = [["a", "good", "film"], ["a", "bad", "film"], ["a", "film"]]
 
@@ -34,7 +34,7 @@ def test_min_freq_and_max_size():
 
 
 def test_the_ids_depend_on_the_token_counts_alone():
-    # What lets a refit's vocabulary be made of two parts' counts added up (textpipe.pipeline.TrainingCounts).
+    # What lets a refit's vocabulary be made of two parts' counts added up (textpipe.run.pipeline.TrainingCounts).
     rng = random.Random(0)
     docs = [[f"w{rng.randint(0, 60)}" for _ in range(rng.randint(1, 8))] for _ in range(200)]  # many ties in frequency
     whole = build_vocab(docs).get_itos()

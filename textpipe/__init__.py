@@ -2,7 +2,7 @@
 
     sources -> tokenizer -> vocab -> dataset -> collate -> models -> train -> bundle -> predict
 
-Every stage is importable from here, lazily: ``import textpipe.models`` does not
+Every stage is importable from here, lazily: ``import textpipe.core.models`` does not
 pull in torchtext or spaCy, so the tensor core (``collate``, ``models``,
 ``train`` and the ``optim``, ``metrics``, ``runtime``, ``checkpoint`` it uses) runs wherever torch does.
 
@@ -18,24 +18,24 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataError": "sources", "Example": "sources", "SourceConfig": "sources", "read_examples": "sources", "read_texts": "sources",
-    "Tokenizer": "tokenizer", "TokenizerConfig": "tokenizer",
-    "build_vocab": "vocab", "save_vocab": "vocab", "load_vocab": "vocab", "PAD_ID": "vocab", "UNK_ID": "vocab",
-    "rotten_tomatoes": "catalogue", "DATASETS": "catalogue",
-    "TextClassificationDataset": "dataset", "TextListDataset": "dataset",
-    "Batches": "batching", "LengthSortedSampler": "batching", "make_loader": "loader",
-    "Batch": "collate", "pad_collate": "collate", "FlatRows": "collate",
-    "ModelConfig": "models", "BagOfNgrams": "models", "TextCNN": "models", "BiGRU": "models",
-    "TransformerClassifier": "models", "MODELS": "models", "build_model": "models", "capture_pooled": "models",
-    "TrainConfig": "train", "fit": "train", "evaluate": "metrics", "set_seed": "runtime", "RunContext": "runtime", "run_scope": "runtime",
-    "Bundle": "bundle", "save_bundle": "bundle", "load_bundle": "bundle",
-    "Predictor": "predict",
-    "Explanation": "explain", "explain": "explain", "strongest_features": "explain",
-    "QuantizeConfig": "quantize", "quantize_bundle": "quantize",
-    "ServeConfig": "serve", "make_server": "serve",
-    "summarize": "report", "misclassified": "report", "write_report": "report",
-    "PipelineConfig": "config", "DataConfig": "config", "ConfigError": "config", "train_files": "run", "resume_run": "run",
-    "report_file": "pipeline",
+    "DataError": "text.sources", "Example": "text.sources", "SourceConfig": "text.sources", "read_examples": "text.sources", "read_texts": "text.sources",
+    "Tokenizer": "text.tokenizer", "TokenizerConfig": "text.tokenizer",
+    "build_vocab": "text.vocab", "save_vocab": "text.vocab", "load_vocab": "text.vocab", "PAD_ID": "text.vocab", "UNK_ID": "text.vocab",
+    "rotten_tomatoes": "text.catalogue", "DATASETS": "text.catalogue",
+    "TextClassificationDataset": "text.dataset", "TextListDataset": "text.dataset",
+    "Batches": "core.batching", "LengthSortedSampler": "core.batching", "make_loader": "text.loader",
+    "Batch": "core.collate", "pad_collate": "core.collate", "FlatRows": "core.collate",
+    "ModelConfig": "core.models", "BagOfNgrams": "core.models", "TextCNN": "core.models", "BiGRU": "core.models",
+    "TransformerClassifier": "core.models", "MODELS": "core.models", "build_model": "core.models", "capture_pooled": "core.models",
+    "TrainConfig": "core.train", "fit": "core.train", "evaluate": "core.metrics", "set_seed": "core.runtime", "RunContext": "core.runtime", "run_scope": "core.runtime",
+    "Bundle": "bundle.store", "save_bundle": "bundle.store", "load_bundle": "bundle.store",
+    "Predictor": "bundle.predict",
+    "Explanation": "bundle.explain", "explain": "bundle.explain", "strongest_features": "bundle.explain",
+    "QuantizeConfig": "bundle.quantize", "quantize_bundle": "bundle.quantize",
+    "ServeConfig": "bundle.serve", "make_server": "bundle.serve",
+    "summarize": "bundle.report", "misclassified": "bundle.report", "write_report": "bundle.report",
+    "PipelineConfig": "run.config", "DataConfig": "run.config", "ConfigError": "run.config", "train_files": "run.phases", "resume_run": "run.phases",
+    "report_file": "run.pipeline",
     "TextClassifier": "estimator",
 }
 

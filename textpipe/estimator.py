@@ -1,7 +1,7 @@
 """A scikit-learn estimator over the pipeline: texts in, labels out.
 
 :class:`TextClassifier` is the five-line way in. ``fit`` streams the texts and
-labels into a temporary JSONL file and runs :func:`textpipe.run.train_files`
+labels into a temporary JSONL file and runs :func:`textpipe.run.phases.train_files`
 on it (so every stage, default and rule is the command line's), then keeps the
 trained bundle in memory; ``save`` writes the same bundle folder ``textpipe train``
 writes, which ``textpipe predict`` and :meth:`TextClassifier.load` read.
@@ -29,15 +29,15 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle, save_bundle
-from .files import read_json_file, write_json_atomic
-from .models import ModelConfig
-from .config import DataConfig, PipelineConfig, load, read_file
-from .pipeline import CONFIG, METRICS
-from .run import train_files
-from .predict import Predictor
-from .tokenizer import TokenizerConfig
-from .train import TrainConfig
+from .bundle.store import Bundle, load_bundle, save_bundle
+from .core.files import read_json_file, write_json_atomic
+from .core.models import ModelConfig
+from .run.config import DataConfig, PipelineConfig, load, read_file
+from .run.pipeline import CONFIG, METRICS
+from .run.phases import train_files
+from .bundle.predict import Predictor
+from .text.tokenizer import TokenizerConfig
+from .core.train import TrainConfig
 
 _CHUNK = 4096  # texts scored at a time, so predict streams an iterable of any length
 _SECTIONS = {"tokenizer": TokenizerConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -89,7 +89,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
 
     ``X`` is an iterable of texts (str), ``y`` an iterable of labels (str, int, or any one
     kind of number). Each parameter left at ``None`` keeps the value in ``config`` (a
-    :class:`~textpipe.config.PipelineConfig` or its dict; textpipe's defaults without it):
+    :class:`~textpipe.run.config.PipelineConfig` or its dict; textpipe's defaults without it):
     ``arch`` is the model architecture (``textpipe train --arch``), ``tokenizer`` the
     tokenizer's name, the others the config field of that name. Any other field is set
     through ``config`` or :meth:`from_config`. ``verbose=True`` shows progress bars;

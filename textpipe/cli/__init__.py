@@ -20,15 +20,15 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..bundle import BundleError
-from ..checkpoint import CheckpointError, OutputError
-from ..config import ConfigError
-from ..files import InputFileError, is_disk_full
-from ..serve import ServeError
-from ..sources import DataError
-from ..runfolder import STAGE
-from ..runtime import Interrupted
-from ..train import TrainingDiverged
+from ..bundle.store import BundleError
+from ..core.checkpoint import CheckpointError, OutputError
+from ..run.config import ConfigError
+from ..core.files import InputFileError, is_disk_full
+from ..bundle.serve import ServeError
+from ..text.sources import DataError
+from ..run.folder import STAGE
+from ..core.runtime import Interrupted
+from ..core.train import TrainingDiverged
 from .errors import CommandFailed, UsageError, data_hint, free_space_hint, resume_command
 from .parser import build_parser, parse_args
 from .streams import atomic_output

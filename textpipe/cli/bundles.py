@@ -12,7 +12,7 @@ from .streams import require_bundle
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..describe import bundle_info
+    from ..bundle.describe import bundle_info
 
     if args.verify or args.expect:
         return verify(args)
@@ -39,15 +39,15 @@ def cmd_info(args: argparse.Namespace) -> None:
         e = info["encoder"]
         print(f"encoder     {e['name']} (sentence vectors, cut at {e['max_wordpieces']} wordpieces, Linear layers {e['precision']}), sha256 {e['sha256']}")
     if info.get("quantized"):
-        from ..quantize import describe
+        from ..bundle.quantize import describe
 
         print(f"quantized   {describe(info['quantized'])}")
 
 
 def verify(args: argparse.Namespace) -> None:
     """``info --verify``: every check a load makes, then the digest to pin (sha256sum's format); ``--expect`` compares."""
-    from ..bundle import META, BundleError
-    from ..describe import verify_bundle
+    from ..bundle.store import META, BundleError
+    from ..bundle.describe import verify_bundle
 
     digest = verify_bundle(require_bundle(args.model))
     expected = (args.expect or "").strip().lower()
@@ -62,8 +62,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise UsageError(f"--cutoff must be >= 0, got {args.cutoff}")
     if args.out.resolve() == args.model.resolve():
         raise UsageError(f"{args.out}: write the quantized bundle to a new folder, not over the original")
-    from ..files import check_folder
-    from ..quantize import QuantizeConfig, quantize_bundle
+    from ..core.files import check_folder
+    from ..bundle.quantize import QuantizeConfig, quantize_bundle
 
     check_folder(args.out)  # a file or a link to one at --out: exit 2 naming it, before any work
     config = QuantizeConfig(cutoff=args.cutoff or None, bits=args.bits, drop_unused=not args.keep_unused, encoder_precision=args.encoder_precision)
@@ -77,7 +77,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from ..serve import ServeConfig, serve
+    from ..bundle.serve import ServeConfig, serve
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be from 0 to 65535 (0: any free port), got {args.port}")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..catalogue import DATASETS, Splits
-from ..files import InputFileError, read_json_file
-from ..tokenizer import TokenizerConfig
+from ..text.catalogue import DATASETS, Splits
+from ..core.files import InputFileError, read_json_file
+from ..text.tokenizer import TokenizerConfig
 from .errors import CommandFailed, UsageError, check_lang_flag
 from .options import source_config
 from .streams import print_skipped, require_bundle
@@ -36,7 +36,7 @@ def fetch_bundle_encoder(bundle_dir: Path) -> Path:
         return bundle_dir
     encoder = meta.get("encoder") if isinstance(meta, dict) else None
     if isinstance(encoder, dict) and isinstance(encoder.get("name"), str):
-        from ..sentence import NAMED_ENCODERS, fetch_encoder
+        from ..text.sentence import NAMED_ENCODERS, fetch_encoder
 
         if encoder["name"] in NAMED_ENCODERS:  # an unknown name: load_bundle refuses it, naming the field
             fetching(fetch_encoder, encoder["name"])
@@ -65,7 +65,7 @@ class Catalogue:
 
 
 def dataset_lines(name: str, root: Path) -> list[str]:
-    from ..analysis import file_stats
+    from ..text.analysis import file_stats
 
     splits = fetch_dataset(name, root)
     return [f"{part}\t{getattr(splits, part)}\t{file_stats(getattr(splits, part))['rows']} rows" for part in ("train", "dev", "test")]
@@ -73,15 +73,15 @@ def dataset_lines(name: str, root: Path) -> list[str]:
 
 def vectors_about() -> dict[str, str]:
     """Named word vectors and named sentence encoders: one catalogue of pretrained things."""
-    from ..sentence import NAMED_ENCODERS
-    from ..vectors import NAMED_VECTORS
+    from ..text.sentence import NAMED_ENCODERS
+    from ..text.vectors import NAMED_VECTORS
 
     return {name: spec.about for name, spec in NAMED_VECTORS.items()} | {name: spec.about for name, spec in NAMED_ENCODERS.items()}
 
 
 def vectors_lines(name: str, root: Path) -> list[str]:
-    from ..sentence import NAMED_ENCODERS, fetch_encoder
-    from ..vectors import NAMED_VECTORS, fetch_vectors
+    from ..text.sentence import NAMED_ENCODERS, fetch_encoder
+    from ..text.vectors import NAMED_VECTORS, fetch_vectors
 
     if name in NAMED_ENCODERS:
         return [f"{name}\t{fetching(fetch_encoder, name, root)}\t{NAMED_ENCODERS[name].dim}-d sentence vectors"]
@@ -90,7 +90,7 @@ def vectors_lines(name: str, root: Path) -> list[str]:
 
 def vectors_file(name: str, root: Path) -> Path:
     """What a finished fetch leaves: the vectors' text file, or an encoder's converted weights."""
-    from ..sentence import NAMED_ENCODERS, encoder_folder
+    from ..text.sentence import NAMED_ENCODERS, encoder_folder
 
     return encoder_folder(name, root) / "model.safetensors" if name in NAMED_ENCODERS else root / "vectors" / f"{name}.txt"
 
@@ -120,7 +120,7 @@ def cmd_catalogue_fetch(args: argparse.Namespace) -> None:
     known = catalogue.about()
     if args.name not in known:
         raise UsageError(f"unknown {args.command} {args.name!r}", hint=f"named {args.command}: {', '.join(sorted(known))} (textpipe {args.command} list)")
-    from ..files import check_folder
+    from ..core.files import check_folder
 
     check_folder(args.root)
     for line in catalogue.fetch(args.name, args.root):
@@ -128,7 +128,7 @@ def cmd_catalogue_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_datasets_stats(args: argparse.Namespace) -> None:
-    from ..analysis import file_stats
+    from ..text.analysis import file_stats
 
     if args.name in DATASETS:
         splits = fetch_dataset(args.name, args.root)
@@ -154,10 +154,10 @@ def cmd_datasets_stats(args: argparse.Namespace) -> None:
 def cmd_vocab_build(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
-    from ..files import check_regular_file
-    from ..sources import read_texts
-    from ..tokenizer import Tokenizer
-    from ..vocab import build_vocab, save_vocab
+    from ..core.files import check_regular_file
+    from ..text.sources import read_texts
+    from ..text.tokenizer import Tokenizer
+    from ..text.vocab import build_vocab, save_vocab
 
     if args.min_freq < 1:
         raise UsageError(f"--min-freq must be >= 1, got {args.min_freq}")
@@ -177,10 +177,10 @@ def cmd_vocab_build(args: argparse.Namespace) -> None:
 
 def vocab_and_tokenizer(args: argparse.Namespace):
     """The vocabulary file to show and the tokenizer for ``--data``: a bundle's own, or ``--tokenizer``."""
-    from ..tokenizer import Tokenizer
+    from ..text.tokenizer import Tokenizer
 
     if args.vocab.is_dir():
-        from ..bundle import read_meta
+        from ..bundle.store import read_meta
 
         meta = read_meta(require_bundle(args.vocab))
         tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else Tokenizer(**meta["tokenizer"])
@@ -191,7 +191,7 @@ def vocab_and_tokenizer(args: argparse.Namespace):
 
 
 def cmd_vocab_show(args: argparse.Namespace) -> None:
-    from ..vocab import load_vocab
+    from ..text.vocab import load_vocab
 
     source = source_config(args, args.vocab if args.vocab.is_dir() else None)
     vocab_path, tokenizer = vocab_and_tokenizer(args)
@@ -201,7 +201,7 @@ def cmd_vocab_show(args: argparse.Namespace) -> None:
         raise UsageError(f"{vocab_path}: not a textpipe vocabulary ({err})") from None
     report = {"vocab": str(vocab_path), "size": len(tokens), "top_tokens": tokens[2 : 2 + args.top]}
     if args.data:
-        from ..analysis import vocab_coverage
+        from ..text.analysis import vocab_coverage
 
         report.update(data=str(args.data), tokenizer=tokenizer.name, **vocab_coverage(tokens, tokenizer, args.data, args.top, source))
     if args.json:

@@ -12,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..sources import DataError, SourceConfig
+from ..text.sources import DataError, SourceConfig
 
 
 class CommandError(Exception):
@@ -80,7 +80,7 @@ def check_lang_flag(lang: str, tokenizer: str) -> str:
         return lang
     if tokenizer != "spacy":
         raise UsageError(f"--lang {lang} works with the spacy tokenizer, not {tokenizer}", hint="drop --tokenizer, or --lang")
-    from ..tokenizer import check_lang
+    from ..text.tokenizer import check_lang
 
     try:
         check_lang(lang)

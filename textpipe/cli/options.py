@@ -1,5 +1,5 @@
 """Flags -> config: defaults < the ``--config`` file < ``--set`` items < explicit flags, read by
-:func:`textpipe.config.load` (the one loader) into a :class:`~textpipe.config.PipelineConfig`."""
+:func:`textpipe.run.config.load` (the one loader) into a :class:`~textpipe.run.config.PipelineConfig`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from ..config import PipelineConfig, SourceConfig, load, read_file
-from ..files import JSON_MAX_DEPTH, json_depth
+from ..run.config import PipelineConfig, SourceConfig, load, read_file
+from ..core.files import JSON_MAX_DEPTH, json_depth
 from .errors import UsageError
 
 # Flags that override one config value: flag dest -> (section, key). Their argparse default is
@@ -99,7 +99,7 @@ def source_flags(args: argparse.Namespace) -> dict:
 
 def source_config(args: argparse.Namespace, bundle: Path | None = None) -> SourceConfig:
     """The reading flags given, over the bundle's own ``data.source`` (how its training file was read)."""
-    from ..describe import saved_config
+    from ..bundle.describe import saved_config
 
     saved = saved_config(bundle).get("data", {}).get("source", {}) if bundle is not None else {}
     # Columns, header and length limit describe the files; what to do with a bad row, and

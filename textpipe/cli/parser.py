@@ -13,16 +13,19 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..catalogue import DATASETS
-from ..config import DataConfig
-from ..models import MODELS, ModelConfig
-from ..minilm import PRECISIONS
-from ..quantize import DEFAULT_ENCODER_PRECISION, QuantizeConfig
-from ..serve import ServeConfig
-from ..sources import SourceConfig
-from ..tokenizer import TOKENIZERS, TokenizerConfig
-from ..train import TrainConfig
-from . import bundles, data, predict, train
+from ..text.catalogue import DATASETS
+from ..run.config import DataConfig
+from ..core.models import MODELS, ModelConfig
+from ..core.minilm import PRECISIONS
+from ..bundle.quantize import DEFAULT_ENCODER_PRECISION, QuantizeConfig
+from ..bundle.serve import ServeConfig
+from ..text.sources import SourceConfig
+from ..text.tokenizer import TOKENIZERS, TokenizerConfig
+from ..core.train import TrainConfig
+from . import bundles
+from . import data
+from . import predict
+from . import train
 
 USAGE = """textpipe (or python -m textpipe): train, evaluate, predict, embed, vocab, datasets, vectors, info, quantize, serve.
 

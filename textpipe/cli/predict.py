@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from ..files import atomic_write
-from ..sources import DataError
+from ..core.files import atomic_write
+from ..text.sources import DataError
 from .data import fetch_bundle_encoder
 from .errors import UsageError
 from .options import source_config
@@ -27,7 +27,7 @@ PREDICT_CHUNK = 4096
 def cmd_evaluate(args: argparse.Namespace) -> None:
     bundle_dir = fetch_bundle_encoder(require_bundle(args.model))
     positive(args.batch_size, "--batch-size")
-    from ..pipeline import report_file
+    from ..run.pipeline import report_file
 
     data = args.data or recorded_test_file(bundle_dir)
     out = args.out or bundle_dir / f"eval-{Path(str(data).replace(':', '-')).stem}"
@@ -43,7 +43,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def recorded_test_file(bundle_dir: Path) -> str:
     """The test file of the run that trained this bundle (from its run.json), or a usage error saying what to give."""
-    from ..describe import RUN_FIELDS, side_file
+    from ..bundle.describe import RUN_FIELDS, side_file
 
     test = (side_file(bundle_dir / "run.json", RUN_FIELDS).get("data") or {}).get("test")
     if not isinstance(test, str) or not test:
@@ -60,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     check_output_folder(args.output)
     source = source_config(args, require_bundle(args.model))
     blocks = input_blocks(args.texts, args.input, source, PREDICT_CHUNK)
-    from ..predict import Predictor
+    from ..bundle.predict import Predictor
 
     predictor = Predictor.load(fetch_bundle_encoder(require_bundle(args.model)))
     skipped: dict[str, int] = {}
@@ -113,7 +113,7 @@ def count_bad_rows(chunk: list, on_bad_row: str, skipped: dict) -> None:
 
 def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | None, args: argparse.Namespace) -> str:
     """The output lines of a block: one per row (a bad row gets ``label: null``), and the explanations asked for."""
-    from ..predict import ranked, top_labels
+    from ..bundle.predict import ranked, top_labels
 
     if args.format == "text" and not args.explain and top_k == 1:  # the usual case: one format call per row
         return top_one_block(chunk, texts, probs, predictor.labels)
@@ -121,7 +121,7 @@ def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | No
         return text_block(chunk, texts, *ranked(probs, predictor.labels, top_k))
     results = with_bad_rows(chunk, top_labels(texts, probs, predictor.labels, top_k))
     if args.explain:
-        from ..explain import add_explanations
+        from ..bundle.explain import add_explanations
 
         scored = [result for result in results if result["label"] is not None]
         add_explanations(scored, predictor.explain([result["text"] for result in scored]), predictor.labels)
@@ -194,7 +194,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     texts = list(input_texts(args.texts, args.input, source_config(args, require_bundle(args.model))))
     if not texts:
         raise UsageError("no texts to embed", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
-    from ..predict import Predictor
+    from ..bundle.predict import Predictor
 
     vectors = Predictor.load(require_bundle(args.model)).embed(texts, batch_size=args.batch_size)
     if args.output and args.output.suffix.lower() == ".npy":

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from ..files import OutputError, atomic_file, check_regular_file
-from ..sources import DataError, SourceConfig
+from ..core.files import OutputError, atomic_file, check_regular_file
+from ..text.sources import DataError, SourceConfig
 from .errors import UsageError
 
 
 def require_bundle(path: Path) -> Path:
     """``path`` when it holds a bundle; a usage error saying what it holds otherwise."""
-    from ..runfolder import mid_commit, unfinished
+    from ..run.folder import mid_commit, unfinished
 
     stage = unfinished(path)
     if stage is not None and mid_commit(stage):
@@ -42,7 +42,7 @@ def input_source(texts: list[str], source: str | None) -> tuple[list[str], str |
     """The command-line texts and the ``--input`` source, checked before the model loads.
 
     A lone ``-`` as the only text reads stdin, as fastText's ``predict model.bin -`` does."""
-    from ..sources import file_format
+    from ..text.sources import file_format
 
     if source is None and texts == ["-"]:
         texts, source = [], "-"
@@ -60,7 +60,7 @@ def input_source(texts: list[str], source: str | None) -> tuple[list[str], str |
 
 def input_texts(texts: list[str], source: str | None, config: SourceConfig | None = None) -> Iterator[str]:
     """The command-line texts, then those of ``source`` ('-' is stdin, one text per line), streamed."""
-    from ..sources import read_texts
+    from ..text.sources import read_texts
 
     texts, source = input_source(texts, source)
 
@@ -76,7 +76,7 @@ def input_texts(texts: list[str], source: str | None, config: SourceConfig | Non
 
 def input_blocks(texts: list[str], source: str | None, config: SourceConfig, size: int) -> Iterator[list]:
     """The command-line texts, then the rows of ``source`` ('-' is stdin), bad ones included, ``size`` rows at a time."""
-    from ..sources import InputRow, read_input_blocks
+    from ..text.sources import InputRow, read_input_blocks
 
     texts, source = input_source(texts, source)
 
@@ -116,7 +116,7 @@ def check_output_folder(path: Path | None) -> None:
 
 
 class atomic_output:
-    """``with atomic_output(path) as f``: a text file written through :func:`textpipe.files.atomic_file`
+    """``with atomic_output(path) as f``: a text file written through :func:`textpipe.core.files.atomic_file`
     (a temporary file of a unique name beside ``path``, renamed on success, so two runs never mix their
     rows; only ever a regular file replaced); stdout if path is None or ``-``.
 

