@@ -1,4 +1,5 @@
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import cli_here
-from textpipe.bundle.store import BundleError, all_finite, fields_digest, file_digest, load_bundle, save_bundle
+from textpipe.bundle.store import Bundle, BundleError, all_finite, fields_digest, file_digest, load_bundle, save_bundle
 from textpipe.core.models import ModelConfig, build_model, model_skeleton
 from textpipe.bundle.predict import Predictor
 from textpipe.text.tokenizer import Tokenizer
@@ -26,7 +27,7 @@ def bundle_dir(tmp_path):
     config = ModelConfig(vocab_size=len(vocab), num_classes=3, ngram_buckets=64)
     torch.manual_seed(0)
     model = build_model(config)
-    return save_bundle(tmp_path / "bundle", model, vocab, tok, ["neg", "neutral", "pos"], config), model
+    return save_bundle(tmp_path / "bundle", Bundle(model, vocab, tok, ["neg", "neutral", "pos"], config)), model
 
 
 def test_bundle_files_are_json_and_tensors(bundle_dir):
@@ -61,7 +62,7 @@ def test_every_model_loads_weight_for_weight_into_its_skeleton(name, tmp_path):
     skeleton = model_skeleton(config)
     assert {k: (v.shape, v.dtype) for k, v in skeleton.state_dict().items()} == {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     assert {v.device.type for v in skeleton.state_dict().values()} == {"meta"}
-    loaded = load_bundle(save_bundle(tmp_path / name, model, vocab, tok, ["neg", "pos"], config)).model
+    loaded = load_bundle(save_bundle(tmp_path / name, Bundle(model, vocab, tok, ["neg", "pos"], config))).model
     for (key, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), key
     assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())  # a loaded model can train on
@@ -212,7 +213,7 @@ def test_relabelled_bundle_json_is_refused(bundle_dir):
 def test_a_crafted_size_is_refused_before_anything_is_allocated(bundle_dir, buckets, monkeypatch):
     path, _ = bundle_dir
     edit_meta(path, model__ngram_buckets=buckets)
-    monkeypatch.setattr("textpipe.core.models.build_model", _only_on_meta(__import__("textpipe.core.models").models.build_model))
+    monkeypatch.setattr("textpipe.core.models.build_model", _only_on_meta(importlib.import_module("textpipe.core.models").build_model))
     with pytest.raises(BundleError) as err:
         load_bundle(path)
     assert str(err.value).startswith(f"{path}/bundle.json field model does not fit {path}/weights.safetensors: tensor embedding.weight is [")
@@ -295,7 +296,7 @@ def test_non_finite_weights_are_never_saved_nor_loaded(bundle_dir, tmp_path):
         model.head.weight[0, 0] = float("nan")
     meta = json.loads((path / "bundle.json").read_text())
     with pytest.raises(BundleError, match="tensor head.weight holds NaN or infinite values"):
-        save_bundle(tmp_path / "nan", model, load_bundle(path).vocab, Tokenizer("spacy"), meta["labels"], ModelConfig(**meta["model"]))
+        save_bundle(tmp_path / "nan", Bundle(model, load_bundle(path).vocab, Tokenizer("spacy"), meta["labels"], ModelConfig(**meta["model"])))
     state = load_bundle(path).model.state_dict()
     state["head.weight"][0, 0] = float("inf")
     save_file(state, path / "weights.safetensors")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from conftest import cli_here, make_rows
-from textpipe.bundle.store import fields_digest, file_digest, load_weights, save_bundle
+from textpipe.bundle.store import Bundle, fields_digest, file_digest, load_weights, save_bundle
 from textpipe.core.models import ModelConfig, build_model
 from textpipe.bundle.quantize import QuantizeConfig, quantize_bundle
 from textpipe.text.tokenizer import Tokenizer
@@ -44,7 +44,7 @@ def bundles(tmp_path_factory):
     vocab = build_vocab(tok(text) for _, text in make_rows(40))
     config = ModelConfig(vocab_size=len(vocab), num_classes=2, embed_dim=8, ngram_buckets=32)
     torch.manual_seed(0)
-    plain = save_bundle(folder / "plain", build_model(config), vocab, tok, ["neg", "pos"], config, {"seed": 0})
+    plain = save_bundle(folder / "plain", Bundle(build_model(config), vocab, tok, ["neg", "pos"], config, {"seed": 0}))
     (plain / "config.json").write_text(json.dumps({"data": {"source": {"header": True}}}))
     (plain / "run.json").write_text(json.dumps({"created": "2026-01-01", "versions": {"torch": "2.3.1"}, "data": {"test": "t.csv"}}))
     (plain / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "macro_f1": 0.5, "n": 4}, "best_epoch": 1}))

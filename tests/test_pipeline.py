@@ -119,12 +119,6 @@ def test_cli_usage_errors_exit_2(tmp_path):
     assert result.returncode == 2 and "epochs, batch_size and patience must be >= 1" in result.stderr
 
 
-def test_tensor_core_imports_neither_torchtext_nor_spacy():
-    code = "import sys, textpipe.core.models, textpipe.core.collate, textpipe.core.train; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchtext', 'spacy')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
-
-
 def test_trains_with_two_dataloader_workers(toy_files, tmp_path):
     train, _, test = toy_files
     config = PipelineConfig(data=DataConfig(num_workers=2), train=TrainConfig(epochs=4, lr=0.02))
@@ -194,5 +188,5 @@ def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, c
     from textpipe.text.tokenizer import Tokenizer
 
     model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[1] / "configs" / config).read_text())["model"])
-    counts = count_training_file(shared_dataset(dataset) / "train.csv", 10, Tokenizer(), DataConfig(cache_dir=None), True, ngram_count_limit(model))
+    counts = count_training_file(shared_dataset(dataset) / "train.csv", 10, Tokenizer(), DataConfig(cache_dir=None), quiet=True, ngrams=ngram_count_limit(model))
     assert ngram_table(model, counts.ngrams)["rows"] == model.ngram_buckets

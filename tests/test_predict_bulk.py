@@ -3,7 +3,7 @@
 import torch
 
 from conftest import make_rows
-from textpipe.bundle.store import save_bundle
+from textpipe.bundle.store import Bundle, save_bundle
 from textpipe.core.models import ModelConfig, build_model
 from textpipe.bundle.predict import Predictor, top_labels
 from textpipe.text.tokenizer import Tokenizer
@@ -17,7 +17,7 @@ def test_bulk_probabilities_match_one_text_at_a_time(tmp_path):
     for name in ("bag", "cnn"):
         config = ModelConfig(name=name, vocab_size=len(vocab), num_classes=2, ngram_buckets=64, kernel_sizes=(2, 3))
         torch.manual_seed(0)
-        save_bundle(tmp_path / name, build_model(config), vocab, tok, ["neg", "pos"], config)
+        save_bundle(tmp_path / name, Bundle(build_model(config), vocab, tok, ["neg", "pos"], config))
         predictor = Predictor.load(tmp_path / name)
         bulk = predictor.probabilities(texts, batch_size=64)
         alone = torch.cat([predictor.probabilities([t]) for t in texts])
@@ -33,7 +33,7 @@ def test_predictor_batches_through_a_dataloader_with_a_length_sorted_sampler(tmp
     tok = Tokenizer("whitespace")
     vocab = build_vocab(tok(t) for t in texts)
     config = ModelConfig(vocab_size=len(vocab), num_classes=2, ngram_buckets=16)
-    save_bundle(tmp_path / "b", build_model(config), vocab, tok, ["neg", "pos"], config)
+    save_bundle(tmp_path / "b", Bundle(build_model(config), vocab, tok, ["neg", "pos"], config))
     loader = Predictor.load(tmp_path / "b").batches(texts, batch_size=3)
     assert isinstance(loader.sampler, LengthSortedSampler) and loader.collate_fn is pad_collate
     assert [b.lengths.tolist() for b in loader] == [[7, 3, 2], [1]]  # longest first, little padding

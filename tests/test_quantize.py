@@ -201,8 +201,7 @@ def with_sentence_head(model_dir, out):
     b = load_bundle(model_dir)
     head = SentenceHead(384, len(b.labels))
     head.beta.fill_(0.5)
-    save_bundle(out, b.model, b.vocab, b.tokenizer, b.labels, replace(b.model_config, encoder="minilm-l6"), b.train_config,
-                head=head, extra={"encoder": encoder_record("minilm-l6")})
+    save_bundle(out, replace(b, model_config=replace(b.model_config, encoder="minilm-l6"), head=head, encoder=encoder_record("minilm-l6")))
     return out
 
 

@@ -63,7 +63,7 @@ def test_a_text_over_several_lines_is_still_one_row(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from textpipe.bundle.store import save_bundle
+    from textpipe.bundle.store import Bundle, save_bundle
     from textpipe.core.models import ModelConfig, build_model
     from textpipe.text.tokenizer import Tokenizer
     from textpipe.text.vocab import build_vocab
@@ -71,7 +71,7 @@ def bundle(tmp_path_factory):
     tok = Tokenizer("whitespace")
     vocab = build_vocab([["great", "fun"], ["awful"]])
     config = ModelConfig(vocab_size=len(vocab), num_classes=2, ngram_buckets=16)
-    return save_bundle(tmp_path_factory.mktemp("b") / "bundle", build_model(config), vocab, tok, ["neg", "pos"], config)
+    return save_bundle(tmp_path_factory.mktemp("b") / "bundle", Bundle(build_model(config), vocab, tok, ["neg", "pos"], config))
 
 
 def predict(bundle, *args, stdin=None):

@@ -69,7 +69,7 @@ def test_one_pass_counts_the_vocabularies_of_both_phases(tmp_path):
     counts = count_training_file(path, 10, tok, data, quiet=True)
     assert counts.vocab(data).get_itos() == build_vocab(tok.pipe(training)).get_itos()
     refit = counts.all_rows()
-    assert refit.vocab(data).get_itos() == build_vocab(tok.pipe(texts)).get_itos() == count_training_file(path, 0, tok, data, True).vocab(data).get_itos()
+    assert refit.vocab(data).get_itos() == build_vocab(tok.pipe(texts)).get_itos() == count_training_file(path, 0, tok, data, quiet=True).vocab(data).get_itos()
     assert len(refit.vocab(data)) > len(counts.vocab(data)), "some words are only in held-out rows"
     assert (counts.training_rows, refit.training_rows) == (len(training), 300)
     assert refit.label_counts == counts.label_counts == dict(sorted(Counter(label for label, _ in rows).items()))
@@ -79,7 +79,7 @@ def test_a_refitting_run_counts_the_training_file_once(toy_files, tmp_path, monk
     import textpipe.run.phases
 
     holdouts, count = [], textpipe.run.phases.count_training_file
-    monkeypatch.setattr(textpipe.run.phases, "count_training_file", lambda train, holdout, *rest: holdouts.append(holdout) or count(train, holdout, *rest))
+    monkeypatch.setattr(textpipe.run.phases, "count_training_file", lambda train, holdout, *rest, **kw: holdouts.append(holdout) or count(train, holdout, *rest, **kw))
     train, _, test = toy_files
     train_files(train, test, tmp_path / "run", config=PipelineConfig(**SMALL), quiet=True)
     assert holdouts == [10]

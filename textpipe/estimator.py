@@ -185,8 +185,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     def save(self, folder: str | Path) -> Path:
         """Write the bundle (and ``config.json``, ``metrics.json``) into ``folder``, as ``textpipe train --out`` does."""
         bundle, folder = self._fitted(), Path(folder)
-        save_bundle(folder, bundle.model, bundle.vocab, bundle.tokenizer, bundle.labels, bundle.model_config, bundle.train_config,
-                    head=bundle.head, extra={"encoder": bundle.encoder} if bundle.head is not None else None)
+        save_bundle(folder, bundle)
         write_json_atomic(folder / CONFIG, self.config_.to_dict())
         if self.metrics_ is not None:
             write_json_atomic(folder / METRICS, self.metrics_)

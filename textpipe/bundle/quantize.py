@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -171,9 +171,8 @@ def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConf
         "from": str(model_dir),
         "original_bytes": sum((model_dir / name).stat().st_size for name in (WEIGHTS, VOCAB, META)),
     }
-    save_bundle(out, model, bundle.vocab, bundle.tokenizer, bundle.labels, bundle.model_config, bundle.train_config,
-                state=state, extra={"quantized": summary, **encoder},
-                head=bundle.head)  # a sentence head, unquantized (385 x classes floats)
+    # A sentence head is kept unquantized (385 x classes floats); the encoder's record gains its precision.
+    save_bundle(out, replace(bundle, encoder=encoder.get("encoder")), state=state, extra={"quantized": summary})
     for name in COPIED:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, out / name)

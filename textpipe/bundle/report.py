@@ -94,6 +94,7 @@ def write_report(
     summary: dict,
     mistakes: Sequence[Mistake],
     history: Sequence[dict] | None = None,
+    *,
     title: str = "textpipe report",
     notes: Sequence[str] = (),
     features: dict[str, list[tuple[str, float]]] | None = None,
@@ -110,7 +111,7 @@ def write_report(
     written.append(plot_confusion(summary["confusion"]["matrix"], summary["confusion"]["labels"], out / CONFUSION_PNG))
     if history:
         written.append(plot_learning_curves(history, out / CURVES_PNG))
-    markdown = report_markdown(summary, mistakes, history, title, notes, has_curves=bool(history), features=features)
+    markdown = report_markdown(summary, mistakes, history, title=title, notes=notes, has_curves=bool(history), features=features)
     atomic_write_text(out / REPORT, markdown)
     return [out / REPORT, *written]
 
@@ -119,6 +120,7 @@ def report_markdown(
     summary: dict,
     mistakes: Sequence[Mistake],
     history: Sequence[dict] | None = None,
+    *,
     title: str = "textpipe report",
     notes: Sequence[str] = (),
     has_curves: bool = False,

@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -68,29 +68,22 @@ class Bundle:
     tokenizer: Tokenizer
     labels: list[str]
     model_config: ModelConfig
-    train_config: dict
+    train_config: dict = field(default_factory=dict)  # the TrainConfig it was trained with, as a dict
     head: SentenceHead | None = None  # with model.encoder: the sentence encoder's member of the mix
     encoder: dict | None = None  # with model.encoder: {"name", "sha256", "max_wordpieces"}, what encodes the head's vectors
 
 
-def save_bundle(
-    out: str | Path,
-    model: nn.Module,
-    vocab: Vocab,
-    tokenizer: Tokenizer,
-    labels: list[str],
-    model_config: ModelConfig,
-    train_config: dict | None = None,
-    *,
-    state: dict[str, torch.Tensor] | None = None,
-    extra: dict | None = None,
-    head: SentenceHead | None = None,
-) -> Path:
-    """Write a bundle into folder ``out`` (created if needed); returns the folder.
+def save_bundle(out: str | Path, bundle: Bundle, *, state: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> Path:
+    """Write ``bundle`` into folder ``out`` (created if needed); returns the folder.
 
-    ``state`` replaces ``model.state_dict()`` (a quantized table, see :mod:`textpipe.bundle.quantize`);
-    ``extra`` adds keys to ``bundle.json``; ``head`` (with ``extra["encoder"]``) is saved as a second weights file.
+    ``state`` replaces ``bundle.model.state_dict()`` (a quantized table, see :mod:`textpipe.bundle.quantize`);
+    ``extra`` adds keys to ``bundle.json``; a sentence ``head`` is saved as a second weights file, beside its
+    ``encoder`` record in ``bundle.json``.
+
+    Example:
+        >>> save_bundle("runs/copy", load_bundle("runs/mine"))
     """
+    model, head = bundle.model, bundle.head
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in (model.state_dict() if state is None else state).items()}
@@ -100,14 +93,15 @@ def save_bundle(
     data = safetensors_bytes(state)
     atomic_write(out / WEIGHTS, lambda f: f.write(data))
     emit("bundle_weights_written")
-    save_vocab(vocab, out / VOCAB)
+    save_vocab(bundle.vocab, out / VOCAB)
     meta = {
         "format_version": FORMAT_VERSION,
-        "model": model_config.to_dict(),
-        "tokenizer": asdict(tokenizer.config),
-        "labels": list(labels),
-        "train": train_config or {},
+        "model": bundle.model_config.to_dict(),
+        "tokenizer": asdict(bundle.tokenizer.config),
+        "labels": list(bundle.labels),
+        "train": bundle.train_config or {},
         **(extra or {}),
+        **({"encoder": bundle.encoder} if bundle.encoder is not None else {}),
     }
     if head is not None:
         head_data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()})

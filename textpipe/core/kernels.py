@@ -223,14 +223,15 @@ def _summed_rows(kernels: ctypes.CDLL, flat_ids: torch.Tensor, lengths: torch.Te
     return rows[:used], values
 
 
-def bag_ngram_ids(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None, vocab_size: int, buckets: int,
-                  max_ngram: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def bag_ngram_ids(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None,
+                  table: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``bag_ngram_ids``: the bag model's flat word and n-gram ids and each text's count, or None without the kernels.
+    ``table``: (vocab_size, n-gram buckets, max_ngram), the bag's table.
 
     What ``BagOfNgrams.add_ngrams`` then ``ids[mask & keep]`` give, in one pass with no
     ``(B, T')`` tensors in between.
     """
-    kernels = row_kernels()
+    kernels, (vocab_size, buckets, max_ngram) = row_kernels(), table
     tensors = (ids, mask) if keep is None else (ids, mask, keep)
     if kernels is None or ids.dtype != torch.int64 or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
         return None

@@ -192,7 +192,7 @@ class BagOfNgrams(nn.Module):
         :meth:`add_ngrams` then a mask, or the same in one pass of compiled C (``textpipe.core.kernels``).
         """
         c = self.config
-        fast = bag_ngram_ids(ids, mask, keep, c.vocab_size, c.ngram_buckets, c.max_ngram)
+        fast = bag_ngram_ids(ids, mask, keep, (c.vocab_size, c.ngram_buckets, c.max_ngram))
         if fast is not None:
             return fast
         all_ids, all_mask = self.add_ngrams(ids, mask)  # (B, T')

@@ -255,7 +255,7 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
         model.train(was_training)
 
 
-def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, quiet: bool) -> dict | None:
+def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, *, quiet: bool = True) -> dict | None:
     """Fit ``model``'s NB linear path on a training phase's rows: C and alpha chosen on dev, or (a refit) ``chosen``'s;
     None (the bag alone) over MAX_ROWS training rows or with nothing to choose them on."""
     # Every rank fits it alike on all the rows (these loaders are not sharded), so the ranks' models stay the same.

@@ -75,7 +75,7 @@ def fit_weights(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float) ->
     return w.detach(), b.detach()
 
 
-def fit_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, dev: tuple | None = None,
+def fit_head(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, dev: tuple | None = None,
              C: float | None = None, beta: float | None = None) -> tuple[SentenceHead, dict]:
     """The head fit on training vectors ``x`` (n, dim) and labels ``y``; C and beta chosen on
     ``dev`` = (vectors, labels, the model's probabilities), or (a refit) given. Returns the head and its record."""

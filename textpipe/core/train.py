@@ -1,4 +1,4 @@
-"""Stage 6: the training loop, on padded batches only (no text, no torchtext).
+"""The training loop, on padded batches only (no text, no torchtext).
 
 One step (:func:`train_step`) is the classic ``zero_grad`` -> forward -> loss ->
 ``backward`` -> ``step``, with AdamW and, for sparse embedding tables, RowAdam
@@ -19,11 +19,6 @@ steps, in the background, and a resume from it reaches bit-identical weights. :f
 changes no process-wide setting; the caller enters :func:`~textpipe.core.runtime.run_scope`.
 Named points (:mod:`textpipe.core.events`): ``step_done`` (``step``, ``epoch``; that step's checkpoint, if due,
 begun), ``evaluated`` (``epoch``, ``dev``: scored, not yet recorded), ``epoch_done`` (``epoch``: recorded, the next not begun).
-
-Example::
-
-    python -m textpipe train --train train.csv --test test.csv --out runs/mine
-    torchrun --standalone --nproc_per_node=2 -m textpipe train --train train.csv --test test.csv --out runs/ddp
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -51,8 +46,7 @@ log = logging.getLogger("textpipe")  # the CLI sends it to stderr; a library cal
 
 @dataclass
 class TrainConfig:
-    # Defaults chosen on dev splits (README, "How good is the default"): a small constant lr
-    # and early stopping train small data sets (trec6) long enough without overfitting large ones.
+    # Chosen on dev splits: a small constant lr with early stopping trains small files long enough, large ones without overfitting.
     epochs: int = 60  # at most; with "linear" the learning rate decays over this many epochs
     batch_size: int = 32
     lr: float = 1e-3  # AdamW for dense layers, RowAdam for sparse embedding tables
@@ -82,14 +76,10 @@ class TrainConfig:
             raise ValueError(f"need 0 <= warmup < 1, 0 <= label_smoothing < 1 and grad_clip >= 0: {self}")
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and patience must be >= 1 and lr > 0: {self}")
-        if self.min_delta < 0:
-            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
-            raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0: {self}")
-        if not self.checkpoint_seconds > 0:
-            raise ValueError(f"checkpoint_seconds must be > 0, got {self.checkpoint_seconds}")
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0 or self.min_delta < 0:
+            raise ValueError(f"epochs, batch_size and patience must be >= 1, lr > 0 and min_delta >= 0: {self}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or not self.checkpoint_seconds > 0:
+            raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0, checkpoint_seconds > 0: {self}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):
@@ -204,7 +194,8 @@ def fit(
         >>> result.best_dev["accuracy"]
     """
     context = context or RunContext.resolve(config.device)
-    loop = _Loop(model, train_loader, dev_loader, config, num_classes, context, _steps_per_epoch(train_loader, num_train, config))
+    data = _Data(train_loader, dev_loader, num_classes, _steps_per_epoch(train_loader, num_train, config))
+    loop = _Loop(model, data, config, context)
     weights = class_weight_tensor(class_counts or [], config.class_weights)
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(context.device), label_smoothing=config.label_smoothing)
     while not loop.state.finished:
@@ -213,21 +204,30 @@ def fit(
     return loop.finish()
 
 
+class _Data(NamedTuple):
+    """What :func:`fit` trains on and scores with: the loaders, the number of classes, the optimizer steps an epoch takes."""
+
+    train: Iterable[Batch]
+    dev: Iterable[Batch] | None
+    num_classes: int
+    steps_per_epoch: int
+
+
 class _Loop:
     """The model, its optimizers and the run's state, between the steps of :func:`fit`."""
 
-    def __init__(self, model, train_loader, dev_loader, config: TrainConfig, num_classes: int, context: RunContext, steps_per_epoch: int):
-        self.model, self.train_loader, self.dev_loader = model.to(context.device), train_loader, dev_loader
-        self.config, self.num_classes, self.context = config, num_classes, context
+    def __init__(self, model, data: _Data, config: TrainConfig, context: RunContext):
+        self.model, self.train_loader, self.dev_loader = model.to(context.device), data.train, data.dev
+        self.config, self.num_classes, self.context = config, data.num_classes, context
         # DDP under torchrun: the same parameters; evaluation uses `model` directly.
         self.train_model = distributed_wrap(model, context.device) if context.world_size > 1 else model
         self.optimizers = make_optimizers(model, config)
-        self.schedulers = make_schedulers(self.optimizers, config, steps_per_epoch)
+        self.schedulers = make_schedulers(self.optimizers, config, data.steps_per_epoch)
         self.per_step = per_step_schedule(config)
         self.state, self.best_weights = TrainState(), None
         if context.resume is not None:
             self.state = self._resume_from(context.resume)
-        self.stateful_loader = hasattr(train_loader, "state_dict")
+        self.stateful_loader = hasattr(data.train, "state_dict")
         if config.checkpoint_every and not self.stateful_loader:
             raise ValueError("checkpoint_every needs a train_loader with state_dict (torchdata's StatefulDataLoader)")
         self.last_save = time.monotonic()

@@ -48,7 +48,7 @@ import torch
 
 from .config import PipelineConfig
 from ..core.nb_linear import mixed_dev_accuracy
-from .pipeline import check_settings
+from .pipeline import Loaders, check_settings
 from .phases import PhaseResult, dev_result, train_files
 from .folder import refuse_occupied
 from ..core.runtime import RunSignals
@@ -105,16 +105,8 @@ def merge(base: dict, changes: dict) -> dict:
     return merged
 
 
-def autotune_files(
-    train: str | Path,
-    test: str | Path,
-    out: str | Path,
-    dev: str | Path | None = None,
-    config: PipelineConfig | None = None,
-    budget: float = 120.0,
-    quiet: bool = False,
-    overwrite: bool = False,
-) -> dict:
+def autotune_files(train: str | Path, test: str | Path, out: str | Path, *, dev: str | Path | None = None, config: PipelineConfig | None = None,
+                   budget: float = 120.0, quiet: bool = False, overwrite: bool = False) -> dict:
     """Search for ``budget`` seconds on dev, then train the winner into ``out`` as :func:`train_files` does.
 
     Returns the winner's metrics, with ``"autotune"``: the trials and the chosen changes.
@@ -210,9 +202,8 @@ class _Search:
         on dev. Its seconds are ``on``'s plus the head's: what training it from scratch would take, for the estimates."""
         began, phase = time.perf_counter(), self.starting_phase
         config = PipelineConfig.from_dict(merge(self.base, changes))
-        train_part, holdout = ("all", 0) if self.dev else ("train", config.data.holdout_every)
-        _, head = fit_phase_head(phase.model, config, self.tokenizer, phase.vocab, phase.labels, self.train, train_part, holdout, self.dev,
-                                 None, quiet=True)
+        loaders = Loaders(config, self.tokenizer, phase.vocab, phase.labels, holdout=0 if self.dev else config.data.holdout_every)
+        _, head = fit_phase_head(phase.model, loaders, self.train, self.dev, None, quiet=True)
         self.starting_phase = None  # its model is not needed again
         seconds = time.perf_counter() - began
         self.quiet or log.info(f"autotune: the sentence head fit on the starting configuration's model in {seconds:.1f} s")

@@ -5,10 +5,11 @@ dev file, or on the rows held out of the training file, picks the epoch count), 
 when there is a test file and no dev file, ``refit`` (a fresh model on every training
 row for that many epochs), then ``done`` (every output is in the staging folder; only
 :func:`textpipe.run.folder.commit` is left). What a resume needs is a frozen
-:class:`RunState`, written to ``run.json`` by one function, :func:`_save_state`, each
-time the run learns something a resume must not redo. The rank, world size and device
-are resolved once, by :func:`start_distributed` (which starts the torchrun process
-group), and travel as a :class:`Placement`.
+:class:`RunState`, written to ``run.json`` by one method, :meth:`Run.save_state`, each
+time the run learns something a resume must not redo. One :class:`Run` object carries a
+run through its phases: its state, settings, folders, tokenizer, checkpoints and its
+:class:`Placement` (rank, world size and device, resolved once by :func:`start_distributed`,
+which starts the torchrun process group).
 
 Named events (:mod:`textpipe.core.events`) mark the phase changes, so tests and tools can
 act at exact points: ``phase_start(phase=...)`` once ``run.json`` records a phase, and
@@ -26,7 +27,6 @@ import json
 import logging
 import os
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,10 +37,11 @@ from ..core.files import is_disk_full
 from ..core.models import ModelConfig, build_model
 from ..core.nb_linear import fit_nb_for_phase, mixed_dev_accuracy
 from .pipeline import (
-    METRICS, VOCAB, PipelineConfig, TrainingCounts, _loader, check_settings, config_summary, count_training_file, label_order, ngram_count_limit,
-    ngram_table, save_outputs, score_and_list_mistakes,
+    METRICS, VOCAB, Loaders, Outputs, PipelineConfig, TrainingCounts, check_settings, config_summary, count_training_file, label_order,
+    ngram_count_limit, ngram_table, save_outputs, score_and_list_mistakes,
 )
 from ..bundle.report import relative_path, search_notes
+from ..bundle.store import Bundle
 from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
     is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
@@ -75,16 +76,8 @@ def refits(config: PipelineConfig, data: dict) -> bool:
     return bool(config.train.refit and not data["dev"] and data["test"] is not None)
 
 
-def train_files(
-    train: str | Path,
-    test: str | Path | None,
-    out: str | Path,
-    dev: str | Path | None = None,
-    config: PipelineConfig | None = None,
-    quiet: bool = False,
-    overwrite: bool = False,
-    search: dict | None = None,
-) -> dict:
+def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, dev: str | Path | None = None,
+                config: PipelineConfig | None = None, quiet: bool = False, overwrite: bool = False, search: dict | None = None) -> dict:
     """Train on ``train``, pick the best epoch on ``dev`` (or a held-out part of train),
     score ``test``, and write the bundle and ``metrics.json`` into ``out``.
 
@@ -107,30 +100,31 @@ def train_files(
     out = Path(out)
     placement = start_distributed(config.train.device)
     if not placement.writes:  # under torchrun only rank 0 writes files
-        return _run_phases(state, stage_of(out), out, config, None, placement, quiet, resume=None)
+        return Run(state, config, out, placement, quiet=quiet).phases()
     created = first_missing(out)  # the folders the run makes, removed again if it fails leaving them empty
     prepare_output(out)
     try:
         with RunLock(out), RunSignals(stage_of(out)):  # a signal between the training loops: stop there, every file whole
-            return _fresh_run(state, out, config, placement, quiet, overwrite)
+            return _fresh_run(Run(state, config, out, placement, quiet=quiet), overwrite)
     except Exception:
         remove_empty(out, created)
         raise
 
 
-def _fresh_run(state: RunState, out: Path, config: PipelineConfig, placement: Placement, quiet: bool, overwrite: bool) -> dict:
-    """A new run in the locked folder ``out``: staged, run, committed. A run that fails its checks leaves
+def _fresh_run(run: Run, overwrite: bool) -> dict:
+    """A new run in its locked folder: staged, run, committed. A run that fails its checks leaves
     no staging folder, so a rerun with the hint's flag is not refused as an unfinished run."""
-    stage = start_fresh(out, overwrite)
-    _save_state(state, stage, placement)
-    emit("phase_start", phase=state.phase.value)
+    start_fresh(run.out, overwrite)
+    run.save_state()
+    run.store = _checkpoint_store(run.stage, run.config)
+    emit("phase_start", phase=run.state.phase.value)
     try:
-        metrics = _run_phases(state, stage, out, config, _checkpoint_store(stage, config), placement, quiet, resume=None)
+        metrics = run.phases()
     except Exception as err:
         if not isinstance(err, (Interrupted, CheckpointError)) and not is_disk_full(err):  # those hint at --resume
-            discard_unstarted(stage)
+            discard_unstarted(run.stage)
         raise
-    commit(stage, out, config.train.keep_checkpoints_after)
+    commit(run.stage, run.out, run.config.train.keep_checkpoints_after)
     return metrics
 
 
@@ -156,11 +150,11 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
         config = PipelineConfig.from_dict(state.config)
         store = _checkpoint_store(stage, config)
         checkpoint = store.load_latest() if store else None
-        if state.phase is not Phase.DONE:
-            check_same_data(state)  # in every phase that reads the data again, with a checkpoint or without
+        check_same_data(state)  # in every phase that reads the data again, with a checkpoint or without
         if checkpoint is not None and not quiet:
             log.info(f"resuming from {checkpoint['path']} (epoch {checkpoint['state']['epoch']}, step {checkpoint['state']['step']})")
-        metrics = _run_phases(state, stage, out, config, store, start_distributed(config.train.device), quiet, resume=checkpoint)
+        run = Run(state, config, out, start_distributed(config.train.device), store=store, quiet=quiet)
+        metrics = run.phases(resume=checkpoint)
         commit(stage, out, config.train.keep_checkpoints_after)
     return metrics
 
@@ -168,15 +162,11 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
 def dev_result(train: str | Path, dev: str | Path | None, config: PipelineConfig, tokenizer: Tokenizer, scratch: Path) -> PhaseResult:
     """Only the train phase of a run, quietly, nothing kept on disk: train with early stopping on ``dev``
     (or the held-out rows of ``train``) and return what the phase left: the model, its vocabulary and
-    labels, the epoch count and dev scores it reached (``.fit``), with ``model.encoder`` the sentence head.
-
-    Example:
-        >>> dev_result("train.csv", None, PipelineConfig(), Tokenizer(), Path("/tmp/scratch")).fit.best_dev["accuracy"]
-    """
+    labels, the epoch count and dev scores it reached (``.fit``), with ``model.encoder`` the sentence head."""
     config = replace(config, train=replace(config.train, keep_checkpoints=0))
     state = RunState.start({"train": train, "dev": dev, "test": None}, config.to_dict())
-    _, trained = _train_phase(state, scratch, config, tokenizer, None, start_distributed(config.train.device), True, None)
-    return trained
+    run = Run(state, config, scratch, start_distributed(config.train.device), quiet=True, tokenizer=tokenizer, stage=scratch)
+    return run.train_phase()
 
 
 def _first_state(data: dict, config: PipelineConfig, search: dict | None) -> RunState:
@@ -197,181 +187,212 @@ def _commit_finished(stage: Path, out: Path, state: RunState) -> dict:
     return json.loads((out / METRICS).read_text(encoding="utf-8"))
 
 
-def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfig, store: CheckpointStore | None,
-                placement: Placement, quiet: bool, resume: dict | None) -> dict:
-    """Run the phases left from ``state.phase`` on, score the test file and save everything into
-    ``stage``, the staging folder of the run whose outputs go to ``final``. Returns the metrics."""
-    quiet = quiet or not placement.writes
-    tokenizer = Tokenizer.from_config(config.tokenizer)  # one for every phase and loader: they share its chunk memo
-    counts = None
-    if state.phase is Phase.TRAIN:
-        state, trained = _train_phase(state, stage, config, tokenizer, store, placement, quiet, resume)
-        if not refits(config, state.data):
-            emit("phase_end", phase=Phase.TRAIN.value)
-            return _score_and_save(state, trained, trained.fit, stage, final, config, placement, quiet, tokenizer)
-        state = _enter_refit(state, trained.fit, stage, store, placement, trained.head[1] if trained.head else None)
-        counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
-        trained, resume = None, None  # let the first model's weights go before the refit builds its own
-    early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"], state.refit.get("nb_linear"))
-    state, refitted = _train_phase(state, stage, config, tokenizer, store, placement, quiet, resume, refit_epochs=early.best_epoch,
-                                    counts=counts)
-    emit("phase_end", phase=Phase.REFIT.value)
-    return _score_and_save(state, refitted, early, stage, final, config, placement, quiet, tokenizer)
-
-
-def _enter_refit(state: RunState, early: FitResult, stage: Path, store: CheckpointStore | None, placement: Placement,
-                 head: dict | None) -> RunState:
-    """Record the train phase's result, which the refit starts from, and delete its checkpoints."""
-    if store is not None:
-        store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
-    emit("phase_end", phase=Phase.TRAIN.value)
-    state = replace(state, phase=Phase.REFIT, refit={"epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history,
-                                                      "nb_linear": early.nb_linear, **({"sentence_head": head} if head else {})})
-    _save_state(state, stage, placement)
-    emit("phase_start", phase=Phase.REFIT.value)
-    return state
-
-
-def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, store: CheckpointStore | None,
-                 placement: Placement, quiet: bool, resume: dict | None, refit_epochs: int = 0,
-                 counts: TrainingCounts | None = None) -> tuple[RunState, PhaseResult]:
-    """Build (or reload) the vocabulary and train one model: with early stopping on dev, or,
-    given ``refit_epochs``, on every training row for that many epochs. ``counts``: the training
-    file's, when an earlier pass counted them for this phase's vocabulary."""
-    train, test, dev = state.data["train"], state.data["test"], state.data["dev"]
-    set_seed(config.train.seed)
-    train_part = "all" if dev or refit_epochs else "train"
-    holdout = 0 if train_part == "all" else config.data.holdout_every
-    state, vocab, counts = _phase_vocab(state, stage, config, tokenizer, placement, holdout, quiet, resume, counts)
-    if not quiet:
-        what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
-        table = f", {state.ngram_table['rows']:,} hashed n-gram rows for {state.ngram_table['distinct_ngrams']:,} n-grams" if state.ngram_table else ""
-        log.info(f"{what}, {len(state.labels)} labels, vocabulary of {len(vocab)} tokens{table}")
-    loader = partial(_phase_loader, config=config, tokenizer=tokenizer, vocab=vocab, labels=state.labels, placement=placement, holdout=holdout)
-    sized = {"ngram_buckets": state.ngram_table["rows"]} if state.ngram_table else {}  # none recorded: a run from before the sizing
-    model = build_model(ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(state.labels), **sized}))
-    if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
-        state = replace(state, vectors=fill_with_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), quiet))
-    if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
-        _save_state(state, stage, placement)
-    if placement.writes:
-        check_free_space(stage, model, config.train.keep_checkpoints, quiet)
-    dev_loader = None if refit_epochs else loader(dev) if dev else loader(train, "dev")
-    # Before training, so a bad dev or test row stops the run now; in skip mode, the
-    # counts (the DataLoader's workers cannot report theirs). Train was counted with the vocabulary.
-    skipped = {"train": state.skipped or {}}
-    if dev:
-        skipped["dev"] = dev_loader.dataset.count_skipped()
-    if test:
-        skipped["test"] = loader(test).dataset.count_skipped()
-    if not quiet and not refit_epochs and resume is None:
-        log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
-    train_config = replace(config.train, device=str(placement.device), epochs=refit_epochs or config.train.epochs)
-    with run_scope(train_config.deterministic) as stop:
-        context = RunContext(placement.device, placement.rank, placement.world, quiet, checkpoints=store, resume=resume, stop=stop)
-        result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
-                     class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
-    if getattr(model, "nb", None) is not None:
-        result.nb_linear = fit_nb_for_phase(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
-                                          state.num_train, quiet)
-    head = fit_phase_head(model, config, tokenizer, vocab, state.labels, train, train_part, holdout, dev,
-                          state.refit.get("sentence_head") if refit_epochs else None, quiet) if config.model.encoder else None
-    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts, head)
-
-
-def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
-                 holdout: int, quiet: bool, resume: dict | None, counts: TrainingCounts | None):
-    """The phase's vocabulary, the counts it was made of, and the state that records its labels: made from
-    ``counts``, else from a pass over the training file (every rank makes the same; rank 0 saves it);
-    on a resume, the one saved before the checkpoint."""
-    if resume is not None:
-        return state, load_vocab(stage / VOCAB), None
-    if counts is None:
-        counts = count_training_file(state.data["train"], holdout, tokenizer, config.data, quiet, ngram_count_limit(config.model))
-    if state.ngram_table is None and ngram_count_limit(config.model)[1]:  # sized once, by the run's first count: every phase's model alike
-        state = replace(state, ngram_table=ngram_table(config.model, counts.ngrams))
-    if holdout and counts.training_rows == sum(counts.label_counts.values()):
-        raise DataError(state.data["train"], None, f"too few rows to hold any out for early stopping (about 1 in {holdout} is; none of "
-                        f"these {counts.training_rows}): give a dev file (--dev) or more rows")
-    vocab = counts.vocab(config.data)
-    state = replace(state, labels=label_order(counts.label_counts), label_counts=counts.label_counts, num_train=counts.training_rows,
-                    skipped=counts.skipped)
-    if placement.writes:
-        save_vocab(vocab, stage / VOCAB)
-    return state, vocab, counts
-
-
-def _phase_loader(path, part: str = "all", training: bool = False, *, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels: list[str],
-                  placement: Placement, holdout: int):
-    holdout_every = holdout if part != "all" else 0
-    return _loader(path, config, tokenizer, vocab, labels, placement.device, part, holdout_every, training, placement.rank, placement.world,
-                   config.data.num_workers)
-
-
-def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, stage: Path, final: Path, config: PipelineConfig,
-                    placement: Placement, quiet: bool, tokenizer: Tokenizer) -> dict:
-    """Score the shipped model (on the test file, else on dev), and on rank 0 write the bundle, config, metrics and report."""
-    test, dev = state.data["test"], state.data["dev"]
-    # No workers for the scoring pass: predictions then come in file order and line up with the texts.
-    holdout = 0 if test or dev else config.data.holdout_every
-    rows = _loader(test or dev or state.data["train"], config, tokenizer, trained.vocab, trained.labels, placement.device,
-                   "all" if holdout == 0 else "dev", holdout)
-    mix = logits_mixer(trained.head[0], config, quiet) if trained.head else None
-    summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, placement.device, quiet, mix)
-    metrics = {"test": summary["overall"] if test else None, "dev": early.best_dev, "scored_on": _scored_on(state, config),
-               "best_epoch": early.best_epoch, "history": early.history, **summary}
-    if state.phase is Phase.REFIT:
-        metrics["refit"] = {"epochs": early.best_epoch, "rows": state.num_train, "history": trained.fit.history}
-    if trained.fit.nb_linear is not None:  # after a refit: fit again on every row, with the train phase's choices and dev scores
-        metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
-    if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
-        metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
-    if config.data.source.on_bad_row == "skip":
-        metrics["skipped"] = trained.skipped
-    if not placement.writes:
-        return metrics
-    save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final) + head_notes(trained.head),
-                 head=trained.head and trained.head[0],
-                 encoder=trained.head and encoder_record(config.model.encoder))
-    _save_state(replace(state, phase=Phase.DONE), stage, placement)
-    emit("phase_start", phase=Phase.DONE.value)
-    return metrics
-
-
-def _scored_on(state: RunState, config: PipelineConfig, seen_from: Path | None = None) -> str:
-    """What the scores are on; with ``seen_from``, its paths relative to that folder (the report's)."""
-    shown = {k: v and (relative_path(v, seen_from) if seen_from else v) for k, v in state.data.items()}
-    test, dev = shown["test"], shown["dev"]
-    return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {shown['train']} (1 in {config.data.holdout_every})"
-
-
-def _report_notes(state: RunState, config: PipelineConfig, early: FitResult, final: Path) -> list[str]:
-    trained = f"best epoch {early.best_epoch} of {len(early.history)}"
-    if state.autotune is not None:
-        trained = f"configuration chosen by autotune ({len(state.autotune['trials'])} tried on dev, see run.json); " + trained
-    if state.phase is Phase.REFIT:
-        trained += f", then refit on all {state.num_train} training rows for {early.best_epoch} epochs"
-    train = relative_path(state.data["train"], final)
-    notes = [f"Model `{config.model.name}` trained on `{train}`; {trained}. Scores are on the {_scored_on(state, config, final)}."]
-    if early.nb_linear is not None:
-        nb = early.nb_linear
-        notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"
-                     f" + {1 - nb['alpha']:g} x the linear path's, the share chosen on dev (bag alone {nb['dev']['bag']:.4f},"
-                     f" mixed {mixed_dev_accuracy(nb):.4f}).")
-    if not state.data["test"]:
-        notes.append("There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic.")
-    return notes + search_notes(state.autotune)
-
-
-def _save_state(state: RunState, stage: Path, placement: Placement) -> None:
-    """The one place ``run.json`` is written (by rank 0)."""
-    if placement.writes:
-        state.save(stage)
-
-
 def _checkpoint_store(stage: Path, config: PipelineConfig) -> CheckpointStore | None:
     keep = config.train.keep_checkpoints
     return CheckpointStore(stage / CHECKPOINTS, keep) if keep else None
 
 
+@dataclass
+class Run:
+    """One training run: what ``run.json`` holds (``state``, replaced as the run learns), its settings, the
+    folder it stages in and the one it commits to, this process's place (rank, device), its tokenizer and
+    checkpoints. Its methods are the phases: :meth:`phases` runs those left, each one's :meth:`vocab`,
+    :meth:`loaders`, :meth:`train_phase`, then :meth:`enter_refit` and :meth:`finish`.
+
+    Example:
+        >>> run = Run(RunState.start({"train": "train.csv", "dev": None, "test": None}, config.to_dict()), config, Path("runs/mine"), Placement())
+        >>> run.train_phase().fit.best_dev["accuracy"]
+    """
+
+    state: RunState
+    config: PipelineConfig
+    out: Path
+    placement: Placement
+    store: CheckpointStore | None = None
+    quiet: bool = False
+    tokenizer: Tokenizer | None = None  # one for every phase and loader: they share its chunk memo
+    stage: Path | None = None  # the staging folder; by default out's
+
+    def __post_init__(self) -> None:
+        self.quiet = self.quiet or not self.placement.writes
+        self.tokenizer = self.tokenizer or Tokenizer.from_config(self.config.tokenizer)
+        self.stage = self.stage or stage_of(self.out)
+
+    def phases(self, resume: dict | None = None) -> dict:
+        """Run the phases left from ``state.phase`` on (from the checkpoint ``resume`` when given), score the
+        test file and save everything into the staging folder. Returns the metrics."""
+        counts = None
+        if self.state.phase is Phase.TRAIN:
+            trained = self.train_phase(resume)
+            if not refits(self.config, self.state.data):
+                emit("phase_end", phase=Phase.TRAIN.value)
+                return self.finish(trained, trained.fit)
+            self.enter_refit(trained.fit, trained.head[1] if trained.head else None)
+            counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
+            trained, resume = None, None  # let the first model's weights go before the refit builds its own
+        refit = self.state.refit
+        early = FitResult(refit["epochs"], refit["best_dev"], refit["history"], refit.get("nb_linear"))
+        refitted = self.train_phase(resume, refit_epochs=early.best_epoch, counts=counts)
+        emit("phase_end", phase=Phase.REFIT.value)
+        return self.finish(refitted, early)
+
+    def save_state(self) -> None:
+        """The one place ``run.json`` is written (by rank 0)."""
+        if self.placement.writes:
+            self.state.save(self.stage)
+
+    def enter_refit(self, early: FitResult, head: dict | None) -> None:
+        """Record the train phase's result, which the refit starts from, and delete its checkpoints."""
+        if self.store is not None:
+            self.store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
+        emit("phase_end", phase=Phase.TRAIN.value)
+        self.state = replace(self.state, phase=Phase.REFIT, refit={
+            "epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history, "nb_linear": early.nb_linear,
+            **({"sentence_head": head} if head else {})})
+        self.save_state()
+        emit("phase_start", phase=Phase.REFIT.value)
+
+    def train_phase(self, resume: dict | None = None, refit_epochs: int = 0, counts: TrainingCounts | None = None) -> PhaseResult:
+        """Build (or reload) the vocabulary and train one model: with early stopping on dev, or,
+        given ``refit_epochs``, on every training row for that many epochs. ``counts``: the training
+        file's, when an earlier pass counted them for this phase's vocabulary."""
+        config, (train, test, dev) = self.config, (self.state.data[k] for k in ("train", "test", "dev"))
+        set_seed(config.train.seed)
+        holdout = 0 if dev or refit_epochs else config.data.holdout_every
+        vocab, counts = self.vocab(holdout, resume, counts)
+        self._log_phase(vocab, refit_epochs)
+        loaders = self.loaders(vocab, holdout)
+        model = build_model(self.model_config(vocab, self.state.labels))
+        if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
+            self.state = replace(self.state, vectors=fill_with_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), self.quiet))
+        if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
+            self.save_state()
+        if self.placement.writes:
+            check_free_space(self.stage, model, config.train.keep_checkpoints, self.quiet)
+        dev_loader = None if refit_epochs else loaders.of(dev) if dev else loaders.of(train, "dev")
+        skipped = self._count_skipped(loaders, dev_loader)
+        if not self.quiet and not refit_epochs and resume is None:
+            log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
+        result = self._fit(model, loaders.of(train, loaders.train_part, training=True), dev_loader, resume, refit_epochs)
+        chosen = self.state.refit if refit_epochs else {}
+        if getattr(model, "nb", None) is not None:
+            result.nb_linear = fit_nb_for_phase(model, loaders.of(train, loaders.train_part), dev_loader, chosen.get("nb_linear"),
+                                                self.state.num_train, quiet=self.quiet)
+        head = fit_phase_head(model, loaders, train, dev, chosen.get("sentence_head"), quiet=self.quiet) if config.model.encoder else None
+        return PhaseResult(model, vocab, self.state.labels, result, skipped, counts, head)
+
+    def vocab(self, holdout: int, resume: dict | None, counts: TrainingCounts | None):
+        """The phase's vocabulary and the counts it was made of (recording its labels in ``state``): made from
+        ``counts``, else from a pass over the training file (every rank makes the same; rank 0 saves it);
+        on a resume, the one saved before the checkpoint."""
+        if resume is not None:
+            return load_vocab(self.stage / VOCAB), None
+        config, train = self.config, self.state.data["train"]
+        if counts is None:
+            counts = count_training_file(train, holdout, self.tokenizer, config.data, quiet=self.quiet, ngrams=ngram_count_limit(config.model))
+        if self.state.ngram_table is None and ngram_count_limit(config.model)[1]:  # sized once, by the run's first count: every phase's alike
+            self.state = replace(self.state, ngram_table=ngram_table(config.model, counts.ngrams))
+        if holdout and counts.training_rows == sum(counts.label_counts.values()):
+            raise DataError(train, None, f"too few rows to hold any out for early stopping (about 1 in {holdout} is; none of "
+                            f"these {counts.training_rows}): give a dev file (--dev) or more rows")
+        vocab = counts.vocab(config.data)
+        self.state = replace(self.state, labels=label_order(counts.label_counts), label_counts=counts.label_counts,
+                             num_train=counts.training_rows, skipped=counts.skipped)
+        if self.placement.writes:
+            save_vocab(vocab, self.stage / VOCAB)
+        return vocab, counts
+
+    def loaders(self, vocab, holdout: int) -> Loaders:
+        """The phase's loaders: its vocabulary and labels, 1 training row in ``holdout`` held out for dev (0: none)."""
+        return Loaders(self.config, self.tokenizer, vocab, self.state.labels, holdout, self.placement, self.config.data.num_workers)
+
+    def model_config(self, vocab, labels: list[str]) -> ModelConfig:
+        """The model's config: the run's, sized to the vocabulary, the labels and the n-gram table the first count chose."""
+        sized = {"ngram_buckets": self.state.ngram_table["rows"]} if self.state.ngram_table else {}  # none recorded: a run from before the sizing
+        return ModelConfig(**{**self.config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels), **sized})
+
+    def finish(self, trained: PhaseResult, early: FitResult) -> dict:
+        """Score the shipped model (on the test file, else on dev), and on rank 0 write the bundle, config, metrics and
+        report into the staging folder and record the phase ``done``."""
+        state, config = self.state, self.config
+        test, dev = state.data["test"], state.data["dev"]
+        loaders = Loaders(config, self.tokenizer, trained.vocab, trained.labels, 0 if test or dev else config.data.holdout_every, self.placement)
+        mix = logits_mixer(trained.head[0], config, self.quiet) if trained.head else None
+        rows = loaders.of(test or dev or state.data["train"], "dev" if loaders.holdout else "all")
+        summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, self.placement.device, quiet=self.quiet, mix=mix)
+        metrics = self._metrics(trained, early, summary)
+        if not self.placement.writes:
+            return metrics
+        head, encoder = (trained.head[0], encoder_record(config.model.encoder)) if trained.head else (None, None)
+        bundle = Bundle(trained.model, trained.vocab, self.tokenizer, trained.labels, self.model_config(trained.vocab, trained.labels),
+                        config.train.to_dict(), head, encoder)
+        save_outputs(self.stage, bundle, Outputs(config, metrics, summary, mistakes, early.history, title=f"textpipe report: {self.out.name}",
+                                                 notes=self._report_notes(early) + head_notes(trained.head)))
+        self.state = replace(state, phase=Phase.DONE)
+        self.save_state()
+        emit("phase_start", phase=Phase.DONE.value)
+        return metrics
+
+    def _log_phase(self, vocab, refit_epochs: int) -> None:
+        if self.quiet:
+            return
+        state = self.state
+        what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
+        table = f", {state.ngram_table['rows']:,} hashed n-gram rows for {state.ngram_table['distinct_ngrams']:,} n-grams" if state.ngram_table else ""
+        log.info(f"{what}, {len(state.labels)} labels, vocabulary of {len(vocab)} tokens{table}")
+
+    def _count_skipped(self, loaders: Loaders, dev_loader) -> dict:
+        """Before training, so a bad dev or test row stops the run now; in skip mode, the counts (the DataLoader's
+        workers cannot report theirs). Train was counted with the vocabulary."""
+        skipped = {"train": self.state.skipped or {}}
+        if self.state.data["dev"]:
+            skipped["dev"] = dev_loader.dataset.count_skipped()
+        if self.state.data["test"]:
+            skipped["test"] = loaders.of(self.state.data["test"]).dataset.count_skipped()
+        return skipped
+
+    def _fit(self, model: torch.nn.Module, train_rows, dev_rows, resume: dict | None, refit_epochs: int) -> FitResult:
+        state, placement = self.state, self.placement
+        train_config = replace(self.config.train, device=str(placement.device), epochs=refit_epochs or self.config.train.epochs)
+        with run_scope(train_config.deterministic) as stop:
+            context = RunContext(placement.device, placement.rank, placement.world, self.quiet, checkpoints=self.store, resume=resume, stop=stop)
+            return fit(model, train_rows, dev_rows, train_config, len(state.labels), num_train=state.num_train,
+                       class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
+
+    def _metrics(self, trained: PhaseResult, early: FitResult, summary: dict) -> dict:
+        state = self.state
+        metrics = {"test": summary["overall"] if state.data["test"] else None, "dev": early.best_dev, "scored_on": self._scored_on(),
+                   "best_epoch": early.best_epoch, "history": early.history, **summary}
+        if state.phase is Phase.REFIT:
+            metrics["refit"] = {"epochs": early.best_epoch, "rows": state.num_train, "history": trained.fit.history}
+        if trained.fit.nb_linear is not None:  # after a refit: fit again on every row, with the train phase's choices and dev scores
+            metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
+        if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
+            metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
+        if self.config.data.source.on_bad_row == "skip":
+            metrics["skipped"] = trained.skipped
+        return metrics
+
+    def _scored_on(self, seen_from: Path | None = None) -> str:
+        """What the scores are on; with ``seen_from``, its paths relative to that folder (the report's)."""
+        shown = {k: v and (relative_path(v, seen_from) if seen_from else v) for k, v in self.state.data.items()}
+        test, dev = shown["test"], shown["dev"]
+        return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {shown['train']} (1 in {self.config.data.holdout_every})"
+
+    def _report_notes(self, early: FitResult) -> list[str]:
+        state, config = self.state, self.config
+        trained = f"best epoch {early.best_epoch} of {len(early.history)}"
+        if state.autotune is not None:
+            trained = f"configuration chosen by autotune ({len(state.autotune['trials'])} tried on dev, see run.json); " + trained
+        if state.phase is Phase.REFIT:
+            trained += f", then refit on all {state.num_train} training rows for {early.best_epoch} epochs"
+        train = relative_path(state.data["train"], self.out)
+        notes = [f"Model `{config.model.name}` trained on `{train}`; {trained}. Scores are on the {self._scored_on(self.out)}."]
+        if early.nb_linear is not None:
+            nb = early.nb_linear
+            notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"
+                         f" + {1 - nb['alpha']:g} x the linear path's, the share chosen on dev (bag alone {nb['dev']['bag']:.4f},"
+                         f" mixed {mixed_dev_accuracy(nb):.4f}).")
+        if not state.data["test"]:
+            notes.append("There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic.")
+        return notes + search_notes(state.autotune)

@@ -1,7 +1,7 @@
 """Where the text stages meet the tensor core: the pieces that compose files into a trained bundle.
 
 The checks made before the first token is read (:func:`check_settings`), the loaders
-over a file (:func:`_loader`), the vocabulary and label set from one pass over the training file,
+over a file (:class:`Loaders`), the vocabulary and label set from one pass over the training file,
 scoring a model on a labelled file and writing the bundle, ``metrics.json``, the
 effective config (``config.json``) and the report of :mod:`textpipe.bundle.report`
 (:func:`save_outputs`). :func:`report_file` writes the same report for a saved bundle
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
-from ..bundle.store import BundleError, load_bundle, save_bundle
+from ..bundle.store import Bundle, BundleError, load_bundle, save_bundle
 from ..bundle.describe import side_file
 from ..text.cache import cache_key
 from .config import DataConfig, PipelineConfig, toml_value
@@ -48,7 +48,7 @@ from ..bundle.report import misclassified, relative_path, summarize, write_repor
 from ..text.sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, column_names, read_examples
 from ..text.tokenizer import Tokenizer
 from ..core.metrics import predict_logits
-from ..core.runtime import resolve_device
+from ..core.runtime import Placement, resolve_device
 from ..text.vocab import vocab_from_counts
 
 METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
@@ -77,16 +77,46 @@ def check_settings(config: PipelineConfig, data: dict) -> None:
             raise DataError(path, None, f"the {part} file holds no usable row" + (f" ({sum(skipped.values())} bad)" if skipped else " (only a header?)"))
 
 
-def _loader(path, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels, device, part="all", holdout=0, training=False, rank=0, world=1, num_workers=0) -> StatefulDataLoader:
-    # Batches bucketed by length when training, read from the cache when there is one.
-    dataset = TextClassificationDataset(path, tokenizer, vocab, labels, holdout_every=holdout, part=part, source=config.data.source,
-                                        cache_dir=cache_folder(config.data.cache_dir))
-    return make_loader(
-        dataset, config.train.batch_size if training else config.data.eval_batch_size,
-        shuffle_buffer=config.data.shuffle_buffer if training else 0, bucket=config.data.bucket and training, seed=config.train.seed,
-        rank=rank if training else 0, world_size=world if training else 1,  # each rank evaluates all of dev and test
-        num_workers=num_workers, pin_memory=device.type == "cuda",
-    )
+@dataclass(frozen=True)
+class Loaders:
+    """The loaders over one phase's files, all with the same tokenizer, vocabulary, labels and hold-out.
+
+    ``holdout``: 1 row in ``holdout`` of the training file is a dev row (0: none are, the phase trains
+    on every row). Only training batches are sharded by rank; every rank scores all of dev and test.
+
+    Example:
+        >>> loaders = Loaders(PipelineConfig(), Tokenizer(), vocab, ["neg", "pos"], holdout=10)
+        >>> train, dev = loaders.of("train.csv", loaders.train_part, training=True), loaders.of("train.csv", "dev")
+    """
+
+    config: PipelineConfig
+    tokenizer: Tokenizer
+    vocab: object  # torchtext Vocab
+    labels: list[str]
+    holdout: int = 0
+    placement: Placement = field(default_factory=Placement)
+    workers: int = 0  # DataLoader workers; a scoring pass needs none, so its predictions come in file order
+
+    @property
+    def train_part(self) -> str:
+        return "train" if self.holdout else "all"
+
+    def of(self, path, part: str = "all", *, training: bool = False) -> StatefulDataLoader:
+        """A loader over ``path``'s ``part`` ("all", "train" or "dev"): shuffled and bucketed by length when ``training``,
+        read from the token cache when there is one."""
+        config, placement = self.config, self.placement
+        dataset = TextClassificationDataset(path, self.tokenizer, self.vocab, self.labels, holdout_every=self.holdout if part != "all" else 0,
+                                            part=part, source=config.data.source, cache_dir=cache_folder(config.data.cache_dir))
+        return make_loader(
+            dataset, config.train.batch_size if training else config.data.eval_batch_size,
+            shuffle_buffer=config.data.shuffle_buffer if training else 0, bucket=config.data.bucket and training, seed=config.train.seed,
+            rank=placement.rank if training else 0, world_size=placement.world if training else 1,
+            num_workers=self.workers, pin_memory=placement.device.type == "cuda",
+        )
+
+    def in_order(self) -> "Loaders":
+        """The same loaders without workers, for a pass whose predictions must line up with the file's rows."""
+        return replace(self, workers=0)
 
 
 NGRAM_ROWS_PER_NGRAM = 8  # the bag's hashed table sized to the data: at most 1 in 8 of its rows taken, so few n-grams share one
@@ -116,7 +146,8 @@ def ngram_count_limit(model: ModelConfig) -> tuple[int, int]:
     return (model.max_ngram, model.ngram_buckets // NGRAM_ROWS_PER_NGRAM + 1)  # past that many the cap is the size
 
 
-def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataConfig, quiet: bool, ngrams: tuple[int, int] = (1, 0)) -> TrainingCounts:
+def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataConfig, *, quiet: bool = True,
+                        ngrams: tuple[int, int] = (1, 0)) -> TrainingCounts:
     """One streaming pass over the training file: the token counts of its training part and of
     the rows held out of it (1 in ``holdout``; 0 holds none out), the rows per label, the rows skipped by reason,
     and, with ``ngrams`` = (max_ngram, limit), how many different n-grams it has (up to ``limit``).
@@ -215,7 +246,7 @@ def trained_history(file: Path) -> list[dict] | None:
 
 
 def report_file(
-    bundle_dir: str | Path, data: str | Path, out: str | Path, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None
+    bundle_dir: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None
 ) -> dict:
     """Score a saved bundle on a labelled file and write the report (``metrics.json`` and all) into ``out``.
 
@@ -231,7 +262,7 @@ def report_file(
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
     loader = make_loader(ds, batch_size)
-    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet, sentence_mixer(bundle))
+    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet=quiet, mix=sentence_mixer(bundle))
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
     write_json_atomic(make_folder(out) / METRICS, summary)
@@ -243,7 +274,7 @@ def report_file(
     return summary
 
 
-def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, quiet: bool = True, mix=None) -> tuple[dict, list]:
+def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, *, quiet: bool = True, mix=None) -> tuple[dict, list]:
     """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers;
     ``mix(logits, texts)``, when given, turns the model's logits into the shipped ones (the sentence encoder's mix)."""
     if loader.num_workers:
@@ -258,19 +289,31 @@ def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device
     return summary, misclassified(texts, logits, gold, labels)
 
 
-def save_outputs(out: Path, model: torch.nn.Module, vocab, tokenizer: Tokenizer, labels: list[str], config: PipelineConfig, metrics: dict,
-                 summary: dict, mistakes: list, history: list[dict], title: str, notes: list[str], head=None, encoder: dict | None = None) -> None:
-    """Write a trained model's bundle, ``config.json``, ``metrics.json`` and report into ``out``; with a sentence
-    ``head``, its weights and the ``encoder`` record in the bundle too."""
-    # The table's size is the model's own: the bag's n-gram table is sized to the training file (models.ngram_table_rows).
-    model_config = ModelConfig(**{**config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels),
-                                  "ngram_buckets": model.config.ngram_buckets})
-    save_bundle(out, model, vocab, tokenizer, labels, model_config, config.train.to_dict(), head=head,
-                extra={"encoder": encoder} if encoder else None)
-    write_json_atomic(out / CONFIG, config.to_dict())
-    write_json_atomic(out / METRICS, metrics)
-    features = strongest_features(model, vocab, labels)
-    write_report(out, summary, mistakes, history, title=title, features=features, notes=notes)
+@dataclass
+class Outputs:
+    """What a finished run writes beside its bundle: its config, ``metrics.json``, and the report's content.
+
+    Example:
+        >>> save_outputs(Path("runs/mine"), bundle, Outputs(config, metrics, summary, mistakes, history, title="textpipe report: mine"))
+    """
+
+    config: PipelineConfig
+    metrics: dict
+    summary: dict  # the report's numbers (summarize)
+    mistakes: list  # the misclassified rows
+    history: list[dict]  # per epoch, for the learning curves
+    title: str = "textpipe report"
+    notes: list[str] = field(default_factory=list)
+
+
+def save_outputs(out: Path, bundle: Bundle, outputs: Outputs) -> None:
+    """Write a trained model's bundle (with a sentence head, its weights and encoder record too), ``config.json``,
+    ``metrics.json`` and the report into ``out``."""
+    save_bundle(out, bundle)
+    write_json_atomic(out / CONFIG, outputs.config.to_dict())
+    write_json_atomic(out / METRICS, outputs.metrics)
+    features = strongest_features(bundle.model, bundle.vocab, bundle.labels)
+    write_report(out, outputs.summary, outputs.mistakes, outputs.history, title=outputs.title, features=features, notes=outputs.notes)
 
 
 def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:

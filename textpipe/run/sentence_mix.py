@@ -11,7 +11,7 @@ phase's choices reused on every training row. The test scores are those of the m
 Nothing here runs while ``model.encoder`` is unset.
 
 Example:
-    >>> head, record = fit_phase_head(model, config, tokenizer, vocab, labels, "train.csv", "train", 10, None, None, quiet=True)
+    >>> head, record = fit_phase_head(model, Loaders(config, tokenizer, vocab, labels, holdout=10), "train.csv", None, None)
     >>> summary, _ = score_and_list_mistakes(model, rows, labels, "cpu", mix=logits_mixer(head, config))
 """
 
@@ -27,9 +27,8 @@ import torch
 from ..text.dataset import TextClassificationDataset
 from ..core.files import cache_home
 from ..core.metrics import predict_logits
-from .pipeline import PipelineConfig, _loader, cache_folder
+from .pipeline import Loaders, PipelineConfig, cache_folder
 from ..core.sentence_head import SentenceHead, fit_head
-from ..text.tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # imported when first used: a run without an encoder never loads torchtext's BERT tokenizer
     from ..text.sentence import SentenceEncoder
@@ -64,22 +63,23 @@ def run_cache(config: PipelineConfig) -> Path | None:
     return cache_folder(config.data.cache_dir)
 
 
-def fit_phase_head(model: torch.nn.Module, config: PipelineConfig, tokenizer: Tokenizer, vocab, labels: list[str], train, train_part: str,
-                   holdout: int, dev, chosen: dict | None, quiet: bool) -> tuple[SentenceHead, dict]:
-    """The head on the phase's training rows: C and beta chosen on dev (``dev``: a dev file, or None for the rows
-    held out of ``train``), or ``chosen``'s (a refit)."""
-    if chosen is None and dev is None and train_part == "all":  # a refit that inherits no choice (after --autotune)
+def fit_phase_head(model: torch.nn.Module, loaders: Loaders, train, dev, chosen: dict | None, *, quiet: bool = True) -> tuple[SentenceHead, dict]:
+    """The head on the phase's training rows of ``train``: C and beta chosen on dev (``dev``: a dev file, or None
+    for the rows held out of ``train``), or ``chosen``'s (a refit)."""
+    if chosen is None and dev is None and loaders.train_part == "all":  # a refit that inherits no choice (after --autotune)
         raise ValueError("the sentence head's C and beta are chosen on dev: this phase has neither dev rows nor the train phase's choice")
+    config = loaders.config
     encoder = sentence_encoder(config.model.encoder)
-    part = TextClassificationDataset(train, tokenizer, vocab, labels, holdout_every=holdout if train_part != "all" else 0, part=train_part,
-                                     source=config.data.source)
+    part = TextClassificationDataset(train, loaders.tokenizer, loaders.vocab, loaders.labels, holdout_every=loaders.holdout,
+                                     part=loaders.train_part, source=config.data.source)
     rows = [(example.text, part.label_index[example.label]) for example in part.examples()]
     x = sentence_vectors(encoder, [text for text, _ in rows], run_cache(config), quiet)
     y = torch.tensor([label for _, label in rows], dtype=torch.long)
+    labels = loaders.labels
     if chosen is not None:
         head, record = fit_head(x, y, len(labels), C=chosen["C"], beta=chosen["beta"])
     else:
-        dev_rows = _loader(dev or train, config, tokenizer, vocab, labels, torch.device("cpu"), "all" if dev else "dev", 0 if dev else holdout)
+        dev_rows = loaders.in_order().of(dev or train, "all" if dev else "dev")
         logits, gold = predict_logits(model, dev_rows, next(model.parameters()).device)
         dev_x = sentence_vectors(encoder, [example.text for example in dev_rows.dataset.examples()], run_cache(config), quiet)
         head, record = fit_head(x, y, len(labels), dev=(dev_x, gold, logits.softmax(1)))

@@ -14,7 +14,7 @@ import csv
 import itertools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from .reading import DataError, Lines, RecordTooLong, Row, open_lines, records, too_long
 
@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 # would stop it before that on long reviews, so it is raised while csv parses our rows, and only then.
 _FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 _AT_END_OF_FILE = "unexpected end of data"  # csv's error for a quote still open when the file ends
+
+
+class Columns(NamedTuple):
+    """Where a row's text (its columns joined) and label are, and whether the label is read."""
+
+    text_at: list[int]
+    label_at: int | None
+    with_labels: bool
 
 
 def _parse(reader) -> list[str]:
@@ -47,6 +55,7 @@ def read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels
         # strict=True: a quote still open at the end of the file is an error, not a field holding the rest of it.
         reader = new_reader()
         width, text_at, label_at = _columns(path, reader, config, with_labels)
+        columns = Columns(text_at, label_at, with_labels)
         lines.seek(start)  # csv.reader pulls lines one at a time, so it holds none past the header
         for line, offset, row, err in records(lines, lambda: _parse(reader), (csv.Error, RecordTooLong)):
             if err is not None:
@@ -62,16 +71,17 @@ def read_delimited(path: str | Path, fmt: str, config: SourceConfig, with_labels
             if width is None:
                 width = len(row)  # without a header, the first row sets the number of columns
             spans_lines = lines.line > line
-            swallowed = spans_lines and len(row) == width and _swallowed_rows(row, fmt, width, text_at, label_at, newline)
+            swallowed = spans_lines and len(row) == width and _swallowed_rows(row, fmt, width, columns, newline)
             closed_on = lines.line
             if spans_lines and (len(row) != width or swallowed):  # a quote spread this bad row over the lines after it: they are rows of their own
                 lines.restart_after(line, offset)
                 reader = new_reader()
-            yield Row(line, problem=_late_quote(swallowed, closed_on)) if swallowed else _row(row, line, width, text_at, label_at, with_labels, lines.end)
+            yield Row(line, problem=_late_quote(swallowed, closed_on)) if swallowed else _row(row, line, width, columns, lines.end)
 
 
-def _row(fields: list[str], line: int, width: int, text_at: list[int], label_at: int | None, with_labels: bool, end) -> Row:
+def _row(fields: list[str], line: int, width: int, columns: Columns, end) -> Row:
     """The row of a parsed record, or its problem with the columns."""
+    text_at, label_at, with_labels = columns
     if len(fields) != width:
         return Row(line, problem=("wrong number of columns", f"expected {width} columns, found {len(fields)}"))
     if label_at is not None and label_at >= len(fields) and with_labels:
@@ -82,13 +92,13 @@ def _row(fields: list[str], line: int, width: int, text_at: list[int], label_at:
     return Row(line, " ".join(fields[i] for i in text_at), label, end=end)
 
 
-def _swallowed_rows(fields: list[str], fmt: str, width: int, text_at: list[int], label_at: int | None, newline: str) -> int:
+def _swallowed_rows(fields: list[str], fmt: str, width: int, columns: Columns, newline: str) -> int:
     """How many of the lines a quoted field spread over read as rows of their own (the right number of
     columns, a text, a label of one word, after the file's own line ending): a quote that opened in one
     row and closed rows later."""
     pieces = [piece.rstrip("\r") for field in fields for before, piece in itertools.pairwise(field.split("\n"))
               if before.endswith("\r") == (newline == "\r\n")]  # broken as the file breaks its rows (csv.writer's "\r\n" rows keep a text's "\n")
-    return sum(1 for piece in pieces if (cells := _cells(piece, fmt)) and len(cells) == width and _row_like(cells, text_at, label_at))
+    return sum(1 for piece in pieces if (cells := _cells(piece, fmt)) and len(cells) == width and _row_like(cells, columns.text_at, columns.label_at))
 
 
 def _cells(line: str, fmt: str) -> list[str] | None:
