@@ -124,3 +124,20 @@ def test_no_module_over_400_lines_and_no_function_over_50():
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 50
     ]
     assert long_modules == [] and long_functions == []
+
+
+def test_no_function_outside_the_cli_takes_more_than_five_arguments():
+    """Positional or required parameters besides self/cls: a sixth travels in an object (Run, Loaders, Bundle, Outputs)
+    or as a keyword-only option with a default."""
+    crowded = []
+    for p in PACKAGE.rglob("*.py"):
+        if "cli" in p.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                positional = [x for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")]
+                required = [k for k, default in zip(a.kwonlyargs, a.kw_defaults) if default is None]
+                if len(positional) + len(required) > 5:
+                    crowded.append(f"{module_name(p)}.{node.name}")
+    assert crowded == []
