@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from .config import batch_choice, with_batch
 from .checkpoint import CheckpointError, CheckpointStore
 from .events import emit
 from .files import is_disk_full
@@ -242,7 +244,9 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     set_seed(config.train.seed)
     train_part = "all" if dev or refit_epochs else "train"
     holdout = 0 if train_part == "all" else config.data.holdout_every
+    phase, start = "refit" if refit_epochs else "train", time.perf_counter()
     state, vocab, counts = _phase_vocab(state, stage, config, tokenizer, placement, holdout, quiet, resume, counts)
+    state, config = _phase_batch(state.timed(f"{phase}.count", start), config, quiet)
     if not quiet:
         what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
         table = f", {state.ngram_table['rows']:,} hashed n-gram rows for {state.ngram_table['distinct_ngrams']:,} n-grams" if state.ngram_table else ""
@@ -267,16 +271,28 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
     if not quiet and not refit_epochs and resume is None:
         log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
     train_config = replace(config.train, device=str(placement.device), epochs=refit_epochs or config.train.epochs)
+    start = time.perf_counter()
     with run_scope(train_config.deterministic) as stop:
         context = RunContext(placement.device, placement.rank, placement.world, quiet, checkpoints=store, resume=resume, stop=stop)
         result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
                      class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
+    state, start = state.timed(f"{phase}.epochs", start), time.perf_counter()
     if getattr(model, "nb", None) is not None:
         result.nb_linear = fit_nb_for_phase(model, loader(train, train_part), dev_loader, state.refit.get("nb_linear") if refit_epochs else None,
                                           state.num_train, quiet)
+        state = state.timed(f"{phase}.nb_linear", start)
     head = fit_phase_head(model, config, tokenizer, vocab, state.labels, train, train_part, holdout, dev,
                           state.refit.get("sentence_head") if refit_epochs else None, quiet) if config.model.encoder else None
     return state, PhaseResult(model, vocab, state.labels, result, skipped, counts, head)
+
+
+def _phase_batch(state: RunState, config: PipelineConfig, quiet: bool) -> tuple[RunState, PipelineConfig]:
+    """The batch size (and lr) the phase trains with: chosen once, from the first phase's training rows, so the refit trains alike."""
+    if state.batch is None:
+        state = replace(state, batch=batch_choice(config.train, state.num_train))
+        if not quiet and config.train.batch_size == "auto":
+            log.info(f"batch size {state.batch['size']} (chosen from the {state.num_train:,} training rows; --batch-size sets it)")
+    return state, with_batch(config, state.batch)
 
 
 def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
@@ -312,6 +328,7 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
                     placement: Placement, quiet: bool, tokenizer: Tokenizer) -> dict:
     """Score the shipped model (on the test file, else on dev), and on rank 0 write the bundle, config, metrics and report."""
     test, dev = state.data["test"], state.data["dev"]
+    config, start = with_batch(config, state.batch), time.perf_counter()  # config.json and the bundle: the batch size trained with
     # No workers for the scoring pass: predictions then come in file order and line up with the texts.
     holdout = 0 if test or dev else config.data.holdout_every
     rows = _loader(test or dev or state.data["train"], config, tokenizer, trained.vocab, trained.labels, placement.device,
@@ -328,13 +345,14 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
         metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
+    state, start = state.timed("score", start), time.perf_counter()
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
                  title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final) + head_notes(trained.head),
                  head=trained.head and trained.head[0],
                  encoder=trained.head and encoder_record(config.model.encoder))
-    _save_state(replace(state, phase=Phase.DONE), stage, placement)
+    _save_state(replace(state.timed("save", start), phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)
     return metrics
 
