@@ -72,13 +72,13 @@ def log(message: str) -> None:
 
 def run_process(cmd: list[str], env: dict | None = None) -> dict:
     """Wall time and peak RSS of ``cmd`` as a fresh process; its last stdout line, when JSON, merged in."""
-    start = time.perf_counter()
+    load, start = os.getloadavg()[0], time.perf_counter()  # the machine is shared: how busy it was, beside each time
     child = subprocess.run([sys.executable, "-c", RSS, *cmd], capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT,
                            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})})
     wall = time.perf_counter() - start
     if child.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{child.stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), **json.loads(child.stdout.strip().splitlines()[-1])}
+    return {"wall_s": round(wall, 2), "load_1min_before": round(load, 2), **json.loads(child.stdout.strip().splitlines()[-1])}
 
 
 def fasttext_run(train: Path, epochs: int, lr: float) -> dict:
@@ -175,7 +175,10 @@ def main() -> None:
     args = parser.parse_args()
     groups = args.only or ["1m", "rss", "mr"]
     WORK.mkdir(parents=True, exist_ok=True)
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}", "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    # --only: the other groups' figures are kept from the last run
+    result = json.loads((RESULTS / "scale.json").read_text()) if args.only and (RESULTS / "scale.json").is_file() else {}
+    result.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                  **{f"when_{group}": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()) for group in groups})
     if "1m" in groups:
         result["big"] = big_file(args.rows)
     if "rss" in groups:
