@@ -156,7 +156,8 @@ def markdown(r: dict) -> str:
         lines += [row(f"fastText, {b['rows']:,} rows, bigrams, 5 epochs, lr 0.5", b["fasttext"], None),
                   row("textpipe --epochs 5 --no-refit, cold token cache", b["no_refit_cold"], b["fasttext"]),
                   row("same, warm token cache", b["no_refit_warm"], b["fasttext"]),
-                  row("textpipe default (early stopping + refit), warm cache", b["default_warm"], b["fasttext"])]
+                  row("textpipe default (early stopping + refit); the train phase's caches warm, the refit's (all rows, its own vocabulary) built in the run",
+                      b["default_warm"], b["fasttext"])]
     if "memory" in r:
         m = r["memory"]
         lines += [row(f"textpipe --epochs 5 --no-refit, {k} rows, warm cache", m[k], None) for k in m if k != "rss_ratio"]
