@@ -25,7 +25,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy bench-encoder
+.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy bench-encoder bench-scale
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -94,10 +94,15 @@ clean:  ## remove the venv and trained runs (keeps the data cache)
 bench-memory: $(STAMP)  ## peak RSS of one epoch on 100k vs 1M rows -> bench/results/memory.json (about 3 min)
 	OMP_NUM_THREADS=1 $(PY) bench/memory.py
 
-bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR, and the server under load -> bench/results/speed.{json,md}, serve.json (about 9 min)
+bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR, the server under load, and 1M rows vs fastText -> bench/results/speed.{json,md}, serve.json, scale.{json,md} (about 25 min)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/speed.py
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py
+	OMP_NUM_THREADS=1 $(PY) bench/scale.py
+
+bench-scale: $(STAMP)  ## a 1,000,000-row tiling of mr: textpipe train (--epochs 5 --no-refit cold and warm, the default) vs fastText, peak RSS at 100k vs 1M, mr default vs fastText -> bench/results/scale.{json,md} (about 15 min)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(PY) bench/scale.py $(ARGS)
 
 bench-encoder: $(STAMP)  ## the sentence encoder: texts/s (float32, int8, float16) on mr's test texts and this machine's float32 ceiling; ARGS="--bundle RUN --train" adds predict and train processes -> bench/results/encoder.json
 	$(PY) bench/encoder.py $(ARGS)

@@ -163,7 +163,7 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
         f"spacy tokenizer: the language of spaCy's blank tokenizer, e.g. de, fr, es, zh, or xx for many (default: {TokenizerConfig.lang}); "
         "recorded in the bundle, so predict tokenizes alike"))
     conf.add_argument("--epochs", type=int, default=S, help=f"maximum epochs (default: {T.epochs})")
-    conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {T.batch_size})")
+    conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {T.batch_size}: chosen from the training rows, 32 for small files; see docs/benchmarks.md)")
     conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {T.lr})")
     conf.add_argument("--patience", type=int, default=S, help=f"epochs without a new best dev epoch before stopping (default: {T.patience}); see README, Early stopping")
     conf.add_argument("--min-delta", type=float, default=S, help=f"dev accuracy must rise by more than this to count as progress (default: {T.min_delta})")

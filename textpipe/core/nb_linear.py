@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 C_CHOICES = (1.0, 3.0, 10.0)  # inverse L2 strength, as scikit-learn's LogisticRegression(C=...)
 ALPHAS = tuple(a / 10 for a in range(11))  # the bag's share of the mixed probabilities
 MAX_ROWS = 300_000  # the fit holds every training row's ids; past this the bag is on its own (and needs no help)
+FIT_ROWS = 25_000  # past this many training rows the fit reads every k-th batch (about this many rows): its cost stops growing with the file
 
 
 class Presence:
@@ -132,13 +133,15 @@ def class_probabilities(scores: torch.Tensor) -> torch.Tensor:
     return members / members.sum(1, keepdim=True)
 
 
-def presence(model: torch.nn.Module, batches: Iterable[Batch], columns: torch.Tensor | None = None,
-             max_rows: int | None = None, bag: bool = False) -> Presence | None:
-    """The rows of ``batches`` as :class:`Presence`, in the bag's ids (None past ``max_rows``); with ``bag``,
-    the bag's own probabilities of them too (the model with ``alpha`` still 1), from the same pass."""
+def presence(model: torch.nn.Module, batches: Iterable[Batch], *, columns: torch.Tensor | None = None,
+             max_rows: int | None = None, bag: bool = False, every: int = 1) -> Presence | None:
+    """The rows of ``batches`` (every ``every``-th batch) as :class:`Presence`, in the bag's ids (None past ``max_rows``);
+    with ``bag``, the bag's own probabilities of them too (the model with ``alpha`` still 1), from the same pass."""
     ids, counts, labels, probabilities, rows = [], [], [], [], 0
     with torch.no_grad():
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            if i % every:
+                continue
             rows += len(batch)
             if max_rows is not None and rows > max_rows:
                 return None
@@ -212,24 +215,24 @@ def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_batches: Iterable[Batch] | None = None, *,
-                  C: float | None = None, alpha: float | None = None, max_rows: int = MAX_ROWS) -> dict | None:
+                  C: float | None = None, alpha: float | None = None, max_rows: int = MAX_ROWS, every: int = 1) -> dict | None:
     """Fit ``model.nb`` on the rows of ``train_batches`` and set its ``alpha``; returns what was chosen, or None.
 
     Without ``C`` and ``alpha`` both are chosen on ``dev_batches``: C by the linear
     model's own dev accuracy (ties: the smaller C), then alpha by the mixture's (ties:
     the alpha nearest 1, the bag alone). None, with the bag left alone, past
-    ``max_rows`` training rows.
+    ``max_rows`` training rows. ``every``: fit on every ``every``-th training batch only (a large file's subsample).
     """
     nb = model.nb
     was_training = model.training
     model.eval()
     try:
-        data = presence(model, train_batches, max_rows=max_rows)
+        data = presence(model, train_batches, max_rows=max_rows, every=every)
         if data is None:
             log.info(f"more than {max_rows:,} training rows: the NB linear path is left out (alpha = 1, the bag alone)")
             return None
         num_classes = int(model.head.out_features)
-        record = {"rows": data.shape[0], "features": data.shape[1]}
+        record = {"rows": data.shape[0], "features": data.shape[1], **({"every": every} if every > 1 else {})}
         if C is None or alpha is None:
             nb.alpha.fill_(1.0)
             dev = presence(model, dev_batches, columns=data.columns, bag=True)
@@ -264,8 +267,10 @@ def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict 
         if too_many and not quiet:
             log.info(f"{num_train:,} training rows (over {MAX_ROWS:,}): the NB linear path is left out, the model is the bag alone")
         return None
-    record = fit_nb_linear(model, train_rows, dev_rows, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
+    every = -(-num_train // FIT_ROWS)  # 1 up to FIT_ROWS rows: small files are fit on every row
+    record = fit_nb_linear(model, train_rows, dev_rows, every=every, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
     if record is not None and not quiet:
         log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
+                 + (f", fit on every {every}th batch ({record['rows']:,} of {num_train:,} rows)" if every > 1 else "")
                  + (f" (dev accuracy: bag {record['dev']['bag']:.4f}, mixed {mixed_dev_accuracy(record):.4f})" if "dev" in record else ""))
     return record

@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Iterable, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ log = logging.getLogger("textpipe")  # the CLI sends it to stderr; a library cal
 class TrainConfig:
     # Chosen on dev splits: a small constant lr with early stopping trains small files long enough, large ones without overfitting.
     epochs: int = 60  # at most; with "linear" the learning rate decays over this many epochs
-    batch_size: int = 32
+    batch_size: int | Literal["auto"] = "auto"  # "auto": from the training rows (config.batch_choice): 32 up to 32,767 rows, up to 1024 past that
     lr: float = 1e-3  # AdamW for dense layers, RowAdam for sparse embedding tables
     weight_decay: float = 0.0
     schedule: str = "constant"  # "linear" (per epoch), "constant", or "linear_steps" (per step, to 0 at the last step)
@@ -76,7 +76,7 @@ class TrainConfig:
             raise ValueError(f"need 0 <= warmup < 1, 0 <= label_smoothing < 1 and grad_clip >= 0: {self}")
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.lr <= 0 or self.min_delta < 0:
+        if self.epochs < 1 or (self.batch_size != "auto" and self.batch_size < 1) or self.patience < 1 or self.lr <= 0 or self.min_delta < 0:
             raise ValueError(f"epochs, batch_size and patience must be >= 1, lr > 0 and min_delta >= 0: {self}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or not self.checkpoint_seconds > 0:
             raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0, checkpoint_seconds > 0: {self}")
@@ -392,7 +392,7 @@ def _steps_per_epoch(train_loader, num_train: int | None, config: TrainConfig) -
     """Optimizer steps in one epoch, for a per-step schedule (0 when the schedule steps per epoch)."""
     if not per_step_schedule(config):
         return 0
-    if num_train:
+    if num_train and config.batch_size != "auto":
         return -(-num_train // config.batch_size)
     try:
         return len(train_loader)

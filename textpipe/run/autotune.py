@@ -49,7 +49,8 @@ import torch
 from .config import PipelineConfig
 from ..core.nb_linear import mixed_dev_accuracy
 from .pipeline import Loaders, check_settings
-from .phases import PhaseResult, dev_result, train_files
+from .outcome import PhaseResult
+from .phases import dev_result, train_files
 from .folder import refuse_occupied
 from ..core.runtime import RunSignals
 from ..text.sentence_cache import SentenceCache, text_digest

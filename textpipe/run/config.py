@@ -26,7 +26,7 @@ import tokenize
 import tomllib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -118,6 +118,35 @@ class PipelineConfig:
     def from_dict(cls, d: dict) -> "PipelineConfig":
         """The inverse of :meth:`to_dict` (see :func:`load`): missing keys keep their defaults."""
         return load(cls, d)
+
+
+STEPS_PER_EPOCH = 512  # train.batch_size "auto": at least this many optimizer steps an epoch, once the data is large enough for it
+BATCH_RANGE = (32, 1024)  # ... in powers of two between these: 32, best on small files (up to 32,767 rows), to 1024
+
+
+def batch_choice(train: TrainConfig, rows: int) -> dict:
+    """The batch size (and learning rate) a run trains with, from its ``rows`` training rows: ``train``'s own
+    when it sets one, else (``batch_size = "auto"``) the largest power of two of at most ``rows /
+    STEPS_PER_EPOCH``, within ``BATCH_RANGE``. Recorded in ``run.json`` as ``batch``; the rule was chosen on dev
+    splits of tiled training files (``bench/results/batch_rule.json``).
+
+    Example:
+        >>> batch_choice(TrainConfig(), 8_636)["size"], batch_choice(TrainConfig(), 100_000)["size"], batch_choice(TrainConfig(), 900_000)["size"]
+        (32, 128, 1024)
+    """
+    if train.batch_size != "auto":
+        return {"size": train.batch_size, "lr": train.lr, "rows": rows, "rule": "train.batch_size"}
+    low, high = BATCH_RANGE
+    size = max(low, min(high, 1 << max(0, (rows // STEPS_PER_EPOCH).bit_length() - 1)))
+    return {"size": size, "lr": train.lr, "rows": rows,
+            "rule": f"auto: the largest power of two <= training rows / {STEPS_PER_EPOCH}, from {low} to {high}"}
+
+
+def with_batch(config: PipelineConfig, choice: dict | None) -> PipelineConfig:
+    """``config`` training with the batch size and learning rate of ``choice`` (a :func:`batch_choice`; None: as it is)."""
+    if choice is None:  # a run.json from before the choice was recorded
+        return config
+    return replace(config, train=replace(config.train, batch_size=choice["size"], lr=choice["lr"]))
 
 
 # --- in: plain data -> dataclasses ---------------------------------------------------------------

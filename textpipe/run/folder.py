@@ -31,7 +31,7 @@ import shutil
 import stat
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -260,12 +260,20 @@ class RunState:
     fingerprint: dict | None = None  # "train" (and "dev") -> the file's content digest: a resume refuses a changed file
     vectors: dict | None = None  # pretrained vectors' coverage of the vocabulary
     ngram_table: dict | None = None  # the bag's hashed n-gram table: its rows, the training file's n-grams, the cap and the rule
+    batch: dict | None = None  # the training batch size (and lr) chosen from the training rows: train.batch_size = "auto" (config.batch_choice)
+    seconds: dict | None = None  # where the time went: "train.count", "train.epochs", "train.nb_linear", "refit.*", "score", "save" -> seconds
 
     @classmethod
     def start(cls, data: dict, config: dict) -> "RunState":
         """A new run's state, in the train phase: its data files (made absolute), config and provenance."""
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return cls(Phase.TRAIN, created, _versions(), {k: None if v is None else _absolute(v) for k, v in data.items()}, config)
+
+    def timed(self, key: str, start: float) -> "RunState":
+        """This state with the seconds since ``start`` (a ``time.perf_counter()``) added to ``seconds[key]``."""
+        seconds = dict(self.seconds or {})
+        seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 3)
+        return replace(self, seconds=seconds)
 
     def to_dict(self) -> dict:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "phase"}

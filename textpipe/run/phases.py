@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,17 +36,18 @@ from ..core.checkpoint import CheckpointError, CheckpointStore
 from ..core.events import emit
 from ..core.files import is_disk_full
 from ..core.models import ModelConfig, build_model
-from ..core.nb_linear import fit_nb_for_phase, mixed_dev_accuracy
+from ..core.nb_linear import fit_nb_for_phase
+from .config import batch_choice, with_batch
 from .pipeline import (
     METRICS, VOCAB, Loaders, Outputs, PipelineConfig, TrainingCounts, check_settings, config_summary, count_training_file, label_order,
     ngram_count_limit, ngram_table, save_outputs, score_and_list_mistakes,
 )
-from ..bundle.report import relative_path, search_notes
 from ..bundle.store import Bundle
 from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
     is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
+from .outcome import PhaseResult, report_notes, run_metrics
 from .sentence_mix import encoder_record, fit_phase_head, head_notes, logits_mixer
 from ..text.sources import DataError
 from ..text.tokenizer import Tokenizer
@@ -55,19 +57,6 @@ from ..text.vectors import fill_with_vectors
 from ..text.vocab import load_vocab, save_vocab
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
-
-
-@dataclass
-class PhaseResult:
-    """What one phase of training leaves: the model and the vocabulary it reads, and how training went."""
-
-    model: torch.nn.Module
-    vocab: object  # torchtext Vocab
-    labels: list[str]
-    fit: FitResult
-    skipped: dict[str, dict[str, int]]  # part -> reason -> rows (counted in skip mode)
-    counts: TrainingCounts | None  # what the vocabulary was made of (None on a resume: it was loaded)
-    head: tuple | None = None  # with model.encoder: the sentence head and its record (C, beta, dev scores)
 
 
 def refits(config: PipelineConfig, data: dict) -> bool:
@@ -259,7 +248,10 @@ class Run:
         config, (train, test, dev) = self.config, (self.state.data[k] for k in ("train", "test", "dev"))
         set_seed(config.train.seed)
         holdout = 0 if dev or refit_epochs else config.data.holdout_every
+        phase, start = "refit" if refit_epochs else "train", time.perf_counter()
         vocab, counts = self.vocab(holdout, resume, counts)
+        self.timed(f"{phase}.count", start)
+        config = self.choose_batch()
         self._log_phase(vocab, refit_epochs)
         loaders = self.loaders(vocab, holdout)
         model = build_model(self.model_config(vocab, self.state.labels))
@@ -273,11 +265,14 @@ class Run:
         skipped = self._count_skipped(loaders, dev_loader)
         if not self.quiet and not refit_epochs and resume is None:
             log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
+        start = time.perf_counter()
         result = self._fit(model, loaders.of(train, loaders.train_part, training=True), dev_loader, resume, refit_epochs)
+        start = self.timed(f"{phase}.epochs", start)
         chosen = self.state.refit if refit_epochs else {}
         if getattr(model, "nb", None) is not None:
             result.nb_linear = fit_nb_for_phase(model, loaders.of(train, loaders.train_part), dev_loader, chosen.get("nb_linear"),
                                                 self.state.num_train, quiet=self.quiet)
+            self.timed(f"{phase}.nb_linear", start)
         head = fit_phase_head(model, loaders, train, dev, chosen.get("sentence_head"), quiet=self.quiet) if config.model.encoder else None
         return PhaseResult(model, vocab, self.state.labels, result, skipped, counts, head)
 
@@ -302,6 +297,21 @@ class Run:
             save_vocab(vocab, self.stage / VOCAB)
         return vocab, counts
 
+    def choose_batch(self) -> PipelineConfig:
+        """The batch size (and lr) the run trains with, chosen once from the first phase's training rows (so the refit
+        trains alike) and recorded in ``run.json``; the run's config from here on trains with it."""
+        if self.state.batch is None:
+            self.state = replace(self.state, batch=batch_choice(self.config.train, self.state.num_train))
+            if not self.quiet and self.config.train.batch_size == "auto":
+                log.info(f"batch size {self.state.batch['size']} (chosen from the {self.state.num_train:,} training rows; --batch-size sets it)")
+        self.config = with_batch(self.config, self.state.batch)
+        return self.config
+
+    def timed(self, key: str, start: float) -> float:
+        """Add the seconds since ``start`` to ``run.json``'s ``seconds[key]``; returns now, the next step's start."""
+        self.state = self.state.timed(key, start)
+        return time.perf_counter()
+
     def loaders(self, vocab, holdout: int) -> Loaders:
         """The phase's loaders: its vocabulary and labels, 1 training row in ``holdout`` held out for dev (0: none)."""
         return Loaders(self.config, self.tokenizer, vocab, self.state.labels, holdout, self.placement, self.config.data.num_workers)
@@ -314,21 +324,23 @@ class Run:
     def finish(self, trained: PhaseResult, early: FitResult) -> dict:
         """Score the shipped model (on the test file, else on dev), and on rank 0 write the bundle, config, metrics and
         report into the staging folder and record the phase ``done``."""
-        state, config = self.state, self.config
-        test, dev = state.data["test"], state.data["dev"]
+        config, start = self.config, time.perf_counter()  # with the batch size trained with (choose_batch): config.json and the bundle say it
+        state, test, dev = self.state, self.state.data["test"], self.state.data["dev"]
         loaders = Loaders(config, self.tokenizer, trained.vocab, trained.labels, 0 if test or dev else config.data.holdout_every, self.placement)
         mix = logits_mixer(trained.head[0], config, self.quiet) if trained.head else None
         rows = loaders.of(test or dev or state.data["train"], "dev" if loaders.holdout else "all")
         summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, self.placement.device, quiet=self.quiet, mix=mix)
-        metrics = self._metrics(trained, early, summary)
+        metrics = run_metrics(self.state, self.config, trained, early, summary)
+        start = self.timed("score", start)
         if not self.placement.writes:
             return metrics
         head, encoder = (trained.head[0], encoder_record(config.model.encoder)) if trained.head else (None, None)
         bundle = Bundle(trained.model, trained.vocab, self.tokenizer, trained.labels, self.model_config(trained.vocab, trained.labels),
                         config.train.to_dict(), head, encoder)
         save_outputs(self.stage, bundle, Outputs(config, metrics, summary, mistakes, early.history, title=f"textpipe report: {self.out.name}",
-                                                 notes=self._report_notes(early) + head_notes(trained.head)))
-        self.state = replace(state, phase=Phase.DONE)
+                                                 notes=report_notes(self.state, self.config, early, self.out) + head_notes(trained.head)))
+        self.timed("save", start)
+        self.state = replace(self.state, phase=Phase.DONE)
         self.save_state()
         emit("phase_start", phase=Phase.DONE.value)
         return metrics
@@ -358,41 +370,3 @@ class Run:
             context = RunContext(placement.device, placement.rank, placement.world, self.quiet, checkpoints=self.store, resume=resume, stop=stop)
             return fit(model, train_rows, dev_rows, train_config, len(state.labels), num_train=state.num_train,
                        class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
-
-    def _metrics(self, trained: PhaseResult, early: FitResult, summary: dict) -> dict:
-        state = self.state
-        metrics = {"test": summary["overall"] if state.data["test"] else None, "dev": early.best_dev, "scored_on": self._scored_on(),
-                   "best_epoch": early.best_epoch, "history": early.history, **summary}
-        if state.phase is Phase.REFIT:
-            metrics["refit"] = {"epochs": early.best_epoch, "rows": state.num_train, "history": trained.fit.history}
-        if trained.fit.nb_linear is not None:  # after a refit: fit again on every row, with the train phase's choices and dev scores
-            metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
-        if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
-            metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
-        if self.config.data.source.on_bad_row == "skip":
-            metrics["skipped"] = trained.skipped
-        return metrics
-
-    def _scored_on(self, seen_from: Path | None = None) -> str:
-        """What the scores are on; with ``seen_from``, its paths relative to that folder (the report's)."""
-        shown = {k: v and (relative_path(v, seen_from) if seen_from else v) for k, v in self.state.data.items()}
-        test, dev = shown["test"], shown["dev"]
-        return f"test file {test}" if test else f"dev file {dev}" if dev else f"dev rows held out of {shown['train']} (1 in {self.config.data.holdout_every})"
-
-    def _report_notes(self, early: FitResult) -> list[str]:
-        state, config = self.state, self.config
-        trained = f"best epoch {early.best_epoch} of {len(early.history)}"
-        if state.autotune is not None:
-            trained = f"configuration chosen by autotune ({len(state.autotune['trials'])} tried on dev, see run.json); " + trained
-        if state.phase is Phase.REFIT:
-            trained += f", then refit on all {state.num_train} training rows for {early.best_epoch} epochs"
-        train = relative_path(state.data["train"], self.out)
-        notes = [f"Model `{config.model.name}` trained on `{train}`; {trained}. Scores are on the {self._scored_on(self.out)}."]
-        if early.nb_linear is not None:
-            nb = early.nb_linear
-            notes.append(f"Beside the bag, the NB-weighted linear path (C {nb['C']:g}); the shipped probabilities are {nb['alpha']:g} x the bag's"
-                         f" + {1 - nb['alpha']:g} x the linear path's, the share chosen on dev (bag alone {nb['dev']['bag']:.4f},"
-                         f" mixed {mixed_dev_accuracy(nb):.4f}).")
-        if not state.data["test"]:
-            notes.append("There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic.")
-        return notes + search_notes(state.autotune)

@@ -1,0 +1,69 @@
+"""The batch size that follows the data (config.batch_choice), recorded in run.json, and --batch-size over it."""
+
+import json
+
+import pytest
+
+from conftest import cli_here, make_rows, write_csv
+from textpipe import config as config_module
+from textpipe.config import BATCH_RANGE, STEPS_PER_EPOCH, DataConfig, PipelineConfig, batch_choice
+from textpipe.models import ModelConfig
+from textpipe.run import train_files
+from textpipe.train import TrainConfig
+
+
+@pytest.mark.parametrize("rows", [10, 5_452, 8_636, 9_596, 32 * STEPS_PER_EPOCH * 2 - 1])
+def test_small_files_keep_batch_32_and_the_lr(rows):
+    choice = batch_choice(TrainConfig(), rows)
+    assert (choice["size"], choice["lr"]) == (32, TrainConfig().lr)
+
+
+def test_large_files_get_larger_batches_up_to_the_cap():
+    sizes = [batch_choice(TrainConfig(), rows)["size"] for rows in (64 * STEPS_PER_EPOCH, 256 * STEPS_PER_EPOCH, 10**9)]
+    assert sizes == [64, 256, BATCH_RANGE[1]]
+
+
+def test_a_set_batch_size_is_kept_whatever_the_rows():
+    assert batch_choice(TrainConfig(batch_size=16, lr=0.02), 10**7) == {"size": 16, "lr": 0.02, "rows": 10**7, "rule": "train.batch_size"}
+
+
+def tiny(tmp_path, rows: int = 300):
+    return write_csv(tmp_path / "train.csv", make_rows(rows, seed=1)), write_csv(tmp_path / "test.csv", make_rows(60, seed=3))
+
+
+def test_the_choice_is_recorded_in_run_json_and_config_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "STEPS_PER_EPOCH", 4)  # 268 training rows / 4: batch 64
+    train, test = tiny(tmp_path)
+    config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(embed_dim=8, ngram_buckets=512), train=TrainConfig(epochs=2))
+    train_files(train, test, tmp_path / "run", config=config, quiet=True)
+    state = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert state["batch"]["size"] == 64 and state["batch"]["rows"] == 268 and state["batch"]["rule"].startswith("auto")
+    assert state["config"]["train"]["batch_size"] == "auto", "run.json keeps the config as given"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["batch_size"] == 64, "config.json: what it trained with"
+    assert {"train.count", "train.epochs", "refit.count", "refit.epochs", "score", "save"} <= set(state["seconds"])
+
+
+def test_the_batch_size_flag_overrides_the_rule(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "STEPS_PER_EPOCH", 4)
+    train, test = tiny(tmp_path)
+    result = cli_here("train", "--train", train, "--test", test, "--out", tmp_path / "run", "--batch-size", "16", "--epochs", "1",
+                      "--no-refit", "--set", "data.cache_dir=false", "--set", "model.embed_dim=8")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["batch"] == {"size": 16, "lr": 0.001, "rows": 268, "rule": "train.batch_size"}
+    assert "batch_size=16" in result.stderr and "chosen from the" not in result.stderr
+
+
+def test_past_fit_rows_the_nb_path_is_fit_on_a_subsample_and_below_it_on_every_row(monkeypatch):
+    from test_nb_linear import toy_batches
+
+    from textpipe import nb_linear
+    from textpipe.models import build_model
+
+    monkeypatch.setattr(nb_linear, "FIT_ROWS", 64)
+    records = {}
+    for rows in (64, 256):
+        model = build_model(ModelConfig(vocab_size=100, num_classes=2, ngram_buckets=256))
+        batches = toy_batches(rows, seed=3)  # batches of 32 rows
+        records[rows] = nb_linear.fit_nb_for_phase(model, batches, toy_batches(64, seed=5), None, rows, quiet=True)
+    assert records[64]["rows"] == 64 and "every" not in records[64], "a small file: every row, the record as before"
+    assert (records[256]["every"], records[256]["rows"]) == (4, 64), "every 4th batch: the fit's cost stops growing"
