@@ -5,11 +5,11 @@ import json
 import pytest
 
 from conftest import cli_here, make_rows, write_csv
-from textpipe import config as config_module
-from textpipe.config import BATCH_RANGE, STEPS_PER_EPOCH, DataConfig, PipelineConfig, batch_choice
-from textpipe.models import ModelConfig
-from textpipe.run import train_files
-from textpipe.train import TrainConfig
+from textpipe.run import config as config_module
+from textpipe.run.config import BATCH_RANGE, STEPS_PER_EPOCH, DataConfig, PipelineConfig, batch_choice
+from textpipe.core.models import ModelConfig
+from textpipe.run.phases import train_files
+from textpipe.core.train import TrainConfig
 
 
 @pytest.mark.parametrize("rows", [10, 5_452, 8_636, 9_596, 32 * STEPS_PER_EPOCH * 2 - 1])
@@ -56,8 +56,8 @@ def test_the_batch_size_flag_overrides_the_rule(tmp_path, monkeypatch):
 def test_past_fit_rows_the_nb_path_is_fit_on_a_subsample_and_below_it_on_every_row(monkeypatch):
     from test_nb_linear import toy_batches
 
-    from textpipe import nb_linear
-    from textpipe.models import build_model
+    from textpipe.core import nb_linear
+    from textpipe.core.models import build_model
 
     monkeypatch.setattr(nb_linear, "FIT_ROWS", 64)
     records = {}
