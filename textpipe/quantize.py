@@ -172,7 +172,7 @@ def quantize_bundle(model_dir: str | Path, out: str | Path, config: QuantizeConf
         "original_bytes": sum((model_dir / name).stat().st_size for name in (WEIGHTS, VOCAB, META)),
     }
     save_bundle(out, model, bundle.vocab, bundle.tokenizer, bundle.labels, bundle.model_config, bundle.train_config,
-                state=state, extra={"quantized": summary, **encoder},
+                state=state, extra={"quantized": summary, **encoder, "temperature": bundle.temperature},
                 head=bundle.head)  # a sentence head, unquantized (385 x classes floats)
     for name in COPIED:
         if (model_dir / name).is_file():

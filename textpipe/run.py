@@ -45,7 +45,8 @@ from .runfolder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
     is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
-from .sentence_mix import encoder_record, fit_phase_head, head_notes, logits_mixer
+from .optim import lr_for_rows
+from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibration, fit_phase_head, head_notes, logits_mixer
 from .sources import DataError
 from .tokenizer import Tokenizer
 from .runtime import Interrupted, Placement, RunContext, RunSignals, resolve_device, run_scope, set_seed, start_distributed  # noqa: F401 (re-exported)
@@ -67,6 +68,7 @@ class PhaseResult:
     skipped: dict[str, dict[str, int]]  # part -> reason -> rows (counted in skip mode)
     counts: TrainingCounts | None  # what the vocabulary was made of (None on a resume: it was loaded)
     head: tuple | None = None  # with model.encoder: the sentence head and its record (C, beta, dev scores)
+    calibration: dict | None = None  # the temperature of the shipped scores and its dev record (calibration.py); None: no dev rows to fit it on
 
 
 def refits(config: PipelineConfig, data: dict) -> bool:
@@ -209,7 +211,7 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
         if not refits(config, state.data):
             emit("phase_end", phase=Phase.TRAIN.value)
             return _score_and_save(state, trained, trained.fit, stage, final, config, placement, quiet, tokenizer)
-        state = _enter_refit(state, trained.fit, stage, store, placement, trained.head[1] if trained.head else None)
+        state = _enter_refit(state, trained.fit, stage, store, placement, trained.head[1] if trained.head else None, trained.calibration)
         counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
         trained, resume = None, None  # let the first model's weights go before the refit builds its own
     early = FitResult(state.refit["epochs"], state.refit["best_dev"], state.refit["history"], state.refit.get("nb_linear"))
@@ -220,13 +222,14 @@ def _run_phases(state: RunState, stage: Path, final: Path, config: PipelineConfi
 
 
 def _enter_refit(state: RunState, early: FitResult, stage: Path, store: CheckpointStore | None, placement: Placement,
-                 head: dict | None) -> RunState:
+                 head: dict | None, calibration: dict | None = None) -> RunState:
     """Record the train phase's result, which the refit starts from, and delete its checkpoints."""
     if store is not None:
         store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
     emit("phase_end", phase=Phase.TRAIN.value)
     state = replace(state, phase=Phase.REFIT, refit={"epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history,
-                                                      "nb_linear": early.nb_linear, **({"sentence_head": head} if head else {})})
+                                                      "nb_linear": early.nb_linear, **({"sentence_head": head} if head else {}),
+                                                      **({"calibration": calibration} if calibration else {})})
     _save_state(state, stage, placement)
     emit("phase_start", phase=Phase.REFIT.value)
     return state
@@ -266,7 +269,10 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
         skipped["test"] = loader(test).dataset.count_skipped()
     if not quiet and not refit_epochs and resume is None:
         log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
-    train_config = replace(config.train, device=str(placement.device), epochs=refit_epochs or config.train.epochs)
+    lr = lr_for_rows(config.train.lr, sum(state.label_counts.values()), config.model.name)  # the file's rows: both phases alike
+    if lr != config.train.lr and not quiet and not refit_epochs:
+        log.info(f"a small file ({sum(state.label_counts.values())} rows): the bag trains at lr {lr:.3g}, not {config.train.lr:g} (optim.lr_for_rows)")
+    train_config = replace(config.train, device=str(placement.device), epochs=refit_epochs or config.train.epochs, lr=lr)
     with run_scope(train_config.deterministic) as stop:
         context = RunContext(placement.device, placement.rank, placement.world, quiet, checkpoints=store, resume=resume, stop=stop)
         result = fit(model, loader(train, train_part, training=True), dev_loader, train_config, len(state.labels), num_train=state.num_train,
@@ -276,7 +282,8 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
                                           state.num_train, quiet)
     head = fit_phase_head(model, config, tokenizer, vocab, state.labels, train, train_part, holdout, dev,
                           state.refit.get("sentence_head") if refit_epochs else None, quiet) if config.model.encoder else None
-    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts, head)
+    calibration = fit_phase_calibration(model, dev_loader, head and head[0], config, state.refit.get("calibration") if refit_epochs else None, quiet)
+    return state, PhaseResult(model, vocab, state.labels, result, skipped, counts, head, calibration)
 
 
 def _phase_vocab(state: RunState, stage: Path, config: PipelineConfig, tokenizer: Tokenizer, placement: Placement,
@@ -316,7 +323,8 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
     holdout = 0 if test or dev else config.data.holdout_every
     rows = _loader(test or dev or state.data["train"], config, tokenizer, trained.vocab, trained.labels, placement.device,
                    "all" if holdout == 0 else "dev", holdout)
-    mix = logits_mixer(trained.head[0], config, quiet) if trained.head else None
+    temperature = (trained.calibration or {}).get("temperature", 1.0)
+    mix = logits_mixer(trained.head and trained.head[0], config, quiet, temperature)
     summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, placement.device, quiet, mix)
     metrics = {"test": summary["overall"] if test else None, "dev": early.best_dev, "scored_on": _scored_on(state, config),
                "best_epoch": early.best_epoch, "history": early.history, **summary}
@@ -326,13 +334,15 @@ def _score_and_save(state: RunState, trained: PhaseResult, early: FitResult, sta
         metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
     if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
         metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
+    metrics["calibration"] = {**(trained.calibration or {"temperature": 1.0}), **summary["calibration"]}  # the fit on dev, the scores here
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
     if not placement.writes:
         return metrics
     save_outputs(stage, trained.model, trained.vocab, tokenizer, trained.labels, config, metrics, summary, mistakes, early.history,
-                 title=f"textpipe report: {final.name}", notes=_report_notes(state, config, early, final) + head_notes(trained.head),
-                 head=trained.head and trained.head[0],
+                 title=f"textpipe report: {final.name}",
+                 notes=_report_notes(state, config, early, final) + head_notes(trained.head) + calibration_notes(trained.calibration, early.nb_linear),
+                 head=trained.head and trained.head[0], temperature=temperature,
                  encoder=trained.head and encoder_record(config.model.encoder))
     _save_state(replace(state, phase=Phase.DONE), stage, placement)
     emit("phase_start", phase=Phase.DONE.value)
