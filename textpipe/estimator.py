@@ -186,7 +186,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         """Write the bundle (and ``config.json``, ``metrics.json``) into ``folder``, as ``textpipe train --out`` does."""
         bundle, folder = self._fitted(), Path(folder)
         save_bundle(folder, bundle.model, bundle.vocab, bundle.tokenizer, bundle.labels, bundle.model_config, bundle.train_config,
-                    head=bundle.head, extra={"encoder": bundle.encoder} if bundle.head is not None else None)
+                    head=bundle.head, extra={**({"encoder": bundle.encoder} if bundle.head is not None else {}), "temperature": bundle.temperature})
         write_json_atomic(folder / CONFIG, self.config_.to_dict())
         if self.metrics_ is not None:
             write_json_atomic(folder / METRICS, self.metrics_)

@@ -294,7 +294,8 @@ SMALL_FILE_ROWS = 2048  # the bag's lr is set for files of this many rows and mo
 
 
 def lr_for_rows(lr: float, rows: int, model: str) -> float:
-    """The bag's learning rate for a training file of ``rows`` rows: ``lr`` x ``SMALL_FILE_ROWS / rows``, at most 10 x.
+    """The bag's learning rate for a training file of ``rows`` rows: ``lr`` x ``SMALL_FILE_ROWS / rows``, at most 10 x
+    (a run applies it to the default lr only: an lr set to another value is used as given).
 
     Early stopping counts epochs; a file of 240 rows is 7 steps an epoch, and at 1e-3 the
     bag was still at chance when its patience ran out. Scaling the lr so a small file's

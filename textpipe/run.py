@@ -50,7 +50,7 @@ from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibrati
 from .sources import DataError
 from .tokenizer import Tokenizer
 from .runtime import Interrupted, Placement, RunContext, RunSignals, resolve_device, run_scope, set_seed, start_distributed  # noqa: F401 (re-exported)
-from .train import FitResult, fit
+from .train import FitResult, TrainConfig, fit
 from .vectors import fill_with_vectors
 from .vocab import load_vocab, save_vocab
 
@@ -269,7 +269,8 @@ def _train_phase(state: RunState, stage: Path, config: PipelineConfig, tokenizer
         skipped["test"] = loader(test).dataset.count_skipped()
     if not quiet and not refit_epochs and resume is None:
         log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
-    lr = lr_for_rows(config.train.lr, sum(state.label_counts.values()), config.model.name)  # the file's rows: both phases alike
+    # The default lr by the file's rows (both phases alike); an lr set to anything else is used as given.
+    lr = lr_for_rows(config.train.lr, sum(state.label_counts.values()), config.model.name) if config.train.lr == TrainConfig.lr else config.train.lr
     if lr != config.train.lr and not quiet and not refit_epochs:
         log.info(f"a small file ({sum(state.label_counts.values())} rows): the bag trains at lr {lr:.3g}, not {config.train.lr:g} (optim.lr_for_rows)")
     train_config = replace(config.train, device=str(placement.device), epochs=refit_epochs or config.train.epochs, lr=lr)
