@@ -20,16 +20,27 @@ def bag(tmp_path_factory):
     return train_tiny(tmp_path_factory.mktemp("explain"), max_ngram=3)[0]
 
 
-def model_logits(bundle, text: str) -> torch.Tensor:
-    """The model's own forward pass on one text, as the predictor numericalizes it."""
+def bag_alone(folder):
+    """A tiny bundle as its bag alone, uncalibrated (its NB path's share 1, temperature 1): the exact split these tests
+    check, whichever mix and temperature its run chose (the temperature's own test: test_calibration.py)."""
+    from dataclasses import replace
+
+    bundle = load_bundle(folder)
+    bundle.model.nb.alpha.fill_(1.0)
+    return replace(bundle, temperature=1.0)
+
+
+def model_logits(bundle, text: str, calibrated: bool = True) -> torch.Tensor:
+    """The model's own forward pass on one text, as the predictor numericalizes it; divided by the bundle's
+    temperature (what predict's softmax reads) unless not ``calibrated``."""
     ids = torch.tensor(bundle.vocab(bundle.tokenizer(text)) or [1])
     batch = pad_collate([ids])
     with torch.no_grad():
-        return bundle.model(batch.ids, batch.mask)[0]
+        return bundle.model(batch.ids, batch.mask)[0] / (bundle.temperature if calibrated else 1.0)
 
 
 def test_bag_contributions_plus_bias_reproduce_every_logit(bag):
-    bundle = load_bundle(bag)
+    bundle = bag_alone(bag)
     for e in explain(bundle, TEXTS):
         assert e.method == EXACT
         torch.testing.assert_close(e.contributions.sum(0) + e.bias, model_logits(bundle, e.text), atol=1e-4, rtol=0)
@@ -43,14 +54,14 @@ def test_frozen_pretrained_vectors_are_part_of_the_exact_split(tmp_path):
     config = PipelineConfig(data=DataConfig(cache_dir=None, vectors=str(vectors)), model=ModelConfig(embed_dim=16, ngram_buckets=512, frozen_dim=4),
                             train=TrainConfig(epochs=2, lr=0.02, refit=False, keep_checkpoints=0))
     train_files(train, train, tmp_path / "run", config=config, quiet=True)
-    bundle = load_bundle(tmp_path / "run")
+    bundle = bag_alone(tmp_path / "run")
     assert bundle.model.frozen.abs().sum() > 0
     for e in explain(bundle, TEXTS):
         torch.testing.assert_close(e.contributions.sum(0) + e.bias, model_logits(bundle, e.text), atol=1e-4, rtol=0)
 
 
 def test_bag_features_are_the_tokens_then_each_ngram(bag):
-    e = explain(load_bundle(bag), ["dull , boring"])[0]
+    e = explain(bag_alone(bag), ["dull , boring"])[0]
     assert e.tokens == ["dull", ",", "boring"]
     assert e.features == ["dull", ",", "boring", "dull ,", ", boring", "dull , boring"]
     assert e.kinds == ["token"] * 3 + ["ngram"] * 3
@@ -63,7 +74,7 @@ def test_bag_features_are_the_tokens_then_each_ngram(bag):
 
 
 def test_the_sentiment_words_carry_the_decision(bag):
-    bundle = load_bundle(bag)
+    bundle = bag_alone(bag)
     pos = bundle.labels.index("pos")
     e = explain(bundle, ["the movie was gorgeous and the story"])[0]
     weights = dict(zip(e.tokens, e.token_weights(pos).tolist()))
@@ -71,7 +82,7 @@ def test_the_sentiment_words_carry_the_decision(bag):
 
 
 def test_strongest_features_per_class_are_the_sentiment_words(bag):
-    features = strongest_features(load_bundle(bag), top=5)
+    features = strongest_features(bag_alone(bag), top=5)
     assert {w for w, _ in features["pos"]} <= set(POSITIVE)
     assert {w for w, _ in features["neg"]} <= set(NEGATIVE)
     report = (bag / "report.md").read_text()
@@ -138,14 +149,15 @@ def with_head(bundle, beta: float = 0.4, nb_alpha: float | None = 0.5):
 
 
 def shipped_probabilities(bundle, text: str) -> torch.Tensor:
-    """What predict ships, worked out here on its own: the model's probabilities mixed with the head's."""
-    return bundle.head.mix(model_logits(bundle, text).softmax(0)[None], fake_vectors([text]))[0]
+    """What predict ships, worked out here on its own: the model's probabilities mixed with the head's, at the bundle's temperature."""
+    mixed = bundle.head.mix(model_logits(bundle, text, calibrated=False).softmax(0)[None], fake_vectors([text]))[0]
+    return (mixed.log() / bundle.temperature).softmax(0)
 
 
 @pytest.mark.parametrize("nb_alpha", [0.5, None])
 def test_the_encoders_share_is_one_term_and_the_terms_still_sum_to_the_mix(bag, nb_alpha):
-    plain = explain(load_bundle(bag), TEXTS)
-    bundle = with_head(load_bundle(bag), nb_alpha=nb_alpha)
+    plain = explain(bag_alone(bag), TEXTS)
+    bundle = with_head(bag_alone(bag), nb_alpha=nb_alpha)
     terms = [NB_TERM, ENCODER_TERM] if nb_alpha is not None else [ENCODER_TERM]
     for e, alone in zip(explain(bundle, TEXTS, fake_vectors), plain):
         assert e.method == EXACT and e.features[-len(terms):] == terms and e.spans[-1] == (0, 0)
@@ -163,7 +175,7 @@ def test_the_encoders_share_is_one_term_and_the_terms_still_sum_to_the_mix(bag, 
 
 
 def test_without_an_encoder_the_nb_paths_share_is_a_term_and_the_explanation_predicts_as_predict_does(bag):
-    bundle = load_bundle(bag)
+    bundle = bag_alone(bag)
     bundle.model.nb.table.normal_(generator=torch.Generator().manual_seed(8))
     bundle.model.nb.alpha.fill_(0.3)
     for e in explain(bundle, TEXTS):
@@ -173,7 +185,7 @@ def test_without_an_encoder_the_nb_paths_share_is_a_term_and_the_explanation_pre
 
 
 def test_a_head_with_no_share_adds_a_zero_term(bag):
-    e = explain(with_head(load_bundle(bag), beta=0.0, nb_alpha=None), TEXTS[:1], fake_vectors)[0]
+    e = explain(with_head(bag_alone(bag), beta=0.0, nb_alpha=None), TEXTS[:1], fake_vectors)[0]
     assert e.features[-1] == ENCODER_TERM and e.contributions[-1].abs().max() == 0
 
 
@@ -195,7 +207,7 @@ def test_predict_and_serve_explain_the_label_they_predict_encoding_once(bag, mon
         return lambda texts: encoded.extend(texts) or fake_vectors(texts)
 
     monkeypatch.setattr(predict, "sentence_vector_source", source)
-    predictor = Predictor(with_head(load_bundle(bag)))
+    predictor = Predictor(with_head(bag_alone(bag)))
     assert encoded == ["loaded"]  # one encoder, shared by scoring and explaining
     results = predictor.predict(TEXTS)
     for result, e, probs in zip(results, predictor.explain(TEXTS), predictor.probabilities(TEXTS)):
@@ -229,7 +241,7 @@ def test_serve_keeps_no_sentence_cache_while_predict_reads_through_one(bag, tmp_
             return fake_vectors(texts)
 
     monkeypatch.setattr(SentenceEncoder, "from_record", classmethod(lambda cls, record: StandIn()))
-    bundle = with_head(load_bundle(bag))
+    bundle = with_head(bag_alone(bag))
     Predictor(bundle).predict(TEXTS[:1])
     Predictor(bundle, sentence_cache=tmp_path).predict(TEXTS[:1])
     Predictor(bundle, sentence_cache=None).predict(TEXTS[:1])

@@ -7,7 +7,9 @@ import torch
 
 from conftest import png_size
 from textpipe.core.metrics import confusion_matrix, evaluate, per_class_metrics
-from textpipe.bundle.report import CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED, PNG_SIZE, REPORT, misclassified, summarize, write_report
+from textpipe.bundle.report import (
+    CONFUSION_PNG, COVERAGE_PNG, CURVES_PNG, MISCLASSIFIED, PNG_SIZE, RELIABILITY_PNG, REPORT, misclassified, summarize, write_report,
+)
 
 LABELS = ["neg", "neutral", "pos"]
 GOLD = torch.tensor([0, 0, 0, 1, 1, 2])
@@ -50,7 +52,8 @@ def test_summary_overall_is_what_train_evaluate_reports():
 
     batch = Batch(torch.ones(6, 1, dtype=torch.long), torch.ones(6, dtype=torch.long), torch.ones(6, 1, dtype=torch.bool), GOLD)
     summary = summarize(logits, GOLD, LABELS)
-    assert summary["overall"] == evaluate(Fixed(), [batch], 3)
+    calibration = {"ece": summary["calibration"]["ece"], "brier": summary["calibration"]["brier"]}  # beside evaluate's numbers
+    assert summary["overall"] == {**evaluate(Fixed(), [batch], 3), **calibration}
     assert summary["confusion"] == {"labels": LABELS, "matrix": [[2, 1, 0], [0, 1, 1], [0, 0, 1]]}
 
 
@@ -70,9 +73,9 @@ def test_write_report_files(tmp_path):
     summary = summarize(logits, GOLD, labels)
     mistakes = misclassified(["one", "two", "three, with a comma", 'four "quoted"', "five\nlines", "six"], logits, GOLD, labels)
     written = write_report(tmp_path, summary, mistakes, HISTORY, title="toy")
-    assert sorted(p.name for p in written) == sorted([REPORT, MISCLASSIFIED, CONFUSION_PNG, CURVES_PNG])
-    assert png_size(tmp_path / CONFUSION_PNG) == PNG_SIZE
-    assert png_size(tmp_path / CURVES_PNG) == PNG_SIZE
+    assert sorted(p.name for p in written) == sorted([REPORT, MISCLASSIFIED, CONFUSION_PNG, CURVES_PNG, RELIABILITY_PNG, COVERAGE_PNG])
+    for png in (CONFUSION_PNG, CURVES_PNG, RELIABILITY_PNG, COVERAGE_PNG):
+        assert png_size(tmp_path / png) == PNG_SIZE
     with open(tmp_path / MISCLASSIFIED, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["text"] for r in rows] == ["five\nlines", "three, with a comma"]  # csv quoting keeps them whole

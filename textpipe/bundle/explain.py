@@ -23,7 +23,8 @@ whole-text terms (span ``(0, 0)``: no token carries them): ``log p_model - log
 softmax(bag logits)`` (kind ``"nb"``) and the encoder's ``log p_mixed - log p_model``
 (kind ``"encoder"``). The terms telescope: contributions + bias = the log of the
 shipped probabilities + a per-text constant, so the explanation's softmax is what
-``predict`` prints, and each weight is exact.
+``predict`` prints, and each weight is exact. A bundle's temperature (:mod:`textpipe.core.calibration`)
+divides every contribution, the bias and the logits alike: weights are in calibrated units.
 
 Example:
     >>> [e] = explain(load_bundle("runs/default"), ["a gorgeous, witty, seductive movie."])
@@ -126,6 +127,9 @@ def explain(bundle: Bundle, texts: Sequence[str], vectors: VectorSource | None =
     head, nb = getattr(bundle, "head", None), getattr(model, "nb", None)
     if explanations and (head is not None or (nb is not None and float(nb.alpha) < 1)):
         add_mix_terms(explanations, bundle, ids, None if head is None else vectors or sentence_vector_source(bundle))
+    temperature = getattr(bundle, "temperature", 1.0)
+    for e in explanations if temperature != 1 else ():  # every part divided alike: the sum stays exact, its softmax calibrated
+        e.contributions, e.bias, e.logits = e.contributions / temperature, e.bias / temperature, e.logits / temperature
     return explanations
 
 

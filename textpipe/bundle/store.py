@@ -37,6 +37,7 @@ from ..core.events import emit
 from ..core.minilm import PRECISIONS
 from ..core.files import JSON_MAX_BYTES, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
 from ..core.models import MODELS, ModelConfig, model_skeleton
+from ..core.calibration import temperature_problem
 from ..core.compact import check_summary, dequantize_state, fold_quantized_shapes, part_dtype
 from ..core.sentence_head import SentenceHead
 from ..text.tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
@@ -71,6 +72,7 @@ class Bundle:
     train_config: dict = field(default_factory=dict)  # the TrainConfig it was trained with, as a dict
     head: SentenceHead | None = None  # with model.encoder: the sentence encoder's member of the mix
     encoder: dict | None = None  # with model.encoder: {"name", "sha256", "max_wordpieces"}, what encodes the head's vectors
+    temperature: float = 1.0  # the shipped scores are divided by it before the softmax (calibration.py); 1: a bundle from before
 
 
 def save_bundle(out: str | Path, bundle: Bundle, *, state: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> Path:
@@ -102,6 +104,7 @@ def save_bundle(out: str | Path, bundle: Bundle, *, state: dict[str, torch.Tenso
         "train": bundle.train_config or {},
         **(extra or {}),
         **({"encoder": bundle.encoder} if bundle.encoder is not None else {}),
+        "temperature": bundle.temperature,
     }
     if head is not None:
         head_data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
@@ -117,8 +120,8 @@ def file_digest(path: str | Path) -> dict:
 
 
 def prediction_fields(meta: dict) -> tuple[str, ...]:
-    """The fields that change a prediction: with a sentence encoder, its record too."""
-    return PREDICTION_FIELDS + (("encoder",) if "encoder" in meta else ())
+    """The fields that change a prediction: with a sentence encoder, its record too; the temperature, where recorded."""
+    return PREDICTION_FIELDS + tuple(name for name in ("encoder", "temperature") if name in meta)
 
 
 def fields_digest(meta: dict) -> str:
@@ -144,7 +147,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model.to(device).eval()
     tokenizer = Tokenizer.from_config(TokenizerConfig(**meta["tokenizer"]))
     head = load_head(path, meta, model_config) if model_config.encoder else None
-    return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}), head, meta.get("encoder"))
+    return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}), head, meta.get("encoder"), meta.get("temperature", 1.0))
 
 
 def load_head(path: Path, meta: dict, model_config: ModelConfig) -> SentenceHead:
@@ -302,6 +305,8 @@ def check_fields(meta: dict, meta_path: Path) -> None:
         raise bad("tokenizer", f"must be an object with name (one of {', '.join(TOKENIZERS)}), lower (true or false) and lang (a string)")
     if not isinstance(meta.get("train", {}), dict):
         raise bad("train", "must be an object")
+    if "temperature" in meta and (problem := temperature_problem(meta["temperature"])):
+        raise bad("temperature", problem)
     if "quantized" in meta and (problem := check_summary(meta["quantized"])):
         raise bad(f"quantized{problem[0]}", problem[1])
     model = meta.get("model")

@@ -31,14 +31,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     data = args.data or recorded_test_file(bundle_dir)
     out = args.out or bundle_dir / f"eval-{Path(str(data).replace(':', '-')).stem}"
-    summary = report_file(bundle_dir, data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args, bundle_dir))
+    threshold = probability(args.threshold)
+    summary = report_file(bundle_dir, data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args, bundle_dir),
+                          threshold=threshold)
     skipped = {"skipped": summary["skipped"]} if "skipped" in summary else {}
-    print(json.dumps({**summary["overall"], **skipped}))
+    at = {"at_threshold": summary["calibration"]["at_threshold"]} if threshold is not None else {}
+    print(json.dumps({**summary["overall"], **at, **skipped}))
     print_skipped({"evaluated": summary["skipped"]} if "skipped" in summary else {})
     if not args.quiet:
         o = summary["overall"]
-        print(f"accuracy {o['accuracy']:.4f}  macro-F1 {o['macro_f1']:.4f}  (n={o['n']})", file=sys.stderr)
+        print(f"accuracy {o['accuracy']:.4f}  macro-F1 {o['macro_f1']:.4f}  ECE {o['ece']:.4f}  Brier {o['brier']:.4f}  (n={o['n']})", file=sys.stderr)
+        if at:
+            a = at["at_threshold"]
+            accuracy = "-" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
+            print(f"at threshold {threshold:g}: coverage {a['coverage']:.4f} ({a['n']} rows labelled), accuracy {accuracy}", file=sys.stderr)
         print(f"report: {Path(out) / 'report.md'}", file=sys.stderr)
+
+
+def probability(value: float | None) -> float | None:
+    """``--threshold``: a probability from 0 to 1, or None when not given."""
+    if value is not None and not 0 <= value <= 1:
+        raise UsageError(f"--threshold must be a probability from 0 to 1, got {value:g}")
+    return value
 
 
 def recorded_test_file(bundle_dir: Path) -> str:
@@ -54,6 +68,7 @@ def recorded_test_file(bundle_dir: Path) -> str:
 def cmd_predict(args: argparse.Namespace) -> None:
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    probability(args.threshold)
     if args.explain and args.format == "csv":
         raise UsageError("--explain works with --format json or text", hint="json gives every token's weight; text the top features")
     positive(args.batch_size, "--batch-size")
@@ -115,11 +130,12 @@ def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | No
     """The output lines of a block: one per row (a bad row gets ``label: null``), and the explanations asked for."""
     from ..bundle.predict import ranked, top_labels
 
-    if args.format == "text" and not args.explain and top_k == 1:  # the usual case: one format call per row
+    plain = args.format == "text" and not args.explain and args.threshold is None
+    if plain and top_k == 1:  # the usual case: one format call per row
         return top_one_block(chunk, texts, probs, predictor.labels)
-    if args.format == "text" and not args.explain:  # formatted from the ranking: no dict per row
+    if plain:  # formatted from the ranking: no dict per row
         return text_block(chunk, texts, *ranked(probs, predictor.labels, top_k))
-    results = with_bad_rows(chunk, top_labels(texts, probs, predictor.labels, top_k))
+    results = with_bad_rows(chunk, top_labels(texts, probs, predictor.labels, top_k, args.threshold))
     if args.explain:
         from ..bundle.explain import add_explanations
 
@@ -147,7 +163,7 @@ def csv_lines(results: list[dict], labels: list[str]) -> str:
     writer = csv.writer(buffer)
     for result in results:
         probs = result["probs"]
-        confidence = probs[result["label"]] if result["label"] is not None else ""
+        confidence = next(iter(probs.values())) if probs else ""  # the top probability (probs come most likely first), also where abstained
         writer.writerow([result["text"], result["label"] or "", confidence, *(probs.get(label, "") for label in labels)])
     return buffer.getvalue()
 
@@ -170,6 +186,9 @@ def text_lines(results: list[dict], labels: list[str]) -> str:
 
 
 def text_line(result: dict) -> str:
+    if result.get("abstained"):  # below --threshold: no label, the best one shown for what it was
+        best, p = next(iter(result["probs"].items()))
+        return f"null (best: {RANKED(best, p)})\t{result['text']}\n"
     line = ranked_line(result["text"], result["probs"], result["probs"].values())
     if "explanation" in result:
         e = result["explanation"]

@@ -7,7 +7,7 @@ files, sentiment, rare but telling bigrams), and mixing the two models' probabil
 raised the default's mean dev accuracy (``docs/benchmarks.md``).
 :func:`fit_nb_linear` reads the training rows once, in the bag's own ids (no dropout),
 fits each member's weights by L-BFGS (convex: the same weights every run), and, given
-dev rows, chooses the L2 strength ``C`` and the bag's share ``alpha`` on them; the refit
+dev rows, chooses the L2 strength ``C`` and the bag's share ``alpha`` (by dev log loss) on them; the refit
 then reuses both. Before ``models.py`` in the stage order: the bag holds an
 :class:`NBLinear`. Part of the tensor core: torch only.
 
@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .calibration import calibrated_log_loss, chance, did_not_learn
 from .collate import Batch
 from .kernels import present_ids
 
@@ -219,9 +220,11 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
     """Fit ``model.nb`` on the rows of ``train_batches`` and set its ``alpha``; returns what was chosen, or None.
 
     Without ``C`` and ``alpha`` both are chosen on ``dev_batches``: C by the linear
-    model's own dev accuracy (ties: the smaller C), then alpha by the mixture's (ties:
-    the alpha nearest 1, the bag alone). None, with the bag left alone, past
-    ``max_rows`` training rows. ``every``: fit on every ``every``-th training batch only (a large file's subsample).
+    model's own dev accuracy (ties: the smaller C), then alpha by the mixture's dev log
+    loss, each mix at its own temperature (ties: the better accuracy, then the alpha nearest 1, the bag alone). A bag no
+    better than chance on dev (``record["dev"]["bag_learned"]`` false) is not mixed in:
+    alpha 0, the linear path alone. None, with the bag left alone, past ``max_rows``
+    training rows. ``every``: fit on every ``every``-th training batch only (a large file's subsample).
     """
     nb = model.nb
     was_training = model.training
@@ -242,10 +245,15 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
             scores = {c: accuracy(p, dev.labels) for c, p in linear.items()}
             C = min(c for c in C_CHOICES if scores[c] == max(scores.values()))
             mixed = {a: accuracy(a * bag + (1 - a) * linear[C], dev.labels) for a in ALPHAS}
-            alpha = max(a for a in ALPHAS if mixed[a] == max(mixed.values()))
+            losses = {a: calibrated_log_loss(a * bag + (1 - a) * linear[C], dev.labels) for a in ALPHAS}
+            learned = not did_not_learn(bag, dev.labels)
+            # The share by dev log loss (each mix at its own temperature, as the run ships it): the probabilities are what a
+            # user reads; accuracy breaks ties, then the bag's share.
+            alpha = min(ALPHAS, key=lambda a: (losses[a], -mixed[a], -a)) if learned else 0.0
             weights, bias = fits[C]
-            record["dev"] = {"bag": accuracy(bag, dev.labels), "linear_by_C": {str(c): v for c, v in scores.items()},
-                             "mixed_by_alpha": {str(a): v for a, v in mixed.items()}}
+            record["dev"] = {"bag": accuracy(bag, dev.labels), "chance": chance(dev.labels, num_classes), "bag_learned": learned,
+                             "linear_by_C": {str(c): v for c, v in scores.items()}, "mixed_by_alpha": {str(a): v for a, v in mixed.items()},
+                             "log_loss_by_alpha": {str(a): round(v, 6) for a, v in losses.items()}}
         else:
             weights, bias = fit_members(data, num_classes, C)
         with torch.no_grad():
@@ -269,6 +277,9 @@ def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict 
         return None
     every = -(-num_train // FIT_ROWS)  # 1 up to FIT_ROWS rows: small files are fit on every row
     record = fit_nb_linear(model, train_rows, dev_rows, every=every, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
+    if record is not None and not record.get("dev", {}).get("bag_learned", True):  # said even when quiet: the model is not what was asked for
+        log.warning(f"the bag did not learn (dev accuracy {record['dev']['bag']:.4f}, no better than always answering the most common label:"
+                    f" {record['dev']['chance']:.4f}): it is left out of the mix, the model is the NB linear path alone")
     if record is not None and not quiet:
         log.info(f"NB linear path: C {record['C']:g}, the bag's share of the mix {record['alpha']:g}"
                  + (f", fit on every {every}th batch ({record['rows']:,} of {num_train:,} rows)" if every > 1 else "")

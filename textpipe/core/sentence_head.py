@@ -6,7 +6,7 @@ vector of each text: ``p = (1 - beta) * p_model + beta * p_head``. :func:`fit_he
 fits the head by L-BFGS on every training row at once (multinomial logistic
 regression, L2 penalty ``1 / C``, convex: the same weights every run) and, given dev
 vectors and the model's dev probabilities, chooses ``C`` (dev accuracy, ties by log
-loss) and ``beta`` (dev accuracy of the mix, ties to the smaller share) on them; a
+loss) and ``beta`` (dev log loss of the mix, ties by accuracy, then to the smaller share) on them; a
 refit passes both back in. Part of the tensor core: torch only.
 
 Example:
@@ -21,6 +21,8 @@ import math
 
 import torch
 from torch import nn
+
+from .calibration import calibrated_log_loss
 
 C_CHOICES = (0.3, 1.0, 3.0, 10.0, 30.0)  # inverse L2 strength, as scikit-learn's LogisticRegression(C=...)
 BETAS = tuple(b / 10 for b in range(10))  # the head's share of the mixed probabilities
@@ -115,11 +117,14 @@ def _choose_C(x: torch.Tensor, y: torch.Tensor, num_classes: int, dev: tuple) ->
 
 
 def _choose_beta(model_probs: torch.Tensor, head_probs: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
-    """The share of the head in the mix with the best dev accuracy; ties go to the smaller share."""
+    """The share of the head in the mix with the lowest dev log loss at its own temperature (the probabilities are what a user reads);
+    ties go to the better dev accuracy, then to the smaller share."""
     model_probs = model_probs.double()
-    mixed = {beta: accuracy((1 - beta) * model_probs + beta * head_probs.double(), y) for beta in BETAS}
-    best = max(BETAS, key=lambda beta: mixed[beta])
-    return best, {"model": mixed[0.0], "head": accuracy(head_probs, y), "mixed": mixed[best]}
+    mixes = {beta: (1 - beta) * model_probs + beta * head_probs.double() for beta in BETAS}
+    mixed = {beta: accuracy(p, y) for beta, p in mixes.items()}
+    losses = {beta: calibrated_log_loss(p, y) for beta, p in mixes.items()}
+    best = min(BETAS, key=lambda beta: (losses[beta], -mixed[beta]))  # min keeps the first of equals: the smaller share
+    return best, {"model": mixed[0.0], "head": accuracy(head_probs, y), "mixed": mixed[best], "mixed_log_loss": round(losses[best], 6)}
 
 
 def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:

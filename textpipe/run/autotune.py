@@ -185,7 +185,8 @@ class _Search:
         with tempfile.TemporaryDirectory(prefix="textpipe-autotune-") as scratch:
             phase = dev_result(self.train, self.dev, PipelineConfig.from_dict(merge(self.base, changes)), self.tokenizer, Path(scratch))
         result, head = phase.fit, phase.head and phase.head[1]
-        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear}
+        first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear,
+                       "calibration": phase.calibration}
         accuracy = result.best_dev["accuracy"]
         if result.nb_linear is not None:  # what the run would ship: the mix with the NB linear path
             accuracy = mixed_dev_accuracy(result.nb_linear)
@@ -209,7 +210,7 @@ class _Search:
         seconds = time.perf_counter() - began
         self.quiet or log.info(f"autotune: the sentence head fit on the starting configuration's model in {seconds:.1f} s")
         return self.record(Trial(changes, head["dev"]["mixed"], on.dev_loss, on.best_epoch, on.epochs, round(on.seconds + seconds, 1),
-                                 {**on.first_phase, "sentence_head": head}))
+                                 {**on.first_phase, "sentence_head": head, "calibration": None}))  # the temperature was fit without the head
 
     def record(self, trial: Trial) -> Trial:
         self.trials.append(trial)

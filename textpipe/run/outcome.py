@@ -35,6 +35,7 @@ class PhaseResult:
     skipped: dict[str, dict[str, int]]  # part -> reason -> rows (counted in skip mode)
     counts: TrainingCounts | None  # what the vocabulary was made of (None on a resume: it was loaded)
     head: tuple | None = None  # with model.encoder: the sentence head and its record (C, beta, dev scores)
+    calibration: dict | None = None  # the temperature of the shipped scores and its dev record (core/calibration.py); None: no dev rows to fit it on
 
 
 
@@ -48,6 +49,7 @@ def run_metrics(state: RunState, config: PipelineConfig, trained: PhaseResult, e
         metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
     if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
         metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
+    metrics["calibration"] = {**(trained.calibration or {"temperature": 1.0}), **summary["calibration"]}  # the fit on dev, the scores here
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
     return metrics

@@ -48,11 +48,12 @@ from .folder import (
     is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
 from .outcome import PhaseResult, report_notes, run_metrics
-from .sentence_mix import encoder_record, fit_phase_head, head_notes, logits_mixer
+from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibration, fit_phase_head, head_notes, logits_mixer
 from ..text.sources import DataError
 from ..text.tokenizer import Tokenizer
 from ..core.runtime import Interrupted, Placement, RunContext, RunSignals, resolve_device, run_scope, set_seed, start_distributed  # noqa: F401 (re-exported)
-from ..core.train import FitResult, fit
+from ..core.optim import lr_for_rows
+from ..core.train import FitResult, TrainConfig, fit
 from ..text.vectors import fill_with_vectors
 from ..text.vocab import load_vocab, save_vocab
 
@@ -216,7 +217,7 @@ class Run:
             if not refits(self.config, self.state.data):
                 emit("phase_end", phase=Phase.TRAIN.value)
                 return self.finish(trained, trained.fit)
-            self.enter_refit(trained.fit, trained.head[1] if trained.head else None)
+            self.enter_refit(trained.fit, trained.head[1] if trained.head else None, trained.calibration)
             counts = trained.counts.all_rows() if trained.counts is not None else None  # that pass counted the held-out rows too
             trained, resume = None, None  # let the first model's weights go before the refit builds its own
         refit = self.state.refit
@@ -230,14 +231,14 @@ class Run:
         if self.placement.writes:
             self.state.save(self.stage)
 
-    def enter_refit(self, early: FitResult, head: dict | None) -> None:
+    def enter_refit(self, early: FitResult, head: dict | None, calibration: dict | None) -> None:
         """Record the train phase's result, which the refit starts from, and delete its checkpoints."""
         if self.store is not None:
             self.store.clear()  # first, so a run.json that names the refit never sits beside the train phase's checkpoints
         emit("phase_end", phase=Phase.TRAIN.value)
         self.state = replace(self.state, phase=Phase.REFIT, refit={
             "epochs": early.best_epoch, "best_dev": early.best_dev, "history": early.history, "nb_linear": early.nb_linear,
-            **({"sentence_head": head} if head else {})})
+            **({"sentence_head": head} if head else {}), **({"calibration": calibration} if calibration else {})})
         self.save_state()
         emit("phase_start", phase=Phase.REFIT.value)
 
@@ -274,7 +275,8 @@ class Run:
                                                 self.state.num_train, quiet=self.quiet)
             self.timed(f"{phase}.nb_linear", start)
         head = fit_phase_head(model, loaders, train, dev, chosen.get("sentence_head"), quiet=self.quiet) if config.model.encoder else None
-        return PhaseResult(model, vocab, self.state.labels, result, skipped, counts, head)
+        calibration = fit_phase_calibration(model, dev_loader, head and head[0], config, chosen.get("calibration"), quiet=self.quiet)
+        return PhaseResult(model, vocab, self.state.labels, result, skipped, counts, head, calibration)
 
     def vocab(self, holdout: int, resume: dict | None, counts: TrainingCounts | None):
         """The phase's vocabulary and the counts it was made of (recording its labels in ``state``): made from
@@ -327,7 +329,8 @@ class Run:
         config, start = self.config, time.perf_counter()  # with the batch size trained with (choose_batch): config.json and the bundle say it
         state, test, dev = self.state, self.state.data["test"], self.state.data["dev"]
         loaders = Loaders(config, self.tokenizer, trained.vocab, trained.labels, 0 if test or dev else config.data.holdout_every, self.placement)
-        mix = logits_mixer(trained.head[0], config, self.quiet) if trained.head else None
+        temperature = (trained.calibration or {}).get("temperature", 1.0)
+        mix = logits_mixer(trained.head and trained.head[0], config, self.quiet, temperature)
         rows = loaders.of(test or dev or state.data["train"], "dev" if loaders.holdout else "all")
         summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, self.placement.device, quiet=self.quiet, mix=mix)
         metrics = run_metrics(self.state, self.config, trained, early, summary)
@@ -336,9 +339,10 @@ class Run:
             return metrics
         head, encoder = (trained.head[0], encoder_record(config.model.encoder)) if trained.head else (None, None)
         bundle = Bundle(trained.model, trained.vocab, self.tokenizer, trained.labels, self.model_config(trained.vocab, trained.labels),
-                        config.train.to_dict(), head, encoder)
+                        config.train.to_dict(), head, encoder, temperature)
         save_outputs(self.stage, bundle, Outputs(config, metrics, summary, mistakes, early.history, title=f"textpipe report: {self.out.name}",
-                                                 notes=report_notes(self.state, self.config, early, self.out) + head_notes(trained.head)))
+                                                 notes=report_notes(self.state, self.config, early, self.out) + head_notes(trained.head)
+                                                 + calibration_notes(trained.calibration, early.nb_linear)))
         self.timed("save", start)
         self.state = replace(self.state, phase=Phase.DONE)
         self.save_state()
@@ -363,9 +367,19 @@ class Run:
             skipped["test"] = loaders.of(self.state.data["test"]).dataset.count_skipped()
         return skipped
 
+    def _lr(self, refit_epochs: int) -> float:
+        """The default lr by the file's rows (both phases alike, optim.lr_for_rows); an lr set to anything else is used as given."""
+        lr, rows = self.config.train.lr, sum(self.state.label_counts.values())
+        if lr != TrainConfig.lr:
+            return lr
+        scaled = lr_for_rows(lr, rows, self.config.model.name)
+        if scaled != lr and not self.quiet and not refit_epochs:
+            log.info(f"a small file ({rows} rows): the bag trains at lr {scaled:.3g}, not {lr:g} (optim.lr_for_rows)")
+        return scaled
+
     def _fit(self, model: torch.nn.Module, train_rows, dev_rows, resume: dict | None, refit_epochs: int) -> FitResult:
         state, placement = self.state, self.placement
-        train_config = replace(self.config.train, device=str(placement.device), epochs=refit_epochs or self.config.train.epochs)
+        train_config = replace(self.config.train, device=str(placement.device), epochs=refit_epochs or self.config.train.epochs, lr=self._lr(refit_epochs))
         with run_scope(train_config.deterministic) as stop:
             context = RunContext(placement.device, placement.rank, placement.world, self.quiet, checkpoints=self.store, resume=resume, stop=stop)
             return fit(model, train_rows, dev_rows, train_config, len(state.labels), num_train=state.num_train,

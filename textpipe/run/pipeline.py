@@ -43,7 +43,7 @@ from ..bundle.explain import strongest_features
 from ..core.files import atomic_write, cache_home, check_folder, make_folder, open_regular, read_json_file, write_json_atomic
 from ..text.loader import make_loader
 from ..core.models import ModelConfig
-from ..bundle.predict import sentence_mixer
+from ..bundle.predict import shipped_mixer
 from ..bundle.report import misclassified, relative_path, summarize, write_report
 from ..text.sources import TORCHTEXT_PREFIX, DataError, Example, SourceConfig, column_names, read_examples
 from ..text.tokenizer import Tokenizer
@@ -246,13 +246,15 @@ def trained_history(file: Path) -> list[dict] | None:
 
 
 def report_file(
-    bundle_dir: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None
+    bundle_dir: str | Path, data: str | Path, out: str | Path, *, batch_size: int = 512, quiet: bool = True, source: SourceConfig | None = None,
+    threshold: float | None = None,
 ) -> dict:
     """Score a saved bundle on a labelled file and write the report (``metrics.json`` and all) into ``out``.
 
     Returns ``{"overall", "per_class", "confusion"}``, and ``"skipped"`` (reason ->
     rows) when ``source.on_bad_row == "skip"``; the learning curves are the
-    bundle's own, from its ``metrics.json``, when it has one.
+    bundle's own, from its ``metrics.json``, when it has one. With ``threshold``, ``summary["calibration"]["at_threshold"]``
+    holds the coverage and accuracy of the rows whose top probability reaches it.
 
     Example:
         >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
@@ -262,7 +264,7 @@ def report_file(
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
     loader = make_loader(ds, batch_size)
-    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet=quiet, mix=sentence_mixer(bundle))
+    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet=quiet, mix=shipped_mixer(bundle), threshold=threshold)
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
     write_json_atomic(make_folder(out) / METRICS, summary)
@@ -274,9 +276,11 @@ def report_file(
     return summary
 
 
-def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, *, quiet: bool = True, mix=None) -> tuple[dict, list]:
+def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device, *, quiet: bool = True, mix=None,
+                            threshold: float | None = None) -> tuple[dict, list]:
     """The report's numbers and the misclassified rows of ``model`` on a labelled loader without workers;
-    ``mix(logits, texts)``, when given, turns the model's logits into the shipped ones (the sentence encoder's mix)."""
+    ``mix(logits, texts)``, when given, turns the model's logits into the shipped ones (the sentence encoder's mix, the temperature);
+    with ``threshold``, the coverage and accuracy there too (``summary["calibration"]["at_threshold"]``)."""
     if loader.num_workers:
         raise ValueError("score_and_list_mistakes() needs a loader without workers, so that predictions come in file order")
     rows = _with_progress(loader, "evaluate", quiet)
@@ -285,7 +289,7 @@ def score_and_list_mistakes(model, loader: DataLoader, labels: list[str], device
     if mix is not None:
         texts = list(texts)
         logits = mix(logits, texts)
-    summary = summarize(logits, gold, labels)
+    summary = summarize(logits, gold, labels, threshold)
     return summary, misclassified(texts, logits, gold, labels)
 
 

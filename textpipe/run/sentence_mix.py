@@ -8,7 +8,8 @@ part, and the dev file or the very rows the model held out, through the same
 :class:`~textpipe.core.sentence_head.SentenceHead` on them: C and the head's share beta
 chosen on dev against the model's own dev probabilities, or (the refit) the train
 phase's choices reused on every training row. The test scores are those of the mix.
-Nothing here runs while ``model.encoder`` is unset.
+Nothing of that runs while ``model.encoder`` is unset; :func:`fit_phase_calibration`, the one
+temperature of the shipped scores (:mod:`textpipe.core.calibration`), runs in every phase with dev rows.
 
 Example:
     >>> head, record = fit_phase_head(model, Loaders(config, tokenizer, vocab, labels, holdout=10), "train.csv", None, None)
@@ -26,6 +27,7 @@ import torch
 
 from ..text.dataset import TextClassificationDataset
 from ..core.files import cache_home
+from ..core.calibration import chance, did_not_learn, expected_calibration_error, fit_temperature, scale
 from ..core.metrics import predict_logits
 from .pipeline import Loaders, PipelineConfig, cache_folder
 from ..core.sentence_head import SentenceHead, fit_head
@@ -90,12 +92,56 @@ def fit_phase_head(model: torch.nn.Module, loaders: Loaders, train, dev, chosen:
     return head, record
 
 
-def logits_mixer(head: SentenceHead, config: PipelineConfig, quiet: bool = True) -> Callable[[torch.Tensor, list[str]], torch.Tensor]:
-    """``mix(logits, texts)``: the log of the mixed probabilities, what argmax, the report and the metrics read."""
+def logits_mixer(head: SentenceHead | None, config: PipelineConfig, quiet: bool = True,
+                 temperature: float = 1.0) -> Callable[[torch.Tensor, list[str]], torch.Tensor] | None:
+    """``mix(logits, texts)``: the shipped scores, what argmax, the report and the metrics read: the log of the
+    mixed probabilities (with a ``head``), divided by ``temperature``; None where there is nothing to change."""
+    if head is None and temperature == 1:
+        return None
+
     def mix(logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        vectors = sentence_vectors(sentence_encoder(config.model.encoder), texts, run_cache(config), quiet)
-        return mixed_log_probs(head, logits.softmax(1), vectors)
+        if head is not None:
+            vectors = sentence_vectors(sentence_encoder(config.model.encoder), texts, run_cache(config), quiet)
+            logits = mixed_log_probs(head, logits.softmax(1), vectors)
+        return scale(logits, temperature)
     return mix
+
+
+def fit_phase_calibration(model: torch.nn.Module, dev_rows, head: SentenceHead | None, config: PipelineConfig, chosen: dict | None, *,
+                          quiet: bool = True) -> dict | None:
+    """The temperature of the shipped scores (the model's, mixed with ``head``'s) fit on ``dev_rows``, with their
+    dev ECE before and after and whether the model learned at all; ``chosen`` (a refit: the train phase's) as it is;
+    None with neither (a refit after ``--autotune`` chose the sentence head: uncalibrated, temperature 1)."""
+    if chosen is not None or dev_rows is None:
+        return chosen
+    logits, gold = predict_logits(model, dev_rows, next(model.parameters()).device)
+    if head is not None:
+        logits = logits_mixer(head, config, quiet)(logits, [example.text for example in dev_rows.dataset.examples()])
+    temperature = fit_temperature(logits, gold)
+    probs = scale(logits, temperature).softmax(1)
+    record = {"temperature": temperature, "dev": {"ece_before": round(expected_calibration_error(logits.softmax(1), gold), 6),
+                                                  "ece": round(expected_calibration_error(probs, gold), 6), "rows": len(gold),
+                                                  "chance": round(chance(gold, probs.shape[1]), 6), "learned": not did_not_learn(probs, gold)}}
+    if not record["dev"]["learned"]:  # said even when quiet: these probabilities are no better than a guess
+        log.warning(f"the model did not learn: its dev accuracy is no better than always answering the most common label ({record['dev']['chance']:.4f})")
+    if not quiet:
+        log.info(f"calibration: temperature {temperature:g} fit on {len(gold)} dev rows (dev ECE {record['dev']['ece_before']:.4f} -> {record['dev']['ece']:.4f})")
+    return record
+
+
+def calibration_notes(calibration: dict | None, nb: dict | None) -> list[str]:
+    """The report's lines on the temperature, and on a model or bag that did not learn."""
+    notes = []
+    if nb and not nb.get("dev", {}).get("bag_learned", True):
+        notes.append(f"**The bag did not learn**: its dev accuracy {nb['dev']['bag']:.4f} is no better than always answering the most common "
+                     f"label ({nb['dev']['chance']:.4f}), so it is left out of the mix: the shipped model is the NB linear path alone.")
+    if calibration is None:
+        return notes + ["The probabilities are not calibrated (no dev rows to fit a temperature on): temperature 1."]
+    dev = calibration["dev"]
+    if not dev["learned"]:
+        notes.append(f"**The model did not learn**: its dev accuracy is no better than always answering the most common label ({dev['chance']:.4f}).")
+    return notes + [f"Probabilities calibrated by a temperature of {calibration['temperature']:g}, fit on {dev['rows']} dev rows "
+                    f"(dev expected calibration error {dev['ece_before']:.4f} before, {dev['ece']:.4f} after)."]
 
 
 def head_notes(head: tuple | None) -> list[str]:
