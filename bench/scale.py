@@ -141,14 +141,16 @@ def mr() -> dict:
 def markdown(r: dict) -> str:
     lines = [
         "# textpipe at scale (bench/scale.py, one run)", "",
-        f"Machine: {r['machine']}. Shared with other jobs: absolute numbers are noisy, the ratios were measured side by side.", "",
+        f"Machine: {r['machine']}. Shared with other jobs: absolute numbers are noisy, the ratios were measured side by side"
+        " (the 1-minute load average before each process, where recorded, beside its time).", "",
         "| run | whole process | peak RSS | test accuracy (mr test) | ratio to fastText | phases (run.json seconds) |", "|---|---|---|---|---|---|",
     ]
 
     def row(label: str, e: dict, base: dict | None) -> str:
         phases = ", ".join(f"{k} {v:g}" for k, v in (e.get("phase_seconds") or {}).items())
         batch = f" (batch {e['batch']['size']})" if e.get("batch") else ""
-        return (f"| {label}{batch} | {e['wall_s']} s | {e['peak_rss_mb']} MB | {e['test_accuracy']} | "
+        load = f" (load {e['load_1min_before']})" if "load_1min_before" in e else ""
+        return (f"| {label}{batch} | {e['wall_s']} s{load} | {e['peak_rss_mb']} MB | {e['test_accuracy']} | "
                 f"{ratio(e, base) if base else ''} | {phases} |")
 
     if "big" in r:
