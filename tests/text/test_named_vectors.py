@@ -17,7 +17,7 @@ import torch
 from textpipe.text import vectors as vectors_module
 from textpipe.text.vectors import NAMED_VECTORS, NamedVectors, fetch_vectors, load_vectors, resolve_vectors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["the", "good", "bad", "movie"]
 
 

@@ -15,7 +15,7 @@ from conftest import cli_here, crash_after_step, make_rows, write_csv
 from textpipe.cli import atomic_output
 from textpipe.run.folder import LOCK, STAGE, RunLock
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 SMALL = ["--tokenizer", "whitespace", "--epochs", "2", "--set", "model.ngram_buckets=1024", "--quiet"]
 BUNDLE_AND_REPORT = {"bundle.json", "vocab.json", "weights.safetensors", "config.json", "metrics.json", "run.json", "report.md",
                      "misclassified.csv", "confusion_matrix.png", "learning_curves.png"}

@@ -187,6 +187,6 @@ def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, c
     from textpipe.run.pipeline import count_training_file, ngram_count_limit, ngram_table
     from textpipe.text.tokenizer import Tokenizer
 
-    model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[1] / "configs" / config).read_text())["model"])
+    model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[2] / "configs" / config).read_text())["model"])
     counts = count_training_file(shared_dataset(dataset) / "train.csv", 10, Tokenizer(), DataConfig(cache_dir=None), quiet=True, ngrams=ngram_count_limit(model))
     assert ngram_table(model, counts.ngrams)["rows"] == model.ngram_buckets

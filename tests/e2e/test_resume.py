@@ -23,8 +23,8 @@ from textpipe.text.sources import SourceConfig
 from textpipe.text.tokenizer import Tokenizer
 from textpipe.text.vocab import build_vocab
 
-RUNNER = Path(__file__).with_name("kill_runner.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+RUNNER = Path(__file__).resolve().parents[1] / "kill_runner.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def run(*args, check=True):

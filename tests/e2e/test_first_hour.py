@@ -22,7 +22,7 @@ from textpipe.run.pipeline import label_order
 from textpipe.run.phases import train_files
 from textpipe.core.train import TrainConfig, TrainState, epoch_line, record_epoch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORDS = {1: "awful dull boring tedious", 2: "fine okay average decent", 10: "superb gorgeous witty great"}
 
 
