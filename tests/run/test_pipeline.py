@@ -8,6 +8,7 @@ from conftest import cli_here, write_csv
 from textpipe.core.models import ModelConfig
 from textpipe.run.config import DataConfig, PipelineConfig
 from textpipe.run.phases import train_files
+from textpipe.run.pipeline import label_order
 from textpipe.text.sources import DataError
 from textpipe.text.tokenizer import TokenizerConfig
 from textpipe.core.train import TrainConfig
@@ -190,3 +191,8 @@ def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, c
     model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[2] / "configs" / config).read_text())["model"])
     counts = count_training_file(shared_dataset(dataset) / "train.csv", 10, Tokenizer(), DataConfig(cache_dir=None), quiet=True, ngrams=ngram_count_limit(model))
     assert ngram_table(model, counts.ngrams)["rows"] == model.ngram_buckets
+
+
+def test_label_order_sorts_integer_labels_as_numbers_and_the_rest_as_text():
+    assert label_order(["10", "2", "1"]) == ["1", "2", "10"]
+    assert label_order(["b", "10", "a"]) == ["10", "a", "b"]
