@@ -12,16 +12,15 @@ import torch
 from torch import nn
 
 import textpipe.core.train
-from conftest import crash_after_step, make_rows, write_csv
+from conftest import crash_after_step, make_rows, tiny, write_csv
 from textpipe.core.checkpoint import CheckpointStore
 from textpipe.core.collate import pad_collate
 from textpipe.core.events import listen
 from textpipe.core.models import ModelConfig, build_model
 from textpipe.core.optim import RowAdam, clip_grad_norm, lr_factor
-from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.run.config import PipelineConfig
 from textpipe.run.phases import resume_run, train_files
 from textpipe.core.runtime import RunContext, run_scope
-from textpipe.text.tokenizer import TokenizerConfig
 from textpipe.core.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit
 
 QUIET = RunContext(quiet=True)
@@ -148,12 +147,7 @@ def test_config_rejects_bad_options():
 
 
 def pipeline_config(**train) -> PipelineConfig:
-    return PipelineConfig(
-        tokenizer=TokenizerConfig("whitespace"),
-        data=DataConfig(shuffle_buffer=100),
-        model=ModelConfig(ngram_buckets=1024),
-        train=TrainConfig(epochs=3, lr=0.02, checkpoint_every=5, **train),
-    )
+    return tiny(data={"shuffle_buffer": 100}, train={"epochs": 3, "lr": 0.02, "checkpoint_every": 5, **train})
 
 
 def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactly(tmp_path):

@@ -18,9 +18,9 @@ def textpipe_cli(*args, input=None):
     return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, input=input)
 
 
-def test_same_seed_same_metrics_file(toy_files, tmp_path):
+def test_same_seed_same_metrics_file(toy_files, tmp_path, tiny_config):
     train, _, test = toy_files
-    config = lambda: PipelineConfig(train=TrainConfig(epochs=3, seed=5))  # noqa: E731
+    config = lambda: tiny_config(train={"epochs": 3, "seed": 5})  # noqa: E731
     train_files(train, test, tmp_path / "run1", config=config(), quiet=True)
     train_files(train, test, tmp_path / "run2", config=config(), quiet=True)
     first, second = (tmp_path / "run1" / "metrics.json").read_bytes(), (tmp_path / "run2" / "metrics.json").read_bytes()
