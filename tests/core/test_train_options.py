@@ -5,7 +5,6 @@ import filecmp
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from textpipe.core.checkpoint import CheckpointStore
 from textpipe.core.collate import pad_collate
 from textpipe.core.events import listen
 from textpipe.core.models import ModelConfig, build_model
-from textpipe.core.optim import RowAdam, clip_grad_norm, lr_factor
+from textpipe.core.optim import clip_grad_norm, lr_factor
 from textpipe.run.config import PipelineConfig
 from textpipe.run.phases import resume_run, train_files
 from textpipe.core.runtime import RunContext, run_scope
