@@ -150,7 +150,7 @@ sys.exit(main(sys.argv[1:]))
 def test_a_full_disk_says_so_with_the_resume_hint_and_loses_nothing(where, data, tmp_path):
     train, test, _, model = data
     out = tmp_path / "M"
-    module, name = ("checkpoint", "torch.save") if where == "checkpoint" else ("bundle", "safetensors_bytes")
+    module, name = ("core.checkpoint", "torch.save") if where == "checkpoint" else ("bundle.store", "safetensors_bytes")
     code = DISK_FULL.format(module=module, name=name)
     result = subprocess.run([sys.executable, "-c", code, "train", "--train", train, "--test", test, "--out", out, "--checkpoint-seconds", "0.001", *SMALL],
                             capture_output=True, text=True, env=ENV)
