@@ -86,7 +86,7 @@ test: $(STAMP)  ## run the test suite, one pytest-xdist worker per core (ARGS="-
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal $(ARGS)
 
 golden: $(STAMP)  ## the six golden runs: the recorded weights and metrics, bit for bit (tests/golden.py)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal --golden -m golden tests/test_golden.py $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist worksteal --golden -m golden tests/e2e/test_golden.py $(ARGS)
 
 clean:  ## remove the venv and trained runs (keeps the data cache)
 	rm -rf $(VENV) runs

@@ -131,18 +131,38 @@ TEXTS = [
 ]
 
 
+# A tiny model for toy data: 512 hashed n-gram rows of dim 16 instead of the default 2^18 x 64
+# table (a 67 MB bundle), and the whitespace tokenizer. Tests of the defaults, of real accuracy
+# and the golden runs do not use it.
+TINY_MODEL = {"embed_dim": 16, "hidden_dim": 16, "ngram_buckets": 512}
+TINY_FLAGS = ("--tokenizer", "whitespace", *(a for k, v in TINY_MODEL.items() for a in ("--set", f"model.{k}={v}")))
+
+
+def tiny(**sections: dict):
+    """A PipelineConfig with the tiny model; ``sections`` override it key by key, e.g.
+    ``tiny(model={"name": "cnn"}, train={"epochs": 2})``."""
+    from textpipe.run.config import PipelineConfig
+
+    base = {"tokenizer": {"name": "whitespace"}, "model": dict(TINY_MODEL)}
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return PipelineConfig.from_dict(base)
+
+
+@pytest.fixture
+def tiny_config():
+    """``tiny``: unit tests that train build their config with it, so they train tiny tables."""
+    return tiny
+
+
 def train_tiny(folder, model: str = "bag", **model_overrides):
     """A small bundle trained on the toy reviews in a few seconds; returns its folder and the test file."""
-    from textpipe.run.config import DataConfig, PipelineConfig
-    from textpipe.core.models import ModelConfig
     from textpipe.run.phases import train_files
-    from textpipe.core.train import TrainConfig
 
     train = write_csv(folder / "train.csv", make_rows(300, seed=1))
     test = write_csv(folder / "test.csv", make_rows(60, seed=3))
-    sizes = dict(embed_dim=16, hidden_dim=16, ngram_buckets=512) | model_overrides
-    config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(name=model, **sizes),
-                            train=TrainConfig(epochs=3, lr=0.02, refit=False, keep_checkpoints=1, checkpoint_seconds=1e-9, keep_checkpoints_after=True))
+    config = tiny(tokenizer={"name": "spacy"}, data={"cache_dir": None}, model={"name": model, **model_overrides},
+                  train={"epochs": 3, "lr": 0.02, "refit": False, "keep_checkpoints": 1, "checkpoint_seconds": 1e-9, "keep_checkpoints_after": True})
     train_files(train, test, folder / "run", config=config, quiet=True)
     return folder / "run", test
 

@@ -17,7 +17,7 @@ import torch
 from textpipe.text import vectors as vectors_module
 from textpipe.text.vectors import NAMED_VECTORS, NamedVectors, fetch_vectors, load_vectors, resolve_vectors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["the", "good", "bad", "movie"]
 
 
@@ -88,7 +88,7 @@ def test_an_unknown_name_lists_the_named_vectors():
 
 def test_cli_vectors_fetch_and_list(tiny_named, tmp_path):
     root, _, _ = tiny_named
-    code = ("import sys; from textpipe import vectors, cli; vectors.NAMED_VECTORS['tiny-4d'] = "
+    code = ("import sys; from textpipe import cli; from textpipe.text import vectors; vectors.NAMED_VECTORS['tiny-4d'] = "
             f"vectors.NamedVectors(*{list(tiny_named[2].__dict__.values())!r}); sys.exit(cli.main(sys.argv[1:]))")
     fetched = subprocess.run([sys.executable, "-c", code, "vectors", "fetch", "tiny-4d", "--root", str(root)], capture_output=True, text=True)
     assert fetched.returncode == 0, fetched.stderr

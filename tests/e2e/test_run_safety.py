@@ -15,7 +15,7 @@ from conftest import cli_here, crash_after_step, make_rows, write_csv
 from textpipe.cli import atomic_output
 from textpipe.run.folder import LOCK, STAGE, RunLock
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 SMALL = ["--tokenizer", "whitespace", "--epochs", "2", "--set", "model.ngram_buckets=1024", "--quiet"]
 BUNDLE_AND_REPORT = {"bundle.json", "vocab.json", "weights.safetensors", "config.json", "metrics.json", "run.json", "report.md",
                      "misclassified.csv", "confusion_matrix.png", "learning_curves.png"}
@@ -150,7 +150,7 @@ sys.exit(main(sys.argv[1:]))
 def test_a_full_disk_says_so_with_the_resume_hint_and_loses_nothing(where, data, tmp_path):
     train, test, _, model = data
     out = tmp_path / "M"
-    module, name = ("checkpoint", "torch.save") if where == "checkpoint" else ("bundle", "safetensors_bytes")
+    module, name = ("core.checkpoint", "torch.save") if where == "checkpoint" else ("bundle.store", "safetensors_bytes")
     code = DISK_FULL.format(module=module, name=name)
     result = subprocess.run([sys.executable, "-c", code, "train", "--train", train, "--test", test, "--out", out, "--checkpoint-seconds", "0.001", *SMALL],
                             capture_output=True, text=True, env=ENV)

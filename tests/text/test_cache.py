@@ -146,14 +146,12 @@ def test_pad_fraction_counts_pad_positions():
     assert pad_fraction([batch]) == pytest.approx(2 / 6)
 
 
-def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch):
-    from textpipe.run.config import DataConfig, PipelineConfig
+def test_a_second_run_reads_its_epochs_from_the_cache(toy_files, tmp_path, monkeypatch, tiny_config):
     from textpipe.run.phases import train_files
     from textpipe.core.runtime import resolve_device
-    from textpipe.core.train import TrainConfig
 
     train, test, _ = toy_files
-    config = lambda cache: PipelineConfig(data=DataConfig(cache_dir=cache), train=TrainConfig(epochs=2, device="auto", keep_checkpoints=0))  # noqa: E731
+    config = lambda cache: tiny_config(data={"cache_dir": cache}, train={"epochs": 2, "device": "auto", "keep_checkpoints": 0})  # noqa: E731
     first = train_files(train, test, tmp_path / "run1", config=config(str(tmp_path / "c")), quiet=True)
     caches = sorted(p.name for p in (tmp_path / "c").iterdir())
     # train part, held-out dev part and test; then, with the refit's vocabulary (all rows), the whole train file and test;

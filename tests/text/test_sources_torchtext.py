@@ -119,16 +119,12 @@ def test_unknown_torchtext_name_or_split(tmp_path):
         list(read_examples("torchtext:AG_NEWS/dev", config=SourceConfig(root=str(tmp_path))))
 
 
-def test_train_on_a_torchtext_dataset(tmp_path, monkeypatch, offline):
+def test_train_on_a_torchtext_dataset(tmp_path, monkeypatch, offline, tiny_config):
     """The whole pipeline on torchtext:AG_NEWS, read in two DataLoader workers: train split to train, the same rows as test."""
-    from textpipe.run.config import DataConfig, PipelineConfig
     from textpipe.run.phases import train_files
-    from textpipe.text.tokenizer import TokenizerConfig
-    from textpipe.core.train import TrainConfig
 
     install(monkeypatch, tmp_path, "AG_NEWS")
-    config = PipelineConfig(tokenizer=TokenizerConfig("whitespace"), data=DataConfig(num_workers=2, source=SourceConfig(root=str(tmp_path))),
-                            train=TrainConfig(epochs=1))
+    config = tiny_config(data={"num_workers": 2, "source": {"root": str(tmp_path)}}, train={"epochs": 1})
     spec = "torchtext:AG_NEWS/train"
     metrics = train_files(spec, spec, tmp_path / "run", dev=spec, config=config, quiet=True)
     assert metrics["test"]["n"] == 2

@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from textpipe.core.collate import pad_collate
-from textpipe.run.config import PipelineConfig
 from textpipe.core.models import ModelConfig, build_model
 from textpipe.core.nb_linear import ALPHAS, NBLinear, Presence, fit_members, fit_nb_linear, log_count_ratios
 from textpipe.bundle.predict import Predictor
 from textpipe.run.phases import train_files
-from textpipe.core.train import TrainConfig
 
 
 def test_a_feature_counts_once_per_text():
@@ -113,9 +111,9 @@ def test_a_bundle_saved_before_the_nb_path_loads_without_it():
     assert build_model(ModelConfig(vocab_size=10, num_classes=2, nb_linear=False)).nb is None
 
 
-def test_a_run_ships_the_mix_chosen_on_held_out_rows_and_refits_with_it(toy_files, tmp_path):
+def test_a_run_ships_the_mix_chosen_on_held_out_rows_and_refits_with_it(toy_files, tmp_path, tiny_config):
     train, _, test = toy_files
-    metrics = train_files(train, test, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=3, lr=0.02)), quiet=True)
+    metrics = train_files(train, test, tmp_path / "run", config=tiny_config(train={"epochs": 3, "lr": 0.02}), quiet=True)
     nb = metrics["nb_linear"]
     assert nb["rows"] == 400 and "bag" in nb["dev"]  # refit on every row, with the train phase's dev scores
     assert json.loads((tmp_path / "run" / "run.json").read_text())["refit"]["nb_linear"]["alpha"] == nb["alpha"]
@@ -124,9 +122,9 @@ def test_a_run_ships_the_mix_chosen_on_held_out_rows_and_refits_with_it(toy_file
     assert "NB-weighted linear path" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_a_run_over_max_rows_ships_the_bag_alone(toy_files, tmp_path, monkeypatch):
+def test_a_run_over_max_rows_ships_the_bag_alone(toy_files, tmp_path, monkeypatch, tiny_config):
     monkeypatch.setattr("textpipe.core.nb_linear.MAX_ROWS", 100)  # the toy file has 400 rows
     train, _, test = toy_files
-    metrics = train_files(train, test, tmp_path / "run", config=PipelineConfig(train=TrainConfig(epochs=2, lr=0.02)), quiet=True)
+    metrics = train_files(train, test, tmp_path / "run", config=tiny_config(train={"epochs": 2, "lr": 0.02}), quiet=True)
     assert "nb_linear" not in metrics
     assert float(Predictor.load(tmp_path / "run").bundle.model.nb.alpha) == 1.0

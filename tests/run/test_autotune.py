@@ -72,7 +72,7 @@ def test_cli_autotune_prints_the_table(toy_files, tmp_path):
 
 # The sentence encoder knob, without the real encoder: a fake one whose vectors count the toy data's sentiment words.
 ENCODER_KNOB = ("encoder", [{"model": {"encoder": "minilm-l6"}}])
-ENCODER_DIR = Path(__file__).resolve().parents[1] / "data" / "encoders" / "minilm-l6"
+ENCODER_DIR = Path(__file__).resolve().parents[2] / "data" / "encoders" / "minilm-l6"
 
 
 class FakeEncoder:

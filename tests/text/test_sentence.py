@@ -25,7 +25,7 @@ from textpipe.core.minilm import MiniLM, MiniLMConfig, _file_names, load_minilm
 from textpipe.text.sentence import NAMED_ENCODERS, NamedEncoder, SentenceEncoder, fetch_encoder
 from textpipe.text.sentence_cache import MAX_SHARDS, SentenceCache
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = MiniLMConfig(vocab_size=110, dim=8, layers=1, heads=2, ffn_dim=16, max_positions=32)
 WORDS = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]"]  # BERT's special ids 100-102
 

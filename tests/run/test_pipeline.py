@@ -8,6 +8,7 @@ from conftest import cli_here, write_csv
 from textpipe.core.models import ModelConfig
 from textpipe.run.config import DataConfig, PipelineConfig
 from textpipe.run.phases import train_files
+from textpipe.run.pipeline import label_order
 from textpipe.text.sources import DataError
 from textpipe.text.tokenizer import TokenizerConfig
 from textpipe.core.train import TrainConfig
@@ -17,9 +18,9 @@ def textpipe_cli(*args, input=None):
     return subprocess.run([sys.executable, "-m", "textpipe", *map(str, args)], capture_output=True, text=True, input=input)
 
 
-def test_same_seed_same_metrics_file(toy_files, tmp_path):
+def test_same_seed_same_metrics_file(toy_files, tmp_path, tiny_config):
     train, _, test = toy_files
-    config = lambda: PipelineConfig(train=TrainConfig(epochs=3, seed=5))  # noqa: E731
+    config = lambda: tiny_config(train={"epochs": 3, "seed": 5})  # noqa: E731
     train_files(train, test, tmp_path / "run1", config=config(), quiet=True)
     train_files(train, test, tmp_path / "run2", config=config(), quiet=True)
     first, second = (tmp_path / "run1" / "metrics.json").read_bytes(), (tmp_path / "run2" / "metrics.json").read_bytes()
@@ -187,6 +188,11 @@ def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, c
     from textpipe.run.pipeline import count_training_file, ngram_count_limit, ngram_table
     from textpipe.text.tokenizer import Tokenizer
 
-    model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[1] / "configs" / config).read_text())["model"])
+    model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[2] / "configs" / config).read_text())["model"])
     counts = count_training_file(shared_dataset(dataset) / "train.csv", 10, Tokenizer(), DataConfig(cache_dir=None), quiet=True, ngrams=ngram_count_limit(model))
     assert ngram_table(model, counts.ngrams)["rows"] == model.ngram_buckets
+
+
+def test_label_order_sorts_integer_labels_as_numbers_and_the_rest_as_text():
+    assert label_order(["10", "2", "1"]) == ["1", "2", "10"]
+    assert label_order(["b", "10", "a"]) == ["10", "a", "b"]

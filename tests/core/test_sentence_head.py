@@ -11,7 +11,7 @@ import torch
 from conftest import cli_here, make_rows, write_csv
 from textpipe.core.sentence_head import SentenceHead, fit_head
 
-ENCODER = Path(__file__).resolve().parents[1] / "data" / "encoders" / "minilm-l6"
+ENCODER = Path(__file__).resolve().parents[2] / "data" / "encoders" / "minilm-l6"
 
 
 def toy_vectors(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

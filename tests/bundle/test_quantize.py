@@ -186,7 +186,7 @@ def test_the_nb_paths_table_is_stored_compact_too(trained, tmp_path):
 
 # --- a bundle with a sentence encoder: the precision its encoder computes at ---------------------------------------
 
-ENCODER = Path(__file__).resolve().parents[1] / "data" / "encoders" / "minilm-l6"
+ENCODER = Path(__file__).resolve().parents[2] / "data" / "encoders" / "minilm-l6"
 
 
 def with_sentence_head(model_dir, out):

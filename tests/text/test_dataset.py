@@ -1,15 +1,17 @@
 import collections
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import write_csv
+from conftest import make_rows, write_csv
 from textpipe.core.batching import Batches
 from textpipe.core.collate import pad_collate
 from textpipe.text.dataset import TextClassificationDataset, TextListDataset
 from textpipe.text.encoder import TextEncoder
-from textpipe.text.sources import DataError, read_examples
+from textpipe.text.sources import DataError, SourceConfig, read_examples
 from textpipe.text.tokenizer import Tokenizer
 from textpipe.text.vocab import UNK_ID, build_vocab
 
@@ -205,3 +207,75 @@ def test_make_loader_batches_texts_in_memory_longest_first():
     assert loader.sampler.restore(torch.cat([b.lengths for b in batches])).tolist() == [1, 3, 2, 4, 1]
     with pytest.raises(ValueError, match="longest first"):
         make_loader(ds, 2, shuffle_buffer=10)
+
+
+def test_stream_state_resumes_mid_block(tmp_path):
+    path = write_csv(tmp_path / "rows.csv", make_rows(50, seed=4))
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for _, t in make_rows(50, seed=4))
+    ds = Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"]), shuffle_buffer=8, seed=3)
+    ds.set_epoch(2)
+    whole = [ids.tolist() for ids, _ in ds]
+    for cut in (0, 5, 8, 13, 49, 50):
+        stream = iter(ds)
+        head = [next(stream)[0].tolist() for _ in range(cut)]
+        again = iter(ds)
+        again.load_state_dict(stream.state_dict())
+        assert head + [ids.tolist() for ids, _ in again] == whole, cut
+
+
+
+def test_a_resumed_stream_seeks_instead_of_rereading(tmp_path):
+    path = write_csv(tmp_path / "rows.csv", make_rows(60, seed=5))
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for _, t in make_rows(60, seed=5))
+    ds = Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], holdout_every=10, part="train"), shuffle_buffer=8, seed=1)
+    whole = [ids.tolist() for ids, _ in ds]
+    stream = iter(ds)
+    head = [next(stream)[0].tolist() for _ in range(21)]  # into the third block
+    state = stream.state_dict()
+    assert state["reader_at"] is not None and state["block"] == 2
+    # Blank out every row before the block: a resume that re-read them would go wrong.
+    data = path.read_bytes()
+    header_end = data.index(b"\n") + 1
+    offset = state["reader_at"][0]
+    path.write_bytes(data[:header_end] + b"\n" * (offset - header_end) + data[offset:])
+    again = iter(ds)
+    again.load_state_dict(state)
+    assert head + [ids.tolist() for ids, _ in again] == whole
+
+
+
+def write_source(tmp_path, kind: str, rows) -> Path:
+    if kind == "csv":
+        return write_csv(tmp_path / "rows.csv", rows)
+    if kind == "jsonl":
+        path = tmp_path / "rows.jsonl"
+        lines = [json.dumps({"label": label, "text": text}) for label, text in rows]
+        lines.insert(7, "{not json")  # a bad row, skipped (and skipped again after a resume)
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    folder = tmp_path / "rows"
+    for i, (label, text) in enumerate(rows):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / f"{i:03d}.txt").write_text(text)
+    return folder
+
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl", "folder"])
+def test_every_source_resumes_exactly_mid_block(kind, tmp_path):
+    rows = make_rows(40, seed=6)
+    path = write_source(tmp_path, kind, rows)
+    tok = Tokenizer("whitespace")
+    vocab = build_vocab(tok(t) for _, t in rows)
+    source = SourceConfig(on_bad_row="skip")
+    ds = Batches(TextClassificationDataset(path, tok, vocab, ["neg", "pos"], source=source), shuffle_buffer=6, seed=2)
+    whole = [ids.tolist() for ids, _ in ds]
+    assert len(whole) == 40
+    for cut in (3, 6, 17, 39):
+        stream = iter(ds)
+        head = [next(stream)[0].tolist() for _ in range(cut)]
+        again = iter(ds)
+        again.load_state_dict(stream.state_dict())
+        assert head + [ids.tolist() for ids, _ in again] == whole, cut

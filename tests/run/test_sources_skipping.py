@@ -6,13 +6,11 @@ import sys
 
 import pytest
 
-from conftest import cli_here, crash_after_step, make_rows, write_csv
+from conftest import cli_here, crash_after_step, make_rows, tiny, write_csv
 from textpipe.run.config import DataConfig, PipelineConfig
 from textpipe.run.pipeline import report_file
 from textpipe.run.phases import train_files
 from textpipe.text.sources import SourceConfig
-from textpipe.text.tokenizer import TokenizerConfig
-from textpipe.core.train import TrainConfig
 
 BAD_ROWS = [b"pos\n", b"neg,   \n", b",no label\n", b"pos,caf\xe9\n", b"neg,nul\x00\n"]
 REASONS = {"wrong number of columns": 1, "empty text": 1, "missing label": 1, "undecodable bytes": 1, "NUL byte": 1}
@@ -37,10 +35,7 @@ def bad_files(tmp_path):
 
 
 def skip_config(num_workers=0):
-    return PipelineConfig(
-        tokenizer=TokenizerConfig("whitespace"), train=TrainConfig(epochs=1, seed=3),
-        data=DataConfig(num_workers=num_workers, source=SourceConfig(on_bad_row="skip")),
-    )
+    return tiny(train={"epochs": 1, "seed": 3}, data={"num_workers": num_workers, "source": {"on_bad_row": "skip"}})
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 import torch
 
-from textpipe import _torchtext  # noqa: F401
+from textpipe.text import _torchtext  # noqa: F401
 from torchtext.vocab import build_vocab_from_iterator
 from textpipe.core.collate import pad_collate
 from textpipe.text.vocab import PAD_ID, UNK_ID, build_vocab, load_vocab, save_vocab, vocab_from_counts

@@ -18,7 +18,7 @@ from textpipe.cli import bundles
 from textpipe.run.config import PipelineConfig, default_toml, load, read_file
 from textpipe.bundle.report import PNG_SIZE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = [["train"], ["evaluate"], ["predict"], ["embed"], ["vocab"], ["vocab", "build"], ["vocab", "show"],
                ["datasets"], ["datasets", "list"], ["datasets", "fetch"], ["datasets", "stats"], ["info"], ["quantize"], ["serve"]]
 

@@ -5,23 +5,21 @@ import filecmp
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import textpipe.core.train
-from conftest import crash_after_step, make_rows, write_csv
+from conftest import crash_after_step, make_rows, tiny, write_csv
 from textpipe.core.checkpoint import CheckpointStore
 from textpipe.core.collate import pad_collate
 from textpipe.core.events import listen
 from textpipe.core.models import ModelConfig, build_model
-from textpipe.core.optim import RowAdam, clip_grad_norm, lr_factor
-from textpipe.run.config import DataConfig, PipelineConfig
+from textpipe.core.optim import clip_grad_norm, lr_factor
+from textpipe.run.config import PipelineConfig
 from textpipe.run.phases import resume_run, train_files
 from textpipe.core.runtime import RunContext, run_scope
-from textpipe.text.tokenizer import TokenizerConfig
 from textpipe.core.train import TrainConfig, TrainingInterrupted, class_weight_tensor, fit
 
 QUIET = RunContext(quiet=True)
@@ -67,18 +65,6 @@ def spy_train_step(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(textpipe.core.train, "train_step", spy)
     return seen
-
-
-def test_warmup_rises_linearly_then_decays_to_zero_per_step():
-    config = TrainConfig(epochs=4, warmup=0.25, schedule="linear_steps")
-    f = lr_factor(config, steps_per_epoch=10)  # 40 steps, 10 of warmup
-    curve = [f(s) for s in range(40)]
-    assert curve[:10] == pytest.approx([(s + 1) / 11 for s in range(10)])
-    assert curve[10] == pytest.approx(1.0)
-    assert curve[10:] == pytest.approx([(40 - s) / 30 for s in range(10, 40)])
-    assert all(a > b for a, b in zip(curve[10:], curve[11:])), "decays at every step after warmup"
-    constant = lr_factor(TrainConfig(epochs=4, warmup=0.25, schedule="constant"), 10)
-    assert [constant(s) for s in (0, 9, 10, 39)] == pytest.approx([1 / 11, 10 / 11, 1.0, 1.0])
 
 
 def test_fit_applies_the_per_step_lr_to_every_optimizer(monkeypatch):
@@ -160,12 +146,7 @@ def test_config_rejects_bad_options():
 
 
 def pipeline_config(**train) -> PipelineConfig:
-    return PipelineConfig(
-        tokenizer=TokenizerConfig("whitespace"),
-        data=DataConfig(shuffle_buffer=100),
-        model=ModelConfig(ngram_buckets=1024),
-        train=TrainConfig(epochs=3, lr=0.02, checkpoint_every=5, **train),
-    )
+    return tiny(data={"shuffle_buffer": 100}, train={"epochs": 3, "lr": 0.02, "checkpoint_every": 5, **train})
 
 
 def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactly(tmp_path):
@@ -185,47 +166,6 @@ def test_the_pipeline_passes_label_counts_and_resumes_a_per_step_schedule_exactl
     resume_run(tmp_path / "crashed", quiet=True)
     for name in ("weights.safetensors", "metrics.json"):
         assert filecmp.cmp(tmp_path / "reference" / name, tmp_path / "crashed" / name, shallow=False), name
-
-
-def test_row_adam_matches_torch_sparse_adam():
-    torch.manual_seed(0)
-    tables = [torch.nn.Embedding(50, 8, sparse=True) for _ in range(2)]
-    tables[1].load_state_dict(tables[0].state_dict())
-    ours, theirs = RowAdam(tables[0].parameters(), lr=0.01), torch.optim.SparseAdam(tables[1].parameters(), lr=0.01)
-    for step in range(20):
-        ids = torch.randint(0, 50, (6, 5))  # repeated rows within a batch included
-        target = torch.randn(6, 8)
-        for table, optimizer in zip(tables, (ours, theirs)):
-            optimizer.zero_grad()
-            ((table(ids).mean(1) - target) ** 2).sum().backward()
-            optimizer.step()
-        assert torch.allclose(tables[0].weight, tables[1].weight, atol=1e-6), f"step {step}"
-
-
-def test_row_adam_refuses_dense_gradients():
-    layer = torch.nn.Linear(3, 1)
-    optimizer = RowAdam(layer.parameters())
-    layer(torch.ones(1, 3)).sum().backward()
-    with pytest.raises(ValueError, match="sparse gradients only"):
-        optimizer.step()
-
-
-def test_row_adam_saves_used_rows_only_and_restores_exactly():
-    torch.manual_seed(0)
-    table = torch.nn.Embedding(1000, 8, sparse=True)
-    optimizer = RowAdam(table.parameters(), lr=0.01)
-    table(torch.tensor([[3, 5, 5, 900]])).sum().backward()
-    optimizer.step()
-    saved = optimizer.state_dict()
-    assert saved["state"][0]["exp_avg"].shape == (3, 8)  # rows 3, 5 and 900 only
-    assert optimizer.state[table.weight]["exp_avg"].shape == (1000, 8)  # the live state is left whole
-    clone = torch.nn.Embedding(1000, 8, sparse=True)
-    restored = RowAdam(clone.parameters(), lr=0.01)
-    restored.load_state_dict(saved)
-    assert saved["state"][0]["rows"].tolist() == [3, 5, 900]
-    for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.equal(restored.state[clone.weight][key], optimizer.state[table.weight][key]), key
-    assert restored.state[clone.weight]["step"] == 1
 
 
 class ResumableList(list):

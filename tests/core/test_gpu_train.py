@@ -10,7 +10,7 @@ from textpipe.text.dataset import TextClassificationDataset
 from textpipe.text.tokenizer import Tokenizer
 from textpipe.text.vocab import build_vocab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_train.py"
 
 

@@ -80,7 +80,7 @@ def predict(bundle, *args, stdin=None):
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.run([sys.executable, "-m", "textpipe", "predict", "--model", str(bundle), *map(str, args)],
                           input=stdin, capture_output=True, text=True, env=env)
 
