@@ -161,7 +161,11 @@ def train_step(
         clip_grad_norm(model.parameters(), grad_clip)
     for opt in optimizers:
         opt.step()
-    return loss.item() * len(batch), (logits.argmax(1) == batch.labels).sum().item()
+    # The summed loss is the one optimized: with class weights the mean divides by the batch's
+    # weight total, not its row count (balanced weights total the row count over an epoch).
+    weight = getattr(loss_fn, "weight", None)
+    total = len(batch) if weight is None else weight[batch.labels].sum().item()
+    return loss.item() * total, (logits.argmax(1) == batch.labels).sum().item()
 
 
 def fit(
