@@ -152,3 +152,17 @@ def test_every_dependency_is_imported_or_says_who_needs_it():
         imported = re.search(rf"^\s*(import|from) {name}\b", code, re.M)
         line = next(line for line in lines if f'"{requirement}"' in line)
         assert imported or "never imported" in line, f"{requirement}: textpipe never imports it; remove it, or say on its line who needs it"
+
+
+def test_library_code_logs_and_never_prints():
+    """Outside cli/, progress and warnings go to the ``textpipe`` logger (the caller decides where), never print or sys.stderr."""
+    printing = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        scripts = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and id(node) not in scripts and ast.unparse(node.func) in ("print", "sys.stderr.write", "sys.stdout.write"):
+                printing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not printing, f"prints instead of logging: {printing}"
