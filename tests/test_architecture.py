@@ -141,3 +141,45 @@ def test_no_function_outside_the_cli_takes_more_than_five_arguments():
                 if len(positional) + len(required) > 5:
                     crowded.append(f"{module_name(p)}.{node.name}")
     assert crowded == []
+
+
+def test_every_public_function_and_class_is_used_somewhere():
+    """A public top-level name of textpipe/ is named again somewhere (the package, its tests, bench/,
+    docs/, the Makefile): one that nothing calls is dead code to delete, not an API to keep."""
+    sources = [p for p in PACKAGE.rglob("*.py")] + list((ROOT / "tests").rglob("*.py")) + list((ROOT / "bench").rglob("*.py")) \
+        + list((ROOT / "docs").rglob("*.md")) + [ROOT / "Makefile"]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sources if p.is_file())
+    unused = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                if len(re.findall(rf"\b{node.name}\b", text)) < 2:
+                    unused.append(f"{path.relative_to(ROOT)}: {node.name}")
+    assert not unused, f"defined and never used: {unused}"
+
+
+def test_every_dependency_is_imported_or_says_who_needs_it():
+    """pyproject.toml's dependencies are textpipe's imports; one it never imports says on its line who needs it."""
+    import tomllib
+
+    lines = (ROOT / "pyproject.toml").read_text(encoding="utf-8").splitlines()
+    code = "\n".join(p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py"))
+    for requirement in tomllib.loads("\n".join(lines))["project"]["dependencies"]:
+        name = re.match(r"[\w-]+", requirement).group(0).replace("-", "_")
+        imported = re.search(rf"^\s*(import|from) {name}\b", code, re.M)
+        line = next(line for line in lines if f'"{requirement}"' in line)
+        assert imported or "never imported" in line, f"{requirement}: textpipe never imports it; remove it, or say on its line who needs it"
+
+
+def test_library_code_logs_and_never_prints():
+    """Outside cli/, progress and warnings go to the ``textpipe`` logger (the caller decides where), never print or sys.stderr."""
+    printing = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        scripts = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and id(node) not in scripts and ast.unparse(node.func) in ("print", "sys.stderr.write", "sys.stdout.write"):
+                printing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not printing, f"prints instead of logging: {printing}"

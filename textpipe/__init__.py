@@ -1,6 +1,5 @@
-"""textpipe: text classification on torchtext, one stage per module.
-
-    sources -> tokenizer -> vocab -> dataset -> collate -> models -> train -> bundle -> predict
+"""textpipe: text classification on torchtext, one stage per module (the stages, in the order
+data flows: docs/architecture.md, "The stages").
 
 Every stage is importable from here, lazily: ``import textpipe.core.models`` does not
 pull in torchtext or spaCy, so the tensor core (``collate``, ``models``,

@@ -338,10 +338,11 @@ def test_help_shows_the_defaults_the_config_dataclasses_hold():
     """Every config flag's '(default: X)' is the dataclass default, never a number written twice."""
     import re
 
-    from textpipe.cli.options import OVERRIDES
+    from textpipe.cli.options import config_keys
     from textpipe.cli.parser import build_parser
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
+    OVERRIDES = config_keys(train)
     defaults = PipelineConfig().to_dict()
     shown = 0
     for action in train._actions:

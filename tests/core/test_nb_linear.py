@@ -106,8 +106,11 @@ def test_past_max_rows_the_bag_is_left_alone():
 
 
 def test_a_bundle_saved_before_the_nb_path_loads_without_it():
-    assert ModelConfig.from_dict({"vocab_size": 10, "num_classes": 2}).nb_linear is False
-    assert ModelConfig().nb_linear is True
+    from textpipe.bundle.store import bundle_model_config
+
+    assert bundle_model_config({"vocab_size": 10, "num_classes": 2}).nb_linear is False
+    assert bundle_model_config({"vocab_size": 10, "num_classes": 2, "nb_linear": True}).nb_linear is True
+    assert ModelConfig().nb_linear is True and ModelConfig.from_dict({}).nb_linear is True  # one default
     assert build_model(ModelConfig(vocab_size=10, num_classes=2, nb_linear=False)).nb is None
 
 

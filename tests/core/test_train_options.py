@@ -139,6 +139,20 @@ def test_fit_builds_the_loss_from_the_options(monkeypatch):
     assert nn.CrossEntropyLoss()(confident, torch.tensor([0])).item() < 1e-6
 
 
+def test_the_summed_train_loss_is_the_weighted_loss_optimized():
+    """With class weights the step's summed loss is sum(w_i * loss_i), not the weighted mean times the row count."""
+    batch, model = toy_batches(1)[0], small_bag()
+    weights = torch.tensor([0.25, 3.0])
+    with torch.no_grad():
+        per_row = nn.CrossEntropyLoss(reduction="none")(model(batch.ids, batch.mask).float(), batch.labels)
+    expected = (weights[batch.labels] * per_row).sum().item()
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.0)]
+    loss_sum, _ = textpipe.core.train.train_step(model, batch, optimizers, nn.CrossEntropyLoss(weight=weights))
+    assert loss_sum == pytest.approx(expected, rel=1e-5)
+    unweighted, _ = textpipe.core.train.train_step(model, batch, optimizers, nn.CrossEntropyLoss())
+    assert unweighted == pytest.approx(per_row.sum().item(), rel=1e-5)
+
+
 def test_config_rejects_bad_options():
     for bad in ({"warmup": 1.0}, {"warmup": -0.1}, {"grad_clip": -1}, {"label_smoothing": 1.0}, {"class_weights": "auto"}, {"schedule": "cosine"}):
         with pytest.raises(ValueError):

@@ -125,15 +125,14 @@ def test_an_unknown_flag_gets_the_subcommands_usage_and_a_suggestion():
     assert typo.stderr.startswith("usage: textpipe predict ") and "did you mean --format?" in typo.stderr
 
 
-# 5. One meaning per flag: --arch in train; --model there is a deprecated alias.
+# 5. One meaning per flag: --arch in train; --model is a bundle (predict, evaluate, serve ...), never an architecture.
 
 
-def test_train_takes_arch_and_still_accepts_model_with_a_warning():
+def test_train_takes_arch_and_model_is_not_an_architecture():
     arch = cli_here("train", "--arch", "cnn", "--print-config")
     assert arch.returncode == 0 and '\nname = "cnn"' in arch.stdout and arch.stderr == ""
     old = cli_here("train", "--model", "gru", "--print-config")
-    assert old.returncode == 0 and '\nname = "gru"' in old.stdout
-    assert "--model is deprecated, use --arch" in old.stderr
+    assert old.returncode == 2 and old.stderr.rstrip().endswith("unrecognized arguments: --model gru; did you mean --arch?")
 
 
 # 6. Hints where they help; errors before the config dump.

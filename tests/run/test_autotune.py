@@ -70,6 +70,18 @@ def test_cli_autotune_prints_the_table(toy_files, tmp_path):
     assert bad.returncode == 2 and "positive number of seconds" in bad.stderr
 
 
+def test_autotune_under_torchrun_is_refused_before_any_trial(toy_files, tmp_path, monkeypatch):
+    """Each rank would time its own trials and could choose another configuration: one clear error, exit 2."""
+    from conftest import cli_here
+
+    train, _, test = toy_files
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = cli_here("train", "--train", train, "--test", test, "--out", tmp_path / "run", "--autotune", "30")
+    assert result.returncode == 2
+    assert result.stderr.startswith("textpipe train: error: --autotune runs in one process: under torchrun each rank would time its own trials")
+    assert "hint: run --autotune without torchrun" in result.stderr and not (tmp_path / "run").exists()
+
+
 # The sentence encoder knob, without the real encoder: a fake one whose vectors count the toy data's sentiment words.
 ENCODER_KNOB = ("encoder", [{"model": {"encoder": "minilm-l6"}}])
 ENCODER_DIR = Path(__file__).resolve().parents[2] / "data" / "encoders" / "minilm-l6"

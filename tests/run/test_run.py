@@ -127,3 +127,46 @@ def test_outside_torchrun_the_process_is_rank_0_of_1(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     placement = start_distributed("cpu")
     assert placement == Placement(0, 1) and placement.writes
+
+
+def test_a_distributed_run_destroys_the_process_group_it_started(toy_files, tmp_path, monkeypatch):
+    """Under torchrun (faked here: rank 1 of 2) train_files starts the process group and destroys it when the run ends."""
+    import torch.distributed
+
+    import textpipe.run.phases
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: calls.count("init") > calls.count("destroy"))
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append("init"))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(textpipe.run.phases.Run, "phases", lambda run, resume=None: calls.append("phases") or {})
+    train, _, test = toy_files
+    assert train_files(train, test, tmp_path / "run", config=PipelineConfig(tokenizer=TokenizerConfig(name="whitespace"))) == {}
+    assert calls == ["init", "phases", "destroy"]
+
+
+def test_resume_of_a_folder_that_is_not_there_makes_none(tmp_path):
+    from textpipe.run.config import SettingsError
+
+    with pytest.raises(SettingsError, match="holds no unfinished run: is it the --out folder"):
+        resume_run(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_check_settings_checks_the_world_outside_the_config(toy_files, tmp_path):
+    """The device, the vectors and the files: each refusal a SettingsError or DataError the CLI maps to exit 2."""
+    from textpipe.run.config import SettingsError
+    from textpipe.run.pipeline import check_settings
+    from textpipe.text.sources import DataError
+
+    train, _, test = toy_files
+    with pytest.raises(SettingsError, match="nope.txt': neither named vectors nor a file") as refused:
+        check_settings(PipelineConfig(data=DataConfig(vectors=str(tmp_path / "nope.txt"))), {"train": train})
+    assert "textpipe vectors list" in refused.value.hint
+    with pytest.raises(DataError, match="no such file"):
+        check_settings(PipelineConfig(), {"train": train, "test": tmp_path / "missing.csv"})
+    bad_first = write_csv(tmp_path / "bad.csv", [("", "no label"), ("pos", "fine")])
+    with pytest.raises(DataError, match="bad.csv"):
+        check_settings(PipelineConfig(), {"train": bad_first})  # on_bad_row = "error": the first bad row now, with its line

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .store import META, WEIGHTS, BundleError, check_encoder_record, load_bundle, read_bundle_json, read_meta, read_parts
-from ..core.files import file_sha256
+from ..core.files import CONFIG, METRICS, RUN, file_sha256
 
 # The fields of run.json and metrics.json that info shows, and the JSON type each must have (or null).
 RUN_FIELDS, METRICS_FIELDS = {"created": str, "versions": dict, "data": dict}, {"test": dict, "dev": dict, "best_epoch": int, "per_class": dict}
@@ -24,7 +24,7 @@ RUN_FIELDS, METRICS_FIELDS = {"created": str, "versions": dict, "data": dict}, {
 def saved_config(path: str | Path) -> dict:
     """The training config a bundle folder carries (``config.json``, as plain data); ``{}`` without one.
     Its ``data`` and ``data.source`` are objects (checked, as commands read them)."""
-    file = Path(path) / "config.json"
+    file = Path(path) / CONFIG
     config = read_bundle_json(file, "config file") if file.exists() else {}
     data = config.get("data", {}) if isinstance(config, dict) else None
     source = data.get("source", {}) if isinstance(data, dict) else None
@@ -46,7 +46,7 @@ def bundle_info(path: str | Path) -> dict:
     model_config, vocab, _, state = read_parts(path, meta)  # the parameters of the model, not of its compact storage
     if model_config.encoder:
         check_encoder_record(path, meta, model_config)  # its precision too: info shows what predict would load
-    run, metrics = side_file(path / "run.json", RUN_FIELDS), side_file(path / "metrics.json", METRICS_FIELDS)
+    run, metrics = side_file(path / RUN, RUN_FIELDS), side_file(path / METRICS, METRICS_FIELDS)
     return {
         "path": str(path),
         "format_version": meta["format_version"],

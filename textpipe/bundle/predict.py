@@ -1,4 +1,4 @@
-"""Stage 8: texts -> labels and class probabilities, from a saved bundle.
+"""Texts -> labels and class probabilities, from a saved bundle.
 
 The bulk path: the texts become a map-style :class:`~textpipe.text.dataset.TextListDataset`
 (numericalized in one pass by the predictor's :class:`~textpipe.text.encoder.TextEncoder`,

@@ -48,13 +48,14 @@ import torch
 from torch import nn
 
 from .store import META, VOCAB, WEIGHTS, BundleError, load_bundle, save_bundle
+from ..core.files import CONFIG, RUN
 from ..core.compact import NB_TABLE, TABLE, quantize_table
 from ..core.minilm import PRECISIONS
 from ..core.models import build_model
 from ..core.runtime import set_seed
 
 DEFAULT_ENCODER_PRECISION = "int8"  # mr: 0.28 point below the float32 encoder in the same bundle, faster (docs/deploy.md)
-COPIED = ("config.json", "run.json")  # provenance travels with the compact bundle; metrics do not (re-run evaluate)
+COPIED = (CONFIG, RUN)  # provenance travels with the compact bundle; metrics do not (re-run evaluate)
 
 
 @dataclass

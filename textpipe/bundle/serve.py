@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import queue
 import select
+import logging
 import socket
 import sys
 import time
@@ -41,6 +42,8 @@ from .serve_work import MAX_DIGITS, BadRequest, Batcher, Job, ServeConfig, parse
 PAGE = Path(__file__).with_name("serve_page.html")
 ROUTES = {"/": "GET, HEAD", "/healthz": "GET, HEAD", "/predict": "POST"}  # path -> its methods (the Allow header)
 POLL = 0.25  # seconds between two looks at whether a waiting client is still connected
+
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
 
 
 class ServeError(OSError):
@@ -59,8 +62,8 @@ class Handler(BaseHTTPRequestHandler):
     """The three routes; every answer is JSON except the page."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: a client sends many requests over one connection
-    # Headers and body leave in two writes; with Nagle's algorithm on, the body waited for the
-    # client's delayed ACK of the headers: 40 ms added to every answer (measured: p50 44 ms -> see README).
+    # Headers and body leave in two writes; with Nagle's algorithm on, the body would wait for the
+    # client's delayed ACK of the headers, on every answer.
     disable_nagle_algorithm = True
     server: "TextpipeServer"
 
@@ -201,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:
         if not self.server.quiet:
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+            log.info(f"{self.address_string()} {format % args}")
 
 
 class TextpipeServer(ThreadingHTTPServer):
@@ -229,7 +232,7 @@ class TextpipeServer(ThreadingHTTPServer):
         """One line on stderr, never a traceback: a lost connection is the client's doing, anything else a bug."""
         err = sys.exc_info()[1]
         kind = "connection lost" if isinstance(err, OSError) else "internal error"
-        sys.stderr.write(f"{client_address[0]}:{client_address[1]} {kind}: {type(err).__name__}: {err}\n")
+        log.error(f"{client_address[0]}:{client_address[1]} {kind}: {type(err).__name__}: {err}")
 
     def server_close(self) -> None:
         super().server_close()
@@ -253,7 +256,7 @@ def serve(model_dir: str | Path, config: ServeConfig | None = None, quiet: bool 
     except OSError as err:  # the port is taken, or the address is not this machine's
         raise ServeError(f"cannot listen on {config.host}:{config.port}: {err.strerror or err}; choose another --port (0: any free one)") from None
     host, port = server.server_address[:2]
-    print(f"serving {model_dir} on http://{host}:{port}/  (POST /predict, GET /healthz; Ctrl-C stops)", file=sys.stderr, flush=True)
+    log.warning(f"serving {model_dir} on http://{host}:{port}/  (POST /predict, GET /healthz; Ctrl-C stops)")  # even with --quiet: where to connect
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Stage 7: a trained model on disk, saved and loaded safely.
+"""A trained model on disk, saved and loaded safely.
 
 A bundle is a folder of three files:
 
@@ -35,7 +35,7 @@ from torch import nn
 
 from ..core.events import emit
 from ..core.minilm import PRECISIONS
-from ..core.files import JSON_MAX_BYTES, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
+from ..core.files import HEAD, JSON_MAX_BYTES, META, VOCAB, WEIGHTS, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
 from ..core.models import MODELS, ModelConfig, model_skeleton
 from ..core.calibration import temperature_problem
 from ..core.compact import check_summary, dequantize_state, fold_quantized_shapes, part_dtype
@@ -44,8 +44,6 @@ from ..text.tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
 from ..text.vocab import Vocab, load_vocab, save_vocab
 
 FORMAT_VERSION = 2
-WEIGHTS, VOCAB, META = "weights.safetensors", "vocab.json", "bundle.json"
-HEAD = "sentence_head.safetensors"  # with model.encoder: the sentence head's weights (sentence_head.py), a file of the manifest
 ENCODER_KEYS = {"name", "sha256", "max_wordpieces", "precision"}  # bundle.json's encoder record; precision: after quantize
 PREDICTION_FIELDS = ("model", "tokenizer", "labels")  # the fields of bundle.json that change what a model predicts
 VOCAB_MAX_BYTES = 1 << 30  # a vocabulary of 20 million tokens
@@ -187,11 +185,22 @@ def check_encoder_record(path: Path, meta: dict, model_config: ModelConfig):
     return spec
 
 
+def bundle_model_config(model: dict) -> ModelConfig:
+    """A bundle.json's model record as a config. One saved before the bag's NB path existed has no
+    ``nb_linear`` key and no NB weights: it loads without the path (a new config has it on).
+
+    Example:
+        >>> bundle_model_config({"vocab_size": 10, "num_classes": 2}).nb_linear
+        False
+    """
+    return ModelConfig.from_dict({"nb_linear": False, **model})
+
+
 def read_parts(path: Path, meta: dict) -> tuple[ModelConfig, Vocab, nn.Module, dict[str, torch.Tensor]]:
     """A bundle's model config, vocabulary, model skeleton and tensors, each checked against the others."""
     for name in (WEIGHTS, VOCAB):
         check_file(path, name, meta["files"].get(name))
-    model_config = ModelConfig.from_dict(meta["model"])
+    model_config = bundle_model_config(meta["model"])
     try:
         vocab = load_vocab(path / VOCAB, VOCAB_MAX_BYTES)
     except (ValueError, UnicodeDecodeError) as err:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from ..bundle.store import BundleError
 from ..core.checkpoint import CheckpointError, OutputError
-from ..run.config import ConfigError
+from ..run.config import ConfigError, SettingsError
 from ..core.files import InputFileError, is_disk_full
 from ..bundle.serve import ServeError
 from ..text.sources import DataError
@@ -44,6 +44,7 @@ own_hint: Hint = lambda err, args: err.hint  # noqa: E731
 EXIT_CODES: dict[type[Exception], tuple[int, Hint]] = {
     UsageError: (2, own_hint),
     ConfigError: (2, no_hint),
+    SettingsError: (2, own_hint),
     DataError: (2, data_hint),
     BundleError: (2, no_hint),
     InputFileError: (2, no_hint),

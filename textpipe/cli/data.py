@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..text.catalogue import DATASETS, Splits
-from ..core.files import InputFileError, read_json_file
+from ..core.files import META, VOCAB, InputFileError, read_json_file
 from ..text.tokenizer import TokenizerConfig
 from .errors import CommandFailed, UsageError, check_lang_flag
 from .options import source_config
@@ -31,7 +31,7 @@ def fetching(fetch: Callable, *args):
 def fetch_bundle_encoder(bundle_dir: Path) -> Path:
     """``bundle_dir``, its sentence encoder (if it names one) fetched once and checked first: a failed download is exit 1."""
     try:  # through the safe reader: a bundle.json it refuses is left for load_bundle to refuse, naming the field
-        meta = read_json_file(bundle_dir / "bundle.json", what="bundle file")
+        meta = read_json_file(bundle_dir / META, what="bundle file")
     except (InputFileError, OSError):
         return bundle_dir
     encoder = meta.get("encoder") if isinstance(meta, dict) else None
@@ -184,7 +184,7 @@ def vocab_and_tokenizer(args: argparse.Namespace):
 
         meta = read_meta(require_bundle(args.vocab))
         tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else Tokenizer(**meta["tokenizer"])
-        return args.vocab / "vocab.json", tokenizer
+        return args.vocab / VOCAB, tokenizer
     if args.vocab.is_file():
         return args.vocab, Tokenizer(args.tokenizer or TokenizerConfig.name)
     raise UsageError(f"{args.vocab}: no such file or folder", hint="give a vocab.json or a bundle folder")

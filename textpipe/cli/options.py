@@ -8,38 +8,12 @@ import tomllib
 from pathlib import Path
 
 from ..run.config import PipelineConfig, SourceConfig, load, read_file
-from ..core.files import JSON_MAX_DEPTH, json_depth
+from ..core.files import CONFIG, JSON_MAX_DEPTH, json_depth
 from .errors import UsageError
 
-# Flags that override one config value: flag dest -> (section, key). Their argparse default is
-# SUPPRESS (parser.add_config_arguments), so a flag the user did not give is absent.
-OVERRIDES = {
-    "model": ("model", "name"),
-    "tokenizer": ("tokenizer", "name"),
-    "lower": ("tokenizer", "lower"),
-    "lang": ("tokenizer", "lang"),
-    "epochs": ("train", "epochs"),
-    "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"),
-    "patience": ("train", "patience"),
-    "min_delta": ("train", "min_delta"),
-    "refit": ("train", "refit"),
-    "seed": ("train", "seed"),
-    "warmup": ("train", "warmup"),
-    "grad_clip": ("train", "grad_clip"),
-    "label_smoothing": ("train", "label_smoothing"),
-    "class_weights": ("train", "class_weights"),
-    "vectors": ("data", "vectors"),
-    "encoder": ("model", "encoder"),
-    "device": ("train", "device"),
-    "num_workers": ("data", "num_workers"),
-    "checkpoint_every": ("train", "checkpoint_every"),
-    "keep_checkpoints": ("train", "keep_checkpoints"),
-    "checkpoint_seconds": ("train", "checkpoint_seconds"),
-    "keep_checkpoints_after": ("train", "keep_checkpoints_after"),
-    "deterministic": ("train", "deterministic"),
-    "allow_many_labels": ("data", "allow_many_labels"),
-}
+def config_keys(parser: argparse.ArgumentParser) -> dict[str, tuple[str, ...]]:
+    """Flag dest -> the config key it overrides, as each flag declares it (parser.config_flag)."""
+    return {action.dest: action.config_key for action in parser._actions if hasattr(action, "config_key")}
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -55,7 +29,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         table[key] = value
         sources.append("--set")
     given = vars(args)
-    for dest, (section, key) in OVERRIDES.items():
+    for dest, (section, key) in config_keys(args.parser).items():
         if dest in given:
             none = dest == "vectors" and given[dest].lower() == "none"  # --vectors none: train without the default's vectors
             d.setdefault(section, {})[key] = None if none else given[dest]
@@ -106,5 +80,5 @@ def source_config(args: argparse.Namespace, bundle: Path | None = None) -> Sourc
     # where the named datasets live, are this command's business.
     kept = {k: v for k, v in saved.items() if k not in ("root", "on_bad_row")}
     if kept:  # the bundle's own settings are checked as its file's, so a bad one is named there
-        load(SourceConfig, kept, str(bundle / "config.json"), "data.source")
+        load(SourceConfig, kept, str(bundle / CONFIG), "data.source")
     return load(SourceConfig, {**kept, **source_flags(args)}, "flags", "data.source")

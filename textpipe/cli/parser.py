@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-import sys
+from functools import partial
 from pathlib import Path
 
 from .. import __version__
@@ -112,18 +112,6 @@ def choose_action(parser: argparse.ArgumentParser, actions: str):
     return lambda args: parser.error(f"choose an action: {actions}")
 
 
-class DeprecatedAlias(argparse.Action):
-    """An old flag spelling that still works for one release, with a warning naming the new one."""
-
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print(f"warning: {parser.prog} {option_string} is deprecated, use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
 def add_train(sub) -> None:
     t = command_parser(sub, "train", "train a classifier; write the bundle, metrics.json and the report into --out", (
         "  textpipe train --train my_train.csv --test my_test.csv --out runs/mine\n"
@@ -146,49 +134,55 @@ def add_train(sub) -> None:
     add_source_arguments(t)
 
 
-def add_config_arguments(t: argparse.ArgumentParser) -> None:
-    """The config file, --set, and the flags that override one config value each (train.OVERRIDES).
+def config_flag(group, name: str, key: str, **kwargs) -> argparse.Action:
+    """A flag that overrides the config value ``key`` ("section.key"), kept on its action (options.config_keys reads it).
 
-    Their argparse default is SUPPRESS: a flag the user did not give is absent, so the config file's value stands."""
+    Its argparse default is SUPPRESS: a flag the user did not give is absent, so the config file's value stands."""
+    action = group.add_argument(name, default=argparse.SUPPRESS, **kwargs)
+    action.config_key = tuple(key.split("."))
+    return action
+
+
+def add_config_arguments(t: argparse.ArgumentParser) -> None:
+    """The config file, --set, and the flags that override one config value each (config_flag)."""
     conf = t.add_argument_group("configuration (defaults < --config file < --set < the flags below)")
     conf.add_argument("--config", type=Path, help="a TOML file with [tokenizer] [data] [model] [train] sections (or a bundle's config.json)")
     conf.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value, e.g. model.embed_dim=128 (repeatable)")
     conf.add_argument("--print-config", action="store_true", help="print the effective config as TOML and exit")
-    S, T, D = argparse.SUPPRESS, TrainConfig, DataConfig
-    conf.add_argument("--arch", dest="model", default=S, choices=sorted(MODELS), help=f"model architecture (default: {ModelConfig.name})")
-    conf.add_argument("--model", dest="model", default=S, choices=sorted(MODELS), action=DeprecatedAlias, new="--arch", help="deprecated spelling of --arch")
-    conf.add_argument("--tokenizer", default=S, choices=TOKENIZERS, help=f"tokenizer (default: {TokenizerConfig.name})")
-    conf.add_argument("--no-lower", dest="lower", action="store_false", default=S, help="keep case (spacy and whitespace tokenizers)")
-    conf.add_argument("--lang", default=S, help=(
+    flag, T, D = partial(config_flag, conf), TrainConfig, DataConfig
+    flag("--arch", "model.name", dest="model", choices=sorted(MODELS), help=f"model architecture (default: {ModelConfig.name})")
+    flag("--tokenizer", "tokenizer.name", choices=TOKENIZERS, help=f"tokenizer (default: {TokenizerConfig.name})")
+    flag("--no-lower", "tokenizer.lower", dest="lower", action="store_false", help="keep case (spacy and whitespace tokenizers)")
+    flag("--lang", "tokenizer.lang", help=(
         f"spacy tokenizer: the language of spaCy's blank tokenizer, e.g. de, fr, es, zh, or xx for many (default: {TokenizerConfig.lang}); "
         "recorded in the bundle, so predict tokenizes alike"))
-    conf.add_argument("--epochs", type=int, default=S, help=f"maximum epochs (default: {T.epochs})")
-    conf.add_argument("--batch-size", type=int, default=S, help=f"training batch size (default: {T.batch_size}: chosen from the training rows, 32 for small files; see docs/benchmarks.md)")
-    conf.add_argument("--lr", type=float, default=S, help=f"learning rate (default: {T.lr})")
-    conf.add_argument("--patience", type=int, default=S, help=f"epochs without a new best dev epoch before stopping (default: {T.patience}); see README, Early stopping")
-    conf.add_argument("--min-delta", type=float, default=S, help=f"dev accuracy must rise by more than this to count as progress (default: {T.min_delta})")
-    conf.add_argument("--no-refit", dest="refit", action="store_false", default=S, help=(
+    flag("--epochs", "train.epochs", type=int, help=f"maximum epochs (default: {T.epochs})")
+    flag("--batch-size", "train.batch_size", type=int, help=f"training batch size (default: {T.batch_size}: chosen from the training rows, 32 for small files; see docs/benchmarks.md)")
+    flag("--lr", "train.lr", type=float, help=f"learning rate (default: {T.lr})")
+    flag("--patience", "train.patience", type=int, help=f"epochs without a new best dev epoch before stopping (default: {T.patience}); see README, Early stopping")
+    flag("--min-delta", "train.min_delta", type=float, help=f"dev accuracy must rise by more than this to count as progress (default: {T.min_delta})")
+    flag("--no-refit", "train.refit", dest="refit", action="store_false", help=(
         "ship the early-stopped model instead of refitting on all training rows for its epoch count (faster; no effect with --dev)"))
-    conf.add_argument("--seed", type=int, default=S, help=f"random seed (default: {T.seed})")
-    conf.add_argument("--warmup", type=float, default=S, help=f"fraction of all steps with a linear lr warmup; makes the schedule per step (default: {T.warmup:g})")
-    conf.add_argument("--grad-clip", type=float, default=S, help=f"max total gradient norm, 0 = off (default: {T.grad_clip:g})")
-    conf.add_argument("--label-smoothing", type=float, default=S, help=f"label smoothing of the training loss (default: {T.label_smoothing:g})")
-    conf.add_argument("--class-weights", choices=["none", "balanced"], default=S, help=f"'balanced' weighs class c by n / (k * count_c) (default: {T.class_weights})")
-    conf.add_argument("--vectors", default=S, help=(
+    flag("--seed", "train.seed", type=int, help=f"random seed (default: {T.seed})")
+    flag("--warmup", "train.warmup", type=float, help=f"fraction of all steps with a linear lr warmup; makes the schedule per step (default: {T.warmup:g})")
+    flag("--grad-clip", "train.grad_clip", type=float, help=f"max total gradient norm, 0 = off (default: {T.grad_clip:g})")
+    flag("--label-smoothing", "train.label_smoothing", type=float, help=f"label smoothing of the training loss (default: {T.label_smoothing:g})")
+    flag("--class-weights", "train.class_weights", choices=["none", "balanced"], help=f"'balanced' weighs class c by n / (k * count_c) (default: {T.class_weights})")
+    flag("--vectors", "data.vectors", help=(
         "pretrained word vectors: a name (glove-6b-50d, fetched once; textpipe vectors list), a local GloVe / word2vec text file "
         "(model.embed_dim must match), or none"))
-    conf.add_argument("--encoder", default=S, choices=["minilm-l6"], help=(
+    flag("--encoder", "model.encoder", choices=["minilm-l6"], help=(
         "a pretrained sentence encoder whose vectors join the classifier: a logistic regression on them, mixed with the model's "
         "probabilities by a share chosen on dev; off unless given (configs/accurate.toml sets it)"))
-    conf.add_argument("--device", default=S, help=f"auto, cpu or cuda (default: {T.device}); auto picks cuda when there is a GPU")
-    conf.add_argument("--num-workers", type=int, default=S, help=f"DataLoader worker processes for tokenizing (default: {D.num_workers})")
-    conf.add_argument("--checkpoint-every", type=int, default=S, metavar="N", help=f"also checkpoint every N steps (default: {T.checkpoint_every}: by time only, see --checkpoint-seconds)")
-    conf.add_argument("--checkpoint-seconds", type=float, default=S, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {T.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
-    conf.add_argument("--keep-checkpoints", type=int, default=S, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {T.keep_checkpoints})")
-    conf.add_argument("--keep-checkpoints-after", action="store_true", default=S, help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
-    conf.add_argument("--allow-many-labels", action="store_true", default=S, help=(
+    flag("--device", "train.device", help=f"auto, cpu or cuda (default: {T.device}); auto picks cuda when there is a GPU")
+    flag("--num-workers", "data.num_workers", type=int, help=f"DataLoader worker processes for tokenizing (default: {D.num_workers})")
+    flag("--checkpoint-every", "train.checkpoint_every", type=int, metavar="N", help=f"also checkpoint every N steps (default: {T.checkpoint_every}: by time only, see --checkpoint-seconds)")
+    flag("--checkpoint-seconds", "train.checkpoint_seconds", type=float, metavar="S", help=f"checkpoint when S seconds have passed since the last one (default: {T.checkpoint_seconds:g}); Ctrl-C / SIGTERM always checkpoint")
+    flag("--keep-checkpoints", "train.keep_checkpoints", type=int, metavar="K", help=f"newest checkpoints kept while training; 0: no checkpoints (default: {T.keep_checkpoints})")
+    flag("--keep-checkpoints-after", "train.keep_checkpoints_after", action="store_true", help="keep the checkpoints in OUT/checkpoints once the run has finished (default: delete them)")
+    flag("--allow-many-labels", "data.allow_many_labels", action="store_true", help=(
         "train even when the labels look like another column (over half as many labels as rows, or fractions such as 0.5), which otherwise stops the run"))
-    conf.add_argument("--deterministic", action="store_true", default=S, help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
+    flag("--deterministic", "train.deterministic", action="store_true", help="torch.use_deterministic_algorithms(True); see README, Reproducibility")
 
 
 def add_evaluate(sub) -> None:

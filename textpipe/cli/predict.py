@@ -12,15 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from ..core.files import atomic_write
+from ..core.files import RUN, atomic_write
 from ..text.sources import DataError
 from .data import fetch_bundle_encoder
 from .errors import UsageError
 from .options import source_config
 from .streams import atomic_output, check_output_folder, input_blocks, input_texts, positive, print_skipped, reads_stdin, require_bundle
 
-# Rows read and scored at a time, so predict streams input of any length. 4096, not 1024: sorted by
-# length in a bigger block, batches carry less padding, and per-block costs are paid less often (10% faster).
+# Rows read and scored at a time, so predict streams input of any length. Sorted by length in a
+# bigger block, batches carry less padding, and per-block costs are paid less often.
 PREDICT_CHUNK = 4096
 
 
@@ -59,7 +59,7 @@ def recorded_test_file(bundle_dir: Path) -> str:
     """The test file of the run that trained this bundle (from its run.json), or a usage error saying what to give."""
     from ..bundle.describe import RUN_FIELDS, side_file
 
-    test = (side_file(bundle_dir / "run.json", RUN_FIELDS).get("data") or {}).get("test")
+    test = (side_file(bundle_dir / RUN, RUN_FIELDS).get("data") or {}).get("test")
     if not isinstance(test, str) or not test:
         raise UsageError(f"{bundle_dir} records no test file of its own (trained without --test?)", hint="give the labelled file to score: --data FILE (make evaluate TEST=FILE)")
     return test

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from ..core.files import OutputError, atomic_file, check_regular_file
+from ..core.files import META, OutputError, atomic_file, check_regular_file
 from ..text.sources import DataError, SourceConfig
 from .errors import UsageError
 
@@ -22,9 +22,9 @@ def require_bundle(path: Path) -> Path:
     if stage is not None and mid_commit(stage):
         raise UsageError(f"{path}: a finished training run was stopped while moving its files in (some new, some old)",
                          hint=f"finish the move with: textpipe train --resume {path}")
-    if not (path / "bundle.json").is_file() and stage:
+    if not (path / META).is_file() and stage:
         raise UsageError(f"{path} holds an unfinished training run, not yet a bundle", hint=f"finish it with: textpipe train --resume {path}")
-    if not (path / "bundle.json").is_file():
+    if not (path / META).is_file():
         raise UsageError(f"{path} is not a textpipe bundle (no bundle.json)", hint="give the folder that `textpipe train --out DIR` wrote")
     return path
 

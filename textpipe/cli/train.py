@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import Iterable
 
 from ..run.config import PipelineConfig, config_toml
-from ..text.sources import DataError
 from .data import fetch_dataset, fetching
 from .errors import UsageError, check_lang_flag
 from .options import config_from_args
@@ -25,8 +22,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not args.out:
         raise UsageError("give --out DIR, the folder for the bundle and the report", hint="e.g. --out runs/mine")
     train, dev, test = data_files(args)
-    check_runnable(config, args)
-    check_readable((train, dev, test), config)  # the pipeline logs the effective config once all the data has been read
+    check_runnable(config)  # the library checks the rest (SettingsError, DataError: EXIT_CODES)
     if args.autotune is not None:
         from ..run.autotune import autotune_files
 
@@ -46,9 +42,6 @@ def resume(args: argparse.Namespace) -> None:
                          hint=f"to change them, start a new run: textpipe train ... --out {args.resume} --overwrite")
     from ..run.phases import resume_run
 
-    check_resumable(args.resume)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--resume runs in one process: a checkpoint holds one rank's place in the data", hint="run it without torchrun")
     report_training(resume_run(args.resume, quiet=args.quiet), args.resume)
 
 
@@ -61,37 +54,13 @@ def flags_given(args: argparse.Namespace, keep: tuple[str, ...]) -> list[str]:
         if not action.option_strings or action.dest in keep or action.dest == "help" or action.dest not in args:
             continue
         if action.default == argparse.SUPPRESS or getattr(args, action.dest) != action.default:
-            given.setdefault(action.dest, action.option_strings[0])  # --arch and its old spelling --model: one name
+            given.setdefault(action.dest, action.option_strings[0])
     return list(given.values())
 
 
-def check_resumable(out: Path) -> None:
-    """``out`` holds a run to resume, or a usage error (before resume_run, whose own errors there are builtin)."""
-    from ..run.folder import RunLock, unfinished
-
-    if unfinished(out) is not None:
-        return
-    if out.is_dir():
-        with RunLock(out):  # another run holding the folder is the better message (an OutputError)
-            pass
-    done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
-    raise UsageError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
-
-
-def check_runnable(config: PipelineConfig, args: argparse.Namespace) -> None:
-    """What the config asks of this machine and of the flags, checked before any data is read."""
-    import torch
-
-    if config.train.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {config.train.device!r}: no CUDA GPU is available here", hint="use --device cpu, or auto")
-    if config.data.vectors:
-        from ..text.vectors import NAMED_VECTORS
-
-        if config.data.vectors not in NAMED_VECTORS and not Path(config.data.vectors).is_file():
-            raise UsageError(f"vectors {config.data.vectors!r}: neither named vectors nor a file", hint=f"named vectors: {', '.join(NAMED_VECTORS)} (textpipe vectors list)")
+def check_runnable(config: PipelineConfig) -> None:
+    """What only the command line checks before training: the language flag, the encoder fetched (exit 1 if it cannot be)."""
     check_lang_flag(config.tokenizer.lang, config.tokenizer.name)
-    if args.autotune is not None and args.autotune <= 0:
-        raise UsageError(f"--autotune needs a positive number of seconds, got {args.autotune}")
     if config.model.encoder:  # fetched (once) and checked before any training: a failed download is exit 1, not a traceback
         from ..text.sentence import fetch_encoder
 
@@ -108,18 +77,6 @@ def data_files(args: argparse.Namespace) -> tuple:
     if args.train:
         return args.train, args.dev, args.test
     raise UsageError("give --train FILE (and --test FILE), or --dataset NAME", hint="textpipe train --train my_train.csv --test my_test.csv --out runs/mine")
-
-
-def check_readable(paths: Iterable[Path | str | None], config: PipelineConfig) -> None:
-    """Read each file's header and first row now, so a wrong column or path fails before the config dump and training."""
-    from ..text.sources import TORCHTEXT_PREFIX, read_examples
-
-    for path in paths:
-        if path is None or str(path).startswith(TORCHTEXT_PREFIX):
-            continue  # torchtext: would download here; it is read (and checked) by the pipeline
-        if not Path(path).exists():
-            raise DataError(path, None, "no such file")
-        next(read_examples(path, config=config.data.source, skipped={}), None)
 
 
 def report_training(metrics: dict, out: Path) -> None:

@@ -31,8 +31,8 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import re
-import sys
 import threading
 from pathlib import Path
 
@@ -43,6 +43,8 @@ from .files import OutputError, atomic_write, file_sha256, is_disk_full, write_j
 
 CHECKPOINT_VERSION = 2
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
+
 DIGESTS = "digests.json"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6; the legacy tar and raw-pickle formats are refused
 
@@ -132,7 +134,7 @@ class CheckpointStore:
                 except Exception as err:  # noqa: BLE001  (a damaged file: fall back to an older one)
                     problem = f"{type(err).__name__}: {err}"
             if problem is not None:
-                print(f"warning: skipping checkpoint {path} ({problem})", file=sys.stderr)
+                log.warning(f"warning: skipping checkpoint {path} ({problem})")
                 continue
             if state.get("checkpoint_version") != CHECKPOINT_VERSION:
                 raise CheckpointError(f"{path}: checkpoint version {state.get('checkpoint_version')!r}, this textpipe reads {CHECKPOINT_VERSION}")

@@ -1,4 +1,4 @@
-"""Stage 4: a group of examples -> one padded batch.
+"""A group of examples -> one padded batch.
 
 :func:`pad_collate` is the ``collate_fn`` of every ``DataLoader`` textpipe makes
 (training, evaluation, prediction). It pads every sequence to the longest one in

@@ -171,6 +171,10 @@ class InputFileError(ValueError):
     than such a file can be, not UTF-8, not JSON, or nested too deep. The message names the file."""
 
 
+# The names of the files of a bundle and of a run's --out folder: every module takes them from here.
+META, WEIGHTS, VOCAB, HEAD = "bundle.json", "weights.safetensors", "vocab.json", "sentence_head.safetensors"  # HEAD: with model.encoder
+CONFIG, METRICS, RUN = "config.json", "metrics.json", "run.json"
+
 JSON_MAX_BYTES = 64 << 20  # bundle.json, run.json, config.json, a cache's meta.json: a few KB in practice
 JSON_MAX_DEPTH = 32  # textpipe's own JSON files nest 4 deep
 

@@ -45,7 +45,7 @@ from .files import cache_home, temp_file_beside
 SOURCE = Path(__file__).with_name("kernels.c")
 # -ffp-contract=off: no fused multiply-add, which would round differently from the torch ops.
 FLAGS = ["-O3", "-ffp-contract=off", "-shared", "-fPIC"]
-# This CPU's vector instructions (AVX2 here: a bag step at batch 512 1.15x faster). Each float op
+# This CPU's vector instructions (what they gain: docs/benchmarks.md). Each float op
 # is still one IEEE-rounded op per element, so the results are the same bit for bit; tried
 # first, dropped where the compiler refuses it. The library's key names the CPU (_cpu()).
 NATIVE = ["-march=native"]

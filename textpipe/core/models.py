@@ -1,4 +1,4 @@
-"""Stage 5: a padded batch of ids -> class logits.
+"""A padded batch of ids -> class logits.
 
 Pure ``nn.Module``s and a config dataclass; tensors in, tensors out, no text.
 Every model has the same call: ``model(ids, mask) -> logits`` with ``ids`` and
@@ -55,7 +55,7 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
-        return cls(**{"nb_linear": False, **d})  # a bundle saved before the NB path existed has none
+        return cls(**d)
 
     def to_dict(self) -> dict:  # without an encoder, the keys of every config and bundle saved before it existed
         return {k: v for k, v in asdict(self).items() if k != "encoder" or v is not None}
@@ -364,7 +364,7 @@ INITIALIZERS = frozenset(n for n in dir(nn.init) if n.endswith("_") and not n.st
 
 
 class _SkipInitializers(TorchFunctionMode):
-    # On the meta device an initializer fills nothing, yet its first call imports sympy (0.35 s of a predict process).
+    # On the meta device an initializer fills nothing, yet its first call imports sympy, slowly.
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__name__", None) in INITIALIZERS:
             return kwargs["tensor"] if kwargs and "tensor" in kwargs else args[0]  # nn.init passes it by name

@@ -283,3 +283,27 @@ def start_distributed(device: str) -> Placement:
     if resolved.type == "cuda":
         resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return Placement(torch.distributed.get_rank(), world, resolved)
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several ranks (torchrun's WORLD_SIZE over 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextlib.contextmanager
+def distributed_scope(device: str) -> Iterator[Placement]:
+    """:func:`start_distributed`, and on the way out the process group destroyed if this call started it
+    (a caller's own group is left to the caller).
+
+    Example:
+        >>> with distributed_scope("cpu") as placement:
+        ...     placement.writes
+        True
+    """
+    started = under_torchrun() and not torch.distributed.is_initialized()
+    placement = start_distributed(device)
+    try:
+        yield placement
+    finally:
+        if started and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -161,7 +161,9 @@ def train_step(
         clip_grad_norm(model.parameters(), grad_clip)
     for opt in optimizers:
         opt.step()
-    return loss.item() * len(batch), (logits.argmax(1) == batch.labels).sum().item()
+    # With class weights the mean divides by the batch's weight total, so that times the mean is the summed loss optimized.
+    total = len(batch) if getattr(loss_fn, "weight", None) is None else loss_fn.weight[batch.labels].sum().item()
+    return loss.item() * total, (logits.argmax(1) == batch.labels).sum().item()
 
 
 def fit(
@@ -344,10 +346,8 @@ class _Loop:
             store.wait()
         kept = store.paths()[-1:] if store is not None else []
         where = f"; the last good checkpoint, {kept[0]}, is kept" if kept else ""
-        return TrainingDiverged(
-            f"training diverged: the loss became {loss} at step {self.state.step + 1} (epoch {self.state.epoch}) with lr {self.config.lr}{where}; "
-            "try a smaller --lr (or --grad-clip 1.0)"
-        )
+        return TrainingDiverged(f"training diverged: the loss became {loss} at step {self.state.step + 1} (epoch {self.state.epoch}) "
+                                f"with lr {self.config.lr}{where}; try a smaller --lr (or --grad-clip 1.0)")
 
 
 def record_epoch(state: TrainState, dev: dict | None, config: TrainConfig) -> bool:
@@ -373,9 +373,7 @@ def record_epoch(state: TrainState, dev: dict | None, config: TrainConfig) -> bo
         state.progress_epoch, state.progress_accuracy = state.epoch, dev["accuracy"]
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
-    stalled = dev is not None and (
-        state.epoch - state.best_epoch >= config.patience or state.epoch - state.progress_epoch >= 2 * config.patience
-    )
+    stalled = dev is not None and (state.epoch - state.best_epoch >= config.patience or state.epoch - state.progress_epoch >= 2 * config.patience)
     state.finished = state.epoch >= config.epochs or stalled
     state.epoch += 1
     state.loss_sum, state.correct, state.seen = 0.0, 0, 0

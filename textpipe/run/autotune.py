@@ -46,13 +46,13 @@ from pathlib import Path
 
 import torch
 
-from .config import PipelineConfig
+from .config import PipelineConfig, SettingsError
 from ..core.nb_linear import mixed_dev_accuracy
 from .pipeline import Loaders, check_settings
 from .outcome import PhaseResult
 from .phases import dev_result, train_files
 from .folder import refuse_occupied
-from ..core.runtime import RunSignals
+from ..core.runtime import RunSignals, under_torchrun
 from ..text.sentence_cache import SentenceCache, text_digest
 from .sentence_mix import fit_phase_head, run_cache, sentence_encoder
 from ..text.sources import read_examples
@@ -113,7 +113,10 @@ def autotune_files(train: str | Path, test: str | Path, out: str | Path, *, dev:
     Returns the winner's metrics, with ``"autotune"``: the trials and the chosen changes.
     """
     if budget <= 0:
-        raise ValueError(f"--autotune needs a positive number of seconds, got {budget}")
+        raise SettingsError(f"--autotune needs a positive number of seconds, got {budget}")
+    if under_torchrun():  # each rank would time its own trials and could choose another configuration
+        raise SettingsError("--autotune runs in one process: under torchrun each rank would time its own trials and might choose differently",
+                            hint="run --autotune without torchrun, then train its chosen config.json under torchrun with --config")
     config = config or PipelineConfig()
     check_settings(config, {"train": train, "dev": dev, "test": test})  # not after minutes of search
     refuse_occupied(out, overwrite)

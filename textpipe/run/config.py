@@ -50,6 +50,19 @@ class ConfigError(ValueError):
     """
 
 
+class SettingsError(ValueError):
+    """Settings the world outside the config refuses: no CUDA GPU here, --resume or --autotune under
+    torchrun, a folder with no run to resume. ``hint`` says what to do instead (the CLI prints it).
+
+    Example:
+        >>> raise SettingsError("device 'cuda': no CUDA GPU is available here", hint="use --device cpu, or auto")
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
 @dataclass
 class DataConfig:
     """How the data becomes training batches: vocabulary limits, dev hold-out, shuffling, caching.

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
 import stat
-import sys
 import time
 from dataclasses import dataclass, fields, replace
 from enum import Enum
@@ -37,15 +37,17 @@ from importlib import metadata
 from pathlib import Path
 
 from ..core.events import emit
-from ..core.files import InputFileError, OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, read_json_file, temp_file_beside, write_json_atomic
+from ..core.files import META, RUN, InputFileError, OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, read_json_file, temp_file_beside, write_json_atomic
+from .config import SettingsError
 from .lock import LOCK, RunLock  # noqa: F401  (RunLock re-exported: run.py and the CLI take it from here)
 from ..core.runtime import held_signals
 from ..text.sources import TORCHTEXT_PREFIX, DataError
 
+log = logging.getLogger("textpipe")  # the CLI shows it on stderr
+
 STAGE, COMPLETE = ".textpipe-run", "COMPLETE"
-CHECKPOINTS, RUN = "checkpoints", "run.json"
+CHECKPOINTS = "checkpoints"
 PACKAGES = ("textpipe", "torch", "torchtext", "torchdata", "spacy", "numpy", "matplotlib")  # their versions go into run.json
-META = "bundle.json"  # moved last: until then OUT holds the previous bundle's manifest
 
 
 def prepare_output(out: Path) -> None:
@@ -73,8 +75,8 @@ def check_free_space(out: Path, model, keep: int, quiet: bool) -> None:
     if free < least:
         raise OutputError(f"output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle need at least {least / 1e6:.0f} MB")
     if free < most and not quiet:
-        print(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
-              f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)", file=sys.stderr)
+        log.warning(f"warning: output folder {out} has {free / 1e6:.0f} MB free; this run's checkpoints and bundle may need up to "
+                    f"{most / 1e6:.0f} MB (fewer with --keep-checkpoints 1, or 0 for none)")
 
 
 def stage_of(out: str | Path) -> Path:
@@ -127,6 +129,11 @@ def refuse_occupied(out: str | Path, overwrite: bool) -> None:
             f"output folder {out} is not empty ({what}); give --overwrite to replace the textpipe run there "
             f"(other files are left alone){resume}, or another --out"
         )
+
+
+def nothing_to_resume(out: Path) -> SettingsError:
+    done = " (its run has finished)" if (out / META).is_file() else ""
+    return SettingsError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
 
 
 def unfinished(out: str | Path) -> Path | None:
@@ -185,7 +192,7 @@ def commit(stage: str | Path, out: str | Path, keep_checkpoints: bool = False) -
     stage, out = Path(stage), Path(out)
     emit("commit_start", stage=stage, out=out)
     files = sorted(p for p in stage.iterdir() if p.is_file() and p.name not in (COMPLETE, META) and not p.name.startswith("."))
-    moves = [path for path in [*files, stage / META] if path.exists()]
+    moves = [path for path in [*files, stage / META] if path.exists()]  # the manifest last: until then OUT holds the previous bundle's
     _check_destinations([out / path.name for path in moves], out / CHECKPOINTS if keep_checkpoints else None, out)
     with held_signals() as stop_here:
         if not is_complete(stage):

@@ -8,8 +8,7 @@ row for that many epochs), then ``done`` (every output is in the staging folder;
 :class:`RunState`, written to ``run.json`` by one method, :meth:`Run.save_state`, each
 time the run learns something a resume must not redo. One :class:`Run` object carries a
 run through its phases: its state, settings, folders, tokenizer, checkpoints and its
-:class:`Placement` (rank, world size and device, resolved once by :func:`start_distributed`,
-which starts the torchrun process group).
+:class:`Placement` (rank, world size and device, resolved once by :func:`distributed_scope`).
 
 Named events (:mod:`textpipe.core.events`) mark the phase changes, so tests and tools can
 act at exact points: ``phase_start(phase=...)`` once ``run.json`` records a phase, and
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,13 +43,14 @@ from .pipeline import (
 from ..bundle.store import Bundle
 from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
-    is_complete, mid_commit, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
+    is_complete, mid_commit, nothing_to_resume, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
+from .config import SettingsError
 from .outcome import PhaseResult, report_notes, run_metrics
 from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibration, fit_phase_head, head_notes, logits_mixer
 from ..text.sources import DataError
 from ..text.tokenizer import Tokenizer
-from ..core.runtime import Interrupted, Placement, RunContext, RunSignals, resolve_device, run_scope, set_seed, start_distributed  # noqa: F401 (re-exported)
+from ..core.runtime import Interrupted, Placement, RunContext, RunSignals, distributed_scope, resolve_device, run_scope, set_seed, start_distributed, under_torchrun  # noqa: F401 (re-exported)
 from ..core.optim import lr_for_rows
 from ..core.train import FitResult, TrainConfig, fit
 from ..text.vectors import fill_with_vectors
@@ -76,9 +75,8 @@ def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, 
     ``out`` once the run has finished. A non-empty ``out`` is refused unless ``overwrite``.
     Without ``test`` the report and ``metrics["scored_on"]`` are on the dev data; then
     no refit follows, so the shipped model has never seen the rows it is scored on.
-    Progress goes to the ``textpipe`` logger (silent unless the caller configures logging).
-    ``search`` is what :func:`textpipe.run.autotune.autotune_files` found (its trials, and
-    the chosen configuration's early-stopping result, which the refit then starts from).
+    Progress goes to the ``textpipe`` logger. ``search`` is what :func:`textpipe.run.autotune.autotune_files`
+    found (its trials, and the chosen configuration's early-stopping result, which the refit then starts from).
 
     Example:
         >>> train_files("train.csv", "test.csv", "runs/mine")["test"]["accuracy"]
@@ -87,8 +85,11 @@ def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, 
     data = {"train": train, "dev": dev, "test": test}
     check_settings(config, data)
     state = _first_state(data, config, search)
-    out = Path(out)
-    placement = start_distributed(config.train.device)
+    with distributed_scope(config.train.device) as placement:
+        return _run_in_place(state, config, Path(out), placement, quiet=quiet, overwrite=overwrite)
+
+
+def _run_in_place(state: RunState, config: PipelineConfig, out: Path, placement: Placement, *, quiet: bool = False, overwrite: bool = False) -> dict:
     if not placement.writes:  # under torchrun only rank 0 writes files
         return Run(state, config, out, placement, quiet=quiet).phases()
     created = first_missing(out)  # the folders the run makes, removed again if it fails leaving them empty
@@ -125,15 +126,16 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
         >>> metrics = resume_run("runs/mine")   # after the first run was killed
     """
     out = Path(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--resume runs in one process: a checkpoint holds one rank's place in the data")
-    with RunLock(out), RunSignals(stage_of(out)):
+    if under_torchrun():
+        raise SettingsError("--resume runs in one process: a checkpoint holds one rank's place in the data", hint="run it without torchrun")
+    if not out.is_dir():  # before the lock, which would make the folder
+        raise nothing_to_resume(out)
+    with RunLock(out), RunSignals(stage_of(out)):  # another run holding the folder is the better message (an OutputError)
         stage = unfinished(out)
         if stage is not None and is_complete(stage):  # killed while moving the finished files into place
             return _commit_finished(stage, out, RunState.load(stage if (stage / RUN).is_file() else out))
         if stage is None or not (stage / RUN).is_file():
-            done = " (its run has finished)" if (out / "bundle.json").is_file() else ""
-            raise FileNotFoundError(f"{out} holds no unfinished run{done}: is it the --out folder of a textpipe train run?")
+            raise nothing_to_resume(out)
         state = RunState.load(stage)
         if state.phase is Phase.DONE:  # killed before the commit began
             return _commit_finished(stage, out, state)

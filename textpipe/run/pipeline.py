@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 from ..bundle.store import Bundle, BundleError, load_bundle, save_bundle
 from ..bundle.describe import side_file
 from ..text.cache import cache_key
-from .config import DataConfig, PipelineConfig, toml_value
+from .config import DataConfig, PipelineConfig, SettingsError, toml_value
 from ..text.dataset import TextClassificationDataset, is_held_out
 from ..bundle.explain import strongest_features
-from ..core.files import atomic_write, cache_home, check_folder, make_folder, open_regular, read_json_file, write_json_atomic
+from ..core.files import CONFIG, METRICS, VOCAB, atomic_write, cache_home, check_folder, make_folder, open_regular, read_json_file, write_json_atomic
 from ..text.loader import make_loader
 from ..core.models import ModelConfig
 from ..bundle.predict import shipped_mixer
@@ -51,29 +51,28 @@ from ..core.metrics import predict_logits
 from ..core.runtime import Placement, resolve_device
 from ..text.vocab import vocab_from_counts
 
-METRICS, CONFIG, VOCAB = "metrics.json", "config.json", "vocab.json"
 COUNTS = "counts.json"  # a cache entry of count_training_file
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
 
 
 def check_settings(config: PipelineConfig, data: dict) -> None:
-    """Everything that can be checked before the first token is read: the model config,
-    the device, and that each data file exists and holds a row."""
-    from ..bundle.store import check_model_config
+    """What the world outside the config must hold before the first token is read: the device, the
+    vectors, and each data file, with a first row (a first bad row is an error now when bad rows are)."""
+    from ..text.vectors import NAMED_VECTORS
 
-    check_model_config(config.model.to_dict())
-    if config.model.frozen_dim and not config.data.vectors:
-        raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
     device = resolve_device(config.train.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {config.train.device!r}: no CUDA GPU is available here (use --device cpu, or auto)")
+        raise SettingsError(f"device {config.train.device!r}: no CUDA GPU is available here", hint="use --device cpu, or auto")
+    if config.data.vectors and config.data.vectors not in NAMED_VECTORS and not Path(config.data.vectors).is_file():
+        raise SettingsError(f"vectors {config.data.vectors!r}: neither named vectors nor a file", hint=f"named vectors: {', '.join(NAMED_VECTORS)} (textpipe vectors list)")
     for part, path in data.items():
         if path is None or str(path).startswith(TORCHTEXT_PREFIX):
-            continue
-        skipped: dict[str, int] = {}
-        source = replace(config.data.source, on_bad_row="skip")  # the first good row; bad ones are found later, with their lines
-        if next(read_examples(path, config=source, skipped=skipped), None) is None:
+            continue  # torchtext: read (and checked) as it downloads
+        if not Path(path).exists():
+            raise DataError(path, None, "no such file")
+        skipped: dict[str, int] = {}  # rows skipped here are counted again later, with their lines
+        if next(read_examples(path, config=config.data.source, skipped=skipped), None) is None:
             raise DataError(path, None, f"the {part} file holds no usable row" + (f" ({sum(skipped.values())} bad)" if skipped else " (only a header?)"))
 
 

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..text.dataset import TextClassificationDataset
-from ..core.files import cache_home
 from ..core.calibration import chance, did_not_learn, expected_calibration_error, fit_temperature, scale
 from ..core.metrics import predict_logits
 from .pipeline import Loaders, PipelineConfig, cache_folder
@@ -159,7 +158,3 @@ def mixed_log_probs(head: SentenceHead, model_probs: torch.Tensor, vectors: torc
     mixed = head.mix(model_probs, vectors)
     return mixed.clamp_min(torch.finfo(mixed.dtype).tiny).log()
 
-
-def predict_cache() -> Path:
-    """Where ``predict`` and ``evaluate`` keep sentence vectors: the token caches' home."""
-    return cache_home()

@@ -158,7 +158,3 @@ DATASETS: dict[str, NamedDataset] = {
     ),
 }
 
-
-def is_cached(name: str, root: str | Path = DEFAULT_ROOT) -> bool:
-    """Whether the named dataset's splits are already under ``root`` (no download needed)."""
-    return (Path(root) / name / "train.csv").is_file()

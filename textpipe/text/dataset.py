@@ -1,4 +1,4 @@
-"""Stage 3: rows -> token ids: ``(ids, label_index)``, or ``ids`` alone without labels.
+"""Rows -> token ids: ``(ids, label_index)``, or ``ids`` alone without labels.
 
 :class:`TextClassificationDataset` is an iterable-style dataset
 (``torch.utils.data.IterableDataset``): it reads its file row by row on every pass

@@ -1,4 +1,4 @@
-"""Stage 0: files -> (text, label) examples, one row at a time.
+"""Files -> (text, label) examples, one row at a time.
 
 Sources, chosen by the path:
 

@@ -1,4 +1,4 @@
-"""Stage 1: text -> tokens.
+"""Text -> tokens.
 
 Three tokenizers behind one small class:
 
@@ -141,8 +141,8 @@ def _blank(lang: str = "en"):
     from spacy.attrs import IS_SPACE, LOWER
 
     nlp = spacy.blank(lang)
-    # spaCy computes some 25 attributes (like_num, shape, is_stop, ...) of each word it meets first:
-    # 40% of its time on new text. The tokens do not depend on them.
+    # spaCy computes some 25 attributes (like_num, shape, is_stop, ...) of each word it meets first,
+    # a large share of its time on new text. The tokens do not depend on them.
     getters = nlp.vocab.lex_attr_getters
     nlp.vocab.lex_attr_getters = {attr: getters[attr] for attr in (LOWER, IS_SPACE)}
     return nlp

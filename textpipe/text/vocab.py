@@ -1,4 +1,4 @@
-"""Stage 2: tokens -> ids.
+"""Tokens -> ids.
 
 A thin layer over ``torchtext.vocab``: ``<pad>`` is id 0, ``<unk>`` is id 1 and is
 the default index, so a token never seen in training maps to ``<unk>``. The
