@@ -18,7 +18,7 @@ from textpipe.run.folder import LOCK, STAGE, RunLock
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 SMALL = ["--tokenizer", "whitespace", "--epochs", "2", "--set", "model.ngram_buckets=1024", "--quiet"]
 BUNDLE_AND_REPORT = {"bundle.json", "vocab.json", "weights.safetensors", "config.json", "metrics.json", "run.json", "report.md",
-                     "misclassified.csv", "confusion_matrix.png", "learning_curves.png"}
+                     "misclassified.csv", "confusion_matrix.png", "learning_curves.png", "reliability.png", "coverage.png"}
 
 
 def textpipe(*args):
@@ -211,7 +211,7 @@ def test_a_same_size_edit_with_the_old_mtime_is_refused_by_resume(tmp_path):
         resume_run(tmp_path / "run", quiet=True)
 
 
-def test_resume_never_loads_a_checkpoint_the_run_did_not_record(tmp_path, monkeypatch, capsys):
+def test_resume_never_loads_a_checkpoint_the_run_did_not_record(tmp_path, monkeypatch, caplog):
     import torch
 
     from textpipe.core.checkpoint import CheckpointStore
@@ -222,9 +222,10 @@ def test_resume_never_loads_a_checkpoint_the_run_did_not_record(tmp_path, monkey
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda path, **kw: loads.append(str(path)) or real_load(path, **kw))
-    assert torch.equal(store.load_latest()["weights"], torch.ones(3))
+    with caplog.at_level("WARNING", logger="textpipe"):
+        assert torch.equal(store.load_latest()["weights"], torch.ones(3))
     assert loads == [str(tmp_path / "step-000000001.pt")]
-    assert "step-000000009.pt (not recorded as written by this run)" in capsys.readouterr().err
+    assert "step-000000009.pt (not recorded as written by this run)" in caplog.text
 
 
 def test_written_files_get_the_usual_permissions(data, tmp_path):
