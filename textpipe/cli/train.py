@@ -1,4 +1,4 @@
-"""``textpipe train``: flags -> config -> :func:`textpipe.run.pipeline.train_files` (or ``resume_run``, ``autotune_files``)."""
+"""``textpipe train``: flags -> config -> :func:`textpipe.run.phases.train_files` (or ``resume_run``, ``autotune_files``)."""
 
 from __future__ import annotations
 
