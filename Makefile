@@ -113,6 +113,7 @@ bench-quantize: $(STAMP)  ## default model on rotten_tomatoes, mr, trec6: size a
 bench-serve: $(STAMP)  ## textpipe serve under load: 8 clients x 2 rounds of 2,000 requests -> bench/results/serve.json (p50/p99, memory)
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py $(ARGS)
 
-bench-accuracy: $(STAMP)  ## textpipe default, default + GloVe, --autotune 120 and --encoder minilm-l6 vs fastText and TF-IDF+LR on every dataset -> bench/results/accuracy.{json,md} (about 30 min, most of it encoding each text once)
+bench-accuracy: $(STAMP)  ## textpipe default, default + GloVe, --autotune 120 and --encoder minilm-l6 vs fastText and TF-IDF+LR on every dataset -> bench/results/accuracy.{json,md} (about 30 min, most of it encoding each text once); then textpipe --multi-label vs one-vs-rest LR and fastText -loss ova -> accuracy_multilabel.{json,md}
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/accuracy.py $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) bench/accuracy_multilabel.py
