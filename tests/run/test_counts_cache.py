@@ -1,7 +1,7 @@
 """count_training_file keeps its counts in the cache folder: a second count of the same file tokenizes nothing."""
 
 from textpipe.run.config import DataConfig
-from textpipe.run.pipeline import count_training_file
+from textpipe.run.counts import count_training_file
 from textpipe.text.tokenizer import Tokenizer
 
 from conftest import write_csv

@@ -8,7 +8,7 @@ from conftest import cli_here, write_csv
 from textpipe.core.models import ModelConfig
 from textpipe.run.config import DataConfig, PipelineConfig
 from textpipe.run.phases import train_files
-from textpipe.run.pipeline import label_order
+from textpipe.run.counts import label_order
 from textpipe.text.sources import DataError
 from textpipe.text.tokenizer import TokenizerConfig
 from textpipe.core.train import TrainConfig
@@ -156,7 +156,7 @@ def test_a_file_too_small_to_hold_rows_out_is_one_clear_error(tmp_path):
 
 
 def test_a_small_file_gets_a_small_n_gram_table_and_the_run_records_it(tmp_path):
-    from textpipe.run.pipeline import ngram_table
+    from textpipe.run.counts import ngram_table
 
     rows = [("pos", "a good film , truly good"), ("neg", "a bad film , truly bad")] * 3 + [("pos", "great fun"), ("neg", "dull")]
     train = write_csv(tmp_path / "train.csv", rows)  # 44 tokens, 9 different bigrams
@@ -172,7 +172,7 @@ def test_a_small_file_gets_a_small_n_gram_table_and_the_run_records_it(tmp_path)
 
 
 def test_the_n_gram_table_rule():
-    from textpipe.run.pipeline import ngram_count_limit, ngram_table
+    from textpipe.run.counts import ngram_count_limit, ngram_table
 
     assert [ngram_table(ModelConfig(), n)["rows"] for n in (0, 1, 13, 16, 17, 32_768, 32_769, 10**6)] == [8, 8, 128, 128, 256, 2**18, 2**18, 2**18]
     assert ngram_table(ModelConfig(ngram_buckets=1000), 10**6)["rows"] == 1000 and ngram_table(ModelConfig(ngram_buckets=0), 50)["rows"] == 0
@@ -185,7 +185,7 @@ def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, c
     import tomllib
     from pathlib import Path
 
-    from textpipe.run.pipeline import count_training_file, ngram_count_limit, ngram_table
+    from textpipe.run.counts import count_training_file, ngram_count_limit, ngram_table
     from textpipe.text.tokenizer import Tokenizer
 
     model = ModelConfig() if config == "default" else ModelConfig(**tomllib.loads((Path(__file__).parents[2] / "configs" / config).read_text())["model"])

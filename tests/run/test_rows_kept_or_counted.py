@@ -31,7 +31,7 @@ def test_a_stray_quote_skips_its_row_and_keeps_the_rows_it_swallowed(kind, tmp_p
 def test_a_quote_that_closes_rows_later_merges_no_rows(sep, newline, tmp_path):
     """Issue 30, item 3: `DESC,"What is love ?` closed three rows later at the end of a good row."""
     from textpipe.run.config import DataConfig
-    from textpipe.run.pipeline import count_training_file
+    from textpipe.run.counts import count_training_file
     from textpipe.text.sources import DataError
     from textpipe.text.tokenizer import Tokenizer
 
@@ -133,7 +133,7 @@ def test_labels_are_stripped_and_json_labels_are_strings_or_integers(tmp_path):
 
 def test_swapped_columns_stop_with_a_hint(tmp_path):
     from textpipe.run.config import DataConfig
-    from textpipe.run.pipeline import count_training_file
+    from textpipe.run.counts import count_training_file
     from textpipe.text.sources import DataError
     from textpipe.text.tokenizer import Tokenizer
 

@@ -10,7 +10,7 @@ from conftest import write_csv
 from textpipe.core.events import listen
 from textpipe.run.config import DataConfig, PipelineConfig
 from textpipe.text.dataset import is_held_out
-from textpipe.run.pipeline import count_training_file
+from textpipe.run.counts import count_training_file
 from textpipe.run.phases import Placement, resume_run, start_distributed, train_files
 from textpipe.run.folder import RUN, STAGE, Phase, RunState
 from textpipe.text.sources import read_examples

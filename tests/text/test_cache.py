@@ -10,7 +10,7 @@ from textpipe.text.cache import NumericCache
 from textpipe.core.collate import FlatRows, collate_flat, pad_collate, pad_fraction
 from textpipe.text.dataset import TextClassificationDataset
 from textpipe.text.loader import make_loader
-from textpipe.run.pipeline import TrainingCounts
+from textpipe.run.counts import TrainingCounts
 from textpipe.text.sources import SourceConfig
 from textpipe.text.tokenizer import Tokenizer
 from textpipe.text.vocab import build_vocab

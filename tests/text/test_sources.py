@@ -29,11 +29,13 @@ def test_tsv_and_jsonl(tmp_path):
     assert [(e.text, e.label, e.line) for e in read_examples(jsonl)] == [("nice", "1", 1), ("bad", "0", 3)]
 
 
-def test_txt_is_texts_only(tmp_path):
+def test_txt_is_texts_or_fasttext_lines(tmp_path):
     path = write(tmp_path / "a.txt", "first text\nsecond text\n")
     assert list(read_texts(path)) == ["first text", "second text"]
-    with pytest.raises(DataError, match="texts only"):
+    with pytest.raises(DataError, match="a.txt:1: missing label: no __label__NAME"):
         list(read_examples(path))
+    labelled = write(tmp_path / "b.txt", "__label__pos a fine __label__film\n__label__neg dull\n")
+    assert [(e.text, e.label) for e in read_examples(labelled)] == [("a fine __label__film", "pos"), ("dull", "neg")]
 
 
 @pytest.mark.parametrize(

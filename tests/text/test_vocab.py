@@ -34,7 +34,7 @@ def test_min_freq_and_max_size():
 
 
 def test_the_ids_depend_on_the_token_counts_alone():
-    # What lets a refit's vocabulary be made of two parts' counts added up (textpipe.run.pipeline.TrainingCounts).
+    # What lets a refit's vocabulary be made of two parts' counts added up (textpipe.run.counts.TrainingCounts).
     rng = random.Random(0)
     docs = [[f"w{rng.randint(0, 60)}" for _ in range(rng.randint(1, 8))] for _ in range(200)]  # many ties in frequency
     whole = build_vocab(docs).get_itos()

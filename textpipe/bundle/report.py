@@ -39,6 +39,7 @@ from torch import nn
 from ..core.files import atomic_write, atomic_write_text
 from ..core.calibration import at_threshold, calibration_summary
 from ..core.metrics import confusion_matrix, overall_metrics, per_class_metrics
+from ..core.multilabel import bce_log_loss, multi_hot, multilabel_report
 
 REPORT, CONFUSION_PNG, CURVES_PNG, MISCLASSIFIED = "report.md", "confusion_matrix.png", "learning_curves.png", "misclassified.csv"
 RELIABILITY_PNG, COVERAGE_PNG = "reliability.png", "coverage.png"
@@ -87,6 +88,36 @@ def summarize(logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str], t
     }
 
 
+def summarize_multilabel(logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str], thresholds: torch.Tensor) -> dict:
+    """``{"overall", "per_class", "multi_label"}`` of multi-label ``logits`` ``(N, L)`` against packed gold label sets:
+    micro and macro precision / recall / F1, subset accuracy (also as ``accuracy``), Hamming loss and mean binary
+    cross-entropy; a label predicted where its probability reaches its threshold."""
+    targets = multi_hot(gold, len(labels))
+    report = multilabel_report(logits.sigmoid() >= thresholds, targets.bool(), labels)
+    overall = {"accuracy": report["subset_accuracy"], **{f"{avg}_{k}": v for avg in ("micro", "macro") for k, v in report[avg].items()},
+               "subset_accuracy": report["subset_accuracy"], "hamming_loss": report["hamming_loss"],
+               "loss": round(bce_log_loss(logits, targets), 6), "n": report["rows"]}
+    return {"overall": overall, "per_class": report["per_label"],
+            "multi_label": {"thresholds": {label: round(float(t), 6) for label, t in zip(labels, thresholds.tolist())}}}
+
+
+def misclassified_sets(texts: Iterable[str], logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str], thresholds: torch.Tensor) -> list[Mistake]:
+    """Every multi-label row whose predicted set is not its gold set (sets written ``a|b``), the most confident
+    mistakes first: a row's confidence is its surest wrong call (a wrong label's probability, a missed one's 1 - p)."""
+    probs = logits.sigmoid()
+    predicted, targets = probs >= thresholds, multi_hot(gold, len(labels)).bool()
+    sureness = torch.where(predicted != targets, torch.where(predicted, probs, 1 - probs), torch.zeros_like(probs)).amax(1)
+    mistakes = []
+    for i, text in enumerate(texts):
+        if not torch.equal(predicted[i], targets[i]):
+            mistakes.append(Mistake(text, _joined(targets[i], labels), _joined(predicted[i], labels), round(float(sureness[i]), 6)))
+    return sorted(mistakes, key=lambda m: -m.confidence)
+
+
+def _joined(row: torch.Tensor, labels: Sequence[str]) -> str:
+    return "|".join(labels[j] for j in row.nonzero().flatten().tolist())
+
+
 def misclassified(texts: Iterable[str], logits: torch.Tensor, gold: torch.Tensor, labels: Sequence[str]) -> list[Mistake]:
     """Every wrong prediction, the most confident first (ties keep input order).
 
@@ -126,7 +157,8 @@ def write_report(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_misclassified(out / MISCLASSIFIED, mistakes)]
-    written.append(plot_confusion(summary["confusion"]["matrix"], summary["confusion"]["labels"], out / CONFUSION_PNG))
+    if "confusion" in summary:  # multi-label scores have none
+        written.append(plot_confusion(summary["confusion"]["matrix"], summary["confusion"]["labels"], out / CONFUSION_PNG))
     if history:
         written.append(plot_learning_curves(history, out / CURVES_PNG))
     if "calibration" in summary:
@@ -150,16 +182,22 @@ def report_markdown(
 ) -> str:
     """The report as Markdown: overall numbers, per-class table, confusion matrix, history, worst mistakes."""
     o = summary["overall"]
-    labels = summary["confusion"]["labels"]
     lines = [f"# {title}", "", *notes, "" if notes else None, "## Overall", ""]
-    lines += _table(["rows", "accuracy", "macro-F1", "loss"], [[o["n"], f"{o['accuracy']:.4f}", f"{o['macro_f1']:.4f}", f"{o['loss']:.4f}"]])
-    lines += ["", "## Per class", ""]
-    rows = [[_cell(label), f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]] for label, m in summary["per_class"].items()]
-    lines += _table(["label", "precision", "recall", "F1", "support"], rows)
-    lines += ["", "## Confusion matrix", "", "Rows are the gold labels, columns the predicted ones.", ""]
-    matrix = summary["confusion"]["matrix"]
-    lines += _table(["gold \\ predicted", *map(_cell, labels)], [[_cell(label), *row] for label, row in zip(labels, matrix)])
-    lines += ["", f"![confusion matrix]({CONFUSION_PNG})"]
+    if "multi_label" in summary:
+        keys = ["micro_f1", "macro_f1", "micro_precision", "micro_recall", "subset_accuracy", "hamming_loss", "loss"]
+        lines += _table(["rows", *keys], [[o["n"], *(f"{o[k]:.4f}" for k in keys)]])
+    else:
+        lines += _table(["rows", "accuracy", "macro-F1", "loss"], [[o["n"], f"{o['accuracy']:.4f}", f"{o['macro_f1']:.4f}", f"{o['loss']:.4f}"]])
+    lines += ["", "## Per label" if "multi_label" in summary else "## Per class", ""]
+    thresholds = summary.get("multi_label", {}).get("thresholds")
+    rows = [[_cell(label), f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"], *([f"{thresholds[label]:.2f}"] if thresholds else [])]
+            for label, m in summary["per_class"].items()]
+    lines += _table(["label", "precision", "recall", "F1", "support", *(["threshold"] if thresholds else [])], rows)
+    if "confusion" in summary:
+        labels, matrix = summary["confusion"]["labels"], summary["confusion"]["matrix"]
+        lines += ["", "## Confusion matrix", "", "Rows are the gold labels, columns the predicted ones.", ""]
+        lines += _table(["gold \\ predicted", *map(_cell, labels)], [[_cell(label), *row] for label, row in zip(labels, matrix)])
+        lines += ["", f"![confusion matrix]({CONFUSION_PNG})"]
     if "calibration" in summary:
         lines += calibration_markdown(summary["calibration"])
     if history:
@@ -171,7 +209,8 @@ def report_markdown(
     if features:
         lines += ["", "## Strongest features", "", FEATURES_NOTE, ""]
         lines += _table(["label", "words (score)"], [[_cell(label), _cell(", ".join(f"{w} ({s:.2f})" for w, s in words))] for label, words in features.items()])
-    lines += ["", "## Mistakes", "", f"{len(mistakes)} of {o['n']} rows are misclassified; all are in `{MISCLASSIFIED}`, the most confident first."]
+    wrong = "have a predicted label set that is not their own" if "multi_label" in summary else "are misclassified"
+    lines += ["", "## Mistakes", "", f"{len(mistakes)} of {o['n']} rows {wrong}; all are in `{MISCLASSIFIED}`, the most confident first."]
     if mistakes:
         lines += ["", *_table(["confidence", "gold", "predicted", "text"], [
             [f"{m.confidence:.3f}", _cell(m.gold), _cell(m.predicted), _cell(_shorten(m.text, 120))] for m in mistakes[:show_mistakes]

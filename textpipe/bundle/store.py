@@ -38,6 +38,7 @@ from ..core.minilm import PRECISIONS
 from ..core.files import HEAD, JSON_MAX_BYTES, META, VOCAB, WEIGHTS, InputFileError, atomic_write, file_sha256, open_regular, read_json_file, write_json_atomic
 from ..core.models import MODELS, ModelConfig, model_skeleton
 from ..core.calibration import temperature_problem
+from ..core.multilabel import multi_label_problem
 from ..core.compact import check_summary, dequantize_state, fold_quantized_shapes, part_dtype
 from ..core.sentence_head import SentenceHead
 from ..text.tokenizer import TOKENIZERS, Tokenizer, TokenizerConfig
@@ -71,6 +72,7 @@ class Bundle:
     head: SentenceHead | None = None  # with model.encoder: the sentence encoder's member of the mix
     encoder: dict | None = None  # with model.encoder: {"name", "sha256", "max_wordpieces"}, what encodes the head's vectors
     temperature: float = 1.0  # the shipped scores are divided by it before the softmax (calibration.py); 1: a bundle from before
+    multi_label: dict | None = None  # {"label_sep", "thresholds"}: one sigmoid per label, each predicted at its threshold; None: one label a text
 
 
 def save_bundle(out: str | Path, bundle: Bundle, *, state: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> Path:
@@ -103,6 +105,7 @@ def save_bundle(out: str | Path, bundle: Bundle, *, state: dict[str, torch.Tenso
         **(extra or {}),
         **({"encoder": bundle.encoder} if bundle.encoder is not None else {}),
         "temperature": bundle.temperature,
+        **({"multi_label": bundle.multi_label} if bundle.multi_label is not None else {}),
     }
     if head is not None:
         head_data = safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()})
@@ -119,7 +122,7 @@ def file_digest(path: str | Path) -> dict:
 
 def prediction_fields(meta: dict) -> tuple[str, ...]:
     """The fields that change a prediction: with a sentence encoder, its record too; the temperature, where recorded."""
-    return PREDICTION_FIELDS + tuple(name for name in ("encoder", "temperature") if name in meta)
+    return PREDICTION_FIELDS + tuple(name for name in ("encoder", "temperature", "multi_label") if name in meta)
 
 
 def fields_digest(meta: dict) -> str:
@@ -145,7 +148,8 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     model.to(device).eval()
     tokenizer = Tokenizer.from_config(TokenizerConfig(**meta["tokenizer"]))
     head = load_head(path, meta, model_config) if model_config.encoder else None
-    return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}), head, meta.get("encoder"), meta.get("temperature", 1.0))
+    return Bundle(model, vocab, tokenizer, labels, model_config, meta.get("train", {}), head, meta.get("encoder"), meta.get("temperature", 1.0),
+                  meta.get("multi_label"))
 
 
 def load_head(path: Path, meta: dict, model_config: ModelConfig) -> SentenceHead:
@@ -316,6 +320,8 @@ def check_fields(meta: dict, meta_path: Path) -> None:
         raise bad("train", "must be an object")
     if "temperature" in meta and (problem := temperature_problem(meta["temperature"])):
         raise bad("temperature", problem)
+    if "multi_label" in meta and (problem := multi_label_problem(meta["multi_label"], len(labels))):
+        raise bad("multi_label", problem)
     if "quantized" in meta and (problem := check_summary(meta["quantized"])):
         raise bad(f"quantized{problem[0]}", problem[1])
     model = meta.get("model")
@@ -332,13 +338,8 @@ def check_fields(meta: dict, meta_path: Path) -> None:
 
 
 def check_model_config(model: dict, where: str = "model") -> None:
-    """Raise ValueError naming the first field of a model config with a wrong type or range.
-
-    Example:
-        >>> check_model_config({"embed_dim": 0})
-        Traceback (most recent call last):
-        ValueError: model.embed_dim must be an integer from 1 to 2**40, got 0
-    """
+    """Raise ValueError naming the first field of a model config with a wrong type or range
+    (``{"embed_dim": 0}``: "model.embed_dim must be an integer from 1 to 2**40, got 0")."""
     for f in fields(ModelConfig):
         if f.name in model and not (f.name in ("vocab_size", "num_classes") and model[f.name] == 0):  # 0: set from the data
             problem = _model_field_problem(f.name, model[f.name], f.default)

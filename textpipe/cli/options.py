@@ -68,6 +68,10 @@ def source_flags(args: argparse.Namespace) -> dict:
         d["text_columns"] = [column(c) for c in given["text_columns"].split(",")]
     if "label_column" in given:
         d["label_column"] = column(given["label_column"])
+    if "label_sep" in given and "multi_label" not in given:
+        raise UsageError("--label-sep splits multi-label cells: give --multi-label too")
+    if "multi_label" in given:
+        d["label_sep"] = given.get("label_sep", "|")
     return d
 
 
@@ -79,6 +83,8 @@ def source_config(args: argparse.Namespace, bundle: Path | None = None) -> Sourc
     # Columns, header and length limit describe the files; what to do with a bad row, and
     # where the named datasets live, are this command's business.
     kept = {k: v for k, v in saved.items() if k not in ("root", "on_bad_row")}
+    if bundle is not None and "multi_label" in vars(args) and kept.get("label_sep") is None:
+        raise UsageError(f"{bundle} is a single-label model: --multi-label and --label-sep are for a model trained with --multi-label")
     if kept:  # the bundle's own settings are checked as its file's, so a bad one is named there
         load(SourceConfig, kept, str(bundle / CONFIG), "data.source")
     return load(SourceConfig, {**kept, **source_flags(args)}, "flags", "data.source")

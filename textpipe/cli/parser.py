@@ -352,6 +352,10 @@ def add_source_arguments(parser: argparse.ArgumentParser, bundle: bool = False) 
     g.add_argument("--no-header", action="store_true", default=S, help="CSV/TSV files have no header row")
     g.add_argument("--max-chars", type=int, default=S, help=f"a longer text is a bad row (default: {d.max_chars})")
     g.add_argument("--data-root", default=S, help=f"folder of torchtext:NAME datasets (default: {d.root})")
+    g.add_argument("--multi-label", action="store_true", default=S, help=(
+        "multi-label data: any number of labels a text (a CSV/TSV cell split on --label-sep, a JSONL list, fastText's __label__ words); "
+        "one sigmoid per label"))
+    g.add_argument("--label-sep", default=S, help="with --multi-label: what separates the labels of a cell (default: |)")
 
 
 # Other tools' spellings of a flag -> ours, in the order they are suggested (spelling alone would not find these).

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .collate import Batch
+from .multilabel import bce_log_loss, multi_hot, multilabel_report
 
 
 def confusion_matrix(predicted: torch.Tensor, gold: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -84,10 +85,26 @@ def predict_logits(model: nn.Module, loader: Iterable[Batch], device: torch.devi
 
 
 def evaluate(model: nn.Module, loader: Iterable[Batch], num_classes: int, device: torch.device | str = "cpu") -> dict:
-    """Accuracy, macro-F1, mean cross-entropy and row count of ``model`` on a labelled loader."""
+    """Accuracy, macro-F1, mean cross-entropy and row count of ``model`` on a labelled loader;
+    for multi-label batches :func:`multilabel_metrics` (at probability 0.5)."""
     logits, labels = predict_logits(model, loader, torch.device(device))
     if labels is None:
         raise ValueError("evaluate needs labelled batches")
+    if labels.dim() == 2:
+        return multilabel_metrics(logits, multi_hot(labels, num_classes), logits.new_zeros(num_classes))
     metrics = classification_metrics(logits.argmax(1), labels, num_classes)
     metrics["loss"] = round(nn.functional.cross_entropy(logits, labels).item(), 6)
     return metrics
+
+
+def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor, cutoffs: torch.Tensor) -> dict:
+    """The training loop's multi-label dev scores: subset accuracy (as ``accuracy``), micro- and macro-F1,
+    Hamming loss and mean binary cross-entropy, a label predicted where its logit is over its ``cutoffs`` entry."""
+    report = multilabel_report(logits > cutoffs, targets.bool(), [str(i) for i in range(logits.shape[1])])
+    return {"accuracy": report["subset_accuracy"], "micro_f1": report["micro"]["f1"], "macro_f1": report["macro"]["f1"],
+            "hamming_loss": report["hamming_loss"], "loss": round(bce_log_loss(logits, targets), 6), "n": report["rows"]}
+
+
+def selection_score(dev: dict) -> float:
+    """What picks the best epoch and the mix on dev: accuracy, or micro-F1 for multi-label scores."""
+    return dev.get("micro_f1", dev["accuracy"])

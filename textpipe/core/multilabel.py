@@ -237,3 +237,16 @@ def fit_temperature_multilabel(logits: torch.Tensor, targets: torch.Tensor) -> f
     with torch.enable_grad():
         optimizer.step(closure)
     return round(float(log_t.detach().clamp(low, high).exp()), 6)
+
+
+def multi_label_problem(record, n_labels: int) -> str | None:
+    """What is wrong with a bundle's ``multi_label`` record (``{"label_sep", "thresholds"}``), or None."""
+    if not isinstance(record, dict) or set(record) != {"label_sep", "thresholds"}:
+        return "must be an object with label_sep and thresholds"
+    if not isinstance(record["label_sep"], str) or not record["label_sep"].strip():
+        return "label_sep must be a non-blank string"
+    thresholds = record["thresholds"]
+    if not isinstance(thresholds, list) or len(thresholds) != n_labels or \
+            not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in thresholds):
+        return f"thresholds must be a list of {n_labels} numbers between 0 and 1 (one per label)"
+    return None

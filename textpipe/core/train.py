@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from .collate import Batch
 from .events import emit
-from .metrics import evaluate
+from .metrics import evaluate, selection_score
+from .losses import class_weight_tensor, correct_count, loss_function  # noqa: F401 (class_weight_tensor re-exported)
 from .optim import SCHEDULES, clip_grad_norm, make_optimizers, make_schedulers, per_step_schedule
 from .runtime import Interrupted, RunContext, distributed_wrap, join_uneven_inputs
 
@@ -130,21 +131,6 @@ class TrainingInterrupted(Interrupted):
         super().__init__(signal_name, f"{signal_name}: training stopped, {saved}")
 
 
-def class_weight_tensor(counts: list[int], mode: str) -> torch.Tensor | None:
-    """"balanced": weight ``n / (k * count_c)`` per class (sklearn's rule), None for "none".
-
-    Example:
-        >>> class_weight_tensor([30, 10], "balanced")
-        tensor([0.6667, 2.0000])
-    """
-    if mode == "none":
-        return None
-    if not counts or min(counts) < 1:
-        raise ValueError(f"balanced class weights need every class in the training data, got counts {counts}")
-    n, k = sum(counts), len(counts)
-    return torch.tensor([n / (k * c) for c in counts], dtype=torch.float32)
-
-
 def train_step(
     model: nn.Module, batch: Batch, optimizers: list[torch.optim.Optimizer], loss_fn: nn.Module, grad_clip: float = 0.0
 ) -> tuple[float, int]:
@@ -163,7 +149,7 @@ def train_step(
         opt.step()
     # With class weights the mean divides by the batch's weight total, so that times the mean is the summed loss optimized.
     total = len(batch) if getattr(loss_fn, "weight", None) is None else loss_fn.weight[batch.labels].sum().item()
-    return loss.item() * total, (logits.argmax(1) == batch.labels).sum().item()
+    return loss.item() * total, correct_count(logits, batch.labels)
 
 
 def fit(
@@ -176,6 +162,7 @@ def fit(
     num_train: int | None = None,
     class_counts: list[int] | None = None,
     context: RunContext | None = None,
+    multi_label: bool = False,
 ) -> FitResult:
     """Train with early stopping on dev accuracy; the model ends with its best weights.
 
@@ -188,7 +175,9 @@ def fit(
     ``train_loader`` with ``state_dict``, torchdata's ``StatefulDataLoader``); with its
     ``stop``, a SIGINT / SIGTERM saves a checkpoint at the next step and raises
     :class:`TrainingInterrupted`. A NaN or infinite loss raises :class:`TrainingDiverged`
-    before the step's weights reach any checkpoint.
+    before the step's weights reach any checkpoint. ``multi_label`` trains one sigmoid per
+    label (:class:`MultiLabelLoss`) on batches whose labels are packed label sets, and
+    early stopping follows dev micro-F1 instead of accuracy.
 
     Example:
         >>> set_seed(0); model = build_model(ModelConfig(vocab_size=len(vocab), num_classes=2))
@@ -198,8 +187,8 @@ def fit(
     context = context or RunContext.resolve(config.device)
     data = _Data(train_loader, dev_loader, num_classes, _steps_per_epoch(train_loader, num_train, config))
     loop = _Loop(model, data, config, context)
-    weights = class_weight_tensor(class_counts or [], config.class_weights)
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(context.device), label_smoothing=config.label_smoothing)
+    loss_fn = loss_function(num_classes, class_counts, class_weights=config.class_weights, label_smoothing=config.label_smoothing,
+                            multi_label=multi_label).to(context.device)
     while not loop.state.finished:
         loop.train_one_epoch(loss_fn, num_train)
         loop.end_epoch()
@@ -363,14 +352,14 @@ def record_epoch(state: TrainState, dev: dict | None, config: TrainConfig) -> bo
         "epoch": state.epoch,
         "train_loss": round(state.loss_sum / state.seen, 6),
         "train_accuracy": round(state.correct / state.seen, 6),
-        **({f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")} if dev else {}),
+        **({f"dev_{k}": dev[k] for k in ("accuracy", "macro_f1", "loss", "micro_f1") if k in dev} if dev else {}),
     })
     # Ties in accuracy go to the lower loss, so a plateau in the first epochs on small data
     # does not stop a model that still learns; but only for `patience` extra epochs.
     best = state.best_dev
-    improved = dev is not None and (best is None or (dev["accuracy"], -dev["loss"]) > (best["accuracy"], -best["loss"]))
-    if dev is not None and dev["accuracy"] > state.progress_accuracy + config.min_delta:
-        state.progress_epoch, state.progress_accuracy = state.epoch, dev["accuracy"]
+    improved = dev is not None and (best is None or (selection_score(dev), -dev["loss"]) > (selection_score(best), -best["loss"]))
+    if dev is not None and selection_score(dev) > state.progress_accuracy + config.min_delta:
+        state.progress_epoch, state.progress_accuracy = state.epoch, selection_score(dev)
     if improved:
         state.best_dev, state.best_epoch = dev, state.epoch
     stalled = dev is not None and (state.epoch - state.best_epoch >= config.patience or state.epoch - state.progress_epoch >= 2 * config.patience)

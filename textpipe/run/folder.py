@@ -263,6 +263,7 @@ class RunState:
     labels: list[str] | None = None  # from here on: the training file's counts, for the current phase
     label_counts: dict[str, int] | None = None
     num_train: int | None = None
+    rows: int | None = None  # the training file's rows, held-out ones included (absent from runs before multi-label)
     skipped: dict[str, int] | None = None
     fingerprint: dict | None = None  # "train" (and "dev") -> the file's content digest: a resume refuses a changed file
     vectors: dict | None = None  # pretrained vectors' coverage of the vocabulary

@@ -16,7 +16,8 @@ from ..bundle.report import relative_path, search_notes
 from ..core.nb_linear import mixed_dev_accuracy
 from ..core.train import FitResult
 from .folder import Phase, RunState
-from .pipeline import PipelineConfig, TrainingCounts
+from .counts import TrainingCounts
+from .pipeline import PipelineConfig
 
 
 @dataclass
@@ -49,7 +50,7 @@ def run_metrics(state: RunState, config: PipelineConfig, trained: PhaseResult, e
         metrics["nb_linear"] = {**(early.nb_linear or {}), **trained.fit.nb_linear}
     if trained.head:  # after a refit, the train phase's dev scores beside the refit's fit
         metrics["sentence_head"] = {**((state.refit or {}).get("sentence_head") or {}), **trained.head[1]}
-    metrics["calibration"] = {**(trained.calibration or {"temperature": 1.0}), **summary["calibration"]}  # the fit on dev, the scores here
+    metrics["calibration"] = {**(trained.calibration or {"temperature": 1.0}), **summary.get("calibration", {})}  # the fit on dev, the scores here
     if config.data.source.on_bad_row == "skip":
         metrics["skipped"] = trained.skipped
     return metrics

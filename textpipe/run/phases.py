@@ -36,10 +36,8 @@ from ..core.files import is_disk_full
 from ..core.models import ModelConfig, build_model
 from ..core.nb_linear import fit_nb_for_phase
 from .config import batch_choice, with_batch
-from .pipeline import (
-    METRICS, VOCAB, Loaders, Outputs, PipelineConfig, TrainingCounts, check_settings, config_summary, count_training_file, label_order,
-    ngram_count_limit, ngram_table, save_outputs, score_and_list_mistakes,
-)
+from .counts import TrainingCounts, count_training_file, label_order, ngram_count_limit, ngram_table
+from .pipeline import METRICS, VOCAB, Loaders, Outputs, PipelineConfig, check_settings, config_summary, save_outputs, score_and_list_mistakes
 from ..bundle.store import Bundle
 from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
@@ -272,7 +270,7 @@ class Run:
         result = self._fit(model, loaders.of(train, loaders.train_part, training=True), dev_loader, resume, refit_epochs)
         start = self.timed(f"{phase}.epochs", start)
         chosen = self.state.refit if refit_epochs else {}
-        if getattr(model, "nb", None) is not None:
+        if getattr(model, "nb", None) is not None and config.data.source.label_sep is None:
             result.nb_linear = fit_nb_for_phase(model, loaders.of(train, loaders.train_part), dev_loader, chosen.get("nb_linear"),
                                                 self.state.num_train, quiet=self.quiet)
             self.timed(f"{phase}.nb_linear", start)
@@ -291,12 +289,12 @@ class Run:
             counts = count_training_file(train, holdout, self.tokenizer, config.data, quiet=self.quiet, ngrams=ngram_count_limit(config.model))
         if self.state.ngram_table is None and ngram_count_limit(config.model)[1]:  # sized once, by the run's first count: every phase's alike
             self.state = replace(self.state, ngram_table=ngram_table(config.model, counts.ngrams))
-        if holdout and counts.training_rows == sum(counts.label_counts.values()):
+        if holdout and counts.training_rows == counts.rows:
             raise DataError(train, None, f"too few rows to hold any out for early stopping (about 1 in {holdout} is; none of "
                             f"these {counts.training_rows}): give a dev file (--dev) or more rows")
         vocab = counts.vocab(config.data)
         self.state = replace(self.state, labels=label_order(counts.label_counts), label_counts=counts.label_counts,
-                             num_train=counts.training_rows, skipped=counts.skipped)
+                             num_train=counts.training_rows, rows=counts.rows, skipped=counts.skipped)
         if self.placement.writes:
             save_vocab(vocab, self.stage / VOCAB)
         return vocab, counts
@@ -334,14 +332,17 @@ class Run:
         temperature = (trained.calibration or {}).get("temperature", 1.0)
         mix = logits_mixer(trained.head and trained.head[0], config, self.quiet, temperature)
         rows = loaders.of(test or dev or state.data["train"], "dev" if loaders.holdout else "all")
-        summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, self.placement.device, quiet=self.quiet, mix=mix)
+        multi_label = self.multi_label(trained.calibration)
+        thresholds = torch.tensor(multi_label["thresholds"]) if multi_label else None
+        summary, mistakes = score_and_list_mistakes(trained.model, rows, trained.labels, self.placement.device, quiet=self.quiet, mix=mix,
+                                                    thresholds=thresholds)
         metrics = run_metrics(self.state, self.config, trained, early, summary)
         start = self.timed("score", start)
         if not self.placement.writes:
             return metrics
         head, encoder = (trained.head[0], encoder_record(config.model.encoder)) if trained.head else (None, None)
         bundle = Bundle(trained.model, trained.vocab, self.tokenizer, trained.labels, self.model_config(trained.vocab, trained.labels),
-                        config.train.to_dict(), head, encoder, temperature)
+                        config.train.to_dict(), head, encoder, temperature, multi_label)
         save_outputs(self.stage, bundle, Outputs(config, metrics, summary, mistakes, early.history, title=f"textpipe report: {self.out.name}",
                                                  notes=report_notes(self.state, self.config, early, self.out) + head_notes(trained.head)
                                                  + calibration_notes(trained.calibration, early.nb_linear)))
@@ -350,6 +351,13 @@ class Run:
         self.save_state()
         emit("phase_start", phase=Phase.DONE.value)
         return metrics
+
+    def multi_label(self, calibration: dict | None) -> dict | None:
+        """What the bundle records of multi-label data: the label separator and each label's threshold (0.5 without dev rows)."""
+        label_sep = self.config.data.source.label_sep
+        if label_sep is None:
+            return None
+        return {"label_sep": label_sep, "thresholds": (calibration or {}).get("thresholds") or [0.5] * len(self.state.labels)}
 
     def _log_phase(self, vocab, refit_epochs: int) -> None:
         if self.quiet:
@@ -371,7 +379,7 @@ class Run:
 
     def _lr(self, refit_epochs: int) -> float:
         """The default lr by the file's rows (both phases alike, optim.lr_for_rows); an lr set to anything else is used as given."""
-        lr, rows = self.config.train.lr, sum(self.state.label_counts.values())
+        lr, rows = self.config.train.lr, self.state.rows or sum(self.state.label_counts.values())
         if lr != TrainConfig.lr:
             return lr
         scaled = lr_for_rows(lr, rows, self.config.model.name)
@@ -385,4 +393,5 @@ class Run:
         with run_scope(train_config.deterministic) as stop:
             context = RunContext(placement.device, placement.rank, placement.world, self.quiet, checkpoints=self.store, resume=resume, stop=stop)
             return fit(model, train_rows, dev_rows, train_config, len(state.labels), num_train=state.num_train,
-                       class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context)
+                       class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context,
+                       multi_label=self.config.data.source.label_sep is not None)

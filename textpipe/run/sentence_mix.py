@@ -28,6 +28,7 @@ import torch
 from ..text.dataset import TextClassificationDataset
 from ..core.calibration import chance, did_not_learn, expected_calibration_error, fit_temperature, scale
 from ..core.metrics import predict_logits
+from ..core.multilabel import bce_log_loss, choose_thresholds, fit_temperature_multilabel, multi_hot, multilabel_report
 from .pipeline import Loaders, PipelineConfig, cache_folder
 from ..core.sentence_head import SentenceHead, fit_head
 
@@ -114,6 +115,8 @@ def fit_phase_calibration(model: torch.nn.Module, dev_rows, head: SentenceHead |
     if chosen is not None or dev_rows is None:
         return chosen
     logits, gold = predict_logits(model, dev_rows, next(model.parameters()).device)
+    if gold.dim() == 2:
+        return multi_label_calibration(logits, multi_hot(gold, logits.shape[1]), quiet)
     if head is not None:
         logits = logits_mixer(head, config, quiet)(logits, [example.text for example in dev_rows.dataset.examples()])
     temperature = fit_temperature(logits, gold)
@@ -128,6 +131,22 @@ def fit_phase_calibration(model: torch.nn.Module, dev_rows, head: SentenceHead |
     return record
 
 
+def multi_label_calibration(logits: torch.Tensor, targets: torch.Tensor, quiet: bool = True) -> dict:
+    """One temperature for the labels' sigmoids, then each label's threshold (the one of best dev F1), both on dev."""
+    temperature = fit_temperature_multilabel(logits, targets)
+    probs = scale(logits, temperature).sigmoid()
+    thresholds = choose_thresholds(probs, targets)
+    at_half = multilabel_report(probs >= 0.5, targets.bool(), [str(i) for i in range(targets.shape[1])])["micro"]["f1"]
+    tuned = multilabel_report(probs >= thresholds, targets.bool(), [str(i) for i in range(targets.shape[1])])["micro"]["f1"]
+    record = {"temperature": temperature, "thresholds": [round(float(t), 6) for t in thresholds],
+              "dev": {"rows": len(targets), "loss_before": round(bce_log_loss(logits, targets), 6),
+                      "loss": round(bce_log_loss(scale(logits, temperature), targets), 6), "micro_f1_at_half": at_half, "micro_f1": tuned}}
+    if not quiet:
+        log.info(f"calibration: temperature {temperature:g} and each label's threshold fit on {len(targets)} dev rows "
+                 f"(dev micro-F1 {at_half:.4f} at 0.5, {tuned:.4f} at the thresholds)")
+    return record
+
+
 def calibration_notes(calibration: dict | None, nb: dict | None) -> list[str]:
     """The report's lines on the temperature, and on a model or bag that did not learn."""
     notes = []
@@ -137,6 +156,10 @@ def calibration_notes(calibration: dict | None, nb: dict | None) -> list[str]:
     if calibration is None:
         return notes + ["The probabilities are not calibrated (no dev rows to fit a temperature on): temperature 1."]
     dev = calibration["dev"]
+    if "thresholds" in calibration:
+        return notes + [f"One sigmoid per label, calibrated by a temperature of {calibration['temperature']:g}; each label is predicted where "
+                        f"its probability reaches its threshold, the one of best F1 on {dev['rows']} dev rows (0.5 for a label with too few "
+                        f"of them): dev micro-F1 {dev['micro_f1_at_half']:.4f} at 0.5, {dev['micro_f1']:.4f} at the thresholds."]
     if not dev["learned"]:
         notes.append(f"**The model did not learn**: its dev accuracy is no better than always answering the most common label ({dev['chance']:.4f}).")
     return notes + [f"Probabilities calibrated by a temperature of {calibration['temperature']:g}, fit on {dev['rows']} dev rows "

@@ -82,7 +82,10 @@ class NumericCache:
         n = self.meta["rows"]
         self._maps: list[mmap.mmap] = []
         self.offsets = self._map("offsets.i64", np.int64, n + 1)
-        self.labels = self._map("labels.i64", np.int64, n)
+        words = self.meta.get("label_words", 0)  # multi-label: each row's label set packed in this many int64 words
+        self.labels = self._map("labels.i64", np.int64, n * max(words, 1))
+        if words:
+            self.labels = self.labels.view(n, words)
         self.ids = self._map("ids.i32", np.int32, int(self.offsets[-1]))
 
     def _map(self, name: str, dtype, count: int) -> torch.Tensor:
@@ -161,8 +164,9 @@ def discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], int]], meta: dict) -> NumericCache:
-    """Write ``(ids, label_index)`` rows (label -1 when there is none) as the cache ``key`` under ``root``.
+def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], int | Sequence[int]]], meta: dict) -> NumericCache:
+    """Write ``(ids, label_index)`` rows (label -1 when there is none) as the cache ``key`` under ``root``;
+    a multi-label row's label is its packed label set, ``meta["label_words"]`` int64 words.
 
     Atomic: the files go to a temporary folder that is renamed into place; when
     another process finished the same cache first, its copy is kept.
@@ -180,7 +184,10 @@ def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], 
                 ids_digest.update(row_ids)
                 total += len(row_ids) // 4
                 offsets.append(total)
-                labels.append(label)
+                if isinstance(label, int):
+                    labels.append(label)
+                else:
+                    labels.extend(label)
                 n += 1
             synced(ids_file)
         digests = {"ids.i32": ids_digest.hexdigest(), "offsets.i64": write_synced(tmp / "offsets.i64", offsets.tobytes()),

@@ -1,5 +1,8 @@
 """Rows -> token ids: ``(ids, label_index)``, or ``ids`` alone without labels.
 
+Multi-label data (the source's ``label_sep`` set) carries each row's label set packed
+as int64 words (:func:`textpipe.core.multilabel.pack_label_set`) where one label index would be.
+
 :class:`TextClassificationDataset` is an iterable-style dataset
 (``torch.utils.data.IterableDataset``): it reads its file row by row on every pass
 (or the file's token-id cache, :mod:`textpipe.text.cache`), so an epoch never holds the
@@ -26,6 +29,7 @@ from torch.utils.data import Dataset, IterableDataset
 from ..core.batching import Batches, BatchStream
 from .cache import NumericCache, cache_key, tokens_sha256, write_cache
 from ..core.collate import FlatRows
+from ..core.multilabel import pack_label_set, words_per_row
 from .encoder import TextEncoder
 from .sources import DataError, Example, Position, SourceConfig, read_examples
 from .tokenizer import Tokenizer
@@ -102,8 +106,9 @@ class TextClassificationDataset(IterableDataset):
         self.vocab = vocab
         self.labels = list(labels) if labels is not None else None
         self.label_index = {label: i for i, label in enumerate(self.labels or [])}
-        self.holdout_every, self.part = holdout_every, part
         self.source = source or SourceConfig()
+        self.multi_label = self.source.label_sep is not None
+        self.holdout_every, self.part = holdout_every, part
         self.cache = self._load_or_build_cache(cache_dir) if cache_dir is not None and self.path.is_file() else None
 
     def _load_or_build_cache(self, root: str | Path) -> NumericCache:
@@ -120,7 +125,9 @@ class TextClassificationDataset(IterableDataset):
         if cache is None:
             skipped: dict[str, int] = {}
             # write_cache reads the rows to the end before writing meta.json, so `skipped` is complete there
-            cache = write_cache(root, key, self._encoded_rows(skipped), {"file": str(self.path), **parts, "vocab_size": len(self.vocab), "skipped": skipped})
+            words = words_per_row(len(self.labels)) if self.multi_label and self.labels is not None else 0
+            meta = {"file": str(self.path), **parts, "vocab_size": len(self.vocab), "skipped": skipped, "label_words": words}
+            cache = write_cache(root, key, self._encoded_rows(skipped), meta)
         return cache
 
     def examples(self, skipped: dict[str, int] | None = None, start: Position | None = None) -> Iterator[Example]:
@@ -133,20 +140,33 @@ class TextClassificationDataset(IterableDataset):
         skipped = {} if skipped is None else skipped
         rows = read_examples(self.path, self.labels is not None, self.source, skipped, start=start)
         for example in select_part(rows, self.part, self.holdout_every, first_row=start.index if start else 0):
-            if self.labels is None or example.label in self.label_index:
+            unknown = self._unknown_label(example.label)
+            if unknown is None:
                 yield example
             elif self.source.on_bad_row == "skip":
                 skipped[UNSEEN_LABEL] = skipped.get(UNSEEN_LABEL, 0) + 1
             else:
                 known = ", ".join(map(repr, self.labels))
-                raise DataError(example.file or self.path, example.line, f"label {example.label!r} is not one of the model's labels ({known})")
+                raise DataError(example.file or self.path, example.line, f"label {unknown!r} is not one of the model's labels ({known})")
 
-    def _encoded_rows(self, skipped: dict[str, int], chunk: int = 1000) -> Iterator[tuple[list[int], int]]:
+    def _unknown_label(self, label) -> str | None:
+        """The example's first label the model does not know, if any."""
+        if self.labels is None:
+            return None
+        return next((one for one in (label if self.multi_label else (label,)) if one not in self.label_index), None)
+
+    def target(self, label: str | tuple[str, ...]) -> int | list[int]:
+        """The label's index, or a multi-label row's label set packed as int64 words."""
+        if self.multi_label:
+            return pack_label_set([self.label_index[one] for one in label], len(self.labels))
+        return self.label_index[label]
+
+    def _encoded_rows(self, skipped: dict[str, int], chunk: int = 1000) -> Iterator[tuple[list[int], int | list[int]]]:
         """``(ids, label_index or -1)`` of every row of the part, tokenized a chunk at a time (spaCy's batched pipe)."""
         examples = self.examples(skipped)
         while block := list(itertools.islice(examples, chunk)):
             for example, tokens in zip(block, self.tokenizer.pipe([ex.text for ex in block])):
-                label = self.label_index[example.label] if self.labels is not None else -1
+                label = self.target(example.label) if self.labels is not None else -1
                 yield self.vocab(tokens) or [UNK_ID], label
 
     def count_skipped(self) -> dict[str, int]:
@@ -166,7 +186,7 @@ class TextClassificationDataset(IterableDataset):
         """``(ids, label_index)`` of one example, or ``ids`` alone when the dataset has no labels."""
         ids = numericalize(self.tokenizer, self.vocab, example.text)
         # examples() has already stopped at, or skipped, a label the model does not know.
-        return ids if self.labels is None else (ids, self.label_index[example.label])
+        return ids if self.labels is None else (ids, self.target(example.label))
 
     # What the batching unit (textpipe.core.batching.RowSource) asks of a dataset. A row is an
     # Example of the file, or a row number of the cache; a prepared item is an encoded
@@ -205,7 +225,10 @@ class TextClassificationDataset(IterableDataset):
         if self.cache is None:
             return item
         ids = self.cache.ids_of(item).long()
-        return ids if self.labels is None else (ids, int(self.cache.labels[item]))
+        if self.labels is None:
+            return ids
+        label = self.cache.labels[item]
+        return ids, (label.tolist() if self.multi_label else int(label))
 
     def group(self, items: list | torch.Tensor) -> list | FlatRows:
         """Prepared items (or a tensor of cache rows) as one group for :func:`~textpipe.core.collate.pad_collate`."""

@@ -27,11 +27,29 @@ TORCHTEXT_DATASETS = {
 NOT_A_CLASS = ("unsup",)  # aclImdb's unlabelled reviews sit beside pos/ and neg/
 
 
+FASTTEXT_LABEL = "__label__"
+
+
 def read_txt(path: str | Path, fmt: str, config: SourceConfig, with_labels: bool, start=None) -> Iterator[Row]:
-    """One text per line of a ``.txt`` file, from ``start`` (a row's ``end`` position) when given."""
+    """One text per line of a ``.txt`` file, from ``start`` (a row's ``end`` position) when given.
+
+    With labels the lines are fastText's: ``__label__a __label__b the text`` (the labels
+    are the ``__label__`` words the line starts with; a line may have none).
+    """
     f, max_bytes = open_lines(path, config.max_chars)
     with f:
-        yield from txt_rows(f, max_bytes, config.max_chars, start)
+        rows = txt_rows(f, max_bytes, config.max_chars, start)
+        yield from (map(fasttext_row, rows) if with_labels else rows)
+
+
+def fasttext_row(row: Row) -> Row:
+    """A fastText line's leading ``__label__NAME`` words as its label tuple, the rest as its text."""
+    if row.text is None:
+        return row
+    words, labels = row.text.split(" "), []
+    while words and words[0].startswith(FASTTEXT_LABEL):
+        labels.append(words.pop(0).removeprefix(FASTTEXT_LABEL))
+    return row._replace(text=" ".join(words), label=tuple(labels))
 
 
 def txt_rows(f: IO[bytes], max_bytes: int, max_chars: int, start=None) -> Iterator[Row]:

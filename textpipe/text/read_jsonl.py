@@ -50,7 +50,7 @@ def _row(raw: str, line: int, config: SourceConfig, end: tuple[int, int]) -> Row
     label = _json_label(obj.get(config.label_column))
     if label is _NOT_A_LABEL:
         found = _shown(obj.get(config.label_column))
-        return Row(line, problem=("bad label", f"the label {config.label_column!r} must be a string or an integer, got {found}"))
+        return Row(line, problem=("bad label", f"the label {config.label_column!r} must be a string, an integer or a list of them, got {found}"))
     return Row(line, " ".join(texts), label, end=end)
 
 
@@ -63,7 +63,11 @@ def _shown(value) -> str:
 
 
 def _json_label(value):
-    """A JSON label as a string: ``1`` and ``1.0`` are both ``"1"``; a bool, a fraction, a list or an object is not a label."""
+    """A JSON label as a string: ``1`` and ``1.0`` are both ``"1"``; a list of labels as a tuple of them
+    (a multi-label row); a bool, a fraction, a nested list or an object is not a label."""
+    if isinstance(value, list):
+        labels = tuple(_json_label(v) if not isinstance(v, list) else _NOT_A_LABEL for v in value)
+        return _NOT_A_LABEL if any(label is _NOT_A_LABEL or label is None for label in labels) else labels
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):

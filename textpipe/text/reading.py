@@ -46,7 +46,7 @@ class Row(NamedTuple):
 
     line: int | None
     text: str | None = None
-    label: str | None = None
+    label: str | tuple[str, ...] | None = None  # a tuple: a JSONL list, fastText's __label__ words
     problem: tuple[str, str] | None = None
     file: str | None = None
     end: tuple[int, int] | None = None  # byte offset and line count after the row

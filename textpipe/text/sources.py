@@ -7,9 +7,14 @@ Sources, chosen by the path:
   columns are ignored); without one (``header=False``) they are 0-based indices.
   Several text columns are joined with a space, as AG News needs title + description;
 - ``.jsonl``: one JSON object per line; the text and label columns are keys;
-- ``.txt``: one text per line, no labels (prediction input);
+- ``.txt``: one text per line (prediction input); labelled, fastText's lines
+  (``__label__pos __label__funny the text``);
 - a folder with one subfolder per label holding ``*.txt`` files, one text per file
   (the ``aclImdb/train/pos/*.txt`` layout); the subfolder ``unsup`` is not a label;
+
+With ``label_sep`` set (multi-label data) an example's label is a sorted tuple of labels,
+any number of them: a CSV/TSV cell split on ``label_sep`` (an empty cell is the empty set),
+a JSONL list (or a string split the same way), or fastText's ``__label__`` words.
 - ``torchtext:NAME/SPLIT`` (``torchtext:AG_NEWS/train``): a ``torchtext.datasets``
   dataset under ``SourceConfig.root``. torchtext downloads it once; with its files
   already in place (archive with the right MD5) no network is used.
@@ -54,6 +59,8 @@ class SourceConfig:
     ``on_bad_row="skip"`` skips bad rows and counts them by reason; ``"error"`` stops
     at the first. A text longer than ``max_chars`` characters is a bad row.
     ``root`` is where ``torchtext:`` datasets live (torchtext adds the dataset's name).
+    ``label_sep`` makes the data multi-label: each row has a set of labels, a label cell
+    split on it (None: one label per row).
 
     Example:
         >>> ag_news = SourceConfig(text_columns=[1, 2], label_column=0, header=False)
@@ -67,6 +74,7 @@ class SourceConfig:
     on_bad_row: str = "error"
     max_chars: int = 100_000
     root: str = "data"
+    label_sep: str | None = None  # multi-label rows: label cells split on this ("|" with --multi-label); None = one label a row
 
     def __post_init__(self) -> None:
         if isinstance(self.text_columns, (str, int)):
@@ -76,6 +84,8 @@ class SourceConfig:
             raise ValueError(f"on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
         if not self.text_columns:
             raise ValueError("text_columns needs at least one column")
+        if self.label_sep is not None and (not isinstance(self.label_sep, str) or not self.label_sep.strip()):
+            raise ValueError(f"label_sep must be a non-blank string (or unset for one label a row), got {self.label_sep!r}")
         if self.max_chars < 1:
             raise ValueError(f"max_chars must be >= 1, got {self.max_chars}")
         columns = [*self.text_columns, self.label_column]
@@ -95,7 +105,7 @@ class Position(NamedTuple):
 
 class Example(NamedTuple):
     text: str
-    label: str | None
+    label: str | tuple[str, ...] | None  # a sorted tuple (maybe empty) for multi-label data
     line: int | None  # None when a whole file is one example (folder-per-class)
     file: str | None = None  # the file it came from, where that is not the source path itself
     after: Position | None = None  # the reader's position after this row (CSV, TSV, JSONL, TXT)
@@ -137,20 +147,20 @@ def read_examples(
     if config.on_bad_row == "skip" and skipped is None:
         raise ValueError("on_bad_row='skip' needs a `skipped` dict to count the skipped rows in")
     fmt = file_format(path)
-    if fmt == "txt" and with_labels:
-        raise DataError(path, None, "a .txt file holds texts only; labelled data must be .csv, .tsv, .jsonl, a folder per class or torchtext:NAME/SPLIT")
     seekable = fmt in SEEKABLE
     rows = READERS[fmt](path, fmt, config, with_labels, *([start] if seekable else []))
     index = start.index if start else 0
     for row in rows:
         problem = row.problem or _row_problem(row, with_labels, config)
+        label = None
+        if problem is None and with_labels:
+            label, problem = row_label(row.label, config.label_sep)
         if problem is None:
             index += 1
             if start and not seekable and index <= start.index:
                 continue
             after = Position(*row.end, index) if row.end else None
-            # " DESC" and "DESC" are one class: labels are stripped (texts keep their spaces)
-            yield Example(row.text, row.label.strip() if with_labels else None, row.line, row.file, after)
+            yield Example(row.text, label, row.line, row.file, after)
         elif start and not seekable and index < start.index:
             continue  # counted before the resume
         elif config.on_bad_row == "skip":
@@ -241,8 +251,36 @@ def _input_row(row: Row, problem: tuple[str, str] | None, name: str) -> InputRow
     return InputRow(row.line, "" if problem else row.text, problem, row.file or name)
 
 
+def row_label(raw: str | tuple[str, ...] | None, label_sep: str | None) -> tuple[str | tuple[str, ...] | None, tuple[str, str] | None]:
+    """A row's label as a reader found it -> ``(label, None)``, or ``(None, problem)``.
+
+    One label a row (``label_sep`` None): a stripped string (" DESC" and "DESC" are one class).
+    Multi-label: a sorted tuple of distinct stripped labels; an empty cell is the empty set.
+
+    Example:
+        >>> row_label(" sports| news ", "|")
+        (('news', 'sports'), None)
+    """
+    if label_sep is None:
+        if isinstance(raw, tuple):
+            if len(raw) != 1:
+                return None, (("missing label", "missing label: no __label__NAME word (fastText's format), or an empty list") if not raw
+                              else ("several labels", f"{len(raw)} labels in one row; train with --multi-label"))
+            raw = raw[0]
+        return (raw.strip(), None) if raw and raw.strip() else (None, ("missing label", "missing label"))
+    if raw is None:
+        return None, ("missing label", "missing label")
+    labels = [label.strip() for label in (raw.split(label_sep) if isinstance(raw, str) else raw)]
+    if isinstance(raw, str) and not raw.strip():
+        labels = []  # an empty cell: a text with none of the labels
+    if not all(labels):
+        return None, ("empty label", f"an empty label in {raw!r} (labels are split on {label_sep!r})")
+    return tuple(sorted(set(labels))), None
+
+
 def _row_problem(row: Row, with_labels: bool, config: SourceConfig) -> tuple[str, str] | None:
-    return _problem(row.text, row.label or "", with_labels, config.max_chars)
+    label = row.label if isinstance(row.label, str) else " ".join(row.label or ())
+    return _problem(row.text, label, with_labels and config.label_sep is None and not isinstance(row.label, tuple), config.max_chars)
 
 
 def _problem(text: str, label: str, with_labels: bool, max_chars: int) -> tuple[str, str] | None:
