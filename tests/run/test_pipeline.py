@@ -196,3 +196,19 @@ def test_the_golden_datasets_keep_todays_n_gram_table(shared_dataset, dataset, c
 def test_label_order_sorts_integer_labels_as_numbers_and_the_rest_as_text():
     assert label_order(["10", "2", "1"]) == ["1", "2", "10"]
     assert label_order(["b", "10", "a"]) == ["10", "a", "b"]
+
+
+def test_labels_that_look_like_sets_hint_at_multi_label(tmp_path, caplog):
+    from textpipe.run.config import DataConfig
+    from textpipe.run.counts import count_training_file
+    from textpipe.text.tokenizer import Tokenizer
+
+    path = tmp_path / "t.csv"
+    path.write_text("label,text\n" + "".join(f"{lab},text {i}\n" for i, lab in enumerate(["a|b", "a", "b", "a|b"] * 5)), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="textpipe"):
+        count_training_file(path, 0, Tokenizer(), DataConfig(cache_dir=None))
+    assert "look like sets of labels ('a|b')" in caplog.text and "--multi-label" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="textpipe"):
+        count_training_file(path, 0, Tokenizer(), DataConfig(cache_dir=None, source={"label_sep": "|"}))
+    assert "look like sets" not in caplog.text

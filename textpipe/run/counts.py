@@ -97,7 +97,16 @@ def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataCon
     if not data.allow_many_labels:
         _check_labels_are_classes(train, counts.label_counts, data.source)
     counts.label_counts = {label: counts.label_counts[label] for label in labels}
+    _hint_multi_label(train, labels, data.source)
     return counts
+
+
+def _hint_multi_label(train, labels: list[str], source: SourceConfig) -> None:
+    """Say so when one-label-a-row labels look like label sets ("news|sports"): said even when quiet, the run goes on."""
+    sets = [label for label in labels if "|" in label.strip("|")]
+    if source.label_sep is None and sets and len(sets) * 4 >= len(labels):
+        log.warning(f"{train}: {len(sets)} of the {len(labels)} labels look like sets of labels ({sets[0]!r}); each is trained as one class. "
+                    f"If a text can have several labels, train with --multi-label (labels split on '|', --label-sep sets another)")
 
 
 def _check_labels_look_like_labels(train, labels: list[str], max_labels: int) -> None:
