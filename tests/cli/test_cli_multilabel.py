@@ -109,3 +109,14 @@ def test_text_shows_the_empty_set_as_none():
     assert set_text_line({"text": "a film", "labels": [], "probs": {"a": 0.2, "b": 0.1}}) == "(none)\ta film\n"
     assert set_text_line({"text": "a film", "labels": ["b", "a"], "probs": {"b": 0.9, "a": 0.6}}) == "b (0.900), a (0.600)\ta film\n"
     assert set_text_line({"text": "", "labels": None, "probs": {}}) == "\t\n"
+
+
+def test_info_shows_the_thresholds_and_the_multi_label_scores(tiny_multilabel):
+    model = tiny_multilabel[0]
+    text = cli_here("info", model)
+    assert text.returncode == 0, text.stderr
+    thresholds = json.loads((model / "bundle.json").read_text())["multi_label"]["thresholds"]
+    assert f"multi-label thresholds food {thresholds[0]:.3f}, music {thresholds[1]:.3f}, sport {thresholds[2]:.3f}" in text.stdout
+    assert "test        micro-F1 " in text.stdout and "subset accuracy" in text.stdout
+    info = json.loads(cli_here("info", model, "--json").stdout)
+    assert info["multi_label"] == {"label_sep": "|", "thresholds": thresholds}
