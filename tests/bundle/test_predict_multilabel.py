@@ -137,3 +137,14 @@ def test_report_file_scores_label_sets_at_the_bundles_thresholds(tiny_multilabel
     assert "## Per label" in (tmp_path / "eval" / "report.md").read_text()
     at_half = report_file(model, test, tmp_path / "half", threshold=0.5)
     assert at_half["multi_label"]["thresholds"] == {label: 0.5 for label in predictor.labels}
+
+
+def test_a_multi_label_explanations_weights_are_its_labels_own_contributions():
+    from textpipe.bundle.explain import Explanation
+
+    contributions, bias = torch.tensor([[2.0, -1.0], [0.5, 3.0]]), torch.tensor([0.25, -0.75])
+    make = lambda multi: Explanation("a b", ["a", "b"], ["a", "b"], ["token", "token"], [(0, 1), (1, 2)], contributions, bias,  # noqa: E731
+                                     contributions.sum(0) + bias, "exact", multi)
+    own, relative = make(True).to_dict(1), make(False).to_dict(1)
+    assert own["bias"] == -0.75 and own["tokens"] == [["a", -1.0], ["b", 3.0]]  # a sigmoid's logit as it is
+    assert relative["bias"] == -0.5 and relative["tokens"] == [["a", -1.5], ["b", 1.25]]  # a softmax's: less the mean over labels
