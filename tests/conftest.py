@@ -211,3 +211,41 @@ def cli_here(*args) -> subprocess.CompletedProcess:
         except SystemExit as exit:  # argparse's usage errors
             status = exit.code if isinstance(exit.code, int) else 2
     return subprocess.CompletedProcess(["textpipe", *map(str, args)], status, out.getvalue(), err.getvalue())
+
+
+# Multi-label toy data: each label has its own words, and a row's text holds the words of its labels (maybe none).
+TAG_WORDS = {"sport": "match goal team referee".split(), "food": "pasta cheese bread soup".split(), "music": "guitar song drums band".split()}
+
+
+def make_label_set_rows(n: int, seed: int = 0, sep: str = "|") -> list[tuple[str, str]]:
+    """``(labels, text)`` rows of label sets joined by ``sep`` (an empty cell: none of the labels), cycling through every subset."""
+    rng = random.Random(seed)
+    names = sorted(TAG_WORDS)
+    rows = []
+    for i in range(n):
+        chosen = [name for bit, name in enumerate(names) if (i >> bit) & 1]  # i % 8 runs through all 8 subsets
+        words = rng.choices(FILLER, k=rng.randint(2, 8)) + [w for name in chosen for w in rng.choices(TAG_WORDS[name], k=2)]
+        rng.shuffle(words)
+        rows.append((sep.join(chosen), " ".join(words) + "."))
+    return rows
+
+
+def train_tiny_multilabel(folder, model: str = "bag", **model_overrides):
+    """A small multi-label bundle (labels food, music, sport) trained in a few seconds; returns its folder and the test file."""
+    from dataclasses import replace
+
+    from textpipe.run.phases import train_files
+
+    train = write_csv(folder / "train.csv", make_label_set_rows(240, seed=1))
+    test = write_csv(folder / "test.csv", make_label_set_rows(48, seed=3))
+    config = tiny(data={"cache_dir": None}, model={"name": model, **model_overrides},
+                  train={"epochs": 4, "lr": 0.05, "refit": False, "keep_checkpoints": 0})
+    config = replace(config, data=replace(config.data, source=replace(config.data.source, label_sep="|")))
+    train_files(train, test, folder / "run", config=config, quiet=True)
+    return folder / "run", test
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel(tmp_path_factory):
+    """``(bundle folder, test file)`` of :func:`train_tiny_multilabel`, trained once for the session's tests."""
+    return train_tiny_multilabel(tmp_path_factory.mktemp("multilabel"))

@@ -134,8 +134,8 @@ def test_mistakes_are_plain_errors_naming_the_item():
         TextClassifier(**FAST).fit(["good", "bad"], [1.0, float("nan")])
     with pytest.raises(ValueError, match=r"labels\[1\]: 'pos ' and 'pos' are one label"):
         TextClassifier(**FAST).fit(["good", "bad"], ["pos", "pos "])
-    with pytest.raises(TypeError, match=r"labels\[0\]: expected a str or a number, got tuple"):
-        TextClassifier(**FAST).fit(["good", "bad"], [("pos",), ("neg",)])
+    with pytest.raises(TypeError, match=r"labels\[0\]: expected a str or a number, got dict"):  # a tuple is a label set (multi-label)
+        TextClassifier(**FAST).fit(["good", "bad"], [{"pos": 1}, {"neg": 1}])
     with pytest.raises(ValueError, match="target y is None"):
         TextClassifier(**FAST).fit(["good", "bad"], None)
 

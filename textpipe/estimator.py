@@ -15,6 +15,13 @@ stand-ins below.
 A bundle stores each label as a string (``str(label)``); ``classes_`` keeps the labels
 as they were given (integers stay integers), sorted as ``numpy.unique`` sorts them,
 and ``predict`` returns those.
+
+Multi-label: ``y`` whose items are collections of labels (lists, tuples or sets; an empty one is
+a text with none of the labels) trains one sigmoid per label (``textpipe train --multi-label``).
+``predict`` then returns a 0/1 array of shape ``(n_texts, len(classes_))``, as scikit-learn's
+``MultiLabelBinarizer`` lays it out (a label is 1 where its probability reaches the bundle's
+threshold for it), ``predict_proba`` each label's probability, and ``score`` the subset accuracy
+(scikit-learn's ``accuracy_score`` of label sets), ``y`` given as label lists or as such an array.
 """
 
 from __future__ import annotations
@@ -103,6 +110,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         >>> clf.predict_proba(["a great film"]).shape   # columns in classes_ order
         (1, 2)
         >>> clf.save("runs/mine")                         # then: textpipe predict --model runs/mine "..."
+        >>> tags = TextClassifier().fit(texts, [["sports"], ["news", "sports"], []] * 100)  # label sets: multi-label
+        >>> tags.predict(["a match report"])            # columns in classes_ order
+        array([[0, 1]])
     """
 
     def __init__(self, *, arch: str | None = None, tokenizer: str | None = None, epochs: int | None = None, batch_size: int | None = None,
@@ -158,10 +168,10 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         config = self.pipeline_config()
         with tempfile.TemporaryDirectory(prefix="textpipe-fit-") as tmp:
             folder = Path(tmp)
-            train, given = _write_jsonl(folder / "train.jsonl", X, y, "texts", "labels")
+            train, given, multi = _write_jsonl(folder / "train.jsonl", X, y)
             _sorted_classes(given)  # too few classes, or labels of several kinds, stop here, before training
-            dev_file = _write_jsonl(folder / "dev.jsonl", *dev, "dev texts", "dev labels")[0] if dev is not None else None
-            run_config = _for_temporary_files(config, folder / "cache")
+            dev_file = _write_jsonl(folder / "dev.jsonl", *dev, "dev ", multi)[0] if dev is not None else None
+            run_config = _for_temporary_files(config, folder / "cache", multi)
             metrics = train_files(train, None, folder / "run", dev=dev_file, config=run_config, quiet=not self.verbose)
             bundle = load_bundle(folder / "run")
         metrics.pop("history", None)
@@ -170,13 +180,46 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         self._set_fitted(bundle, metrics, given)
         return self
 
+    @property
+    def multi_label_(self) -> bool:
+        """Whether the model gives each text a set of labels (``fit`` was given label sets)."""
+        return self._fitted().multi_label is not None
+
     def predict(self, X: Iterable[str]) -> np.ndarray:
-        """The most likely label of each text, in input order: an array of ``classes_``' values."""
+        """The most likely label of each text, in input order: an array of ``classes_``' values. Multi-label: an
+        ``(n_texts, len(classes_))`` int64 0/1 array, 1 where a label's probability reaches its threshold."""
         proba = self.predict_proba(X)  # first: on an unfitted classifier it raises NotFittedError
+        if self.multi_label_:
+            thresholds = np.asarray(self.bundle_.multi_label["thresholds"], dtype=np.float64)[self._columns]
+            return (proba.astype(np.float64) >= thresholds).astype(np.int64)
         return self.classes_[proba.argmax(axis=1)]
 
+    def score(self, X: Iterable[str], y: Iterable, sample_weight=None) -> float:
+        """scikit-learn's ``accuracy_score`` of :meth:`predict`: the share of texts whose label (or, multi-label, whole
+        label set: ``y`` as label lists or a 0/1 array in ``classes_`` order) is right, weighted by ``sample_weight``."""
+        if not self.multi_label_:
+            return super().score(X, y, sample_weight)
+        predicted = self.predict(X)
+        expected = np.asarray(y) if isinstance(y, np.ndarray) and y.ndim == 2 else self._binarized(y)
+        if expected.shape != predicted.shape:
+            raise ValueError(f"y has shape {expected.shape}, the predictions {predicted.shape}: one row per text, one column per class")
+        return float(np.average((predicted == expected).all(axis=1), weights=sample_weight))
+
+    def _binarized(self, y: Iterable) -> np.ndarray:
+        """Label sets as a 0/1 array in ``classes_`` order (as ``MultiLabelBinarizer``); an unknown label is an error."""
+        column = {value: j for j, value in enumerate(self.classes_.tolist())}
+        rows = list(y)
+        out = np.zeros((len(rows), len(column)), dtype=np.int64)
+        for i, labels in enumerate(rows):
+            for label in labels:
+                if label not in column:
+                    raise ValueError(f"y[{i}]: unknown label {label!r}; the classes are {self.classes_.tolist()}")
+                out[i, column[label]] = 1
+        return out
+
     def predict_proba(self, X: Iterable[str]) -> np.ndarray:
-        """Class probabilities, a float32 array of shape ``(n_texts, len(classes_))``, columns in ``classes_`` order."""
+        """Class probabilities, a float32 array of shape ``(n_texts, len(classes_))``, columns in ``classes_`` order
+        (multi-label: each label's own probability, so a row need not sum to 1)."""
         predictor = Predictor(self._fitted())
         chunks = [predictor.probabilities(_checked_texts(chunk)).numpy() for chunk in _chunks(X, _CHUNK)]
         proba = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, len(predictor.labels)), np.float32)
@@ -251,34 +294,52 @@ def _with_options(config: PipelineConfig, options: dict, where: str) -> Pipeline
     return load(PipelineConfig, sections, where)
 
 
-def _for_temporary_files(config: PipelineConfig, cache: Path) -> PipelineConfig:
-    """The config for a run on our own JSONL files: their columns, a cache that goes with them, no checkpoints."""
-    source = replace(config.data.source, text_columns=["text"], label_column="label", header=True, on_bad_row="error")
+def _for_temporary_files(config: PipelineConfig, cache: Path, multi_label: bool = False) -> PipelineConfig:
+    """The config for a run on our own JSONL files: their columns (a list of labels a row when ``multi_label``; the
+    separator never splits a JSON list), a cache that goes with them, no checkpoints."""
+    source = replace(config.data.source, text_columns=["text"], label_column="label", header=True, on_bad_row="error",
+                     label_sep=(config.data.source.label_sep or "|") if multi_label else None)
     data = replace(config.data, source=source, cache_dir=str(cache) if config.data.cache_dir else None)
     return replace(config, data=data, train=replace(config.train, keep_checkpoints=0))
 
 
-def _write_jsonl(path: Path, texts: Iterable[str], labels: Iterable, what: str, what_labels: str) -> tuple[Path, dict]:
-    """Stream ``(text, label)`` pairs into a JSONL file; a bad pair is an error naming its index.
-    Returns the file and each label as the bundle will store it -> the label as given."""
+def _write_jsonl(path: Path, texts: Iterable[str], labels: Iterable, prefix: str = "", multi: bool | None = None) -> tuple[Path, dict, bool]:
+    """Stream ``(text, label)`` pairs into a JSONL file; a bad pair is an error naming its index (``prefix``: "dev " for dev's).
+    Returns the file, each label as the bundle will store it -> the label as given, and whether the labels are
+    label sets (multi-label; ``multi`` None: as the first label is, else as ``multi`` says)."""
+    what, what_labels = f"{prefix}texts", f"{prefix}labels"
     if labels is None:
         raise ValueError(f"TextClassifier requires y to be passed, but the target y is None: give the {what_labels}")
     if isinstance(texts, str) or isinstance(labels, str):
         raise TypeError(f"{what} and {what_labels} must be iterables of items, not one string")
+    labels = iter(labels)
+    first = next(labels, _MISSING)
+    labels = itertools.chain([first] if first is not _MISSING else [], labels)
+    multi = isinstance(first, LABEL_SETS) if multi is None else multi
     given: dict[str, object] = {}
     with open(path, "w", encoding="utf-8") as f:
         for i, (text, label) in enumerate(itertools.zip_longest(texts, labels, fillvalue=_MISSING)):
             if text is _MISSING or label is _MISSING:
                 raise ValueError(f"{what} and {what_labels} differ in length (one ends at item {i})")
             _check_text(text, f"{what}[{i}]")
-            stored = _check_label(label, f"{what_labels}[{i}]")
-            if given.setdefault(stored, label) != label:
-                raise ValueError(f"{what_labels}[{i}]: {label!r} and {given[stored]!r} are one label in a bundle ({stored!r}): give one of them")
-            f.write(json.dumps({"text": text, "label": stored}, ensure_ascii=False) + "\n")
-    return path, given
+            if multi != isinstance(label, LABEL_SETS):
+                kind = "a list of labels (multi-label, as the first row)" if multi else "one label (as the first row)"
+                raise TypeError(f"{what_labels}[{i}]: expected {kind}, got {type(label).__name__}")
+            stored = [_stored(one, f"{what_labels}[{i}]", given) for one in (label if multi else [label])]
+            f.write(json.dumps({"text": text, "label": sorted(set(stored)) if multi else stored[0]}, ensure_ascii=False) + "\n")
+    return path, given, multi
 
 
 _MISSING = object()
+LABEL_SETS = (list, tuple, set, frozenset)  # a row's labels, in multi-label y (a 2-d 0/1 array is not read as sets)
+
+
+def _stored(label, where: str, given: dict) -> str:
+    """``label`` as a bundle stores it, recorded in ``given``; two labels stored alike are an error."""
+    stored = _check_label(label, where)
+    if given.setdefault(stored, label) != label:
+        raise ValueError(f"{where}: {label!r} and {given[stored]!r} are one label in a bundle ({stored!r}): give one of them")
+    return stored
 
 
 def _check_text(text, where: str) -> None:

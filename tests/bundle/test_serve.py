@@ -169,6 +169,9 @@ class SlowPredictor:
     def explain(self, texts):
         return self.inner.explain(texts)
 
+    def results(self, texts, probs, top_k=None):
+        return self.inner.results(texts, probs, top_k)
+
 
 def test_queued_requests_are_scored_in_one_forward_pass(served):
     slow = SlowPredictor(Predictor.load(served["model"]))

@@ -65,6 +65,7 @@ def bundle_info(path: str | Path) -> dict:
         "weights_bytes": meta["files"][WEIGHTS]["bytes"],
         "bundle_sha256": file_sha256(path / META),
         "quantized": meta.get("quantized"),
+        **({"multi_label": meta["multi_label"]} if "multi_label" in meta else {}),  # label_sep and each label's threshold
         **({"encoder": {"precision": "float32", **meta["encoder"]}} if model_config.encoder else {}),
     }
 

@@ -13,7 +13,9 @@ add up to the logits (the remainder is reported as the bias).
 Shown to people (``textpipe predict --explain``, ``textpipe serve``), a feature's
 weight is its contribution to the predicted label's logit minus its mean
 contribution over all labels: positive pushes toward the label, negative away
-(softmax ignores what raises every logit alike). For shading, each n-gram's weight
+(softmax ignores what raises every logit alike). A multi-label bundle gives each label its own
+sigmoid, so there a feature's weight toward a label is its contribution to that label's logit as it
+is, and the bias that label's own. For shading, each n-gram's weight
 is shared out among its words, so the token weights sum to the same total.
 
 Where the bag's NB path has a share of the shipped probabilities, and where a sentence
@@ -78,9 +80,12 @@ class Explanation:
     bias: torch.Tensor  # (C,): the head's bias (exact) or what the contributions leave unexplained (approximate)
     logits: torch.Tensor  # (C,)
     method: str
+    multi_label: bool = False  # one sigmoid per label: a weight is the contribution itself, not relative to the other labels
 
     def weights(self, label: int) -> torch.Tensor:
-        """``(F,)`` each feature's push toward class ``label``, relative to the mean over classes."""
+        """``(F,)`` each feature's push toward class ``label``, relative to the mean over classes (multi-label: absolute)."""
+        if self.multi_label:
+            return self.contributions[:, label]
         return self.contributions[:, label] - self.contributions.mean(1)
 
     def token_weights(self, label: int) -> torch.Tensor:
@@ -103,7 +108,7 @@ class Explanation:
     def to_dict(self, label: int, top: int = 10) -> dict:
         """What ``predict --explain`` prints: method, the tokens with their weights, the ``top`` strongest features."""
         weights = self.weights(label)
-        bias = float(self.bias[label] - self.bias.mean())
+        bias = float(self.bias[label] - (0 if self.multi_label else self.bias.mean()))
         order = weights.abs().argsort(descending=True, stable=True)[:top].tolist()
         return {
             "method": self.method,
@@ -128,6 +133,8 @@ def explain(bundle: Bundle, texts: Sequence[str], vectors: VectorSource | None =
     if explanations and (head is not None or (nb is not None and float(nb.alpha) < 1)):
         add_mix_terms(explanations, bundle, ids, None if head is None else vectors or sentence_vector_source(bundle))
     temperature = getattr(bundle, "temperature", 1.0)
+    for e in explanations:
+        e.multi_label = getattr(bundle, "multi_label", None) is not None
     for e in explanations if temperature != 1 else ():  # every part divided alike: the sum stays exact, its softmax calibrated
         e.contributions, e.bias, e.logits = e.contributions / temperature, e.bias / temperature, e.logits / temperature
     return explanations
@@ -156,6 +163,10 @@ def add_mix_terms(explanations: list[Explanation], bundle: Bundle, ids: list[tor
     batch = pad_collate(ids)
     device = next(model.parameters()).device
     shipped = model(batch.ids.to(device), batch.mask.to(device)).float().cpu()  # (B, C): the model's output, its NB mix included
+    if getattr(bundle, "multi_label", None) is not None:  # one sigmoid per label: the NB term is a difference of logits (no encoder head here)
+        for e, row in zip(explanations, shipped):
+            e.add_terms([(NB_TERM, "nb", row - e.logits)])
+        return
     model_probs = shipped.softmax(-1)
     mixed = model_probs if head is None else head.mix(model_probs, vectors([e.text for e in explanations]).cpu())
     nb = getattr(model, "nb", None)
@@ -262,8 +273,12 @@ def strongest_features(bundle_or_model: Bundle | nn.Module, vocab=None, labels: 
 
 
 def add_explanations(results: list[dict], explanations: Sequence[Explanation], labels: Sequence[str], top: int = 10) -> list[dict]:
-    """``predict``'s result dicts, each given an ``"explanation"`` of its own label (see :meth:`Explanation.to_dict`)."""
+    """``predict``'s result dicts, each given an ``"explanation"`` of its own label (see :meth:`Explanation.to_dict`);
+    a multi-label result (``"labels"``) gets ``"explanations"``: one per label of its set, label -> explanation."""
     index = {label: i for i, label in enumerate(labels)}
     for result, explanation in zip(results, explanations):
-        result["explanation"] = explanation.to_dict(index[result["label"]], top)
+        if "labels" in result:
+            result["explanations"] = {label: explanation.to_dict(index[label], top) for label in result["labels"]}
+        else:
+            result["explanation"] = explanation.to_dict(index[result["label"]], top)
     return results

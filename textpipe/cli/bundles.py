@@ -27,7 +27,13 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"tokenizer   {info['tokenizer']['name']} (lower={info['tokenizer'].get('lower', True)})")
     print(f"vocabulary  {info['vocab_size']} tokens")
     print(f"labels      {', '.join(info['labels'])}")
-    if all(key in test for key in ("accuracy", "macro_f1", "n")):
+    if info.get("multi_label"):  # a set of labels a text: each predicted at its own threshold
+        thresholds = ", ".join(f"{label} {t:.3f}" for label, t in zip(info["labels"], info["multi_label"]["thresholds"]))
+        print(f"multi-label thresholds {thresholds}")
+    if "micro_f1" in test:
+        print(f"test        micro-F1 {test['micro_f1']:.4f}, macro-F1 {test['macro_f1']:.4f}, subset accuracy {test['subset_accuracy']:.4f} "
+              f"(n={test['n']}; best epoch {info['metrics'].get('best_epoch')})")
+    elif all(key in test for key in ("accuracy", "macro_f1", "n")):
         print(f"test        accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} (n={test['n']}; best epoch {info['metrics'].get('best_epoch')})")
     print(f"created     {info['created'] or 'unknown'}")
     if info["data"]:

@@ -194,7 +194,8 @@ def add_evaluate(sub) -> None:
     e.add_argument("--out", type=Path, help="report folder (default: MODEL/eval-<data file name without suffix>)")
     e.add_argument("--batch-size", type=int, default=DataConfig.eval_batch_size, help="evaluation batch size (default: %(default)s)")
     e.add_argument("--threshold", type=float, metavar="P", help=(
-        "also report the coverage (share of rows whose top probability is at least P) and the accuracy on them: what predict --threshold P gives"))
+        "also report the coverage (share of rows whose top probability is at least P) and the accuracy on them: what predict --threshold P gives; "
+        "a multi-label model: score every label at P instead of its own threshold"))
     e.add_argument("--quiet", action="store_true", help="no progress bar or summary on stderr")
     add_source_arguments(e)
 
@@ -209,11 +210,14 @@ def add_predict(sub) -> None:
     p.add_argument("--input", help="'-' for stdin (one text per line), a .txt file (one per line), or .csv/.tsv/.jsonl with a text column")
     p.add_argument("--format", choices=("json", "csv", "text"), default="json", help=(
         "json: one object per line {text, label, probs}, probs most likely first; csv: text,label,confidence,p_<label>...; "
-        "text: 'label (p)<TAB>text', the top label only unless --top-k (default: %(default)s)"))
-    p.add_argument("--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels)")
+        "text: 'label (p)<TAB>text', the top label only unless --top-k; a multi-label model: {text, labels, probs}, "
+        "text,labels,p_<label>..., 'a (p), b (p)<TAB>text' ('(none)': no label) (default: %(default)s)"))
+    p.add_argument("-k", "--top-k", type=int, help="keep only the k most likely classes (json: in probs; csv: other p_ cells empty; text: k labels); "
+                   "a multi-label model: at most k labels in the set")
     p.add_argument("--threshold", type=float, metavar="P", help=(
         "abstain below P: a text whose top (calibrated) probability is under P gets label null (json: and \"abstained\": true; "
-        "csv: an empty label; text: 'null (best: label (p))')"))
+        "csv: an empty label; text: 'null (best: label (p))'); a multi-label model: every label whose probability is at least P, "
+        "instead of each label's own threshold"))
     p.add_argument("--output", type=Path, help="write here instead of stdout, atomically (temporary file, then rename)")
     p.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
     p.add_argument("--explain", action="store_true", help=(

@@ -35,6 +35,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     summary = report_file(bundle_dir, data, out, batch_size=args.batch_size, quiet=args.quiet, source=source_config(args, bundle_dir),
                           threshold=threshold)
     skipped = {"skipped": summary["skipped"]} if "skipped" in summary else {}
+    if "multi_label" in summary:
+        return print_multilabel_summary(summary, skipped, threshold, out, args.quiet)
     at = {"at_threshold": summary["calibration"]["at_threshold"]} if threshold is not None else {}
     print(json.dumps({**summary["overall"], **at, **skipped}))
     print_skipped({"evaluated": summary["skipped"]} if "skipped" in summary else {})
@@ -45,6 +47,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             a = at["at_threshold"]
             accuracy = "-" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
             print(f"at threshold {threshold:g}: coverage {a['coverage']:.4f} ({a['n']} rows labelled), accuracy {accuracy}", file=sys.stderr)
+        print(f"report: {Path(out) / 'report.md'}", file=sys.stderr)
+
+
+def print_multilabel_summary(summary: dict, skipped: dict, threshold: float | None, out, quiet: bool) -> None:
+    """``evaluate``'s output for a multi-label bundle: the scores as JSON on stdout, and a line of them on stderr."""
+    print(json.dumps({**summary["overall"], **skipped}))
+    print_skipped({"evaluated": skipped["skipped"]} if skipped else {})
+    if not quiet:
+        o = summary["overall"]
+        at = f"every label at {threshold:g}" if threshold is not None else "each label at its own threshold"
+        print(f"micro-F1 {o['micro_f1']:.4f}  macro-F1 {o['macro_f1']:.4f}  subset accuracy {o['subset_accuracy']:.4f}  "
+              f"Hamming loss {o['hamming_loss']:.4f}  (n={o['n']}, {at})", file=sys.stderr)
         print(f"report: {Path(out) / 'report.md'}", file=sys.stderr)
 
 
@@ -81,7 +95,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     skipped: dict[str, int] = {}
     with frozen_objects(), atomic_output(args.output) as out:
         if args.format == "csv":
-            csv.writer(out).writerow(["text", "label", "confidence", *(f"p_{label}" for label in predictor.labels)])
+            first = ["text", "labels"] if predictor.multi_label else ["text", "label", "confidence"]
+            csv.writer(out).writerow([*first, *(f"p_{label}" for label in predictor.labels)])
         count = write_predictions(out, predictor, blocks, args, source.on_bad_row, skipped)
         if count == 0 and not reads_stdin(args.texts, args.input):  # empty stdin (a grep that matched nothing) is no error
             raise UsageError("no texts to label", hint="give texts as arguments, or --input FILE, or --input - to read stdin")
@@ -104,7 +119,8 @@ def write_predictions(out: TextIO, predictor, blocks: Iterator[list], args: argp
     """Score the rows a block at a time and write one line each, in input order; return how many."""
     from tqdm.auto import tqdm
 
-    top_k = 1 if args.top_k is None and args.format == "text" else args.top_k  # text is for reading: the winner only
+    # text is for reading: the winner only (a multi-label text's whole set)
+    top_k = 1 if args.top_k is None and args.format == "text" and not predictor.multi_label else args.top_k
     count = 0
     with tqdm(desc="predict", unit="row", disable=True if args.quiet else None, file=sys.stderr, leave=False) as bar:
         for chunk in blocks:
@@ -130,6 +146,8 @@ def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | No
     """The output lines of a block: one per row (a bad row gets ``label: null``), and the explanations asked for."""
     from ..bundle.predict import ranked, top_labels
 
+    if predictor.multi_label:
+        return label_set_lines(predictor, chunk, texts, probs, top_k, args)
     plain = args.format == "text" and not args.explain and args.threshold is None
     if plain and top_k == 1:  # the usual case: one format call per row
         return top_one_block(chunk, texts, probs, predictor.labels)
@@ -144,14 +162,29 @@ def block_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | No
     return ROW_FORMATS[args.format](results, predictor.labels)
 
 
-def with_bad_rows(chunk: list, results: list[dict]) -> list[dict]:
-    """The results of the good rows and a ``label: null`` result for each bad one (with ``skipped``: why), in input order."""
+def label_set_lines(predictor, chunk: list, texts: list[str], probs, top_k: int | None, args: argparse.Namespace) -> str:
+    """A multi-label block's lines: each text's label set and every label's probability (a bad row: ``labels`` null),
+    with ``--explain`` an explanation per label of the set."""
+    results = predictor.results(texts, probs, top_k, args.threshold)
+    if args.explain:
+        from ..bundle.explain import add_explanations
+
+        add_explanations(results, predictor.explain(texts), predictor.labels)
+    results = with_bad_rows(chunk, results, "labels")
+    if args.format == "csv":
+        return set_csv_lines(results, predictor.labels, predictor.bundle.multi_label["label_sep"])
+    return json_lines(results, predictor.labels) if args.format == "json" else "".join(map(set_text_line, results))
+
+
+def with_bad_rows(chunk: list, results: list[dict], key: str = "label") -> list[dict]:
+    """The results of the good rows and a ``label: null`` result for each bad one (with ``skipped``: why), in input order;
+    ``key="labels"`` for a multi-label bundle's results (``labels: null``)."""
     scored = iter(results)
-    return [next(scored) if row.problem is None else null_result(row.problem[0]) for row in chunk]
+    return [next(scored) if row.problem is None else null_result(row.problem[0], key) for row in chunk]
 
 
-def null_result(reason: str) -> dict:
-    return {"text": "", "label": None, "probs": {}} if reason == "empty text" else {"text": "", "label": None, "probs": {}, "skipped": reason}
+def null_result(reason: str, key: str = "label") -> dict:
+    return {"text": "", key: None, "probs": {}} if reason == "empty text" else {"text": "", key: None, "probs": {}, "skipped": reason}
 
 
 def json_lines(results: list[dict], labels: list[str]) -> str:
@@ -166,6 +199,28 @@ def csv_lines(results: list[dict], labels: list[str]) -> str:
         confidence = next(iter(probs.values())) if probs else ""  # the top probability (probs come most likely first), also where abstained
         writer.writerow([result["text"], result["label"] or "", confidence, *(probs.get(label, "") for label in labels)])
     return buffer.getvalue()
+
+
+def set_csv_lines(results: list[dict], labels: list[str], label_sep: str) -> str:
+    """A multi-label block as CSV rows: the text, its labels joined by the bundle's ``label_sep``, each label's probability."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for result in results:
+        writer.writerow([result["text"], label_sep.join(result["labels"] or ()), *(result["probs"].get(label, "") for label in labels)])
+    return buffer.getvalue()
+
+
+def set_text_line(result: dict) -> str:
+    """A multi-label result as text: its labels with their probabilities (``(none)`` for the empty set), a tab, the text;
+    a bad row is an empty line with a tab, as for one label a text."""
+    if result["labels"] is None:
+        return "\t\n"
+    chosen = ", ".join(RANKED(label, result["probs"][label]) for label in result["labels"]) or NO_LABELS
+    line = f"{chosen}\t{result['text']}\n"
+    for label, e in result.get("explanations", {}).items():
+        features = ", ".join(f"{f['feature']} ({f['weight']:+.3f})" for f in e["top"])
+        line += f"  why ({e['method']}, toward {label}): {features}\n"
+    return line
 
 
 def text_block(chunk: list, texts: list[str], names: list[tuple], rounded: list[tuple]) -> str:
@@ -202,6 +257,7 @@ def ranked_line(text: str, labels, probs) -> str:
     return f"{', '.join(map(RANKED, labels, probs))}\t{text}\n"
 
 
+NO_LABELS = "(none)"  # a multi-label text's empty set, as text shows it
 RANKED = "{} ({:.3f})".format  # a label and its probability, as text shows them
 TOP_ONE_LINE = "{} ({:.3f})\t{}\n".format  # ranked_line of one label
 ROW_FORMATS = {"json": json_lines, "csv": csv_lines, "text": text_lines}  # a block of results -> its output lines

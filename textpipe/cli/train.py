@@ -84,7 +84,11 @@ def report_training(metrics: dict, out: Path) -> None:
     refit = metrics.get("refit")
     trained = f"best epoch {metrics['best_epoch']}" + (f", refit on {refit['rows']} rows" if refit else "")
     what = "test" if metrics.get("test") else "dev"
-    print(f"{what} accuracy {scored['accuracy']:.4f}  macro-F1 {scored['macro_f1']:.4f}  (n={scored['n']}, {trained})")
+    if "micro_f1" in scored:  # multi-label: label sets, scored per label and as whole sets
+        print(f"{what} micro-F1 {scored['micro_f1']:.4f}  macro-F1 {scored['macro_f1']:.4f}  subset accuracy {scored['subset_accuracy']:.4f}  "
+              f"(n={scored['n']}, {trained})")
+    else:
+        print(f"{what} accuracy {scored['accuracy']:.4f}  macro-F1 {scored['macro_f1']:.4f}  (n={scored['n']}, {trained})")
     if what == "dev":
         print(f"no --test file: scored on the {metrics.get('scored_on', 'dev data')}, which chose the epoch (a little optimistic)")
     print(f"report: {Path(out) / 'report.md'}")

@@ -371,7 +371,8 @@ def record_epoch(state: TrainState, dev: dict | None, config: TrainConfig) -> bo
 
 def epoch_line(record: dict, improved: bool, rows_per_s: float = 0.0) -> str:
     """The log line of one epoch's ``history`` record; `` *`` marks a new best dev epoch."""
-    dev = f" | dev acc {record['dev_accuracy']:.4f} f1 {record['dev_macro_f1']:.4f} loss {record['dev_loss']:.4f}{' *' if improved else ''}" if "dev_accuracy" in record else ""
+    f1 = f"micro-f1 {record['dev_micro_f1']:.4f} macro-f1" if "dev_micro_f1" in record else "f1"  # multi-label: micro-F1 picks the epoch
+    dev = f" | dev acc {record['dev_accuracy']:.4f} {f1} {record['dev_macro_f1']:.4f} loss {record['dev_loss']:.4f}{' *' if improved else ''}" if "dev_accuracy" in record else ""
     return f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} ({rows_per_s:,.0f} rows/s){dev}"
 
 

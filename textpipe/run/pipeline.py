@@ -142,17 +142,25 @@ def report_file(
     Returns ``{"overall", "per_class", "confusion"}``, and ``"skipped"`` (reason ->
     rows) when ``source.on_bad_row == "skip"``; the learning curves are the
     bundle's own, from its ``metrics.json``, when it has one. With ``threshold``, ``summary["calibration"]["at_threshold"]``
-    holds the coverage and accuracy of the rows whose top probability reaches it.
+    holds the coverage and accuracy of the rows whose top probability reaches it. A multi-label bundle's rows are
+    scored as label sets (``summary["multi_label"]``), each label at its own threshold, or at ``threshold`` when given;
+    without ``source`` its file is read as the bundle's training file was (its ``label_sep``).
 
     Example:
         >>> report_file("runs/mine", "other.csv", "runs/mine/eval-other")["overall"]["accuracy"]
     """
     check_folder(out)  # before the scoring, which may take long
     bundle = load_bundle(bundle_dir)
+    thresholds = None
+    if bundle.multi_label is not None:
+        saved = bundle.multi_label["thresholds"]
+        thresholds = torch.tensor([threshold] * len(saved) if threshold is not None else saved, dtype=torch.float64)
+        source = source or SourceConfig(label_sep=bundle.multi_label["label_sep"])
     ds = TextClassificationDataset(data, bundle.tokenizer, bundle.vocab, bundle.labels, source=source)
     skipped = ds.count_skipped()
     loader = make_loader(ds, batch_size)
-    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet=quiet, mix=shipped_mixer(bundle), threshold=threshold)
+    summary, mistakes = score_and_list_mistakes(bundle.model, loader, bundle.labels, "cpu", quiet=quiet, mix=shipped_mixer(bundle), threshold=threshold,
+                                                thresholds=thresholds)
     if ds.source.on_bad_row == "skip":
         summary["skipped"] = skipped
     write_json_atomic(make_folder(out) / METRICS, summary)
