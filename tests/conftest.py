@@ -40,6 +40,21 @@ def make_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+TOPICS = {"sport": "goal match team score".split(), "food": "soup bread spicy dinner".split(), "music": "song guitar band melody".split()}
+
+
+def make_multilabel_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Toy multi-label rows (label cell "food|sport", or empty): each topic of a row's set puts its words in the text."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        labels = [topic for topic in TOPICS if rng.random() < 0.4]
+        words = rng.choices(FILLER, k=rng.randint(2, 8)) + [w for topic in labels for w in rng.choices(TOPICS[topic], k=rng.randint(1, 2))]
+        rng.shuffle(words)
+        rows.append(("|".join(labels), " ".join(words) + "."))
+    return rows
+
+
 def write_csv(path: Path, rows) -> Path:
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)

@@ -1,7 +1,7 @@
 """Trains the small run of tests/test_resume.py and, on request, dies at one chosen point.
 
     python tests/kill_runner.py TRAIN TEST OUT [KILL_POINT [SIGNAL]]
-    python tests/kill_runner.py --cli EVENT[:KEY=VALUE] SIGNAL ARGS...   # `textpipe ARGS`, SIGNAL sent at EVENT
+    python tests/kill_runner.py --cli EVENT[:KEY=VALUE][@N] SIGNAL ARGS...   # `textpipe ARGS`, SIGNAL sent at EVENT (once checkpoint N is on disk)
 
 KILL_POINT is one of KILL_POINTS below; the process sends itself SIGNAL there
 (default SIGKILL: no handler, no cleanup, exactly what a crash or `kill -9` does).
@@ -95,13 +95,15 @@ KILL_POINTS = {
 
 
 def cli_with_signal(event: str, sig: str, argv: list[str]) -> int:
-    """``textpipe ARGV`` in this process, sending itself ``sig`` at the first ``event`` ("phase_end:phase=train")."""
+    """``textpipe ARGV`` in this process, sending itself ``sig`` at the first ``event`` ("phase_end:phase=train"; "step_done:step=16@15":
+    at step 16, once the checkpoint of step 15 is on disk)."""
     from textpipe.cli import main
 
+    event, _, after = event.partition("@")
     name, _, condition = event.partition(":")
     key, _, value = condition.partition("=")
     match = {key: int(value) if value.isdigit() else value} if condition else {}
-    at(name, getattr(signal, sig), **match)
+    at(name, getattr(signal, sig), int(after) if after else None, **match)
     return main(argv)
 
 

@@ -131,3 +131,89 @@ def test_a_run_over_max_rows_ships_the_bag_alone(toy_files, tmp_path, monkeypatc
     metrics = train_files(train, test, tmp_path / "run", config=tiny_config(train={"epochs": 2, "lr": 0.02}), quiet=True)
     assert "nb_linear" not in metrics
     assert float(Predictor.load(tmp_path / "run").bundle.model.nb.alpha) == 1.0
+
+
+def multi_label_batches(rows: int, seed: int, num_labels: int = 3):
+    """Batches of (ids, packed label set): word 10 + j is in the text for each label j of its set, among noise words 20..79."""
+    from textpipe.core.multilabel import pack_label_set
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(rows):
+        labels = [j for j in range(num_labels) if float(torch.rand((), generator=g)) < 0.4]
+        telling = torch.tensor([10 + j for j in labels], dtype=torch.long)
+        examples.append((torch.cat([telling, torch.randint(20, 80, (6,), generator=g)]), pack_label_set(labels, num_labels)))
+    return [pad_collate(examples[i : i + 32]) for i in range(0, rows, 32)]
+
+
+def test_multi_label_ratios_count_rows_with_and_without_each_label():
+    from textpipe.core.nb_linear import presence
+
+    model = build_model(ModelConfig(vocab_size=100, num_classes=3, ngram_buckets=0, multi_label=True))
+    data = presence(model, multi_label_batches(200, seed=1))
+    X, Y = data.matrix().to_dense(), data.targets(3)
+    ratios = log_count_ratios(data, [0, 1, 2], 3)
+    for j in range(3):  # by hand: p, q the feature's row counts (+1) among the rows with label j and those without
+        p, q = X[Y[:, j] == 1].sum(0) + 1, X[Y[:, j] == 0].sum(0) + 1
+        assert torch.allclose(ratios[j], (p / p.sum()).log() - (q / q.sum()).log())
+    column = {int(c): i for i, c in enumerate(data.columns)}
+    assert all(ratios[j, column[10 + j]] > 1 and ratios[j, column[10 + j]] == ratios[:, column[10 + j]].max() for j in range(3))
+
+
+def test_the_multi_label_fit_is_the_minimum_of_each_labels_regularized_log_loss():
+    from textpipe.core.nb_linear import presence
+
+    model = build_model(ModelConfig(vocab_size=100, num_classes=2, ngram_buckets=0, multi_label=True))
+    data = presence(model, multi_label_batches(300, seed=2, num_labels=2))
+    C = 3.0
+    weights, bias = fit_members(data, 2, C)
+    assert weights.shape == (data.shape[1], 2)  # one member per label, even for two labels
+    ratios = log_count_ratios(data, [0, 1], 2).T
+    w = torch.where(ratios != 0, weights / ratios, torch.zeros_like(weights)).requires_grad_()
+    b = bias.clone().requires_grad_()
+    s = data.matrix().to_dense() @ (ratios * w) + b
+    t = data.targets(2)
+    loss = (torch.nn.functional.softplus(s) - t * s).mean(0).sum() + (w * w).sum() / (2 * C * data.shape[0])
+    loss.backward()
+    assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_multi_label_fit_chooses_on_dev_and_the_bag_ships_the_mix_of_sigmoids(num_labels):
+    from textpipe.core.multilabel import multi_hot
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=100, num_classes=num_labels, ngram_buckets=256, multi_label=True))
+    assert model.nb.table.shape[1] == num_labels and model.nb.multi_label
+    train, dev = multi_label_batches(400, seed=1, num_labels=num_labels), multi_label_batches(160, seed=2, num_labels=num_labels)
+    batch = dev[0]
+    model.eval()
+    bag_logits = model(batch.ids, batch.mask)
+    record = fit_nb_linear(model, train, dev)
+    assert record["dev"]["score"] == "micro_f1" and record["C"] in (1.0, 3.0, 10.0) and record["alpha"] < 1
+    losses = record["dev"]["log_loss_by_alpha"]
+    assert losses[str(record["alpha"])] == min(losses.values())
+    assert record["dev"]["linear_by_C"][str(record["C"])] == max(record["dev"]["linear_by_C"].values()) > 0.95
+    flat, lengths = model.flat_features(batch.ids, batch.mask)
+    alpha = float(model.nb.alpha)
+    expected = alpha * bag_logits.sigmoid() + (1 - alpha) * model.nb.scores(flat, lengths).sigmoid()  # the sigmoids, not normalized
+    mixed = model(batch.ids, batch.mask)
+    assert torch.allclose(mixed.sigmoid(), expected, atol=1e-5)
+    assert torch.equal(mixed > 0, multi_hot(batch.labels, num_labels).bool())  # the telling words decide every label
+    record_again = fit_nb_linear(model, train, C=record["C"], alpha=record["alpha"])  # a refit with the chosen C and alpha
+    assert "dev" not in record_again and torch.allclose(model(batch.ids, batch.mask), mixed)
+
+
+def test_a_multi_label_bag_that_did_not_learn_is_left_out():
+    model = build_model(ModelConfig(vocab_size=100, num_classes=3, ngram_buckets=256, multi_label=True))
+    with torch.no_grad():
+        model.head.bias.fill_(3.0)  # every label's sigmoid near 0.95, whatever the text: worse than each label's frequency
+    record = fit_nb_linear(model, multi_label_batches(300, seed=3), multi_label_batches(100, seed=4))
+    assert record["dev"]["bag_learned"] is False and record["alpha"] == 0.0
+    assert record["dev"]["bag_loss"] > record["dev"]["prior_loss"]
+
+
+def test_model_config_records_multi_label_only_when_set():
+    assert "multi_label" not in ModelConfig().to_dict()  # single-label configs and bundles keep their keys
+    assert ModelConfig(multi_label=True).to_dict()["multi_label"] is True
+    assert ModelConfig.from_dict(ModelConfig(multi_label=True).to_dict()).multi_label is True

@@ -293,3 +293,31 @@ def test_a_kill_during_the_commit_says_how_to_repair_and_resume_repairs(referenc
     assert "the move is finished now, the bundle whole again" in resumed.stderr
     assert_same_run(ref, out)
     assert cli_here("info", out).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def multi_label_reference(tmp_path_factory):
+    """Multi-label toy files and an uninterrupted --multi-label run (the bag with its NB path per label) to compare with."""
+    from conftest import make_multilabel_rows
+
+    tmp = tmp_path_factory.mktemp("resume-multi-label")
+    train = write_csv(tmp / "train.csv", make_multilabel_rows(400, seed=1))
+    test = write_csv(tmp / "test.csv", make_multilabel_rows(100, seed=3))
+    run("-m", "textpipe", "train", "--train", train, "--test", test, "--out", tmp / "reference", "--multi-label", *CLI_CONFIG)
+    return train, test, tmp / "reference"
+
+
+# Mid-epoch in the train phase (its newest checkpoint the step-15 one), and once run.json records the refit (the train phase's
+# NB choice, temperature and thresholds in it, the refit's vocabulary not yet built).
+@pytest.mark.parametrize("event", ["step_done:step=16@15", "phase_start:phase=refit"])
+def test_multi_label_kill_9_then_resume_gives_the_uninterrupted_result(event, multi_label_reference, tmp_path):
+    train, test, ref = multi_label_reference
+    assert json.loads((ref / "metrics.json").read_text())["nb_linear"]["dev"]["score"] == "micro_f1"
+    out = tmp_path / "run"
+    killed = run(RUNNER, "--cli", event, "SIGKILL", "train", "--train", train, "--test", test, "--out", out, "--multi-label", *CLI_CONFIG, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "metrics.json").exists()
+    resume(out)
+    assert_same_run(ref, out)
+    for name in ("bundle.json", "config.json"):  # the thresholds, temperature and multi-label model config too
+        assert (ref / name).read_text() == (out / name).read_text(), f"{name} differs from the uninterrupted run"

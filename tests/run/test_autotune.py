@@ -234,3 +234,23 @@ def test_the_encoders_trial_adds_its_head_to_the_starting_models_as_a_fresh_trai
     assert reused.dev_accuracy == fresh.dev_accuracy and reused.first_phase["sentence_head"] == fresh.first_phase["sentence_head"]
     assert (reused.best_epoch, reused.epochs, reused.dev_loss) == (fresh.best_epoch, fresh.epochs, fresh.dev_loss)
     assert reused.seconds >= start.seconds, "counted as a whole trial, so the refit's estimate is a training's"
+
+
+@pytest.mark.parametrize("nb_linear", [True, False])
+def test_multi_label_autotune_scores_trials_by_micro_f1_and_skips_the_encoder(nb_linear, tmp_path, monkeypatch):
+    from conftest import make_multilabel_rows, write_csv
+
+    monkeypatch.setattr(autotune, "SPACE", [("encoder", [{"model": {"encoder": "minilm-l6"}}]), ("lr", [{"train": {"lr": 0.05}}])])
+    train = write_csv(tmp_path / "train.csv", make_multilabel_rows(300, seed=1))
+    test = write_csv(tmp_path / "test.csv", make_multilabel_rows(60, seed=3))
+    config = PipelineConfig.from_dict(merge(SMALL, {"data": {"source": {"label_sep": "|"}}, "model": {"nb_linear": nb_linear}}))
+    metrics = autotune_files(train, test, tmp_path / "run", config=config, budget=600, quiet=True)
+    found = metrics["autotune"]
+    assert [t["changes"] for t in found["trials"]] == [{}, {"train": {"lr": 0.05}}]
+    assert found["encoder"]["tried"] is False and "not available with --multi-label" in found["encoder"]["note"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    chosen = next(t for t in found["trials"] if t["changes"] == found["chosen"])
+    nb = run["refit"]["nb_linear"]  # the winner's train phase: its trial's score is the mix's dev micro-F1 at 0.5, or the bag's own
+    score = nb["dev"]["mixed_by_alpha"][str(nb["alpha"])] if nb_linear else run["refit"]["best_dev"]["micro_f1"]
+    assert chosen["dev_accuracy"] == score and (not nb_linear or nb["dev"]["score"] == "micro_f1")
+    assert "micro_f1" in metrics["test"]

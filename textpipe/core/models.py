@@ -44,6 +44,7 @@ class ModelConfig:
     num_heads: int = 4  # transformer: attention heads; must divide embed_dim
     max_len: int = 512  # transformer: longer inputs are cut to their first max_len tokens
     encoder: str | None = None  # a named sentence encoder (minilm-l6): a logistic regression on its vectors joins the mix (sentence_head.py)
+    multi_label: bool = False  # set from the data (--multi-label): one sigmoid per label; the bag's NB path one member per label
 
     def __post_init__(self) -> None:
         # JSON has no tuples: a config read back from a bundle brings kernel_sizes as a list.
@@ -57,8 +58,8 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def to_dict(self) -> dict:  # without an encoder, the keys of every config and bundle saved before it existed
-        return {k: v for k, v in asdict(self).items() if k != "encoder" or v is not None}
+    def to_dict(self) -> dict:  # without an encoder or multi-label, the keys of every config and bundle saved before they existed
+        return {k: v for k, v in asdict(self).items() if (k != "encoder" or v is not None) and (k != "multi_label" or v)}
 
 
 class MaskedMeanPool(nn.Module):
@@ -166,7 +167,7 @@ class BagOfNgrams(nn.Module):
             # Pretrained word vectors, never trained (a buffer, saved with the weights); filled from
             # data.vectors by textpipe.text.vectors.load_into_frozen. Words they lack stay zero.
             self.register_buffer("frozen", nn.init.zeros_(torch.empty(config.vocab_size, config.frozen_dim)))  # not torch.zeros, which imports sympy on the meta device (model_skeleton)
-        self.nb = NBLinear(rows, config.num_classes) if config.nb_linear else None
+        self.nb = NBLinear(rows, config.num_classes, config.multi_label) if config.nb_linear else None
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         keep = None
@@ -275,14 +276,8 @@ class BiGRU(nn.Module):
         check_sizes(config)
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
-        self.gru = nn.GRU(
-            config.embed_dim,
-            config.hidden_dim,
-            num_layers=config.num_layers,
-            batch_first=True,
-            bidirectional=True,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,  # nn.GRU applies it between layers only
-        )
+        self.gru = nn.GRU(config.embed_dim, config.hidden_dim, num_layers=config.num_layers, batch_first=True, bidirectional=True,
+                          dropout=config.dropout if config.num_layers > 1 else 0.0)  # nn.GRU applies dropout between layers only
         self.pool = MaskedMeanPool()
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(2 * config.hidden_dim, config.num_classes)

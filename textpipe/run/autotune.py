@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from .config import PipelineConfig, SettingsError
+from ..core.metrics import selection_score
 from ..core.nb_linear import mixed_dev_accuracy
 from .pipeline import Loaders, check_settings
 from .outcome import PhaseResult
@@ -190,7 +191,7 @@ class _Search:
         result, head = phase.fit, phase.head and phase.head[1]
         first_phase = {"epochs": result.best_epoch, "best_dev": result.best_dev, "history": result.history, "nb_linear": result.nb_linear,
                        "calibration": phase.calibration}
-        accuracy = result.best_dev["accuracy"]
+        accuracy = selection_score(result.best_dev)  # multi-label: micro-F1
         if result.nb_linear is not None:  # what the run would ship: the mix with the NB linear path
             accuracy = mixed_dev_accuracy(result.nb_linear)
         if head:  # and with the sentence head's share (chosen on these dev rows, as the NB path's)
@@ -242,6 +243,8 @@ class _Search:
 
     def encoder_plan(self, name: str, best: Trial) -> dict:
         """What turning the encoder on costs here: texts to encode and seconds expected; raises _Skip when it cannot fit."""
+        if self.base["data"]["source"].get("label_sep") is not None:
+            raise _Skip("the sentence encoder is not available with --multi-label yet")
         root = run_cache(PipelineConfig.from_dict(self.base))
         if root is None:
             raise _Skip("the sentence cache is off (data.cache_dir): every trial would encode every text again")

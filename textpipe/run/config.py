@@ -123,6 +123,8 @@ class PipelineConfig:
             raise ValueError(f"tokenizer.lang {self.tokenizer.lang!r} needs tokenizer.name = \"spacy\", got {self.tokenizer.name!r}")
         if self.model.frozen_dim and not self.data.vectors:
             raise ValueError("model.frozen_dim needs pretrained vectors to fill the frozen table: set data.vectors (e.g. --vectors glove-6b-50d)")
+        if self.model.encoder and self.data.source.label_sep is not None:
+            raise ValueError("--encoder is not available with --multi-label yet (model.encoder with data.source.label_sep set)")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "model": self.model.to_dict()}  # model.encoder only when set, as bundle.json has it
@@ -247,7 +249,7 @@ def read_file(path: Path) -> dict:
 
 # --- out: dataclasses -> TOML --------------------------------------------------------------------
 
-SET_FROM_DATA = {"model": ("vocab_size", "num_classes")}  # filled in at training time, never configured
+SET_FROM_DATA = {"model": ("vocab_size", "num_classes", "multi_label")}  # filled in at training time, never configured
 
 
 def config_toml(config, comments: bool = False) -> str:

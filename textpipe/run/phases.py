@@ -270,7 +270,7 @@ class Run:
         result = self._fit(model, loaders.of(train, loaders.train_part, training=True), dev_loader, resume, refit_epochs)
         start = self.timed(f"{phase}.epochs", start)
         chosen = self.state.refit if refit_epochs else {}
-        if getattr(model, "nb", None) is not None and config.data.source.label_sep is None:
+        if getattr(model, "nb", None) is not None:
             result.nb_linear = fit_nb_for_phase(model, loaders.of(train, loaders.train_part), dev_loader, chosen.get("nb_linear"),
                                                 self.state.num_train, quiet=self.quiet)
             self.timed(f"{phase}.nb_linear", start)
@@ -319,9 +319,10 @@ class Run:
         return Loaders(self.config, self.tokenizer, vocab, self.state.labels, holdout, self.placement, self.config.data.num_workers)
 
     def model_config(self, vocab, labels: list[str]) -> ModelConfig:
-        """The model's config: the run's, sized to the vocabulary, the labels and the n-gram table the first count chose."""
+        """The model's config: the run's, sized to the vocabulary, the labels and the n-gram table the first count chose, multi-label as the data."""
         sized = {"ngram_buckets": self.state.ngram_table["rows"]} if self.state.ngram_table else {}  # none recorded: a run from before the sizing
-        return ModelConfig(**{**self.config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels), **sized})
+        return ModelConfig(**{**self.config.model.to_dict(), "vocab_size": len(vocab), "num_classes": len(labels),
+                              "multi_label": self.config.data.source.label_sep is not None, **sized})
 
     def finish(self, trained: PhaseResult, early: FitResult) -> dict:
         """Score the shipped model (on the test file, else on dev), and on rank 0 write the bundle, config, metrics and

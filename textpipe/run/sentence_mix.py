@@ -29,6 +29,7 @@ from ..text.dataset import TextClassificationDataset
 from ..core.calibration import chance, did_not_learn, expected_calibration_error, fit_temperature, scale
 from ..core.metrics import predict_logits
 from ..core.multilabel import bce_log_loss, choose_thresholds, fit_temperature_multilabel, multi_hot, multilabel_report
+from ..core.nb_linear import not_learned_line
 from .pipeline import Loaders, PipelineConfig, cache_folder
 from ..core.sentence_head import SentenceHead, fit_head
 
@@ -151,8 +152,7 @@ def calibration_notes(calibration: dict | None, nb: dict | None) -> list[str]:
     """The report's lines on the temperature, and on a model or bag that did not learn."""
     notes = []
     if nb and not nb.get("dev", {}).get("bag_learned", True):
-        notes.append(f"**The bag did not learn**: its dev accuracy {nb['dev']['bag']:.4f} is no better than always answering the most common "
-                     f"label ({nb['dev']['chance']:.4f}), so it is left out of the mix: the shipped model is the NB linear path alone.")
+        notes.append(f"**The bag did not learn** ({not_learned_line(nb)}), so it is left out of the mix: the shipped model is the NB linear path alone.")
     if calibration is None:
         return notes + ["The probabilities are not calibrated (no dev rows to fit a temperature on): temperature 1."]
     dev = calibration["dev"]
