@@ -35,7 +35,7 @@ from ..core.events import emit
 from ..core.files import is_disk_full
 from ..core.models import ModelConfig, build_model
 from ..core.nb_linear import fit_nb_for_phase
-from .config import batch_choice, with_batch
+from .config import REFIT_MAX_ROWS, batch_choice, refit_wanted, with_batch
 from .pipeline import (
     METRICS, VOCAB, Loaders, Outputs, PipelineConfig, TrainingCounts, check_settings, config_summary, count_training_file, label_order,
     ngram_count_limit, ngram_table, save_outputs, score_and_list_mistakes,
@@ -59,10 +59,11 @@ from ..text.vocab import load_vocab, save_vocab
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
 
 
-def refits(config: PipelineConfig, data: dict) -> bool:
+def refits(config: PipelineConfig, data: dict, rows: int | None = None) -> bool:
     """Whether a refit follows the train phase. A dev file's rows are not training rows: nothing to
-    refit on. Without a test file the held-out rows are the only honest score: they stay out of training."""
-    return bool(config.train.refit and not data["dev"] and data["test"] is not None)
+    refit on. Without a test file the held-out rows are the only honest score: they stay out of training.
+    ``rows``: the training file's labelled rows, once counted (``train.refit = "auto"``: config.refit_wanted)."""
+    return bool(refit_wanted(config.train, rows) and not data["dev"] and data["test"] is not None)
 
 
 def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, dev: str | Path | None = None,
@@ -216,7 +217,10 @@ class Run:
         counts = None
         if self.state.phase is Phase.TRAIN:
             trained = self.train_phase(resume)
-            if not refits(self.config, self.state.data):
+            rows = sum(self.state.label_counts.values())
+            if not refits(self.config, self.state.data, rows):
+                if not self.quiet and refits(self.config, self.state.data):
+                    log.info(f"no refit: {rows:,} training rows (train.refit \"auto\" refits under {REFIT_MAX_ROWS:,}; --set train.refit=true forces it)")
                 emit("phase_end", phase=Phase.TRAIN.value)
                 return self.finish(trained, trained.fit)
             self.enter_refit(trained.fit, trained.head[1] if trained.head else None, trained.calibration)
