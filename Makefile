@@ -100,7 +100,7 @@ bench: $(STAMP)  ## speed of every stage vs fastText and TF-IDF+LR, the server u
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py
 	OMP_NUM_THREADS=1 $(PY) bench/scale.py
 
-bench-scale: $(STAMP)  ## a 1,000,000-row tiling of mr: textpipe train (--epochs 5 --no-refit cold and warm, the default) vs fastText, peak RSS at 100k vs 1M, mr default vs fastText -> bench/results/scale.{json,md} (about 15 min)
+bench-scale: $(STAMP)  ## issue 32's lines, each textpipe process paired with a fastText one: a 1,000,000-row tiling of mr (--epochs 5 --no-refit cold and warm, the default), mr's default; peak RSS at 100k vs 1M -> bench/results/scale.{json,md} (15 to 60 min)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	OMP_NUM_THREADS=1 $(PY) bench/scale.py $(ARGS)
 

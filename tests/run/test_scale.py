@@ -6,7 +6,7 @@ import pytest
 
 from conftest import cli_here, make_rows, write_csv
 from textpipe.run import config as config_module
-from textpipe.run.config import BATCH_RANGE, STEPS_PER_EPOCH, DataConfig, PipelineConfig, batch_choice
+from textpipe.run.config import BATCH_RANGE, REFIT_MAX_ROWS, STEPS_PER_EPOCH, DataConfig, PipelineConfig, batch_choice, refit_wanted
 from textpipe.core.models import ModelConfig
 from textpipe.run.phases import train_files
 from textpipe.core.train import TrainConfig
@@ -67,3 +67,33 @@ def test_past_fit_rows_the_nb_path_is_fit_on_a_subsample_and_below_it_on_every_r
         records[rows] = nb_linear.fit_nb_for_phase(model, batches, toy_batches(64, seed=5), None, rows, quiet=True)
     assert records[64]["rows"] == 64 and "every" not in records[64], "a small file: every row, the record as before"
     assert (records[256]["every"], records[256]["rows"]) == (4, 64), "every 4th batch: the fit's cost stops growing"
+
+
+def test_refit_auto_refits_small_files_only():
+    assert refit_wanted(TrainConfig(), REFIT_MAX_ROWS - 1) and not refit_wanted(TrainConfig(), REFIT_MAX_ROWS)
+    assert refit_wanted(TrainConfig(refit=True), 10**7) and not refit_wanted(TrainConfig(refit=False), 10)
+    assert refit_wanted(TrainConfig(), None), "before the rows are counted (an autotune's first state): as for a small file"
+
+
+def test_past_the_refit_threshold_the_early_stopped_model_ships(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "REFIT_MAX_ROWS", 300)
+    train, test = tiny(tmp_path)
+    config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(embed_dim=8, ngram_buckets=512), train=TrainConfig(epochs=2))
+    metrics = train_files(train, test, tmp_path / "run", config=config, quiet=True)
+    assert "refit" not in metrics and not any(k.startswith("refit.") for k in json.loads((tmp_path / "run" / "run.json").read_text())["seconds"])
+    monkeypatch.setattr(config_module, "REFIT_MAX_ROWS", 301)
+    assert train_files(train, test, tmp_path / "run2", config=config, quiet=True)["refit"]["rows"] == 300
+
+
+def test_optimizers_are_built_without_importing_torch_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from torch import nn; from textpipe.core.models import ModelConfig, build_model;"
+            "from textpipe.core.optim import make_optimizers; from textpipe.core.no_dynamo import LBFGS; from textpipe.core.train import TrainConfig;"
+            "opts = make_optimizers(build_model(ModelConfig(vocab_size=50, num_classes=2, ngram_buckets=64)), TrainConfig());"
+            "w = torch.zeros(2, requires_grad=True); o = LBFGS([w]); o.step(lambda: (w - 1).pow(2).sum().backward() or (w - 1).pow(2).sum());"
+            "[x.zero_grad() for x in opts]; [x.load_state_dict(x.state_dict()) for x in opts];"
+            "print('torch._dynamo' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert found.stdout.strip() == "False", found.stderr

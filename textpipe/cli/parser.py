@@ -162,7 +162,8 @@ def add_config_arguments(t: argparse.ArgumentParser) -> None:
     flag("--patience", "train.patience", type=int, help=f"epochs without a new best dev epoch before stopping (default: {T.patience}); see README, Early stopping")
     flag("--min-delta", "train.min_delta", type=float, help=f"dev accuracy must rise by more than this to count as progress (default: {T.min_delta})")
     flag("--no-refit", "train.refit", dest="refit", action="store_false", help=(
-        "ship the early-stopped model instead of refitting on all training rows for its epoch count (faster; no effect with --dev)"))
+        "ship the early-stopped model instead of refitting on all training rows for its epoch count (faster; no effect with --dev; "
+        "the default already skips the refit from 100,000 training rows on)"))
     flag("--seed", "train.seed", type=int, help=f"random seed (default: {T.seed})")
     flag("--warmup", "train.warmup", type=float, help=f"fraction of all steps with a linear lr warmup; makes the schedule per step (default: {T.warmup:g})")
     flag("--grad-clip", "train.grad_clip", type=float, help=f"max total gradient norm, 0 = off (default: {T.grad_clip:g})")

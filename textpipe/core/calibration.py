@@ -33,6 +33,8 @@ import math
 
 import torch
 
+from .no_dynamo import LBFGS
+
 BINS = 15  # equal-width confidence bins of the ECE, as Guo et al. (2017) report it
 T_RANGE = (0.05, 20.0)  # a temperature outside this is refused in a bundle and never fit: dev rows that few or that separable say nothing finer
 THRESHOLDS = tuple(t / 20 for t in range(21))  # the accuracy/coverage curve's points: 0, 0.05, ..., 1
@@ -49,7 +51,7 @@ def fit_temperature(logits: torch.Tensor, gold: torch.Tensor) -> float:
     logits, gold = logits.double().clone(), gold.clone()  # clones: predict_logits gives inference tensors, which autograd refuses
     low, high = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    optimizer = LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

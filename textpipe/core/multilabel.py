@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .calibration import T_RANGE
+from .no_dynamo import LBFGS
 
 BITS = 63  # label bits per int64 word: the sign bit stays clear, so every word is non-negative
 THRESHOLD_RANGE = (0.05, 0.95)  # a dev threshold outside this says more about a few dev rows than about the label
@@ -226,7 +227,7 @@ def fit_temperature_multilabel(logits: torch.Tensor, targets: torch.Tensor) -> f
     logits, targets = logits.detach().double().clone(), targets.detach().double().clone()  # clones: inference tensors refuse autograd
     low, high = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    optimizer = LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

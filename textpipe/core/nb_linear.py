@@ -37,6 +37,7 @@ from .calibration import calibrated_log_loss, chance, did_not_learn
 from .collate import Batch
 from .kernels import present_ids
 from .multilabel import bce_log_loss, fit_temperature_multilabel, multi_hot, multilabel_report
+from .no_dynamo import LBFGS
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def fit_members(data: Presence, num_classes: int, C: float) -> tuple[torch.Tenso
     n = data.shape[0]
     w = torch.zeros(data.shape[1], len(targets), dtype=torch.float64, requires_grad=True)
     b = torch.zeros(len(targets), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-4, tolerance_change=1e-9,
+    optimizer = LBFGS([w, b], lr=1, max_iter=100, history_size=10, tolerance_grad=1e-4, tolerance_change=1e-9,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

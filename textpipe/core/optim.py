@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .kernels import SQRT_MODE, can_use, row_kernels, torch_sqrt
+from .no_dynamo import NoDynamoImport
 
 if TYPE_CHECKING:  # only for the type hints: train.py imports this module
     from .train import TrainConfig
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # only for the type hints: train.py imports this module
 SCHEDULES = ("linear", "constant", "linear_steps")
 
 
-class RowAdam(torch.optim.Optimizer):
+class RowAdam(NoDynamoImport, torch.optim.Optimizer):
     """Adam for ``sparse=True`` embedding tables: only the rows a batch used are updated.
 
     The same "lazy" Adam as ``torch.optim.SparseAdam`` (each used row's moments
@@ -133,7 +134,7 @@ class RowAdam(torch.optim.Optimizer):
         return tuple(held[:, :num_rows].unbind(0))
 
 
-class DenseAdamW(torch.optim.AdamW):
+class DenseAdamW(NoDynamoImport, torch.optim.AdamW):
     """``torch.optim.AdamW``, its step one compiled loop per parameter on a CPU, the same weights bit for bit.
 
     torch's CPU step runs about ten tensor ops per parameter, and for the bag model's

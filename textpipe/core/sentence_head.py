@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .calibration import calibrated_log_loss
+from .no_dynamo import LBFGS
 
 C_CHOICES = (0.3, 1.0, 3.0, 10.0, 30.0)  # inverse L2 strength, as scikit-learn's LogisticRegression(C=...)
 BETAS = tuple(b / 10 for b in range(10))  # the head's share of the mixed probabilities
@@ -63,7 +64,7 @@ def fit_weights(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float) ->
     n = x.shape[0]
     w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=200, history_size=10, tolerance_grad=1e-6, tolerance_change=1e-10,
+    optimizer = LBFGS([w, b], lr=1, max_iter=200, history_size=10, tolerance_grad=1e-6, tolerance_change=1e-10,
                                   line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:

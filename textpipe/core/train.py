@@ -66,9 +66,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept while the run goes on; 0 turns checkpoints off
     keep_checkpoints_after: bool = False  # keep the checkpoints once the run has finished (default: delete them)
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) (runtime.run_scope): error on an op with no deterministic kernel
-    # Without a dev file: once early stopping has picked the epoch count on the held-out rows,
-    # train a fresh model on every training row for that many epochs (what the pipeline ships).
-    refit: bool = True
+    # Without a dev file: once early stopping has picked the epoch count on the held-out rows, train a fresh model on every
+    # training row for that many epochs (what the pipeline ships). "auto": under 100,000 rows (config.REFIT_MAX_ROWS) only.
+    refit: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -81,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"epochs, batch_size and patience must be >= 1, lr > 0 and min_delta >= 0: {self}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 0 or not self.checkpoint_seconds > 0:
             raise ValueError(f"checkpoint_every and keep_checkpoints must be >= 0, checkpoint_seconds > 0: {self}")
+        if self.refit not in (True, False, "auto"):
+            raise ValueError(f"refit must be true, false or \"auto\", got {self.refit!r}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
         if not math.isfinite(self.lr) or not math.isfinite(self.weight_decay):

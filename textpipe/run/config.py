@@ -157,6 +157,23 @@ def batch_choice(train: TrainConfig, rows: int) -> dict:
             "rule": f"auto: the largest power of two <= training rows / {STEPS_PER_EPOCH}, from {low} to {high}"}
 
 
+REFIT_MAX_ROWS = 100_000  # train.refit "auto": refit files with fewer labelled training rows than this (docs/benchmarks.md, Speed at scale)
+
+
+def refit_wanted(train: TrainConfig, rows: int | None) -> bool:
+    """Whether ``train`` asks for the refit on a training file of ``rows`` labelled rows (None: not counted yet).
+    ``refit = "auto"`` refits under ``REFIT_MAX_ROWS`` rows: past that the held-out tenth adds little to what
+    the model learns, and the refit would double the training time.
+
+    Example:
+        >>> refit_wanted(TrainConfig(), 9_596), refit_wanted(TrainConfig(), 1_000_000), refit_wanted(TrainConfig(refit=True), 1_000_000)
+        (True, False, True)
+    """
+    if train.refit == "auto":
+        return rows is None or rows < REFIT_MAX_ROWS
+    return bool(train.refit)
+
+
 def with_batch(config: PipelineConfig, choice: dict | None) -> PipelineConfig:
     """``config`` training with the batch size and learning rate of ``choice`` (a :func:`batch_choice`; None: as it is)."""
     if choice is None:  # a run.json from before the choice was recorded

@@ -35,7 +35,7 @@ from ..core.events import emit
 from ..core.files import is_disk_full
 from ..core.models import ModelConfig, build_model
 from ..core.nb_linear import fit_nb_for_phase
-from .config import batch_choice, with_batch
+from .config import REFIT_MAX_ROWS, batch_choice, refit_wanted, with_batch
 from .counts import TrainingCounts, count_training_file, label_order, ngram_count_limit, ngram_table
 from .pipeline import METRICS, VOCAB, Loaders, Outputs, PipelineConfig, check_settings, config_summary, save_outputs, score_and_list_mistakes
 from ..bundle.store import Bundle
@@ -57,10 +57,10 @@ from ..text.vocab import load_vocab, save_vocab
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
 
 
-def refits(config: PipelineConfig, data: dict) -> bool:
-    """Whether a refit follows the train phase. A dev file's rows are not training rows: nothing to
-    refit on. Without a test file the held-out rows are the only honest score: they stay out of training."""
-    return bool(config.train.refit and not data["dev"] and data["test"] is not None)
+def refits(config: PipelineConfig, data: dict, rows: int | None = None) -> bool:
+    """Whether a refit follows the train phase (``rows``: the training file's, once counted, for ``train.refit = "auto"``).
+    A dev file's rows are not training rows; without a test file the held-out rows are the only honest score."""
+    return bool(refit_wanted(config.train, rows) and not data["dev"] and data["test"] is not None)
 
 
 def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, dev: str | Path | None = None,
@@ -214,7 +214,10 @@ class Run:
         counts = None
         if self.state.phase is Phase.TRAIN:
             trained = self.train_phase(resume)
-            if not refits(self.config, self.state.data):
+            rows = self.state.rows or sum(self.state.label_counts.values())
+            if not refits(self.config, self.state.data, rows):
+                if not self.quiet and refits(self.config, self.state.data):
+                    log.info(f"no refit: {rows:,} training rows (train.refit \"auto\" refits under {REFIT_MAX_ROWS:,}; --set train.refit=true forces it)")
                 emit("phase_end", phase=Phase.TRAIN.value)
                 return self.finish(trained, trained.fit)
             self.enter_refit(trained.fit, trained.head[1] if trained.head else None, trained.calibration)
@@ -355,10 +358,8 @@ class Run:
 
     def multi_label(self, calibration: dict | None) -> dict | None:
         """What the bundle records of multi-label data: the label separator and each label's threshold (0.5 without dev rows)."""
-        label_sep = self.config.data.source.label_sep
-        if label_sep is None:
-            return None
-        return {"label_sep": label_sep, "thresholds": (calibration or {}).get("thresholds") or [0.5] * len(self.state.labels)}
+        sep, thresholds = self.config.data.source.label_sep, (calibration or {}).get("thresholds")
+        return None if sep is None else {"label_sep": sep, "thresholds": thresholds or [0.5] * len(self.state.labels)}
 
     def _log_phase(self, vocab, refit_epochs: int) -> None:
         if self.quiet:
