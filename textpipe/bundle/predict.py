@@ -46,6 +46,8 @@ class Predictor:
         >>> predictor = Predictor.load("runs/default")
         >>> predictor.predict(["a gorgeous, witty, seductive movie."])[0]["label"]
         'fresh'
+        >>> Predictor.load("runs/tags").predict(["pasta and a guitar song"])[0]["labels"]  # a multi-label bundle: a set
+        ['music', 'food']
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", sentence_cache: str | Path | None = "auto"):

@@ -223,7 +223,8 @@ def add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
     p.add_argument("--explain", action="store_true", help=(
         "add why: each token's and n-gram's contribution to the label, exact for the bag model, approximate "
-        "(gradient x input) for cnn/gru/transformer (json: an \"explanation\" object; text: a line of top features)"))
+        "(gradient x input) for cnn/gru/transformer (json: an \"explanation\" object; text: a line of top features; "
+        "a multi-label model: \"explanations\", one per label of the set, to its own logit)"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_source_arguments(p, bundle=True)
 
