@@ -76,12 +76,12 @@ def test_refit_auto_refits_small_files_only():
 
 
 def test_past_the_refit_threshold_the_early_stopped_model_ships(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_module, "REFIT_MAX_ROWS", 300)
+    monkeypatch.setattr(config_module, "REFIT_MAX_ROWS", 268)  # the train phase's rows: 300 less the 32 held out
     train, test = tiny(tmp_path)
     config = PipelineConfig(data=DataConfig(cache_dir=None), model=ModelConfig(embed_dim=8, ngram_buckets=512), train=TrainConfig(epochs=2))
     metrics = train_files(train, test, tmp_path / "run", config=config, quiet=True)
     assert "refit" not in metrics and not any(k.startswith("refit.") for k in json.loads((tmp_path / "run" / "run.json").read_text())["seconds"])
-    monkeypatch.setattr(config_module, "REFIT_MAX_ROWS", 301)
+    monkeypatch.setattr(config_module, "REFIT_MAX_ROWS", 269)
     assert train_files(train, test, tmp_path / "run2", config=config, quiet=True)["refit"]["rows"] == 300
 
 

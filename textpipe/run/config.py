@@ -157,11 +157,12 @@ def batch_choice(train: TrainConfig, rows: int) -> dict:
             "rule": f"auto: the largest power of two <= training rows / {STEPS_PER_EPOCH}, from {low} to {high}"}
 
 
-REFIT_MAX_ROWS = 100_000  # train.refit "auto": refit files with fewer labelled training rows than this (docs/benchmarks.md, Speed at scale)
+REFIT_MAX_ROWS = 100_000  # train.refit "auto": refit when the train phase had fewer training rows than this (docs/benchmarks.md, Speed at scale)
 
 
 def refit_wanted(train: TrainConfig, rows: int | None) -> bool:
-    """Whether ``train`` asks for the refit on a training file of ``rows`` labelled rows (None: not counted yet).
+    """Whether ``train`` asks for the refit after a train phase on ``rows`` training rows (the held-out ones not
+    counted, as ``batch_choice`` counts them; None: not counted yet).
     ``refit = "auto"`` refits under ``REFIT_MAX_ROWS`` rows: past that the held-out tenth adds little to what
     the model learns, and the refit would double the training time.
 

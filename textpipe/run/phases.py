@@ -58,7 +58,7 @@ log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to std
 
 
 def refits(config: PipelineConfig, data: dict, rows: int | None = None) -> bool:
-    """Whether a refit follows the train phase (``rows``: the training file's, once counted, for ``train.refit = "auto"``).
+    """Whether a refit follows the train phase (``rows``: the train phase's training rows, once counted, for ``train.refit = "auto"``).
     A dev file's rows are not training rows; without a test file the held-out rows are the only honest score."""
     return bool(refit_wanted(config.train, rows) and not data["dev"] and data["test"] is not None)
 
@@ -214,7 +214,7 @@ class Run:
         counts = None
         if self.state.phase is Phase.TRAIN:
             trained = self.train_phase(resume)
-            rows = self.state.rows or sum(self.state.label_counts.values())
+            rows = self.state.num_train  # the rows trained on, as the batch rule counts them (a multi-label row once)
             if not refits(self.config, self.state.data, rows):
                 if not self.quiet and refits(self.config, self.state.data):
                     log.info(f"no refit: {rows:,} training rows (train.refit \"auto\" refits under {REFIT_MAX_ROWS:,}; --set train.refit=true forces it)")
