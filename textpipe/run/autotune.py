@@ -243,9 +243,10 @@ class _Search:
 
     def encoder_plan(self, name: str, best: Trial) -> dict:
         """What turning the encoder on costs here: texts to encode and seconds expected; raises _Skip when it cannot fit."""
-        if self.base["data"]["source"].get("label_sep") is not None:
+        base = PipelineConfig.from_dict(self.base)
+        if base.data.source.label_sep is not None:
             raise _Skip("the sentence encoder is not available with --multi-label yet")
-        root = run_cache(PipelineConfig.from_dict(self.base))
+        root = run_cache(base)
         if root is None:
             raise _Skip("the sentence cache is off (data.cache_dir): every trial would encode every text again")
         texts, test = self.texts(), _texts(self.test, self.base)
