@@ -246,14 +246,15 @@ def make_label_set_rows(n: int, seed: int = 0, sep: str = "|") -> list[tuple[str
 
 
 def train_tiny_multilabel(folder, model: str = "bag", **model_overrides):
-    """A small multi-label bundle (labels food, music, sport) trained in a few seconds; returns its folder and the test file."""
+    """A small multi-label bundle (labels food, music, sport) trained in a few seconds; returns its folder and the test file.
+    The bag alone (no NB linear path) unless ``nb_linear=True``: the tests of predict, explain and serve read its own scores."""
     from dataclasses import replace
 
     from textpipe.run.phases import train_files
 
     train = write_csv(folder / "train.csv", make_label_set_rows(240, seed=1))
     test = write_csv(folder / "test.csv", make_label_set_rows(48, seed=3))
-    config = tiny(data={"cache_dir": None}, model={"name": model, **model_overrides},
+    config = tiny(data={"cache_dir": None}, model={"name": model, "nb_linear": False, **model_overrides},
                   train={"epochs": 4, "lr": 0.05, "refit": False, "keep_checkpoints": 0})
     config = replace(config, data=replace(config.data, source=replace(config.data.source, label_sep="|")))
     train_files(train, test, folder / "run", config=config, quiet=True)

@@ -127,7 +127,7 @@ def test_labels_are_stripped_and_json_labels_are_strings_or_integers(tmp_path):
     skipped: dict = {}
     assert [ex.label for ex in read_examples(jsonl, config=SourceConfig(on_bad_row="skip"), skipped=skipped)] == ["1", "1", "1"]
     assert skipped == {"bad label": 3}
-    with pytest.raises(ValueError, match=r"labels.jsonl:4: the label 'label' must be a string or an integer, got \{\"a\": 1\}"):
+    with pytest.raises(ValueError, match=r"labels.jsonl:4: the label 'label' must be a string, an integer or a list of them, got \{\"a\": 1\}"):
         list(read_examples(jsonl))
 
 
