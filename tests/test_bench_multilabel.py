@@ -83,6 +83,8 @@ def test_scores_match_a_hand_count():
 
 
 def test_the_baselines_run_on_a_built_dataset(tmp_path):
+    pytest.importorskip("sklearn", reason="the baselines need scikit-learn (pip install -e '.[bench]')")
+    pytest.importorskip("fasttext", reason="the fastText baseline needs fasttext (pip install -e '.[bench]')")
     files = multilabel_data.build(write_sources(tmp_path / "src", {"train": 70, "test": 14}), tmp_path / "ml")
     data = bench.load(files)
     assert set(data["labels"]) == {"q:DESC", "q:HUM", "q:NUM", "m:positive", "m:negative"}
