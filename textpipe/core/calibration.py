@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -49,13 +50,19 @@ def fit_temperature(logits: torch.Tensor, gold: torch.Tensor) -> float:
     if not len(gold):
         return 1.0
     logits, gold = logits.double().clone(), gold.clone()  # clones: predict_logits gives inference tensors, which autograd refuses
+    return fit_scale(lambda t: torch.nn.functional.cross_entropy(logits / t, gold))
+
+
+def fit_scale(loss_at: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """The ``T`` in :data:`T_RANGE` minimizing ``loss_at(T)`` (a loss convex in ``1/T``): L-BFGS on ``log T`` from 0,
+    rounded to 6 places. The one fit of :func:`fit_temperature` and the multi-label temperature."""
     low, high = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.clamp(low, high).exp(), gold)
+        loss = loss_at(log_t.clamp(low, high).exp())
         loss.backward()
         return loss
 

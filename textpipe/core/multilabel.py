@@ -30,8 +30,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .calibration import T_RANGE
-from .no_dynamo import LBFGS
+from .calibration import fit_scale
 
 BITS = 63  # label bits per int64 word: the sign bit stays clear, so every word is non-negative
 THRESHOLD_RANGE = (0.05, 0.95)  # a dev threshold outside this says more about a few dev rows than about the label
@@ -225,19 +224,7 @@ def fit_temperature_multilabel(logits: torch.Tensor, targets: torch.Tensor) -> f
     if not targets.numel():
         return 1.0
     logits, targets = logits.detach().double().clone(), targets.detach().double().clone()  # clones: inference tensors refuse autograd
-    low, high = math.log(T_RANGE[0]), math.log(T_RANGE[1])
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = LBFGS([log_t], lr=1, max_iter=100, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits / log_t.clamp(low, high).exp(), targets)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return round(float(log_t.detach().clamp(low, high).exp()), 6)
+    return fit_scale(lambda t: torch.nn.functional.binary_cross_entropy_with_logits(logits / t, targets))
 
 
 def multi_label_problem(record, n_labels: int) -> str | None:
