@@ -25,7 +25,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 # NPROC=2: torchrun starts 2 training processes (DistributedDataParallel; gloo on cpu, nccl on cuda)
 TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m textpipe)
 
-.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy bench-encoder bench-scale
+.PHONY: help venv train resume predict evaluate info quantize serve test golden clean bench-memory bench bench-quantize bench-serve bench-accuracy bench-encoder bench-scale bench-calibration
 
 help:  ## list targets and variables
 	@echo "targets:"
@@ -112,6 +112,10 @@ bench-quantize: $(STAMP)  ## default model on rotten_tomatoes, mr, trec6: size a
 
 bench-serve: $(STAMP)  ## textpipe serve under load: 8 clients x 2 rounds of 2,000 requests -> bench/results/serve.json (p50/p99, memory)
 	OMP_NUM_THREADS=1 $(PY) bench/serve.py $(ARGS)
+
+bench-calibration: $(STAMP)  ## the default's test ECE beside what a perfectly calibrated model measures on that many rows, and other calibrators -> bench/results/calibration.{json,md} (about 10 min)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	OMP_NUM_THREADS=1 $(PY) bench/calibration.py $(ARGS)
 
 bench-accuracy: $(STAMP)  ## textpipe default, default + GloVe, --autotune 120 and --encoder minilm-l6 vs fastText and TF-IDF+LR on every dataset -> bench/results/accuracy.{json,md} (about 30 min, most of it encoding each text once); then textpipe --multi-label vs one-vs-rest LR and fastText -loss ova -> accuracy_multilabel.{json,md}
 	$(PY) -m pip install --quiet -e ".[bench]"
