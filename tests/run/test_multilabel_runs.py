@@ -31,6 +31,7 @@ def test_every_model_trains_multi_label_and_writes_micro_f1(model, multilabel_fi
         assert metrics["test"]["micro_f1"] > 0.9  # the topic words decide every label: the linear path finds them
         report = (tmp_path / "run" / "report.md").read_text()
         assert "one-vs-rest per label" in report and "dev micro-F1 at 0.5" in report
+        assert "| epoch | train_loss | train_accuracy | dev_loss | dev_accuracy | dev_micro_f1 | dev_macro_f1 |" in report  # the metric that picks the epoch
 
 
 def test_a_multi_label_bag_with_two_labels_has_a_member_for_each(tmp_path, tiny_config):

@@ -202,7 +202,7 @@ def report_markdown(
         lines += calibration_markdown(summary["calibration"])
     if history:
         lines += ["", "## Training", ""]
-        keys = ["train_loss", "train_accuracy", "dev_loss", "dev_accuracy", "dev_macro_f1"]
+        keys = ["train_loss", "train_accuracy", "dev_loss", "dev_accuracy", *(["dev_micro_f1"] if "dev_micro_f1" in history[0] else []), "dev_macro_f1"]
         lines += _table(["epoch", *keys], [[h["epoch"], *(f"{h[k]:.4f}" for k in keys)] for h in history])
         if has_curves:
             lines += ["", f"![learning curves]({CURVES_PNG})"]
