@@ -167,3 +167,13 @@ def test_temperature_works_on_inference_tensors():
     with torch.inference_mode():
         logits, targets = torch.randn(50, 3) * 5, (torch.rand(50, 3) < 0.5).float()
     assert 0.05 <= fit_temperature_multilabel(logits, targets) <= 20.0
+
+
+def test_each_sigmoid_starts_at_its_labels_rate():
+    from textpipe.core.multilabel import prior_log_odds, start_at_label_rates
+
+    head = torch.nn.Linear(4, 3)
+    start_at_label_rates(head, [10, 50, 0], 100)
+    rates = torch.sigmoid(head.bias.detach().double())
+    assert torch.allclose(rates, torch.tensor([10.5, 50.5, 0.5], dtype=torch.float64) / 101, atol=1e-6)  # a label no row holds: just above 0, finite
+    assert torch.equal(prior_log_odds([10, 50, 0], 100), head.bias.detach())

@@ -35,7 +35,7 @@ from ..core.events import emit
 from ..core.files import is_disk_full
 from ..core.models import ModelConfig, build_model
 from ..core.nb_linear import fit_nb_for_phase
-from .config import REFIT_MAX_ROWS, batch_choice, refit_wanted, with_batch
+from .config import REFIT_MAX_ROWS, SettingsError, batch_choice, refit_wanted, with_batch
 from .counts import TrainingCounts, count_training_file, label_order, ngram_count_limit, ngram_table
 from .pipeline import METRICS, VOCAB, Loaders, Outputs, PipelineConfig, check_settings, config_summary, save_outputs, score_and_list_mistakes
 from ..bundle.store import Bundle
@@ -43,7 +43,6 @@ from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
     is_complete, mid_commit, nothing_to_resume, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
-from .config import SettingsError
 from .outcome import PhaseResult, report_notes, run_metrics
 from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibration, fit_phase_head, head_notes, logits_mixer
 from ..text.sources import DataError
@@ -51,6 +50,7 @@ from ..text.tokenizer import Tokenizer
 from ..core.runtime import Interrupted, Placement, RunContext, RunSignals, distributed_scope, resolve_device, run_scope, set_seed, start_distributed, under_torchrun  # noqa: F401 (re-exported)
 from ..core.optim import lr_for_rows
 from ..core.train import FitResult, TrainConfig, fit
+from ..core.multilabel import start_at_label_rates
 from ..text.vectors import fill_with_vectors
 from ..text.vocab import load_vocab, save_vocab
 
@@ -101,8 +101,7 @@ def _run_in_place(state: RunState, config: PipelineConfig, out: Path, placement:
 
 
 def _fresh_run(run: Run, overwrite: bool) -> dict:
-    """A new run in its locked folder: staged, run, committed. A run that fails its checks leaves
-    no staging folder, so a rerun with the hint's flag is not refused as an unfinished run."""
+    """A new run in its locked folder: staged, run, committed (failing its checks, no staging folder: a rerun is not refused)."""
     start_fresh(run.out, overwrite)
     run.save_state()
     run.store = _checkpoint_store(run.stage, run.config)
@@ -259,6 +258,8 @@ class Run:
         self._log_phase(vocab, refit_epochs)
         loaders = self.loaders(vocab, holdout)
         model = build_model(self.model_config(vocab, self.state.labels))
+        if resume is None and self.config.data.source.label_sep is not None:  # a resume has its biases in the checkpoint
+            start_at_label_rates(model.head, [self.state.label_counts[k] for k in self.state.labels], self.state.rows)
         if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
             self.state = replace(self.state, vectors=fill_with_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), self.quiet))
         if resume is None:  # the vocabulary's labels and counts, the vectors' coverage: saved before the first checkpoint
