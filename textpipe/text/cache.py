@@ -171,28 +171,52 @@ def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], 
     Atomic: the files go to a temporary folder that is renamed into place; when
     another process finished the same cache first, its copy is kept.
     """
+    def write(ids_file, ids_digest, offsets: array, labels: array) -> None:
+        total = 0
+        for ids, label in rows:
+            row_ids = np.asarray(ids, dtype=np.int32).tobytes()
+            ids_file.write(row_ids)
+            ids_digest.update(row_ids)
+            total += len(row_ids) // 4
+            offsets.append(total)
+            if isinstance(label, int):
+                labels.append(label)
+            else:
+                labels.extend(label)
+
+    return _commit(root, key, meta, write)
+
+
+def write_cache_chunks(root: str | Path, key: str, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], meta: dict) -> NumericCache:
+    """:func:`write_cache` of rows given a block at a time as arrays: ``(ids, lengths, labels)``, the block's ids end to
+    end (int32), each row's token count and label (int64); the same files, byte for byte, without a Python loop per row."""
+    def write(ids_file, ids_digest, offsets: array, labels: array) -> None:
+        for ids, lengths, block_labels in chunks:
+            data = np.ascontiguousarray(ids, dtype=np.int32).tobytes()
+            ids_file.write(data)
+            ids_digest.update(data)
+            offsets.frombytes((np.cumsum(lengths, dtype=np.int64) + offsets[-1]).tobytes())
+            labels.frombytes(np.ascontiguousarray(block_labels, dtype=np.int64).tobytes())
+
+    return _commit(root, key, meta, write)
+
+
+def _commit(root: str | Path, key: str, meta: dict, write) -> NumericCache:
+    """The cache ``key``: ``write(ids_file, ids_digest, offsets, labels)`` fills the ids and the two arrays in a
+    temporary folder, which gets the other files, is fsync-ed and renamed into place (or dropped, when another
+    process finished the same cache first)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        n, total, ids_digest = 0, 0, hashlib.sha256()
+        ids_digest = hashlib.sha256()
         offsets, labels = array("q", [0]), array("q")  # 8 bytes a row, not a Python int each
         with open(tmp / "ids.i32", "wb") as ids_file:
-            for ids, label in rows:
-                row_ids = np.asarray(ids, dtype=np.int32).tobytes()
-                ids_file.write(row_ids)
-                ids_digest.update(row_ids)
-                total += len(row_ids) // 4
-                offsets.append(total)
-                if isinstance(label, int):
-                    labels.append(label)
-                else:
-                    labels.extend(label)
-                n += 1
+            write(ids_file, ids_digest, offsets, labels)
             synced(ids_file)
         digests = {"ids.i32": ids_digest.hexdigest(), "offsets.i64": write_synced(tmp / "offsets.i64", offsets.tobytes()),
                    "labels.i64": write_synced(tmp / "labels.i64", labels.tobytes())}
-        full = {**meta, "rows": n, "tokens": total}
+        full = {**meta, "rows": len(offsets) - 1, "tokens": offsets[-1]}
         full["sha256"] = {**digests, "meta.json": meta_digest(json.loads(json.dumps(full, default=str)))}
         write_synced(tmp / "meta.json", json.dumps(full, indent=1, default=str).encode("utf-8"))
         fsync_dir(tmp)
