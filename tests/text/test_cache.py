@@ -189,6 +189,22 @@ def test_the_cache_folder_keeps_only_the_most_recently_used_entries(tmp_path):
     assert (tmp_path / ("f" * 32)).is_dir() and len(list(tmp_path.iterdir())) == 4
 
 
+def test_temporary_folders_a_killed_run_left_are_deleted_once_stale(tmp_path):
+    import os
+    import time
+
+    from textpipe.text import cache
+
+    left, live = tmp_path / ".stream.old", tmp_path / ".stream.new"
+    for folder in (left, live):
+        folder.mkdir()
+        (folder / "ids.i32").write_bytes(b"1234")
+    old = time.time() - cache.STALE_S - 60
+    os.utime(left, (old, old))
+    cache.write_cache(tmp_path, "e" * 32, [([1], 0)], {})  # prunes
+    assert not left.exists() and live.is_dir() and (tmp_path / ("e" * 32)).is_dir()
+
+
 # --- a cache is checked before it is read (issue 30) ------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncate ids", "edit ids", "edit labels", "edit meta rows", "drop a digest", "meta not JSON", "no meta"])

@@ -46,6 +46,7 @@ FILES = ("ids.i32", "offsets.i64", "labels.i64")
 # The cache folder keeps the most recently used entries within these bounds; older ones are
 # deleted when a new one is written (never one used in the last RECENT_S seconds: a run may hold it).
 MAX_ENTRIES, MAX_BYTES, RECENT_S = 32, 2 << 30, 600
+STALE_S = 2 * 86400  # a temporary folder (a cache being written, a count pass's token stream) untouched this long: a killed run's
 
 
 def tokens_sha256(tokens: Sequence[str]) -> str:
@@ -249,23 +250,35 @@ def write_synced(path: Path, data: bytes) -> str:
 
 def prune(root: str | Path, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> list[Path]:
     """Delete the least recently used caches under ``root`` beyond ``max_entries`` or ``max_bytes``; returns them.
+    Temporary folders a killed run left (a cache half written, a token stream) go once :data:`STALE_S` old.
 
     Example:
         >>> prune("data/cache", max_entries=4)   # keep the 4 most recently used
     """
     import time
 
-    entries = []
+    entries, now = [], time.time()
     for folder in Path(root).iterdir():
+        if folder.name.startswith(".") and _untouched(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)  # left by a killed run: never read, only taking space
+            continue
         meta = folder / "meta.json"
         if len(folder.name) == 32 and meta.is_file():
             size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
             entries.append((meta.stat().st_mtime, size, folder))
     entries.sort(reverse=True)  # newest first
-    removed, total, now = [], 0, time.time()
+    removed, total = [], 0
     for i, (used, size, folder) in enumerate(entries):
         total += size
         if (i >= max_entries or total > max_bytes) and now - used > RECENT_S:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def _untouched(folder: Path, now: float) -> bool:
+    """Whether ``folder`` is a folder not modified in :data:`STALE_S` seconds."""
+    try:
+        return folder.is_dir() and now - folder.stat().st_mtime > STALE_S
+    except OSError:
+        return False

@@ -10,7 +10,8 @@ made, :meth:`TokenStream.write_part` turns one part of the file into its token-i
 block of rows at a time: the same files, byte for byte, as tokenizing the part again.
 
 The folder is removed when the stream is dropped (or the process ends); a killed run can
-leave it, but nothing ever reads a stream it did not write (its name is not a cache key).
+leave it, but nothing ever reads a stream it did not write (its name is not a cache key),
+and ``cache.prune`` deletes it once it is two days old (``cache.STALE_S``).
 This module knows arrays and files only (no tokenizer, no vocabulary).
 
 Example:
@@ -105,7 +106,7 @@ class TokenStream:
 
     def usable_for(self, file: str | Path, part: str, holdout_every: int) -> bool:
         """Whether this stream holds ``part`` of ``file`` as it is now (the part's rows are chosen as its count chose them)."""
-        if self.skipped is None or not self._remove.alive or file_identity(file) != self.file:
+        if self.skipped is None or not (self.folder / "ids.i32").is_file() or file_identity(file) != self.file:
             return False
         return part == "all" or holdout_every == self.holdout
 
