@@ -69,3 +69,24 @@ def test_edited_counts_are_counted_again_with_a_notice_never_used(tmp_path, capl
         again = count_training_file(path, 10, CountingTokenizer("whitespace"), data, quiet=True)
     assert again == first and "evil" not in again.tokens
     assert "counts cache" in caplog.text and "damaged" in caplog.text
+
+
+def test_a_cold_run_tokenizes_each_training_row_once(tmp_path, monkeypatch, tiny_config):
+    """The count pass keeps its tokens (a TokenStream): the train, dev and refit caches are written from them (issue 32)."""
+    from conftest import make_rows
+    from textpipe.run.phases import train_files
+
+    train, test = write_csv(tmp_path / "train.csv", make_rows(200, seed=1)), write_csv(tmp_path / "test.csv", make_rows(40, seed=3))
+    seen: list[str] = []
+    pipe = Tokenizer.pipe
+
+    def counted_pipe(self, texts):
+        return pipe(self, (seen.append(text) or text for text in texts))  # the test file's rows too, once per vocabulary
+
+    monkeypatch.setattr(Tokenizer, "pipe", counted_pipe)
+    monkeypatch.setattr(Tokenizer, "__call__", lambda self, text: next(iter(counted_pipe(self, [text]))))
+    config = tiny_config(data={"cache_dir": str(tmp_path / "cache")}, train={"epochs": 2, "keep_checkpoints": 0, "refit": True})
+    train_files(train, test, tmp_path / "run", config=config, quiet=True)
+    training = {text for _, text in make_rows(200, seed=1)}
+    assert sum(text in training for text in seen) == 200  # each training row once: its count; the caches come from its tokens
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # the stream's folder is gone

@@ -13,7 +13,7 @@ from textpipe.text.loader import make_loader
 from textpipe.run.counts import TrainingCounts
 from textpipe.text.sources import SourceConfig
 from textpipe.text.tokenizer import Tokenizer
-from textpipe.text.vocab import build_vocab
+from textpipe.text.vocab import UNK_ID, build_vocab
 
 
 @pytest.fixture
@@ -189,6 +189,22 @@ def test_the_cache_folder_keeps_only_the_most_recently_used_entries(tmp_path):
     assert (tmp_path / ("f" * 32)).is_dir() and len(list(tmp_path.iterdir())) == 4
 
 
+def test_temporary_folders_a_killed_run_left_are_deleted_once_stale(tmp_path):
+    import os
+    import time
+
+    from textpipe.text import cache
+
+    left, live = tmp_path / ".stream.old", tmp_path / ".stream.new"
+    for folder in (left, live):
+        folder.mkdir()
+        (folder / "ids.i32").write_bytes(b"1234")
+    old = time.time() - cache.STALE_S - 60
+    os.utime(left, (old, old))
+    cache.write_cache(tmp_path, "e" * 32, [([1], 0)], {})  # prunes
+    assert not left.exists() and live.is_dir() and (tmp_path / ("e" * 32)).is_dir()
+
+
 # --- a cache is checked before it is read (issue 30) ------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["truncate ids", "edit ids", "edit labels", "edit meta rows", "drop a digest", "meta not JSON", "no meta"])
@@ -243,3 +259,122 @@ def test_every_cache_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     (before,) = events
     assert {os.path.basename(p) for p in before} >= {"ids.i32", "offsets.i64", "labels.i64", "meta.json"}
     assert written.ids.tolist() == [1, 2, 3, 4]
+
+
+# --- the one-pass cache: written from the count pass's token stream (issue 32) ------------------------------------
+
+def one_pass_rows():
+    rows = make_rows(300, seed=6)
+    rows[11] = ("pos", "zyzzyva quux")  # words seen once: <unk> with min_freq 2
+    return rows
+
+
+def counted(path, tmp_path, source=None):
+    from textpipe.run.config import DataConfig
+    from textpipe.run.counts import count_training_file, label_order
+
+    data = DataConfig(cache_dir=str(tmp_path / "counts"), min_freq=2, **({"source": source} if source else {}))
+    counts = count_training_file(path, 5, Tokenizer("spacy"), data, quiet=True)
+    return counts, counts.vocab(data), label_order(counts.label_counts)
+
+
+def cache_files(folder):
+    return {name: (folder / name).read_bytes() for name in ("ids.i32", "offsets.i64", "labels.i64", "meta.json")}
+
+
+@pytest.mark.parametrize("part", ["train", "dev", "all"])
+def test_the_one_pass_cache_equals_the_tokenized_one_byte_for_byte(tmp_path, monkeypatch, part):
+    from textpipe.text import token_stream
+
+    monkeypatch.setattr(token_stream, "BLOCK_ROWS", 7)  # many blocks, some with no row of the part
+    path = tmp_path / "train.csv"
+    text = "label,text\n" + "".join(f"{label},{text}\n" for label, text in one_pass_rows()[:150]) + "pos\n" + "".join(
+        f"{label},{text}\n" for label, text in one_pass_rows()[150:])  # a bad row, skipped and counted in meta.json
+    path.write_text(text, encoding="utf-8")
+    source = SourceConfig(on_bad_row="skip")
+    counts, vocab, labels = counted(path, tmp_path, source)
+    assert counts.stream is not None and counts.skipped
+    kwargs = dict(labels=labels, holdout_every=5 if part != "all" else 0, part=part, source=source)
+    one_pass = TextClassificationDataset(path, Tokenizer("spacy"), vocab, cache_dir=tmp_path / "a", stream=counts.stream, **kwargs)
+    monkeypatch.setattr(TextClassificationDataset, "_encoded_rows", lambda *a: pytest.fail("the stream's rows must not be tokenized again"))
+    monkeypatch.undo()
+    two_pass = TextClassificationDataset(path, Tokenizer("spacy"), vocab, cache_dir=tmp_path / "b", **kwargs)
+    assert one_pass.cache.folder.name == two_pass.cache.folder.name
+    assert cache_files(one_pass.cache.folder) == cache_files(two_pass.cache.folder)
+    assert len(one_pass.cache) > 0
+
+
+def test_a_row_without_tokens_is_one_unk_in_the_stream_cache(tmp_path):
+    import numpy as np
+
+    from textpipe.text.token_stream import TokenStream
+
+    path = write_csv(tmp_path / "train.csv", [])
+    stream = TokenStream(tmp_path / "s", holdout=0, file=path)
+    for tokens, label in ((["a", "b"], "x"), ([], "y"), (["b"], "x")):
+        stream.add(tokens, label, held=False)
+    stream.finish({})
+    remap = np.asarray([UNK_ID, 5, 6])  # the empty row's id, then a and b
+    cache = stream.write_part(tmp_path / "c", "a" * 32, remap, np.asarray([1, 0]), {})
+    assert cache.ids.tolist() == [5, 6, UNK_ID, 6] and cache.offsets.tolist() == [0, 2, 3, 4] and cache.labels.tolist() == [1, 0, 1]
+
+
+def test_the_stream_writes_the_cache_without_tokenizing(tmp_path, monkeypatch):
+    path = write_csv(tmp_path / "train.csv", one_pass_rows())
+    counts, vocab, labels = counted(path, tmp_path)
+    monkeypatch.setattr(Tokenizer, "pipe", lambda *a: pytest.fail("tokenized again"))
+    monkeypatch.setattr(Tokenizer, "__call__", lambda *a: pytest.fail("tokenized again"))
+    for part in ("train", "dev"):
+        TextClassificationDataset(path, Tokenizer("spacy"), vocab, labels, holdout_every=5, part=part, cache_dir=tmp_path / "c", stream=counts.stream)
+
+
+def test_a_stream_of_another_file_or_split_is_not_used(tmp_path):
+    path = write_csv(tmp_path / "train.csv", one_pass_rows())
+    counts, vocab, labels = counted(path, tmp_path)
+    assert counts.stream.usable_for(path, "train", 5) and not counts.stream.usable_for(path, "train", 10)
+    write_csv(path, one_pass_rows()[:-1])  # edited since it was counted
+    assert not counts.stream.usable_for(path, "all", 0)
+    rebuilt = TextClassificationDataset(path, Tokenizer("spacy"), vocab, labels, cache_dir=tmp_path / "c", stream=counts.stream)
+    assert len(rebuilt.cache) == len(one_pass_rows()) - 1
+    folder = counts.stream.folder
+    del counts
+    assert not folder.exists()  # the stream's folder goes with it
+
+
+KILLED = """
+import os, sys
+sys.path[:0] = [{tests!r}, {tests!r} + "/.."]
+from test_cache import counted
+from textpipe.text import token_stream
+from textpipe.text.dataset import TextClassificationDataset
+from textpipe.text.tokenizer import Tokenizer
+from pathlib import Path
+counts, vocab, labels = counted(Path({path!r}), Path({tmp!r}))
+blocks = token_stream.TokenStream._blocks
+def killed(*args):
+    for i, block in enumerate(blocks(*args)):
+        if i == 2:
+            os._exit(9)  # as kill -9: no cleanup runs
+        yield block
+token_stream.BLOCK_ROWS = 16
+token_stream.TokenStream._blocks = killed
+TextClassificationDataset(Path({path!r}), Tokenizer("spacy"), vocab, labels, holdout_every=5, part="train", cache_dir=Path({tmp!r}) / "c",
+                          stream=counts.stream)
+"""
+
+
+def test_a_run_killed_while_writing_the_one_pass_cache_leaves_none_that_is_trusted(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = write_csv(tmp_path / "train.csv", one_pass_rows())
+    script = KILLED.format(tests=str(Path(__file__).parent), path=str(path), tmp=str(tmp_path))
+    assert subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], timeout=120).returncode == 9
+    left = list((tmp_path / "c").iterdir())
+    assert left and all(p.name.startswith(".") for p in left)  # a temporary folder: never a cache key
+    counts, vocab, labels = counted(path, tmp_path)
+    built = TextClassificationDataset(path, Tokenizer("spacy"), vocab, labels, holdout_every=5, part="train", cache_dir=tmp_path / "c")
+    again = TextClassificationDataset(path, Tokenizer("spacy"), vocab, labels, holdout_every=5, part="train", cache_dir=tmp_path / "c2",
+                                      stream=counts.stream)
+    assert cache_files(built.cache.folder) == cache_files(again.cache.folder)

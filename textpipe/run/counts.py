@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import sys
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,6 +30,7 @@ from ..core.models import ModelConfig
 from ..text.cache import cache_key
 from ..text.dataset import is_held_out
 from ..text.sources import DataError, Example, SourceConfig, column_names, read_examples
+from ..text.token_stream import TokenStream
 from ..text.tokenizer import Tokenizer
 from ..text.vocab import vocab_from_counts
 from .config import DataConfig
@@ -87,7 +88,15 @@ def count_training_file(train, holdout: int, tokenizer: Tokenizer, data: DataCon
     counts = TrainingCounts.load(folder / key) if key else None
     if counts is None:
         counts = TrainingCounts()
-        counts.add(read_examples(train, config=data.source, skipped=counts.skipped), tokenizer, holdout, quiet, ngrams)
+        # The rows' tokens kept as they are counted, so the token caches of this file are written without tokenizing it again.
+        stream = TokenStream(folder, holdout, train) if key and data.source.label_sep is None else None
+        try:
+            counts.add(read_examples(train, config=data.source, skipped=counts.skipped), tokenizer, holdout, quiet, ngrams, stream=stream)
+        except BaseException:
+            if stream is not None:
+                stream.discard()
+            raise
+        counts.stream = stream
         if key:
             counts.save(folder / key, train)
     labels = label_order(counts.label_counts)
@@ -162,6 +171,8 @@ class TrainingCounts:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows
     ngrams: int = 0  # different word n-grams (2 .. max_ngram words) in the whole file, counted up to a limit
     rows: int = 0  # every row, held-out ones included (a multi-label row counts once here, once per label in label_counts)
+    # The count pass's rows as provisional token ids (a cold count with a cache folder): the token caches are written from it.
+    stream: TokenStream | None = field(default=None, repr=False, compare=False)
 
     def vocab(self, data: DataConfig):
         """The training part's vocabulary: what :func:`~textpipe.text.vocab.build_vocab` makes of its rows."""
@@ -171,27 +182,37 @@ class TrainingCounts:
         """The counts of the whole file, held-out rows in the training part."""
         return replace(self, tokens=self.tokens + self.held_out_tokens, held_out_tokens=Counter(), training_rows=self.rows)
 
-    def add(self, rows: Iterable[Example], tokenizer: Tokenizer, holdout: int, quiet: bool, ngrams: tuple[int, int] = (1, 0)) -> None:
+    def add(self, rows: Iterable[Example], tokenizer: Tokenizer, holdout: int, quiet: bool, ngrams: tuple[int, int] = (1, 0), *,
+            stream: TokenStream | None = None) -> None:
         """Count ``rows``, the whole file in order (a row's number decides whether it is held out); ``ngrams``:
-        (max_ngram, limit): the different n-grams of 2 .. max_ngram words, up to ``limit`` of them."""
+        (max_ngram, limit): the different n-grams of 2 .. max_ngram words, up to ``limit`` of them; each row's
+        tokens and label also go to ``stream`` when given."""
         rows = tqdm(rows, desc="vocab", unit="row", disable=True if quiet else None, file=sys.stderr, leave=False)
         (max_ngram, limit), seen = ngrams, set()
-        for i, tokens in enumerate(tokenizer.pipe(self._texts(rows))):
+        labels: deque | None = deque() if stream is not None else None  # the labels of the rows the tokenizer has read ahead
+        for i, tokens in enumerate(tokenizer.pipe(self._texts(rows, labels))):
             for n in range(2, max_ngram + 1) if len(seen) < limit else ():
                 seen.update(zip(*(tokens[k:] for k in range(n))))
-            if holdout and is_held_out(i, holdout):
+            held = bool(holdout) and is_held_out(i, holdout)
+            if held:
                 self.held_out_tokens.update(tokens)
             else:
                 self.training_rows += 1
                 self.tokens.update(tokens)
+            if stream is not None:
+                stream.add(tokens, labels.popleft(), held)
         self.ngrams = min(len(seen), limit)
+        if stream is not None:
+            stream.finish(self.skipped)
 
-    def _texts(self, rows: Iterable[Example]) -> Iterator[str]:
-        """The rows' texts, their labels counted on the way: a label only held-out rows have is still the model's."""
+    def _texts(self, rows: Iterable[Example], labels: deque | None = None) -> Iterator[str]:
+        """The rows' texts, their labels counted on the way (and queued on ``labels``): a label only held-out rows have is still the model's."""
         for example in rows:
             self.rows += 1
             for label in example.label if isinstance(example.label, tuple) else (example.label,):
                 self.label_counts[label] = self.label_counts.get(label, 0) + 1
+            if labels is not None:
+                labels.append(example.label)
             yield example.text
 
     def save(self, folder: Path, train) -> None:

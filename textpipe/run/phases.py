@@ -46,6 +46,7 @@ from .folder import (
 from .outcome import PhaseResult, report_notes, run_metrics
 from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibration, fit_phase_head, head_notes, logits_mixer
 from ..text.sources import DataError
+from ..text.token_stream import TokenStream
 from ..text.tokenizer import Tokenizer
 from ..core.runtime import Interrupted, Placement, RunContext, RunSignals, distributed_scope, resolve_device, run_scope, set_seed, start_distributed, under_torchrun  # noqa: F401 (re-exported)
 from ..core.optim import lr_for_rows
@@ -256,7 +257,7 @@ class Run:
         self.timed(f"{phase}.count", start)
         config = self.choose_batch()
         self._log_phase(vocab, refit_epochs)
-        loaders = self.loaders(vocab, holdout)
+        loaders = self.loaders(vocab, holdout, counts.stream if counts is not None else None)
         model = build_model(self.model_config(vocab, self.state.labels))
         if resume is None and self.config.data.source.label_sep is not None:  # a resume has its biases in the checkpoint
             start_at_label_rates(model.head, [self.state.label_counts[k] for k in self.state.labels], self.state.rows)
@@ -318,9 +319,9 @@ class Run:
         self.state = self.state.timed(key, start)
         return time.perf_counter()
 
-    def loaders(self, vocab, holdout: int) -> Loaders:
-        """The phase's loaders: its vocabulary and labels, 1 training row in ``holdout`` held out for dev (0: none)."""
-        return Loaders(self.config, self.tokenizer, vocab, self.state.labels, holdout, self.placement, self.config.data.num_workers)
+    def loaders(self, vocab, holdout: int, stream: TokenStream | None = None) -> Loaders:
+        """The phase's loaders: its vocabulary and labels, 1 training row in ``holdout`` held out for dev (0: none); ``stream``: the count's tokens."""
+        return Loaders(self.config, self.tokenizer, vocab, self.state.labels, holdout, self.placement, self.config.data.num_workers, stream)
 
     def model_config(self, vocab, labels: list[str]) -> ModelConfig:
         """The model's config: the run's, sized to the vocabulary, the labels and the n-gram table the first count chose, multi-label as the data."""

@@ -39,6 +39,7 @@ from ..text.loader import make_loader
 from ..bundle.predict import shipped_mixer
 from ..bundle.report import misclassified, misclassified_sets, relative_path, summarize, summarize_multilabel, write_report
 from ..text.sources import TORCHTEXT_PREFIX, DataError, SourceConfig, read_examples
+from ..text.token_stream import TokenStream
 from ..text.tokenizer import Tokenizer
 from ..core.metrics import predict_logits
 from ..core.runtime import Placement, resolve_device
@@ -86,6 +87,7 @@ class Loaders:
     holdout: int = 0
     placement: Placement = field(default_factory=Placement)
     workers: int = 0  # DataLoader workers; a scoring pass needs none, so its predictions come in file order
+    stream: TokenStream | None = None  # the training file's tokens from its count pass: its token caches are written from them
 
     @property
     def train_part(self) -> str:
@@ -96,7 +98,7 @@ class Loaders:
         read from the token cache when there is one."""
         config, placement = self.config, self.placement
         dataset = TextClassificationDataset(path, self.tokenizer, self.vocab, self.labels, holdout_every=self.holdout if part != "all" else 0,
-                                            part=part, source=config.data.source, cache_dir=cache_folder(config.data.cache_dir))
+                                            part=part, source=config.data.source, cache_dir=cache_folder(config.data.cache_dir), stream=self.stream)
         return make_loader(
             dataset, config.train.batch_size if training else config.data.eval_batch_size,
             shuffle_buffer=config.data.shuffle_buffer if training else 0, bucket=config.data.bucket and training, seed=config.train.seed,

@@ -46,6 +46,7 @@ FILES = ("ids.i32", "offsets.i64", "labels.i64")
 # The cache folder keeps the most recently used entries within these bounds; older ones are
 # deleted when a new one is written (never one used in the last RECENT_S seconds: a run may hold it).
 MAX_ENTRIES, MAX_BYTES, RECENT_S = 32, 2 << 30, 600
+STALE_S = 2 * 86400  # a temporary folder (a cache being written, a count pass's token stream) untouched this long: a killed run's
 
 
 def tokens_sha256(tokens: Sequence[str]) -> str:
@@ -171,28 +172,52 @@ def write_cache(root: str | Path, key: str, rows: Iterable[tuple[Sequence[int], 
     Atomic: the files go to a temporary folder that is renamed into place; when
     another process finished the same cache first, its copy is kept.
     """
+    def write(ids_file, ids_digest, offsets: array, labels: array) -> None:
+        total = 0
+        for ids, label in rows:
+            row_ids = np.asarray(ids, dtype=np.int32).tobytes()
+            ids_file.write(row_ids)
+            ids_digest.update(row_ids)
+            total += len(row_ids) // 4
+            offsets.append(total)
+            if isinstance(label, int):
+                labels.append(label)
+            else:
+                labels.extend(label)
+
+    return _commit(root, key, meta, write)
+
+
+def write_cache_chunks(root: str | Path, key: str, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], meta: dict) -> NumericCache:
+    """:func:`write_cache` of rows given a block at a time as arrays: ``(ids, lengths, labels)``, the block's ids end to
+    end (int32), each row's token count and label (int64); the same files, byte for byte, without a Python loop per row."""
+    def write(ids_file, ids_digest, offsets: array, labels: array) -> None:
+        for ids, lengths, block_labels in chunks:
+            data = np.ascontiguousarray(ids, dtype=np.int32).tobytes()
+            ids_file.write(data)
+            ids_digest.update(data)
+            offsets.frombytes((np.cumsum(lengths, dtype=np.int64) + offsets[-1]).tobytes())
+            labels.frombytes(np.ascontiguousarray(block_labels, dtype=np.int64).tobytes())
+
+    return _commit(root, key, meta, write)
+
+
+def _commit(root: str | Path, key: str, meta: dict, write) -> NumericCache:
+    """The cache ``key``: ``write(ids_file, ids_digest, offsets, labels)`` fills the ids and the two arrays in a
+    temporary folder, which gets the other files, is fsync-ed and renamed into place (or dropped, when another
+    process finished the same cache first)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
-        n, total, ids_digest = 0, 0, hashlib.sha256()
+        ids_digest = hashlib.sha256()
         offsets, labels = array("q", [0]), array("q")  # 8 bytes a row, not a Python int each
         with open(tmp / "ids.i32", "wb") as ids_file:
-            for ids, label in rows:
-                row_ids = np.asarray(ids, dtype=np.int32).tobytes()
-                ids_file.write(row_ids)
-                ids_digest.update(row_ids)
-                total += len(row_ids) // 4
-                offsets.append(total)
-                if isinstance(label, int):
-                    labels.append(label)
-                else:
-                    labels.extend(label)
-                n += 1
+            write(ids_file, ids_digest, offsets, labels)
             synced(ids_file)
         digests = {"ids.i32": ids_digest.hexdigest(), "offsets.i64": write_synced(tmp / "offsets.i64", offsets.tobytes()),
                    "labels.i64": write_synced(tmp / "labels.i64", labels.tobytes())}
-        full = {**meta, "rows": n, "tokens": total}
+        full = {**meta, "rows": len(offsets) - 1, "tokens": offsets[-1]}
         full["sha256"] = {**digests, "meta.json": meta_digest(json.loads(json.dumps(full, default=str)))}
         write_synced(tmp / "meta.json", json.dumps(full, indent=1, default=str).encode("utf-8"))
         fsync_dir(tmp)
@@ -225,23 +250,35 @@ def write_synced(path: Path, data: bytes) -> str:
 
 def prune(root: str | Path, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> list[Path]:
     """Delete the least recently used caches under ``root`` beyond ``max_entries`` or ``max_bytes``; returns them.
+    Temporary folders a killed run left (a cache half written, a token stream) go once :data:`STALE_S` old.
 
     Example:
         >>> prune("data/cache", max_entries=4)   # keep the 4 most recently used
     """
     import time
 
-    entries = []
+    entries, now = [], time.time()
     for folder in Path(root).iterdir():
+        if folder.name.startswith(".") and _untouched(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)  # left by a killed run: never read, only taking space
+            continue
         meta = folder / "meta.json"
         if len(folder.name) == 32 and meta.is_file():
             size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
             entries.append((meta.stat().st_mtime, size, folder))
     entries.sort(reverse=True)  # newest first
-    removed, total, now = [], 0, time.time()
+    removed, total = [], 0
     for i, (used, size, folder) in enumerate(entries):
         total += size
         if (i >= max_entries or total > max_bytes) and now - used > RECENT_S:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def _untouched(folder: Path, now: float) -> bool:
+    """Whether ``folder`` is a folder not modified in :data:`STALE_S` seconds."""
+    try:
+        return folder.is_dir() and now - folder.stat().st_mtime > STALE_S
+    except OSError:
+        return False

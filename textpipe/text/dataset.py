@@ -23,11 +23,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from ..core.batching import Batches, BatchStream
 from .cache import NumericCache, cache_key, tokens_sha256, write_cache
+from .token_stream import TokenStream
 from ..core.collate import FlatRows
 from ..core.multilabel import pack_label_set, words_per_row
 from .encoder import TextEncoder
@@ -96,6 +98,7 @@ class TextClassificationDataset(IterableDataset):
         part: str = "all",
         source: SourceConfig | None = None,
         cache_dir: str | Path | None = None,
+        stream: TokenStream | None = None,
     ):
         if part not in ("all", "train", "dev"):
             raise ValueError(f"part must be 'all', 'train' or 'dev', got {part!r}")
@@ -109,9 +112,9 @@ class TextClassificationDataset(IterableDataset):
         self.source = source or SourceConfig()
         self.multi_label = self.source.label_sep is not None
         self.holdout_every, self.part = holdout_every, part
-        self.cache = self._load_or_build_cache(cache_dir) if cache_dir is not None and self.path.is_file() else None
+        self.cache = self._load_or_build_cache(cache_dir, stream) if cache_dir is not None and self.path.is_file() else None
 
-    def _load_or_build_cache(self, root: str | Path) -> NumericCache:
+    def _load_or_build_cache(self, root: str | Path, stream: TokenStream | None) -> NumericCache:
         parts = {
             "tokenizer": asdict(self.tokenizer.config),
             "vocab": tokens_sha256(self.vocab.get_itos()),
@@ -127,8 +130,19 @@ class TextClassificationDataset(IterableDataset):
             # write_cache reads the rows to the end before writing meta.json, so `skipped` is complete there
             words = words_per_row(len(self.labels)) if self.multi_label and self.labels is not None else 0
             meta = {"file": str(self.path), **parts, "vocab_size": len(self.vocab), "skipped": skipped, "label_words": words}
-            cache = write_cache(root, key, self._encoded_rows(skipped), meta)
+            cache = self._from_stream(stream, root, key, meta) or write_cache(root, key, self._encoded_rows(skipped), meta)
         return cache
+
+    def _from_stream(self, stream: TokenStream | None, root: str | Path, key: str, meta: dict) -> NumericCache | None:
+        """The cache written from the count pass's token stream (the rows tokenized once), when it holds this
+        dataset's rows: this file as it is, this part, one label a row, every label one of the model's; else None."""
+        if stream is None or self.multi_label or self.labels is None or not stream.usable_for(self.path, self.part, self.holdout_every):
+            return None
+        if any(label not in self.label_index for label in stream.label_index):
+            return None  # the text path skips or refuses such rows
+        remap = np.asarray([UNK_ID] + self.vocab(stream.tokens[1:]), dtype=np.int32)
+        label_map = np.asarray([self.label_index[label] for label in stream.label_index], dtype=np.int64)
+        return stream.write_part(root, key, remap, label_map, {**meta, "skipped": dict(stream.skipped)}, part=self.part)
 
     def examples(self, skipped: dict[str, int] | None = None, start: Position | None = None) -> Iterator[Example]:
         """The examples of this dataset's part of the file, unsharded and unshuffled.
