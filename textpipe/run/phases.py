@@ -80,8 +80,7 @@ def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, 
     Example:
         >>> train_files("train.csv", "test.csv", "runs/mine")["test"]["accuracy"]
     """
-    config = config or PipelineConfig()
-    data = {"train": train, "dev": dev, "test": test}
+    config, data = config or PipelineConfig(), {"train": train, "dev": dev, "test": test}
     check_settings(config, data)
     state = _first_state(data, config, search)
     with distributed_scope(config.train.device) as placement:
