@@ -29,7 +29,7 @@ TEXTPIPE := $(if $(filter 1,$(NPROC)),$(PY) -m textpipe,$(VENV)/bin/torchrun --s
 
 help:  ## list targets and variables
 	@echo "targets:"
-	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables:"
 	@printf '  %-34s %s\n' \
 	  'TRAIN=file [TEST=file] [DEV=file]' 'your labelled data (.csv/.tsv with label,text header, or .jsonl); without TRAIN: rotten_tomatoes' \
