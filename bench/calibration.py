@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.accuracy import datasets  # noqa: E402
-from textpipe.core.calibration import brier_score, expected_calibration_error, fit_temperature  # noqa: E402
+from textpipe.core.calibration import brier_score, calibration_gap, expected_calibration_error, fit_temperature  # noqa: E402
 from textpipe.estimator import TextClassifier  # noqa: E402
 from textpipe.run.config import PipelineConfig  # noqa: E402
 from textpipe.run.phases import train_files  # noqa: E402
@@ -56,14 +56,16 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_probabilities(run: Path, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The shipped probabilities of the bundle in ``run`` on ``rows``, the gold indices, and the dev-fit temperature."""
-    model = TextClassifier.load(run)
+def load_run(run: Path) -> tuple[TextClassifier, float]:
+    """The bundle in ``run`` and the temperature its training fit on dev."""
+    return TextClassifier.load(run), json.loads((run / "metrics.json").read_text())["calibration"].get("temperature", 1.0)
+
+
+def shipped_probabilities(model: TextClassifier, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shipped (calibrated) probabilities of ``model`` on ``rows`` and the rows' gold indices."""
     labels = list(model.labels_)
     probs = torch.tensor(model.predict_proba([r["text"] for r in rows])).double()
-    gold = torch.tensor([labels.index(r["label"]) for r in rows])
-    temperature = json.loads((run / "metrics.json").read_text())["calibration"].get("temperature", 1.0)
-    return probs, gold, temperature
+    return probs, torch.tensor([labels.index(r["label"]) for r in rows])
 
 
 def vector_scaling(dev_logits: torch.Tensor, dev_gold: torch.Tensor, temperature: float):
@@ -100,11 +102,9 @@ def isotonic_top(dev_probs: torch.Tensor, dev_gold: torch.Tensor):
     return apply
 
 
-def designs(run: Path, train: Path, test_rows: list[dict]) -> dict:
+def designs(model: TextClassifier, temperature: float, train: Path, test_probs: torch.Tensor, test_gold: torch.Tensor) -> dict:
     """Each calibrator fit on the dev rows the run held out (every 10th by crc32, as training does), scored on test."""
-    dev_rows = [r for i, r in enumerate(read_rows(train)) if is_held_out(i, 10)]
-    dev_probs, dev_gold, temperature = test_probabilities(run, dev_rows)
-    test_probs, test_gold, _ = test_probabilities(run, test_rows)
+    dev_probs, dev_gold = shipped_probabilities(model, [r for i, r in enumerate(read_rows(train)) if is_held_out(i, 10)])
     dev_logits, test_logits = (p.clamp_min(1e-300).log() * temperature for p in (dev_probs, test_probs))
     shipped = {"temperature (shipped)": test_probs,
                "vector scaling": vector_scaling(dev_logits, dev_gold, temperature)(test_logits),
@@ -118,13 +118,7 @@ def designs(run: Path, train: Path, test_rows: list[dict]) -> dict:
 def perfectly_calibrated_ece(confidence: torch.Tensor, draws: int = DRAWS, seed: int = 0) -> np.ndarray:
     """ECEs of a model right with probability exactly ``confidence`` on each row, over ``draws`` test files."""
     generator = torch.Generator().manual_seed(seed)
-    which = (confidence * 15).ceil().clamp(1, 15).long() - 1
-    out = []
-    for _ in range(draws):
-        correct = torch.bernoulli(confidence, generator=generator)
-        out.append(sum(float((which == k).double().mean() * (confidence[which == k].mean() - correct[which == k].mean()).abs())
-                       for k in range(15) if (which == k).any()))
-    return np.array(out)
+    return np.array([calibration_gap(confidence, torch.bernoulli(confidence, generator=generator)) for _ in range(draws)])
 
 
 def measure(probs: torch.Tensor, gold: torch.Tensor, dev_temperature: float) -> dict:
@@ -176,11 +170,11 @@ def main() -> None:
         for system in args.systems:
             out = args.runs / f"{name}-{system.replace(', ', '-').replace(' ', '-')}"
             train(system, files, out)
-            test_rows = read_rows(Path(files["test"]))
-            results["datasets"][name][system] = measure(*test_probabilities(out, test_rows))
-            if not SYSTEMS[system]:
-                continue
-            results["datasets"][name][system]["designs"] = designs(out, Path(files["train"]), test_rows)
+            model, temperature = load_run(out)
+            probs, gold = shipped_probabilities(model, read_rows(Path(files["test"])))
+            results["datasets"][name][system] = measure(probs, gold, temperature)
+            if SYSTEMS[system]:  # the run without the refit: its model has not seen the dev rows the designs are fit on
+                results["datasets"][name][system]["designs"] = designs(model, temperature, Path(files["train"]), probs, gold)
             print(name, system, results["datasets"][name][system], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "calibration.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -92,8 +92,18 @@ def temperature_problem(value) -> str | None:
 def expected_calibration_error(probs: torch.Tensor, gold: torch.Tensor, bins: int = BINS) -> float:
     """ECE of ``probs`` (N, C) against gold indices (N,): top-probability bins ``(k/bins, (k+1)/bins]``."""
     confidence, predicted = probs.double().max(1)
-    correct = (predicted == gold).double()
-    which = (confidence * bins).ceil().clamp(1, bins).long() - 1  # bin k holds (k/bins, (k+1)/bins]
+    return calibration_gap(confidence, (predicted == gold).double(), bins)
+
+
+def confidence_bins(confidence: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+    """Each row's bin index: bin k holds confidences in ``(k/bins, (k+1)/bins]`` (0 goes to the first)."""
+    return (confidence * bins).ceil().clamp(1, bins).long() - 1
+
+
+def calibration_gap(confidence: torch.Tensor, correct: torch.Tensor, bins: int = BINS) -> float:
+    """The ECE of rows with these top probabilities and these 0/1 outcomes: per bin, |mean confidence - accuracy|,
+    weighted by the bin's share of the rows."""
+    which = confidence_bins(confidence, bins)
     total = 0.0
     for k in range(bins):
         rows = which == k
@@ -114,7 +124,7 @@ def reliability(probs: torch.Tensor, gold: torch.Tensor, bins: int = BINS) -> li
     """Per non-empty bin: its range, rows, mean confidence and accuracy (the reliability diagram's bars)."""
     confidence, predicted = probs.double().max(1)
     correct = (predicted == gold).double()
-    which = (confidence * bins).ceil().clamp(1, bins).long() - 1
+    which = confidence_bins(confidence, bins)
     return [{"low": round(k / bins, 6), "high": round((k + 1) / bins, 6), "rows": int((which == k).sum()),
              "confidence": round(float(confidence[which == k].mean()), 6), "accuracy": round(float(correct[which == k].mean()), 6)}
             for k in range(bins) if (which == k).any()]

@@ -258,7 +258,7 @@ class Run:
         self._log_phase(vocab, refit_epochs)
         loaders = self.loaders(vocab, holdout, counts.stream if counts is not None else None)
         model = build_model(self.model_config(vocab, self.state.labels))
-        if resume is None and self.config.data.source.label_sep is not None:  # a resume has its biases in the checkpoint
+        if resume is None and model.config.multi_label:  # a resume has its biases in the checkpoint
             start_at_label_rates(model.head, [self.state.label_counts[k] for k in self.state.labels], self.state.rows)
         if config.data.vectors and resume is None:  # a resume gets the weights from its checkpoint
             self.state = replace(self.state, vectors=fill_with_vectors(model, vocab, config.data.vectors, bool(config.model.frozen_dim), self.quiet))
