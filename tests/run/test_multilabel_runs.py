@@ -55,3 +55,15 @@ def test_the_sentence_encoder_with_multi_label_is_refused(multilabel_files, tmp_
     result = cli_here("train", "--train", train, "--test", test, "--multi-label", "--encoder", "minilm-l6", "--out", tmp_path / "run")
     assert result.returncode == 2 and "--encoder is not available with --multi-label yet" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_each_labels_sigmoid_starts_at_its_rate_in_the_training_file(multilabel_files, tmp_path, tiny_config):
+    from textpipe.core.multilabel import prior_log_odds
+
+    train, _ = multilabel_files
+    config = tiny_config(model={"nb_linear": False}, data={"source": {"label_sep": "|"}}, train={"epochs": 1, "lr": 1e-9, "refit": False})
+    train_files(train, None, tmp_path / "run", config=config, quiet=True)
+    bundle, metrics = load_bundle(tmp_path / "run"), json.loads((tmp_path / "run" / "metrics.json").read_text())
+    counts = [sum(label in row_label.split("|") for row_label, _ in make_multilabel_rows(400, seed=1)) for label in bundle.labels]
+    # an lr of 1e-9 leaves the biases where training started them: each label's log-odds among the file's rows
+    assert torch.allclose(bundle.model.head.bias, prior_log_odds(counts, 400), atol=1e-5), metrics.get("history")
