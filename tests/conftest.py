@@ -265,3 +265,12 @@ def train_tiny_multilabel(folder, model: str = "bag", **model_overrides):
 def tiny_multilabel(tmp_path_factory):
     """``(bundle folder, test file)`` of :func:`train_tiny_multilabel`, trained once for the session's tests."""
     return train_tiny_multilabel(tmp_path_factory.mktemp("multilabel"))
+
+
+@pytest.fixture(autouse=True)
+def refit_in_the_parent(monkeypatch):
+    """In-process runs train their refit in the parent, whatever the machine's load, so what a test observes (events,
+    timings) does not depend on it; tests/run/test_refit_ahead.py turns the refit ahead on where it tests it."""
+    from textpipe.run import refit_ahead
+
+    monkeypatch.setattr(refit_ahead, "other_core_free", lambda: False)

@@ -7,7 +7,8 @@ import torch
 
 from textpipe.core.collate import pad_collate
 from textpipe.core.models import ModelConfig, build_model
-from textpipe.core.nb_linear import ALPHAS, NBLinear, Presence, fit_members, fit_nb_linear, log_count_ratios
+from textpipe.core.nb_choice import ALPHAS
+from textpipe.core.nb_linear import NBLinear, Presence, fit_members, fit_nb_linear, log_count_ratios
 from textpipe.bundle.predict import Predictor
 from textpipe.run.phases import train_files
 

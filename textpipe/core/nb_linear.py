@@ -28,21 +28,19 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 from torch import nn
 
-from .calibration import calibrated_log_loss, chance, did_not_learn
 from .collate import Batch
 from .kernels import present_ids
-from .multilabel import bce_log_loss, fit_temperature_multilabel, multi_hot, multilabel_report
+from .multilabel import multi_hot
+from .nb_choice import C_CHOICES, choose_multi_label, choose_single_label, dev_score_name, mixed_dev_accuracy, not_learned_line
 from .no_dynamo import LBFGS
 
 log = logging.getLogger(__name__)
 
-C_CHOICES = (1.0, 3.0, 10.0)  # inverse L2 strength, as scikit-learn's LogisticRegression(C=...)
-ALPHAS = tuple(a / 10 for a in range(11))  # the bag's share of the mixed probabilities
 MAX_ROWS = 300_000  # the fit holds every training row's ids; past this the bag is on its own (and needs no help)
 FIT_ROWS = 25_000  # past this many training rows the fit reads every k-th batch (about this many rows): its cost stops growing with the file
 
@@ -259,73 +257,34 @@ def member_probabilities(data: Presence, weights: torch.Tensor, bias: torch.Tens
     return torch.sigmoid(scores) if data.multi_label else class_probabilities(scores)
 
 
-def mixed_dev_accuracy(record: dict) -> float:
-    """The dev accuracy of the mix :func:`fit_nb_linear` chose (from a record with ``"dev"``); multi-label: its dev micro-F1 at 0.5."""
-    return record["dev"]["mixed_by_alpha"][str(record["alpha"])]
+class Candidates(NamedTuple):
+    """What :func:`fit_nb_linear` reads off the training rows alone, before any dev row or the bag: the table rows the
+    features stand for, the rows and features counted, and each C's fit of the members (weights as ``r * w``, biases)."""
+
+    columns: torch.Tensor
+    shape: tuple[int, int]
+    fits: dict[float, tuple[torch.Tensor, torch.Tensor]]
 
 
-def dev_score_name(record: dict) -> str:
-    """What the record's dev scores (``bag``, ``linear_by_C``, ``mixed_by_alpha``) are: accuracy, or multi-label's micro-F1 at 0.5."""
-    return "micro-F1 at 0.5" if record.get("dev", {}).get("score") == "micro_f1" else "accuracy"
-
-
-def accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((probabilities.argmax(1) == labels).double().mean())
-
-
-def micro_f1(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
-    """Micro-F1 of the labels whose probability reaches 0.5, against 0/1 ``targets`` (both (n, labels))."""
-    return multilabel_report(probabilities >= 0.5, targets.bool(), [str(j) for j in range(targets.shape[1])])["micro"]["f1"]
-
-
-def calibrated_bce(probabilities: torch.Tensor, targets: torch.Tensor) -> float:
-    """The mean binary cross-entropy of per-label ``probabilities`` once their own temperature is fit (as :func:`calibrated_log_loss`)."""
-    log_odds = torch.logit(probabilities.double(), eps=1e-12)
-    return bce_log_loss(log_odds / fit_temperature_multilabel(log_odds, targets), targets)
-
-
-def prior_bce(targets: torch.Tensor) -> float:
-    """The binary cross-entropy of answering each label's frequency in ``targets`` for every row: what a model that learned nothing reaches."""
-    rates = torch.logit(targets.double().mean(0), eps=1e-12)
-    return bce_log_loss(rates.expand_as(targets), targets)
-
-
-def choose_single_label(dev: Presence, linear: dict, num_classes: int) -> tuple[float, float, dict]:
-    """C by the linear path's dev accuracy (ties: the smaller), alpha by the mix's dev log loss; and the dev record."""
-    bag = dev.bag
-    scores = {c: accuracy(p, dev.labels) for c, p in linear.items()}
-    C = min(c for c in C_CHOICES if scores[c] == max(scores.values()))
-    mixed = {a: accuracy(a * bag + (1 - a) * linear[C], dev.labels) for a in ALPHAS}
-    losses = {a: calibrated_log_loss(a * bag + (1 - a) * linear[C], dev.labels) for a in ALPHAS}
-    learned = not did_not_learn(bag, dev.labels)
-    # The share by dev log loss (each mix at its own temperature, as the run ships it): the probabilities are what a
-    # user reads; accuracy breaks ties, then the bag's share.
-    alpha = min(ALPHAS, key=lambda a: (losses[a], -mixed[a], -a)) if learned else 0.0
-    return C, alpha, {"bag": accuracy(bag, dev.labels), "chance": chance(dev.labels, num_classes), "bag_learned": learned,
-                      "linear_by_C": {str(c): v for c, v in scores.items()}, "mixed_by_alpha": {str(a): v for a, v in mixed.items()},
-                      "log_loss_by_alpha": {str(a): round(v, 6) for a, v in losses.items()}}
-
-
-def choose_multi_label(dev: Presence, linear: dict, num_labels: int) -> tuple[float, float, dict]:
-    """:func:`choose_single_label` for label sets: C by the linear path's dev micro-F1 at 0.5, alpha by the dev binary
-    cross-entropy of the mixed per-label probabilities (each mix at its own temperature; ties: the better micro-F1, then
-    the alpha nearest 1). The bag learned when its dev loss beats answering each label's dev frequency."""
-    targets, bag = dev.targets(num_labels), dev.bag
-    scores = {c: micro_f1(p, targets) for c, p in linear.items()}
-    C = min(c for c in C_CHOICES if scores[c] == max(scores.values()))
-    mixes = {a: a * bag + (1 - a) * linear[C] for a in ALPHAS}
-    mixed = {a: micro_f1(p, targets) for a, p in mixes.items()}
-    losses = {a: calibrated_bce(p, targets) for a, p in mixes.items()}
-    prior = prior_bce(targets)
-    learned = losses[1.0] < prior
-    alpha = min(ALPHAS, key=lambda a: (losses[a], -mixed[a], -a)) if learned else 0.0
-    return C, alpha, {"score": "micro_f1", "bag": mixed[1.0], "bag_loss": round(losses[1.0], 6), "prior_loss": round(prior, 6),
-                      "bag_learned": learned, "linear_by_C": {str(c): v for c, v in scores.items()},
-                      "mixed_by_alpha": {str(a): v for a, v in mixed.items()}, "log_loss_by_alpha": {str(a): round(v, 6) for a, v in losses.items()}}
+def fit_candidates(model: torch.nn.Module, train_batches: Iterable[Batch], Cs: Iterable[float] = C_CHOICES, *,
+                   max_rows: int = MAX_ROWS, every: int = 1) -> Candidates | None:
+    """The members fit for each of ``Cs`` on the rows of ``train_batches`` (only ``model``'s config is read: a skeleton will
+    do); None past ``max_rows`` rows. On one thread, so the weights are the same bits whatever the thread count, in this
+    process or in a refit's trained ahead (``textpipe.run.refit_ahead``)."""
+    data = presence(model, train_batches, max_rows=max_rows, every=every)
+    if data is None:
+        return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Candidates(data.columns, data.shape, {c: fit_members(data, int(model.head.out_features), c) for c in Cs})
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_batches: Iterable[Batch] | None = None, *,
-                  C: float | None = None, alpha: float | None = None, max_rows: int = MAX_ROWS, every: int = 1) -> dict | None:
+                  C: float | None = None, alpha: float | None = None, max_rows: int = MAX_ROWS, every: int = 1,
+                  candidates: Candidates | None = None) -> dict | None:
     """Fit ``model.nb`` on the rows of ``train_batches`` and set its ``alpha``; returns what was chosen, or None.
 
     Without ``C`` and ``alpha`` both are chosen on ``dev_batches``: C by the linear
@@ -333,30 +292,27 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
     loss, each mix at its own temperature (ties: the better accuracy, then the alpha nearest 1, the bag alone). A bag no
     better than chance on dev (``record["dev"]["bag_learned"]`` false) is not mixed in:
     alpha 0, the linear path alone. Multi-label batches: :func:`choose_multi_label`. None, with the bag left alone, past ``max_rows``
-    training rows. ``every``: fit on every ``every``-th training batch only (a large file's subsample).
+    training rows. ``every``: fit on every ``every``-th training batch only (a large file's subsample). ``candidates``: the
+    :func:`fit_candidates` of these rows, when already fit elsewhere.
     """
-    nb = model.nb
-    was_training = model.training
+    nb, was_training, choose = model.nb, model.training, C is None or alpha is None
     model.eval()
     try:
-        data = presence(model, train_batches, max_rows=max_rows, every=every)
-        if data is None:
+        fitted = candidates or fit_candidates(model, train_batches, C_CHOICES if choose else (C,), max_rows=max_rows, every=every)
+        if fitted is None:
             log.info(f"more than {max_rows:,} training rows: the NB linear path is left out (alpha = 1, the bag alone)")
             return None
         num_classes = int(model.head.out_features)
-        record = {"rows": data.shape[0], "features": data.shape[1], **({"every": every} if every > 1 else {})}
-        if C is None or alpha is None:
+        record = {"rows": fitted.shape[0], "features": fitted.shape[1], **({"every": every} if every > 1 else {})}
+        if choose:
             nb.alpha.fill_(1.0)
-            dev = presence(model, dev_batches, columns=data.columns, bag=True)
-            fits = {c: fit_members(data, num_classes, c) for c in C_CHOICES}
-            linear = {c: member_probabilities(dev, w, b) for c, (w, b) in fits.items()}
-            C, alpha, record["dev"] = (choose_multi_label if data.multi_label else choose_single_label)(dev, linear, num_classes)
-            weights, bias = fits[C]
-        else:
-            weights, bias = fit_members(data, num_classes, C)
+            dev = presence(model, dev_batches, columns=fitted.columns, bag=True)
+            linear = {c: member_probabilities(dev, w, b) for c, (w, b) in fitted.fits.items()}
+            C, alpha, record["dev"] = (choose_multi_label if dev.multi_label else choose_single_label)(dev, linear, num_classes)
+        weights, bias = fitted.fits[C]
         with torch.no_grad():
             nb.table.zero_()
-            nb.table[data.columns.to(nb.table.device)] = weights.to(nb.table)
+            nb.table[fitted.columns.to(nb.table.device)] = weights.to(nb.table)
             nb.bias.copy_(bias)
             nb.alpha.fill_(alpha)
         return {**record, "C": C, "alpha": alpha}
@@ -364,25 +320,24 @@ def fit_nb_linear(model: torch.nn.Module, train_batches: Iterable[Batch], dev_ba
         model.train(was_training)
 
 
-def not_learned_line(record: dict) -> str:
-    """Why a record's bag counts as not learned: its dev score against what answering without reading the text reaches."""
-    dev = record["dev"]
-    if dev.get("score") == "micro_f1":
-        return f"dev log loss {dev['bag_loss']:.4f}, no better than answering each label's dev frequency: {dev['prior_loss']:.4f}"
-    return f"dev accuracy {dev['bag']:.4f}, no better than always answering the most common label: {dev['chance']:.4f}"
+def phase_every(num_train: int) -> int:
+    """A phase's fit reads every k-th training batch: 1 up to FIT_ROWS rows (small files are fit on every row)."""
+    return -(-num_train // FIT_ROWS)
 
 
-def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, *, quiet: bool = True) -> dict | None:
+def fit_nb_for_phase(model: torch.nn.Module, train_rows, dev_rows, chosen: dict | None, num_train: int, *, quiet: bool = True,
+                     candidates: Candidates | None = None) -> dict | None:
     """Fit ``model``'s NB linear path on a training phase's rows: C and alpha chosen on dev, or (a refit) ``chosen``'s;
-    None (the bag alone) over MAX_ROWS training rows or with nothing to choose them on."""
+    None (the bag alone) over MAX_ROWS training rows or with nothing to choose them on. ``candidates``: fit elsewhere."""
     # Every rank fits it alike on all the rows (these loaders are not sharded), so the ranks' models stay the same.
     too_many = num_train > MAX_ROWS  # known from the vocabulary pass, before a read of the rows
     if too_many or (chosen is None and dev_rows is None):
         if too_many and not quiet:
             log.info(f"{num_train:,} training rows (over {MAX_ROWS:,}): the NB linear path is left out, the model is the bag alone")
         return None
-    every = -(-num_train // FIT_ROWS)  # 1 up to FIT_ROWS rows: small files are fit on every row
-    record = fit_nb_linear(model, train_rows, dev_rows, every=every, **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
+    every = phase_every(num_train)
+    record = fit_nb_linear(model, train_rows, dev_rows, every=every, candidates=candidates,
+                           **({"C": chosen["C"], "alpha": chosen["alpha"]} if chosen else {}))
     if record is not None and not record.get("dev", {}).get("bag_learned", True):  # said even when quiet: the model is not what was asked for
         log.warning(f"the bag did not learn ({not_learned_line(record)}): it is left out of the mix, the model is the NB linear path alone")
     if record is not None and not quiet:

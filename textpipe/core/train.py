@@ -18,7 +18,7 @@ DataLoader's position) is saved every ``checkpoint_seconds`` and every ``checkpo
 steps, in the background, and a resume from it reaches bit-identical weights. :func:`fit`
 changes no process-wide setting; the caller enters :func:`~textpipe.core.runtime.run_scope`.
 Named points (:mod:`textpipe.core.events`): ``step_done`` (``step``, ``epoch``; that step's checkpoint, if due,
-begun), ``evaluated`` (``epoch``, ``dev``: scored, not yet recorded), ``epoch_done`` (``epoch``: recorded, the next not begun).
+begun), ``evaluated`` (``epoch``, ``dev``: scored, not yet recorded), ``epoch_done`` (``epoch``: recorded, the next not begun; ``best_epoch``, ``model``, ``history``).
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class _Loop:
             self.best_weights = self.best_weights or {k: torch.empty_like(v, device="cpu") for k, v in weights.items()}
             for k, v in weights.items():
                 self.best_weights[k].copy_(v)
-        emit("epoch_done", epoch=epoch)
+        emit("epoch_done", epoch=epoch, best_epoch=state.best_epoch, model=self.model, history=state.history)
         self._stop_if_signalled(mid_epoch=False)
 
     def finish(self) -> FitResult:

@@ -48,7 +48,7 @@ import torch
 
 from .config import PipelineConfig, SettingsError
 from ..core.metrics import selection_score
-from ..core.nb_linear import mixed_dev_accuracy
+from ..core.nb_choice import mixed_dev_accuracy
 from .pipeline import Loaders, check_settings
 from .outcome import PhaseResult
 from .phases import dev_result, train_files

@@ -175,6 +175,12 @@ def refit_wanted(train: TrainConfig, rows: int | None) -> bool:
     return bool(train.refit)
 
 
+def refits(config: PipelineConfig, data: dict, rows: int | None = None) -> bool:
+    """Whether a refit follows the train phase (``rows``: the train phase's training rows, once counted, for ``train.refit = "auto"``).
+    A dev file's rows are not training rows; without a test file the held-out rows are the only honest score."""
+    return bool(refit_wanted(config.train, rows) and not data["dev"] and data["test"] is not None)
+
+
 def with_batch(config: PipelineConfig, choice: dict | None) -> PipelineConfig:
     """``config`` training with the batch size and learning rate of ``choice`` (a :func:`batch_choice`; None: as it is)."""
     if choice is None:  # a run.json from before the choice was recorded

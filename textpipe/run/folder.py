@@ -37,8 +37,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ..core.events import emit
-from ..core.files import META, RUN, InputFileError, OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, read_json_file, temp_file_beside, write_json_atomic
-from .config import SettingsError
+from ..core.files import META, METRICS, RUN, InputFileError, OutputError, atomic_write, check_folder, check_regular_file, file_sha256, kind_of, read_json_file, temp_file_beside, write_json_atomic
+from .config import PipelineConfig, SettingsError
 from .lock import LOCK, RunLock  # noqa: F401  (RunLock re-exported: run.py and the CLI take it from here)
 from ..core.runtime import held_signals
 from ..text.sources import TORCHTEXT_PREFIX, DataError
@@ -357,3 +357,11 @@ def check_same_data(state: RunState) -> None:
             raise DataError(path, None, f"the {what} cannot be read ({err.strerror or err}); a resume needs the same data") from None
         if not same:
             raise DataError(path, None, f"the {what} changed since the run started; a resume needs the same data (start a new run instead)")
+
+
+def commit_finished(stage: Path, out: Path, state: RunState) -> dict:
+    """Finish the commit of a run that had done its phases (killed before or while moving its files into ``out``); its metrics."""
+    if mid_commit(stage):  # said even with --quiet: the folder was not loadable until now
+        log.warning(f"{out}: the run had stopped while moving its files into place; the move is finished now, the bundle whole again")
+    commit(stage, out, PipelineConfig.from_dict(state.config).train.keep_checkpoints_after)
+    return json.loads((out / METRICS).read_text(encoding="utf-8"))

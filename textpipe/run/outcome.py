@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..bundle.report import relative_path, search_notes
-from ..core.nb_linear import dev_score_name, mixed_dev_accuracy
+from ..core.nb_choice import dev_score_name, mixed_dev_accuracy
 from ..core.train import FitResult
 from .folder import Phase, RunState
 from .counts import TrainingCounts
@@ -86,3 +86,10 @@ def report_notes(state: RunState, config: PipelineConfig, early: FitResult, out:
     if not state.data["test"]:
         notes.append("There was no test file: these are dev scores, which chose the epoch, so they are a little optimistic.")
     return notes + search_notes(state.autotune)
+
+
+def phase_line(state: RunState, vocab_size: int, refit_epochs: int) -> str:
+    """The log line that opens a phase: its training rows, labels, vocabulary and n-gram table."""
+    what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
+    table = f", {state.ngram_table['rows']:,} hashed n-gram rows for {state.ngram_table['distinct_ngrams']:,} n-grams" if state.ngram_table else ""
+    return f"{what}, {len(state.labels)} labels, vocabulary of {vocab_size} tokens{table}"

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -33,17 +32,18 @@ import torch
 from ..core.checkpoint import CheckpointError, CheckpointStore
 from ..core.events import emit
 from ..core.files import is_disk_full
-from ..core.models import ModelConfig, build_model
-from ..core.nb_linear import fit_nb_for_phase
-from .config import REFIT_MAX_ROWS, SettingsError, batch_choice, refit_wanted, with_batch
+from ..core.models import ModelConfig, build_model, model_skeleton
+from ..core.nb_linear import fit_candidates, fit_nb_for_phase, phase_every
+from .config import REFIT_MAX_ROWS, SettingsError, batch_choice, refits, with_batch
 from .counts import TrainingCounts, count_training_file, label_order, ngram_count_limit, ngram_table
-from .pipeline import METRICS, VOCAB, Loaders, Outputs, PipelineConfig, check_settings, config_summary, save_outputs, score_and_list_mistakes
+from .pipeline import VOCAB, Loaders, Outputs, PipelineConfig, check_settings, config_summary, save_outputs, score_and_list_mistakes
 from ..bundle.store import Bundle
 from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
-    is_complete, mid_commit, nothing_to_resume, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
+    commit_finished, is_complete, nothing_to_resume, prepare_output, remove_empty, stage_of, start_fresh, unfinished,
 )
-from .outcome import PhaseResult, report_notes, run_metrics
+from .outcome import PhaseResult, phase_line, report_notes, run_metrics
+from .refit_ahead import Job, RefitAhead, may_run_ahead, scratch_folder
 from .sentence_mix import calibration_notes, encoder_record, fit_phase_calibration, fit_phase_head, head_notes, logits_mixer
 from ..text.sources import DataError
 from ..text.token_stream import TokenStream
@@ -56,12 +56,6 @@ from ..text.vectors import fill_with_vectors
 from ..text.vocab import load_vocab, save_vocab
 
 log = logging.getLogger("textpipe")  # progress lines; the CLI sends them to stderr, a library caller chooses
-
-
-def refits(config: PipelineConfig, data: dict, rows: int | None = None) -> bool:
-    """Whether a refit follows the train phase (``rows``: the train phase's training rows, once counted, for ``train.refit = "auto"``).
-    A dev file's rows are not training rows; without a test file the held-out rows are the only honest score."""
-    return bool(refit_wanted(config.train, rows) and not data["dev"] and data["test"] is not None)
 
 
 def train_files(train: str | Path, test: str | Path | None, out: str | Path, *, dev: str | Path | None = None,
@@ -112,6 +106,8 @@ def _fresh_run(run: Run, overwrite: bool) -> dict:
         if not isinstance(err, (Interrupted, CheckpointError)) and not is_disk_full(err):  # those hint at --resume
             discard_unstarted(run.stage)
         raise
+    finally:
+        run.ahead and run.ahead.close()  # a refit still training on the other core (refit_ahead.py) goes with the run
     commit(run.stage, run.out, run.config.train.keep_checkpoints_after)
     return metrics
 
@@ -130,12 +126,12 @@ def resume_run(out: str | Path, quiet: bool = False) -> dict:
     with RunLock(out), RunSignals(stage_of(out)):  # another run holding the folder is the better message (an OutputError)
         stage = unfinished(out)
         if stage is not None and is_complete(stage):  # killed while moving the finished files into place
-            return _commit_finished(stage, out, RunState.load(stage if (stage / RUN).is_file() else out))
+            return commit_finished(stage, out, RunState.load(stage if (stage / RUN).is_file() else out))
         if stage is None or not (stage / RUN).is_file():
             raise nothing_to_resume(out)
         state = RunState.load(stage)
         if state.phase is Phase.DONE:  # killed before the commit began
-            return _commit_finished(stage, out, state)
+            return commit_finished(stage, out, state)
         config = PipelineConfig.from_dict(state.config)
         store = _checkpoint_store(stage, config)
         checkpoint = store.load_latest() if store else None
@@ -169,13 +165,6 @@ def _first_state(data: dict, config: PipelineConfig, search: dict | None) -> Run
     return replace(state, phase=Phase.REFIT, refit=search["first_phase"]) if refits(config, state.data) else state
 
 
-def _commit_finished(stage: Path, out: Path, state: RunState) -> dict:
-    if mid_commit(stage):  # said even with --quiet: the folder was not loadable until now
-        log.warning(f"{out}: the run had stopped while moving its files into place; the move is finished now, the bundle whole again")
-    commit(stage, out, PipelineConfig.from_dict(state.config).train.keep_checkpoints_after)
-    return json.loads((out / METRICS).read_text(encoding="utf-8"))
-
-
 def _checkpoint_store(stage: Path, config: PipelineConfig) -> CheckpointStore | None:
     keep = config.train.keep_checkpoints
     return CheckpointStore(stage / CHECKPOINTS, keep) if keep else None
@@ -201,6 +190,7 @@ class Run:
     quiet: bool = False
     tokenizer: Tokenizer | None = None  # one for every phase and loader: they share its chunk memo
     stage: Path | None = None  # the staging folder; by default out's
+    ahead: RefitAhead | None = None  # the refit, training on the other core beside the train phase (refit_ahead.py)
 
     def __post_init__(self) -> None:
         self.quiet = self.quiet or not self.placement.writes
@@ -255,8 +245,11 @@ class Run:
         vocab, counts = self.vocab(holdout, resume, counts)
         self.timed(f"{phase}.count", start)
         config = self.choose_batch()
-        self._log_phase(vocab, refit_epochs)
+        if not self.quiet:
+            log.info(phase_line(self.state, len(vocab), refit_epochs))
         loaders = self.loaders(vocab, holdout, counts.stream if counts is not None else None)
+        if not refit_epochs and resume is None and refits(config, self.state.data, self.state.num_train):  # before this phase's model
+            self.start_refit_ahead(vocab, counts)  # exists: fewer pages for the fork to copy
         model = build_model(self.model_config(vocab, self.state.labels))
         if resume is None and model.config.multi_label:  # a resume has its biases in the checkpoint
             start_at_label_rates(model.head, [self.state.label_counts[k] for k in self.state.labels], self.state.rows)
@@ -267,20 +260,35 @@ class Run:
         if self.placement.writes:
             check_free_space(self.stage, model, config.train.keep_checkpoints, self.quiet)
         dev_loader = None if refit_epochs else loaders.of(dev) if dev else loaders.of(train, "dev")
-        skipped = self._count_skipped(loaders, dev_loader)
+        skipped = loaders.count_skipped(self.state.skipped, dev_loader if dev else None, test)
         if not self.quiet and not refit_epochs and resume is None:
             log.info(config_summary(config))  # after the data passed its checks: an error is the first thing a user sees
-        start = time.perf_counter()
+        start, chosen = time.perf_counter(), self.state.refit if refit_epochs else {}
+        # A refit training ahead: its NB fit (from the rows alone) here, while the child's last epochs run.
+        C = self.ahead and getattr(model, "nb", None) is not None and (chosen.get("nb_linear") or {}).get("C")
+        refit_nb = fit_candidates(model, loaders.of(train, "all"), (C,), every=phase_every(self.state.num_train)) if C else None
+        start = self.timed(f"{phase}.nb_linear", start) if C else start
         result = self._fit(model, loaders.of(train, loaders.train_part, training=True), dev_loader, resume, refit_epochs)
         start = self.timed(f"{phase}.epochs", start)
-        chosen = self.state.refit if refit_epochs else {}
         if getattr(model, "nb", None) is not None:
-            result.nb_linear = fit_nb_for_phase(model, loaders.of(train, loaders.train_part), dev_loader, chosen.get("nb_linear"),
-                                                self.state.num_train, quiet=self.quiet)
+            nb = lambda candidates=refit_nb: fit_nb_for_phase(model, loaders.of(train, loaders.train_part), dev_loader,  # noqa: E731
+                                                              chosen.get("nb_linear"), self.state.num_train, quiet=self.quiet, candidates=candidates)
+            result.nb_linear = self.ahead.fit_nb(nb) if self.ahead and not refit_epochs else nb()
             self.timed(f"{phase}.nb_linear", start)
         head = fit_phase_head(model, loaders, train, dev, chosen.get("sentence_head"), quiet=self.quiet) if config.model.encoder else None
         calibration = fit_phase_calibration(model, dev_loader, head and head[0], config, chosen.get("calibration"), quiet=self.quiet)
         return PhaseResult(model, vocab, self.state.labels, result, skipped, counts, head, calibration)
+
+    def start_refit_ahead(self, vocab, counts: TrainingCounts) -> None:
+        """Fork the refit, and this phase's NB fits (which need no model), to run beside this train phase where that gives
+        the same weights and a core is free (refit_ahead.py)."""
+        config = self.config
+        if may_run_ahead(config.model.name, config.train, self.placement, config.data.num_workers):
+            loaders, skeleton, folder = self.loaders(vocab, config.data.holdout_every), model_skeleton(self.model_config(vocab, self.state.labels)), scratch_folder()
+            child, all_rows = Run(self.state, config, self.out, self.placement, quiet=True, tokenizer=self.tokenizer, stage=folder), counts.all_rows()
+            nb = lambda: fit_candidates(skeleton, loaders.of(self.state.data["train"], "train"), every=phase_every(self.state.num_train))  # noqa: E731
+            self.ahead = RefitAhead.start(Job(nb if config.model.nb_linear else None, lambda: child.train_phase(refit_epochs=config.train.epochs, counts=all_rows),
+                                              config.train.epochs), folder)
 
     def vocab(self, holdout: int, resume: dict | None, counts: TrainingCounts | None):
         """The phase's vocabulary and the counts it was made of (recording its labels in ``state``): made from
@@ -362,24 +370,6 @@ class Run:
         sep, thresholds = self.config.data.source.label_sep, (calibration or {}).get("thresholds")
         return None if sep is None else {"label_sep": sep, "thresholds": thresholds or [0.5] * len(self.state.labels)}
 
-    def _log_phase(self, vocab, refit_epochs: int) -> None:
-        if self.quiet:
-            return
-        state = self.state
-        what = f"refit for {refit_epochs} epochs on all {state.num_train} training rows" if refit_epochs else f"{state.num_train} training rows"
-        table = f", {state.ngram_table['rows']:,} hashed n-gram rows for {state.ngram_table['distinct_ngrams']:,} n-grams" if state.ngram_table else ""
-        log.info(f"{what}, {len(state.labels)} labels, vocabulary of {len(vocab)} tokens{table}")
-
-    def _count_skipped(self, loaders: Loaders, dev_loader) -> dict:
-        """Before training, so a bad dev or test row stops the run now; in skip mode, the counts (the DataLoader's
-        workers cannot report theirs). Train was counted with the vocabulary."""
-        skipped = {"train": self.state.skipped or {}}
-        if self.state.data["dev"]:
-            skipped["dev"] = dev_loader.dataset.count_skipped()
-        if self.state.data["test"]:
-            skipped["test"] = loaders.of(self.state.data["test"]).dataset.count_skipped()
-        return skipped
-
     def _lr(self, refit_epochs: int) -> float:
         """The default lr by the file's rows (both phases alike, optim.lr_for_rows); an lr set to anything else is used as given."""
         lr, rows = self.config.train.lr, self.state.rows or sum(self.state.label_counts.values())
@@ -391,10 +381,14 @@ class Run:
         return scaled
 
     def _fit(self, model: torch.nn.Module, train_rows, dev_rows, resume: dict | None, refit_epochs: int) -> FitResult:
+        history = self.ahead.take(model) if refit_epochs and self.ahead else None
+        if history is not None:
+            return FitResult(0, None, history)
         state, placement = self.state, self.placement
         train_config = replace(self.config.train, device=str(placement.device), epochs=refit_epochs or self.config.train.epochs, lr=self._lr(refit_epochs))
         with run_scope(train_config.deterministic) as stop:
             context = RunContext(placement.device, placement.rank, placement.world, self.quiet, checkpoints=self.store, resume=resume, stop=stop)
-            return fit(model, train_rows, dev_rows, train_config, len(state.labels), num_train=state.num_train,
-                       class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context,
-                       multi_label=self.config.data.source.label_sep is not None)
+            train = lambda: fit(model, train_rows, dev_rows, train_config, len(state.labels), num_train=state.num_train,  # noqa: E731
+                                class_counts=[state.label_counts.get(label, 0) for label in state.labels], context=context,
+                                multi_label=self.config.data.source.label_sep is not None)
+            return self.ahead.follow(train) if self.ahead is not None and not refit_epochs else train()

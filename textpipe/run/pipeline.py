@@ -106,6 +106,16 @@ class Loaders:
             num_workers=self.workers, pin_memory=placement.device.type == "cuda",
         )
 
+    def count_skipped(self, train: dict | None, dev_file_loader, test) -> dict:
+        """Each file's skipped rows by reason, read before training, so a bad dev or test row stops the run now (in skip mode,
+        the counts: the DataLoader's workers cannot report theirs). ``train``: counted with the vocabulary."""
+        skipped = {"train": train or {}}
+        if dev_file_loader is not None:
+            skipped["dev"] = dev_file_loader.dataset.count_skipped()
+        if test:
+            skipped["test"] = self.of(test).dataset.count_skipped()
+        return skipped
+
     def in_order(self) -> "Loaders":
         """The same loaders without workers, for a pass whose predictions must line up with the file's rows."""
         return replace(self, workers=0)

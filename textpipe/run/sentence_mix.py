@@ -29,7 +29,7 @@ from ..text.dataset import TextClassificationDataset
 from ..core.calibration import chance, did_not_learn, expected_calibration_error, fit_temperature, scale
 from ..core.metrics import predict_logits
 from ..core.multilabel import bce_log_loss, choose_thresholds, fit_temperature_multilabel, multi_hot, multilabel_report
-from ..core.nb_linear import not_learned_line
+from ..core.nb_choice import not_learned_line
 from .pipeline import Loaders, PipelineConfig, cache_folder
 from ..core.sentence_head import SentenceHead, fit_head
 
