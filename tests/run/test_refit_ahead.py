@@ -48,6 +48,9 @@ def test_the_refit_trained_ahead_ships_the_same_weights_bit_for_bit(files, tmp_p
     assert here["refit"]["epochs"] == ahead["refit"]["epochs"] >= 2
     assert file_sha256(tmp_path / "here" / "weights.safetensors") == file_sha256(tmp_path / "ahead" / "weights.safetensors")
     assert here["refit"] == ahead["refit"] and here["test"] == ahead["test"]
+    drawn = sorted(p.name for p in (tmp_path / "ahead").glob("*.png"))
+    assert len(drawn) == 4, "the child drew the report's PNGs"
+    assert all((tmp_path / "here" / name).read_bytes() == (tmp_path / "ahead" / name).read_bytes() for name in drawn)
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"textpipe-refit-ahead-*/{refit_ahead.WEIGHTS}")), "its folder is removed"
 
 
@@ -61,7 +64,7 @@ def test_a_child_that_fails_leaves_the_refit_to_the_parent(files, tmp_path, monk
     failed, taken = run(files, tmp_path / "failed", True, monkeypatch)
     assert taken == [None] and "RuntimeError: out of memory, say" in caplog.text and "the run does its part itself" in caplog.text
     assert file_sha256(tmp_path / "here" / "weights.safetensors") == file_sha256(tmp_path / "failed" / "weights.safetensors")
-    assert here["refit"] == failed["refit"]
+    assert here["refit"] == failed["refit"] and len(list((tmp_path / "failed").glob("*.png"))) == 4, "the parent drew the PNGs"
 
 
 @pytest.mark.parametrize("change", [dict(schedule="linear"), dict(warmup=0.1), dict(checkpoint_every=5)])

@@ -147,16 +147,27 @@ def write_report(
     title: str = "textpipe report",
     notes: Sequence[str] = (),
     features: dict[str, list[tuple[str, float]]] | None = None,
+    plots: bool = True,
 ) -> list[Path]:
-    """Write ``report.md``, the two PNG plots and ``misclassified.csv`` into ``out``; return their paths.
+    """Write ``report.md``, the PNG plots and ``misclassified.csv`` into ``out``; return their paths.
 
     ``history`` is the per-epoch list of :func:`textpipe.core.train.fit` (``metrics.json``'s
     ``"history"``); without it there is no learning-curve plot. ``features`` (label ->
-    ``[(word, score)]``, from :func:`textpipe.bundle.explain.strongest_features`) adds a section.
+    ``[(word, score)]``, from :func:`textpipe.bundle.explain.strongest_features`) adds a section. ``plots=False``: the
+    PNGs are drawn elsewhere (:func:`write_plots`, another process), the Markdown links them all the same.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_misclassified(out / MISCLASSIFIED, mistakes)]
+    written = [write_misclassified(out / MISCLASSIFIED, mistakes)] + (write_plots(out, summary, history) if plots else [])
+    markdown = report_markdown(summary, mistakes, history, title=title, notes=notes, has_curves=bool(history), features=features)
+    atomic_write_text(out / REPORT, markdown)
+    return [out / REPORT, *written]
+
+
+def write_plots(out: str | Path, summary: dict, history: Sequence[dict] | None = None) -> list[Path]:
+    """The report's PNGs into ``out``: the confusion matrix (single-label), the learning curves (with ``history``), the
+    reliability diagram and the accuracy/coverage curve (with calibration scores); their paths."""
+    out, written = Path(out), []
     if "confusion" in summary:  # multi-label scores have none
         written.append(plot_confusion(summary["confusion"]["matrix"], summary["confusion"]["labels"], out / CONFUSION_PNG))
     if history:
@@ -164,9 +175,13 @@ def write_report(
     if "calibration" in summary:
         written += [plot_reliability(summary["calibration"]["reliability"], out / RELIABILITY_PNG),
                     plot_coverage(summary["calibration"]["coverage_curve"], out / COVERAGE_PNG)]
-    markdown = report_markdown(summary, mistakes, history, title=title, notes=notes, has_curves=bool(history), features=features)
-    atomic_write_text(out / REPORT, markdown)
-    return [out / REPORT, *written]
+    return written
+
+
+def load_plotting() -> None:
+    """Import what :func:`write_plots` draws with (matplotlib's Figure and its Agg canvas), ahead of the first plot."""
+    from matplotlib.backends import backend_agg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
 
 
 def report_markdown(

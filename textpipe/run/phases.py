@@ -37,6 +37,7 @@ from ..core.nb_linear import fit_candidates, fit_nb_for_phase, phase_every
 from .config import REFIT_MAX_ROWS, SettingsError, batch_choice, refits, with_batch
 from .counts import TrainingCounts, count_training_file, label_order, ngram_count_limit, ngram_table
 from .pipeline import VOCAB, Loaders, Outputs, PipelineConfig, check_settings, config_summary, save_outputs, score_and_list_mistakes
+from ..bundle.report import write_plots
 from ..bundle.store import Bundle
 from .folder import (
     CHECKPOINTS, RUN, Phase, RunLock, RunState, check_free_space, check_same_data, commit, data_fingerprints, discard_unstarted, first_missing,
@@ -356,9 +357,12 @@ class Run:
         head, encoder = (trained.head[0], encoder_record(config.model.encoder)) if trained.head else (None, None)
         bundle = Bundle(trained.model, trained.vocab, self.tokenizer, trained.labels, self.model_config(trained.vocab, trained.labels),
                         config.train.to_dict(), head, encoder, temperature, multi_label)
+        drawing = self.ahead is not None and self.ahead.draw(self.stage, summary, early.history)  # the PNGs on the other core
         save_outputs(self.stage, bundle, Outputs(config, metrics, summary, mistakes, early.history, title=f"textpipe report: {self.out.name}",
                                                  notes=report_notes(self.state, self.config, early, self.out) + head_notes(trained.head)
-                                                 + calibration_notes(trained.calibration, early.nb_linear)))
+                                                 + calibration_notes(trained.calibration, early.nb_linear)), plots=not drawing)
+        if drawing and not self.ahead.drawn():
+            write_plots(self.stage, summary, early.history)
         self.timed("save", start)
         self.state = replace(self.state, phase=Phase.DONE)
         self.save_state()

@@ -222,14 +222,15 @@ class Outputs:
     notes: list[str] = field(default_factory=list)
 
 
-def save_outputs(out: Path, bundle: Bundle, outputs: Outputs) -> None:
+def save_outputs(out: Path, bundle: Bundle, outputs: Outputs, plots: bool = True) -> None:
     """Write a trained model's bundle (with a sentence head, its weights and encoder record too), ``config.json``,
-    ``metrics.json`` and the report into ``out``."""
+    ``metrics.json`` and the report into ``out`` (``plots=False``: its PNGs are drawn elsewhere)."""
     save_bundle(out, bundle)
     write_json_atomic(out / CONFIG, outputs.config.to_dict())
     write_json_atomic(out / METRICS, outputs.metrics)
     features = strongest_features(bundle.model, bundle.vocab, bundle.labels)
-    write_report(out, outputs.summary, outputs.mistakes, outputs.history, title=outputs.title, features=features, notes=outputs.notes)
+    write_report(out, outputs.summary, outputs.mistakes, outputs.history, title=outputs.title, features=features, notes=outputs.notes,
+                 plots=plots)
 
 
 def _with_progress(batches: Iterable, desc: str, quiet: bool) -> Iterator:

@@ -8,7 +8,9 @@ child that trains the refit epoch by epoch while the parent trains the train pha
 core. The parent tells it each epoch's verdict (:meth:`RefitAhead.judged`); the child keeps the
 weights of each epoch that may still be the one picked, and once told the pick
 (:meth:`RefitAhead.pick`) it writes that epoch's weights and history to a file and exits. The
-parent's refit phase loads them (:meth:`RefitAhead.take`) instead of training.
+parent's refit phase loads them (:meth:`RefitAhead.take`) instead of training. Before its epochs the child fits
+the train phase's NB linear candidates (they read only the training rows); after them it loads matplotlib and
+draws the report's PNGs while the parent writes the bundle.
 
 Only where it pays and cannot change a weight: a second core that is free, one CPU process
 (no torchrun, no GPU, no DataLoader workers), a fresh train phase, a per-epoch constant learning
@@ -39,6 +41,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from ..bundle.report import load_plotting, write_plots
 from ..core.events import listen
 from ..core.nb_linear import Candidates
 from ..core.runtime import Placement
@@ -148,6 +151,16 @@ class RefitAhead:
             self._fail(f"its weights could not be read: {err}")
             return None
 
+    def draw(self, out: Path, summary: dict, history: list[dict] | None) -> bool:
+        """Ask the child to draw the report's PNGs into ``out`` (it loaded matplotlib while the run scored); False if it cannot."""
+        if self.failed is None:
+            self._send(("plots", out, summary, history))
+        return self.failed is None
+
+    def drawn(self) -> bool:
+        """Wait for the PNGs :meth:`draw` asked for; False (the caller draws them) if the child could not."""
+        return self._receive("plotted") is not None
+
     def close(self) -> None:
         """Stop the child (if it still runs) and remove its folder; safe to call twice."""
         if self.process.is_alive():
@@ -170,7 +183,7 @@ class RefitAhead:
 
     def _fail(self, why: str) -> None:
         self.failed = why
-        log.warning(f"the refit trained ahead on the other core did not finish ({why}); the run does its part itself")
+        log.warning(f"the process on the other core failed ({why}); the run does its part itself")
         self.close()
 
     def _send(self, message: tuple) -> None:
@@ -233,6 +246,11 @@ def _child(conn, parent_end, job: Job, folder: Path) -> None:
         weights, history = keeper.kept[keeper.picked]
         torch.save({"epoch": keeper.picked, "weights": weights, "history": history[:keeper.picked]}, folder / WEIGHTS)
         conn.send(("done", keeper.picked))
+        load_plotting()  # while the parent scores: then the report's PNGs, drawn here beside its bundle write
+        kind, *args = conn.recv()
+        if kind == "plots":
+            write_plots(*args)
+            conn.send(("plotted",))
     except EOFError:  # the parent is gone
         os._exit(0)
     except BaseException as err:  # noqa: BLE001 (any failure: the parent does the rest itself)
