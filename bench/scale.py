@@ -93,8 +93,8 @@ def fasttext_run(train: Path, epochs: int, lr: float) -> dict:
 
 # ``textpipe train`` with the refit trained in the parent process always (textpipe.run.refit_ahead never forks): the
 # comparison for the default, which trains it ahead on the other core when a core is free. Only the bench needs this.
-REFIT_IN_PARENT = ("import sys; from textpipe.run import refit_ahead; refit_ahead.other_core_free = lambda: False; "
-                   "from textpipe.cli import main; sys.exit(main(sys.argv[1:]))")
+REFIT_IN_PARENT = ("from textpipe.run import refit_ahead; refit_ahead.other_core_free = lambda: False; "
+                   "import textpipe.__main__ as entry; entry.run()")
 
 
 def textpipe_run(name: str, train: Path, cache: Path, *flags: str, launcher: tuple[str, ...] = ("-m", "textpipe")) -> dict:
