@@ -1,7 +1,13 @@
 """The golden runs: six trainings whose weights and metrics must never change by accident.
 
-    python tests/golden.py record       # writes tests/data/golden.json (only on purpose)
+    python tests/golden.py record       # writes this machine's entry of tests/data/golden.json (only on purpose)
     python tests/golden.py check        # trains all six and compares; exit 1 on any difference
+
+The same code gives other float bits on another instruction set (torch's and MKL's kernels pick
+theirs by the CPU: AVX2 and AVX512 machines differ in the last bits of the weights from the first
+epoch on), so golden.json holds one record per torch CPU capability (:func:`capability`), each
+recorded from code whose runs were known good. A machine whose capability has no record skips the
+check and says how to record one.
 
 `tests/test_golden.py` runs the same comparison under pytest. Each run goes through the CLI,
 as a user runs it; a run is identified by its `weights_sha256` (from `textpipe info --json`) and
@@ -21,6 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TEXTPIPE_DATASETS", ROOT.parent / "shared" / "datasets"))
 GOLDEN = ROOT / "tests" / "data" / "golden.json"
 TIMING_KEYS = ("seconds", "rows_per_second", "train_seconds", "eval_seconds")
+
+
+def capability() -> str:
+    """The instruction set torch's CPU kernels run with here ("AVX2", "AVX512", ...): the key of this machine's record."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def recorded() -> dict | None:
+    """This machine's record (name -> weights sha256 and metrics), or None when its capability has none."""
+    return json.loads(GOLDEN.read_text()).get(capability())
 
 
 def _files(name: str) -> list[str]:
@@ -101,7 +119,10 @@ def main() -> int:
     import tempfile
 
     mode = sys.argv[1] if len(sys.argv) > 1 else "check"
-    golden = {} if mode == "record" else json.loads(GOLDEN.read_text())
+    golden = {} if mode == "record" else recorded()
+    if golden is None:
+        print(f"no golden record for this CPU's kernels ({capability()}): `python tests/golden.py record` on a commit known good")
+        return 1
     found, failed = {}, []
     with tempfile.TemporaryDirectory(prefix="textpipe-golden-") as tmp:
         for name in RUNS:
@@ -111,7 +132,8 @@ def main() -> int:
             failed += [] if same else [name]
             print(f"{name:26s} {found[name]['weights_sha256'][:16]}  {time.perf_counter() - start:6.1f} s  {'ok' if same else 'DIFFERENT'}", flush=True)
     if mode == "record":
-        GOLDEN.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+        records = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+        GOLDEN.write_text(json.dumps({**records, capability(): found}, indent=1, sort_keys=True) + "\n")
     return 1 if failed else 0
 
 
