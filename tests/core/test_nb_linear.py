@@ -218,3 +218,16 @@ def test_model_config_records_multi_label_only_when_set():
     assert "multi_label" not in ModelConfig().to_dict()  # single-label configs and bundles keep their keys
     assert ModelConfig(multi_label=True).to_dict()["multi_label"] is True
     assert ModelConfig.from_dict(ModelConfig(multi_label=True).to_dict()).multi_label is True
+
+
+def test_past_fit_rows_the_nb_path_is_fit_on_a_subsample_and_below_it_on_every_row(monkeypatch):
+    from textpipe.core import nb_linear
+
+    monkeypatch.setattr(nb_linear, "FIT_ROWS", 64)
+    records = {}
+    for rows in (64, 256):
+        model = build_model(ModelConfig(vocab_size=100, num_classes=2, ngram_buckets=256))
+        batches = toy_batches(rows, seed=3)  # batches of 32 rows
+        records[rows] = nb_linear.fit_nb_for_phase(model, batches, toy_batches(64, seed=5), None, rows, quiet=True)
+    assert records[64]["rows"] == 64 and "every" not in records[64], "a small file: every row, the record as before"
+    assert (records[256]["every"], records[256]["rows"]) == (4, 64), "every 4th batch: the fit's cost stops growing"

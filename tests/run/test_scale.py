@@ -53,22 +53,6 @@ def test_the_batch_size_flag_overrides_the_rule(tmp_path, monkeypatch):
     assert "batch_size=16" in result.stderr and "chosen from the" not in result.stderr
 
 
-def test_past_fit_rows_the_nb_path_is_fit_on_a_subsample_and_below_it_on_every_row(monkeypatch):
-    from test_nb_linear import toy_batches
-
-    from textpipe.core import nb_linear
-    from textpipe.core.models import build_model
-
-    monkeypatch.setattr(nb_linear, "FIT_ROWS", 64)
-    records = {}
-    for rows in (64, 256):
-        model = build_model(ModelConfig(vocab_size=100, num_classes=2, ngram_buckets=256))
-        batches = toy_batches(rows, seed=3)  # batches of 32 rows
-        records[rows] = nb_linear.fit_nb_for_phase(model, batches, toy_batches(64, seed=5), None, rows, quiet=True)
-    assert records[64]["rows"] == 64 and "every" not in records[64], "a small file: every row, the record as before"
-    assert (records[256]["every"], records[256]["rows"]) == (4, 64), "every 4th batch: the fit's cost stops growing"
-
-
 def test_refit_auto_refits_small_files_only():
     assert refit_wanted(TrainConfig(), REFIT_MAX_ROWS - 1) and not refit_wanted(TrainConfig(), REFIT_MAX_ROWS)
     assert refit_wanted(TrainConfig(refit=True), 10**7) and not refit_wanted(TrainConfig(refit=False), 10)
