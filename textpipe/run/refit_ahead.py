@@ -207,23 +207,26 @@ class _Keeper:
         self.judged, self.best, self.picked = 0, 0, None
         self.kept: dict[int, tuple[dict, list]] = {}
 
-    def read(self, until: Callable[[], bool] = lambda: True) -> None:
-        """The parent's messages so far, and on until ``until()`` holds; EOFError when the parent is gone."""
-        while self.conn.poll() or not until():
+    def read(self, until_picked: bool = False) -> None:
+        """The parent's messages so far (``until_picked``: and on until the pick); EOFError when the parent is gone."""
+        while self.conn.poll() or (until_picked and self.picked is None):
             kind, *values = self.conn.recv()
             if kind == "epoch":
                 self.judged, self.best = values
             else:
                 self.picked = values[0]
 
+    def may_be_picked(self, epoch: int) -> bool:
+        """Whether ``epoch`` is, or may still become, the one early stopping picks (only a new best moves the best)."""
+        return epoch == self.picked if self.picked is not None else epoch > self.judged or epoch == self.best
+
     def epoch_done(self, epoch: int, model: torch.nn.Module, history: list[dict], **_) -> None:
         self.read()
-        if self.picked is None and epoch > self.judged or epoch in (self.best, self.picked):
+        if self.may_be_picked(epoch):
             self.kept[epoch] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, [dict(h) for h in history])
-        for e in [e for e in self.kept if e != (self.picked or self.best) and e <= (self.judged if self.picked is None else self.max_epochs)]:
-            del self.kept[e]  # judged and not the best, or not the pick: never needed
+        self.kept = {e: kept for e, kept in self.kept.items() if self.may_be_picked(e)}
         if epoch >= self.max_epochs:
-            self.read(until=lambda: self.picked is not None)
+            self.read(until_picked=True)
         if self.picked is not None and epoch >= self.picked:
             raise _Picked
 
